@@ -1,0 +1,398 @@
+//! The CPU backend: f32 activations in host memory, weights read in place from the GGUF
+//! mapping and dequantized one row at a time inside the matmul. Work is split over a rayon
+//! pool (its workers spin briefly, then park, so a busy neighbour does not stall decode).
+
+pub mod ops;
+pub mod simd;
+
+use rayon::prelude::*;
+
+use super::{AttnParams, Backend, RopeParams, WeightSource};
+use crate::gguf::TensorBytes;
+use crate::quant::QuantType;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct CpuTensor {
+    pub data: Vec<f32>,
+    pub n_rows: usize,
+    pub n_cols: usize,
+}
+
+impl CpuTensor {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.n_cols..(i + 1) * self.n_cols]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CpuWeight {
+    pub name: String,
+    pub qtype: QuantType,
+    pub n_rows: usize,
+    pub n_cols: usize,
+    pub bytes: TensorBytes,
+    row_bytes: usize,
+}
+
+impl CpuWeight {
+    pub fn row_bytes(&self, i: usize) -> &[u8] {
+        &self.bytes[i * self.row_bytes..(i + 1) * self.row_bytes]
+    }
+
+    /// The whole weight as f32 (small tensors only: norms, RoPE factors).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.n_rows * self.n_cols];
+        self.qtype.dequantize_row(&self.bytes, &mut out);
+        out
+    }
+}
+
+/// Rows of the weight matrix handed to one task: enough work to amortise scheduling, few
+/// enough that both threads stay busy on small matrices.
+const ROWS_PER_TASK: usize = 16;
+
+pub struct CpuBackend {
+    n_threads: usize,
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend {
+            n_threads: rayon::current_num_threads(),
+        }
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn check(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::shape(op, msg()))
+    }
+}
+
+fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
+    check(op, a.n_rows == b.n_rows && a.n_cols == b.n_cols, || {
+        format!(
+            "[{}, {}] vs [{}, {}]",
+            a.n_rows, a.n_cols, b.n_rows, b.n_cols
+        )
+    })
+}
+
+/// A raw pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of indices (stated at each use).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Weight = CpuWeight;
+
+    fn name(&self) -> String {
+        let simd = if simd::has_avx2_fma() {
+            "avx2+fma"
+        } else {
+            "scalar"
+        };
+        format!("cpu ({} threads, {simd})", self.n_threads)
+    }
+
+    fn load_weight(&self, src: &WeightSource) -> Result<CpuWeight> {
+        let row_bytes = src
+            .qtype
+            .row_bytes(src.n_cols)
+            .ok_or_else(|| Error::Tensor {
+                name: src.name.clone(),
+                msg: format!(
+                    "row length {} is not whole {} blocks",
+                    src.n_cols, src.qtype
+                ),
+            })?;
+        if row_bytes.checked_mul(src.n_rows) != Some(src.bytes.len()) {
+            return Err(Error::Tensor {
+                name: src.name.clone(),
+                msg: format!(
+                    "{} bytes for [{}, {}] {}",
+                    src.bytes.len(),
+                    src.n_rows,
+                    src.n_cols,
+                    src.qtype
+                ),
+            });
+        }
+        Ok(CpuWeight {
+            name: src.name.clone(),
+            qtype: src.qtype,
+            n_rows: src.n_rows,
+            n_cols: src.n_cols,
+            bytes: src.bytes.clone(),
+            row_bytes,
+        })
+    }
+
+    fn tensor(&self, n_rows: usize, n_cols: usize) -> Result<CpuTensor> {
+        let n = n_rows
+            .checked_mul(n_cols)
+            .ok_or_else(|| Error::shape("tensor", format!("[{n_rows}, {n_cols}] overflows")))?;
+        Ok(CpuTensor {
+            data: vec![0.0; n],
+            n_rows,
+            n_cols,
+        })
+    }
+
+    fn shape(&self, t: &CpuTensor) -> (usize, usize) {
+        (t.n_rows, t.n_cols)
+    }
+
+    fn write(&self, t: &mut CpuTensor, data: &[f32]) -> Result<()> {
+        check("write", data.len() == t.data.len(), || {
+            format!("{} values into [{}, {}]", data.len(), t.n_rows, t.n_cols)
+        })?;
+        t.data.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn copy_rows(
+        &self,
+        src: &CpuTensor,
+        src_row: usize,
+        dst: &mut CpuTensor,
+        dst_row: usize,
+        n: usize,
+    ) -> Result<()> {
+        check(
+            "copy_rows",
+            src.n_cols == dst.n_cols && src_row + n <= src.n_rows && dst_row + n <= dst.n_rows,
+            || {
+                format!(
+                    "rows {src_row}..+{n} of [{}, {}] into rows {dst_row}.. of [{}, {}]",
+                    src.n_rows, src.n_cols, dst.n_rows, dst.n_cols
+                )
+            },
+        )?;
+        let c = src.n_cols;
+        dst.data[dst_row * c..(dst_row + n) * c]
+            .copy_from_slice(&src.data[src_row * c..(src_row + n) * c]);
+        Ok(())
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
+        check(
+            "embed",
+            out.n_rows == ids.len() && out.n_cols == table.n_cols,
+            || {
+                format!(
+                    "{} ids of width {} into [{}, {}]",
+                    ids.len(),
+                    table.n_cols,
+                    out.n_rows,
+                    out.n_cols
+                )
+            },
+        )?;
+        for (&id, o) in ids.iter().zip(out.data.chunks_exact_mut(table.n_cols)) {
+            if id as usize >= table.n_rows {
+                return Err(Error::shape(
+                    "embed",
+                    format!(
+                        "token id {id} is outside the vocabulary of {}",
+                        table.n_rows
+                    ),
+                ));
+            }
+            table.qtype.dequantize_row(table.row_bytes(id as usize), o);
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CpuTensor,
+        weight: &CpuWeight,
+        eps: f32,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        same_shape("rms_norm", x, out)?;
+        let g = weight.n_rows * weight.n_cols;
+        check("rms_norm", g > 0 && x.n_cols % g == 0, || {
+            format!("weight of {g} values for rows of {}", x.n_cols)
+        })?;
+        let w = weight.to_f32();
+        out.data
+            .par_chunks_mut(g)
+            .zip(x.data.par_chunks(g))
+            .for_each(|(o, xs)| ops::rms_norm(xs, &w, eps, o));
+        Ok(())
+    }
+
+    fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) -> Result<()> {
+        check(
+            "matmul",
+            x.n_cols == w.n_cols && out.n_rows == x.n_rows && out.n_cols == w.n_rows,
+            || {
+                format!(
+                    "[{}, {}] · {}ᵀ [{}, {}] into [{}, {}]",
+                    x.n_rows, x.n_cols, w.name, w.n_rows, w.n_cols, out.n_rows, out.n_cols
+                )
+            },
+        )?;
+        let (n_tok, n_out, k) = (x.n_rows, w.n_rows, w.n_cols);
+        let out_ptr = SyncPtr(out.data.as_mut_ptr());
+        (0..n_out.div_ceil(ROWS_PER_TASK))
+            .into_par_iter()
+            .for_each_init(
+                || vec![0.0f32; k],
+                |row_buf, task| {
+                    let out_ptr = out_ptr;
+                    let r0 = task * ROWS_PER_TASK;
+                    for r in r0..(r0 + ROWS_PER_TASK).min(n_out) {
+                        // One dequantized weight row, reused for every token of the batch.
+                        w.qtype.dequantize_row(w.row_bytes(r), row_buf);
+                        for t in 0..n_tok {
+                            let v = simd::dot(row_buf, &x.data[t * k..(t + 1) * k]);
+                            // SAFETY: task `task` alone writes columns r0..r0+ROWS_PER_TASK; the
+                            // index is in bounds by the shape check above.
+                            unsafe { *out_ptr.0.add(t * n_out + r) = v };
+                        }
+                    }
+                },
+            );
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut CpuTensor, inv_freq: &CpuTensor, p: &RopeParams) -> Result<()> {
+        check(
+            "rope",
+            p.head_dim > 0
+                && x.n_cols % p.head_dim == 0
+                && p.n_rot <= p.head_dim
+                && inv_freq.data.len() * 2 >= p.n_rot,
+            || {
+                format!(
+                    "rows of {} with head_dim {} n_rot {}",
+                    x.n_cols, p.head_dim, p.n_rot
+                )
+            },
+        )?;
+        let n_cols = x.n_cols;
+        x.data
+            .par_chunks_mut(n_cols)
+            .enumerate()
+            .for_each(|(t, row)| {
+                for head in row.chunks_exact_mut(p.head_dim) {
+                    ops::rope_head(head, &inv_freq.data, p.pos_start + t, p);
+                }
+            });
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        k_cache: &CpuTensor,
+        v_cache: &CpuTensor,
+        p: &AttnParams,
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let hd = p.head_dim;
+        check(
+            "attention",
+            p.n_kv_heads > 0
+                && p.n_heads % p.n_kv_heads == 0
+                && q.n_cols == p.n_heads * hd
+                && k_cache.n_cols == p.n_kv_heads * hd
+                && v_cache.n_cols == k_cache.n_cols
+                && v_cache.n_rows == k_cache.n_rows
+                && p.pos_start + q.n_rows <= k_cache.n_rows,
+            || {
+                format!(
+                    "q [{}, {}], cache [{}, {}], heads {}/{} of {hd}, pos {}",
+                    q.n_rows,
+                    q.n_cols,
+                    k_cache.n_rows,
+                    k_cache.n_cols,
+                    p.n_heads,
+                    p.n_kv_heads,
+                    p.pos_start
+                )
+            },
+        )?;
+        same_shape("attention", q, out)?;
+        let group = p.n_heads / p.n_kv_heads;
+        let kv_stride = k_cache.n_cols;
+        let n_ctx = k_cache.n_rows;
+        out.data.par_chunks_mut(hd).enumerate().for_each_init(
+            || vec![0.0f32; n_ctx],
+            |scores, (idx, o)| {
+                let (t, h) = (idx / p.n_heads, idx % p.n_heads);
+                let qh = &q.data[t * q.n_cols + h * hd..][..hd];
+                ops::attention_head(
+                    qh,
+                    &k_cache.data,
+                    &v_cache.data,
+                    kv_stride,
+                    (h / group) * hd,
+                    p.pos_start + t,
+                    p,
+                    scores,
+                    o,
+                    simd::dot,
+                );
+            },
+        );
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        same_shape("silu_mul", gate, up)?;
+        same_shape("silu_mul", gate, out)?;
+        for ((o, &g), &u) in out.data.iter_mut().zip(&gate.data).zip(&up.data) {
+            *o = ops::silu(g) * u;
+        }
+        Ok(())
+    }
+
+    fn gelu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
+        same_shape("gelu_mul", gate, up)?;
+        same_shape("gelu_mul", gate, out)?;
+        for ((o, &g), &u) in out.data.iter_mut().zip(&gate.data).zip(&up.data) {
+            *o = ops::gelu_tanh(g) * u;
+        }
+        Ok(())
+    }
+
+    fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+        same_shape("add_assign", x, y)?;
+        for (a, &b) in x.data.iter_mut().zip(&y.data) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn scale(&self, x: &mut CpuTensor, s: f32) -> Result<()> {
+        x.data.iter_mut().for_each(|v| *v *= s);
+        Ok(())
+    }
+
+    fn argmax(&self, x: &CpuTensor) -> Result<Vec<u32>> {
+        Ok(x.data
+            .chunks_exact(x.n_cols.max(1))
+            .map(ops::argmax)
+            .collect())
+    }
+}

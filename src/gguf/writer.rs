@@ -1,0 +1,175 @@
+//! The GGUF writer: collects metadata and tensors, then writes a version 3 file that the reader
+//! and the Python `gguf` package read back identically. Files are written atomically (temp
+//! file, fsync, rename), so a killed writer never leaves a half file under the final name.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::value::Value;
+use super::{DEFAULT_ALIGNMENT, MAGIC};
+use crate::quant::QuantType;
+use crate::{Error, Result};
+
+pub struct GgufWriter {
+    metadata: Vec<(String, Value)>,
+    tensors: Vec<PendingTensor>,
+    alignment: u64,
+}
+
+struct PendingTensor {
+    name: String,
+    dims: Vec<u64>,
+    qtype: QuantType,
+    data: Vec<u8>,
+}
+
+impl Default for GgufWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GgufWriter {
+    pub fn new() -> Self {
+        GgufWriter {
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+            alignment: DEFAULT_ALIGNMENT,
+        }
+    }
+
+    /// Adds or replaces a metadata key. `general.alignment` also sets the data alignment.
+    pub fn set(&mut self, key: impl Into<String>, value: Value) -> Result<()> {
+        let key = key.into();
+        if key == "general.alignment" {
+            match value.as_u64() {
+                Some(a) if a.is_power_of_two() => self.alignment = a,
+                _ => {
+                    return Err(Error::Gguf(
+                        "general.alignment must be a power of two".into(),
+                    ))
+                }
+            }
+        }
+        match self.metadata.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.metadata.push((key, value)),
+        }
+        Ok(())
+    }
+
+    /// Adds a tensor; `dims` in ggml order (`dims[0]` is the row length), `data` already in
+    /// `qtype`'s block layout.
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        qtype: QuantType,
+        data: Vec<u8>,
+    ) -> Result<()> {
+        let name = name.into();
+        let n: u64 = dims.iter().product();
+        let expected = qtype
+            .row_bytes(dims[0] as usize)
+            .map(|b| b as u64 * (n / dims[0].max(1)));
+        if expected != Some(data.len() as u64) {
+            return Err(Error::Tensor {
+                name,
+                msg: format!("{} bytes given for {dims:?} of {qtype}", data.len()),
+            });
+        }
+        self.tensors.push(PendingTensor {
+            name,
+            dims: dims.to_vec(),
+            qtype,
+            data,
+        });
+        Ok(())
+    }
+
+    /// Serialises the whole file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (k, v) in &self.metadata {
+            put_str(&mut out, k);
+            out.extend_from_slice(&(v.value_type() as u32).to_le_bytes());
+            put_value(&mut out, v);
+        }
+        let mut offset = 0u64;
+        for t in &self.tensors {
+            put_str(&mut out, &t.name);
+            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+            out.extend_from_slice(&t.qtype.ggml_id().to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            offset = (offset + t.data.len() as u64).next_multiple_of(self.alignment);
+        }
+        for t in &self.tensors {
+            pad(&mut out, self.alignment);
+            out.extend_from_slice(&t.data);
+        }
+        if !self.tensors.is_empty() {
+            pad(&mut out, self.alignment);
+        }
+        out
+    }
+
+    /// Writes the file atomically: a temp file beside `path`, fsynced, then renamed.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` through a fsynced temp file in the same directory and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+fn pad(out: &mut Vec<u8>, alignment: u64) {
+    let n = (out.len() as u64).next_multiple_of(alignment) as usize;
+    out.resize(n, 0);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.push(*x as u8),
+        Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::Bool(x) => out.push(*x as u8),
+        Value::String(s) => put_str(out, s),
+        Value::Array(t, items) => {
+            out.extend_from_slice(&(*t as u32).to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                debug_assert_eq!(item.value_type(), *t, "array elements share one type");
+                put_value(out, item);
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Hearth: a local LLM engine. This crate root only wires the modules together; see
+//! ARCHITECTURE.md for the map of layers and the invariants between them.
+
+pub mod backend;
+pub mod error;
+pub mod gguf;
+pub mod model;
+pub mod quant;
+
+pub use error::{Error, Result};

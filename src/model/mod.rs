@@ -1,0 +1,36 @@
+//! Models: the one `match` on the architecture (`Arch`), which turns a GGUF file into a
+//! `ModelSpec` (hyperparameters plus which optional parts each layer has); `transformer` runs
+//! every architecture's forward pass from that spec. Adding an architecture is one new file
+//! beside `llama.rs` and one arm here.
+
+pub mod config;
+mod llama;
+pub mod transformer;
+
+pub use config::{ModelConfig, RopeScaling};
+pub use transformer::{KvCache, Model};
+
+use crate::gguf::GgufFile;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama 2/3, SmolLM2, Mistral: the same tensors and math.
+    Llama,
+}
+
+impl Arch {
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        match f.architecture()? {
+            "llama" | "mistral" => Ok(Arch::Llama),
+            other => Err(Error::UnsupportedArch(other.to_string())),
+        }
+    }
+
+    /// Reads the architecture's hyperparameters and layer layout.
+    pub fn spec(self, f: &GgufFile) -> Result<transformer::ModelSpec> {
+        match self {
+            Arch::Llama => llama::spec(f),
+        }
+    }
+}

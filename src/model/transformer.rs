@@ -1,0 +1,328 @@
+//! The forward pass, written once for every Llama-family architecture against `Backend`. An
+//! architecture file describes its model as a `ModelSpec`; this file loads the named GGUF
+//! tensors and runs the blocks in math order. Intermediates carry llama.cpp's names
+//! (`attn_norm`, `ffn_out`) so a debug dump diffs against it.
+
+use crate::backend::{AttnParams, Backend, RopeParams, WeightSource};
+use crate::gguf::GgufFile;
+use crate::{Error, Result};
+
+use super::config::ModelConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    GeluTanh,
+}
+
+/// What one layer has beyond the common pre-norm block.
+#[derive(Debug, Clone)]
+pub struct LayerSpec {
+    pub activation: Activation,
+    /// Per-head RMSNorm of Q and K before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and FFN outputs before the residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    pub window: Option<usize>,
+    /// Uses `rope_base_local` instead of `rope_base`.
+    pub local_rope: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub config: ModelConfig,
+    pub layers: Vec<LayerSpec>,
+    /// Multiplier of the token embeddings (Gemma: `sqrt(n_embd)`).
+    pub embd_scale: Option<f32>,
+}
+
+struct Layer<B: Backend> {
+    spec: LayerSpec,
+    attn_norm: B::Weight,                   // [n_embd]
+    attn_q: B::Weight,                      // [n_heads * head_dim, n_embd]
+    attn_k: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
+    attn_v: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
+    attn_output: B::Weight,                 // [n_embd, n_heads * head_dim]
+    attn_q_norm: Option<B::Weight>,         // [head_dim]
+    attn_k_norm: Option<B::Weight>,         // [head_dim]
+    post_attention_norm: Option<B::Weight>, // [n_embd]
+    ffn_norm: B::Weight,                    // [n_embd]
+    ffn_gate: B::Weight,                    // [n_ff, n_embd]
+    ffn_up: B::Weight,                      // [n_ff, n_embd]
+    ffn_down: B::Weight,                    // [n_embd, n_ff]
+    post_ffw_norm: Option<B::Weight>,       // [n_embd]
+}
+
+/// A model's weights resident on one backend.
+pub struct Model<B: Backend> {
+    pub config: ModelConfig,
+    embd_scale: Option<f32>,
+    token_embd: B::Weight,  // [n_vocab, n_embd]
+    output_norm: B::Weight, // [n_embd]
+    /// `None`: the head is tied to `token_embd`.
+    output: Option<B::Weight>, // [n_vocab, n_embd]
+    layers: Vec<Layer<B>>,
+    inv_freq: B::Tensor,       // [1, n_rot / 2]
+    inv_freq_local: B::Tensor, // [1, n_rot / 2]
+}
+
+/// Keys and values of every past position, one pair of `[n_ctx, n_kv_heads * head_dim]`
+/// tensors per layer.
+pub struct KvCache<B: Backend> {
+    pub k: Vec<B::Tensor>,
+    pub v: Vec<B::Tensor>,
+    pub n_ctx: usize,
+    /// Positions filled so far.
+    pub n_past: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(backend: &B, config: &ModelConfig, n_ctx: usize) -> Result<Self> {
+        let width = config.n_kv_heads * config.head_dim;
+        let mut k = Vec::with_capacity(config.n_layers);
+        let mut v = Vec::with_capacity(config.n_layers);
+        for _ in 0..config.n_layers {
+            k.push(backend.tensor(n_ctx, width)?);
+            v.push(backend.tensor(n_ctx, width)?);
+        }
+        Ok(KvCache {
+            k,
+            v,
+            n_ctx,
+            n_past: 0,
+        })
+    }
+
+    /// Forgets positions from `n` on (the next forward overwrites them).
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+}
+
+fn weight<B: Backend>(backend: &B, f: &GgufFile, name: &str) -> Result<B::Weight> {
+    let info = f.tensor(name).ok_or_else(|| Error::Tensor {
+        name: name.to_string(),
+        msg: "missing from the GGUF file".into(),
+    })?;
+    backend.load_weight(&WeightSource {
+        name: name.to_string(),
+        qtype: info.qtype,
+        n_rows: info.n_rows(),
+        n_cols: info.n_cols(),
+        bytes: f.tensor_bytes(info),
+    })
+}
+
+fn check_dims<B: Backend>(
+    backend: &B,
+    f: &GgufFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<B::Weight> {
+    let info = f.tensor(name).ok_or_else(|| Error::Tensor {
+        name: name.to_string(),
+        msg: "missing from the GGUF file".into(),
+    })?;
+    if info.n_rows() != rows || info.n_cols() != cols {
+        return Err(Error::Tensor {
+            name: name.to_string(),
+            msg: format!(
+                "shape [{}, {}] where the hyperparameters give [{rows}, {cols}]",
+                info.n_rows(),
+                info.n_cols()
+            ),
+        });
+    }
+    weight(backend, f, name)
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads the tensors `spec` names onto `backend`, checking every shape.
+    pub fn load(backend: &B, f: &GgufFile, spec: ModelSpec) -> Result<Self> {
+        let c = &spec.config;
+        let (d, q_dim, kv_dim) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for (i, ls) in spec.layers.iter().enumerate() {
+            let t = |n: &str| format!("blk.{i}.{n}.weight");
+            let opt = |on: bool, n: &str, len: usize| -> Result<Option<B::Weight>> {
+                on.then(|| check_dims(backend, f, &t(n), 1, len))
+                    .transpose()
+            };
+            layers.push(Layer {
+                spec: ls.clone(),
+                attn_norm: check_dims(backend, f, &t("attn_norm"), 1, d)?,
+                attn_q: check_dims(backend, f, &t("attn_q"), q_dim, d)?,
+                attn_k: check_dims(backend, f, &t("attn_k"), kv_dim, d)?,
+                attn_v: check_dims(backend, f, &t("attn_v"), kv_dim, d)?,
+                attn_output: check_dims(backend, f, &t("attn_output"), d, q_dim)?,
+                attn_q_norm: opt(ls.qk_norm, "attn_q_norm", c.head_dim)?,
+                attn_k_norm: opt(ls.qk_norm, "attn_k_norm", c.head_dim)?,
+                post_attention_norm: opt(ls.post_norms, "post_attention_norm", d)?,
+                ffn_norm: check_dims(backend, f, &t("ffn_norm"), 1, d)?,
+                ffn_gate: check_dims(backend, f, &t("ffn_gate"), c.n_ff, d)?,
+                ffn_up: check_dims(backend, f, &t("ffn_up"), c.n_ff, d)?,
+                ffn_down: check_dims(backend, f, &t("ffn_down"), d, c.n_ff)?,
+                post_ffw_norm: opt(ls.post_norms, "post_ffw_norm", d)?,
+            });
+        }
+        let output = match f.tensor("output.weight") {
+            Some(_) => Some(check_dims(backend, f, "output.weight", c.n_vocab, d)?),
+            None => None,
+        };
+        let freq_tensor = |base: f32| -> Result<B::Tensor> {
+            let v = c.inv_freq(base);
+            let mut t = backend.tensor(1, v.len())?;
+            backend.write(&mut t, &v)?;
+            Ok(t)
+        };
+        Ok(Model {
+            token_embd: check_dims(backend, f, "token_embd.weight", c.n_vocab, d)?,
+            output_norm: check_dims(backend, f, "output_norm.weight", 1, d)?,
+            output,
+            layers,
+            inv_freq: freq_tensor(c.rope_base)?,
+            inv_freq_local: freq_tensor(c.rope_base_local.unwrap_or(c.rope_base))?,
+            embd_scale: spec.embd_scale,
+            config: spec.config,
+        })
+    }
+
+    /// Runs `ids` (positions `cache.n_past ..`) through the model, appends their keys and
+    /// values to `cache`, and returns the logits of the last `n_logits` positions
+    /// (`[n_logits, n_vocab]`).
+    pub fn forward(
+        &self,
+        backend: &B,
+        ids: &[u32],
+        cache: &mut KvCache<B>,
+        n_logits: usize,
+    ) -> Result<B::Tensor> {
+        let c = &self.config;
+        let n = ids.len();
+        let pos = cache.n_past;
+        if n == 0 || n_logits == 0 || n_logits > n {
+            return Err(Error::shape(
+                "forward",
+                format!("{n} tokens, {n_logits} logits"),
+            ));
+        }
+        if pos + n > cache.n_ctx {
+            return Err(Error::PromptTooLong {
+                n_prompt: pos + n,
+                n_ctx: cache.n_ctx,
+            });
+        }
+        let (d, q_dim, kv_dim) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let mut x = backend.tensor(n, d)?; // residual stream [n, n_embd]
+        let mut cur = backend.tensor(n, d)?; // normed input of a sub-block
+        let mut q = backend.tensor(n, q_dim)?;
+        let mut k = backend.tensor(n, kv_dim)?;
+        let mut v = backend.tensor(n, kv_dim)?;
+        let mut kqv = backend.tensor(n, q_dim)?; // attention output before attn_output
+        let mut tmp_q = backend.tensor(n, q_dim)?;
+        let mut tmp_k = backend.tensor(n, kv_dim)?;
+        let mut gate = backend.tensor(n, c.n_ff)?;
+        let mut up = backend.tensor(n, c.n_ff)?;
+        let mut act = backend.tensor(n, c.n_ff)?; // ffn activation, input of ffn_down
+        let mut out = backend.tensor(n, d)?; // a sub-block's output [n, n_embd]
+        let mut out_normed = backend.tensor(n, d)?;
+
+        backend.embed(&self.token_embd, ids, &mut x)?;
+        if let Some(s) = self.embd_scale {
+            backend.scale(&mut x, s)?;
+        }
+        for (il, l) in self.layers.iter().enumerate() {
+            // Attention.
+            backend.rms_norm(&x, &l.attn_norm, c.rms_eps, &mut cur)?;
+            backend.matmul(&cur, &l.attn_q, &mut q)?;
+            backend.matmul(&cur, &l.attn_k, &mut k)?;
+            backend.matmul(&cur, &l.attn_v, &mut v)?;
+            if let (Some(qn), Some(kn)) = (&l.attn_q_norm, &l.attn_k_norm) {
+                backend.rms_norm(&q, qn, c.rms_eps, &mut tmp_q)?;
+                backend.rms_norm(&k, kn, c.rms_eps, &mut tmp_k)?;
+                std::mem::swap(&mut q, &mut tmp_q);
+                std::mem::swap(&mut k, &mut tmp_k);
+            }
+            let rope = RopeParams {
+                head_dim: c.head_dim,
+                n_rot: c.n_rot,
+                layout: c.rope_layout,
+                pos_start: pos,
+            };
+            let freqs = if l.spec.local_rope {
+                &self.inv_freq_local
+            } else {
+                &self.inv_freq
+            };
+            backend.rope(&mut q, freqs, &rope)?;
+            backend.rope(&mut k, freqs, &rope)?;
+            backend.copy_rows(&k, 0, &mut cache.k[il], pos, n)?;
+            backend.copy_rows(&v, 0, &mut cache.v[il], pos, n)?;
+            let attn = AttnParams {
+                n_heads: c.n_heads,
+                n_kv_heads: c.n_kv_heads,
+                head_dim: c.head_dim,
+                pos_start: pos,
+                scale: c.attn_scale,
+                window: l.spec.window,
+                softcap: None,
+            };
+            backend.attention(&q, &cache.k[il], &cache.v[il], &attn, &mut kqv)?;
+            backend.matmul(&kqv, &l.attn_output, &mut out)?;
+            self.residual(
+                backend,
+                &mut x,
+                &out,
+                l.post_attention_norm.as_ref(),
+                &mut out_normed,
+            )?;
+
+            // Feed-forward.
+            backend.rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut cur)?;
+            backend.matmul(&cur, &l.ffn_gate, &mut gate)?;
+            backend.matmul(&cur, &l.ffn_up, &mut up)?;
+            match l.spec.activation {
+                Activation::Silu => backend.silu_mul(&gate, &up, &mut act)?,
+                Activation::GeluTanh => backend.gelu_mul(&gate, &up, &mut act)?,
+            }
+            backend.matmul(&act, &l.ffn_down, &mut out)?;
+            self.residual(
+                backend,
+                &mut x,
+                &out,
+                l.post_ffw_norm.as_ref(),
+                &mut out_normed,
+            )?;
+        }
+        cache.n_past = pos + n;
+
+        let mut last = backend.tensor(n_logits, d)?;
+        backend.copy_rows(&x, n - n_logits, &mut last, 0, n_logits)?;
+        let mut normed = backend.tensor(n_logits, d)?;
+        backend.rms_norm(&last, &self.output_norm, c.rms_eps, &mut normed)?;
+        let mut logits = backend.tensor(n_logits, c.n_vocab)?;
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        backend.matmul(&normed, head, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// `x += norm(out)` or `x += out`.
+    fn residual(
+        &self,
+        backend: &B,
+        x: &mut B::Tensor,
+        out: &B::Tensor,
+        post_norm: Option<&B::Weight>,
+        scratch: &mut B::Tensor,
+    ) -> Result<()> {
+        match post_norm {
+            Some(w) => {
+                backend.rms_norm(out, w, self.config.rms_eps, scratch)?;
+                backend.add_assign(x, scratch)
+            }
+            None => backend.add_assign(x, out),
+        }
+    }
+}

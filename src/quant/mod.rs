@@ -1,0 +1,239 @@
+//! Block formats: the `QuantType` enum and the `BlockFormat` trait that every format implements
+//! in one small file. This is the only module that matches on `QuantType` (STYLE.md habit 4):
+//! everything else asks the enum for sizes and calls `dequantize_row` / `quantize_row`.
+//!
+//! Dequantization here is the scalar reference that every SIMD and WGSL path is tested against.
+
+mod bf16;
+mod f16;
+mod f32;
+mod q4_0;
+mod q4_1;
+mod q4_k;
+mod q5_0;
+mod q5_1;
+mod q5_k;
+mod q6_k;
+mod q8_0;
+mod util;
+
+pub use bf16::BlockBF16;
+pub use f16::BlockF16;
+pub use f32::BlockF32;
+pub use q4_0::BlockQ4_0;
+pub use q4_1::BlockQ4_1;
+pub use q4_k::BlockQ4K;
+pub use q5_0::BlockQ5_0;
+pub use q5_1::BlockQ5_1;
+pub use q5_k::BlockQ5K;
+pub use q6_k::BlockQ6K;
+pub use q8_0::BlockQ8_0;
+
+/// One block format: `BLOCK_ELEMS` values stored in `BLOCK_BYTES` bytes, laid out exactly as
+/// ggml stores them (ggml-common.h), so GGUF tensor data is used in place.
+pub trait BlockFormat {
+    const TYPE: QuantType;
+    const BLOCK_ELEMS: usize;
+    const BLOCK_BYTES: usize;
+    /// `block.len() == BLOCK_BYTES`, `out.len() == BLOCK_ELEMS`.
+    fn dequantize_block(block: &[u8], out: &mut [f32]);
+    /// The reference quantizer (same rounding as ggml's `quantize_row_*_ref`), or `None` for
+    /// formats Hearth cannot produce yet.
+    fn quantize_block(_x: &[f32], _out: &mut [u8]) -> Option<()> {
+        None
+    }
+}
+
+/// A tensor's storage type, converted from the GGUF type id at the file's edge.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QuantType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+}
+
+/// Calls `$body` with `$B` bound to the block type of `$t`: the one dispatch point.
+macro_rules! with_format {
+    ($t:expr, $B:ident => $body:expr) => {
+        match $t {
+            QuantType::F32 => {
+                type $B = BlockF32;
+                $body
+            }
+            QuantType::F16 => {
+                type $B = BlockF16;
+                $body
+            }
+            QuantType::BF16 => {
+                type $B = BlockBF16;
+                $body
+            }
+            QuantType::Q8_0 => {
+                type $B = BlockQ8_0;
+                $body
+            }
+            QuantType::Q4_0 => {
+                type $B = BlockQ4_0;
+                $body
+            }
+            QuantType::Q4_1 => {
+                type $B = BlockQ4_1;
+                $body
+            }
+            QuantType::Q5_0 => {
+                type $B = BlockQ5_0;
+                $body
+            }
+            QuantType::Q5_1 => {
+                type $B = BlockQ5_1;
+                $body
+            }
+            QuantType::Q4_K => {
+                type $B = BlockQ4K;
+                $body
+            }
+            QuantType::Q5_K => {
+                type $B = BlockQ5K;
+                $body
+            }
+            QuantType::Q6_K => {
+                type $B = BlockQ6K;
+                $body
+            }
+        }
+    };
+}
+
+impl QuantType {
+    pub const ALL: [QuantType; 11] = [
+        QuantType::F32,
+        QuantType::F16,
+        QuantType::BF16,
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q4_K,
+        QuantType::Q5_K,
+        QuantType::Q6_K,
+    ];
+
+    /// ggml's type ids (ggml.h `enum ggml_type`).
+    pub fn from_ggml_id(id: u32) -> Option<Self> {
+        Some(match id {
+            0 => QuantType::F32,
+            1 => QuantType::F16,
+            2 => QuantType::Q4_0,
+            3 => QuantType::Q4_1,
+            6 => QuantType::Q5_0,
+            7 => QuantType::Q5_1,
+            8 => QuantType::Q8_0,
+            12 => QuantType::Q4_K,
+            13 => QuantType::Q5_K,
+            14 => QuantType::Q6_K,
+            30 => QuantType::BF16,
+            _ => return None,
+        })
+    }
+
+    pub fn ggml_id(self) -> u32 {
+        match self {
+            QuantType::F32 => 0,
+            QuantType::F16 => 1,
+            QuantType::Q4_0 => 2,
+            QuantType::Q4_1 => 3,
+            QuantType::Q5_0 => 6,
+            QuantType::Q5_1 => 7,
+            QuantType::Q8_0 => 8,
+            QuantType::Q4_K => 12,
+            QuantType::Q5_K => 13,
+            QuantType::Q6_K => 14,
+            QuantType::BF16 => 30,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantType::F32 => "F32",
+            QuantType::F16 => "F16",
+            QuantType::BF16 => "BF16",
+            QuantType::Q8_0 => "Q8_0",
+            QuantType::Q4_0 => "Q4_0",
+            QuantType::Q4_1 => "Q4_1",
+            QuantType::Q5_0 => "Q5_0",
+            QuantType::Q5_1 => "Q5_1",
+            QuantType::Q4_K => "Q4_K",
+            QuantType::Q5_K => "Q5_K",
+            QuantType::Q6_K => "Q6_K",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+
+    pub fn block_elems(self) -> usize {
+        with_format!(self, B => B::BLOCK_ELEMS)
+    }
+
+    pub fn block_bytes(self) -> usize {
+        with_format!(self, B => B::BLOCK_BYTES)
+    }
+
+    /// Bytes of a row of `n` values, or `None` if `n` is not a whole number of blocks or the
+    /// size overflows.
+    pub fn row_bytes(self, n: usize) -> Option<usize> {
+        let be = self.block_elems();
+        if n % be != 0 {
+            return None;
+        }
+        (n / be).checked_mul(self.block_bytes())
+    }
+
+    /// Dequantizes `src` (whole blocks) into `dst`; `dst.len()` values are produced and `src`
+    /// must hold exactly `row_bytes(dst.len())` bytes.
+    pub fn dequantize_row(self, src: &[u8], dst: &mut [f32]) {
+        with_format!(self, B => {
+            debug_assert_eq!(Some(src.len()), self.row_bytes(dst.len()));
+            for (block, out) in src
+                .chunks_exact(B::BLOCK_BYTES)
+                .zip(dst.chunks_exact_mut(B::BLOCK_ELEMS))
+            {
+                B::dequantize_block(block, out);
+            }
+        })
+    }
+
+    /// Quantizes `src` into `dst` (`row_bytes(src.len())` bytes). `None` if this format has no
+    /// quantizer.
+    pub fn quantize_row(self, src: &[f32], dst: &mut [u8]) -> Option<()> {
+        with_format!(self, B => {
+            debug_assert_eq!(Some(dst.len()), self.row_bytes(src.len()));
+            for (x, out) in src
+                .chunks_exact(B::BLOCK_ELEMS)
+                .zip(dst.chunks_exact_mut(B::BLOCK_BYTES))
+            {
+                B::quantize_block(x, out)?;
+            }
+            Some(())
+        })
+    }
+}
+
+impl std::fmt::Display for QuantType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

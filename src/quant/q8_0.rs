@@ -1,0 +1,18 @@
+//! Q8_0: 32 values as i8 with one f16 scale (34 bytes): `x = d * q`.
+
+use super::util::f16_at;
+use super::{BlockFormat, QuantType};
+
+pub struct BlockQ8_0;
+
+impl BlockFormat for BlockQ8_0 {
+    const TYPE: QuantType = QuantType::Q8_0;
+    const BLOCK_ELEMS: usize = 32;
+    const BLOCK_BYTES: usize = 34;
+    fn dequantize_block(block: &[u8], out: &mut [f32]) {
+        let d = f16_at(block, 0);
+        for (o, &q) in out.iter_mut().zip(&block[2..34]) {
+            *o = d * (q as i8) as f32;
+        }
+    }
+}
