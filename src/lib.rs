@@ -3,8 +3,10 @@
 
 pub mod backend;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod sample;
 
 pub use error::{Error, Result};

@@ -341,7 +341,7 @@ def build(llama3: bool) -> Path:
             w.add_tensor(tname, data, raw_shape=data.shape, raw_dtype=qtype)
         print(f"  {tname:28s} {qtype.name:5s} {shape} std {deq.std():.4f} absmax {np.abs(deq).max():.3f}")
 
-    add("token_embd.weight", embd_type, (n_vocab, N_EMBD), 0.8)
+    add("token_embd.weight", embd_type, (n_vocab, N_EMBD), 0.25 if llama3 else 0.8)
     if llama3:
         w.add_tensor("rope_freqs.weight", llama3_rope_factors(freq_base))
     for i in range(N_LAYER):

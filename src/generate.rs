@@ -1,0 +1,386 @@
+//! Generation state that does not depend on text: options (Ollama's parameter names), the
+//! model session that owns a KV cache and reuses its longest common prefix, and the stop-string
+//! matcher that holds back text which might still become a stop string.
+
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::model::{KvCache, Model};
+use crate::sample::SamplerOptions;
+use crate::{Error, Result};
+
+/// Prompt tokens evaluated per forward call: bounds the activations of a long prompt.
+pub const PREFILL_CHUNK: usize = 512;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerateOptions {
+    pub sampler: SamplerOptions,
+    /// `None`: until end of generation or a full context.
+    pub num_predict: Option<usize>,
+    pub stop: Vec<String>,
+    /// `None`: the engine's default.
+    pub num_ctx: Option<usize>,
+}
+
+fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| Error::Other(format!("invalid value {value:?} for parameter {name}")))
+}
+
+impl GenerateOptions {
+    /// Every parameter name `set` accepts (Ollama's names).
+    pub const PARAMETERS: [&'static str; 12] = [
+        "num_ctx",
+        "num_predict",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repeat_penalty",
+        "repeat_last_n",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "stop",
+    ];
+
+    /// Sets a parameter by its Ollama name from text (Modelfile `PARAMETER`, `/set parameter`).
+    /// `stop` appends; `num_predict` -1 means unlimited.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        let s = &mut self.sampler;
+        match name {
+            "num_ctx" => {
+                let n: usize = parse(name, value)?;
+                if n == 0 {
+                    return Err(Error::Other("num_ctx must be at least 1".into()));
+                }
+                self.num_ctx = Some(n);
+            }
+            "num_predict" => {
+                let n: i64 = parse(name, value)?;
+                self.num_predict = (n >= 0).then_some(n as usize);
+            }
+            "temperature" => s.temperature = parse(name, value)?,
+            "top_k" => s.top_k = parse(name, value)?,
+            "top_p" => s.top_p = parse(name, value)?,
+            "min_p" => s.min_p = parse(name, value)?,
+            "repeat_penalty" => s.repeat_penalty = parse(name, value)?,
+            "repeat_last_n" => s.repeat_last_n = parse(name, value)?,
+            "presence_penalty" => s.presence_penalty = parse(name, value)?,
+            "frequency_penalty" => s.frequency_penalty = parse(name, value)?,
+            "seed" => {
+                let n: i64 = parse(name, value)?;
+                s.seed = (n >= 0).then_some(n as u64);
+            }
+            "stop" => {
+                let v = value.trim();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v);
+                if v.is_empty() {
+                    return Err(Error::Other("stop needs a non-empty string".into()));
+                }
+                self.stop.push(v.to_string());
+            }
+            _ => {
+                return Err(Error::Other(format!(
+                    "unknown parameter {name:?}; known parameters: {}",
+                    Self::PARAMETERS.join(", ")
+                )))
+            }
+        }
+        let s = &self.sampler;
+        if !(s.temperature >= 0.0
+            && s.top_p > 0.0
+            && s.top_p <= 1.0
+            && (0.0..=1.0).contains(&s.min_p)
+            && s.repeat_penalty > 0.0)
+        {
+            return Err(Error::Other(format!(
+                "parameter {name} {value} is out of range"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The parameters that differ from the defaults, as `(name, value)` text pairs.
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let d = GenerateOptions::default();
+        let (s, ds) = (&self.sampler, &d.sampler);
+        let mut v = Vec::new();
+        let mut push = |n: &str, x: String| v.push((n.to_string(), x));
+        if let Some(n) = self.num_ctx {
+            push("num_ctx", n.to_string());
+        }
+        if let Some(n) = self.num_predict {
+            push("num_predict", n.to_string());
+        }
+        if s.temperature != ds.temperature {
+            push("temperature", s.temperature.to_string());
+        }
+        if s.top_k != ds.top_k {
+            push("top_k", s.top_k.to_string());
+        }
+        if s.top_p != ds.top_p {
+            push("top_p", s.top_p.to_string());
+        }
+        if s.min_p != ds.min_p {
+            push("min_p", s.min_p.to_string());
+        }
+        if s.repeat_penalty != ds.repeat_penalty {
+            push("repeat_penalty", s.repeat_penalty.to_string());
+        }
+        if s.repeat_last_n != ds.repeat_last_n {
+            push("repeat_last_n", s.repeat_last_n.to_string());
+        }
+        if s.presence_penalty != ds.presence_penalty {
+            push("presence_penalty", s.presence_penalty.to_string());
+        }
+        if s.frequency_penalty != ds.frequency_penalty {
+            push("frequency_penalty", s.frequency_penalty.to_string());
+        }
+        if let Some(seed) = s.seed {
+            push("seed", seed.to_string());
+        }
+        for stop in &self.stop {
+            push("stop", format!("{stop:?}"));
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoneReason {
+    /// End-of-generation token or a stop string.
+    Stop,
+    /// `num_predict` reached or the context is full.
+    Length,
+    Cancelled,
+}
+
+impl DoneReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoneReason::Stop => "stop",
+            DoneReason::Length => "length",
+            DoneReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the KV cache (not evaluated again).
+    pub cached_tokens: usize,
+    pub prompt_eval: Duration,
+    pub eval_tokens: usize,
+    pub eval: Duration,
+    pub done_reason: DoneReason,
+}
+
+/// A model, its backend and one KV cache: evaluates token sequences, reusing the longest
+/// prefix shared with what the cache already holds.
+pub trait Runner: Send {
+    fn n_ctx(&self) -> usize;
+    fn n_vocab(&self) -> usize;
+    fn device_name(&self) -> String;
+    /// Makes the cache hold exactly `ids` and returns the logits of the last one, plus how
+    /// many leading ids were already cached.
+    fn eval(&mut self, ids: &[u32]) -> Result<(Vec<f32>, usize)>;
+    /// Appends one token and returns its logits.
+    fn step(&mut self, id: u32) -> Result<Vec<f32>>;
+    /// Appends one token and returns the greedy next token without reading logits back.
+    fn step_greedy(&mut self, id: u32) -> Result<u32>;
+}
+
+pub struct Session<B: Backend> {
+    pub backend: B,
+    pub model: Model<B>,
+    cache: KvCache<B>,
+    /// The tokens whose keys and values `cache` holds, in order.
+    cached: Vec<u32>,
+}
+
+impl<B: Backend> Session<B> {
+    pub fn new(backend: B, model: Model<B>, n_ctx: usize) -> Result<Self> {
+        let cache = KvCache::new(&backend, &model.config, n_ctx)?;
+        Ok(Session {
+            backend,
+            model,
+            cache,
+            cached: Vec::new(),
+        })
+    }
+
+    fn forward(&mut self, ids: &[u32]) -> Result<B::Tensor> {
+        let logits = self.model.forward(&self.backend, ids, &mut self.cache, 1)?;
+        self.cached.extend_from_slice(ids);
+        Ok(logits)
+    }
+}
+
+impl<B: Backend + 'static> Runner for Session<B>
+where
+    B::Tensor: Send,
+    B::Weight: Send,
+{
+    fn n_ctx(&self) -> usize {
+        self.cache.n_ctx
+    }
+
+    fn n_vocab(&self) -> usize {
+        self.model.config.n_vocab
+    }
+
+    fn device_name(&self) -> String {
+        self.backend.name()
+    }
+
+    fn eval(&mut self, ids: &[u32]) -> Result<(Vec<f32>, usize)> {
+        if ids.is_empty() {
+            return Err(Error::Other("the prompt is empty".into()));
+        }
+        if ids.len() > self.cache.n_ctx {
+            return Err(Error::PromptTooLong {
+                n_prompt: ids.len(),
+                n_ctx: self.cache.n_ctx,
+            });
+        }
+        // Keep the shared prefix, but always evaluate at least the last id to get its logits.
+        let common = self
+            .cached
+            .iter()
+            .zip(ids)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(ids.len() - 1);
+        self.cache.truncate(common);
+        self.cached.truncate(common);
+        let mut logits = None;
+        for chunk in ids[common..].chunks(PREFILL_CHUNK) {
+            logits = Some(self.forward(chunk)?);
+        }
+        let logits = logits.expect("at least one id is evaluated");
+        Ok((self.backend.read(&logits)?, common))
+    }
+
+    fn step(&mut self, id: u32) -> Result<Vec<f32>> {
+        let logits = self.forward(&[id])?;
+        self.backend.read(&logits)
+    }
+
+    fn step_greedy(&mut self, id: u32) -> Result<u32> {
+        let logits = self.forward(&[id])?;
+        Ok(self.backend.argmax(&logits)?[0])
+    }
+}
+
+/// Holds back generated text that could still turn into a stop string, so a stop string is
+/// never printed, even when it spans several tokens.
+#[derive(Debug, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> Self {
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
+    }
+
+    /// Adds `text`; returns the text safe to emit and whether a stop string was hit (then the
+    /// text before it is returned and everything after it dropped).
+    pub fn push(&mut self, text: &str) -> (String, bool) {
+        self.pending.push_str(text);
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return (out, true);
+        }
+        // The longest suffix of `pending` that is a proper prefix of some stop string waits.
+        let hold = self
+            .stops
+            .iter()
+            .map(|s| {
+                (1..s.len().min(self.pending.len() + 1))
+                    .rev()
+                    .find(|&n| {
+                        s.is_char_boundary(n)
+                            && self.pending.is_char_boundary(self.pending.len() - n)
+                            && self.pending.ends_with(&s[..n])
+                    })
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        let out = self.pending[..self.pending.len() - hold].to_string();
+        self.pending.drain(..self.pending.len() - hold);
+        (out, false)
+    }
+
+    /// Whatever is still held back (generation ended without a stop string).
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_string_across_tokens_is_never_emitted() {
+        let mut m = StopMatcher::new(&["</s>".to_string(), "User:".into()]);
+        let mut out = String::new();
+        let mut hit = false;
+        for piece in ["Hello", " wor", "ld<", "/", "s> tail"] {
+            let (t, h) = m.push(piece);
+            out.push_str(&t);
+            hit |= h;
+            if h {
+                break;
+            }
+        }
+        assert!(hit);
+        assert_eq!(out, "Hello world");
+    }
+
+    #[test]
+    fn held_text_is_released_when_it_cannot_match() {
+        let mut m = StopMatcher::new(&["User:".to_string()]);
+        assert_eq!(m.push("a Us"), ("a ".to_string(), false));
+        assert_eq!(m.push("ed"), ("Used".to_string(), false));
+        assert_eq!(m.push("Use"), (String::new(), false));
+        assert_eq!(m.finish(), "Use");
+    }
+
+    #[test]
+    fn options_parse_ollama_parameter_names() {
+        let mut o = GenerateOptions::default();
+        o.set("temperature", "0").unwrap();
+        o.set("num_predict", "-1").unwrap();
+        o.set("stop", "\"<|im_end|>\"").unwrap();
+        o.set("seed", "7").unwrap();
+        assert!(o.sampler.is_greedy());
+        assert_eq!(o.num_predict, None);
+        assert_eq!(o.stop, vec!["<|im_end|>"]);
+        assert!(o.set("temperature", "hot").is_err());
+        assert!(o.set("top_p", "1.5").is_err());
+        assert!(o.set("nonsense", "1").is_err());
+        assert!(o
+            .to_pairs()
+            .contains(&("seed".to_string(), "7".to_string())));
+    }
+}
