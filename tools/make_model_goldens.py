@@ -20,9 +20,10 @@ ones divided by the file's rope_freqs factors (relative error < 1e-5).
 Prompt ids come from the tokenizer transformers builds from the GGUF (gguf_file=), except that its
 pre-tokenizer is replaced by the `smollm` one (digits split one by one, then GPT-2's byte-level
 regex -- the same as SmolLM2's own tokenizer.json), which transformers does not know; the script
-records whether the stock tokenizer would have given the same ids. Chat prompts are rendered with
-the GGUF's `tokenizer.chat_template` (apply_chat_template, add_generation_prompt=True) and then
-tokenized without adding special tokens.
+records whether the stock tokenizer would have given the same ids, and checks the ids against
+tools/llamacpp_tok.py (a port of llama.cpp's tokenizer; a difference is recorded as "llamacpp_ids").
+Chat prompts are rendered with the GGUF's `tokenizer.chat_template` (apply_chat_template,
+add_generation_prompt=True) and then tokenized without adding special tokens.
 
 Per case the JSON holds:
     name, chat, prompt_text, messages (chat cases), prompt_ids,
@@ -48,7 +49,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -59,6 +59,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from tokenizers import pre_tokenizers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llamacpp_tok  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "tests" / "data" / "golden"
@@ -161,7 +164,7 @@ def check_llama3_rope(model, path: Path) -> None:
 
 
 @torch.no_grad()
-def run_case(model, tok, stock, name: str, text: str, chat: bool, messages=None) -> dict:
+def run_case(model, tok, stock, port, name: str, text: str, chat: bool, messages=None) -> dict:
     if chat:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         stock_ids = stock(text, add_special_tokens=False)["input_ids"]
@@ -206,6 +209,10 @@ def run_case(model, tok, stock, name: str, text: str, chat: bool, messages=None)
         case["last_logits"] = [f32(v) for v in last.tolist()]
     case["last_logits_top"] = [[int(i), f32(v)] for v, i in zip(top.values.tolist(), top.indices.tolist())]
     case["last_logits_stats"] = {"max": f32(last.max()), "mean": f32(l64.mean()), "std": f32(l64.std(unbiased=False))}
+    port_ids = port.encode(text, add_special=not chat, parse_special=True)
+    if port_ids != ids:
+        print(f"  WARNING {name}: tools/llamacpp_tok.py gives other prompt ids: {port_ids}")
+        case["llamacpp_ids"] = port_ids
     if stock_ids != ids:
         case["note"] = "transformers' stock GGUF tokenizer (GPT-2 regex, no digit split) gives other ids: " + json.dumps(stock_ids)
     print(f"  {name:16s} {len(ids):3d} prompt ids, min margin {min(margins):.4f}, "
@@ -217,14 +224,15 @@ def run_case(model, tok, stock, name: str, text: str, chat: bool, messages=None)
 def make(model_name: str, path: Path, raw_prompts, chats=(), rope_parameters=None) -> dict:
     print(f"{model_name}: {path}")
     model, tok, stock = load(path, rope_parameters)
+    port = llamacpp_tok.Vocab(str(path))
     if rope_parameters is not None:
         check_llama3_rope(model, path)
     cases = []
     for name, text in raw_prompts:
-        cases.append(run_case(model, tok, stock, name, text, chat=False))
+        cases.append(run_case(model, tok, stock, port, name, text, chat=False))
     for name, messages in chats:
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        cases.append(run_case(model, tok, stock, name, text, chat=True, messages=messages))
+        cases.append(run_case(model, tok, stock, port, name, text, chat=True, messages=messages))
     digest = sha256(path)
     source = (f"transformers {transformers.__version__} (torch {torch.__version__}) fp32 CPU eager attention on "
               f"{path.name} sha256 {digest}")

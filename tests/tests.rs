@@ -1,0 +1,4 @@
+//! Hearth's integration tests: one binary, one module per area (STYLE.md, ripgrep's layout).
+
+mod common;
+mod model;
