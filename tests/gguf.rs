@@ -9,7 +9,8 @@ use crate::common::data;
 
 fn sample_writer() -> GgufWriter {
     let mut w = GgufWriter::new();
-    w.set("general.architecture", Value::String("llama".into())).unwrap();
+    w.set("general.architecture", Value::String("llama".into()))
+        .unwrap();
     w.set("t.u8", Value::U8(7)).unwrap();
     w.set("t.i8", Value::I8(-7)).unwrap();
     w.set("t.u16", Value::U16(65535)).unwrap();
@@ -35,13 +36,21 @@ fn sample_writer() -> GgufWriter {
     .unwrap();
     w.set(
         "t.strs",
-        Value::Array(ValueType::String, vec![Value::String("a".into()), Value::String("".into())]),
+        Value::Array(
+            ValueType::String,
+            vec![Value::String("a".into()), Value::String("".into())],
+        ),
     )
     .unwrap();
-    let f32s: Vec<u8> = (0..64).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect();
-    w.add_tensor("a.weight", &[32, 2], QuantType::F32, f32s).unwrap();
-    w.add_tensor("b.weight", &[32], QuantType::Q8_0, vec![1; 34]).unwrap();
-    w.add_tensor("c.weight", &[256, 1], QuantType::Q4_K, vec![3; 144]).unwrap();
+    let f32s: Vec<u8> = (0..64)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
+    w.add_tensor("a.weight", &[32, 2], QuantType::F32, f32s)
+        .unwrap();
+    w.add_tensor("b.weight", &[32], QuantType::Q8_0, vec![1; 34])
+        .unwrap();
+    w.add_tensor("c.weight", &[256, 1], QuantType::Q4_K, vec![3; 144])
+        .unwrap();
     w
 }
 
@@ -54,15 +63,28 @@ fn writer_output_reads_back_identically() {
     assert_eq!(f.get("t.i64"), Some(&Value::I64(i64::MIN)));
     assert_eq!(f.get("t.f64"), Some(&Value::F64(-1.5e300)));
     assert_eq!(f.get_str("t.str").unwrap(), "héllo ▁ 👋");
-    assert_eq!(f.get("t.nested").unwrap().as_array().unwrap()[0].as_array().unwrap()[1], Value::I32(-2));
+    assert_eq!(
+        f.get("t.nested").unwrap().as_array().unwrap()[0]
+            .as_array()
+            .unwrap()[1],
+        Value::I32(-2)
+    );
     assert_eq!(f.metadata().count(), 15);
     let a = f.tensor("a.weight").unwrap();
     assert_eq!((a.n_rows(), a.n_cols(), a.qtype), (2, 32, QuantType::F32));
     let bytes = f.tensor_bytes(a);
     assert_eq!(&bytes[4..8], &0.5f32.to_le_bytes());
-    assert_eq!(&*f.tensor_bytes(f.tensor("c.weight").unwrap()), &[3u8; 144][..]);
+    assert_eq!(
+        &*f.tensor_bytes(f.tensor("c.weight").unwrap()),
+        &[3u8; 144][..]
+    );
     for t in f.tensors() {
-        assert_eq!((f.data_offset + t.offset) % f.alignment, 0, "{} is aligned", t.name);
+        assert_eq!(
+            (f.data_offset + t.offset) % f.alignment,
+            0,
+            "{} is aligned",
+            t.name
+        );
     }
     // A second write of what was read is byte-identical.
     let mut w2 = GgufWriter::new();
@@ -70,7 +92,8 @@ fn writer_output_reads_back_identically() {
         w2.set(k, v.clone()).unwrap();
     }
     for t in f.tensors() {
-        w2.add_tensor(&t.name, &t.dims, t.qtype, f.tensor_bytes(t).to_vec()).unwrap();
+        w2.add_tensor(&t.name, &t.dims, t.qtype, f.tensor_bytes(t).to_vec())
+            .unwrap();
     }
     assert_eq!(w2.to_bytes(), w.to_bytes());
 }
@@ -98,15 +121,23 @@ fn real_file_parses_and_atomic_write_round_trips() {
         w.set(k, v.clone()).unwrap();
     }
     for t in f.tensors() {
-        w.add_tensor(&t.name, &t.dims, t.qtype, f.tensor_bytes(t).to_vec()).unwrap();
+        w.add_tensor(&t.name, &t.dims, t.qtype, f.tensor_bytes(t).to_vec())
+            .unwrap();
     }
     w.write(&path).unwrap();
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.tensors().len(), f.tensors().len());
     for t in f.tensors() {
-        assert_eq!(&*g.tensor_bytes(g.tensor(&t.name).unwrap()), &*f.tensor_bytes(t));
+        assert_eq!(
+            &*g.tensor_bytes(g.tensor(&t.name).unwrap()),
+            &*f.tensor_bytes(t)
+        );
     }
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp file is left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temp file is left behind"
+    );
 }
 
 fn err_of(bytes: Vec<u8>) -> String {
@@ -122,15 +153,31 @@ fn truncated_files_are_errors_at_every_cut() {
     for cut in 0..full.len() - 1 {
         // The last tensor's padding is not data; a cut there still parses.
         if let Ok(f) = GgufFile::from_bytes(full[..cut].to_vec()) {
-            let end = f.tensors().iter().map(|t| f.data_offset as usize + t.offset as usize + t.n_bytes).max().unwrap();
-            assert!(cut >= end, "cut at {cut} parsed although data ends at {end}");
+            let end = f
+                .tensors()
+                .iter()
+                .map(|t| f.data_offset as usize + t.offset as usize + t.n_bytes)
+                .max()
+                .unwrap();
+            assert!(
+                cut >= end,
+                "cut at {cut} parsed although data ends at {end}"
+            );
         }
     }
     let nano = std::fs::read(data("nano/nano-llama.gguf")).unwrap();
     let f = GgufFile::from_bytes(nano.clone()).unwrap();
-    let data_end = f.tensors().iter().map(|t| f.data_offset as usize + t.offset as usize + t.n_bytes).max().unwrap();
+    let data_end = f
+        .tensors()
+        .iter()
+        .map(|t| f.data_offset as usize + t.offset as usize + t.n_bytes)
+        .max()
+        .unwrap();
     for cut in (0..data_end).step_by(997).chain([data_end - 1]) {
-        assert!(GgufFile::from_bytes(nano[..cut].to_vec()).is_err(), "cut at {cut}");
+        assert!(
+            GgufFile::from_bytes(nano[..cut].to_vec()).is_err(),
+            "cut at {cut}"
+        );
     }
 }
 

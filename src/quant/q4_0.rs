@@ -1,7 +1,7 @@
 //! Q4_0: 32 values as 4-bit offsets from 8 with one f16 scale (18 bytes): `x = d * (q - 8)`.
 //! Low nibbles hold values 0..16, high nibbles 16..32.
 
-use super::util::f16_at;
+use super::util::{f16_at, put_f16, signed_absmax};
 use super::{BlockFormat, QuantType};
 
 pub struct BlockQ4_0;
@@ -16,5 +16,17 @@ impl BlockFormat for BlockQ4_0 {
             out[j] = d * ((q & 0xF) as i32 - 8) as f32;
             out[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
         }
+    }
+    fn quantize_block(x: &[f32], out: &mut [u8]) -> Option<()> {
+        // ggml's reference: the value of largest magnitude maps to -8.
+        let max = signed_absmax(x);
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(out, 0, d);
+        let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
+        for j in 0..16 {
+            out[2 + j] = q(x[j]) | (q(x[j + 16]) << 4);
+        }
+        Some(())
     }
 }

@@ -1,7 +1,7 @@
 //! Q5_1: 32 values as 5-bit steps above a minimum (24 bytes: f16 d, f16 m, u32 of fifth bits,
 //! 16 nibble bytes): `x = d * q + m`.
 
-use super::util::f16_at;
+use super::util::{f16_at, min_max, pack_q5, put_f16};
 use super::{BlockFormat, QuantType};
 
 pub struct BlockQ5_1;
@@ -19,5 +19,15 @@ impl BlockFormat for BlockQ5_1 {
             out[j] = d * ((q & 0xF) as u32 | h0) as f32 + m;
             out[j + 16] = d * ((q >> 4) as u32 | h1) as f32 + m;
         }
+    }
+    fn quantize_block(x: &[f32], out: &mut [u8]) -> Option<()> {
+        let (min, max) = min_max(x);
+        let d = (max - min) / 31.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        put_f16(out, 0, d);
+        put_f16(out, 2, min);
+        let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 31) as u32;
+        pack_q5(x, q, &mut out[4..24]);
+        Some(())
     }
 }

@@ -23,3 +23,34 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
         )
     }
 }
+
+/// The value of largest magnitude, with its sign (the first one on ties, as ggml).
+pub fn signed_absmax(x: &[f32]) -> f32 {
+    let mut best = 0f32;
+    for &v in x {
+        if v.abs() > best.abs() {
+            best = v;
+        }
+    }
+    best
+}
+
+pub fn min_max(x: &[f32]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// Packs 32 five-bit values as Q5_0/Q5_1 store them: the u32 of fifth bits, then 16 bytes of
+/// low nibbles (values 0..16 low, 16..32 high).
+pub fn pack_q5(x: &[f32], q: impl Fn(f32) -> u32, out: &mut [u8]) {
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let (a, b) = (q(x[j]), q(x[j + 16]));
+        out[4 + j] = ((a & 0xF) | ((b & 0xF) << 4)) as u8;
+        qh |= ((a >> 4) & 1) << j;
+        qh |= ((b >> 4) & 1) << (j + 16);
+    }
+    out[..4].copy_from_slice(&qh.to_le_bytes());
+}
