@@ -2,5 +2,6 @@
 
 mod common;
 mod gguf;
+mod gpu;
 mod model;
 mod quant;
