@@ -7,6 +7,7 @@
 //! Every case runs on each feature path (native f16 or not, subgroups or not).
 
 use hearth::backend::cpu::CpuBackend;
+use hearth::backend::gpu::bench::{self, BenchOptions};
 use hearth::backend::gpu::cases::{test_cases, KernelCase, Op, Prepared};
 use hearth::backend::gpu::params::ALL_LAYOUTS;
 use hearth::backend::gpu::shaders::{all_keys, Access, PipelineKey, FILES};
@@ -325,6 +326,40 @@ fn weights_split_over_several_bindings() {
 }
 
 #[test]
+fn shader_bench_times_with_timestamps_and_wall_clock() {
+    for force_no_timestamps in [false, true] {
+        let Some(gpu) = gpu(GpuConfig {
+            force_no_timestamps,
+            ..Default::default()
+        }) else {
+            return;
+        };
+        let opts = BenchOptions {
+            quick: true,
+            filter: Some("smollm2 silu_mul".into()),
+            min_time: std::time::Duration::from_millis(5),
+            peak_gbps: Some(100.0),
+            ..Default::default()
+        };
+        let mut seen = 0;
+        let report = bench::run(&gpu, &opts, |_| seen += 1).unwrap();
+        assert_eq!(seen, 1);
+        assert_eq!(report.rows.len(), 1);
+        let row = &report.rows[0];
+        assert_eq!(row.kernels, ["silu_mul"]);
+        assert!(row.micros > 0.0 && row.gbps > 0.0, "{row:?}");
+        assert!(row.pct_peak_bandwidth.is_some());
+        assert_eq!(
+            report.timer == "wall",
+            force_no_timestamps || !gpu.has_timestamps()
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["rows"][0]["case"], row.case.as_str());
+        assert!(report.to_string().contains("silu_mul"));
+    }
+}
+
+#[test]
 fn recycled_tensors_start_zeroed() {
     let Some(gpu) = gpu(GpuConfig::default()) else {
         return;
@@ -374,6 +409,11 @@ fn bad_inputs_are_errors() {
     };
     let err = gpu.attention(&q, &kv, &kv, &p, &mut o).unwrap_err();
     assert!(err.to_string().contains("head_dim"), "{err}");
+
+    // An activation larger than any storage binding is refused up front.
+    let rows = (gpu.max_binding() / 4 / 1024 + 1) as usize;
+    let err = gpu.tensor(rows, 1024).err().expect("larger than a binding");
+    assert!(err.to_string().contains("largest storage binding"), "{err}");
 
     let err = GpuBackend::new(GpuConfig {
         adapter: Some(99),

@@ -7,6 +7,10 @@
 //! rows with a tail, odd GQA ratios, windows on both sides of the context, contexts past one
 //! tile); benchmark cases use real model shapes.
 
+mod table;
+
+pub use table::{bench_cases, test_cases};
+
 use crate::backend::{AttnParams, Backend, RopeLayout, RopeParams, WeightSource};
 use crate::gguf::{GgufFile, GgufWriter};
 use crate::quant::QuantType;
@@ -210,6 +214,9 @@ impl Rng {
     }
 }
 
+/// Rows of a random weight that are all distinct; larger weights repeat them.
+const UNIQUE_ROWS: usize = 256;
+
 /// `n_rows` rows of `n_cols` values in `qtype`: quantized random values where Hearth has a
 /// quantizer, otherwise random blocks kept only when they decode to finite, moderate values.
 pub fn random_weight(
@@ -224,28 +231,36 @@ pub fn random_weight(
             format!("{n_cols} values are not whole {qtype} blocks"),
         )
     })?;
+    // Benchmark-sized weights repeat their first rows: the kernels' speed does not depend on
+    // the values, and making millions of random blocks is slow.
+    let n_unique = n_rows.min(UNIQUE_ROWS);
     let mut out = vec![0u8; row_bytes * n_rows];
     let probe = rng.values(qtype.block_elems());
     let mut scratch = vec![0u8; qtype.block_bytes()];
+    let (unique, rest) = out.split_at_mut(row_bytes * n_unique);
     if qtype.quantize_row(&probe, &mut scratch).is_some() {
-        for row in out.chunks_exact_mut(row_bytes) {
+        for row in unique.chunks_exact_mut(row_bytes) {
             let x = rng.values(n_cols);
             qtype.quantize_row(&x, row);
         }
-        return Ok(out);
-    }
-    let mut vals = vec![0f32; qtype.block_elems()];
-    for block in out.chunks_exact_mut(qtype.block_bytes()) {
-        loop {
-            for b in block.iter_mut() {
-                *b = rng.next_u64() as u8;
-            }
-            qtype.dequantize_row(block, &mut vals);
-            let max = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
-            if vals.iter().all(|v| v.is_finite()) && (1e-6..=1e3).contains(&max) {
-                break;
+    } else {
+        let mut vals = vec![0f32; qtype.block_elems()];
+        for block in unique.chunks_exact_mut(qtype.block_bytes()) {
+            loop {
+                for b in block.iter_mut() {
+                    *b = rng.next_u64() as u8;
+                }
+                qtype.dequantize_row(block, &mut vals);
+                let max = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+                if vals.iter().all(|v| v.is_finite()) && (1e-6..=1e3).contains(&max) {
+                    break;
+                }
             }
         }
+    }
+    for (i, row) in rest.chunks_exact_mut(row_bytes).enumerate() {
+        let src = (i % n_unique) * row_bytes;
+        row.copy_from_slice(&unique[src..src + row_bytes]);
     }
     Ok(out)
 }
@@ -532,150 +547,4 @@ impl<B: Backend> Prepared<B> {
 
 fn missing() -> crate::Error {
     crate::Error::Other("case has no weight".into())
-}
-
-/// Matmul rows of the test cases: not a multiple of the matvec (4) or matmul (64) row tiles.
-const TEST_ROWS: usize = 67;
-
-/// The correctness cases (small shapes, every block format, the awkward sizes).
-pub fn test_cases() -> Vec<KernelCase> {
-    let mut v = Vec::new();
-    for qtype in QuantType::ALL {
-        // Float rows of 61 values end in a partial 8-value chunk, and leave F16/BF16 rows
-        // 2-byte aligned.
-        let n_cols = match qtype.block_elems() {
-            1 => 61,
-            32 => 160,
-            _ => 512,
-        };
-        // 1 and 3 tokens take the matvec kernel, 70 the tiled matmul (two token tiles).
-        for n_tokens in [1, 3, 70] {
-            v.push(KernelCase::new(
-                format!("matmul {qtype} {n_tokens}x{n_cols} · {TEST_ROWS}x{n_cols}"),
-                Op::Matmul {
-                    qtype,
-                    n_tokens,
-                    n_rows: TEST_ROWS,
-                    n_cols,
-                },
-            ));
-        }
-        v.push(KernelCase::new(
-            format!("embed {qtype} 5 ids of 37x{n_cols}"),
-            Op::Embed {
-                qtype,
-                n_vocab: 37,
-                n_cols,
-                n_ids: 5,
-            },
-        ));
-    }
-    // Long rows: many 8-value chunks per thread; 9 tokens is the first past matvec.
-    for (qtype, n_tokens, n_rows, n_cols) in [
-        (QuantType::Q4_K, 1, 5, 4608),
-        (QuantType::F32, 1, 3, 2501),
-        (QuantType::Q8_0, 9, 130, 2080),
-        (QuantType::Q6_K, 2, 9, 2304),
-    ] {
-        v.push(KernelCase::new(
-            format!("matmul {qtype} {n_tokens}x{n_cols} · {n_rows}x{n_cols}"),
-            Op::Matmul {
-                qtype,
-                n_tokens,
-                n_rows,
-                n_cols,
-            },
-        ));
-    }
-    for (n_rows, n_cols, group) in [(3, 576, 576), (5, 256, 64), (2, 1000, 1000), (1, 7, 7)] {
-        v.push(KernelCase::new(
-            format!("rms_norm {n_rows}x{n_cols} groups of {group}"),
-            Op::RmsNorm {
-                n_rows,
-                n_cols,
-                group,
-            },
-        ));
-    }
-    for (n_rows, n_heads, head_dim, n_rot, layout, pos_start) in [
-        (3, 4, 64, 64, RopeLayout::Interleaved, 0),
-        (2, 3, 80, 32, RopeLayout::Neox, 30_000),
-        (5, 2, 128, 128, RopeLayout::Neox, 7),
-        (1, 9, 64, 48, RopeLayout::Interleaved, 8191),
-    ] {
-        v.push(KernelCase::new(
-            format!(
-                "rope {layout:?} {n_rows} rows of {n_heads}x{head_dim} rot {n_rot} at {pos_start}"
-            ),
-            Op::Rope {
-                n_rows,
-                n_heads,
-                head_dim,
-                n_rot,
-                layout,
-                pos_start,
-            },
-        ));
-    }
-    // (n_q, heads, kv heads, head_dim, pos_start, window, softcap). Up to 8 rows take the
-    // split kernel (256 keys per split), more the tiled one (BK = 2048 / max(head_dim, 64)).
-    for (n_q, n_heads, n_kv_heads, head_dim, pos_start, window, softcap) in [
-        (1, 9, 3, 64, 0, None, None),
-        (1, 9, 3, 64, 299, None, None),
-        (1, 5, 1, 80, 1000, Some(100), None),
-        (1, 4, 4, 256, 600, Some(5000), None),
-        (1, 8, 2, 64, 511, None, Some(0.5)),
-        (3, 6, 2, 32, 257, Some(3), None),
-        (8, 4, 1, 128, 40, None, None),
-        (70, 9, 3, 64, 0, None, None),
-        (33, 5, 1, 80, 40, Some(30), None),
-        (20, 4, 2, 256, 100, None, Some(0.5)),
-        (100, 6, 3, 32, 0, Some(50), None),
-        (9, 3, 3, 128, 300, Some(1000), None),
-    ] {
-        let mut name = format!(
-            "attention {n_q} rows {n_heads}/{n_kv_heads} heads of {head_dim} at {pos_start}"
-        );
-        if let Some(w) = window {
-            name += &format!(" window {w}");
-        }
-        if let Some(c) = softcap {
-            name += &format!(" softcap {c}");
-        }
-        v.push(KernelCase::new(
-            name,
-            Op::Attention {
-                n_q,
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                pos_start,
-                window,
-                softcap,
-            },
-        ));
-    }
-    v.push(KernelCase::new(
-        "copy_rows 9 of 10x100",
-        Op::CopyRows {
-            n_rows: 10,
-            n_cols: 100,
-        },
-    ));
-    for n in [1000, 70_001] {
-        v.push(KernelCase::new(format!("silu_mul {n}"), Op::SiluMul { n }));
-        v.push(KernelCase::new(format!("gelu_mul {n}"), Op::GeluMul { n }));
-        v.push(KernelCase::new(
-            format!("add_assign {n}"),
-            Op::AddAssign { n },
-        ));
-        v.push(KernelCase::new(format!("scale {n}"), Op::Scale { n }));
-    }
-    for (n_rows, n_cols) in [(3, 49_152), (2, 100), (1, 1)] {
-        v.push(KernelCase::new(
-            format!("argmax {n_rows}x{n_cols}"),
-            Op::Argmax { n_rows, n_cols },
-        ));
-    }
-    v
 }

@@ -31,16 +31,17 @@ pub struct Recorder {
 }
 
 struct Profiler {
-    queries: wgpu::QuerySet,
+    /// `None` without timestamp queries: passes are only named.
+    queries: Option<wgpu::QuerySet>,
     capacity: u32,
     labels: Vec<String>,
 }
 
-/// One timed compute pass.
+/// One recorded compute pass and, with timestamp queries, its GPU time.
 #[derive(Debug, Clone)]
 pub struct PassTime {
     pub label: String,
-    pub nanos: f64,
+    pub nanos: Option<f64>,
 }
 
 impl GpuBackend {
@@ -112,9 +113,10 @@ impl GpuBackend {
         let encoder = rec
             .encoder
             .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()));
-        let timestamp_writes = match (stamp, rec.profiler.as_ref()) {
-            (Some(i), Some(p)) => Some(wgpu::ComputePassTimestampWrites {
-                query_set: &p.queries,
+        let queries = rec.profiler.as_ref().and_then(|p| p.queries.as_ref());
+        let timestamp_writes = match (stamp, queries) {
+            (Some(i), Some(query_set)) => Some(wgpu::ComputePassTimestampWrites {
+                query_set,
                 beginning_of_pass_write_index: Some(i),
                 end_of_pass_write_index: Some(i + 1),
             }),
@@ -172,6 +174,16 @@ impl GpuBackend {
     pub fn flush(&self) -> Result<()> {
         let mut rec = self.recorder()?;
         self.submit(&mut rec);
+        self.ctx.check()
+    }
+
+    /// Submits the recorded work and waits until the device has finished it.
+    pub fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
         self.ctx.check()
     }
 
@@ -237,18 +249,18 @@ impl GpuBackend {
         Ok(out)
     }
 
-    /// Starts timing every following pass (up to `max_passes`); returns false when the device
-    /// has no timestamp queries (time with the wall clock instead).
+    /// Starts recording the following passes (up to `max_passes`) and, with timestamp queries,
+    /// timing them; returns whether they are timed (if not, time with the wall clock).
     pub fn profile_start(&self, max_passes: u32) -> Result<bool> {
-        if !self.ctx.timestamps {
-            return Ok(false);
-        }
         let capacity = (2 * max_passes).clamp(2, wgpu::QUERY_SET_MAX_QUERIES);
-        let queries = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("profile"),
-            ty: wgpu::QueryType::Timestamp,
-            count: capacity,
+        let queries = self.ctx.timestamps.then(|| {
+            self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: capacity,
+            })
         });
+        let timed = queries.is_some();
         let mut rec = self.recorder()?;
         self.submit(&mut rec);
         rec.profiler = Some(Profiler {
@@ -256,7 +268,7 @@ impl GpuBackend {
             capacity,
             labels: Vec::new(),
         });
-        Ok(true)
+        Ok(timed)
     }
 
     /// Stops timing and returns each timed pass's duration, in recording order.
@@ -266,9 +278,14 @@ impl GpuBackend {
             return Ok(Vec::new());
         };
         let n = 2 * p.labels.len() as u32;
-        if n == 0 {
-            return Ok(Vec::new());
-        }
+        let Some(queries) = p.queries.filter(|_| n > 0) else {
+            self.submit(&mut rec);
+            return Ok(p
+                .labels
+                .into_iter()
+                .map(|label| PassTime { label, nanos: None })
+                .collect());
+        };
         let resolve = self.ctx.create_buffer(
             "profile resolve",
             u64::from(n) * 8,
@@ -277,7 +294,7 @@ impl GpuBackend {
         )?;
         rec.encoder
             .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()))
-            .resolve_query_set(&p.queries, 0..n, &resolve, 0);
+            .resolve_query_set(&queries, 0..n, &resolve, 0);
         let bytes = self.read_locked(&mut rec, &resolve, 0, u64::from(n) * 8)?;
         let stamps: Vec<u64> = bytes
             .chunks_exact(8)
@@ -289,7 +306,7 @@ impl GpuBackend {
             .zip(stamps.chunks_exact(2))
             .map(|(label, s)| PassTime {
                 label,
-                nanos: s[1].saturating_sub(s[0]) as f64 * period,
+                nanos: Some(s[1].saturating_sub(s[0]) as f64 * period),
             })
             .collect())
     }
