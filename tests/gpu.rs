@@ -461,6 +461,34 @@ fn same_greedy_tokens(path: &std::path::Path) {
     assert_eq!(got, want, "{}: GPU vs CPU greedy tokens", path.display());
 }
 
+/// Item 4 of the design: a decode step records everything and waits once, for its argmax.
+#[test]
+fn a_decode_step_waits_for_the_device_once() {
+    use hearth::gguf::GgufFile;
+    use hearth::model::{Arch, KvCache, Model};
+    let Some(gpu) = gpu(GpuConfig::default()) else {
+        return;
+    };
+    let f = GgufFile::open(data("nano/nano-llama.gguf")).unwrap();
+    let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
+    let m = Model::load(&gpu, &f, spec).unwrap();
+    let mut cache = KvCache::new(&gpu, &m.config, 32).unwrap();
+    let logits = m.forward(&gpu, &[1, 2, 3], &mut cache, 1).unwrap();
+    let mut id = gpu.argmax(&logits).unwrap()[0];
+    for _ in 0..3 {
+        let before = gpu.sync_stats().unwrap();
+        let logits = m.forward(&gpu, &[id], &mut cache, 1).unwrap();
+        id = gpu.argmax(&logits).unwrap()[0];
+        let after = gpu.sync_stats().unwrap();
+        assert_eq!(after.waits - before.waits, 1);
+        // The token id upload submits what came before it; argmax submits the rest.
+        assert!(
+            after.submissions - before.submissions <= 2,
+            "{before:?} -> {after:?}"
+        );
+    }
+}
+
 #[test]
 fn nano_llama_decodes_as_on_cpu() {
     same_greedy_tokens(&data("nano/nano-llama.gguf"));

@@ -30,7 +30,7 @@ pub use attention::{DECODE_MAX_ROWS, MAX_HEAD_DIM};
 pub use device::{list_adapters, AdapterSummary};
 pub use memory::{GpuTensor, GpuWeight};
 pub use ops::MATVEC_MAX_TOKENS;
-pub use recorder::PassTime;
+pub use recorder::{PassTime, SyncStats};
 pub use shaders::{Kernel, PipelineKey, ShaderFeatures};
 
 use crate::{Error, Result};

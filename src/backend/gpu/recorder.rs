@@ -7,7 +7,10 @@
 //! is written just before the encoder is submitted; `Queue::write_buffer` is ordered after all
 //! earlier submissions, so reusing the buffer for the next encoder is safe.
 //!
-//! Profiling (benchmarks): with timestamp queries, every pass writes a begin and an end stamp.
+//! Consecutive dispatches share one compute pass; copies, clears and submissions end it.
+//!
+//! Profiling (benchmarks): with timestamp queries, each dispatch gets its own pass with a begin
+//! and an end stamp.
 
 use std::num::NonZeroU64;
 use std::sync::MutexGuard;
@@ -24,10 +27,29 @@ pub const ARENA_BYTES: u64 = 1 << 20;
 #[derive(Default)]
 pub struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
+    /// The compute pass consecutive dispatches share; ended before copies, clears and submits.
+    pass: Option<wgpu::ComputePass<'static>>,
     uniforms: Vec<u8>,
     /// Host-visible staging for `read`, grown on demand and reused.
     readback: Option<wgpu::Buffer>,
     profiler: Option<Profiler>,
+    stats: SyncStats,
+}
+
+/// How often the backend handed work to the device and waited for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub submissions: u64,
+    pub waits: u64,
+}
+
+impl Recorder {
+    /// The open encoder, after ending the shared compute pass (for copies and clears).
+    fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        self.encoder
+            .get_or_insert_with(|| device.create_command_encoder(&Default::default()))
+    }
 }
 
 struct Profiler {
@@ -110,25 +132,41 @@ impl GpuBackend {
                 i
             })
         });
-        let encoder = rec
-            .encoder
-            .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()));
-        let queries = rec.profiler.as_ref().and_then(|p| p.queries.as_ref());
-        let timestamp_writes = match (stamp, queries) {
-            (Some(i), Some(query_set)) => Some(wgpu::ComputePassTimestampWrites {
-                query_set,
-                beginning_of_pass_write_index: Some(i),
-                end_of_pass_write_index: Some(i + 1),
-            }),
-            _ => None,
-        };
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(&label),
-            timestamp_writes,
-        });
-        pass.set_pipeline(&pipe.pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        let queries = rec.profiler.as_ref().and_then(|p| p.queries.clone());
+        match (stamp, queries) {
+            // A timed dispatch gets a pass of its own, stamped at both ends.
+            (Some(i), Some(query_set)) => {
+                let encoder = rec.encoder(&self.ctx.device);
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(&label),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &query_set,
+                        beginning_of_pass_write_index: Some(i),
+                        end_of_pass_write_index: Some(i + 1),
+                    }),
+                });
+                pass.set_pipeline(&pipe.pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+            }
+            // Otherwise dispatches share one pass (wgpu still orders each dispatch after the
+            // writes of the ones before it).
+            _ => {
+                if rec.pass.is_none() {
+                    let encoder = rec.encoder(&self.ctx.device);
+                    let pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("hearth"),
+                        timestamp_writes: None,
+                    });
+                    rec.pass = Some(pass.forget_lifetime());
+                }
+                if let Some(pass) = rec.pass.as_mut() {
+                    pass.set_pipeline(&pipe.pipeline);
+                    pass.set_bind_group(0, &bind_group, &[]);
+                    pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -142,32 +180,44 @@ impl GpuBackend {
         size: u64,
     ) -> Result<()> {
         let mut rec = self.recorder()?;
-        let encoder = rec
-            .encoder
-            .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()));
-        encoder.copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size);
+        rec.encoder(&self.ctx.device)
+            .copy_buffer_to_buffer(src, src_offset, dst, dst_offset, size);
         Ok(())
     }
 
     /// Records zero-filling `buf` (a recycled buffer becoming a new tensor).
     pub(crate) fn record_clear(&self, buf: &wgpu::Buffer) -> Result<()> {
         let mut rec = self.recorder()?;
-        let encoder = rec
-            .encoder
-            .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()));
-        encoder.clear_buffer(buf, 0, None);
+        rec.encoder(&self.ctx.device).clear_buffer(buf, 0, None);
         Ok(())
     }
 
     /// Submits the recorded work without waiting for it.
     fn submit(&self, rec: &mut Recorder) {
+        rec.pass = None;
         if let Some(encoder) = rec.encoder.take() {
             if !rec.uniforms.is_empty() {
                 self.ctx.queue.write_buffer(&self.arena, 0, &rec.uniforms);
             }
             self.ctx.queue.submit([encoder.finish()]);
+            rec.stats.submissions += 1;
         }
         rec.uniforms.clear();
+    }
+
+    /// Waits for everything submitted so far.
+    fn wait(&self, rec: &mut Recorder) -> Result<()> {
+        self.ctx
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        rec.stats.waits += 1;
+        self.ctx.check()
+    }
+
+    /// Submissions and waits so far (a decode step should cost one wait: its `argmax`).
+    pub fn sync_stats(&self) -> Result<SyncStats> {
+        Ok(self.recorder()?.stats)
     }
 
     /// Submits the recorded work without waiting for it.
@@ -179,12 +229,9 @@ impl GpuBackend {
 
     /// Submits the recorded work and waits until the device has finished it.
     pub fn sync(&self) -> Result<()> {
-        self.flush()?;
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
-        self.ctx.check()
+        let mut rec = self.recorder()?;
+        self.submit(&mut rec);
+        self.wait(&mut rec)
     }
 
     /// Copies host bytes into `buf` after all work recorded so far.
@@ -221,19 +268,14 @@ impl GpuBackend {
         let Some(staging) = rec.readback.clone() else {
             return Err(Error::Gpu("readback buffer missing".into()));
         };
-        rec.encoder
-            .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()))
+        rec.encoder(&self.ctx.device)
             .copy_buffer_to_buffer(buf, offset, &staging, 0, size);
         self.submit(rec);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
             let _ = tx.send(r);
         });
-        self.ctx
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
-        self.ctx.check()?;
+        self.wait(rec)?;
         match rx.try_recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Gpu(format!("reading back results: {e}"))),
@@ -292,8 +334,7 @@ impl GpuBackend {
             wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             false,
         )?;
-        rec.encoder
-            .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()))
+        rec.encoder(&self.ctx.device)
             .resolve_query_set(&queries, 0..n, &resolve, 0);
         let bytes = self.read_locked(&mut rec, &resolve, 0, u64::from(n) * 8)?;
         let stamps: Vec<u64> = bytes
