@@ -124,11 +124,10 @@ impl GpuBackend {
                 entries: &entries,
             });
 
-        let label = key.label();
         let stamp = rec.profiler.as_mut().and_then(|p| {
             let i = 2 * p.labels.len() as u32;
             (i + 2 <= p.capacity).then(|| {
-                p.labels.push(label.clone());
+                p.labels.push(key.label());
                 i
             })
         });
@@ -138,7 +137,7 @@ impl GpuBackend {
             (Some(i), Some(query_set)) => {
                 let encoder = rec.encoder(&self.ctx.device);
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(&label),
+                    label: None,
                     timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
                         query_set: &query_set,
                         beginning_of_pass_write_index: Some(i),
