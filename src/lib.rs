@@ -2,6 +2,7 @@
 //! ARCHITECTURE.md for the map of layers and the invariants between them.
 
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod generate;
 pub mod gguf;
