@@ -1,9 +1,9 @@
 //! Q4_1: 32 values as 4-bit steps above a minimum (20 bytes: f16 d, f16 m, 16 nibble bytes):
 //! `x = d * q + m`. Low nibbles hold values 0..16, high nibbles 16..32.
 
-#[cfg(target_arch = "x86_64")]
-use super::util::hsum256;
 use super::util::{f16_at, has_avx2_fma, min_max, put_f16};
+#[cfg(target_arch = "x86_64")]
+use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
 
 pub struct BlockQ4_1;
@@ -56,7 +56,7 @@ fn dot_row_scalar(row: &[u8], x: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let mask = _mm_set1_epi8(0xF);
@@ -74,8 +74,8 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
         qx = _mm256_fmadd_ps(f(hi), x2, qx);
         qx = _mm256_fmadd_ps(f(_mm_srli_si128(hi, 8)), x3, qx);
         let sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
-        acc_q = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0)), qx, acc_q);
-        acc_m = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 2)), sx, acc_m);
+        acc_q = _mm256_fmadd_ps(_mm256_set1_ps(f16_at_f16c(b, 0)), qx, acc_q);
+        acc_m = _mm256_fmadd_ps(_mm256_set1_ps(f16_at_f16c(b, 2)), sx, acc_m);
     }
     hsum256(_mm256_add_ps(acc_q, acc_m))
 }

@@ -1,8 +1,8 @@
 //! Q8_0: 32 values as i8 with one f16 scale (34 bytes): `x = d * q`.
 
-#[cfg(target_arch = "x86_64")]
-use super::util::hsum256;
 use super::util::{f16_at, has_avx2_fma, put_f16};
+#[cfg(target_arch = "x86_64")]
+use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
 
 pub struct BlockQ8_0;
@@ -52,7 +52,7 @@ fn dot_row_scalar(row: &[u8], x: &[f32]) -> f32 {
 
 /// Fused Q8_0 · f32: per block, 32 sign-extended quants times x, scaled once by d.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let mut acc = _mm256_setzero_ps();
@@ -64,7 +64,7 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
             let qf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
             s = _mm256_fmadd_ps(qf, _mm256_loadu_ps(xp.add(8 * k)), s);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0)), s, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at_f16c(b, 0)), s, acc);
     }
     hsum256(acc)
 }
