@@ -45,18 +45,24 @@ pub trait BlockFormat {
     /// `row · x` for a row of whole blocks without materialising the dequantized row. Formats
     /// on the hot path override this with a fused SIMD kernel; this default is the reference.
     fn dot_row(row: &[u8], x: &[f32]) -> f32 {
-        let mut buf = [0f32; 256];
-        let mut sum = 0f32;
-        for (block, xs) in row
-            .chunks_exact(Self::BLOCK_BYTES)
-            .zip(x.chunks_exact(Self::BLOCK_ELEMS))
-        {
-            let out = &mut buf[..Self::BLOCK_ELEMS];
-            Self::dequantize_block(block, out);
-            sum += out.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
-        }
-        sum
+        dot_row_by_dequant::<Self>(row, x)
     }
+}
+
+/// `row · x` by dequantizing one block at a time: the reference every fused kernel is tested
+/// against, and the fallback where a format or CPU has none.
+pub fn dot_row_by_dequant<B: BlockFormat + ?Sized>(row: &[u8], x: &[f32]) -> f32 {
+    let mut buf = [0f32; 256];
+    let mut sum = 0f32;
+    for (block, xs) in row
+        .chunks_exact(B::BLOCK_BYTES)
+        .zip(x.chunks_exact(B::BLOCK_ELEMS))
+    {
+        let out = &mut buf[..B::BLOCK_ELEMS];
+        B::dequantize_block(block, out);
+        sum += out.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
+    }
+    sum
 }
 
 /// A tensor's storage type, converted from the GGUF type id at the file's edge.
