@@ -6,5 +6,6 @@ pub mod error;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod store;
 
 pub use error::{Error, Result};
