@@ -9,5 +9,6 @@ pub mod gguf;
 pub mod model;
 pub mod quant;
 pub mod sample;
+pub mod store;
 
 pub use error::{Error, Result};

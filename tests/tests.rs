@@ -1,6 +1,8 @@
 //! Hearth's integration tests: one binary, one module per area (STYLE.md, ripgrep's layout).
 
+mod cli;
 mod common;
 mod gguf;
 mod model;
 mod quant;
+mod store;
