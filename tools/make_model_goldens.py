@@ -289,7 +289,7 @@ def check_gemma3(model, path: Path) -> dict:
         else:
             _, li, base, _w = t.name.split(".")
             hf = f"model.layers.{li}.{GEMMA3_TENSORS[base]}.weight"
-        g = torch.from_numpy(np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
+        g = torch.from_numpy(np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32, copy=True))
         h = params[hf].detach()
         g = g.reshape(h.shape)
         if t.name.endswith("norm.weight"):

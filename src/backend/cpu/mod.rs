@@ -266,28 +266,42 @@ impl Backend for CpuBackend {
         // Few tokens (decode): fused dot products straight from the blocks. A batch (prefill):
         // dequantize each weight row once and reuse it for every token.
         let fused = n_tok < FUSED_MAX_TOKENS;
+        let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
         (0..n_out.div_ceil(ROWS_PER_TASK))
             .into_par_iter()
             .for_each_init(
-                || if fused { Vec::new() } else { vec![0.0f32; k] },
-                |row_buf, task| {
-                    let r0 = task * ROWS_PER_TASK;
-                    for r in r0..(r0 + ROWS_PER_TASK).min(n_out) {
-                        let row = w.row_bytes(r);
-                        if !fused {
-                            w.qtype.dequantize_row(row, row_buf);
+                || {
+                    if fused {
+                        Vec::new()
+                    } else {
+                        vec![0.0f32; simd::TILE_ROWS * k]
+                    }
+                },
+                |buf, task| {
+                    let (r0, r_end) = (
+                        task * ROWS_PER_TASK,
+                        ((task + 1) * ROWS_PER_TASK).min(n_out),
+                    );
+                    // SAFETY: task `task` alone writes columns r0..r_end of `out`; the index is
+                    // in bounds by the shape check above.
+                    let store = |t: usize, r: usize, v: f32| unsafe {
+                        *out_ptr.get().add(t * n_out + r) = v
+                    };
+                    if fused {
+                        for r in r0..r_end {
+                            let row = w.row_bytes(r);
+                            for t in 0..n_tok {
+                                store(t, r, w.qtype.dot_row(row, x_row(t)));
+                            }
                         }
-                        for t in 0..n_tok {
-                            let xt = &x.data[t * k..(t + 1) * k];
-                            let v = if fused {
-                                w.qtype.dot_row(row, xt)
-                            } else {
-                                simd::dot(row_buf, xt)
-                            };
-                            // SAFETY: task `task` alone writes columns r0..r0+ROWS_PER_TASK; the
-                            // index is in bounds by the shape check above.
-                            unsafe { *out_ptr.get().add(t * n_out + r) = v };
+                        return;
+                    }
+                    for rt in (r0..r_end).step_by(simd::TILE_ROWS) {
+                        let nr = simd::TILE_ROWS.min(r_end - rt);
+                        for (i, dst) in buf.chunks_exact_mut(k).take(nr).enumerate() {
+                            w.qtype.dequantize_row(w.row_bytes(rt + i), dst);
                         }
+                        simd::tile_dot(&buf[..nr * k], &x.data, k, |t, i, v| store(t, rt + i, v));
                     }
                 },
             );
