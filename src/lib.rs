@@ -8,5 +8,6 @@ pub mod gguf;
 pub mod model;
 pub mod quant;
 pub mod sample;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -4,3 +4,5 @@ mod common;
 mod gguf;
 mod model;
 mod quant;
+mod templates;
+mod tokenizer;
