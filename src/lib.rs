@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gguf;
@@ -10,5 +11,6 @@ pub mod model;
 pub mod quant;
 pub mod sample;
 pub mod store;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

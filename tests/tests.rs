@@ -2,7 +2,10 @@
 
 mod cli;
 mod common;
+mod engine;
 mod gguf;
 mod model;
 mod quant;
 mod store;
+mod templates;
+mod tokenizer;
