@@ -236,6 +236,38 @@ fn a_crashed_write_is_never_listed() {
     assert!(store.load(&name("kept")).is_ok());
 }
 
+/// While a writer holds the store lock (shared), garbage collection deletes nothing: the
+/// writer's blobs are not yet named by a manifest.
+#[test]
+fn gc_waits_for_running_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("models")).unwrap();
+    tiny_gguf(dir.path(), "tiny.gguf", 1);
+    create(&store, "m", "FROM tiny.gguf", dir.path());
+    let (orphan, _) = store
+        .write_blob(b"stored by a writer still running")
+        .unwrap();
+
+    let writer = std::fs::File::options()
+        .write(true)
+        .open(store.root().join(".lock"))
+        .unwrap();
+    writer.lock_shared().unwrap();
+    assert_eq!(store.gc().unwrap(), None);
+    assert_eq!(
+        store.remove(&name("m")).unwrap(),
+        None,
+        "rm still removes the model"
+    );
+    assert!(!store.exists(&name("m")));
+    assert!(store.blob_path(&orphan).is_file());
+
+    drop(writer);
+    let gc = store.gc().unwrap().unwrap();
+    assert_eq!(gc.n_blobs, 3, "the orphan, m's GGUF and config");
+    assert!(blob_names(&store).is_empty());
+}
+
 #[test]
 fn a_corrupt_or_missing_blob_is_a_clear_error_on_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -340,7 +372,7 @@ fn modelfile_errors_name_the_line() {
         ("FROM", "line 1: FROM needs a value"),
         ("FROM m\nMESSAGE robot hi", "line 2: MESSAGE role \"robot\" is not one of system, user, assistant"),
         ("FROM m\nMESSAGE user", "line 2: MESSAGE needs a value"),
-        ("FROM m\nTEMPLATE {% if %}", "line 2: TEMPLATE is not a valid Jinja template"),
+        ("FROM m\nTEMPLATE {% if %}", "line 2: TEMPLATE: chat template: the template is not valid Jinja"),
         ("FROM m\nPARAMETER top_k 5\n# x\nPARAMETER top_k many", "line 4: PARAMETER top_k \"many\": invalid value"),
         ("FROM m\nPARAMETER frobnicate 1", "line 2: PARAMETER frobnicate \"1\": unknown parameter \"frobnicate\""),
         ("FROM m\nPARAMETER top_p 2", "line 2: PARAMETER top_p \"2\": parameter top_p 2 is out of range"),

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::generate::GenerateOptions;
+use crate::tokenizer::ChatTemplate;
 use crate::{Error, Result};
 
 pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
@@ -301,13 +302,10 @@ fn quote(s: &str) -> String {
     }
 }
 
-/// Rejects a template that is not valid Jinja at create time rather than at first chat.
+/// Rejects a template that is not valid Jinja at create time rather than at first chat, with
+/// the parser the chat will use.
 fn check_jinja(source: &str, line_no: usize) -> Result<()> {
-    let env = minijinja::Environment::new();
-    env.template_from_str(source).map(|_| ()).map_err(|e| {
-        line_error(
-            line_no,
-            format!("TEMPLATE is not a valid Jinja template: {e}"),
-        )
-    })
+    ChatTemplate::new(source, "", "")
+        .map(|_| ())
+        .map_err(|e| line_error(line_no, format!("TEMPLATE: {e}")))
 }
