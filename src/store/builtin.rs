@@ -5,7 +5,7 @@
 
 use super::name::ModelName;
 
-/// The model `hearth run` uses when none is named.
+/// The default model: the one the quick start and the examples run.
 pub const DEFAULT_MODEL: &str = "smollm2";
 
 /// One wheel and the member of it that holds (a part of) the GGUF file.
