@@ -185,3 +185,127 @@ fn store_verbs_on_the_nano_model() {
         "blobs are collected"
     );
 }
+
+#[test]
+fn run_streams_only_generated_text_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    create_nano(&models, "nano", "");
+    let o = hearth(
+        &models,
+        &[
+            "run",
+            "nano",
+            "--raw",
+            "-n",
+            "6",
+            "--temperature",
+            "0",
+            "--verbose",
+            "Once upon a time",
+        ],
+    );
+    assert_ok(&o);
+    let err = stderr(&o);
+    for want in [
+        "load duration:",
+        "prompt eval count:    ",
+        "prompt eval rate:",
+        "eval count:",
+        "eval rate:",
+    ] {
+        assert!(err.contains(want), "{want:?} missing from stderr:\n{err}");
+    }
+    let out = stdout(&o);
+    assert!(!out.contains("duration") && out.ends_with('\n'), "{out:?}");
+
+    // Greedy decoding is deterministic, from the argument or from stdin.
+    let again = hearth(
+        &models,
+        &[
+            "run",
+            "nano",
+            "--raw",
+            "-n",
+            "6",
+            "--temperature",
+            "0",
+            "Once upon a time",
+        ],
+    );
+    assert_eq!(stdout(&again), out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "nano", "--raw", "-n", "6", "--temperature", "0"])
+        .env("HEARTH_MODELS", &models)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Once upon a time")
+        .unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert_ok(&piped);
+    assert_eq!(stdout(&piped), out);
+
+    // The chat path renders the nano model's ChatML template.
+    assert_ok(&hearth(
+        &models,
+        &["run", "nano", "-n", "4", "--seed", "1", "Hi"],
+    ));
+}
+
+#[test]
+fn run_rejects_unknown_models_bad_flags_and_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let o = hearth(&models, &["run", "nosuch", "hi"]);
+    assert_error(&o, "model nosuch:latest not found");
+    assert!(stderr(&o).contains("hearth list") && stderr(&o).contains("smollm2"));
+    create_nano(&models, "nano", "");
+    assert_error(
+        &hearth(&models, &["run", "nano", "--top-p", "7", "hi"]),
+        "--top-p 7",
+    );
+    assert_error(
+        &hearth(&models, &["run", "nano", "--device", "tpu", "hi"]),
+        "device \"tpu\"",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "nano", "hi"])
+        .env("HEARTH_MODELS", &models)
+        .env("HEARTH_DEVICE", "tpu")
+        .output()
+        .unwrap();
+    assert_error(&o, "HEARTH_DEVICE");
+    assert_error(&hearth(&models, &["run", "nano"]), "no prompt");
+}
+
+#[test]
+fn tokenize_prints_ids_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    create_nano(&models, "nano", "");
+    let ids = |args: &[&str]| -> Vec<u32> {
+        let o = hearth(&models, args);
+        assert_ok(&o);
+        serde_json::from_str(stdout(&o).trim()).unwrap()
+    };
+    let gguf = hearth::gguf::GgufFile::open(nano_gguf()).unwrap();
+    let tokenizer = hearth::tokenizer::Tokenizer::from_gguf(&gguf).unwrap();
+    let text = "hello world, the end";
+    let plain = ids(&["tokenize", "nano", text]);
+    assert_eq!(plain, tokenizer.encode(text, false).unwrap());
+    assert!(!plain.is_empty());
+    let with_bos = ids(&["tokenize", "nano", "--bos", text]);
+    assert_eq!(with_bos[0], tokenizer.bos_id().unwrap());
+    assert_eq!(&with_bos[1..], plain.as_slice());
+    // Special-token text becomes the token: <|im_start|> is id 1 in the nano vocabulary.
+    let special = ids(&["tokenize", "nano", "<|im_start|>user"]);
+    assert_eq!(special[0], 1);
+}

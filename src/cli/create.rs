@@ -12,7 +12,8 @@ use super::{model_name, progress, pull, Globals};
 
 const CREATE_EXAMPLES: &str = "\
 Example Modelfile:
-  FROM ./SmolLM2-135M-Instruct.Q4_1.gguf      # a GGUF file, or a model name (FROM smollm2)
+  # A GGUF file (relative to the Modelfile), or a model name: FROM smollm2
+  FROM ./SmolLM2-135M-Instruct.Q4_1.gguf
   PARAMETER temperature 0.7
   PARAMETER stop \"<|im_end|>\"
   SYSTEM \"\"\"You are a helpful assistant

@@ -5,14 +5,18 @@
 //!
 //! Adding a verb is one file here, one variant in `Command` and one arm in `dispatch`.
 
+mod chat;
 mod cp;
 mod create;
 mod format;
 mod list;
 mod progress;
 mod pull;
+mod repl;
 mod rm;
+mod run;
 mod show;
+mod tokenize;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +51,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a model: answer a prompt, or chat when none is given
+    Run(run::RunArgs),
     /// Download a built-in model into the store
     Pull(pull::PullArgs),
     /// List the models in the store
@@ -60,23 +66,41 @@ enum Command {
     Cp(cp::CpArgs),
     /// Create a model from a Modelfile
     Create(create::CreateArgs),
+    /// Print the token ids of a text as a JSON array
+    Tokenize(tokenize::TokenizeArgs),
 }
 
-/// What the environment says, read once: where the store is.
+/// What the environment says, read once: where the store is, the default device, where the
+/// chat history goes.
 pub struct Globals {
     pub models_dir: PathBuf,
+    /// `HEARTH_DEVICE`, parsed by the verbs that run a model.
+    pub device: Option<String>,
+    /// `~/.hearth/history`, when there is a home directory.
+    pub history: Option<PathBuf>,
 }
 
 impl Globals {
     fn from_env() -> Result<Globals> {
+        let home = std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|home| PathBuf::from(home).join(".hearth"));
         let models_dir = match std::env::var_os("HEARTH_MODELS").filter(|v| !v.is_empty()) {
             Some(dir) => PathBuf::from(dir),
-            None => std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|home| PathBuf::from(home).join(".hearth").join("models"))
-                .context("neither HEARTH_MODELS nor HOME is set; set HEARTH_MODELS to the directory that should hold the models")?,
+            None => home.as_ref().map(|h| h.join("models")).context(
+                "neither HEARTH_MODELS nor HOME is set; set HEARTH_MODELS to the directory \
+                 that should hold the models",
+            )?,
         };
-        Ok(Globals { models_dir })
+        let device = match std::env::var("HEARTH_DEVICE") {
+            Ok(d) if !d.is_empty() => Some(d),
+            _ => None,
+        };
+        Ok(Globals {
+            models_dir,
+            device,
+            history: home.map(|h| h.join("history")),
+        })
     }
 
     pub fn open_store(&self) -> Result<Store> {
@@ -120,12 +144,14 @@ pub fn main() -> ExitCode {
 
 fn dispatch(command: Command, globals: &Globals) -> Result<()> {
     match command {
+        Command::Run(args) => run::execute(args.resolve(globals)?),
         Command::Pull(args) => pull::execute(args.resolve(globals)?),
         Command::List(args) => list::execute(args.resolve(globals)?),
         Command::Show(args) => show::execute(args.resolve(globals)?),
         Command::Rm(args) => rm::execute(args.resolve(globals)?),
         Command::Cp(args) => cp::execute(args.resolve(globals)?),
         Command::Create(args) => create::execute(args.resolve(globals)?),
+        Command::Tokenize(args) => tokenize::execute(args.resolve(globals)?),
     }
 }
 

@@ -4,9 +4,10 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
+use hearth::generate::GenerateOptions;
 use hearth::gguf::GgufFile;
 use hearth::store::{Model, ModelInfo, ModelName, Store};
 
@@ -81,8 +82,18 @@ pub fn execute(cmd: ShowCommand) -> Result<()> {
         Part::Summary => summary(&model)?,
         Part::Modelfile => modelfile(&model),
         Part::License => lines(model.licenses.join("\n\n")),
-        Part::Template => lines(template(&model)?.unwrap_or_default()),
-        Part::Parameters => columns(&parameter_rows(&model)),
+        Part::Template => match template(&model)? {
+            Some(t) => lines(t),
+            None => {
+                eprintln!(
+                    "{} has no chat template of its own; Hearth uses its built-in template \
+                     for the model's family (set one with TEMPLATE in a Modelfile)",
+                    model.name
+                );
+                String::new()
+            }
+        },
+        Part::Parameters => columns(&parameter_rows(&model)?),
         Part::System => lines(model.system.clone().unwrap_or_default()),
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
@@ -97,7 +108,7 @@ fn lines(mut text: String) -> String {
 }
 
 /// The template the model runs with: its own layer, else the GGUF's.
-fn template(model: &Model) -> Result<Option<String>> {
+pub fn template(model: &Model) -> Result<Option<String>> {
     if model.template.is_some() {
         return Ok(model.template.clone());
     }
@@ -108,19 +119,20 @@ fn template(model: &Model) -> Result<Option<String>> {
         .map(str::to_string))
 }
 
-fn parameter_rows(model: &Model) -> Vec<Vec<String>> {
-    model
-        .parameters
-        .iter()
-        .map(|(k, v)| {
-            let shown = if k == "stop" {
-                format!("{v:?}")
-            } else {
-                v.clone()
-            };
-            vec![k.clone(), shown]
-        })
-        .collect()
+/// The model's parameters as the engine reads them (`GenerateOptions::to_pairs`: the values
+/// that differ from the defaults, normalised).
+fn parameter_rows(model: &Model) -> Result<Vec<Vec<String>>> {
+    let mut options = GenerateOptions::default();
+    for (name, value) in &model.parameters {
+        options
+            .set(name, value)
+            .with_context(|| format!("{} has an invalid parameter", model.name))?;
+    }
+    Ok(options
+        .to_pairs()
+        .into_iter()
+        .map(|(k, v)| vec![k, v])
+        .collect())
 }
 
 fn modelfile(model: &Model) -> String {
@@ -133,7 +145,7 @@ fn modelfile(model: &Model) -> String {
     )
 }
 
-fn summary(model: &Model) -> Result<String> {
+pub fn summary(model: &Model) -> Result<String> {
     let gguf = GgufFile::open(&model.model_path)?;
     let info = ModelInfo::from_gguf(&gguf)?;
     let opt = |x: Option<u64>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
@@ -147,8 +159,9 @@ fn summary(model: &Model) -> Result<String> {
             vec!["quantization".into(), info.quantization.clone()],
         ],
     );
-    if !model.parameters.is_empty() {
-        out += &section("Parameters", &parameter_rows(model));
+    let parameters = parameter_rows(model)?;
+    if !parameters.is_empty() {
+        out += &section("Parameters", &parameters);
     }
     if let Some(system) = &model.system {
         out += &text_section("System", system, usize::MAX);

@@ -5,7 +5,7 @@
 
 use super::name::ModelName;
 
-/// The model `hearth run` uses when none is named.
+/// The default model: the one the quick start and the examples run.
 pub const DEFAULT_MODEL: &str = "smollm2";
 
 /// One wheel and the member of it that holds (a part of) the GGUF file.
@@ -17,14 +17,15 @@ pub struct WheelPart<'a> {
     pub member: &'a str,
 }
 
-/// Where a model's chat template comes from when its Modelfile gives none.
+/// Where a model's chat template comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TemplateSource {
-    /// The GGUF's own `tokenizer.chat_template`.
+pub enum TemplateSource<'a> {
+    /// The GGUF's own `tokenizer.chat_template`; the manifest has no template layer.
     Gguf,
-    /// The GGUF carries none: Hearth's built-in template for the architecture's family
-    /// (`tokenizer::template`), as Ollama ships its own per family.
-    Family,
+    /// The GGUF carries none: Hearth's built-in template of this name
+    /// (`tokenizer::builtin_template`), written into the manifest as its template layer, as
+    /// Ollama ships its own template per model family.
+    Builtin(&'a str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,7 +36,7 @@ pub struct BuiltinModel<'a> {
     /// sha256 (hex) of the whole GGUF file.
     pub sha256: &'a str,
     pub license: &'a str,
-    pub template: TemplateSource,
+    pub template: TemplateSource<'a>,
     /// Default generation parameters written into the model's manifest (Modelfile names).
     pub parameters: &'a [(&'a str, &'a str)],
 }
@@ -92,7 +93,7 @@ pub const BUILTIN_MODELS: &[BuiltinModel<'static>] = &[
         ],
         sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         license: GEMMA_TERMS,
-        template: TemplateSource::Family,
+        template: TemplateSource::Builtin("gemma3"),
         // Google's recommended sampling for Gemma 3, as Ollama's gemma3 sets it.
         parameters: &[
             ("temperature", "1"),
@@ -122,6 +123,13 @@ mod tests {
             assert_eq!(builtin(&name), Some(b));
             assert!(Digest::from_hex(b.sha256).is_ok(), "{}", b.name);
             assert!(!b.parts.is_empty() && !b.license.is_empty());
+            if let TemplateSource::Builtin(name) = b.template {
+                assert!(crate::tokenizer::builtin_template(name).is_some(), "{name}");
+            }
+            let mut options = crate::generate::GenerateOptions::default();
+            for (k, v) in b.parameters {
+                options.set(k, v).unwrap();
+            }
         }
         assert!(builtin(&DEFAULT_MODEL.parse().unwrap()).is_some());
     }

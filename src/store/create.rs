@@ -16,8 +16,7 @@ use crate::{Error, Result};
 
 impl Store {
     /// Creates (or replaces) `name` from `modelfile`; a relative `FROM` path is taken relative
-    /// to `base_dir` (the Modelfile's directory). Parameters must already have been checked
-    /// (`Modelfile::check_parameters`). Returns the new manifest's digest.
+    /// to `base_dir` (the Modelfile's directory). Returns the new manifest's digest.
     pub fn create(
         &self,
         name: &ModelName,

@@ -1,7 +1,8 @@
 //! The model store: `manifests/<name>/<tag>` (JSON, see `manifest`) naming content-addressed
 //! blobs `blobs/sha256-<hex>` (see `blob`), under `HEARTH_MODELS` or `~/.hearth/models` (the
-//! CLI resolves which; this module takes a directory). It knows files, names and digests; it
-//! does not know how a model is run.
+//! CLI resolves which; this module takes a directory). It knows files, names and digests, and
+//! checks what it stores against the vocabularies of generation parameters and chat templates;
+//! it never loads or runs a model.
 //!
 //! **Invariant:** a model is listed exactly when its manifest exists, and a manifest is written
 //! (atomically) only after every blob it names is complete under its final name. Every write

