@@ -309,3 +309,42 @@ fn tokenize_prints_ids_as_json() {
     let special = ids(&["tokenize", "nano", "<|im_start|>user"]);
     assert_eq!(special[0], 1);
 }
+
+#[test]
+fn bench_model_reports_speed_load_time_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let nano = nano_gguf();
+    let o = hearth(
+        dir.path(),
+        &[
+            "bench",
+            "model",
+            nano.to_str().unwrap(),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "--json",
+        ],
+    );
+    assert_ok(&o);
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    for key in [
+        "pp_tokens_per_s",
+        "tg_tokens_per_s",
+        "load_ms",
+        "rss_after_runs_mib",
+    ] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key} in {r}");
+    }
+    assert_eq!(
+        (r["n_prompt"].as_u64(), r["n_gen"].as_u64()),
+        (Some(16), Some(4))
+    );
+    assert_error(
+        &hearth(dir.path(), &["bench", "model", "nosuchmodel"]),
+        "nosuchmodel",
+    );
+}

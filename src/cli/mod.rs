@@ -5,6 +5,7 @@
 //!
 //! Adding a verb is one file here, one variant in `Command` and one arm in `dispatch`.
 
+mod bench;
 mod chat;
 mod cp;
 mod create;
@@ -68,6 +69,8 @@ enum Command {
     Create(create::CreateArgs),
     /// Print the token ids of a text as a JSON array
     Tokenize(tokenize::TokenizeArgs),
+    /// Measure speed: whole-model prefill and decode tokens/s, load time, memory
+    Bench(bench::BenchArgs),
 }
 
 /// What the environment says, read once: where the store is, the default device, where the
@@ -152,6 +155,7 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Cp(args) => cp::execute(args.resolve(globals)?),
         Command::Create(args) => create::execute(args.resolve(globals)?),
         Command::Tokenize(args) => tokenize::execute(args.resolve(globals)?),
+        Command::Bench(args) => bench::execute(args.resolve(globals)?),
     }
 }
 
