@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod engine;
 mod gguf;
+mod gpu;
 mod model;
 mod quant;
 mod store;
