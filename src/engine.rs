@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::{GpuBackend, GpuConfig};
 use crate::generate::{DoneReason, GenerateOptions, GenerateStats, Runner, Session, StopMatcher};
 use crate::gguf::GgufFile;
 use crate::model::{Arch, Model, ModelConfig};
@@ -17,10 +18,14 @@ use crate::{Error, Result};
 /// Context length when neither the user nor the Modelfile sets `num_ctx` (Ollama's default).
 pub const DEFAULT_NUM_CTX: usize = 4096;
 
+/// Where a model runs: `cpu`, `gpu` (the best adapter), `gpu:N` (adapter N of
+/// `hearth devices`), or `auto` (a real GPU if there is one, else the CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Device {
     #[default]
     Cpu,
+    Gpu(Option<usize>),
+    Auto,
 }
 
 impl std::str::FromStr for Device {
@@ -28,7 +33,27 @@ impl std::str::FromStr for Device {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "cpu" => Ok(Device::Cpu),
-            other => Err(Error::Other(format!("unknown device {other:?}; use cpu"))),
+            "auto" => Ok(Device::Auto),
+            gpu if gpu.starts_with("gpu") => {
+                Ok(Device::Gpu(GpuConfig::from_device_name(gpu)?.adapter))
+            }
+            other => Err(Error::Other(format!(
+                "unknown device {other:?}; use cpu, gpu, gpu:N (see `hearth devices`) or auto"
+            ))),
+        }
+    }
+}
+
+impl Device {
+    /// `Auto` made concrete: the first adapter that is a real GPU (not a CPU emulation such as
+    /// lavapipe), else the CPU.
+    pub fn resolve(self) -> Device {
+        match self {
+            Device::Auto => crate::backend::gpu::list_adapters()
+                .into_iter()
+                .find(|a| a.device_type != "Cpu")
+                .map_or(Device::Cpu, |a| Device::Gpu(Some(a.index))),
+            d => d,
         }
     }
 }
@@ -58,14 +83,15 @@ impl Engine {
         let n_ctx = opts
             .num_ctx
             .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
-        let runner = make_runner(opts.device, &gguf, spec, n_ctx)?;
+        let device = opts.device.resolve();
+        let runner = make_runner(device, &gguf, spec, n_ctx)?;
         Ok(Engine {
             tokenizer,
             config,
             load_time: t0.elapsed(),
             gguf,
             runner,
-            device: opts.device,
+            device,
         })
     }
 
@@ -185,8 +211,16 @@ fn make_runner(
     n_ctx: usize,
 ) -> Result<Box<dyn Runner>> {
     match device {
-        Device::Cpu => {
+        Device::Cpu | Device::Auto => {
             let backend = CpuBackend::new();
+            let model = Model::load(&backend, gguf, spec)?;
+            Ok(Box::new(Session::new(backend, model, n_ctx)?))
+        }
+        Device::Gpu(adapter) => {
+            let backend = GpuBackend::new(GpuConfig {
+                adapter,
+                ..Default::default()
+            })?;
             let model = Model::load(&backend, gguf, spec)?;
             Ok(Box::new(Session::new(backend, model, n_ctx)?))
         }

@@ -249,3 +249,45 @@ fn a_missing_file_is_a_clear_error() {
     .unwrap();
     assert!(err.to_string().contains("/nonexistent/model.gguf"), "{err}");
 }
+
+#[test]
+fn device_names_parse() {
+    use hearth::engine::Device;
+    assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+    assert_eq!("auto".parse::<Device>().unwrap(), Device::Auto);
+    assert_eq!("gpu".parse::<Device>().unwrap(), Device::Gpu(None));
+    assert_eq!("gpu:1".parse::<Device>().unwrap(), Device::Gpu(Some(1)));
+    for bad in ["tpu", "gpu:x", "gpu1", ""] {
+        assert!(bad.parse::<Device>().is_err(), "{bad}");
+    }
+    // Auto never picks a CPU-emulated adapter (lavapipe): it is the CPU backend's job.
+    if let Device::Gpu(Some(i)) = Device::Auto.resolve() {
+        assert_ne!(hearth::backend::gpu::list_adapters()[i].device_type, "Cpu");
+    }
+}
+
+#[test]
+fn the_engine_on_the_gpu_streams_the_same_text_as_on_the_cpu() {
+    if hearth::backend::gpu::list_adapters().is_empty() {
+        eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        return;
+    }
+    let mut gpu = Engine::load(
+        &data("nano/nano-llama.gguf"),
+        &LoadOptions {
+            device: hearth::engine::Device::Gpu(None),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        !gpu.device_name().starts_with("cpu"),
+        "{}",
+        gpu.device_name()
+    );
+    let prompt = "The capital of France is";
+    assert_eq!(
+        run(&mut gpu, prompt, &greedy(16)).0,
+        run(&mut nano(), prompt, &greedy(16)).0
+    );
+}
