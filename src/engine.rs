@@ -103,7 +103,8 @@ impl Engine {
         self.runner.device_name()
     }
 
-    /// Generates from `prompt` text (special-token text parsed, BOS as the model wants).
+    /// Generates from `prompt` text (special-token text parsed, BOS as the model wants, but
+    /// never twice: chat templates such as Gemma's and Llama 3's already write it).
     pub fn generate(
         &mut self,
         prompt: &str,
@@ -111,7 +112,9 @@ impl Engine {
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<GenerateStats> {
-        let ids = self.tokenizer.encode(prompt, self.tokenizer.add_bos())?;
+        let bos = self.tokenizer.bos_text();
+        let add_bos = self.tokenizer.add_bos() && (bos.is_empty() || !prompt.starts_with(bos));
+        let ids = self.tokenizer.encode(prompt, add_bos)?;
         self.generate_ids(&ids, opts, cancel, on_text)
     }
 
