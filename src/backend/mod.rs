@@ -13,6 +13,7 @@
 //!   is an op of the same trait, so autograd runs on every backend.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::gguf::TensorBytes;
 use crate::quant::QuantType;

@@ -51,6 +51,8 @@ impl CpuWeight {
 /// Rows of the weight matrix handed to one task: enough work to amortise scheduling, few
 /// enough that both threads stay busy on small matrices.
 const ROWS_PER_TASK: usize = 16;
+/// Below this many tokens a matmul uses the fused quantized dot products.
+const FUSED_MAX_TOKENS: usize = 4;
 
 pub struct CpuBackend {
     n_threads: usize,
@@ -93,6 +95,14 @@ struct SyncPtr(*mut f32);
 // SAFETY: every task writes a disjoint set of indices (stated at each use).
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// Taking `self` makes closures capture the whole wrapper (which is `Sync`), not the raw
+    /// pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
@@ -229,7 +239,7 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         same_shape("rms_norm", x, out)?;
         let g = weight.n_rows * weight.n_cols;
-        check("rms_norm", g > 0 && x.n_cols % g == 0, || {
+        check("rms_norm", g > 0 && x.n_cols.is_multiple_of(g), || {
             format!("weight of {g} values for rows of {}", x.n_cols)
         })?;
         let w = weight.to_f32();
@@ -253,22 +263,45 @@ impl Backend for CpuBackend {
         )?;
         let (n_tok, n_out, k) = (x.n_rows, w.n_rows, w.n_cols);
         let out_ptr = SyncPtr(out.data.as_mut_ptr());
+        // Few tokens (decode): fused dot products straight from the blocks. A batch (prefill):
+        // dequantize each weight row once and reuse it for every token.
+        let fused = n_tok < FUSED_MAX_TOKENS;
+        let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
         (0..n_out.div_ceil(ROWS_PER_TASK))
             .into_par_iter()
             .for_each_init(
-                || vec![0.0f32; k],
-                |row_buf, task| {
-                    let out_ptr = out_ptr;
-                    let r0 = task * ROWS_PER_TASK;
-                    for r in r0..(r0 + ROWS_PER_TASK).min(n_out) {
-                        // One dequantized weight row, reused for every token of the batch.
-                        w.qtype.dequantize_row(w.row_bytes(r), row_buf);
-                        for t in 0..n_tok {
-                            let v = simd::dot(row_buf, &x.data[t * k..(t + 1) * k]);
-                            // SAFETY: task `task` alone writes columns r0..r0+ROWS_PER_TASK; the
-                            // index is in bounds by the shape check above.
-                            unsafe { *out_ptr.0.add(t * n_out + r) = v };
+                || {
+                    if fused {
+                        Vec::new()
+                    } else {
+                        vec![0.0f32; simd::TILE_ROWS * k]
+                    }
+                },
+                |buf, task| {
+                    let (r0, r_end) = (
+                        task * ROWS_PER_TASK,
+                        ((task + 1) * ROWS_PER_TASK).min(n_out),
+                    );
+                    // SAFETY: task `task` alone writes columns r0..r_end of `out`; the index is
+                    // in bounds by the shape check above.
+                    let store = |t: usize, r: usize, v: f32| unsafe {
+                        *out_ptr.get().add(t * n_out + r) = v
+                    };
+                    if fused {
+                        for r in r0..r_end {
+                            let row = w.row_bytes(r);
+                            for t in 0..n_tok {
+                                store(t, r, w.qtype.dot_row(row, x_row(t)));
+                            }
                         }
+                        return;
+                    }
+                    for rt in (r0..r_end).step_by(simd::TILE_ROWS) {
+                        let nr = simd::TILE_ROWS.min(r_end - rt);
+                        for (i, dst) in buf.chunks_exact_mut(k).take(nr).enumerate() {
+                            w.qtype.dequantize_row(w.row_bytes(rt + i), dst);
+                        }
+                        simd::tile_dot(&buf[..nr * k], &x.data, k, |t, i, v| store(t, rt + i, v));
                     }
                 },
             );
@@ -279,7 +312,7 @@ impl Backend for CpuBackend {
         check(
             "rope",
             p.head_dim > 0
-                && x.n_cols % p.head_dim == 0
+                && x.n_cols.is_multiple_of(p.head_dim)
                 && p.n_rot <= p.head_dim
                 && inv_freq.data.len() * 2 >= p.n_rot,
             || {
@@ -313,7 +346,7 @@ impl Backend for CpuBackend {
         check(
             "attention",
             p.n_kv_heads > 0
-                && p.n_heads % p.n_kv_heads == 0
+                && p.n_heads.is_multiple_of(p.n_kv_heads)
                 && q.n_cols == p.n_heads * hd
                 && k_cache.n_cols == p.n_kv_heads * hd
                 && v_cache.n_cols == k_cache.n_cols

@@ -1,0 +1,422 @@
+//! `Backend` for `GpuBackend`: each op checks shapes exactly as the CPU backend does, fills its
+//! uniform struct and records a dispatch. Attention lives in `attention.rs`.
+
+use super::memory::{buffer_size, pooled_buffer, upload_weight, GpuTensor, GpuWeight};
+use super::params::{ArgmaxParams, EltParams, EmbedParams, MatParams, NormParams, RopeParams};
+use super::shaders::{Kernel, PipelineKey};
+use super::GpuBackend;
+use crate::backend::{AttnParams, Backend, RopeLayout, WeightSource};
+use crate::quant::QuantType;
+use crate::{Error, Result};
+
+/// Up to this many tokens a matmul runs as matrix-vector products (weights streamed once per
+/// token, no tiles to fill); above it, as the tiled matrix-matrix kernel.
+pub const MATVEC_MAX_TOKENS: usize = 8;
+/// Output tile edge of the matmul kernel (`TILE` in matmul.wgsl).
+const MATMUL_TILE: usize = 64;
+/// Threads per workgroup of the one-thread-per-element kernels.
+const WG: usize = 256;
+
+pub(super) fn check(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::shape(op, msg()))
+    }
+}
+
+fn same_shape(op: &'static str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
+    check(op, a.n_rows == b.n_rows && a.n_cols == b.n_cols, || {
+        format!(
+            "[{}, {}] vs [{}, {}]",
+            a.n_rows, a.n_cols, b.n_rows, b.n_cols
+        )
+    })
+}
+
+/// A size as the u32 the kernels index with.
+pub(super) fn u32_of(op: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v)
+        .map_err(|_| Error::shape(op, format!("{v} does not fit the GPU's 32-bit indices")))
+}
+
+impl GpuBackend {
+    pub(super) fn key(&self, kernel: Kernel, quant: Option<QuantType>) -> PipelineKey {
+        PipelineKey {
+            kernel,
+            quant,
+            features: self.ctx.features,
+        }
+    }
+
+    /// Records an element-wise kernel over `n` values.
+    fn elementwise(
+        &self,
+        kernel: Kernel,
+        n: usize,
+        s: f32,
+        bufs: &[(u32, &wgpu::Buffer)],
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let params = EltParams {
+            n: u32_of(kernel.name(), n)?,
+            s,
+            ..Default::default()
+        };
+        let (gx, gy) = self.ctx.grid(u32_of(kernel.name(), n.div_ceil(WG))?);
+        self.dispatch(self.key(kernel, None), &params, bufs, (gx, gy, 1))
+    }
+}
+
+impl Backend for GpuBackend {
+    type Tensor = GpuTensor;
+    type Weight = GpuWeight;
+
+    fn name(&self) -> String {
+        let s = &self.ctx.summary;
+        format!("gpu:{} {} ({})", s.index, s.name, s.backend)
+    }
+
+    fn load_weight(&self, src: &WeightSource) -> Result<GpuWeight> {
+        upload_weight(&self.ctx, src)
+    }
+
+    fn tensor(&self, n_rows: usize, n_cols: usize) -> Result<GpuTensor> {
+        let n = n_rows
+            .checked_mul(n_cols)
+            .ok_or_else(|| Error::shape("tensor", format!("[{n_rows}, {n_cols}] overflows")))?;
+        let (buf, recycled) = pooled_buffer(&self.ctx, &self.pool, "tensor", buffer_size(n))?;
+        if recycled {
+            self.record_clear(buf.buffer())?;
+        }
+        Ok(GpuTensor {
+            buf,
+            n_rows,
+            n_cols,
+        })
+    }
+
+    fn shape(&self, t: &GpuTensor) -> (usize, usize) {
+        (t.n_rows, t.n_cols)
+    }
+
+    fn write(&self, t: &mut GpuTensor, data: &[f32]) -> Result<()> {
+        check("write", data.len() == t.len(), || {
+            format!("{} values into [{}, {}]", data.len(), t.n_rows, t.n_cols)
+        })?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.write_bytes(t.buffer(), bytemuck::cast_slice(data))
+    }
+
+    fn read(&self, t: &GpuTensor) -> Result<Vec<f32>> {
+        if t.is_empty() {
+            self.flush()?;
+            return Ok(Vec::new());
+        }
+        let bytes = self.read_bytes(t.buffer(), 0, (t.len() * 4) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes[..t.len() * 4]))
+    }
+
+    fn copy_rows(
+        &self,
+        src: &GpuTensor,
+        src_row: usize,
+        dst: &mut GpuTensor,
+        dst_row: usize,
+        n: usize,
+    ) -> Result<()> {
+        check(
+            "copy_rows",
+            src.n_cols == dst.n_cols && src_row + n <= src.n_rows && dst_row + n <= dst.n_rows,
+            || {
+                format!(
+                    "rows {src_row}..+{n} of [{}, {}] into rows {dst_row}.. of [{}, {}]",
+                    src.n_rows, src.n_cols, dst.n_rows, dst.n_cols
+                )
+            },
+        )?;
+        let row = (src.n_cols * 4) as u64;
+        if n == 0 || row == 0 {
+            return Ok(());
+        }
+        self.record_copy(
+            src.buffer(),
+            src_row as u64 * row,
+            dst.buffer(),
+            dst_row as u64 * row,
+            n as u64 * row,
+        )
+    }
+
+    fn embed(&self, table: &GpuWeight, ids: &[u32], out: &mut GpuTensor) -> Result<()> {
+        check(
+            "embed",
+            out.n_rows == ids.len() && out.n_cols == table.n_cols,
+            || {
+                format!(
+                    "{} ids of width {} into [{}, {}]",
+                    ids.len(),
+                    table.n_cols,
+                    out.n_rows,
+                    out.n_cols
+                )
+            },
+        )?;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.n_rows) {
+            return Err(Error::shape(
+                "embed",
+                format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    table.n_rows
+                ),
+            ));
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (ids_buf, _) =
+            pooled_buffer(&self.ctx, &self.pool, "token ids", buffer_size(ids.len()))?;
+        self.write_bytes(ids_buf.buffer(), bytemuck::cast_slice(ids))?;
+        let (gx, gy) = self.ctx.grid(u32_of("embed", ids.len())?);
+        for part in &table.parts {
+            let params = EmbedParams {
+                n_ids: u32_of("embed", ids.len())?,
+                n_cols: u32_of("embed", table.n_cols)?,
+                row_bytes: u32_of("embed", table.row_bytes)?,
+                row_begin: u32_of("embed", part.row_begin)?,
+                row_end: u32_of("embed", part.row_begin + part.n_rows)?,
+                ..Default::default()
+            };
+            self.dispatch(
+                self.key(Kernel::Embed, Some(table.qtype)),
+                &params,
+                &[(1, &part.buf), (2, ids_buf.buffer()), (3, out.buffer())],
+                (gx, gy, 1),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(
+        &self,
+        x: &GpuTensor,
+        weight: &GpuWeight,
+        eps: f32,
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        same_shape("rms_norm", x, out)?;
+        let g = weight.n_rows * weight.n_cols;
+        check("rms_norm", g > 0 && x.n_cols.is_multiple_of(g), || {
+            format!("weight of {g} values for rows of {}", x.n_cols)
+        })?;
+        let [part] = weight.parts.as_slice() else {
+            return Err(Error::Gpu(format!(
+                "rms_norm: norm weight {} is split over {} buffers",
+                weight.name,
+                weight.parts.len()
+            )));
+        };
+        let n_groups = x.len() / g;
+        if n_groups == 0 {
+            return Ok(());
+        }
+        let params = NormParams {
+            n_groups: u32_of("rms_norm", n_groups)?,
+            group: u32_of("rms_norm", g)?,
+            eps,
+            ..Default::default()
+        };
+        let (gx, gy) = self.ctx.grid(params.n_groups);
+        self.dispatch(
+            self.key(Kernel::RmsNorm, Some(weight.qtype)),
+            &params,
+            &[(1, &part.buf), (2, x.buffer()), (3, out.buffer())],
+            (gx, gy, 1),
+        )
+    }
+
+    fn matmul(&self, x: &GpuTensor, w: &GpuWeight, out: &mut GpuTensor) -> Result<()> {
+        check(
+            "matmul",
+            x.n_cols == w.n_cols && out.n_rows == x.n_rows && out.n_cols == w.n_rows,
+            || {
+                format!(
+                    "[{}, {}] · {}ᵀ [{}, {}] into [{}, {}]",
+                    x.n_rows, x.n_cols, w.name, w.n_rows, w.n_cols, out.n_rows, out.n_cols
+                )
+            },
+        )?;
+        let n = x.n_rows;
+        if n == 0 {
+            return Ok(());
+        }
+        for part in &w.parts {
+            let params = MatParams {
+                n_tokens: u32_of("matmul", n)?,
+                n_rows: u32_of("matmul", part.n_rows)?,
+                n_cols: u32_of("matmul", w.n_cols)?,
+                row_bytes: u32_of("matmul", w.row_bytes)?,
+                out_stride: u32_of("matmul", w.n_rows)?,
+                out_offset: u32_of("matmul", part.row_begin)?,
+                ..Default::default()
+            };
+            let bufs = [(1, &part.buf), (2, x.buffer()), (3, out.buffer())];
+            if n <= MATVEC_MAX_TOKENS {
+                // About one row per team (a subgroup, or 32 threads without subgroups).
+                let team = if self.ctx.features.subgroups {
+                    self.ctx.summary.subgroup_size.1.clamp(4, 256)
+                } else {
+                    32
+                };
+                let rows = 256 / team;
+                let params = MatParams {
+                    rows_per_group: rows,
+                    ..params
+                };
+                let (gx, gy) = self
+                    .ctx
+                    .grid(u32_of("matmul", part.n_rows.div_ceil(rows as usize))?);
+                let key = self.key(Kernel::Matvec, Some(w.qtype));
+                self.dispatch(key, &params, &bufs, (gx, gy, params.n_tokens))?;
+            } else {
+                let groups = (
+                    u32_of("matmul", part.n_rows.div_ceil(MATMUL_TILE))?,
+                    u32_of("matmul", n.div_ceil(MATMUL_TILE))?,
+                    1,
+                );
+                let max = self.ctx.limits.max_compute_workgroups_per_dimension;
+                check("matmul", groups.0 <= max && groups.1 <= max, || {
+                    format!(
+                        "{} rows x {n} tokens exceed the dispatch limit",
+                        part.n_rows
+                    )
+                })?;
+                let key = self.key(Kernel::Matmul, Some(w.qtype));
+                self.dispatch(key, &params, &bufs, groups)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut GpuTensor,
+        inv_freq: &GpuTensor,
+        p: &crate::backend::RopeParams,
+    ) -> Result<()> {
+        check(
+            "rope",
+            p.head_dim > 0
+                && x.n_cols.is_multiple_of(p.head_dim)
+                && p.n_rot <= p.head_dim
+                && inv_freq.len() * 2 >= p.n_rot,
+            || {
+                format!(
+                    "rows of {} with head_dim {} n_rot {}",
+                    x.n_cols, p.head_dim, p.n_rot
+                )
+            },
+        )?;
+        let n_heads = x.n_cols / p.head_dim;
+        let n_pairs = x.n_rows * n_heads * (p.n_rot / 2);
+        if n_pairs == 0 {
+            return Ok(());
+        }
+        // Positions are u32 on the device.
+        u32_of("rope", p.pos_start + x.n_rows)?;
+        let params = RopeParams {
+            n_rows: u32_of("rope", x.n_rows)?,
+            n_heads: u32_of("rope", n_heads)?,
+            head_dim: u32_of("rope", p.head_dim)?,
+            n_rot: u32_of("rope", p.n_rot)?,
+            pos_start: u32_of("rope", p.pos_start)?,
+            neox: u32::from(p.layout == RopeLayout::Neox),
+            ..Default::default()
+        };
+        let (gx, gy) = self.ctx.grid(u32_of("rope", n_pairs.div_ceil(WG))?);
+        self.dispatch(
+            self.key(Kernel::Rope, None),
+            &params,
+            &[(1, x.buffer()), (2, inv_freq.buffer())],
+            (gx, gy, 1),
+        )
+    }
+
+    fn attention(
+        &self,
+        q: &GpuTensor,
+        k_cache: &GpuTensor,
+        v_cache: &GpuTensor,
+        p: &AttnParams,
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        self.attention_op(q, k_cache, v_cache, p, out)
+    }
+
+    fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
+        same_shape("silu_mul", gate, up)?;
+        same_shape("silu_mul", gate, out)?;
+        self.elementwise(
+            Kernel::SiluMul,
+            out.len(),
+            0.0,
+            &[(1, gate.buffer()), (2, up.buffer()), (3, out.buffer())],
+        )
+    }
+
+    fn gelu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
+        same_shape("gelu_mul", gate, up)?;
+        same_shape("gelu_mul", gate, out)?;
+        self.elementwise(
+            Kernel::GeluMul,
+            out.len(),
+            0.0,
+            &[(1, gate.buffer()), (2, up.buffer()), (3, out.buffer())],
+        )
+    }
+
+    fn add_assign(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {
+        same_shape("add_assign", x, y)?;
+        self.elementwise(
+            Kernel::AddAssign,
+            x.len(),
+            0.0,
+            &[(1, y.buffer()), (3, x.buffer())],
+        )
+    }
+
+    fn scale(&self, x: &mut GpuTensor, s: f32) -> Result<()> {
+        self.elementwise(Kernel::Scale, x.len(), s, &[(3, x.buffer())])
+    }
+
+    fn argmax(&self, x: &GpuTensor) -> Result<Vec<u32>> {
+        if x.n_rows == 0 {
+            self.flush()?;
+            return Ok(Vec::new());
+        }
+        if x.n_cols == 0 {
+            // The CPU reference answers 0 for an empty row.
+            self.flush()?;
+            return Ok(vec![0; x.n_rows]);
+        }
+        let (ids, _) = pooled_buffer(&self.ctx, &self.pool, "argmax", buffer_size(x.n_rows))?;
+        let params = ArgmaxParams {
+            n_rows: u32_of("argmax", x.n_rows)?,
+            n_cols: u32_of("argmax", x.n_cols)?,
+            ..Default::default()
+        };
+        let (gx, gy) = self.ctx.grid(params.n_rows);
+        self.dispatch(
+            self.key(Kernel::Argmax, None),
+            &params,
+            &[(1, x.buffer()), (2, ids.buffer())],
+            (gx, gy, 1),
+        )?;
+        let bytes = self.read_bytes(ids.buffer(), 0, (x.n_rows * 4) as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes[..x.n_rows * 4]))
+    }
+}

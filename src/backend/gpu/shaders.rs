@@ -1,0 +1,397 @@
+//! The WGSL shader table. Every file under `shaders/` enters the binary through the one
+//! `include_str!` table below, and a kernel's module is the plain concatenation of its files
+//! (feature switch, helpers, reduction, block format, kernel): WGSL is never written from Rust
+//! strings. Pipelines are keyed by `PipelineKey`, a typed key. Nothing here knows about devices.
+
+use crate::quant::QuantType;
+use crate::{Error, Result};
+
+/// Every shader file, by its path under `shaders/`.
+pub static FILES: &[(&str, &str)] = &[
+    (
+        "enable_f16.wgsl",
+        include_str!("../../../shaders/enable_f16.wgsl"),
+    ),
+    (
+        "common/half_f16.wgsl",
+        include_str!("../../../shaders/common/half_f16.wgsl"),
+    ),
+    (
+        "common/half_unpack.wgsl",
+        include_str!("../../../shaders/common/half_unpack.wgsl"),
+    ),
+    (
+        "common/reduce_subgroup.wgsl",
+        include_str!("../../../shaders/common/reduce_subgroup.wgsl"),
+    ),
+    (
+        "common/reduce_workgroup.wgsl",
+        include_str!("../../../shaders/common/reduce_workgroup.wgsl"),
+    ),
+    (
+        "common/weights.wgsl",
+        include_str!("../../../shaders/common/weights.wgsl"),
+    ),
+    (
+        "quant/f32.wgsl",
+        include_str!("../../../shaders/quant/f32.wgsl"),
+    ),
+    (
+        "quant/f16.wgsl",
+        include_str!("../../../shaders/quant/f16.wgsl"),
+    ),
+    (
+        "quant/bf16.wgsl",
+        include_str!("../../../shaders/quant/bf16.wgsl"),
+    ),
+    (
+        "quant/q8_0.wgsl",
+        include_str!("../../../shaders/quant/q8_0.wgsl"),
+    ),
+    (
+        "quant/q4_0.wgsl",
+        include_str!("../../../shaders/quant/q4_0.wgsl"),
+    ),
+    (
+        "quant/q4_1.wgsl",
+        include_str!("../../../shaders/quant/q4_1.wgsl"),
+    ),
+    (
+        "quant/q5_0.wgsl",
+        include_str!("../../../shaders/quant/q5_0.wgsl"),
+    ),
+    (
+        "quant/q5_1.wgsl",
+        include_str!("../../../shaders/quant/q5_1.wgsl"),
+    ),
+    (
+        "quant/q4_k.wgsl",
+        include_str!("../../../shaders/quant/q4_k.wgsl"),
+    ),
+    (
+        "quant/q5_k.wgsl",
+        include_str!("../../../shaders/quant/q5_k.wgsl"),
+    ),
+    (
+        "quant/q6_k.wgsl",
+        include_str!("../../../shaders/quant/q6_k.wgsl"),
+    ),
+    ("matvec.wgsl", include_str!("../../../shaders/matvec.wgsl")),
+    ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
+    ("embed.wgsl", include_str!("../../../shaders/embed.wgsl")),
+    (
+        "rms_norm.wgsl",
+        include_str!("../../../shaders/rms_norm.wgsl"),
+    ),
+    ("rope.wgsl", include_str!("../../../shaders/rope.wgsl")),
+    (
+        "attention_decode.wgsl",
+        include_str!("../../../shaders/attention_decode.wgsl"),
+    ),
+    (
+        "attention_prefill.wgsl",
+        include_str!("../../../shaders/attention_prefill.wgsl"),
+    ),
+    (
+        "elementwise.wgsl",
+        include_str!("../../../shaders/elementwise.wgsl"),
+    ),
+    ("argmax.wgsl", include_str!("../../../shaders/argmax.wgsl")),
+];
+
+/// The block-format file of each quant type: one row per type, each file defining `deq8`.
+static QUANT_FILES: &[(QuantType, &str)] = &[
+    (QuantType::F32, "quant/f32.wgsl"),
+    (QuantType::F16, "quant/f16.wgsl"),
+    (QuantType::BF16, "quant/bf16.wgsl"),
+    (QuantType::Q8_0, "quant/q8_0.wgsl"),
+    (QuantType::Q4_0, "quant/q4_0.wgsl"),
+    (QuantType::Q4_1, "quant/q4_1.wgsl"),
+    (QuantType::Q5_0, "quant/q5_0.wgsl"),
+    (QuantType::Q5_1, "quant/q5_1.wgsl"),
+    (QuantType::Q4_K, "quant/q4_k.wgsl"),
+    (QuantType::Q5_K, "quant/q5_k.wgsl"),
+    (QuantType::Q6_K, "quant/q6_k.wgsl"),
+];
+
+/// A compute kernel: one entry point of one shader file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kernel {
+    Matvec,
+    Matmul,
+    Embed,
+    RmsNorm,
+    Rope,
+    AttnSplit,
+    AttnCombine,
+    AttnPrefill,
+    SiluMul,
+    GeluMul,
+    AddAssign,
+    Scale,
+    Argmax,
+}
+
+/// How a kernel accesses one of its storage buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// Binding 0 of every kernel: its uniform parameters.
+pub const PARAMS_BINDING: u32 = 0;
+/// Binding 1 of every kernel that reads weights: the weights as `array<u32>`.
+pub const WEIGHTS_BINDING: u32 = 1;
+/// On the f16 path the weights are bound again here as `array<f16>` (half_f16.wgsl).
+pub const WEIGHT_HALVES_BINDING: u32 = 7;
+
+/// Where a kernel lives, what its module needs besides its own file, and its storage
+/// bindings (group 0) with their access, as the WGSL declares them.
+struct KernelDef {
+    file: &'static str,
+    entry: &'static str,
+    /// Reads a weight matrix: needs a block format (and the f16 helpers).
+    quant: bool,
+    /// Uses the workgroup reductions (`wg_sum`, `wg_max`).
+    reduce: bool,
+    storage: &'static [(u32, Access)],
+}
+
+use Access::{Read as R, ReadWrite as RW};
+
+impl Kernel {
+    pub const ALL: [Kernel; 13] = [
+        Kernel::Matvec,
+        Kernel::Matmul,
+        Kernel::Embed,
+        Kernel::RmsNorm,
+        Kernel::Rope,
+        Kernel::AttnSplit,
+        Kernel::AttnCombine,
+        Kernel::AttnPrefill,
+        Kernel::SiluMul,
+        Kernel::GeluMul,
+        Kernel::AddAssign,
+        Kernel::Scale,
+        Kernel::Argmax,
+    ];
+
+    fn def(self) -> KernelDef {
+        // Two inputs and an output; kernels that read weights have them first.
+        const IN_IN_OUT: &[(u32, Access)] = &[(1, R), (2, R), (3, RW)];
+        const ATTENTION: &[(u32, Access)] = &[(1, R), (2, R), (3, R), (4, RW)];
+        type Def = (
+            &'static str,
+            &'static str,
+            bool,
+            bool,
+            &'static [(u32, Access)],
+        );
+        let (file, entry, quant, reduce, storage): Def = match self {
+            Kernel::Matvec => ("matvec.wgsl", "matvec", true, true, IN_IN_OUT),
+            Kernel::Matmul => ("matmul.wgsl", "matmul", true, false, IN_IN_OUT),
+            Kernel::Embed => ("embed.wgsl", "embed", true, false, IN_IN_OUT),
+            Kernel::RmsNorm => ("rms_norm.wgsl", "rms_norm", true, true, IN_IN_OUT),
+            Kernel::Rope => ("rope.wgsl", "rope", false, false, &[(1, RW), (2, R)]),
+            Kernel::AttnSplit => (
+                "attention_decode.wgsl",
+                "attn_split",
+                false,
+                true,
+                ATTENTION,
+            ),
+            Kernel::AttnCombine => (
+                "attention_decode.wgsl",
+                "attn_combine",
+                false,
+                true,
+                &[(4, RW), (5, RW)],
+            ),
+            Kernel::AttnPrefill => (
+                "attention_prefill.wgsl",
+                "attn_prefill",
+                false,
+                false,
+                ATTENTION,
+            ),
+            Kernel::SiluMul => ("elementwise.wgsl", "silu_mul", false, false, IN_IN_OUT),
+            Kernel::GeluMul => ("elementwise.wgsl", "gelu_mul", false, false, IN_IN_OUT),
+            Kernel::AddAssign => (
+                "elementwise.wgsl",
+                "add_assign",
+                false,
+                false,
+                &[(1, R), (3, RW)],
+            ),
+            Kernel::Scale => ("elementwise.wgsl", "scale", false, false, &[(3, RW)]),
+            Kernel::Argmax => ("argmax.wgsl", "argmax", false, false, &[(1, R), (2, RW)]),
+        };
+        KernelDef {
+            file,
+            entry,
+            quant,
+            reduce,
+            storage,
+        }
+    }
+
+    pub fn entry_point(self) -> &'static str {
+        self.def().entry
+    }
+
+    /// Whether the kernel reads a weight matrix, so its key must name a block format.
+    pub fn reads_weights(self) -> bool {
+        self.def().quant
+    }
+
+    pub fn name(self) -> &'static str {
+        self.entry_point()
+    }
+}
+
+/// Which optional device features a module is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ShaderFeatures {
+    /// Widen halves through the native `f16` type (SHADER_F16).
+    pub f16: bool,
+    /// Reduce with subgroup operations (SUBGROUP) rather than a workgroup-memory tree.
+    pub subgroups: bool,
+}
+
+impl ShaderFeatures {
+    pub const ALL: [ShaderFeatures; 4] = [
+        ShaderFeatures {
+            f16: false,
+            subgroups: false,
+        },
+        ShaderFeatures {
+            f16: true,
+            subgroups: false,
+        },
+        ShaderFeatures {
+            f16: false,
+            subgroups: true,
+        },
+        ShaderFeatures {
+            f16: true,
+            subgroups: true,
+        },
+    ];
+}
+
+/// The typed key of a compute pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    pub kernel: Kernel,
+    /// The weight's block format, for kernels that read weights.
+    pub quant: Option<QuantType>,
+    pub features: ShaderFeatures,
+}
+
+impl PipelineKey {
+    /// The files of this pipeline's module, in the order they are concatenated.
+    pub fn files(&self) -> Result<Vec<&'static str>> {
+        let def = self.kernel.def();
+        let mut files = Vec::new();
+        if def.quant {
+            let qt = self.quant.ok_or_else(|| {
+                Error::Gpu(format!(
+                    "kernel {} needs a block format",
+                    self.kernel.name()
+                ))
+            })?;
+            // An `enable` directive must open the module.
+            if self.features.f16 {
+                files.push("enable_f16.wgsl");
+                files.push("common/half_f16.wgsl");
+            } else {
+                files.push("common/half_unpack.wgsl");
+            }
+            files.push("common/weights.wgsl");
+            files.push(quant_file(qt)?);
+        }
+        if def.reduce {
+            files.push(if self.features.subgroups {
+                "common/reduce_subgroup.wgsl"
+            } else {
+                "common/reduce_workgroup.wgsl"
+            });
+        }
+        files.push(def.file);
+        Ok(files)
+    }
+
+    /// The module's WGSL: its files, concatenated.
+    pub fn source(&self) -> Result<String> {
+        let mut src = String::new();
+        for path in self.files()? {
+            src.push_str(file(path)?);
+            src.push('\n');
+        }
+        Ok(src)
+    }
+
+    /// The storage bindings of the pipeline's layout (binding 0, the parameters, aside).
+    pub fn storage_bindings(&self) -> Vec<(u32, Access)> {
+        let def = self.kernel.def();
+        let mut b = def.storage.to_vec();
+        if def.quant && self.features.f16 {
+            b.push((WEIGHT_HALVES_BINDING, Access::Read));
+        }
+        b
+    }
+
+    /// A readable label for pipelines and errors, e.g. `matvec[Q4_0]`.
+    pub fn label(&self) -> String {
+        match self.quant {
+            Some(q) => format!("{}[{q}]", self.kernel.name()),
+            None => self.kernel.name().to_string(),
+        }
+    }
+}
+
+/// The text of the shader file at `path` (relative to `shaders/`).
+pub fn file(path: &str) -> Result<&'static str> {
+    FILES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, src)| *src)
+        .ok_or_else(|| Error::Gpu(format!("no shader file {path} in the table")))
+}
+
+fn quant_file(qt: QuantType) -> Result<&'static str> {
+    QUANT_FILES
+        .iter()
+        .find(|(t, _)| *t == qt)
+        .map(|(_, p)| *p)
+        .ok_or(Error::UnsupportedOp {
+            op: "gpu shader",
+            dtype: qt,
+        })
+}
+
+/// Every pipeline key the backend can ask for, for validation tests.
+pub fn all_keys() -> Vec<PipelineKey> {
+    let mut keys = Vec::new();
+    for features in ShaderFeatures::ALL {
+        for kernel in Kernel::ALL {
+            if kernel.reads_weights() {
+                for qt in QuantType::ALL {
+                    keys.push(PipelineKey {
+                        kernel,
+                        quant: Some(qt),
+                        features,
+                    });
+                }
+            } else {
+                keys.push(PipelineKey {
+                    kernel,
+                    quant: None,
+                    features,
+                });
+            }
+        }
+    }
+    keys
+}
