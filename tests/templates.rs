@@ -192,3 +192,38 @@ fn python_flavoured_jinja() {
          {\"a\": [1, 2.5, null, true]} \"a<b\" 4."
     );
 }
+
+#[test]
+fn strftime_formats_utc_times() {
+    use hearth::tokenizer::template::strftime;
+    // 2024-07-26 13:25:09 UTC, a Friday, day 208.
+    let t = 1_722_000_309;
+    assert_eq!(strftime("%d %b %Y", t), "26 Jul 2024");
+    assert_eq!(
+        strftime("%A %B %e, %y %H:%M:%S %j %p %I %%", t),
+        "Friday July 26, 24 13:25:09 208 PM 01 %"
+    );
+    assert_eq!(strftime("%F %a %Q", 0), "1970-01-01 Thu %Q");
+    assert_eq!(strftime("%Y-%m-%d", 951_782_400), "2000-02-29");
+    assert_eq!(strftime("%Y-%m-%d", -86_400), "1969-12-31");
+}
+
+#[test]
+fn tojson_floats_are_written_as_python_does() {
+    use hearth::tokenizer::template::python_float_repr;
+    for (f, want) in [
+        (2.5, "2.5"),
+        (1.0, "1.0"),
+        (-0.0, "-0.0"),
+        (0.1, "0.1"),
+        (1e16, "1e+16"),
+        (1.5e-5, "1.5e-05"),
+        (0.0001, "0.0001"),
+        (123456789.125, "123456789.125"),
+        (1e22, "1e+22"),
+        (f64::INFINITY, "Infinity"),
+        (f64::NAN, "NaN"),
+    ] {
+        assert_eq!(python_float_repr(f), want, "{f}");
+    }
+}

@@ -385,3 +385,29 @@ fn odd_sentencepiece_vocabularies_do_not_panic() {
     );
     assert_eq!(ids.first(), Some(&1), "SentencePiece adds BOS by default");
 }
+
+/// A SentencePiece vocabulary with one enormous token builds quickly (merges are derived only
+/// from tokens of real length) and still encodes.
+#[test]
+fn a_huge_token_does_not_stall_the_build() {
+    let huge = "x".repeat(200_000);
+    let kv = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("tokenizer.ggml.model", Value::String("llama".into())),
+        (
+            "tokenizer.ggml.tokens",
+            strings(&["<unk>", "x", "xx", &huge]),
+        ),
+        ("tokenizer.ggml.add_space_prefix", Value::Bool(false)),
+    ];
+    let start = Instant::now();
+    let tok = build(&kv).expect("builds");
+    assert!(start.elapsed().as_secs() < 10, "took {:?}", start.elapsed());
+    assert_eq!(tok.encode("xxx", false).expect("encode"), [2, 1]);
+}
+
+#[test]
+fn tokenizer_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+}

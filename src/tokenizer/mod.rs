@@ -104,18 +104,18 @@ impl Tokenizer {
         inner.with_decoder(Some(pipeline.decoder));
         inner.with_post_processor(None::<PostProcessorWrapper>);
 
-        // As transformers does: control tokens are special, user-defined ones plain added
-        // tokens; both are cut out of the text whole before anything else sees it. A control
-        // token a byte-level model would spell differently is a converter's mislabel and is
-        // skipped, and so is any token the model's vocabulary does not hold (it would get an
-        // id past the vocabulary).
+        // As transformers does: control tokens (and the unknown token) are special,
+        // user-defined ones plain added tokens; all are cut out of the text whole before
+        // anything else sees it. A control token a byte-level model would spell differently
+        // is a converter's mislabel and is skipped, and so is any token the model's vocabulary
+        // does not hold (it would get an id past the vocabulary).
         let model = inner.get_model();
         let mut control = Vec::new();
         let mut user_defined = Vec::new();
         for (id, (text, ty)) in v.tokens.iter().zip(&v.types).enumerate() {
             let in_model = model.token_to_id(text).is_some();
             match ty {
-                TokenType::Control if in_model && spelled[id] == *text => {
+                TokenType::Control | TokenType::Unknown if in_model && spelled[id] == *text => {
                     control.push(AddedToken::from(text.clone(), true).normalized(false))
                 }
                 TokenType::UserDefined if in_model => {

@@ -129,6 +129,11 @@ pub fn build(v: &GgufVocab, spelled: &[String]) -> Result<Pipeline> {
     })
 }
 
+/// Longest token whose splits become merges. Real pieces are a few dozen bytes (Gemma's
+/// longest is 48); trying every split of a longer one costs time quadratic in its length,
+/// which a hostile file could make unbounded.
+const MAX_MERGED_TOKEN_BYTES: usize = 256;
+
 /// Every split of every token into two tokens is a merge, best first: by the merged token's
 /// score (higher first), then longer left piece, then longer right piece, ties kept in token
 /// order. This is transformers' `generate_merges(vocab, vocab_scores)`
@@ -172,6 +177,9 @@ fn derive_merges(
             for (i, token) in chunk.iter().enumerate() {
                 let token_idx = chunk_idx * CHUNK + i;
                 if duplicate.get(token_idx) == Some(&true) {
+                    continue;
+                }
+                if token.len() > MAX_MERGED_TOKEN_BYTES {
                     continue;
                 }
                 let Some(&id) = vocab.get(token.as_str()) else {

@@ -389,14 +389,15 @@ pub fn builtin_template(name: &str) -> Option<&'static str> {
 }
 
 /// The template for a model: the file's own `tokenizer.chat_template`, else the built-in for
-/// its family (Gemma 3; Llama with a Llama 3 vocabulary), else ChatML.
+/// its family (Gemma 1 to 3; Llama with a Llama 3 vocabulary), else ChatML.
 pub fn template_for(f: &GgufFile, tok: &Tokenizer) -> Result<ChatTemplate> {
     let source = match tok.chat_template() {
         Some(own) => own,
         None => {
             let arch = f.architecture().unwrap_or(tok.architecture());
             let name = match arch {
-                "gemma3" => "gemma3",
+                // Gemma and Gemma 2 use Gemma 3's turn format.
+                "gemma" | "gemma2" | "gemma3" => "gemma3",
                 "llama" if matches!(tok.pre_tokenizer(), "llama-bpe" | "llama3" | "llama-v3") => {
                     "llama3"
                 }
