@@ -27,7 +27,7 @@ pub enum Error {
     #[error("metadata key {key:?} has the wrong type: expected {expected}")]
     MetadataType { key: String, expected: &'static str },
     #[error(
-        "unsupported model architecture {0:?}; Hearth runs llama (Llama 2/3, SmolLM2, Mistral)"
+        "unsupported model architecture {0:?}; Hearth runs llama (Llama 2/3, SmolLM2, Mistral) and gemma3"
     )]
     UnsupportedArch(String),
     #[error("{op}: shape mismatch: {msg}")]

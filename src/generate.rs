@@ -49,6 +49,25 @@ impl GenerateOptions {
     /// Sets a parameter by its Ollama name from text (Modelfile `PARAMETER`, `/set parameter`).
     /// `stop` appends; `num_predict` -1 means unlimited.
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        // A rejected value leaves the options as they were.
+        let mut next = self.clone();
+        next.set_unchecked(name, value)?;
+        let s = &next.sampler;
+        if !(s.temperature >= 0.0
+            && s.top_p > 0.0
+            && s.top_p <= 1.0
+            && (0.0..=1.0).contains(&s.min_p)
+            && s.repeat_penalty > 0.0)
+        {
+            return Err(Error::Other(format!(
+                "parameter {name} {value} is out of range"
+            )));
+        }
+        *self = next;
+        Ok(())
+    }
+
+    fn set_unchecked(&mut self, name: &str, value: &str) -> Result<()> {
         let s = &mut self.sampler;
         match name {
             "num_ctx" => {
@@ -75,11 +94,12 @@ impl GenerateOptions {
                 s.seed = (n >= 0).then_some(n as u64);
             }
             "stop" => {
-                let v = value.trim();
-                let v = v
+                // Whitespace is meaningful in a stop string ("\n" is a common one): only a pair
+                // of surrounding quotes is removed.
+                let v = value
                     .strip_prefix('"')
                     .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(v);
+                    .unwrap_or(value);
                 if v.is_empty() {
                     return Err(Error::Other("stop needs a non-empty string".into()));
                 }
@@ -91,17 +111,6 @@ impl GenerateOptions {
                     Self::PARAMETERS.join(", ")
                 )))
             }
-        }
-        let s = &self.sampler;
-        if !(s.temperature >= 0.0
-            && s.top_p > 0.0
-            && s.top_p <= 1.0
-            && (0.0..=1.0).contains(&s.min_p)
-            && s.repeat_penalty > 0.0)
-        {
-            return Err(Error::Other(format!(
-                "parameter {name} {value} is out of range"
-            )));
         }
         Ok(())
     }
@@ -372,12 +381,18 @@ mod tests {
         o.set("temperature", "0").unwrap();
         o.set("num_predict", "-1").unwrap();
         o.set("stop", "\"<|im_end|>\"").unwrap();
+        o.set("stop", "\n").unwrap();
         o.set("seed", "7").unwrap();
         assert!(o.sampler.is_greedy());
         assert_eq!(o.num_predict, None);
-        assert_eq!(o.stop, vec!["<|im_end|>"]);
+        assert_eq!(o.stop, vec!["<|im_end|>", "\n"]);
         assert!(o.set("temperature", "hot").is_err());
         assert!(o.set("top_p", "1.5").is_err());
+        assert_eq!(
+            o.sampler.top_p,
+            SamplerOptions::default().top_p,
+            "a rejected value is not kept"
+        );
         assert!(o.set("nonsense", "1").is_err());
         assert!(o
             .to_pairs()

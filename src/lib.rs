@@ -2,11 +2,15 @@
 //! ARCHITECTURE.md for the map of layers and the invariants between them.
 
 pub mod backend;
+pub mod bench;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod quant;
 pub mod sample;
+pub mod store;
+pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -14,6 +14,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod shapes;
 
 use crate::gguf::TensorBytes;
 use crate::quant::QuantType;

@@ -49,7 +49,7 @@ impl ModelConfig {
             Some(_) => f.get_u64(&key("attention.head_count_kv"))? as usize,
             None => n_heads,
         };
-        if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(Error::Gguf(format!(
                 "{n_heads} attention heads cannot share {n_kv_heads} KV heads"
             )));

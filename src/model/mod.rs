@@ -4,6 +4,7 @@
 //! beside `llama.rs` and one arm here.
 
 pub mod config;
+mod gemma3;
 mod llama;
 pub mod transformer;
 
@@ -17,12 +18,14 @@ use crate::{Error, Result};
 pub enum Arch {
     /// Llama 2/3, SmolLM2, Mistral: the same tensors and math.
     Llama,
+    Gemma3,
 }
 
 impl Arch {
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         match f.architecture()? {
             "llama" | "mistral" => Ok(Arch::Llama),
+            "gemma3" => Ok(Arch::Gemma3),
             other => Err(Error::UnsupportedArch(other.to_string())),
         }
     }
@@ -31,6 +34,7 @@ impl Arch {
     pub fn spec(self, f: &GgufFile) -> Result<transformer::ModelSpec> {
         match self {
             Arch::Llama => llama::spec(f),
+            Arch::Gemma3 => gemma3::spec(f),
         }
     }
 }

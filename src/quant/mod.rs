@@ -42,6 +42,27 @@ pub trait BlockFormat {
     fn quantize_block(_x: &[f32], _out: &mut [u8]) -> Option<()> {
         None
     }
+    /// `row · x` for a row of whole blocks without materialising the dequantized row. Formats
+    /// on the hot path override this with a fused SIMD kernel; this default is the reference.
+    fn dot_row(row: &[u8], x: &[f32]) -> f32 {
+        dot_row_by_dequant::<Self>(row, x)
+    }
+}
+
+/// `row · x` by dequantizing one block at a time: the reference every fused kernel is tested
+/// against, and the fallback where a format or CPU has none.
+pub fn dot_row_by_dequant<B: BlockFormat + ?Sized>(row: &[u8], x: &[f32]) -> f32 {
+    let mut buf = [0f32; 256];
+    let mut sum = 0f32;
+    for (block, xs) in row
+        .chunks_exact(B::BLOCK_BYTES)
+        .zip(x.chunks_exact(B::BLOCK_ELEMS))
+    {
+        let out = &mut buf[..B::BLOCK_ELEMS];
+        B::dequantize_block(block, out);
+        sum += out.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
+    }
+    sum
 }
 
 /// A tensor's storage type, converted from the GGUF type id at the file's edge.
@@ -196,7 +217,7 @@ impl QuantType {
     /// size overflows.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
         let be = self.block_elems();
-        if n % be != 0 {
+        if !n.is_multiple_of(be) {
             return None;
         }
         (n / be).checked_mul(self.block_bytes())
@@ -213,6 +234,14 @@ impl QuantType {
             {
                 B::dequantize_block(block, out);
             }
+        })
+    }
+
+    /// `row · x` where `row` holds `x.len()` values in this format.
+    pub fn dot_row(self, row: &[u8], x: &[f32]) -> f32 {
+        with_format!(self, B => {
+            debug_assert_eq!(Some(row.len()), self.row_bytes(x.len()));
+            B::dot_row(row, x)
         })
     }
 
@@ -235,5 +264,51 @@ impl QuantType {
 impl std::fmt::Display for QuantType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every format's `dot_row` (fused SIMD where it has one) against dequantize-then-dot.
+    #[test]
+    fn dot_row_matches_dequantized_dot() {
+        let n = 512;
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
+            .collect();
+        for t in QuantType::ALL {
+            let bytes: Vec<u8> = (0..t.row_bytes(n).unwrap())
+                .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+                .collect();
+            let mut row = bytes.clone();
+            // Keep the f16/f32 scale fields finite: rewrite the row from sane values.
+            let vals: Vec<f32> = (0..n)
+                .map(|i| ((i * 17 % 23) as f32 - 11.0) / 9.0)
+                .collect();
+            if t.quantize_row(&vals, &mut row).is_none() {
+                // K-quants: random quants with small, finite super-scales.
+                for (i, b) in row.chunks_exact_mut(t.block_bytes()).enumerate() {
+                    let d = half::f16::from_f32(0.01 + i as f32 * 0.001)
+                        .to_bits()
+                        .to_le_bytes();
+                    let at = if t == QuantType::Q6_K { 208 } else { 0 };
+                    b[at..at + 2].copy_from_slice(&d);
+                    if t != QuantType::Q6_K {
+                        b[2..4].copy_from_slice(&d);
+                    }
+                }
+            }
+            let mut deq = vec![0f32; n];
+            t.dequantize_row(&row, &mut deq);
+            let want: f32 = deq.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let scale: f32 = deq.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+            let got = t.dot_row(&row, &x);
+            assert!(
+                (got - want).abs() <= 1e-5 * scale + 1e-6,
+                "{t}: {got} vs {want}"
+            );
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Q4_K: a 256-value super-block of eight 32-value sub-blocks (144 bytes: f16 d, f16 dmin,
 //! 12 bytes of packed 6-bit scales and mins, 128 nibble bytes): `x = d*sc*q - dmin*m`.
 
-use super::util::{f16_at, scale_min_k4};
+use super::util::{f16_at, has_avx2_fma, scale_min_k4};
+#[cfg(target_arch = "x86_64")]
+use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
 
 pub struct BlockQ4K;
@@ -29,4 +31,67 @@ impl BlockFormat for BlockQ4K {
             }
         }
     }
+    fn dot_row(row: &[u8], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2, FMA and F16C are present (checked above).
+            return unsafe { dot_row_avx2(row, x) };
+        }
+        dot_row_scalar(row, x)
+    }
+}
+
+/// Per sub-block: `d·sc Σ q x − dmin·m Σ x`.
+fn dot_row_scalar(row: &[u8], x: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (b, xs) in row.chunks_exact(144).zip(x.chunks_exact(256)) {
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        for (chunk, qs) in b[16..144].chunks_exact(32).enumerate() {
+            for (half, shift) in [(0, 0), (1, 4)] {
+                let (sc, m) = scale_min_k4(2 * chunk + half, &b[4..16]);
+                let xs = &xs[64 * chunk + 32 * half..][..32];
+                let qx: f32 = qs
+                    .iter()
+                    .zip(xs)
+                    .map(|(&q, &v)| ((q >> shift) & 0xF) as f32 * v)
+                    .sum();
+                let sx: f32 = xs.iter().sum();
+                sum += d * sc as f32 * qx - dmin * m as f32 * sx;
+            }
+        }
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mask = _mm_set1_epi8(0xF);
+    let mut acc = _mm256_setzero_ps();
+    for (b, xs) in row.chunks_exact(144).zip(x.chunks_exact(256)) {
+        let (d, dmin) = (f16_at_f16c(b, 0), f16_at_f16c(b, 2));
+        for chunk in 0..4 {
+            let q = b.as_ptr().add(16 + 32 * chunk) as *const __m128i;
+            let (q0, q1) = (_mm_loadu_si128(q), _mm_loadu_si128(q.add(1)));
+            for half in 0..2 {
+                let (sc, m) = scale_min_k4(2 * chunk + half, &b[4..16]);
+                let shift = _mm_cvtsi32_si128(4 * half as i32);
+                let lo = _mm_and_si128(_mm_srl_epi16(q0, shift), mask);
+                let hi = _mm_and_si128(_mm_srl_epi16(q1, shift), mask);
+                let xp = xs.as_ptr().add(64 * chunk + 32 * half);
+                let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+                let (x0, x1) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
+                let (x2, x3) = (_mm256_loadu_ps(xp.add(16)), _mm256_loadu_ps(xp.add(24)));
+                let mut qx = _mm256_mul_ps(f(lo), x0);
+                qx = _mm256_fmadd_ps(f(_mm_srli_si128(lo, 8)), x1, qx);
+                qx = _mm256_fmadd_ps(f(hi), x2, qx);
+                qx = _mm256_fmadd_ps(f(_mm_srli_si128(hi, 8)), x3, qx);
+                let sx = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32), qx, acc);
+                acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * m as f32), sx, acc);
+            }
+        }
+    }
+    hsum256(acc)
 }

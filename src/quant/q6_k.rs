@@ -1,7 +1,9 @@
 //! Q6_K: a 256-value super-block of sixteen 16-value sub-blocks (210 bytes: 128 bytes of low
 //! nibbles, 64 bytes of high 2-bit pairs, 16 i8 scales, f16 d): `x = d * sc * (q - 32)`.
 
-use super::util::f16_at;
+use super::util::{f16_at, has_avx2_fma};
+#[cfg(target_arch = "x86_64")]
+use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
 
 pub struct BlockQ6K;
@@ -32,4 +34,65 @@ impl BlockFormat for BlockQ6K {
             }
         }
     }
+    fn dot_row(row: &[u8], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2, FMA and F16C are present (checked above).
+            return unsafe { dot_row_avx2(row, x) };
+        }
+        super::dot_row_by_dequant::<Self>(row, x)
+    }
+}
+
+/// Per 16-value group `g` of a 128-value half: 6-bit values rebuilt from a low nibble and two
+/// high bits, offset by 32, times `d·sc[g]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let (m4, m2) = (_mm_set1_epi8(0xF), _mm_set1_epi8(0x30));
+    let off = _mm256_set1_epi32(32);
+    let mut acc = _mm256_setzero_ps();
+    for (b, xs) in row.chunks_exact(210).zip(x.chunks_exact(256)) {
+        let d = f16_at_f16c(b, 208);
+        for half in 0..2 {
+            let ql = b.as_ptr().add(64 * half);
+            let qh = b.as_ptr().add(128 + 32 * half);
+            let sc = &b[192 + 8 * half..200 + 8 * half];
+            for g in 0..2 {
+                let la = _mm_loadu_si128(ql.add(16 * g) as *const __m128i);
+                let lb = _mm_loadu_si128(ql.add(32 + 16 * g) as *const __m128i);
+                let h = _mm_loadu_si128(qh.add(16 * g) as *const __m128i);
+                let quads = [
+                    _mm_or_si128(
+                        _mm_and_si128(la, m4),
+                        _mm_and_si128(_mm_slli_epi16(h, 4), m2),
+                    ),
+                    _mm_or_si128(
+                        _mm_and_si128(lb, m4),
+                        _mm_and_si128(_mm_slli_epi16(h, 2), m2),
+                    ),
+                    _mm_or_si128(
+                        _mm_and_si128(_mm_srli_epi16(la, 4), m4),
+                        _mm_and_si128(h, m2),
+                    ),
+                    _mm_or_si128(
+                        _mm_and_si128(_mm_srli_epi16(lb, 4), m4),
+                        _mm_and_si128(_mm_srli_epi16(h, 2), m2),
+                    ),
+                ];
+                for (k, q) in quads.into_iter().enumerate() {
+                    let xp = xs.as_ptr().add(128 * half + 32 * k + 16 * g);
+                    let f = |v: __m128i| {
+                        _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(v), off))
+                    };
+                    let mut qx = _mm256_mul_ps(f(q), _mm256_loadu_ps(xp));
+                    qx = _mm256_fmadd_ps(f(_mm_srli_si128(q, 8)), _mm256_loadu_ps(xp.add(8)), qx);
+                    let scale = d * (sc[g + 2 * k] as i8) as f32;
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), qx, acc);
+                }
+            }
+        }
+    }
+    hsum256(acc)
 }

@@ -1,6 +1,8 @@
 //! Q8_0: 32 values as i8 with one f16 scale (34 bytes): `x = d * q`.
 
-use super::util::{f16_at, put_f16};
+use super::util::{f16_at, has_avx2_fma, put_f16};
+#[cfg(target_arch = "x86_64")]
+use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
 
 pub struct BlockQ8_0;
@@ -25,4 +27,44 @@ impl BlockFormat for BlockQ8_0 {
         }
         Some(())
     }
+    fn dot_row(row: &[u8], x: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2 and FMA are present (checked above).
+            return unsafe { dot_row_avx2(row, x) };
+        }
+        dot_row_scalar(row, x)
+    }
+}
+
+fn dot_row_scalar(row: &[u8], x: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (b, xs) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
+        let s: f32 = b[2..34]
+            .iter()
+            .zip(xs)
+            .map(|(&q, &v)| (q as i8) as f32 * v)
+            .sum();
+        sum += f16_at(b, 0) * s;
+    }
+    sum
+}
+
+/// Fused Q8_0 · f32: per block, 32 sign-extended quants times x, scaled once by d.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_ps();
+    for (b, xs) in row.chunks_exact(34).zip(x.chunks_exact(32)) {
+        let (q, xp) = (b.as_ptr().add(2), xs.as_ptr());
+        let mut s = _mm256_setzero_ps();
+        for k in 0..4 {
+            let q8 = _mm_loadl_epi64(q.add(8 * k) as *const __m128i);
+            let qf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+            s = _mm256_fmadd_ps(qf, _mm256_loadu_ps(xp.add(8 * k)), s);
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at_f16c(b, 0)), s, acc);
+    }
+    hsum256(acc)
 }

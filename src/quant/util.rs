@@ -54,3 +54,43 @@ pub fn pack_q5(x: &[f32], q: impl Fn(f32) -> u32, out: &mut [u8]) {
     }
     out[..4].copy_from_slice(&qh.to_le_bytes());
 }
+
+/// True when the AVX2+FMA(+F16C) kernels may run (checked once).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn has_avx2_fma() -> bool {
+    false
+}
+
+/// f16 bits at `b[i..i + 2]` to f32 with the F16C instruction (exact, like `half`'s software
+/// path, but inlined into the SIMD kernels instead of a call with a runtime feature check).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub unsafe fn f16_at_f16c(b: &[u8], i: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Horizontal sum of an AVX register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub unsafe fn hsum256(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s4 = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+}

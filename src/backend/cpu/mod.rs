@@ -7,6 +7,7 @@ pub mod simd;
 
 use rayon::prelude::*;
 
+use super::shapes::{self, check};
 use super::{AttnParams, Backend, RopeParams, WeightSource};
 use crate::gguf::TensorBytes;
 use crate::quant::QuantType;
@@ -51,6 +52,8 @@ impl CpuWeight {
 /// Rows of the weight matrix handed to one task: enough work to amortise scheduling, few
 /// enough that both threads stay busy on small matrices.
 const ROWS_PER_TASK: usize = 16;
+/// Below this many tokens a matmul uses the fused quantized dot products.
+const FUSED_MAX_TOKENS: usize = 4;
 
 pub struct CpuBackend {
     n_threads: usize,
@@ -70,29 +73,20 @@ impl Default for CpuBackend {
     }
 }
 
-fn check(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::shape(op, msg()))
-    }
-}
-
-fn same_shape(op: &'static str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
-    check(op, a.n_rows == b.n_rows && a.n_cols == b.n_cols, || {
-        format!(
-            "[{}, {}] vs [{}, {}]",
-            a.n_rows, a.n_cols, b.n_rows, b.n_cols
-        )
-    })
-}
-
 /// A raw pointer that tasks writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
 // SAFETY: every task writes a disjoint set of indices (stated at each use).
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// Taking `self` makes closures capture the whole wrapper (which is `Sync`), not the raw
+    /// pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
@@ -175,16 +169,7 @@ impl Backend for CpuBackend {
         dst_row: usize,
         n: usize,
     ) -> Result<()> {
-        check(
-            "copy_rows",
-            src.n_cols == dst.n_cols && src_row + n <= src.n_rows && dst_row + n <= dst.n_rows,
-            || {
-                format!(
-                    "rows {src_row}..+{n} of [{}, {}] into rows {dst_row}.. of [{}, {}]",
-                    src.n_rows, src.n_cols, dst.n_rows, dst.n_cols
-                )
-            },
-        )?;
+        shapes::copy_rows(self.shape(src), src_row, self.shape(dst), dst_row, n)?;
         let c = src.n_cols;
         dst.data[dst_row * c..(dst_row + n) * c]
             .copy_from_slice(&src.data[src_row * c..(src_row + n) * c]);
@@ -192,29 +177,8 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
-        check(
-            "embed",
-            out.n_rows == ids.len() && out.n_cols == table.n_cols,
-            || {
-                format!(
-                    "{} ids of width {} into [{}, {}]",
-                    ids.len(),
-                    table.n_cols,
-                    out.n_rows,
-                    out.n_cols
-                )
-            },
-        )?;
+        shapes::embed((table.n_rows, table.n_cols), ids, self.shape(out))?;
         for (&id, o) in ids.iter().zip(out.data.chunks_exact_mut(table.n_cols)) {
-            if id as usize >= table.n_rows {
-                return Err(Error::shape(
-                    "embed",
-                    format!(
-                        "token id {id} is outside the vocabulary of {}",
-                        table.n_rows
-                    ),
-                ));
-            }
             table.qtype.dequantize_row(table.row_bytes(id as usize), o);
         }
         Ok(())
@@ -227,9 +191,10 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &mut CpuTensor,
     ) -> Result<()> {
-        same_shape("rms_norm", x, out)?;
         let g = weight.n_rows * weight.n_cols;
-        check("rms_norm", g > 0 && x.n_cols % g == 0, || {
+        shapes::rms_norm(self.shape(x), g, self.shape(out))?;
+        let g = weight.n_rows * weight.n_cols;
+        check("rms_norm", g > 0 && x.n_cols.is_multiple_of(g), || {
             format!("weight of {g} values for rows of {}", x.n_cols)
         })?;
         let w = weight.to_f32();
@@ -241,34 +206,53 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) -> Result<()> {
-        check(
-            "matmul",
-            x.n_cols == w.n_cols && out.n_rows == x.n_rows && out.n_cols == w.n_rows,
-            || {
-                format!(
-                    "[{}, {}] · {}ᵀ [{}, {}] into [{}, {}]",
-                    x.n_rows, x.n_cols, w.name, w.n_rows, w.n_cols, out.n_rows, out.n_cols
-                )
-            },
+        shapes::matmul(
+            self.shape(x),
+            &w.name,
+            (w.n_rows, w.n_cols),
+            self.shape(out),
         )?;
         let (n_tok, n_out, k) = (x.n_rows, w.n_rows, w.n_cols);
         let out_ptr = SyncPtr(out.data.as_mut_ptr());
+        // Few tokens (decode): fused dot products straight from the blocks. A batch (prefill):
+        // dequantize each weight row once and reuse it for every token.
+        let fused = n_tok < FUSED_MAX_TOKENS;
+        let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
         (0..n_out.div_ceil(ROWS_PER_TASK))
             .into_par_iter()
             .for_each_init(
-                || vec![0.0f32; k],
-                |row_buf, task| {
-                    let out_ptr = out_ptr;
-                    let r0 = task * ROWS_PER_TASK;
-                    for r in r0..(r0 + ROWS_PER_TASK).min(n_out) {
-                        // One dequantized weight row, reused for every token of the batch.
-                        w.qtype.dequantize_row(w.row_bytes(r), row_buf);
-                        for t in 0..n_tok {
-                            let v = simd::dot(row_buf, &x.data[t * k..(t + 1) * k]);
-                            // SAFETY: task `task` alone writes columns r0..r0+ROWS_PER_TASK; the
-                            // index is in bounds by the shape check above.
-                            unsafe { *out_ptr.0.add(t * n_out + r) = v };
+                || {
+                    if fused {
+                        Vec::new()
+                    } else {
+                        vec![0.0f32; simd::TILE_ROWS * k]
+                    }
+                },
+                |buf, task| {
+                    let (r0, r_end) = (
+                        task * ROWS_PER_TASK,
+                        ((task + 1) * ROWS_PER_TASK).min(n_out),
+                    );
+                    // SAFETY: task `task` alone writes columns r0..r_end of `out`; the index is
+                    // in bounds by the shape check above.
+                    let store = |t: usize, r: usize, v: f32| unsafe {
+                        *out_ptr.get().add(t * n_out + r) = v
+                    };
+                    if fused {
+                        for r in r0..r_end {
+                            let row = w.row_bytes(r);
+                            for t in 0..n_tok {
+                                store(t, r, w.qtype.dot_row(row, x_row(t)));
+                            }
                         }
+                        return;
+                    }
+                    for rt in (r0..r_end).step_by(simd::TILE_ROWS) {
+                        let nr = simd::TILE_ROWS.min(r_end - rt);
+                        for (i, dst) in buf.chunks_exact_mut(k).take(nr).enumerate() {
+                            w.qtype.dequantize_row(w.row_bytes(rt + i), dst);
+                        }
+                        simd::tile_dot(&buf[..nr * k], &x.data, k, |t, i, v| store(t, rt + i, v));
                     }
                 },
             );
@@ -276,19 +260,7 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &mut CpuTensor, inv_freq: &CpuTensor, p: &RopeParams) -> Result<()> {
-        check(
-            "rope",
-            p.head_dim > 0
-                && x.n_cols % p.head_dim == 0
-                && p.n_rot <= p.head_dim
-                && inv_freq.data.len() * 2 >= p.n_rot,
-            || {
-                format!(
-                    "rows of {} with head_dim {} n_rot {}",
-                    x.n_cols, p.head_dim, p.n_rot
-                )
-            },
-        )?;
+        shapes::rope(self.shape(x), inv_freq.data.len(), p)?;
         let n_cols = x.n_cols;
         x.data
             .par_chunks_mut(n_cols)
@@ -310,29 +282,13 @@ impl Backend for CpuBackend {
         out: &mut CpuTensor,
     ) -> Result<()> {
         let hd = p.head_dim;
-        check(
-            "attention",
-            p.n_kv_heads > 0
-                && p.n_heads % p.n_kv_heads == 0
-                && q.n_cols == p.n_heads * hd
-                && k_cache.n_cols == p.n_kv_heads * hd
-                && v_cache.n_cols == k_cache.n_cols
-                && v_cache.n_rows == k_cache.n_rows
-                && p.pos_start + q.n_rows <= k_cache.n_rows,
-            || {
-                format!(
-                    "q [{}, {}], cache [{}, {}], heads {}/{} of {hd}, pos {}",
-                    q.n_rows,
-                    q.n_cols,
-                    k_cache.n_rows,
-                    k_cache.n_cols,
-                    p.n_heads,
-                    p.n_kv_heads,
-                    p.pos_start
-                )
-            },
+        shapes::attention(
+            self.shape(q),
+            self.shape(k_cache),
+            self.shape(v_cache),
+            self.shape(out),
+            p,
         )?;
-        same_shape("attention", q, out)?;
         let group = p.n_heads / p.n_kv_heads;
         let kv_stride = k_cache.n_cols;
         let n_ctx = k_cache.n_rows;
@@ -359,8 +315,8 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
-        same_shape("silu_mul", gate, up)?;
-        same_shape("silu_mul", gate, out)?;
+        shapes::same("silu_mul", self.shape(gate), self.shape(up))?;
+        shapes::same("silu_mul", self.shape(gate), self.shape(out))?;
         for ((o, &g), &u) in out.data.iter_mut().zip(&gate.data).zip(&up.data) {
             *o = ops::silu(g) * u;
         }
@@ -368,8 +324,8 @@ impl Backend for CpuBackend {
     }
 
     fn gelu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
-        same_shape("gelu_mul", gate, up)?;
-        same_shape("gelu_mul", gate, out)?;
+        shapes::same("gelu_mul", self.shape(gate), self.shape(up))?;
+        shapes::same("gelu_mul", self.shape(gate), self.shape(out))?;
         for ((o, &g), &u) in out.data.iter_mut().zip(&gate.data).zip(&up.data) {
             *o = ops::gelu_tanh(g) * u;
         }
@@ -377,7 +333,7 @@ impl Backend for CpuBackend {
     }
 
     fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
-        same_shape("add_assign", x, y)?;
+        shapes::same("add_assign", self.shape(x), self.shape(y))?;
         for (a, &b) in x.data.iter_mut().zip(&y.data) {
             *a += b;
         }

@@ -1,0 +1,97 @@
+//! `hearth bench model MODEL`: whole-model prompt-processing and generation speed, load time
+//! and resident memory, measured as llama-bench measures them (pp: one batch of `-p` tokens;
+//! tg: `-n` tokens one at a time from an empty context), so the figures compare directly.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use hearth::backend::cpu::CpuBackend;
+use hearth::store::Store;
+
+use super::{model_name, Globals};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: BenchWhat,
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Prefill and decode tokens/s of a whole model, load time and RSS
+    #[command(after_help = "Examples:\n  hearth bench model smollm2\n  \
+                            hearth bench model ./model.gguf -p 512 -n 128 -r 5 --json")]
+    Model(ModelArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// A model in the store, or a path to a GGUF file
+    model: String,
+    /// Prompt tokens processed in one batch (0 skips the prefill test)
+    #[arg(short = 'p', long, default_value_t = 512)]
+    n_prompt: usize,
+    /// Tokens generated one at a time (0 skips the decode test)
+    #[arg(short = 'n', long, default_value_t = 128)]
+    n_gen: usize,
+    /// Timed repetitions (after one warm-up); the median is reported
+    #[arg(short = 'r', long, default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub struct BenchCommand {
+    path: PathBuf,
+    n_prompt: usize,
+    n_gen: usize,
+    reps: usize,
+    json: bool,
+}
+
+impl BenchArgs {
+    pub fn resolve(self, globals: &Globals) -> Result<BenchCommand> {
+        let BenchWhat::Model(a) = self.what;
+        let as_path = PathBuf::from(&a.model);
+        let path = if as_path.is_file() {
+            as_path
+        } else {
+            let store: Store = globals.open_store()?;
+            store.load(&model_name(&a.model)?)?.model_path
+        };
+        Ok(BenchCommand {
+            path,
+            n_prompt: a.n_prompt,
+            n_gen: a.n_gen,
+            reps: a.reps,
+            json: a.json,
+        })
+    }
+}
+
+pub fn execute(cmd: BenchCommand) -> Result<()> {
+    let backend = CpuBackend::new();
+    let r = hearth::bench::model::run(&backend, &cmd.path, cmd.n_prompt, cmd.n_gen, cmd.reps)?;
+    if cmd.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!("model        {}", r.model);
+    println!("device       {}", r.device);
+    if r.n_prompt > 0 {
+        println!("pp{:<10} {:.1} tokens/s", r.n_prompt, r.pp_tokens_per_s);
+    }
+    if r.n_gen > 0 {
+        println!("tg{:<10} {:.1} tokens/s", r.n_gen, r.tg_tokens_per_s);
+    }
+    println!("load         {:.1} ms", r.load_ms);
+    println!(
+        "rss          {:.1} MiB after load, {:.1} MiB after the runs",
+        r.rss_after_load_mib, r.rss_after_runs_mib
+    );
+    println!("reps         {} (median)", r.reps);
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! A loaded model and one conversation: renders the whole conversation with the chat template
+//! each turn (the engine reuses the KV cache for the prefix it already saw), streams the answer
+//! to stdout, and turns Ctrl+C into "stop this answer" rather than "kill the program".
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use hearth::engine::{Engine, LoadOptions};
+use hearth::generate::{DoneReason, GenerateOptions, GenerateStats};
+use hearth::store::Model;
+use hearth::tokenizer::{template_for, ChatTemplate, Message};
+
+/// Set while an answer is being generated: Ctrl+C then cancels it instead of exiting.
+static GENERATING: AtomicBool = AtomicBool::new(false);
+/// Polled by the engine between tokens.
+static CANCEL: AtomicBool = AtomicBool::new(false);
+static HANDLER: Once = Once::new();
+
+/// Makes Ctrl+C cancel the answer being generated (and end the program otherwise). It must
+/// run after the REPL's line editor is created: rustyline takes SIGINT over for the editor's
+/// lifetime, and the handler installed last is the one that runs. (While a line is read the
+/// terminal is raw, so Ctrl+C reaches rustyline as a key, not as a signal.)
+pub fn install_interrupt_handler() {
+    HANDLER.call_once(|| {
+        // Without the handler Ctrl+C still ends the program, which is acceptable; so a
+        // failure to install it (another handler exists) is not an error.
+        let _ = ctrlc::set_handler(|| {
+            if GENERATING.load(Ordering::SeqCst) {
+                CANCEL.store(true, Ordering::SeqCst);
+            } else {
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+/// Where answers and timings go.
+pub struct Output {
+    verbose: bool,
+}
+
+impl Output {
+    pub fn new(verbose: bool) -> Output {
+        Output { verbose }
+    }
+}
+
+pub struct Chat {
+    pub engine: Engine,
+    pub model: Model,
+    pub options: GenerateOptions,
+    /// Replaces the model's system prompt (`/set system`).
+    pub system: Option<String>,
+    /// The conversation so far, starting with the model's own `MESSAGE`s.
+    pub messages: Vec<Message>,
+    template: ChatTemplate,
+    /// Load time not yet reported by `--verbose`.
+    unreported_load: Option<Duration>,
+}
+
+impl Chat {
+    pub fn load(model: Model, options: GenerateOptions, load: &LoadOptions) -> Result<Chat> {
+        let t0 = Instant::now();
+        let engine = Engine::load(&model.model_path, load)
+            .with_context(|| format!("cannot load {}", model.name))?;
+        let load_time = t0.elapsed();
+        let template = match &model.template {
+            Some(source) => ChatTemplate::new(
+                source,
+                engine.tokenizer.bos_text(),
+                engine.tokenizer.eos_text(),
+            )
+            .with_context(|| format!("the TEMPLATE of {}", model.name))?,
+            None => template_for(&engine.gguf, &engine.tokenizer)?,
+        };
+        Ok(Chat {
+            system: model.system.clone(),
+            messages: initial_messages(&model),
+            engine,
+            model,
+            options,
+            template,
+            unreported_load: Some(load_time),
+        })
+    }
+
+    /// Forgets the conversation (the model's own `MESSAGE`s stay).
+    pub fn clear(&mut self) {
+        self.messages = initial_messages(&self.model);
+    }
+
+    /// One chat turn: the user's message, then the streamed answer, both kept in the
+    /// conversation. A failed turn leaves the conversation as it was.
+    pub fn turn(&mut self, user: &str, out: &Output) -> Result<()> {
+        self.messages.push(Message::new("user", user));
+        let mut conversation: Vec<Message> = Vec::new();
+        conversation.extend(
+            self.system
+                .as_ref()
+                .map(|s| Message::new("system", s.clone())),
+        );
+        conversation.extend(self.messages.iter().cloned());
+        let result = self
+            .template
+            .render(&conversation, true)
+            .map_err(anyhow::Error::from)
+            .and_then(|prompt| self.generate(&prompt, out));
+        match result {
+            // Stopped before a word was said: as if the message was never sent.
+            Ok((answer, DoneReason::Cancelled)) if answer.is_empty() => {
+                self.messages.pop();
+                Ok(())
+            }
+            // A partial answer stays: it is what the user saw.
+            Ok((answer, _)) => {
+                self.messages.push(Message::new("assistant", answer));
+                Ok(())
+            }
+            Err(e) => {
+                self.messages.pop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Completes `prompt` as is (`--raw`): no template, no conversation.
+    pub fn complete_raw(&mut self, prompt: &str, out: &Output) -> Result<()> {
+        self.generate(prompt, out).map(|_| ())
+    }
+
+    /// Streams the answer to `prompt` to stdout; returns its text and why it ended.
+    fn generate(&mut self, prompt: &str, out: &Output) -> Result<(String, DoneReason)> {
+        let t0 = Instant::now();
+        let mut answer = String::new();
+        let mut stdout = std::io::stdout();
+        let mut on_text = |piece: &str| -> hearth::Result<()> {
+            stdout
+                .write_all(piece.as_bytes())
+                .and_then(|()| stdout.flush())
+                .map_err(|e| hearth::Error::io("stdout", e))?;
+            answer.push_str(piece);
+            Ok(())
+        };
+        CANCEL.store(false, Ordering::SeqCst);
+        GENERATING.store(true, Ordering::SeqCst);
+        let result = self
+            .engine
+            .generate(prompt, &self.options, &CANCEL, &mut on_text);
+        GENERATING.store(false, Ordering::SeqCst);
+        let stats = result?;
+        if !answer.ends_with('\n') {
+            writeln!(std::io::stdout())?;
+        }
+        if stats.done_reason == DoneReason::Cancelled {
+            eprintln!("(stopped)");
+        }
+        if out.verbose {
+            let load = self.unreported_load.take().unwrap_or_default();
+            eprint!("{}", timings(&stats, load, load + t0.elapsed()));
+        }
+        Ok((answer, stats.done_reason))
+    }
+}
+
+fn initial_messages(model: &Model) -> Vec<Message> {
+    model
+        .messages
+        .iter()
+        .map(|m| Message::new(m.role.clone(), m.content.clone()))
+        .collect()
+}
+
+/// Ollama's `--verbose` block. The prompt eval count is the tokens evaluated, not those the
+/// KV cache already held.
+fn timings(stats: &GenerateStats, load: Duration, total: Duration) -> String {
+    let rate = |n: usize, d: Duration| {
+        let secs = d.as_secs_f64();
+        if secs > 0.0 {
+            n as f64 / secs
+        } else {
+            0.0
+        }
+    };
+    let n_prompt = stats.prompt_tokens.saturating_sub(stats.cached_tokens);
+    format!(
+        "total duration:       {total:?}\n\
+         load duration:        {load:?}\n\
+         prompt eval count:    {n_prompt} token(s)\n\
+         prompt eval duration: {:?}\n\
+         prompt eval rate:     {:.2} tokens/s\n\
+         eval count:           {} token(s)\n\
+         eval duration:        {:?}\n\
+         eval rate:            {:.2} tokens/s\n",
+        stats.prompt_eval,
+        rate(n_prompt, stats.prompt_eval),
+        stats.eval_tokens,
+        stats.eval,
+        rate(stats.eval_tokens, stats.eval),
+    )
+}

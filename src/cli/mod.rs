@@ -1,0 +1,174 @@
+//! The command line: clap parses raw arguments (`*Args`, one file per verb), each verb
+//! resolves them once, with the environment read once into `Globals`, into a typed config,
+//! and runs it. Errors are `anyhow` here and nowhere in the library; `main` prints every
+//! error as `Error: <message>` and exits with status 1.
+//!
+//! Adding a verb is one file here, one variant in `Command` and one arm in `dispatch`.
+
+mod bench;
+mod chat;
+mod cp;
+mod create;
+mod format;
+mod list;
+mod progress;
+mod pull;
+mod repl;
+mod rm;
+mod run;
+mod show;
+mod tokenize;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use hearth::store::Store;
+
+const EXAMPLES: &str = "\
+Examples:
+  hearth run smollm2 \"Why is the sky blue?\"   answer one prompt
+  hearth run smollm2                          chat (type /? for help)
+  echo \"Hello\" | hearth run smollm2 --raw     complete raw text from stdin
+  hearth pull gemma3:270m                     fetch a built-in model
+  hearth create mymodel -f Modelfile          build a model from a GGUF file
+  hearth list                                 models in the store
+
+Models live in $HEARTH_MODELS (default ~/.hearth/models).";
+
+#[derive(Parser)]
+#[command(
+    name = "hearth",
+    version,
+    about = "Run large language models locally: GGUF models on CPU and GPU",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a model: answer a prompt, or chat when none is given
+    Run(run::RunArgs),
+    /// Download a built-in model into the store
+    Pull(pull::PullArgs),
+    /// List the models in the store
+    #[command(visible_alias = "ls")]
+    List(list::ListArgs),
+    /// Show a model's details, Modelfile, template, parameters or license
+    Show(show::ShowArgs),
+    /// Remove models (and the blobs no other model uses)
+    Rm(rm::RmArgs),
+    /// Copy a model under a new name
+    Cp(cp::CpArgs),
+    /// Create a model from a Modelfile
+    Create(create::CreateArgs),
+    /// Print the token ids of a text as a JSON array
+    Tokenize(tokenize::TokenizeArgs),
+    /// Measure speed: whole-model prefill and decode tokens/s, load time, memory
+    Bench(bench::BenchArgs),
+}
+
+/// What the environment says, read once: where the store is, the default device, where the
+/// chat history goes.
+pub struct Globals {
+    pub models_dir: PathBuf,
+    /// `HEARTH_DEVICE`, parsed by the verbs that run a model.
+    pub device: Option<String>,
+    /// `~/.hearth/history`, when there is a home directory.
+    pub history: Option<PathBuf>,
+}
+
+impl Globals {
+    fn from_env() -> Result<Globals> {
+        let home = std::env::var_os("HOME")
+            .filter(|v| !v.is_empty())
+            .map(|home| PathBuf::from(home).join(".hearth"));
+        let models_dir = match std::env::var_os("HEARTH_MODELS").filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => home.as_ref().map(|h| h.join("models")).context(
+                "neither HEARTH_MODELS nor HOME is set; set HEARTH_MODELS to the directory \
+                 that should hold the models",
+            )?,
+        };
+        let device = match std::env::var("HEARTH_DEVICE") {
+            Ok(d) if !d.is_empty() => Some(d),
+            _ => None,
+        };
+        Ok(Globals {
+            models_dir,
+            device,
+            history: home.map(|h| h.join("history")),
+        })
+    }
+
+    pub fn open_store(&self) -> Result<Store> {
+        Store::open(&self.models_dir).with_context(|| {
+            format!(
+                "cannot open the model store at {} (set HEARTH_MODELS to move it)",
+                self.models_dir.display()
+            )
+        })
+    }
+}
+
+/// Parses the command line, runs the verb and turns every outcome into an exit status.
+pub fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("Error: internal error (a bug in Hearth; please report it): {info}");
+        std::process::exit(1);
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.render().to_string();
+            eprintln!("Error: {}", msg.trim().trim_start_matches("error: "));
+            return ExitCode::from(1);
+        }
+    };
+    match Globals::from_env().and_then(|globals| dispatch(cli.command, &globals)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(command: Command, globals: &Globals) -> Result<()> {
+    match command {
+        Command::Run(args) => run::execute(args.resolve(globals)?),
+        Command::Pull(args) => pull::execute(args.resolve(globals)?),
+        Command::List(args) => list::execute(args.resolve(globals)?),
+        Command::Show(args) => show::execute(args.resolve(globals)?),
+        Command::Rm(args) => rm::execute(args.resolve(globals)?),
+        Command::Cp(args) => cp::execute(args.resolve(globals)?),
+        Command::Create(args) => create::execute(args.resolve(globals)?),
+        Command::Tokenize(args) => tokenize::execute(args.resolve(globals)?),
+        Command::Bench(args) => bench::execute(args.resolve(globals)?),
+    }
+}
+
+/// A reader that went away (`hearth list | head`) is not an error worth reporting.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Parses a model name argument with a message that says what a name looks like.
+pub fn model_name(s: &str) -> Result<hearth::store::ModelName> {
+    Ok(s.parse()?)
+}

@@ -1,0 +1,17 @@
+//! Progress bars on stderr (hidden when stderr is not a terminal, so logs and tests stay
+//! clean); stdout carries only model output and command results.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A byte-count bar labelled `label`; the store sets its length.
+pub fn bytes_bar(label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    let style = ProgressStyle::with_template(
+        "{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+    );
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_string());
+    bar
+}

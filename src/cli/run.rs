@@ -1,0 +1,192 @@
+//! `hearth run MODEL [PROMPT]`: answers one prompt (from the arguments or stdin), or chats in
+//! a REPL when there is none and stdin is a terminal. The model is pulled first when it is a
+//! built-in name not yet in the store. Only generated text goes to stdout.
+
+use std::io::{IsTerminal, Read};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use hearth::engine::{Device, LoadOptions};
+use hearth::generate::GenerateOptions;
+use hearth::store::{builtin, ModelName, Store};
+
+use super::chat::{self, Chat, Output};
+use super::{model_name, pull, repl, Globals};
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  hearth run smollm2 \"Why is the sky blue?\"
+  hearth run smollm2                                  chat; /? lists the commands
+  hearth run smollm2 --temperature 0 -n 50 \"Hi\"       greedy, at most 50 tokens
+  echo \"Once upon a time\" | hearth run smollm2 --raw  complete text, no chat template
+  hearth run smollm2 --verbose \"Hi\"                   timings on stderr
+
+The device comes from --device, else $HEARTH_DEVICE, else the default.";
+
+#[derive(Args)]
+#[command(after_help = RUN_EXAMPLES)]
+pub struct RunArgs {
+    /// Model to run (smollm2, gemma3:270m, or any model in `hearth list`)
+    model: String,
+    /// The prompt; read from stdin when stdin is not a terminal (stdin first, then these)
+    prompt: Vec<String>,
+    /// Send the prompt as is, without the chat template
+    #[arg(long)]
+    raw: bool,
+    /// Generate at most N tokens (-1: until the model stops or the context is full)
+    #[arg(short = 'n', long, value_name = "N", allow_negative_numbers = true)]
+    num_predict: Option<i64>,
+    /// Sampling temperature; 0 is greedy
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sample from the K most likely tokens
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// Nucleus sampling: the smallest set of tokens with probability mass P
+    #[arg(long, value_name = "P")]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than P times the most likely one
+    #[arg(long, value_name = "P")]
+    min_p: Option<f32>,
+    /// Penalise tokens seen in the last repeat_last_n tokens (1.0: off)
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    /// Random seed, for reproducible sampling
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Context length in tokens
+    #[arg(long, value_name = "N")]
+    num_ctx: Option<usize>,
+    /// Stop when the answer contains this text (repeatable)
+    #[arg(long, value_name = "TEXT")]
+    stop: Vec<String>,
+    /// Print timings (load, prompt eval, eval) on stderr
+    #[arg(long)]
+    verbose: bool,
+    /// Device: cpu, gpu, gpu:N or auto (default: $HEARTH_DEVICE, else the engine's default)
+    #[arg(long)]
+    device: Option<String>,
+}
+
+pub enum Prompt {
+    Text(String),
+    Interactive,
+}
+
+pub struct RunCommand {
+    pub store: Store,
+    pub name: ModelName,
+    pub prompt: Prompt,
+    pub raw: bool,
+    /// Parameters from the command line, applied over the model's own.
+    pub overrides: Vec<(String, String)>,
+    pub verbose: bool,
+    pub device: Device,
+    pub history: Option<std::path::PathBuf>,
+}
+
+impl RunArgs {
+    pub fn resolve(self, globals: &Globals) -> Result<RunCommand> {
+        let mut overrides: Vec<(String, String)> = Vec::new();
+        let mut push = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                overrides.push((name.to_string(), v));
+            }
+        };
+        push("num_predict", self.num_predict.map(|x| x.to_string()));
+        push("temperature", self.temperature.map(|x| x.to_string()));
+        push("top_k", self.top_k.map(|x| x.to_string()));
+        push("top_p", self.top_p.map(|x| x.to_string()));
+        push("min_p", self.min_p.map(|x| x.to_string()));
+        push("repeat_penalty", self.repeat_penalty.map(|x| x.to_string()));
+        push("seed", self.seed.map(|x| x.to_string()));
+        push("num_ctx", self.num_ctx.map(|x| x.to_string()));
+        for stop in self.stop {
+            push("stop", Some(stop));
+        }
+        // Checked now, so a bad flag fails before the model loads.
+        let mut check = GenerateOptions::default();
+        for (name, value) in &overrides {
+            check
+                .set(name, value)
+                .with_context(|| format!("--{} {value}", name.replace('_', "-")))?;
+        }
+
+        let device_text = self.device.or_else(|| globals.device.clone());
+        let device = match device_text {
+            Some(text) => text
+                .parse()
+                .with_context(|| format!("device {text:?} (from --device or HEARTH_DEVICE)"))?,
+            None => Device::default(),
+        };
+
+        let stdin = std::io::stdin();
+        let prompt = if stdin.is_terminal() {
+            match self.prompt.is_empty() {
+                true if self.raw => bail!("--raw needs a prompt (as an argument or on stdin)"),
+                true => Prompt::Interactive,
+                false => Prompt::Text(self.prompt.join(" ")),
+            }
+        } else {
+            let mut text = String::new();
+            stdin
+                .lock()
+                .read_to_string(&mut text)
+                .context("cannot read the prompt from stdin")?;
+            let parts: Vec<&str> = std::iter::once(text.as_str())
+                .chain(self.prompt.iter().map(String::as_str))
+                .filter(|s| !s.is_empty())
+                .collect();
+            if parts.is_empty() {
+                bail!("no prompt: give one as an argument or on stdin");
+            }
+            Prompt::Text(parts.join(" "))
+        };
+
+        Ok(RunCommand {
+            name: model_name(&self.model)?,
+            store: globals.open_store()?,
+            prompt,
+            raw: self.raw,
+            overrides,
+            verbose: self.verbose,
+            device,
+            history: globals.history.clone(),
+        })
+    }
+}
+
+pub fn execute(cmd: RunCommand) -> Result<()> {
+    if !cmd.store.exists(&cmd.name) {
+        if let Some(model) = builtin(&cmd.name) {
+            pull::pull(&cmd.store, &cmd.name, model)?;
+        }
+    }
+    let model = cmd.store.load(&cmd.name)?;
+    let mut options = GenerateOptions::default();
+    for (name, value) in model.parameters.iter().chain(&cmd.overrides) {
+        options
+            .set(name, value)
+            .with_context(|| format!("parameter {name} {value:?} of {}", model.name))?;
+    }
+    let load = LoadOptions {
+        num_ctx: options.num_ctx,
+        device: cmd.device,
+    };
+    let editor = match cmd.prompt {
+        Prompt::Interactive => Some(repl::editor(cmd.history.as_deref())?),
+        Prompt::Text(_) => None,
+    };
+    chat::install_interrupt_handler();
+    let mut chat = Chat::load(model, options, &load)?;
+    let out = Output::new(cmd.verbose);
+    match (cmd.prompt, editor) {
+        (Prompt::Text(text), _) if cmd.raw => chat.complete_raw(&text, &out),
+        (Prompt::Text(text), _) => chat.turn(&text, &out),
+        (Prompt::Interactive, Some(editor)) => {
+            repl::run(editor, &mut chat, &out, cmd.history.as_deref())
+        }
+        (Prompt::Interactive, None) => Ok(()),
+    }
+}

@@ -1,0 +1,350 @@
+//! The `hearth` binary end to end, in a temp `HEARTH_MODELS`: exit codes, `Error:` messages,
+//! and the store verbs on the nano model. Nothing here downloads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn nano_gguf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/nano/nano-llama.gguf")
+}
+
+fn hearth(models: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .env("HEARTH_MODELS", models)
+        .env_remove("HEARTH_DEVICE")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails with everything the command printed.
+fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+fn assert_error(o: &Output, want: &str) {
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", stderr(o));
+    let err = stderr(o);
+    // Progress lines may come first; the error is one `Error: ` line (clap adds usage after).
+    assert!(err.lines().any(|l| l.starts_with("Error: ")), "{err}");
+    assert!(err.contains(want), "{err:?} lacks {want:?}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
+}
+
+fn create_nano(models: &Path, name: &str, extra: &str) {
+    let dir = models.parent().unwrap();
+    let modelfile = dir.join(format!("{name}.Modelfile"));
+    std::fs::write(
+        &modelfile,
+        format!("FROM {}\n{extra}", nano_gguf().display()),
+    )
+    .unwrap();
+    assert_ok(&hearth(
+        models,
+        &["create", name, "-f", modelfile.to_str().unwrap()],
+    ));
+}
+
+#[test]
+fn an_unknown_model_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let o = hearth(&models, &["show", "nosuch"]);
+    assert_error(&o, "model nosuch:latest not found");
+    assert!(stderr(&o).contains("hearth list") && stderr(&o).contains("smollm2, gemma3:270m"));
+    assert_error(&hearth(&models, &["rm", "nosuch"]), "not found");
+    assert_error(&hearth(&models, &["cp", "nosuch", "other"]), "not found");
+    assert_error(
+        &hearth(&models, &["pull", "nosuch"]),
+        "not a built-in model",
+    );
+    assert_error(&hearth(&models, &["show", "../etc"]), "invalid model name");
+}
+
+#[test]
+fn bad_arguments_are_errors_with_status_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    assert_error(&hearth(&models, &["frobnicate"]), "unrecognized subcommand");
+    let help = hearth(&models, &["--help"]);
+    assert_ok(&help);
+    assert!(stdout(&help).contains("Examples:"));
+}
+
+#[test]
+fn an_invalid_modelfile_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let modelfile = dir.path().join("Modelfile");
+    std::fs::write(&modelfile, "FROM ./x.gguf\nPARAMETER\n").unwrap();
+    let o = hearth(&models, &["create", "x", "-f", modelfile.to_str().unwrap()]);
+    assert_error(&o, "Modelfile line 2: PARAMETER needs a name and a value");
+    assert!(stderr(&o).contains(modelfile.to_str().unwrap()));
+
+    std::fs::write(&modelfile, "FROM ./x.gguf\n").unwrap();
+    let o = hearth(&models, &["create", "x", "-f", modelfile.to_str().unwrap()]);
+    assert_error(&o, "Modelfile line 1: FROM ./x.gguf: there is no file");
+    let o = hearth(&models, &["create", "x", "-f", "/nonexistent/Modelfile"]);
+    assert_error(&o, "cannot read the Modelfile /nonexistent/Modelfile");
+}
+
+#[test]
+fn store_verbs_on_the_nano_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    create_nano(
+        &models,
+        "nano",
+        "SYSTEM Be brief.\nPARAMETER stop \"<|im_end|>\"\n",
+    );
+
+    let list = stdout(&hearth(&models, &["list"]));
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines[0].starts_with("NAME")
+            && lines[0].contains("ID")
+            && lines[0].contains("SIZE")
+            && lines[0].contains("MODIFIED")
+    );
+    assert!(
+        lines[1].starts_with("nano:latest") && lines[1].contains("1.8 MB"),
+        "{list}"
+    );
+
+    let show = hearth(&models, &["show", "nano"]);
+    assert_ok(&show);
+    let show = stdout(&show);
+    for want in [
+        "architecture",
+        "llama",
+        "parameters",
+        "context length",
+        "256",
+        "embedding length",
+        "quantization",
+        "Be brief.",
+        "<|im_start|>",
+    ] {
+        assert!(show.contains(want), "{want:?} missing from:\n{show}");
+    }
+    let modelfile = stdout(&hearth(&models, &["show", "nano", "--modelfile"]));
+    assert!(
+        modelfile.contains(&format!("FROM {}", models.join("blobs").display())),
+        "{modelfile}"
+    );
+    assert_eq!(
+        stdout(&hearth(&models, &["show", "nano", "--system"])),
+        "Be brief.\n"
+    );
+    assert!(stdout(&hearth(&models, &["show", "nano", "--template"])).contains("<|im_start|>"));
+
+    // The shown Modelfile recreates the model: same manifest, same ID.
+    let file = dir.path().join("Shown.Modelfile");
+    std::fs::write(&file, &modelfile).unwrap();
+    assert_ok(&hearth(
+        &models,
+        &["create", "again", "-f", file.to_str().unwrap()],
+    ));
+    assert_ok(&hearth(&models, &["cp", "nano", "nano:copy"]));
+    let list = stdout(&hearth(&models, &["ls"]));
+    let ids: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{list}");
+    assert!(ids.iter().all(|id| *id == ids[0]), "{list}");
+
+    for name in ["nano", "again", "nano:copy"] {
+        let o = hearth(&models, &["rm", name]);
+        assert_ok(&o);
+        assert!(stdout(&o).contains("deleted"));
+    }
+    assert_eq!(stdout(&hearth(&models, &["list"])).lines().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(models.join("blobs")).unwrap().count(),
+        0,
+        "blobs are collected"
+    );
+}
+
+#[test]
+fn run_streams_only_generated_text_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    create_nano(&models, "nano", "");
+    let o = hearth(
+        &models,
+        &[
+            "run",
+            "nano",
+            "--raw",
+            "-n",
+            "6",
+            "--temperature",
+            "0",
+            "--verbose",
+            "Once upon a time",
+        ],
+    );
+    assert_ok(&o);
+    let err = stderr(&o);
+    for want in [
+        "load duration:",
+        "prompt eval count:    ",
+        "prompt eval rate:",
+        "eval count:",
+        "eval rate:",
+    ] {
+        assert!(err.contains(want), "{want:?} missing from stderr:\n{err}");
+    }
+    let out = stdout(&o);
+    assert!(!out.contains("duration") && out.ends_with('\n'), "{out:?}");
+
+    // Greedy decoding is deterministic, from the argument or from stdin.
+    let again = hearth(
+        &models,
+        &[
+            "run",
+            "nano",
+            "--raw",
+            "-n",
+            "6",
+            "--temperature",
+            "0",
+            "Once upon a time",
+        ],
+    );
+    assert_eq!(stdout(&again), out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "nano", "--raw", "-n", "6", "--temperature", "0"])
+        .env("HEARTH_MODELS", &models)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Once upon a time")
+        .unwrap();
+    let piped = child.wait_with_output().unwrap();
+    assert_ok(&piped);
+    assert_eq!(stdout(&piped), out);
+
+    // The chat path renders the nano model's ChatML template.
+    assert_ok(&hearth(
+        &models,
+        &["run", "nano", "-n", "4", "--seed", "1", "Hi"],
+    ));
+}
+
+#[test]
+fn run_rejects_unknown_models_bad_flags_and_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let o = hearth(&models, &["run", "nosuch", "hi"]);
+    assert_error(&o, "model nosuch:latest not found");
+    assert!(stderr(&o).contains("hearth list") && stderr(&o).contains("smollm2"));
+    create_nano(&models, "nano", "");
+    assert_error(
+        &hearth(&models, &["run", "nano", "--top-p", "7", "hi"]),
+        "--top-p 7",
+    );
+    assert_error(
+        &hearth(&models, &["run", "nano", "--device", "tpu", "hi"]),
+        "device \"tpu\"",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "nano", "hi"])
+        .env("HEARTH_MODELS", &models)
+        .env("HEARTH_DEVICE", "tpu")
+        .output()
+        .unwrap();
+    assert_error(&o, "HEARTH_DEVICE");
+    assert_error(&hearth(&models, &["run", "nano"]), "no prompt");
+}
+
+#[test]
+fn tokenize_prints_ids_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    create_nano(&models, "nano", "");
+    let ids = |args: &[&str]| -> Vec<u32> {
+        let o = hearth(&models, args);
+        assert_ok(&o);
+        serde_json::from_str(stdout(&o).trim()).unwrap()
+    };
+    let gguf = hearth::gguf::GgufFile::open(nano_gguf()).unwrap();
+    let tokenizer = hearth::tokenizer::Tokenizer::from_gguf(&gguf).unwrap();
+    let text = "hello world, the end";
+    let plain = ids(&["tokenize", "nano", text]);
+    assert_eq!(plain, tokenizer.encode(text, false).unwrap());
+    assert!(!plain.is_empty());
+    let with_bos = ids(&["tokenize", "nano", "--bos", text]);
+    assert_eq!(with_bos[0], tokenizer.bos_id().unwrap());
+    assert_eq!(&with_bos[1..], plain.as_slice());
+    // Special-token text becomes the token: <|im_start|> is id 1 in the nano vocabulary.
+    let special = ids(&["tokenize", "nano", "<|im_start|>user"]);
+    assert_eq!(special[0], 1);
+}
+
+#[test]
+fn bench_model_reports_speed_load_time_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let nano = nano_gguf();
+    let o = hearth(
+        dir.path(),
+        &[
+            "bench",
+            "model",
+            nano.to_str().unwrap(),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "--json",
+        ],
+    );
+    assert_ok(&o);
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    for key in [
+        "pp_tokens_per_s",
+        "tg_tokens_per_s",
+        "load_ms",
+        "rss_after_runs_mib",
+    ] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key} in {r}");
+    }
+    assert_eq!(
+        (r["n_prompt"].as_u64(), r["n_gen"].as_u64()),
+        (Some(16), Some(4))
+    );
+    assert_error(
+        &hearth(dir.path(), &["bench", "model", "nosuchmodel"]),
+        "nosuchmodel",
+    );
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# CPU speed of Hearth beside the llama.cpp peer, measured in the same run, alternating, so the
+# VM's minute-to-minute drift hits both alike (see ../shared/NOTES.md).
+#
+#   tools/bench_cpu.sh MODEL.gguf [ROUNDS]
+#
+# Needs: target/release/hearth (cargo build --release) and the peer's llama-bench at
+# $LLAMA_BENCH (default ./peer/build/bin/llama-bench; build it with
+# ../shared/tools/build-llama-cpp-peer.sh ./peer). Both run pp512 and tg128 with 2 threads.
+set -euo pipefail
+model="$1"
+rounds="${2:-3}"
+hearth="${HEARTH:-./target/release/hearth}"
+llama_bench="${LLAMA_BENCH:-./peer/build/bin/llama-bench}"
+threads="${THREADS:-2}"
+
+for ((i = 1; i <= rounds; i++)); do
+  echo "== round $i"
+  RAYON_NUM_THREADS="$threads" "$hearth" bench model "$model" -p 512 -n 128 -r 1 --json
+  "$llama_bench" -m "$model" -t "$threads" -p 512 -n 128 -r 1 -o json 2>/dev/null |
+    python3 -c 'import json,sys; [print(json.dumps({"test": ("pp%d" % r["n_prompt"]) if r["n_prompt"] else ("tg%d" % r["n_gen"]), "tokens_per_s": r["avg_ts"]})) for r in json.load(sys.stdin)]'
+done
