@@ -1,6 +1,7 @@
 //! `hearth bench model MODEL`: whole-model prompt-processing and generation speed, load time
 //! and resident memory, measured as llama-bench measures them (pp: one batch of `-p` tokens;
 //! tg: `-n` tokens one at a time from an empty context), so the figures compare directly.
+//! `hearth bench kernels` (the GPU shader benchmark) lives in `kernel_bench.rs`.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,8 @@ enum BenchWhat {
     #[command(after_help = "Examples:\n  hearth bench model smollm2\n  \
                             hearth bench model ./model.gguf -p 512 -n 128 -r 5 --json")]
     Model(ModelArgs),
+    /// Time every GPU kernel on realistic shapes: GB/s, GFLOP/s, % of peak
+    Kernels(super::kernel_bench::KernelsArgs),
 }
 
 #[derive(Args)]
@@ -44,7 +47,12 @@ struct ModelArgs {
     json: bool,
 }
 
-pub struct BenchCommand {
+pub enum BenchCommand {
+    Model(ModelBench),
+    Kernels(super::kernel_bench::KernelsArgs),
+}
+
+pub struct ModelBench {
     path: PathBuf,
     n_prompt: usize,
     n_gen: usize,
@@ -54,7 +62,10 @@ pub struct BenchCommand {
 
 impl BenchArgs {
     pub fn resolve(self, globals: &Globals) -> Result<BenchCommand> {
-        let BenchWhat::Model(a) = self.what;
+        let a = match self.what {
+            BenchWhat::Model(a) => a,
+            BenchWhat::Kernels(k) => return Ok(BenchCommand::Kernels(k)),
+        };
         let as_path = PathBuf::from(&a.model);
         let path = if as_path.is_file() {
             as_path
@@ -62,17 +73,21 @@ impl BenchArgs {
             let store: Store = globals.open_store()?;
             store.load(&model_name(&a.model)?)?.model_path
         };
-        Ok(BenchCommand {
+        Ok(BenchCommand::Model(ModelBench {
             path,
             n_prompt: a.n_prompt,
             n_gen: a.n_gen,
             reps: a.reps,
             json: a.json,
-        })
+        }))
     }
 }
 
 pub fn execute(cmd: BenchCommand) -> Result<()> {
+    let cmd = match cmd {
+        BenchCommand::Model(m) => m,
+        BenchCommand::Kernels(k) => return super::kernel_bench::execute(k),
+    };
     let backend = CpuBackend::new();
     let r = hearth::bench::model::run(&backend, &cmd.path, cmd.n_prompt, cmd.n_gen, cmd.reps)?;
     if cmd.json {

@@ -66,7 +66,11 @@ pub fn execute(args: KernelsArgs) -> Result<()> {
             gpu.adapter().backend,
             gpu.features().f16,
             gpu.features().subgroups,
-            if gpu.has_timestamps() { "timestamp" } else { "wall" }
+            if gpu.has_timestamps() {
+                "timestamp"
+            } else {
+                "wall"
+            }
         );
         println!("{}", BenchRow::header());
     }

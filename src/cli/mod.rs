@@ -9,7 +9,9 @@ mod bench;
 mod chat;
 mod cp;
 mod create;
+mod devices;
 mod format;
+mod kernel_bench;
 mod list;
 mod progress;
 mod pull;
@@ -69,7 +71,9 @@ enum Command {
     Create(create::CreateArgs),
     /// Print the token ids of a text as a JSON array
     Tokenize(tokenize::TokenizeArgs),
-    /// Measure speed: whole-model prefill and decode tokens/s, load time, memory
+    /// List the GPU adapters Hearth can use (for --device gpu:N)
+    Devices(devices::DevicesArgs),
+    /// Measure speed: whole-model tokens/s, load time and memory, or GPU kernels
     Bench(bench::BenchArgs),
 }
 
@@ -155,6 +159,7 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Cp(args) => cp::execute(args.resolve(globals)?),
         Command::Create(args) => create::execute(args.resolve(globals)?),
         Command::Tokenize(args) => tokenize::execute(args.resolve(globals)?),
+        Command::Devices(args) => devices::execute(args),
         Command::Bench(args) => bench::execute(args.resolve(globals)?),
     }
 }
