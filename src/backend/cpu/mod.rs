@@ -41,17 +41,33 @@ impl CpuWeight {
         &self.bytes[i * self.row_bytes..(i + 1) * self.row_bytes]
     }
 
-    /// The whole weight as f32 (small tensors only: norms, RoPE factors).
-    pub fn to_f32(&self) -> Vec<f32> {
+    /// The whole weight as f32 (small tensors only: norms, RoPE factors). F32 weights are
+    /// read in place from the mapping (GGUF aligns tensor data; `try_cast_slice` checks
+    /// it), others are dequantized into a new vector.
+    pub fn as_f32(&self) -> std::borrow::Cow<'_, [f32]> {
+        if self.qtype == QuantType::F32 && cfg!(target_endian = "little") {
+            if let Ok(v) = bytemuck::try_cast_slice(&self.bytes) {
+                return std::borrow::Cow::Borrowed(v);
+            }
+        }
         let mut out = vec![0.0; self.n_rows * self.n_cols];
         self.qtype.dequantize_row(&self.bytes, &mut out);
-        out
+        std::borrow::Cow::Owned(out)
     }
 }
 
 /// Rows of the weight matrix handed to one task: enough work to amortise scheduling, few
 /// enough that both threads stay busy on small matrices.
 const ROWS_PER_TASK: usize = 16;
+/// Ops with less work than this (in multiply-adds) run on the calling thread: handing a small
+/// norm or a short-context decode attention to the pool costs more than it saves, and decode
+/// runs ~10 such ops per layer.
+const PAR_MIN_WORK: usize = 1 << 17;
+
+fn parallel(work: usize) -> bool {
+    work >= PAR_MIN_WORK
+}
+
 /// Below this many tokens a matmul uses the fused quantized dot products.
 const FUSED_MAX_TOKENS: usize = 4;
 
@@ -193,15 +209,16 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let g = weight.n_rows * weight.n_cols;
         shapes::rms_norm(self.shape(x), g, self.shape(out))?;
-        let g = weight.n_rows * weight.n_cols;
-        check("rms_norm", g > 0 && x.n_cols.is_multiple_of(g), || {
-            format!("weight of {g} values for rows of {}", x.n_cols)
-        })?;
-        let w = weight.to_f32();
-        out.data
-            .par_chunks_mut(g)
-            .zip(x.data.par_chunks(g))
-            .for_each(|(o, xs)| ops::rms_norm(xs, &w, eps, o));
+        let w = weight.as_f32();
+        let norm = |(o, xs): (&mut [f32], &[f32])| ops::rms_norm(xs, &w, eps, o);
+        if parallel(x.data.len()) {
+            out.data
+                .par_chunks_mut(g)
+                .zip(x.data.par_chunks(g))
+                .for_each(norm);
+        } else {
+            out.data.chunks_mut(g).zip(x.data.chunks(g)).for_each(norm);
+        }
         Ok(())
     }
 
@@ -262,14 +279,16 @@ impl Backend for CpuBackend {
     fn rope(&self, x: &mut CpuTensor, inv_freq: &CpuTensor, p: &RopeParams) -> Result<()> {
         shapes::rope(self.shape(x), inv_freq.data.len(), p)?;
         let n_cols = x.n_cols;
-        x.data
-            .par_chunks_mut(n_cols)
-            .enumerate()
-            .for_each(|(t, row)| {
-                for head in row.chunks_exact_mut(p.head_dim) {
-                    ops::rope_head(head, &inv_freq.data, p.pos_start + t, p);
-                }
-            });
+        let rotate = |(t, row): (usize, &mut [f32])| {
+            for head in row.chunks_exact_mut(p.head_dim) {
+                ops::rope_head(head, &inv_freq.data, p.pos_start + t, p);
+            }
+        };
+        if parallel(x.data.len()) {
+            x.data.par_chunks_mut(n_cols).enumerate().for_each(rotate);
+        } else {
+            x.data.chunks_mut(n_cols).enumerate().for_each(rotate);
+        }
         Ok(())
     }
 
@@ -292,25 +311,35 @@ impl Backend for CpuBackend {
         let group = p.n_heads / p.n_kv_heads;
         let kv_stride = k_cache.n_cols;
         let n_ctx = k_cache.n_rows;
-        out.data.par_chunks_mut(hd).enumerate().for_each_init(
-            || vec![0.0f32; n_ctx],
-            |scores, (idx, o)| {
-                let (t, h) = (idx / p.n_heads, idx % p.n_heads);
-                let qh = &q.data[t * q.n_cols + h * hd..][..hd];
-                ops::attention_head(
-                    qh,
-                    &k_cache.data,
-                    &v_cache.data,
-                    kv_stride,
-                    (h / group) * hd,
-                    p.pos_start + t,
-                    p,
-                    scores,
-                    o,
-                    simd::dot,
-                );
-            },
-        );
+        let head = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
+            let (t, h) = (idx / p.n_heads, idx % p.n_heads);
+            let qh = &q.data[t * q.n_cols + h * hd..][..hd];
+            ops::attention_head(
+                qh,
+                &k_cache.data,
+                &v_cache.data,
+                kv_stride,
+                (h / group) * hd,
+                p.pos_start + t,
+                p,
+                scores,
+                o,
+                simd::dot,
+            );
+        };
+        // Work ≈ query rows × heads × keys seen × head size.
+        if parallel(q.n_rows * p.n_heads * (p.pos_start + q.n_rows) * hd) {
+            out.data
+                .par_chunks_mut(hd)
+                .enumerate()
+                .for_each_init(|| vec![0.0f32; n_ctx], head);
+        } else {
+            let mut scores = vec![0.0f32; n_ctx];
+            out.data
+                .chunks_mut(hd)
+                .enumerate()
+                .for_each(|item| head(&mut scores, item));
+        }
         Ok(())
     }
 
