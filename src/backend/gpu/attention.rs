@@ -3,11 +3,12 @@
 //! prompt processing).
 
 use super::memory::{buffer_size, pooled_buffer, GpuTensor};
-use super::ops::{check, u32_of};
+use super::ops::u32_of;
 use super::params::AttnParams as AttnUniform;
 use super::shaders::Kernel;
 use super::GpuBackend;
-use crate::backend::AttnParams;
+use crate::backend::shapes::{self, check};
+use crate::backend::{AttnParams, Backend};
 use crate::Result;
 
 /// Up to this many query rows attention splits the keys over workgroups (flash-decoding);
@@ -28,37 +29,12 @@ impl GpuBackend {
         out: &mut GpuTensor,
     ) -> Result<()> {
         let hd = p.head_dim;
-        check(
-            "attention",
-            p.n_kv_heads > 0
-                && p.n_heads.is_multiple_of(p.n_kv_heads)
-                && q.n_cols == p.n_heads * hd
-                && k_cache.n_cols == p.n_kv_heads * hd
-                && v_cache.n_cols == k_cache.n_cols
-                && v_cache.n_rows == k_cache.n_rows
-                && p.pos_start + q.n_rows <= k_cache.n_rows,
-            || {
-                format!(
-                    "q [{}, {}], cache [{}, {}], heads {}/{} of {hd}, pos {}",
-                    q.n_rows,
-                    q.n_cols,
-                    k_cache.n_rows,
-                    k_cache.n_cols,
-                    p.n_heads,
-                    p.n_kv_heads,
-                    p.pos_start
-                )
-            },
-        )?;
-        check(
-            "attention",
-            q.n_rows == out.n_rows && q.n_cols == out.n_cols,
-            || {
-                format!(
-                    "q [{}, {}] vs out [{}, {}]",
-                    q.n_rows, q.n_cols, out.n_rows, out.n_cols
-                )
-            },
+        shapes::attention(
+            self.shape(q),
+            self.shape(k_cache),
+            self.shape(v_cache),
+            self.shape(out),
+            p,
         )?;
         check("attention", hd > 0 && hd <= MAX_HEAD_DIM, || {
             format!("head_dim {hd}: the GPU kernels take heads of 1..={MAX_HEAD_DIM} values")

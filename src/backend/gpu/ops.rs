@@ -1,10 +1,11 @@
-//! `Backend` for `GpuBackend`: each op checks shapes exactly as the CPU backend does, fills its
-//! uniform struct and records a dispatch. Attention lives in `attention.rs`.
+//! `Backend` for `GpuBackend`: each op checks shapes with the shared rules (`backend::shapes`),
+//! fills its uniform struct and records a dispatch. Attention lives in `attention.rs`.
 
 use super::memory::{buffer_size, pooled_buffer, upload_weight, GpuTensor, GpuWeight};
 use super::params::{ArgmaxParams, EltParams, EmbedParams, MatParams, NormParams, RopeParams};
 use super::shaders::{Kernel, PipelineKey};
 use super::GpuBackend;
+use crate::backend::shapes::{self, check};
 use crate::backend::{AttnParams, Backend, RopeLayout, WeightSource};
 use crate::quant::QuantType;
 use crate::{Error, Result};
@@ -16,23 +17,6 @@ pub const MATVEC_MAX_TOKENS: usize = 8;
 const MATMUL_TILE: usize = 64;
 /// Threads per workgroup of the one-thread-per-element kernels.
 const WG: usize = 256;
-
-pub(super) fn check(op: &'static str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::shape(op, msg()))
-    }
-}
-
-fn same_shape(op: &'static str, a: &GpuTensor, b: &GpuTensor) -> Result<()> {
-    check(op, a.n_rows == b.n_rows && a.n_cols == b.n_cols, || {
-        format!(
-            "[{}, {}] vs [{}, {}]",
-            a.n_rows, a.n_cols, b.n_rows, b.n_cols
-        )
-    })
-}
 
 /// A size as the u32 the kernels index with.
 pub(super) fn u32_of(op: &'static str, v: usize) -> Result<u32> {
@@ -129,16 +113,7 @@ impl Backend for GpuBackend {
         dst_row: usize,
         n: usize,
     ) -> Result<()> {
-        check(
-            "copy_rows",
-            src.n_cols == dst.n_cols && src_row + n <= src.n_rows && dst_row + n <= dst.n_rows,
-            || {
-                format!(
-                    "rows {src_row}..+{n} of [{}, {}] into rows {dst_row}.. of [{}, {}]",
-                    src.n_rows, src.n_cols, dst.n_rows, dst.n_cols
-                )
-            },
-        )?;
+        shapes::copy_rows(self.shape(src), src_row, self.shape(dst), dst_row, n)?;
         let row = (src.n_cols * 4) as u64;
         if n == 0 || row == 0 {
             return Ok(());
@@ -153,28 +128,7 @@ impl Backend for GpuBackend {
     }
 
     fn embed(&self, table: &GpuWeight, ids: &[u32], out: &mut GpuTensor) -> Result<()> {
-        check(
-            "embed",
-            out.n_rows == ids.len() && out.n_cols == table.n_cols,
-            || {
-                format!(
-                    "{} ids of width {} into [{}, {}]",
-                    ids.len(),
-                    table.n_cols,
-                    out.n_rows,
-                    out.n_cols
-                )
-            },
-        )?;
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.n_rows) {
-            return Err(Error::shape(
-                "embed",
-                format!(
-                    "token id {id} is outside the vocabulary of {}",
-                    table.n_rows
-                ),
-            ));
-        }
+        shapes::embed((table.n_rows, table.n_cols), ids, self.shape(out))?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -208,11 +162,8 @@ impl Backend for GpuBackend {
         eps: f32,
         out: &mut GpuTensor,
     ) -> Result<()> {
-        same_shape("rms_norm", x, out)?;
         let g = weight.n_rows * weight.n_cols;
-        check("rms_norm", g > 0 && x.n_cols.is_multiple_of(g), || {
-            format!("weight of {g} values for rows of {}", x.n_cols)
-        })?;
+        shapes::rms_norm(self.shape(x), g, self.shape(out))?;
         let [part] = weight.parts.as_slice() else {
             return Err(Error::Gpu(format!(
                 "rms_norm: norm weight {} is split over {} buffers",
@@ -240,15 +191,11 @@ impl Backend for GpuBackend {
     }
 
     fn matmul(&self, x: &GpuTensor, w: &GpuWeight, out: &mut GpuTensor) -> Result<()> {
-        check(
-            "matmul",
-            x.n_cols == w.n_cols && out.n_rows == x.n_rows && out.n_cols == w.n_rows,
-            || {
-                format!(
-                    "[{}, {}] · {}ᵀ [{}, {}] into [{}, {}]",
-                    x.n_rows, x.n_cols, w.name, w.n_rows, w.n_cols, out.n_rows, out.n_cols
-                )
-            },
+        shapes::matmul(
+            self.shape(x),
+            &w.name,
+            (w.n_rows, w.n_cols),
+            self.shape(out),
         )?;
         let n = x.n_rows;
         if n == 0 {
@@ -308,19 +255,7 @@ impl Backend for GpuBackend {
         inv_freq: &GpuTensor,
         p: &crate::backend::RopeParams,
     ) -> Result<()> {
-        check(
-            "rope",
-            p.head_dim > 0
-                && x.n_cols.is_multiple_of(p.head_dim)
-                && p.n_rot <= p.head_dim
-                && inv_freq.len() * 2 >= p.n_rot,
-            || {
-                format!(
-                    "rows of {} with head_dim {} n_rot {}",
-                    x.n_cols, p.head_dim, p.n_rot
-                )
-            },
-        )?;
+        shapes::rope(self.shape(x), inv_freq.len(), p)?;
         let n_heads = x.n_cols / p.head_dim;
         let n_pairs = x.n_rows * n_heads * (p.n_rot / 2);
         if n_pairs == 0 {
@@ -358,8 +293,8 @@ impl Backend for GpuBackend {
     }
 
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
-        same_shape("silu_mul", gate, up)?;
-        same_shape("silu_mul", gate, out)?;
+        shapes::same("silu_mul", self.shape(gate), self.shape(up))?;
+        shapes::same("silu_mul", self.shape(gate), self.shape(out))?;
         self.elementwise(
             Kernel::SiluMul,
             out.len(),
@@ -369,8 +304,8 @@ impl Backend for GpuBackend {
     }
 
     fn gelu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
-        same_shape("gelu_mul", gate, up)?;
-        same_shape("gelu_mul", gate, out)?;
+        shapes::same("gelu_mul", self.shape(gate), self.shape(up))?;
+        shapes::same("gelu_mul", self.shape(gate), self.shape(out))?;
         self.elementwise(
             Kernel::GeluMul,
             out.len(),
@@ -380,7 +315,7 @@ impl Backend for GpuBackend {
     }
 
     fn add_assign(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {
-        same_shape("add_assign", x, y)?;
+        shapes::same("add_assign", self.shape(x), self.shape(y))?;
         self.elementwise(
             Kernel::AddAssign,
             x.len(),
