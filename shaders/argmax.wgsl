@@ -1,4 +1,4 @@
-// Index of the largest value of each row, first index on ties (as the CPU reference and
+//! Index of the largest value of each row, first index on ties (as the CPU reference and
 // torch.argmax), so greedy decoding reads back one u32 per row instead of the logits.
 // One workgroup per row.
 

@@ -1,4 +1,4 @@
-// Attention for a few query rows (decode), split over the sequence and then combined
+//! Attention for a few query rows (decode), split over the sequence and then combined
 // (flash-decoding): `attn_split` gives each workgroup one (query row, head, 256-key chunk) and
 // writes that chunk's softmax statistics (max m, sum l) and its unnormalised output; then
 // `attn_combine` merges the chunks of each (row, head). Causal, grouped-query (query head h

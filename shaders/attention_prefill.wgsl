@@ -1,4 +1,4 @@
-// Attention for many query rows (prompt processing), tiled with an online softmax
+//! Attention for many query rows (prompt processing), tiled with an online softmax
 // (FlashAttention): a 256-thread workgroup takes BQ consecutive query rows of one head, walks
 // the keys they can see in tiles of BK, and keeps each row's running max, sum and output, so
 // scores never leave workgroup memory. Tile sizes follow head_dim: the query tile holds 1024

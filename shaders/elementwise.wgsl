@@ -1,4 +1,4 @@
-// Element-wise ops over n values, one thread each: the gated FFN activations (SiLU·up,
+//! Element-wise ops over n values, one thread each: the gated FFN activations (SiLU·up,
 // GELU-tanh·up), the residual add and scaling.
 
 struct EltParams {

@@ -1,4 +1,4 @@
-// Embedding lookup from a quantized table: out[i] = dequantized row ids[i]. One workgroup per
+//! Embedding lookup from a quantized table: out[i] = dequantized row ids[i]. One workgroup per
 // id; a table split over several buffers is looked up once per part, and each part writes only
 // the ids that fall in its rows [row_begin, row_end).
 // Assembled after a block-format file (`deq8`).

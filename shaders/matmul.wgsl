@@ -1,4 +1,4 @@
-// Tiled dequantizing matrix-matrix product for prompt processing: out[t, r] = Σ_k w[r, k] x[t, k].
+//! Tiled dequantizing matrix-matrix product for prompt processing: out[t, r] = Σ_k w[r, k] x[t, k].
 // A 256-thread workgroup computes a 64-token x 64-row tile; each step dequantizes a 64 x 32
 // slice of the weights once into workgroup memory (shared by all 64 tokens) beside the matching
 // slice of the activations, and each thread accumulates a 4 x 4 block of outputs in registers.

@@ -1,4 +1,4 @@
-// Dequantizing matrix-vector product, the decode-time matmul: out[t, r] = Σ_k w[r, k] x[t, k]
+//! Dequantizing matrix-vector product, the decode-time matmul: out[t, r] = Σ_k w[r, k] x[t, k]
 // for a few tokens `t` (one per workgroup row of the grid's z). A workgroup owns
 // `rows_per_group` consecutive weight rows and splits into teams (a subgroup each, or 32
 // threads without subgroups); a team takes one row at a time, its lanes stride over the row in

@@ -1,4 +1,4 @@
-// RMSNorm over groups of `group` consecutive values (a whole row, or one head for per-head Q/K
+//! RMSNorm over groups of `group` consecutive values (a whole row, or one head for per-head Q/K
 // norms): out = x / sqrt(mean(x²) + eps) * weight. One workgroup per group.
 // Assembled after a block-format file (the weight, usually F32) and a reduction file.
 

@@ -1,4 +1,4 @@
-// Rotary position embedding, in place, over the first n_rot dims of every head; one thread
+//! Rotary position embedding, in place, over the first n_rot dims of every head; one thread
 // per rotated pair. `neox` picks the pairing: (i, i + n_rot/2) for NeoX, (2i, 2i+1) for GGUF's
 // Llama layout. The angle pos * inv_freq[i] is formed in f32 exactly as the CPU reference forms
 // it, then reduced mod 2π by hand, because GPU sin/cos are only accurate near zero and

@@ -1,4 +1,4 @@
-// IEEE halves in the weights, read through the native `f16` type (SHADER_F16): the weight
+//! IEEE halves in the weights, read through the native `f16` type (SHADER_F16): the weight
 // buffer is bound a second time as `array<f16>`, so a half at any even byte offset is one load.
 // Same results as half_unpack.wgsl, which is the path without SHADER_F16.
 // (A `bitcast<vec2<f16>>(u32)` would save the second binding, but naga 30 types it as a scalar

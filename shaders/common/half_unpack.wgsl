@@ -1,4 +1,4 @@
-// IEEE halves in the weights, widened from u32 words with the core `unpack2x16float`: the path
+//! IEEE halves in the weights, widened from u32 words with the core `unpack2x16float`: the path
 // for devices without SHADER_F16. Same results as half_f16.wgsl.
 
 // The half at the even byte offset `b`.

@@ -1,4 +1,4 @@
-// Reductions for 256-thread workgroups built on subgroup operations. The same functions, with
+//! Reductions for 256-thread workgroups built on subgroup operations. The same functions, with
 // the same signatures, live in reduce_workgroup.wgsl (the path without subgroups).
 //
 // Teams: a kernel may split its workgroup into teams that each reduce on their own; here a

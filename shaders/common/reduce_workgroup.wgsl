@@ -1,4 +1,4 @@
-// Reductions for 256-thread workgroups through trees in workgroup memory: the path for devices
+//! Reductions for 256-thread workgroups through trees in workgroup memory: the path for devices
 // without subgroup operations. Same functions and signatures as reduce_subgroup.wgsl.
 //
 // Teams are 32 consecutive threads (8 per workgroup). Every reduction here holds barriers, so

@@ -1,4 +1,4 @@
-// Byte-addressed reads of a weight matrix held in its GGUF block format. Every kernel that
+//! Byte-addressed reads of a weight matrix held in its GGUF block format. Every kernel that
 // includes a block format declares the weights as `w: array<u32>`; a row starts at byte
 // `row * row_bytes`. GGUF blocks of 18, 22, 34 or 210 bytes put fields at offsets that are not
 // 4-byte aligned, so fields are read as words and shifted (buffers carry 32 bytes of zero

@@ -1,4 +1,4 @@
-// BF16: the top 16 bits of an f32, two per word.
+//! BF16: the top 16 bits of an f32, two per word.
 
 fn bf16x2(x: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(x << 16u), bitcast<f32>(x & 0xffff0000u));

@@ -1,4 +1,4 @@
-// F16: IEEE halves, two per word (a row of odd length leaves the next row 2-byte aligned).
+//! F16: IEEE halves, two per word (a row of odd length leaves the next row 2-byte aligned).
 
 fn deq8(row: u32, e: u32) -> Deq8 {
     let b = row + 2u * e;

@@ -1,4 +1,4 @@
-// F32: plain little-endian floats (rows are always 4-byte aligned).
+//! F32: plain little-endian floats (rows are always 4-byte aligned).
 
 fn deq8(row: u32, e: u32) -> Deq8 {
     let i = (row >> 2u) + e;

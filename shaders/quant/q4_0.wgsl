@@ -1,4 +1,4 @@
-// Q4_0: 18-byte blocks of 32 values, f16 `d` then 16 bytes of nibbles: x = d * (q - 8).
+//! Q4_0: 18-byte blocks of 32 values, f16 `d` then 16 bytes of nibbles: x = d * (q - 8).
 // Low nibbles hold values 0..16, high nibbles 16..32.
 
 fn deq8(row: u32, e: u32) -> Deq8 {

@@ -1,4 +1,4 @@
-// Q4_1: 20-byte blocks of 32 values, f16 `d`, f16 `m`, 16 bytes of nibbles: x = d * q + m.
+//! Q4_1: 20-byte blocks of 32 values, f16 `d`, f16 `m`, 16 bytes of nibbles: x = d * q + m.
 // Low nibbles hold values 0..16, high nibbles 16..32.
 
 fn deq8(row: u32, e: u32) -> Deq8 {

@@ -1,4 +1,4 @@
-// Q4_K: 144-byte super-blocks of 256 values: f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit
+//! Q4_K: 144-byte super-blocks of 256 values: f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit
 // scales and mins for eight 32-value sub-blocks, 128 bytes of nibbles (each 32 bytes hold two
 // sub-blocks: low nibbles, then high nibbles). x = d*sc*q - dmin*m.
 

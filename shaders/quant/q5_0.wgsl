@@ -1,4 +1,4 @@
-// Q5_0: 22-byte blocks of 32 values, f16 `d`, 32 fifth bits, 16 bytes of nibbles:
+//! Q5_0: 22-byte blocks of 32 values, f16 `d`, 32 fifth bits, 16 bytes of nibbles:
 // x = d * (q - 16). Value j's fifth bit is bit j of the 32-bit field.
 
 fn deq8(row: u32, e: u32) -> Deq8 {

@@ -1,4 +1,4 @@
-// Q5_1: 24-byte blocks of 32 values, f16 `d`, f16 `m`, 32 fifth bits, 16 bytes of nibbles:
+//! Q5_1: 24-byte blocks of 32 values, f16 `d`, f16 `m`, 32 fifth bits, 16 bytes of nibbles:
 // x = d * q + m. Value j's fifth bit is bit j of the 32-bit field.
 
 fn deq8(row: u32, e: u32) -> Deq8 {

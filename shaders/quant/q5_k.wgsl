@@ -1,4 +1,4 @@
-// Q5_K: 176-byte super-blocks of 256 values: f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit
+//! Q5_K: 176-byte super-blocks of 256 values: f16 `d`, f16 `dmin`, 12 bytes of packed 6-bit
 // scales and mins, 32 bytes of fifth bits, 128 bytes of nibbles. Sub-block j takes its fifth
 // bits from bit j of the 32 `qh` bytes. x = d*sc*q - dmin*m.
 

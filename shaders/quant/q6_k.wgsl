@@ -1,4 +1,4 @@
-// Q6_K: 210-byte super-blocks of 256 values: 128 bytes of low nibbles, 64 bytes of 2-bit high
+//! Q6_K: 210-byte super-blocks of 256 values: 128 bytes of low nibbles, 64 bytes of 2-bit high
 // parts, 16 signed 8-bit scales, f16 `d` last. x = d * sc * (q - 32). Each half of 128 values
 // is four quarters of 32 (ggml-quants.c `dequantize_row_q6_K`).
 
