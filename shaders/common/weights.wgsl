@@ -50,3 +50,16 @@ fn deq1(row: u32, e: u32) -> f32 {
     let v = select(q.b, q.a, i < 4u);
     return v[i & 3u];
 }
+
+// The 6-bit scale and min of sub-block `j` from the 12 bytes at `s`, as Q4_K and Q5_K pack
+// them (ggml-quants.c `get_scale_min_k4`).
+fn scale_min_k4(s: u32, j: u32) -> vec2<f32> {
+    if (j < 4u) {
+        return vec2<f32>(f32(w_byte(s + j) & 63u), f32(w_byte(s + j + 4u) & 63u));
+    }
+    let a = w_byte(s + j + 4u);
+    let sc = (a & 0xfu) | ((w_byte(s + j - 4u) >> 6u) << 4u);
+    let m = (a >> 4u) | ((w_byte(s + j) >> 6u) << 4u);
+    return vec2<f32>(f32(sc), f32(m));
+}
+

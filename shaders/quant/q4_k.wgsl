@@ -2,18 +2,6 @@
 // scales and mins for eight 32-value sub-blocks, 128 bytes of nibbles (each 32 bytes hold two
 // sub-blocks: low nibbles, then high nibbles). x = d*sc*q - dmin*m.
 
-// The 6-bit scale and min of sub-block `j` from the 12 bytes at `s` (ggml-quants.c
-// `get_scale_min_k4`).
-fn scale_min_k4(s: u32, j: u32) -> vec2<f32> {
-    if (j < 4u) {
-        return vec2<f32>(f32(w_byte(s + j) & 63u), f32(w_byte(s + j + 4u) & 63u));
-    }
-    let a = w_byte(s + j + 4u);
-    let sc = (a & 0xfu) | ((w_byte(s + j - 4u) >> 6u) << 4u);
-    let m = (a >> 4u) | ((w_byte(s + j) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(m));
-}
-
 fn deq8(row: u32, e: u32) -> Deq8 {
     let base = row + (e >> 8u) * 144u;
     let k = e & 255u;

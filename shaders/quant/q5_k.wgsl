@@ -2,16 +2,6 @@
 // scales and mins, 32 bytes of fifth bits, 128 bytes of nibbles. Sub-block j takes its fifth
 // bits from bit j of the 32 `qh` bytes. x = d*sc*q - dmin*m.
 
-fn scale_min_k4(s: u32, j: u32) -> vec2<f32> {
-    if (j < 4u) {
-        return vec2<f32>(f32(w_byte(s + j) & 63u), f32(w_byte(s + j + 4u) & 63u));
-    }
-    let a = w_byte(s + j + 4u);
-    let sc = (a & 0xfu) | ((w_byte(s + j - 4u) >> 6u) << 4u);
-    let m = (a >> 4u) | ((w_byte(s + j) >> 6u) << 4u);
-    return vec2<f32>(f32(sc), f32(m));
-}
-
 fn deq8(row: u32, e: u32) -> Deq8 {
     let base = row + (e >> 8u) * 176u;
     let k = e & 255u;

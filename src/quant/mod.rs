@@ -17,6 +17,11 @@ mod q6_k;
 mod q8_0;
 mod util;
 
+/// CPU feature check and register helpers shared with the CPU backend's f32 kernels.
+pub(crate) use util::has_avx2_fma;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use util::hsum256;
+
 pub use bf16::BlockBF16;
 pub use f16::BlockF16;
 pub use f32::BlockF32;

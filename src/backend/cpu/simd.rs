@@ -49,8 +49,9 @@ pub fn tile_dot(w: &[f32], x: &[f32], k: usize, mut out: impl FnMut(usize, usize
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_4x2_avx2(w: &[f32], x: &[f32], k: usize) -> [[f32; 2]; 4] {
+    use crate::quant::hsum256;
     use std::arch::x86_64::*;
     let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; 4];
@@ -68,9 +69,7 @@ unsafe fn dot_4x2_avx2(w: &[f32], x: &[f32], k: usize) -> [[f32; 2]; 4] {
     let mut res = [[0f32; 2]; 4];
     for (j, a) in acc.iter().enumerate() {
         for (c, v) in a.iter().enumerate() {
-            let s4 = _mm_add_ps(_mm256_extractf128_ps(*v, 1), _mm256_castps256_ps128(*v));
-            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            let mut sum = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+            let mut sum = hsum256(*v);
             for ii in i..k {
                 sum += w[j * k + ii] * x[c * k + ii];
             }
@@ -80,22 +79,12 @@ unsafe fn dot_4x2_avx2(w: &[f32], x: &[f32], k: usize) -> [[f32; 2]; 4] {
     res
 }
 
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn has_avx2_fma() -> bool {
-    false
-}
+pub(crate) use crate::quant::has_avx2_fma;
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use crate::quant::hsum256;
     use std::arch::x86_64::*;
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -119,12 +108,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
         i += 8;
     }
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let hi = _mm256_extractf128_ps(s, 1);
-    let lo = _mm256_castps256_ps128(s);
-    let s4 = _mm_add_ps(hi, lo);
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-    let mut sum = _mm_cvtss_f32(s1);
+    let mut sum = hsum256(s);
     while i < n {
         sum += a[i] * b[i];
         i += 1;
