@@ -3,7 +3,8 @@
 // writes that chunk's softmax statistics (max m, sum l) and its unnormalised output; then
 // `attn_combine` merges the chunks of each (row, head). Causal, grouped-query (query head h
 // reads KV head h / (n_heads / n_kv_heads)), optional sliding window and logit soft cap.
-// Assembled after a reduction file (`wg_max`, `wg_sum`, `Lanes`).
+// Assembled after a reduction file (`wg_max`, `wg_sum`, `Lanes`) and a cache file (kv/*.wgsl:
+// bindings 2 and 3, `k_at`, `v_at`).
 
 struct AttnParams {
     n_q: u32,
@@ -24,8 +25,6 @@ struct AttnParams {
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
 // Per (row, head, split): m, l, then head_dim unnormalised output values.
 @group(0) @binding(4) var<storage, read_write> parts: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
@@ -91,7 +90,7 @@ fn attn_split(
         let ko = j * p.kv_stride + kv_off;
         var acc = 0.0;
         for (var d = 0u; d < hd; d++) {
-            acc += q_s[d] * k_cache[ko + d];
+            acc += q_s[d] * k_at(ko + d);
         }
         s = softcapped(acc * p.scale);
     }
@@ -111,7 +110,7 @@ fn attn_split(
         var acc = 0.0;
         if (g < groups && d < hd) {
             for (var jj = lo + g; jj <= hi; jj += groups) {
-                acc += p_s[jj - split * CHUNK] * v_cache[jj * p.kv_stride + kv_off + d];
+                acc += p_s[jj - split * CHUNK] * v_at(jj * p.kv_stride + kv_off + d);
             }
         }
         o_s[lid] = acc;

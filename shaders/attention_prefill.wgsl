@@ -4,7 +4,8 @@
 // scores never leave workgroup memory. Tile sizes follow head_dim: the query tile holds 1024
 // values and the K/V tile 2048 (BQ = 1024 / head_dim, BK = 2048 / head_dim, head_dim counted
 // as at least 64), which keeps workgroup memory under 16 KiB. Causal, grouped-query, optional
-// sliding window and logit soft cap.
+// sliding window and logit soft cap. Assembled after a cache file (kv/*.wgsl: bindings 2 and 3,
+// `k_at`, `v_at`).
 
 struct AttnParams {
     n_q: u32,
@@ -25,8 +26,6 @@ struct AttnParams {
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const Q_TILE: u32 = 1024u;
@@ -93,7 +92,7 @@ fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
             let j = j0 + i / hd;
             var v = 0.0;
             if (j <= hi) {
-                v = k_cache[j * p.kv_stride + kv_off + i % hd];
+                v = k_at(j * p.kv_stride + kv_off + i % hd);
             }
             kv_t[i] = v;
         }
@@ -145,7 +144,7 @@ fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
             let j = j0 + i / hd;
             var v = 0.0;
             if (j <= hi) {
-                v = v_cache[j * p.kv_stride + kv_off + i % hd];
+                v = v_at(j * p.kv_stride + kv_off + i % hd);
             }
             kv_t[i] = v;
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{GpuBackend, GpuConfig};
+use crate::backend::KvType;
 use crate::generate::{DoneReason, GenerateOptions, GenerateStats, Runner, Session, StopMatcher};
 use crate::gguf::GgufFile;
 use crate::model::{Arch, Model, ModelConfig};
@@ -62,6 +63,8 @@ impl Device {
 pub struct LoadOptions {
     pub num_ctx: Option<usize>,
     pub device: Device,
+    /// Element type of the KV cache (f16 unless the user asks for f32).
+    pub kv_type: KvType,
 }
 
 pub struct Engine {
@@ -84,7 +87,7 @@ impl Engine {
             .num_ctx
             .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
         let device = opts.device.resolve();
-        let runner = make_runner(device, &gguf, spec, n_ctx)?;
+        let runner = make_runner(device, &gguf, spec, n_ctx, opts.kv_type)?;
         Ok(Engine {
             tokenizer,
             config,
@@ -101,6 +104,10 @@ impl Engine {
 
     pub fn device_name(&self) -> String {
         self.runner.device_name()
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.runner.kv_type()
     }
 
     /// Generates from `prompt` text (special-token text parsed, BOS as the model wants, but
@@ -130,7 +137,8 @@ impl Engine {
         if let Some(n) = opts.num_ctx {
             if n != self.runner.n_ctx() {
                 let spec = Arch::from_gguf(&self.gguf)?.spec(&self.gguf)?;
-                self.runner = make_runner(self.device, &self.gguf, spec, n)?;
+                let kv_type = self.runner.kv_type();
+                self.runner = make_runner(self.device, &self.gguf, spec, n, kv_type)?;
             }
         }
         let n_ctx = self.runner.n_ctx();
@@ -212,12 +220,13 @@ fn make_runner(
     gguf: &GgufFile,
     spec: crate::model::transformer::ModelSpec,
     n_ctx: usize,
+    kv_type: KvType,
 ) -> Result<Box<dyn Runner>> {
     match device {
         Device::Cpu | Device::Auto => {
             let backend = CpuBackend::new();
             let model = Model::load(&backend, gguf, spec)?;
-            Ok(Box::new(Session::new(backend, model, n_ctx)?))
+            Ok(Box::new(Session::new(backend, model, n_ctx, kv_type)?))
         }
         Device::Gpu(adapter) => {
             let backend = GpuBackend::new(GpuConfig {
@@ -225,7 +234,7 @@ fn make_runner(
                 ..Default::default()
             })?;
             let model = Model::load(&backend, gguf, spec)?;
-            Ok(Box::new(Session::new(backend, model, n_ctx)?))
+            Ok(Box::new(Session::new(backend, model, n_ctx, kv_type)?))
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, KvType};
 use crate::model::{KvCache, Model};
 use crate::sample::SamplerOptions;
 use crate::{Error, Result};
@@ -197,6 +197,7 @@ pub trait Runner: Send {
     fn n_ctx(&self) -> usize;
     fn n_vocab(&self) -> usize;
     fn device_name(&self) -> String;
+    fn kv_type(&self) -> KvType;
     /// Makes the cache hold exactly `ids` and returns the logits of the last one, plus how
     /// many leading ids were already cached.
     fn eval(&mut self, ids: &[u32]) -> Result<(Vec<f32>, usize)>;
@@ -215,8 +216,8 @@ pub struct Session<B: Backend> {
 }
 
 impl<B: Backend> Session<B> {
-    pub fn new(backend: B, model: Model<B>, n_ctx: usize) -> Result<Self> {
-        let cache = KvCache::new(&backend, &model.config, n_ctx)?;
+    pub fn new(backend: B, model: Model<B>, n_ctx: usize, kv_type: KvType) -> Result<Self> {
+        let cache = KvCache::new(&backend, &model.config, n_ctx, kv_type)?;
         Ok(Session {
             backend,
             model,
@@ -236,6 +237,7 @@ impl<B: Backend + 'static> Runner for Session<B>
 where
     B::Tensor: Send,
     B::Weight: Send,
+    B::Cache: Send,
 {
     fn n_ctx(&self) -> usize {
         self.cache.n_ctx
@@ -247,6 +249,10 @@ where
 
     fn device_name(&self) -> String {
         self.backend.name()
+    }
+
+    fn kv_type(&self) -> KvType {
+        self.cache.kv_type
     }
 
     fn eval(&mut self, ids: &[u32]) -> Result<(Vec<f32>, usize)> {

@@ -253,6 +253,24 @@ fn run_streams_only_generated_text_to_stdout() {
     assert_ok(&piped);
     assert_eq!(stdout(&piped), out);
 
+    // Both cache types run; f32 is also what HEARTH_KV_CACHE_TYPE can choose.
+    let o = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "run",
+            "nano",
+            "--raw",
+            "-n",
+            "6",
+            "--temperature",
+            "0",
+            "Once",
+        ])
+        .env("HEARTH_MODELS", &models)
+        .env("HEARTH_KV_CACHE_TYPE", "f32")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+
     // The chat path renders the nano model's ChatML template.
     assert_ok(&hearth(
         &models,
@@ -284,6 +302,17 @@ fn run_rejects_unknown_models_bad_flags_and_devices() {
         .unwrap();
     assert_error(&o, "HEARTH_DEVICE");
     assert_error(&hearth(&models, &["run", "nano"]), "no prompt");
+    assert_error(
+        &hearth(&models, &["run", "nano", "--kv-cache-type", "q8_0", "hi"]),
+        "not supported yet; use f16",
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["run", "nano", "hi"])
+        .env("HEARTH_MODELS", &models)
+        .env("HEARTH_KV_CACHE_TYPE", "f8")
+        .output()
+        .unwrap();
+    assert_error(&o, "HEARTH_KV_CACHE_TYPE");
 }
 
 #[test]
@@ -343,6 +372,27 @@ fn bench_model_reports_speed_load_time_and_memory() {
         (r["n_prompt"].as_u64(), r["n_gen"].as_u64()),
         (Some(16), Some(4))
     );
+    assert_eq!(r["kv_type"], "f16", "the default cache type");
+    let o = hearth(
+        dir.path(),
+        &[
+            "bench",
+            "model",
+            nano.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "2",
+            "-r",
+            "1",
+            "--kv-cache-type",
+            "f32",
+            "--json",
+        ],
+    );
+    assert_ok(&o);
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(r["kv_type"], "f32");
     assert_error(
         &hearth(dir.path(), &["bench", "model", "nosuchmodel"]),
         "nosuchmodel",

@@ -12,7 +12,7 @@ use hearth::backend::gpu::cases::{test_cases, KernelCase, Op, Prepared};
 use hearth::backend::gpu::params::ALL_LAYOUTS;
 use hearth::backend::gpu::shaders::{all_keys, Access, PipelineKey, FILES};
 use hearth::backend::gpu::{list_adapters, GpuBackend, GpuConfig};
-use hearth::backend::{AttnParams, Backend};
+use hearth::backend::{AttnParams, Backend, KvType};
 use hearth::quant::QuantType;
 
 use crate::common::{data, real_model};
@@ -396,7 +396,7 @@ fn bad_inputs_are_errors() {
     assert!(gpu.embed(&table, &[1], &mut wrong).is_err());
 
     let q = gpu.tensor(1, 512).unwrap();
-    let kv = gpu.tensor(4, 512).unwrap();
+    let kv = gpu.cache(4, 512, KvType::F32).unwrap();
     let mut o = gpu.tensor(1, 512).unwrap();
     let p = AttnParams {
         n_heads: 1,
@@ -409,6 +409,18 @@ fn bad_inputs_are_errors() {
     };
     let err = gpu.attention(&q, &kv, &kv, &p, &mut o).unwrap_err();
     assert!(err.to_string().contains("head_dim"), "{err}");
+    // K and V caches of different types, and an f16 cache with odd rows.
+    let p = AttnParams {
+        head_dim: 128,
+        n_heads: 4,
+        n_kv_heads: 4,
+        ..p
+    };
+    let k16 = gpu.cache(4, 512, KvType::F16).unwrap();
+    let err = gpu.attention(&q, &k16, &kv, &p, &mut o).unwrap_err();
+    assert!(err.to_string().contains("V cache f32"), "{err}");
+    let err = gpu.cache(4, 7, KvType::F16).err().expect("odd f16 rows");
+    assert!(err.to_string().contains("even"), "{err}");
 
     // An activation larger than any storage binding is refused up front.
     let rows = (gpu.max_binding() / 4 / 1024 + 1) as usize;
@@ -432,7 +444,7 @@ fn bad_inputs_are_errors() {
 /// Greedy decoding on the GPU gives the CPU's tokens: a 5-token prompt processed at once (the
 /// tiled kernels past 8 tokens are covered by the kernel cases), then 32 single-token steps
 /// (matvec, split attention, argmax on the device).
-fn same_greedy_tokens(path: &std::path::Path) {
+fn same_greedy_tokens(path: &std::path::Path, kv_type: KvType) {
     use hearth::gguf::GgufFile;
     use hearth::model::{Arch, KvCache, Model};
     let Some(gpu) = gpu(GpuConfig::default()) else {
@@ -441,10 +453,10 @@ fn same_greedy_tokens(path: &std::path::Path) {
     let cpu = CpuBackend::new();
     let f = GgufFile::open(path).unwrap();
     let prompt = [1u32, 9, 42, 7, 300];
-    fn decode<B: Backend>(b: &B, f: &GgufFile, prompt: &[u32]) -> Vec<u32> {
+    fn decode<B: Backend>(b: &B, f: &GgufFile, prompt: &[u32], kv: KvType) -> Vec<u32> {
         let spec = Arch::from_gguf(f).unwrap().spec(f).unwrap();
         let m = Model::load(b, f, spec).unwrap();
-        let mut cache = KvCache::new(b, &m.config, 64).unwrap();
+        let mut cache = KvCache::new(b, &m.config, 64, kv).unwrap();
         let mut ids = vec![
             b.argmax(&m.forward(b, prompt, &mut cache, 1).unwrap())
                 .unwrap()[0],
@@ -456,9 +468,14 @@ fn same_greedy_tokens(path: &std::path::Path) {
         }
         ids
     }
-    let want = decode(&cpu, &f, &prompt);
-    let got = decode(&gpu, &f, &prompt);
-    assert_eq!(got, want, "{}: GPU vs CPU greedy tokens", path.display());
+    let want = decode(&cpu, &f, &prompt, kv_type);
+    let got = decode(&gpu, &f, &prompt, kv_type);
+    assert_eq!(
+        got,
+        want,
+        "{} ({kv_type} cache): GPU vs CPU greedy tokens",
+        path.display()
+    );
 }
 
 /// Item 4 of the design: a decode step records everything and waits once, for its argmax.
@@ -472,7 +489,7 @@ fn a_decode_step_waits_for_the_device_once() {
     let f = GgufFile::open(data("nano/nano-llama.gguf")).unwrap();
     let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
     let m = Model::load(&gpu, &f, spec).unwrap();
-    let mut cache = KvCache::new(&gpu, &m.config, 32).unwrap();
+    let mut cache = KvCache::new(&gpu, &m.config, 32, KvType::F16).unwrap();
     let logits = m.forward(&gpu, &[1, 2, 3], &mut cache, 1).unwrap();
     let mut id = gpu.argmax(&logits).unwrap()[0];
     for _ in 0..3 {
@@ -489,19 +506,32 @@ fn a_decode_step_waits_for_the_device_once() {
     }
 }
 
+/// `hearth bench model --device gpu` measures through the same function.
+#[test]
+fn model_bench_runs_on_the_gpu() {
+    let Some(gpu) = gpu(GpuConfig::default()) else {
+        return;
+    };
+    let r = hearth::bench::model::run(&gpu, &data("nano/nano-llama.gguf"), 16, 4, 1, KvType::F16)
+        .unwrap();
+    assert!(r.pp_tokens_per_s > 0.0 && r.tg_tokens_per_s > 0.0, "{r:?}");
+    assert!(r.device.starts_with("gpu:"), "{}", r.device);
+}
+
 #[test]
 fn nano_llama_decodes_as_on_cpu() {
-    same_greedy_tokens(&data("nano/nano-llama.gguf"));
+    same_greedy_tokens(&data("nano/nano-llama.gguf"), KvType::F32);
+    same_greedy_tokens(&data("nano/nano-llama.gguf"), KvType::F16);
 }
 
 #[test]
 fn nano_llama3_decodes_as_on_cpu() {
-    same_greedy_tokens(&data("nano/nano-llama3.gguf"));
+    same_greedy_tokens(&data("nano/nano-llama3.gguf"), KvType::F32);
 }
 
 #[test]
 fn smollm2_decodes_as_on_cpu() {
     if let Some(p) = real_model("HEARTH_TEST_SMOLLM2", "smollm2") {
-        same_greedy_tokens(&p);
+        same_greedy_tokens(&p, KvType::F16);
     }
 }

@@ -50,6 +50,62 @@ pub struct RopeParams {
     pub pos_start: usize,
 }
 
+/// Element type of a KV cache (Ollama's `OLLAMA_KV_CACHE_TYPE`, llama.cpp's `--cache-type-k`).
+/// F16 halves the cache's memory and the bytes attention reads; F32 keeps keys and values
+/// exactly as the projections computed them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KvType {
+    #[default]
+    F16,
+    F32,
+}
+
+impl KvType {
+    /// The storage type of one value: the block format a kernel reads the cache in.
+    pub fn qtype(self) -> QuantType {
+        match self {
+            KvType::F16 => QuantType::F16,
+            KvType::F32 => QuantType::F32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        }
+    }
+
+    pub fn bytes_per_value(self) -> usize {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f16" => Ok(KvType::F16),
+            "f32" => Ok(KvType::F32),
+            "q8_0" | "q4_0" => Err(crate::Error::Other(format!(
+                "KV cache type {s} is not supported yet; use f16 (the default) or f32"
+            ))),
+            _ => Err(crate::Error::Other(format!(
+                "unknown KV cache type {s:?}; use f16 (the default) or f32"
+            ))),
+        }
+    }
+}
+
 /// Causal grouped-query attention of `n_q` query rows against a KV cache.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnParams {
@@ -71,6 +127,8 @@ pub trait Backend: Send + Sync {
     type Tensor;
     /// A weight matrix resident on the device in its stored block format.
     type Weight;
+    /// One layer's keys or values: a `[n_ctx, n_kv_heads * head_dim]` matrix of `KvType`.
+    type Cache;
 
     /// Human-readable device name (e.g. "cpu (2 threads, avx2)").
     fn name(&self) -> String;
@@ -84,8 +142,7 @@ pub trait Backend: Send + Sync {
     fn write(&self, t: &mut Self::Tensor, data: &[f32]) -> Result<()>;
     /// Copies `t` back to the host; ends any pending device work.
     fn read(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
-    /// Copies `n` rows of `src` starting at `src_row` into `dst` starting at `dst_row`; also the
-    /// KV-cache write (`dst` = the cache, `dst_row` = the first new position).
+    /// Copies `n` rows of `src` starting at `src_row` into `dst` starting at `dst_row`.
     fn copy_rows(
         &self,
         src: &Self::Tensor,
@@ -94,6 +151,21 @@ pub trait Backend: Send + Sync {
         dst_row: usize,
         n: usize,
     ) -> Result<()>;
+
+    /// A zero-filled KV cache of `n_ctx` rows of `width` values.
+    fn cache(&self, n_ctx: usize, width: usize, ty: KvType) -> Result<Self::Cache>;
+    /// `(n_rows, n_cols)` of a cache.
+    fn cache_shape(&self, c: &Self::Cache) -> (usize, usize);
+    /// The KV-cache write: every row of `src` into `cache` from row `dst_row` on, converted
+    /// to the cache's type (f16: rounded to nearest, ties to even).
+    fn cache_write(
+        &self,
+        src: &Self::Tensor,
+        cache: &mut Self::Cache,
+        dst_row: usize,
+    ) -> Result<()>;
+    /// The whole cache widened to f32; ends any pending device work.
+    fn cache_read(&self, c: &Self::Cache) -> Result<Vec<f32>>;
 
     // --- forward ops --------------------------------------------------------------------------
     /// `out[i] = table[ids[i]]`, dequantized.
@@ -113,12 +185,13 @@ pub trait Backend: Send + Sync {
     /// Rotates each head of `x` (`[n, n_heads * head_dim]`) in place.
     fn rope(&self, x: &mut Self::Tensor, inv_freq: &Self::Tensor, p: &RopeParams) -> Result<()>;
     /// `out[n, n_heads*head_dim]` from `q[n, n_heads*head_dim]` and the caches
-    /// `[n_ctx, n_kv_heads*head_dim]`, whose rows `..pos_start + n` are filled.
+    /// `[n_ctx, n_kv_heads*head_dim]`, whose rows `..pos_start + n` are filled. Scores and
+    /// sums are f32 whatever the cache type.
     fn attention(
         &self,
         q: &Self::Tensor,
-        k_cache: &Self::Tensor,
-        v_cache: &Self::Tensor,
+        k_cache: &Self::Cache,
+        v_cache: &Self::Cache,
         p: &AttnParams,
         out: &mut Self::Tensor,
     ) -> Result<()>;

@@ -34,6 +34,20 @@ pub fn copy_rows(src: Shape, src_row: usize, dst: Shape, dst_row: usize, n: usiz
     )
 }
 
+/// All rows of `src` into a cache from `dst_row` on.
+pub fn cache_write(src: Shape, cache: Shape, dst_row: usize) -> Result<()> {
+    check(
+        "cache_write",
+        src.1 == cache.1 && dst_row + src.0 <= cache.0,
+        || {
+            format!(
+                "[{}, {}] into rows {dst_row}.. of a [{}, {}] cache",
+                src.0, src.1, cache.0, cache.1
+            )
+        },
+    )
+}
+
 /// Also checks every id against the table, so kernels may index without bounds checks.
 pub fn embed(table: Shape, ids: &[u32], out: Shape) -> Result<()> {
     check("embed", out == (ids.len(), table.1), || {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, KvType};
 use crate::gguf::GgufFile;
 use crate::model::{Arch, KvCache, Model};
 use crate::Result;
@@ -14,6 +14,7 @@ use crate::Result;
 pub struct ModelBench {
     pub model: String,
     pub device: String,
+    pub kv_type: String,
     pub n_prompt: usize,
     pub n_gen: usize,
     pub reps: usize,
@@ -52,6 +53,7 @@ pub fn run<B: Backend>(
     n_prompt: usize,
     n_gen: usize,
     reps: usize,
+    kv_type: KvType,
 ) -> Result<ModelBench> {
     let t0 = Instant::now();
     let f = GgufFile::open(path)?;
@@ -72,7 +74,7 @@ pub fn run<B: Backend>(
     // One untimed warm-up of each, so page faults of the first touch are not counted.
     for rep in 0..=reps {
         if n_prompt > 0 {
-            let mut cache = KvCache::new(backend, &model.config, n_ctx)?;
+            let mut cache = KvCache::new(backend, &model.config, n_ctx, kv_type)?;
             let t = Instant::now();
             let logits = model.forward(backend, &ids, &mut cache, 1)?;
             backend.argmax(&logits)?;
@@ -81,7 +83,7 @@ pub fn run<B: Backend>(
             }
         }
         if n_gen > 0 {
-            let mut cache = KvCache::new(backend, &model.config, n_ctx)?;
+            let mut cache = KvCache::new(backend, &model.config, n_ctx, kv_type)?;
             let mut next = 1 % n_vocab;
             let t = Instant::now();
             for _ in 0..n_gen {
@@ -99,6 +101,7 @@ pub fn run<B: Backend>(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
         device: backend.name(),
+        kv_type: kv_type.to_string(),
         n_prompt,
         n_gen,
         reps,

@@ -9,9 +9,12 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use hearth::backend::cpu::CpuBackend;
+use hearth::backend::gpu::{GpuBackend, GpuConfig};
+use hearth::backend::{Backend, KvType};
+use hearth::engine::Device;
 use hearth::store::Store;
 
-use super::{model_name, Globals};
+use super::{model_name, Globals, PlacementArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -23,7 +26,8 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Prefill and decode tokens/s of a whole model, load time and RSS
     #[command(after_help = "Examples:\n  hearth bench model smollm2\n  \
-                            hearth bench model ./model.gguf -p 512 -n 128 -r 5 --json")]
+                            hearth bench model ./model.gguf -p 512 -n 128 -r 5 --json\n  \
+                            hearth bench model smollm2 --device gpu --kv-cache-type f32")]
     Model(ModelArgs),
     /// Time every GPU kernel on realistic shapes: GB/s, GFLOP/s, % of peak
     Kernels(super::kernel_bench::KernelsArgs),
@@ -45,6 +49,8 @@ struct ModelArgs {
     /// Print one JSON object instead of a table
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 pub enum BenchCommand {
@@ -58,6 +64,8 @@ pub struct ModelBench {
     n_gen: usize,
     reps: usize,
     json: bool,
+    device: Device,
+    kv_type: KvType,
 }
 
 impl BenchArgs {
@@ -73,7 +81,10 @@ impl BenchArgs {
             let store: Store = globals.open_store()?;
             store.load(&model_name(&a.model)?)?.model_path
         };
+        let (device, kv_type) = a.placement.resolve(globals)?;
         Ok(BenchCommand::Model(ModelBench {
+            device: device.resolve(),
+            kv_type,
             path,
             n_prompt: a.n_prompt,
             n_gen: a.n_gen,
@@ -88,14 +99,23 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Model(m) => m,
         BenchCommand::Kernels(k) => return super::kernel_bench::execute(k),
     };
-    let backend = CpuBackend::new();
-    let r = hearth::bench::model::run(&backend, &cmd.path, cmd.n_prompt, cmd.n_gen, cmd.reps)?;
+    let r = match cmd.device {
+        Device::Gpu(adapter) => {
+            let backend = GpuBackend::new(GpuConfig {
+                adapter,
+                ..Default::default()
+            })?;
+            bench_on(&backend, &cmd)?
+        }
+        Device::Cpu | Device::Auto => bench_on(&CpuBackend::new(), &cmd)?,
+    };
     if cmd.json {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
     println!("model        {}", r.model);
     println!("device       {}", r.device);
+    println!("kv cache     {}", r.kv_type);
     if r.n_prompt > 0 {
         println!("pp{:<10} {:.1} tokens/s", r.n_prompt, r.pp_tokens_per_s);
     }
@@ -109,4 +129,15 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
     );
     println!("reps         {} (median)", r.reps);
     Ok(())
+}
+
+fn bench_on<B: Backend>(backend: &B, cmd: &ModelBench) -> Result<hearth::bench::model::ModelBench> {
+    Ok(hearth::bench::model::run(
+        backend,
+        &cmd.path,
+        cmd.n_prompt,
+        cmd.n_gen,
+        cmd.reps,
+        cmd.kv_type,
+    )?)
 }

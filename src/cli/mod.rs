@@ -27,6 +27,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use hearth::backend::KvType;
+use hearth::engine::Device;
 use hearth::store::Store;
 
 const EXAMPLES: &str = "\
@@ -83,6 +85,8 @@ pub struct Globals {
     pub models_dir: PathBuf,
     /// `HEARTH_DEVICE`, parsed by the verbs that run a model.
     pub device: Option<String>,
+    /// `HEARTH_KV_CACHE_TYPE`, likewise.
+    pub kv_type: Option<String>,
     /// `~/.hearth/history`, when there is a home directory.
     pub history: Option<PathBuf>,
 }
@@ -99,13 +103,13 @@ impl Globals {
                  that should hold the models",
             )?,
         };
-        let device = match std::env::var("HEARTH_DEVICE") {
-            Ok(d) if !d.is_empty() => Some(d),
-            _ => None,
-        };
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let device = var("HEARTH_DEVICE");
+        let kv_type = var("HEARTH_KV_CACHE_TYPE");
         Ok(Globals {
             models_dir,
             device,
+            kv_type,
             history: home.map(|h| h.join("history")),
         })
     }
@@ -171,6 +175,36 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Where a model runs, shared by the verbs that run one.
+#[derive(clap::Args)]
+pub struct PlacementArgs {
+    /// Device: cpu, gpu, gpu:N or auto (default: $HEARTH_DEVICE, else cpu)
+    #[arg(long)]
+    device: Option<String>,
+    /// KV cache element type: f16 or f32 (default: $HEARTH_KV_CACHE_TYPE, else f16)
+    #[arg(long, value_name = "TYPE")]
+    kv_cache_type: Option<String>,
+}
+
+impl PlacementArgs {
+    /// The flags, else the environment, else the defaults.
+    pub fn resolve(self, globals: &Globals) -> Result<(Device, KvType)> {
+        let device = match self.device.or_else(|| globals.device.clone()) {
+            Some(text) => text
+                .parse()
+                .with_context(|| format!("device {text:?} (from --device or HEARTH_DEVICE)"))?,
+            None => Device::default(),
+        };
+        let kv_type = match self.kv_cache_type.or_else(|| globals.kv_type.clone()) {
+            Some(text) => text.parse().with_context(|| {
+                format!("KV cache type {text:?} (from --kv-cache-type or HEARTH_KV_CACHE_TYPE)")
+            })?,
+            None => KvType::default(),
+        };
+        Ok((device, kv_type))
+    }
 }
 
 /// Parses a model name argument with a message that says what a name looks like.

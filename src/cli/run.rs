@@ -7,12 +7,13 @@ use std::io::{IsTerminal, Read};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use hearth::backend::KvType;
 use hearth::engine::{Device, LoadOptions};
 use hearth::generate::GenerateOptions;
 use hearth::store::{builtin, ModelName, Store};
 
 use super::chat::{self, Chat, Output};
-use super::{model_name, pull, repl, Globals};
+use super::{model_name, pull, repl, Globals, PlacementArgs};
 
 const RUN_EXAMPLES: &str = "\
 Examples:
@@ -22,7 +23,8 @@ Examples:
   echo \"Once upon a time\" | hearth run smollm2 --raw  complete text, no chat template
   hearth run smollm2 --verbose \"Hi\"                   timings on stderr
 
-The device comes from --device, else $HEARTH_DEVICE, else the default.";
+The device comes from --device, else $HEARTH_DEVICE, else the CPU; the KV cache type from
+--kv-cache-type, else $HEARTH_KV_CACHE_TYPE, else f16.";
 
 #[derive(Args)]
 #[command(after_help = RUN_EXAMPLES)]
@@ -64,9 +66,8 @@ pub struct RunArgs {
     /// Print timings (load, prompt eval, eval) on stderr
     #[arg(long)]
     verbose: bool,
-    /// Device: cpu, gpu, gpu:N or auto (default: $HEARTH_DEVICE, else the engine's default)
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 pub enum Prompt {
@@ -83,6 +84,7 @@ pub struct RunCommand {
     pub overrides: Vec<(String, String)>,
     pub verbose: bool,
     pub device: Device,
+    pub kv_type: KvType,
     pub history: Option<std::path::PathBuf>,
 }
 
@@ -113,13 +115,7 @@ impl RunArgs {
                 .with_context(|| format!("--{} {value}", name.replace('_', "-")))?;
         }
 
-        let device_text = self.device.or_else(|| globals.device.clone());
-        let device = match device_text {
-            Some(text) => text
-                .parse()
-                .with_context(|| format!("device {text:?} (from --device or HEARTH_DEVICE)"))?,
-            None => Device::default(),
-        };
+        let (device, kv_type) = self.placement.resolve(globals)?;
 
         let stdin = std::io::stdin();
         let prompt = if stdin.is_terminal() {
@@ -152,6 +148,7 @@ impl RunArgs {
             overrides,
             verbose: self.verbose,
             device,
+            kv_type,
             history: globals.history.clone(),
         })
     }
@@ -173,6 +170,7 @@ pub fn execute(cmd: RunCommand) -> Result<()> {
     let load = LoadOptions {
         num_ctx: options.num_ctx,
         device: cmd.device,
+        kv_type: cmd.kv_type,
     };
     let editor = match cmd.prompt {
         Prompt::Interactive => Some(repl::editor(cmd.history.as_deref())?),

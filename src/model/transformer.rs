@@ -3,7 +3,7 @@
 //! tensors and runs the blocks in math order. Intermediates carry llama.cpp's names
 //! (`attn_norm`, `ffn_out`) so a debug dump diffs against it.
 
-use crate::backend::{AttnParams, Backend, RopeParams, WeightSource};
+use crate::backend::{AttnParams, Backend, KvType, RopeParams, WeightSource};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -68,30 +68,38 @@ pub struct Model<B: Backend> {
 }
 
 /// Keys and values of every past position, one pair of `[n_ctx, n_kv_heads * head_dim]`
-/// tensors per layer.
+/// caches per layer, in the element type the user chose.
 pub struct KvCache<B: Backend> {
-    pub k: Vec<B::Tensor>,
-    pub v: Vec<B::Tensor>,
+    pub k: Vec<B::Cache>,
+    pub v: Vec<B::Cache>,
     pub n_ctx: usize,
+    pub kv_type: KvType,
     /// Positions filled so far.
     pub n_past: usize,
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(backend: &B, config: &ModelConfig, n_ctx: usize) -> Result<Self> {
+    pub fn new(backend: &B, config: &ModelConfig, n_ctx: usize, kv_type: KvType) -> Result<Self> {
         let width = config.n_kv_heads * config.head_dim;
         let mut k = Vec::with_capacity(config.n_layers);
         let mut v = Vec::with_capacity(config.n_layers);
         for _ in 0..config.n_layers {
-            k.push(backend.tensor(n_ctx, width)?);
-            v.push(backend.tensor(n_ctx, width)?);
+            k.push(backend.cache(n_ctx, width, kv_type)?);
+            v.push(backend.cache(n_ctx, width, kv_type)?);
         }
         Ok(KvCache {
             k,
             v,
             n_ctx,
+            kv_type,
             n_past: 0,
         })
+    }
+
+    /// Bytes the cache holds for `n_ctx` positions of `config`'s model.
+    pub fn bytes(config: &ModelConfig, n_ctx: usize, kv_type: KvType) -> u64 {
+        (2 * config.n_layers * n_ctx * config.n_kv_heads * config.head_dim) as u64
+            * kv_type.bytes_per_value() as u64
     }
 
     /// Forgets positions from `n` on (the next forward overwrites them).
@@ -258,8 +266,8 @@ impl<B: Backend> Model<B> {
             };
             backend.rope(&mut q, freqs, &rope)?;
             backend.rope(&mut k, freqs, &rope)?;
-            backend.copy_rows(&k, 0, &mut cache.k[il], pos, n)?;
-            backend.copy_rows(&v, 0, &mut cache.v[il], pos, n)?;
+            backend.cache_write(&k, &mut cache.k[il], pos)?;
+            backend.cache_write(&v, &mut cache.v[il], pos)?;
             let attn = AttnParams {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,

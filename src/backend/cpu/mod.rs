@@ -2,13 +2,16 @@
 //! mapping and dequantized one row at a time inside the matmul. Work is split over a rayon
 //! pool (its workers spin briefly, then park, so a busy neighbour does not stall decode).
 
+mod cache;
 pub mod ops;
 pub mod simd;
+
+pub use cache::{CacheData, CpuCache, KvValue};
 
 use rayon::prelude::*;
 
 use super::shapes::{self, check};
-use super::{AttnParams, Backend, RopeParams, WeightSource};
+use super::{AttnParams, Backend, KvType, RopeParams, WeightSource};
 use crate::gguf::TensorBytes;
 use crate::quant::QuantType;
 use crate::{Error, Result};
@@ -107,6 +110,7 @@ impl SyncPtr {
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
+    type Cache = CpuCache;
 
     fn name(&self) -> String {
         let simd = if simd::has_avx2_fma() {
@@ -190,6 +194,27 @@ impl Backend for CpuBackend {
         dst.data[dst_row * c..(dst_row + n) * c]
             .copy_from_slice(&src.data[src_row * c..(src_row + n) * c]);
         Ok(())
+    }
+
+    fn cache(&self, n_ctx: usize, width: usize, ty: KvType) -> Result<CpuCache> {
+        n_ctx
+            .checked_mul(width)
+            .ok_or_else(|| Error::shape("cache", format!("[{n_ctx}, {width}] overflows")))?;
+        Ok(CpuCache::zeros(n_ctx, width, ty))
+    }
+
+    fn cache_shape(&self, c: &CpuCache) -> (usize, usize) {
+        (c.n_rows, c.n_cols)
+    }
+
+    fn cache_write(&self, src: &CpuTensor, cache: &mut CpuCache, dst_row: usize) -> Result<()> {
+        shapes::cache_write(self.shape(src), self.cache_shape(cache), dst_row)?;
+        cache.store(dst_row * cache.n_cols, &src.data);
+        Ok(())
+    }
+
+    fn cache_read(&self, c: &CpuCache) -> Result<Vec<f32>> {
+        Ok(c.to_f32())
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
@@ -295,50 +320,31 @@ impl Backend for CpuBackend {
     fn attention(
         &self,
         q: &CpuTensor,
-        k_cache: &CpuTensor,
-        v_cache: &CpuTensor,
+        k_cache: &CpuCache,
+        v_cache: &CpuCache,
         p: &AttnParams,
         out: &mut CpuTensor,
     ) -> Result<()> {
-        let hd = p.head_dim;
         shapes::attention(
             self.shape(q),
-            self.shape(k_cache),
-            self.shape(v_cache),
+            self.cache_shape(k_cache),
+            self.cache_shape(v_cache),
             self.shape(out),
             p,
         )?;
-        let group = p.n_heads / p.n_kv_heads;
-        let kv_stride = k_cache.n_cols;
-        let n_ctx = k_cache.n_rows;
-        let head = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
-            let (t, h) = (idx / p.n_heads, idx % p.n_heads);
-            let qh = &q.data[t * q.n_cols + h * hd..][..hd];
-            ops::attention_head(
-                qh,
-                &k_cache.data,
-                &v_cache.data,
-                kv_stride,
-                (h / group) * hd,
-                p.pos_start + t,
-                p,
-                scores,
-                o,
-                simd::dot,
-            );
-        };
-        // Work ≈ query rows × heads × keys seen × head size.
-        if parallel(q.n_rows * p.n_heads * (p.pos_start + q.n_rows) * hd) {
-            out.data
-                .par_chunks_mut(hd)
-                .enumerate()
-                .for_each_init(|| vec![0.0f32; n_ctx], head);
-        } else {
-            let mut scores = vec![0.0f32; n_ctx];
-            out.data
-                .chunks_mut(hd)
-                .enumerate()
-                .for_each(|item| head(&mut scores, item));
+        match (&k_cache.data, &v_cache.data) {
+            (CacheData::F32(k), CacheData::F32(v)) => attend(q, k, v, k_cache.n_cols, p, out),
+            (CacheData::F16(k), CacheData::F16(v)) => attend(q, k, v, k_cache.n_cols, p, out),
+            _ => {
+                return Err(Error::shape(
+                    "attention",
+                    format!(
+                        "K cache {} but V cache {}",
+                        k_cache.kv_type(),
+                        v_cache.kv_type()
+                    ),
+                ))
+            }
         }
         Ok(())
     }
@@ -379,5 +385,50 @@ impl Backend for CpuBackend {
             .chunks_exact(x.n_cols.max(1))
             .map(ops::argmax)
             .collect())
+    }
+}
+
+/// Attention of every (query row, head) against caches of element type `E`: one task per
+/// head when the work is worth the pool.
+fn attend<E: KvValue>(
+    q: &CpuTensor,
+    k: &[E],
+    v: &[E],
+    kv_stride: usize,
+    p: &AttnParams,
+    out: &mut CpuTensor,
+) {
+    let hd = p.head_dim;
+    let group = p.n_heads / p.n_kv_heads;
+    let n_seen = p.pos_start + q.n_rows;
+    let head = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
+        let (t, h) = (idx / p.n_heads, idx % p.n_heads);
+        let qh = &q.data[t * q.n_cols + h * hd..][..hd];
+        ops::attention_head(
+            qh,
+            k,
+            v,
+            kv_stride,
+            (h / group) * hd,
+            p.pos_start + t,
+            p,
+            scores,
+            o,
+            E::dot,
+            E::axpy,
+        );
+    };
+    // Work ≈ query rows × heads × keys seen × head size.
+    if parallel(q.n_rows * p.n_heads * n_seen * hd) {
+        out.data
+            .par_chunks_mut(hd)
+            .enumerate()
+            .for_each_init(|| vec![0.0f32; n_seen], head);
+    } else {
+        let mut scores = vec![0.0f32; n_seen];
+        out.data
+            .chunks_mut(hd)
+            .enumerate()
+            .for_each(|item| head(&mut scores, item));
     }
 }

@@ -39,19 +39,22 @@ pub fn window_start(pos: usize, window: Option<usize>) -> usize {
 }
 
 /// Attention of one query head against the caches: `out = softmax(scale q·K) V` over the
-/// causal (and windowed) range. `scores` is scratch of at least `pos + 1` values.
+/// causal (and windowed) range. The caches hold any element type `E` that `dot` and `axpy`
+/// read (f32 or f16 values); scores and sums stay f32. `scores` is scratch of at least
+/// `pos + 1` values.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_head(
+pub fn attention_head<E>(
     q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
+    k_cache: &[E],
+    v_cache: &[E],
     kv_stride: usize,
     kv_offset: usize,
     pos: usize,
     p: &AttnParams,
     scores: &mut [f32],
     out: &mut [f32],
-    dot: impl Fn(&[f32], &[f32]) -> f32,
+    dot: impl Fn(&[f32], &[E]) -> f32,
+    axpy: impl Fn(f32, &[E], &mut [f32]),
 ) {
     let hd = p.head_dim;
     let lo = window_start(pos, p.window);
@@ -73,11 +76,7 @@ pub fn attention_head(
     }
     out.fill(0.0);
     for (j, &s) in (lo..=pos).zip(scores.iter()) {
-        let w = s / sum;
-        let v = &v_cache[j * kv_stride + kv_offset..][..hd];
-        for (o, &x) in out.iter_mut().zip(v) {
-            *o += w * x;
-        }
+        axpy(s / sum, &v_cache[j * kv_stride + kv_offset..][..hd], out);
     }
 }
 

@@ -2,7 +2,7 @@
 //! combine kernels (a few query rows: decode) or the tiled online-softmax kernel (many rows:
 //! prompt processing).
 
-use super::memory::{buffer_size, pooled_buffer, GpuTensor};
+use super::memory::{buffer_size, pooled_buffer, GpuCache, GpuTensor};
 use super::ops::u32_of;
 use super::params::AttnParams as AttnUniform;
 use super::shaders::Kernel;
@@ -23,22 +23,29 @@ impl GpuBackend {
     pub(super) fn attention_op(
         &self,
         q: &GpuTensor,
-        k_cache: &GpuTensor,
-        v_cache: &GpuTensor,
+        k_cache: &GpuCache,
+        v_cache: &GpuCache,
         p: &AttnParams,
         out: &mut GpuTensor,
     ) -> Result<()> {
         let hd = p.head_dim;
         shapes::attention(
             self.shape(q),
-            self.shape(k_cache),
-            self.shape(v_cache),
+            self.cache_shape(k_cache),
+            self.cache_shape(v_cache),
             self.shape(out),
             p,
         )?;
         check("attention", hd > 0 && hd <= MAX_HEAD_DIM, || {
             format!("head_dim {hd}: the GPU kernels take heads of 1..={MAX_HEAD_DIM} values")
         })?;
+        check("attention", k_cache.kv_type == v_cache.kv_type, || {
+            format!(
+                "K cache {} but V cache {}",
+                k_cache.kv_type, v_cache.kv_type
+            )
+        })?;
+        let kv = Some(k_cache.kv_type.qtype());
         let n_q = q.n_rows;
         if n_q == 0 || p.n_heads == 0 {
             return Ok(());
@@ -78,7 +85,7 @@ impl GpuBackend {
                 buffer_size(n_parts),
             )?;
             self.dispatch(
-                self.key(Kernel::AttnSplit, None),
+                self.key(Kernel::AttnSplit, kv),
                 &params,
                 &[
                     (1, q.buffer()),
@@ -89,7 +96,7 @@ impl GpuBackend {
                 (params.n_splits, params.n_heads, params.n_q),
             )?;
             self.dispatch(
-                self.key(Kernel::AttnCombine, None),
+                self.key(Kernel::AttnCombine, kv),
                 &params,
                 &[(4, parts.buffer()), (5, out.buffer())],
                 (params.n_heads, params.n_q, 1),
@@ -105,7 +112,7 @@ impl GpuBackend {
                 )
             })?;
             self.dispatch(
-                self.key(Kernel::AttnPrefill, None),
+                self.key(Kernel::AttnPrefill, kv),
                 &params,
                 &[
                     (1, q.buffer()),

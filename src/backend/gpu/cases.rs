@@ -11,7 +11,7 @@ mod table;
 
 pub use table::{bench_cases, test_cases};
 
-use crate::backend::{AttnParams, Backend, RopeLayout, RopeParams, WeightSource};
+use crate::backend::{AttnParams, Backend, KvType, RopeLayout, RopeParams, WeightSource};
 use crate::gguf::{GgufFile, GgufWriter};
 use crate::quant::QuantType;
 use crate::Result;
@@ -45,8 +45,9 @@ pub enum Op {
         layout: RopeLayout,
         pos_start: usize,
     },
-    /// `n_q` query rows at positions `pos_start..`, against a cache of `pos_start + n_q` rows.
+    /// `n_q` query rows at positions `pos_start..`, against caches of `pos_start + n_q` rows.
     Attention {
+        kv: KvType,
         n_q: usize,
         n_heads: usize,
         n_kv_heads: usize,
@@ -56,6 +57,12 @@ pub enum Op {
         softcap: Option<f32>,
     },
     CopyRows {
+        n_rows: usize,
+        n_cols: usize,
+    },
+    /// `n_rows` new rows into a cache of `n_rows + 7` rows, from row 5 on.
+    CacheWrite {
+        kv: KvType,
         n_rows: usize,
         n_cols: usize,
     },
@@ -91,6 +98,11 @@ impl KernelCase {
     pub fn new(name: impl Into<String>, op: Op) -> Self {
         // f32 sums in another order: relative error ~1e-6 per value at most.
         let max_nmse = match op {
+            // WGSL lets an f32 → f16 conversion round either way: at most one half step
+            // (2^-10 relative) per value. (Attention inputs are exact halves, see `inputs`.)
+            Op::CacheWrite {
+                kv: KvType::F16, ..
+            } => 1e-6,
             Op::Matmul { .. } | Op::Attention { .. } => 1e-9,
             Op::Rope { .. } | Op::RmsNorm { .. } | Op::GeluMul { .. } | Op::SiluMul { .. } => 1e-10,
             _ => 1e-12,
@@ -131,6 +143,7 @@ impl KernelCase {
                 ..
             } => f * (2 * n_rows * n_heads * n_rot) as f64,
             Op::Attention {
+                kv,
                 n_q,
                 n_heads,
                 n_kv_heads,
@@ -138,10 +151,13 @@ impl KernelCase {
                 pos_start,
                 ..
             } => {
-                let kv = 2 * (pos_start + n_q) * n_kv_heads * head_dim;
-                f * (kv + 2 * n_q * n_heads * head_dim) as f64
+                let cache = 2 * (pos_start + n_q) * n_kv_heads * head_dim;
+                (cache * kv.bytes_per_value()) as f64 + f * (2 * n_q * n_heads * head_dim) as f64
             }
             Op::CopyRows { n_rows, n_cols } => f * (2 * n_rows * n_cols) as f64,
+            Op::CacheWrite { kv, n_rows, n_cols } => {
+                ((4 + kv.bytes_per_value()) * n_rows * n_cols) as f64
+            }
             Op::SiluMul { n } | Op::GeluMul { n } | Op::AddAssign { n } => f * (3 * n) as f64,
             Op::Scale { n } => f * (2 * n) as f64,
             Op::Argmax { n_rows, n_cols } => f * (n_rows * n_cols) as f64,
@@ -183,7 +199,9 @@ impl KernelCase {
             } => 3.0 * (n_rows * n_heads * n_rot) as f64,
             Op::SiluMul { n } | Op::GeluMul { n } => 5.0 * *n as f64,
             Op::AddAssign { n } | Op::Scale { n } => *n as f64,
-            Op::Embed { .. } | Op::CopyRows { .. } | Op::Argmax { .. } => 0.0,
+            Op::Embed { .. } | Op::CopyRows { .. } | Op::CacheWrite { .. } | Op::Argmax { .. } => {
+                0.0
+            }
         }
     }
 }
@@ -361,6 +379,7 @@ impl KernelCase {
                 tensors.push((1, inv_freq.len(), inv_freq));
             }
             &Op::Attention {
+                kv,
                 n_q,
                 n_heads,
                 n_kv_heads,
@@ -370,8 +389,20 @@ impl KernelCase {
             } => {
                 let n_ctx = pos_start + n_q;
                 tensors.push(tensor(&mut rng, n_q, n_heads * head_dim));
-                tensors.push(tensor(&mut rng, n_ctx, n_kv_heads * head_dim));
-                tensors.push(tensor(&mut rng, n_ctx, n_kv_heads * head_dim));
+                for _ in 0..2 {
+                    let (r, c, mut v) = tensor(&mut rng, n_ctx, n_kv_heads * head_dim);
+                    // Exact halves, so every backend's cache holds the same values whichever
+                    // way its conversion rounds: the case tests attention, not the write.
+                    if kv == KvType::F16 {
+                        v.iter_mut()
+                            .for_each(|x| *x = half::f16::from_f32(*x).to_f32());
+                    }
+                    tensors.push((r, c, v));
+                }
+            }
+            &Op::CacheWrite { n_rows, n_cols, .. } => {
+                tensors.push(tensor(&mut rng, n_rows, n_cols));
+                tensors.push(tensor(&mut rng, n_rows + 7, n_cols));
             }
             &Op::CopyRows { n_rows, n_cols } => {
                 tensors.push(tensor(&mut rng, n_rows, n_cols));
@@ -411,6 +442,8 @@ pub struct Prepared<B: Backend> {
     op: Op,
     weight: Option<B::Weight>,
     inputs: Vec<B::Tensor>,
+    /// Attention's K and V, or the cache a write goes into.
+    caches: Vec<B::Cache>,
     out: B::Tensor,
     ids: Vec<u32>,
 }
@@ -421,6 +454,17 @@ fn upload<B: Backend>(backend: &B, (r, c, v): &(usize, usize, Vec<f32>)) -> Resu
     Ok(t)
 }
 
+/// A cache of type `kv` holding `t`.
+fn upload_cache<B: Backend>(
+    backend: &B,
+    kv: KvType,
+    t: &(usize, usize, Vec<f32>),
+) -> Result<B::Cache> {
+    let mut cache = backend.cache(t.0, t.1, kv)?;
+    backend.cache_write(&upload(backend, t)?, &mut cache, 0)?;
+    Ok(cache)
+}
+
 impl<B: Backend> Prepared<B> {
     pub fn new(backend: &B, case: &KernelCase, inputs: &CaseInputs) -> Result<Self> {
         let weight = inputs
@@ -428,11 +472,23 @@ impl<B: Backend> Prepared<B> {
             .as_ref()
             .map(|w| backend.load_weight(w))
             .transpose()?;
-        let tensors = inputs
-            .tensors
+        // The inputs that are caches for this op: attention's K and V, a write's target.
+        let (n_tensors, kv) = match case.op {
+            Op::Attention { kv, .. } => (1, Some(kv)),
+            Op::CacheWrite { kv, .. } => (1, Some(kv)),
+            _ => (inputs.tensors.len(), None),
+        };
+        let tensors = inputs.tensors[..n_tensors]
             .iter()
             .map(|t| upload(backend, t))
             .collect::<Result<Vec<_>>>()?;
+        let caches = match kv {
+            Some(kv) => inputs.tensors[n_tensors..]
+                .iter()
+                .map(|t| upload_cache(backend, kv, t))
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         let (r, c) = match &case.op {
             Op::Matmul {
                 n_tokens, n_rows, ..
@@ -447,15 +503,18 @@ impl<B: Backend> Prepared<B> {
             } => (*n_q, n_heads * head_dim),
             Op::SiluMul { n } | Op::GeluMul { n } => (1, *n),
             Op::Argmax { n_rows, .. } => (*n_rows, 1),
-            // In place, or into the second input.
-            Op::Rope { .. } | Op::CopyRows { .. } | Op::AddAssign { .. } | Op::Scale { .. } => {
-                (1, 1)
-            }
+            // In place, or into the second input or the cache.
+            Op::Rope { .. }
+            | Op::CopyRows { .. }
+            | Op::CacheWrite { .. }
+            | Op::AddAssign { .. }
+            | Op::Scale { .. } => (1, 1),
         };
         Ok(Prepared {
             op: case.op.clone(),
             weight,
             inputs: tensors,
+            caches,
             out: backend.tensor(r, c)?,
             ids: inputs.ids.clone(),
         })
@@ -467,6 +526,7 @@ impl<B: Backend> Prepared<B> {
             op,
             weight,
             inputs,
+            caches,
             out,
             ids,
         } = self;
@@ -509,8 +569,9 @@ impl<B: Backend> Prepared<B> {
                     window,
                     softcap,
                 };
-                backend.attention(&inputs[0], &inputs[1], &inputs[2], &p, out)?;
+                backend.attention(&inputs[0], &caches[0], &caches[1], &p, out)?;
             }
+            Op::CacheWrite { .. } => backend.cache_write(&inputs[0], &mut caches[0], 5)?,
             &mut Op::CopyRows { n_rows, .. } => {
                 let (src, rest) = inputs.split_at_mut(1);
                 backend.copy_rows(&src[0], 1, &mut rest[0], 5, n_rows - 1)?;
@@ -534,6 +595,7 @@ impl<B: Backend> Prepared<B> {
                 backend.read(&self.inputs[0])
             }
             Op::CopyRows { .. } => backend.read(&self.inputs[1]),
+            Op::CacheWrite { .. } => backend.cache_read(&self.caches[0]),
             Op::Argmax { .. } => Ok(self
                 .run(backend)?
                 .unwrap_or_default()

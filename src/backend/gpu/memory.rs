@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::device::{human_bytes, GpuContext};
-use crate::backend::WeightSource;
+use crate::backend::{KvType, WeightSource};
 use crate::quant::QuantType;
 use crate::{Error, Result};
 
@@ -91,6 +91,25 @@ impl GpuTensor {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// One layer's keys or values: a `[n_rows, n_cols]` matrix of `kv_type` values (f16: two per
+/// word, rows of even length so a row never starts inside a word).
+pub struct GpuCache {
+    pub(crate) buf: PooledBuffer,
+    pub n_rows: usize,
+    pub n_cols: usize,
+    pub kv_type: KvType,
+}
+
+impl GpuCache {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buf.buffer()
+    }
+    /// Bytes of `n` values.
+    pub fn bytes_of(&self, n: usize) -> u64 {
+        (n * self.kv_type.bytes_per_value()) as u64
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 pub use attention::{DECODE_MAX_ROWS, MAX_HEAD_DIM};
 pub use device::{list_adapters, AdapterSummary};
-pub use memory::{GpuTensor, GpuWeight};
+pub use memory::{GpuCache, GpuTensor, GpuWeight};
 pub use ops::MATVEC_MAX_TOKENS;
 pub use recorder::{PassTime, SyncStats};
 pub use shaders::{Kernel, PipelineKey, ShaderFeatures};

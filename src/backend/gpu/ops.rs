@@ -1,12 +1,14 @@
 //! `Backend` for `GpuBackend`: each op checks shapes with the shared rules (`backend::shapes`),
 //! fills its uniform struct and records a dispatch. Attention lives in `attention.rs`.
 
-use super::memory::{buffer_size, pooled_buffer, upload_weight, GpuTensor, GpuWeight};
-use super::params::{ArgmaxParams, EltParams, EmbedParams, MatParams, NormParams, RopeParams};
+use super::memory::{buffer_size, pooled_buffer, upload_weight, GpuCache, GpuTensor, GpuWeight};
+use super::params::{
+    ArgmaxParams, EltParams, EmbedParams, KvWriteParams, MatParams, NormParams, RopeParams,
+};
 use super::shaders::{Kernel, PipelineKey};
 use super::GpuBackend;
 use crate::backend::shapes::{self, check};
-use crate::backend::{AttnParams, Backend, RopeLayout, WeightSource};
+use crate::backend::{AttnParams, Backend, KvType, RopeLayout, WeightSource};
 use crate::quant::QuantType;
 use crate::{Error, Result};
 
@@ -57,6 +59,7 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     type Tensor = GpuTensor;
     type Weight = GpuWeight;
+    type Cache = GpuCache;
 
     fn name(&self) -> String {
         let s = &self.ctx.summary;
@@ -125,6 +128,86 @@ impl Backend for GpuBackend {
             dst_row as u64 * row,
             n as u64 * row,
         )
+    }
+
+    fn cache(&self, n_ctx: usize, width: usize, ty: KvType) -> Result<GpuCache> {
+        check(
+            "cache",
+            ty != KvType::F16 || width.is_multiple_of(2),
+            || format!("an f16 cache needs rows of even length, not {width}; use f32"),
+        )?;
+        let bytes = n_ctx
+            .checked_mul(width)
+            .and_then(|n| n.checked_mul(ty.bytes_per_value()))
+            .ok_or_else(|| Error::shape("cache", format!("[{n_ctx}, {width}] overflows")))?;
+        let (buf, recycled) = pooled_buffer(
+            &self.ctx,
+            &self.pool,
+            "KV cache",
+            (bytes as u64).next_multiple_of(4).max(16),
+        )?;
+        if recycled {
+            self.record_clear(buf.buffer())?;
+        }
+        Ok(GpuCache {
+            buf,
+            n_rows: n_ctx,
+            n_cols: width,
+            kv_type: ty,
+        })
+    }
+
+    fn cache_shape(&self, c: &GpuCache) -> (usize, usize) {
+        (c.n_rows, c.n_cols)
+    }
+
+    fn cache_write(&self, src: &GpuTensor, cache: &mut GpuCache, dst_row: usize) -> Result<()> {
+        shapes::cache_write(self.shape(src), self.cache_shape(cache), dst_row)?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        let first = dst_row * cache.n_cols;
+        match cache.kv_type {
+            KvType::F32 => self.record_copy(
+                src.buffer(),
+                0,
+                cache.buffer(),
+                cache.bytes_of(first),
+                cache.bytes_of(src.len()),
+            ),
+            KvType::F16 => {
+                // Rows are even (checked at creation), so pairs never straddle rows.
+                let n_words = src.len() / 2;
+                let params = KvWriteParams {
+                    n_words: u32_of("cache_write", n_words)?,
+                    dst_word: u32_of("cache_write", first / 2)?,
+                    ..Default::default()
+                };
+                let (gx, gy) = self.ctx.grid(u32_of("cache_write", n_words.div_ceil(WG))?);
+                self.dispatch(
+                    self.key(Kernel::KvWriteF16, None),
+                    &params,
+                    &[(1, src.buffer()), (3, cache.buffer())],
+                    (gx, gy, 1),
+                )
+            }
+        }
+    }
+
+    fn cache_read(&self, c: &GpuCache) -> Result<Vec<f32>> {
+        let n = c.n_rows * c.n_cols;
+        if n == 0 {
+            self.flush()?;
+            return Ok(Vec::new());
+        }
+        let bytes = self.read_bytes(c.buffer(), 0, c.bytes_of(n).next_multiple_of(4))?;
+        Ok(match c.kv_type {
+            KvType::F32 => bytemuck::pod_collect_to_vec(&bytes[..n * 4]),
+            KvType::F16 => bytes[..n * 2]
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        })
     }
 
     fn embed(&self, table: &GpuWeight, ids: &[u32], out: &mut GpuTensor) -> Result<()> {
@@ -284,8 +367,8 @@ impl Backend for GpuBackend {
     fn attention(
         &self,
         q: &GpuTensor,
-        k_cache: &GpuTensor,
-        v_cache: &GpuTensor,
+        k_cache: &GpuCache,
+        v_cache: &GpuCache,
         p: &AttnParams,
         out: &mut GpuTensor,
     ) -> Result<()> {

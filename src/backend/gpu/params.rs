@@ -124,8 +124,18 @@ uniform_struct!(
     }
 );
 
+uniform_struct!(
+    /// kv_write.wgsl.
+    KvWriteParams {
+        n_words: u32,
+        dst_word: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+);
+
 /// Every uniform struct, for the layout test.
-pub const ALL_LAYOUTS: [UniformLayout; 7] = [
+pub const ALL_LAYOUTS: [UniformLayout; 8] = [
     MatParams::LAYOUT,
     EmbedParams::LAYOUT,
     NormParams::LAYOUT,
@@ -133,4 +143,5 @@ pub const ALL_LAYOUTS: [UniformLayout; 7] = [
     AttnParams::LAYOUT,
     EltParams::LAYOUT,
     ArgmaxParams::LAYOUT,
+    KvWriteParams::LAYOUT,
 ];

@@ -3,6 +3,7 @@
 //! (feature switch, helpers, reduction, block format, kernel): WGSL is never written from Rust
 //! strings. Pipelines are keyed by `PipelineKey`, a typed key. Nothing here knows about devices.
 
+use crate::backend::KvType;
 use crate::quant::QuantType;
 use crate::{Error, Result};
 
@@ -76,6 +77,8 @@ pub static FILES: &[(&str, &str)] = &[
         "quant/q6_k.wgsl",
         include_str!("../../../shaders/quant/q6_k.wgsl"),
     ),
+    ("kv/f32.wgsl", include_str!("../../../shaders/kv/f32.wgsl")),
+    ("kv/f16.wgsl", include_str!("../../../shaders/kv/f16.wgsl")),
     ("matvec.wgsl", include_str!("../../../shaders/matvec.wgsl")),
     ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
     ("embed.wgsl", include_str!("../../../shaders/embed.wgsl")),
@@ -97,7 +100,14 @@ pub static FILES: &[(&str, &str)] = &[
         include_str!("../../../shaders/elementwise.wgsl"),
     ),
     ("argmax.wgsl", include_str!("../../../shaders/argmax.wgsl")),
+    (
+        "kv_write.wgsl",
+        include_str!("../../../shaders/kv_write.wgsl"),
+    ),
 ];
+
+/// The cache file of each KV cache type: one row per type, each file defining `k_at`, `v_at`.
+static KV_FILES: &[(KvType, &str)] = &[(KvType::F32, "kv/f32.wgsl"), (KvType::F16, "kv/f16.wgsl")];
 
 /// The block-format file of each quant type: one row per type, each file defining `deq8`.
 static QUANT_FILES: &[(QuantType, &str)] = &[
@@ -130,6 +140,7 @@ pub enum Kernel {
     AddAssign,
     Scale,
     Argmax,
+    KvWriteF16,
 }
 
 /// How a kernel accesses one of its storage buffers.
@@ -155,13 +166,15 @@ struct KernelDef {
     quant: bool,
     /// Uses the workgroup reductions (`wg_sum`, `wg_max`).
     reduce: bool,
+    /// Reads a KV cache: needs a cache file.
+    kv: bool,
     storage: &'static [(u32, Access)],
 }
 
 use Access::{Read as R, ReadWrite as RW};
 
 impl Kernel {
-    pub const ALL: [Kernel; 13] = [
+    pub const ALL: [Kernel; 14] = [
         Kernel::Matvec,
         Kernel::Matmul,
         Kernel::Embed,
@@ -175,6 +188,7 @@ impl Kernel {
         Kernel::AddAssign,
         Kernel::Scale,
         Kernel::Argmax,
+        Kernel::KvWriteF16,
     ];
 
     fn def(self) -> KernelDef {
@@ -188,6 +202,7 @@ impl Kernel {
             bool,
             &'static [(u32, Access)],
         );
+        let kv = self.reads_cache();
         let (file, entry, quant, reduce, storage): Def = match self {
             Kernel::Matvec => ("matvec.wgsl", "matvec", true, true, IN_IN_OUT),
             Kernel::Matmul => ("matmul.wgsl", "matmul", true, false, IN_IN_OUT),
@@ -226,14 +241,31 @@ impl Kernel {
             ),
             Kernel::Scale => ("elementwise.wgsl", "scale", false, false, &[(3, RW)]),
             Kernel::Argmax => ("argmax.wgsl", "argmax", false, false, &[(1, R), (2, RW)]),
+            Kernel::KvWriteF16 => (
+                "kv_write.wgsl",
+                "kv_write_f16",
+                false,
+                false,
+                &[(1, R), (3, RW)],
+            ),
         };
         KernelDef {
             file,
             entry,
             quant,
             reduce,
+            kv,
             storage,
         }
+    }
+
+    /// Whether the kernel's module includes a KV cache file, so its key must name a cache
+    /// type. (`attn_combine` reads no cache but shares its file with `attn_split`.)
+    pub fn reads_cache(self) -> bool {
+        matches!(
+            self,
+            Kernel::AttnSplit | Kernel::AttnCombine | Kernel::AttnPrefill
+        )
     }
 
     pub fn entry_point(self) -> &'static str {
@@ -284,7 +316,8 @@ impl ShaderFeatures {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
     pub kernel: Kernel,
-    /// The weight's block format, for kernels that read weights.
+    /// The weight's block format, for kernels that read weights; the cache's element type
+    /// (F32 or F16), for kernels that read a KV cache.
     pub quant: Option<QuantType>,
     pub features: ShaderFeatures,
 }
@@ -310,6 +343,9 @@ impl PipelineKey {
             }
             files.push("common/weights.wgsl");
             files.push(quant_file(qt)?);
+        }
+        if def.kv {
+            files.push(kv_file(self.quant)?);
         }
         if def.reduce {
             files.push(if self.features.subgroups {
@@ -360,6 +396,14 @@ pub fn file(path: &str) -> Result<&'static str> {
         .ok_or_else(|| Error::Gpu(format!("no shader file {path} in the table")))
 }
 
+fn kv_file(qt: Option<QuantType>) -> Result<&'static str> {
+    KV_FILES
+        .iter()
+        .find(|(t, _)| Some(t.qtype()) == qt)
+        .map(|(_, p)| *p)
+        .ok_or_else(|| Error::Gpu(format!("no KV cache file for {qt:?}")))
+}
+
 fn quant_file(qt: QuantType) -> Result<&'static str> {
     QUANT_FILES
         .iter()
@@ -376,8 +420,15 @@ pub fn all_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for features in ShaderFeatures::ALL {
         for kernel in Kernel::ALL {
-            if kernel.reads_weights() {
-                for qt in QuantType::ALL {
+            let formats: Vec<QuantType> = if kernel.reads_weights() {
+                QuantType::ALL.to_vec()
+            } else if kernel.reads_cache() {
+                KV_FILES.iter().map(|(t, _)| t.qtype()).collect()
+            } else {
+                Vec::new()
+            };
+            if !formats.is_empty() {
+                for qt in formats {
                     keys.push(PipelineKey {
                         kernel,
                         quant: Some(qt),

@@ -2,7 +2,7 @@
 //! Llama 3 8B) for the benchmark.
 
 use super::{KernelCase, Op};
-use crate::backend::RopeLayout;
+use crate::backend::{KvType, RopeLayout};
 use crate::quant::QuantType;
 
 /// Matmul rows of the test cases: not a multiple of the matvec (4) or matmul (64) row tiles.
@@ -113,18 +113,21 @@ pub fn test_cases() -> Vec<KernelCase> {
         if let Some(c) = softcap {
             name += &format!(" softcap {c}");
         }
-        v.push(KernelCase::new(
-            name,
-            Op::Attention {
-                n_q,
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                pos_start,
-                window,
-                softcap,
-            },
-        ));
+        for kv in [KvType::F32, KvType::F16] {
+            v.push(KernelCase::new(
+                format!("{name} {kv} cache"),
+                Op::Attention {
+                    kv,
+                    n_q,
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                    pos_start,
+                    window,
+                    softcap,
+                },
+            ));
+        }
     }
     v.push(KernelCase::new(
         "copy_rows 9 of 10x100",
@@ -133,6 +136,14 @@ pub fn test_cases() -> Vec<KernelCase> {
             n_cols: 100,
         },
     ));
+    for kv in [KvType::F32, KvType::F16] {
+        for (n_rows, n_cols) in [(1, 192), (70, 384), (3, 2)] {
+            v.push(KernelCase::new(
+                format!("cache_write {kv} {n_rows}x{n_cols}"),
+                Op::CacheWrite { kv, n_rows, n_cols },
+            ));
+        }
+    }
     for n in [1000, 70_001] {
         v.push(KernelCase::new(format!("silu_mul {n}"), Op::SiluMul { n }));
         v.push(KernelCase::new(format!("gelu_mul {n}"), Op::GeluMul { n }));
@@ -170,14 +181,16 @@ pub fn bench_cases(quick: bool) -> Vec<KernelCase> {
     };
     let attention = |v: &mut Vec<KernelCase>,
                      what: &str,
+                     kv: KvType,
                      n_q,
                      n_heads,
                      n_kv_heads,
                      head_dim,
                      n_ctx| {
         v.push(KernelCase::new(
-            format!("{what} attention {n_q} rows {n_heads}/{n_kv_heads} heads of {head_dim}, ctx {n_ctx}"),
+            format!("{what} attention {n_q} rows {n_heads}/{n_kv_heads} heads of {head_dim}, ctx {n_ctx}, {kv} cache"),
             Op::Attention {
+                kv,
                 n_q,
                 n_heads,
                 n_kv_heads,
@@ -196,7 +209,15 @@ pub fn bench_cases(quick: bool) -> Vec<KernelCase> {
     matmul(&mut v, "smollm2 ffn_up", q, 1, 1536, 576);
     matmul(&mut v, "smollm2 ffn_down", q, 1, 576, 1536);
     matmul(&mut v, "smollm2 output", QuantType::Q8_0, 1, 49_152, 576);
-    attention(&mut v, "smollm2", 1, 9, 3, 64, 512);
+    attention(&mut v, "smollm2", KvType::F16, 1, 9, 3, 64, 512);
+    v.push(KernelCase::new(
+        "smollm2 cache_write f16 1x192",
+        Op::CacheWrite {
+            kv: KvType::F16,
+            n_rows: 1,
+            n_cols: 192,
+        },
+    ));
     v.push(KernelCase::new(
         "smollm2 rms_norm 1x576",
         Op::RmsNorm {
@@ -243,7 +264,16 @@ pub fn bench_cases(quick: bool) -> Vec<KernelCase> {
     // SmolLM2 prompt processing.
     let n_prompt = if quick { 64 } else { 512 };
     matmul(&mut v, "smollm2 prefill ffn_up", q, n_prompt, 1536, 576);
-    attention(&mut v, "smollm2 prefill", n_prompt, 9, 3, 64, n_prompt);
+    attention(
+        &mut v,
+        "smollm2 prefill",
+        KvType::F16,
+        n_prompt,
+        9,
+        3,
+        64,
+        n_prompt,
+    );
 
     // Llama 3 8B.
     let formats: &[QuantType] = if quick {
@@ -271,7 +301,9 @@ pub fn bench_cases(quick: bool) -> Vec<KernelCase> {
         &[512, 4096, 32_768]
     };
     for &n_ctx in contexts {
-        attention(&mut v, "llama8b", 1, 32, 8, 128, n_ctx);
+        for kv in [KvType::F16, KvType::F32] {
+            attention(&mut v, "llama8b", kv, 1, 32, 8, 128, n_ctx);
+        }
     }
     if !quick {
         matmul(
@@ -282,7 +314,7 @@ pub fn bench_cases(quick: bool) -> Vec<KernelCase> {
             4096,
             4096,
         );
-        attention(&mut v, "llama8b prefill", 512, 32, 8, 128, 512);
+        attention(&mut v, "llama8b prefill", KvType::F16, 512, 32, 8, 128, 512);
     }
     v
 }
