@@ -78,6 +78,16 @@ pub struct Engine {
 
 impl Engine {
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Engine> {
+        Self::load_with_progress(path, opts, &mut |_, _| {})
+    }
+
+    /// `load`, reporting `(bytes_done, bytes_total)` of the weights a GPU copies to its memory
+    /// (the CPU reads them in place from the mapping and reports nothing).
+    pub fn load_with_progress(
+        path: &Path,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Engine> {
         let t0 = Instant::now();
         let gguf = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
@@ -87,7 +97,7 @@ impl Engine {
             .num_ctx
             .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
         let device = opts.device.resolve();
-        let runner = make_runner(device, &gguf, spec, n_ctx, opts.kv_type)?;
+        let runner = make_runner(device, &gguf, spec, n_ctx, opts.kv_type, progress)?;
         Ok(Engine {
             tokenizer,
             config,
@@ -138,7 +148,8 @@ impl Engine {
             if n != self.runner.n_ctx() {
                 let spec = Arch::from_gguf(&self.gguf)?.spec(&self.gguf)?;
                 let kv_type = self.runner.kv_type();
-                self.runner = make_runner(self.device, &self.gguf, spec, n, kv_type)?;
+                self.runner =
+                    make_runner(self.device, &self.gguf, spec, n, kv_type, &mut |_, _| {})?;
             }
         }
         let n_ctx = self.runner.n_ctx();
@@ -221,6 +232,7 @@ fn make_runner(
     spec: crate::model::transformer::ModelSpec,
     n_ctx: usize,
     kv_type: KvType,
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Box<dyn Runner>> {
     match device {
         Device::Cpu | Device::Auto => {
@@ -233,7 +245,7 @@ fn make_runner(
                 adapter,
                 ..Default::default()
             })?;
-            let model = Model::load(&backend, gguf, spec)?;
+            let model = Model::load_with_progress(&backend, gguf, spec, progress)?;
             Ok(Box::new(Session::new(backend, model, n_ctx, kv_type)?))
         }
     }

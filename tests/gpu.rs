@@ -506,6 +506,29 @@ fn a_decode_step_waits_for_the_device_once() {
     }
 }
 
+/// A GPU load reports its upload; a CPU load copies nothing and reports nothing.
+#[test]
+fn engine_reports_upload_progress_on_the_gpu_only() {
+    use hearth::engine::{Device, Engine, LoadOptions};
+    if gpu(GpuConfig::default()).is_none() {
+        return;
+    }
+    let path = data("nano/nano-llama.gguf");
+    let mut load = |device| {
+        let mut last = None;
+        let opts = LoadOptions {
+            device,
+            ..Default::default()
+        };
+        Engine::load_with_progress(&path, &opts, &mut |done, total| last = Some((done, total)))
+            .unwrap();
+        last
+    };
+    let (done, total) = load(Device::Gpu(None)).expect("GPU progress");
+    assert!(done == total && total > 0);
+    assert_eq!(load(Device::Cpu), None);
+}
+
 /// `hearth bench model --device gpu` measures through the same function.
 #[test]
 fn model_bench_runs_on_the_gpu() {

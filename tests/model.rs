@@ -147,3 +147,21 @@ fn gemma3_with_f16_cache_matches_transformers() {
         check_golden("gemma3", &p, KvType::F16);
     }
 }
+
+/// Loading reports bytes after every layer and ends at the total, which counts every tensor.
+#[test]
+fn load_reports_progress_per_layer() {
+    let f = GgufFile::open(data("nano/nano-llama.gguf")).unwrap();
+    let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
+    let n_layers = spec.config.n_layers;
+    let mut calls = Vec::new();
+    Model::load_with_progress(&CpuBackend::new(), &f, spec, &mut |done, total| {
+        calls.push((done, total))
+    })
+    .unwrap();
+    let total: u64 = f.tensors().iter().map(|t| t.n_bytes as u64).sum();
+    assert_eq!(calls.len(), n_layers + 1, "{calls:?}");
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0), "{calls:?}");
+    assert!(calls.iter().all(|&(_, t)| t == total));
+    assert_eq!(calls.last(), Some(&(total, total)));
+}

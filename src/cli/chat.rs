@@ -14,6 +14,8 @@ use hearth::generate::{DoneReason, GenerateOptions, GenerateStats};
 use hearth::store::Model;
 use hearth::tokenizer::{template_for, ChatTemplate, Message};
 
+use super::progress;
+
 /// Set while an answer is being generated: Ctrl+C then cancels it instead of exiting.
 static GENERATING: AtomicBool = AtomicBool::new(false);
 /// Polled by the engine between tokens.
@@ -65,8 +67,16 @@ pub struct Chat {
 impl Chat {
     pub fn load(model: Model, options: GenerateOptions, load: &LoadOptions) -> Result<Chat> {
         let t0 = Instant::now();
-        let engine = Engine::load(&model.model_path, load)
-            .with_context(|| format!("cannot load {}", model.name))?;
+        let bar = progress::bytes_bar("loading onto the GPU");
+        let engine = Engine::load_with_progress(&model.model_path, load, &mut |done, total| {
+            // Small models load in a blink; a bar would only flicker.
+            if total >= progress::LARGE_MODEL_BYTES {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+        })
+        .with_context(|| format!("cannot load {}", model.name))?;
+        bar.finish_and_clear();
         let load_time = t0.elapsed();
         let template = match &model.template {
             Some(source) => ChatTemplate::new(

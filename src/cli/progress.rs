@@ -3,6 +3,9 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Models at least this large show a bar while their weights are copied to a GPU.
+pub const LARGE_MODEL_BYTES: u64 = 256 << 20;
+
 /// A byte-count bar labelled `label`; the store sets its length.
 pub fn bytes_bar(label: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);

@@ -149,7 +149,28 @@ fn check_dims<B: Backend>(
 impl<B: Backend> Model<B> {
     /// Loads the tensors `spec` names onto `backend`, checking every shape.
     pub fn load(backend: &B, f: &GgufFile, spec: ModelSpec) -> Result<Self> {
+        Self::load_with_progress(backend, f, spec, &mut |_, _| {})
+    }
+
+    /// `load`, calling `progress(bytes_done, bytes_total)` after each layer and at the end:
+    /// a GPU copies every weight, which takes seconds for a large model.
+    pub fn load_with_progress(
+        backend: &B,
+        f: &GgufFile,
+        spec: ModelSpec,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
         let c = &spec.config;
+        let total: u64 = f.tensors().iter().map(|t| t.n_bytes as u64).sum();
+        let layer_bytes = |i: usize| -> u64 {
+            let prefix = format!("blk.{i}.");
+            f.tensors()
+                .iter()
+                .filter(|t| t.name.starts_with(&prefix))
+                .map(|t| t.n_bytes as u64)
+                .sum()
+        };
+        let mut done = 0;
         let (d, q_dim, kv_dim) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let mut layers = Vec::with_capacity(c.n_layers);
         for (i, ls) in spec.layers.iter().enumerate() {
@@ -174,6 +195,8 @@ impl<B: Backend> Model<B> {
                 ffn_down: check_dims(backend, f, &t("ffn_down"), d, c.n_ff)?,
                 post_ffw_norm: opt(ls.post_norms, "post_ffw_norm", d)?,
             });
+            done += layer_bytes(i);
+            progress(done, total);
         }
         let output = match f.tensor("output.weight") {
             Some(_) => Some(check_dims(backend, f, "output.weight", c.n_vocab, d)?),
@@ -185,9 +208,12 @@ impl<B: Backend> Model<B> {
             backend.write(&mut t, &v)?;
             Ok(t)
         };
+        let token_embd = check_dims(backend, f, "token_embd.weight", c.n_vocab, d)?;
+        let output_norm = check_dims(backend, f, "output_norm.weight", 1, d)?;
+        progress(total, total);
         Ok(Model {
-            token_embd: check_dims(backend, f, "token_embd.weight", c.n_vocab, d)?,
-            output_norm: check_dims(backend, f, "output_norm.weight", 1, d)?,
+            token_embd,
+            output_norm,
             output,
             layers,
             inv_freq: freq_tensor(c.rope_base)?,
