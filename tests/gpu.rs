@@ -514,7 +514,7 @@ fn engine_reports_upload_progress_on_the_gpu_only() {
         return;
     }
     let path = data("nano/nano-llama.gguf");
-    let mut load = |device| {
+    let load = |device| {
         let mut last = None;
         let opts = LoadOptions {
             device,
