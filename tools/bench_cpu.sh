@@ -3,20 +3,24 @@
 # VM's minute-to-minute drift hits both alike (see ../shared/NOTES.md).
 #
 #   tools/bench_cpu.sh MODEL.gguf [ROUNDS]
+#   PROMPT=64 GEN=16 tools/bench_cpu.sh llama8b-q4_k.gguf 2   # smaller tests for big models
 #
 # Needs: target/release/hearth (cargo build --release) and the peer's llama-bench at
 # $LLAMA_BENCH (default ./peer/build/bin/llama-bench; build it with
-# ../shared/tools/build-llama-cpp-peer.sh ./peer). Both run pp512 and tg128 with 2 threads.
+# ../shared/tools/build-llama-cpp-peer.sh ./peer). Both run pp$PROMPT and tg$GEN (default 512
+# and 128) with 2 threads and an f16 KV cache (both engines' default).
 set -euo pipefail
 model="$1"
 rounds="${2:-3}"
 hearth="${HEARTH:-./target/release/hearth}"
 llama_bench="${LLAMA_BENCH:-./peer/build/bin/llama-bench}"
 threads="${THREADS:-2}"
+prompt="${PROMPT:-512}"
+gen="${GEN:-128}"
 
 for ((i = 1; i <= rounds; i++)); do
   echo "== round $i"
-  RAYON_NUM_THREADS="$threads" "$hearth" bench model "$model" -p 512 -n 128 -r 1 --json
-  "$llama_bench" -m "$model" -t "$threads" -p 512 -n 128 -r 1 -o json 2>/dev/null |
+  RAYON_NUM_THREADS="$threads" "$hearth" bench model "$model" -p "$prompt" -n "$gen" -r 1 --json
+  "$llama_bench" -m "$model" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o json 2>/dev/null |
     python3 -c 'import json,sys; [print(json.dumps({"test": ("pp%d" % r["n_prompt"]) if r["n_prompt"] else ("tg%d" % r["n_gen"]), "tokens_per_s": r["avg_ts"]})) for r in json.load(sys.stdin)]'
 done

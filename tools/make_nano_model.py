@@ -48,10 +48,19 @@ TRAIN_TEXT below, pre-split with GPT-2's regex; no merge involves a digit, so
 the `smollm` pre-tokenizer (digits split one by one) and GPT-2's regex give
 the same ids. add_bos_token false; a ChatML `tokenizer.chat_template`.
 
+--llama8b PATH writes a speed fixture instead (not a test file: 4.7 GB): a
+model shaped like Llama 3 8B (32 layers, embedding 4096, 32 heads and 8 KV
+heads of 128, FFN 14336, vocabulary 128256 -- the nano tokenizer padded with
+reserved control tokens) in Q4_K, output Q6_K as llama.cpp's Q4_K_M has it,
+norms F32. Random K-quant blocks as above; one layer's blocks are written 32
+times (speed does not depend on the values), so it takes seconds to make. Both
+Hearth and llama.cpp load it, so their tokens/s compare on the same file.
+
 Usage (from the repository root, in the tools venv, see tools/README.md):
 
     .venv-tools/bin/python tools/make_nano_model.py            # nano-llama.gguf
     .venv-tools/bin/python tools/make_nano_model.py --llama3   # nano-llama3.gguf
+    .venv-tools/bin/python tools/make_nano_model.py --llama8b /tmp/llama8b-q4_k.gguf
 """
 
 from __future__ import annotations
@@ -363,11 +372,90 @@ def build(llama3: bool) -> Path:
     return path
 
 
+def build_llama8b(path: Path) -> Path:
+    """The Llama-3-8B-shaped Q4_K speed fixture (see the module docstring)."""
+    n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab = 32, 4096, 32, 8, 128, 14336, 128256
+    rng = np.random.default_rng(20251125)
+    tokens, types, merges = build_vocab()
+    n_pad = n_vocab - len(tokens)
+    tokens = tokens + [f"<|reserved_special_token_{i}|>" for i in range(n_pad)]
+    types = types + [gguf.TokenType.CONTROL] * n_pad
+
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_name("llama8b-shaped-q4_k")
+    w.add_description("Random-weight speed fixture shaped like Llama 3 8B, written by "
+                      "tools/make_nano_model.py --llama8b; not a trained model.")
+    w.add_block_count(n_layer)
+    w.add_context_length(8192)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(500000.0)
+    w.add_layer_norm_rms_eps(RMS_EPS)
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(BOS_ID)
+    w.add_eos_token_id(EOS_ID)
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+    def blocks(qtype: QT, shape: tuple[int, int], std: float) -> np.ndarray:
+        block_size, _ = gguf.GGML_QUANT_SIZES[qtype]
+        probe = random_kquant_blocks(np.random.default_rng(0), qtype, 4096, 1.0)
+        unit_std = float(dequantize(probe, qtype).std())
+        raw = random_kquant_blocks(rng, qtype, shape[0] * shape[1] // block_size, std / unit_std)
+        return raw.reshape(shape[0], -1)
+
+    shapes = dict(attn_q=(n_head * head_dim, n_embd), attn_k=(n_head_kv * head_dim, n_embd),
+                  attn_v=(n_head_kv * head_dim, n_embd), attn_output=(n_embd, n_head * head_dim),
+                  ffn_gate=(n_ff, n_embd), ffn_up=(n_ff, n_embd), ffn_down=(n_embd, n_ff))
+    layer = {t: blocks(QT.Q4_K, shape, 0.04) for t, shape in shapes.items()}
+    norm = np.ones(n_embd, dtype=np.float32)
+
+    def add(name: str, data: np.ndarray, qtype: QT) -> None:
+        if qtype == QT.F32:
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qtype)
+
+    add("token_embd.weight", blocks(QT.Q4_K, (n_vocab, n_embd), 0.04), QT.Q4_K)
+    for i in range(n_layer):
+        add(f"blk.{i}.attn_norm.weight", norm, QT.F32)
+        for t in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            add(f"blk.{i}.{t}.weight", layer[t], QT.Q4_K)
+        add(f"blk.{i}.ffn_norm.weight", norm, QT.F32)
+        for t in ("ffn_gate", "ffn_up", "ffn_down"):
+            add(f"blk.{i}.{t}.weight", layer[t], QT.Q4_K)
+    add("output_norm.weight", norm, QT.F32)
+    add("output.weight", blocks(QT.Q6_K, (n_vocab, n_embd), 0.2), QT.Q6_K)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file(progress=True)
+    w.close()
+    print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB)")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama3", action="store_true", help="write nano-llama3.gguf (llama3 RoPE scaling, tied output, Q8_0)")
+    ap.add_argument("--llama8b", type=Path, metavar="PATH",
+                    help="write the Llama-3-8B-shaped Q4_K speed fixture to PATH instead")
     args = ap.parse_args()
-    build(args.llama3)
+    if args.llama8b:
+        build_llama8b(args.llama8b)
+    else:
+        build(args.llama3)
 
 
 if __name__ == "__main__":
