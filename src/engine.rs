@@ -65,6 +65,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// Element type of the KV cache (f16 unless the user asks for f32).
     pub kv_type: KvType,
+    /// CPU: keep decode activations in f32 instead of 8 bits (slower; matches an f32
+    /// reference to rounding order).
+    pub exact: bool,
 }
 
 pub struct Engine {
@@ -73,7 +76,8 @@ pub struct Engine {
     pub gguf: GgufFile,
     pub load_time: Duration,
     runner: Box<dyn Runner>,
-    device: Device,
+    /// How it was loaded (the device resolved), to rebuild the runner for a new `num_ctx`.
+    load: LoadOptions,
 }
 
 impl Engine {
@@ -96,15 +100,18 @@ impl Engine {
         let n_ctx = opts
             .num_ctx
             .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
-        let device = opts.device.resolve();
-        let runner = make_runner(device, &gguf, spec, n_ctx, opts.kv_type, progress)?;
+        let load = LoadOptions {
+            device: opts.device.resolve(),
+            ..opts.clone()
+        };
+        let runner = make_runner(&gguf, spec, n_ctx, &load, progress)?;
         Ok(Engine {
             tokenizer,
             config,
             load_time: t0.elapsed(),
             gguf,
             runner,
-            device,
+            load,
         })
     }
 
@@ -147,9 +154,7 @@ impl Engine {
         if let Some(n) = opts.num_ctx {
             if n != self.runner.n_ctx() {
                 let spec = Arch::from_gguf(&self.gguf)?.spec(&self.gguf)?;
-                let kv_type = self.runner.kv_type();
-                self.runner =
-                    make_runner(self.device, &self.gguf, spec, n, kv_type, &mut |_, _| {})?;
+                self.runner = make_runner(&self.gguf, spec, n, &self.load, &mut |_, _| {})?;
             }
         }
         let n_ctx = self.runner.n_ctx();
@@ -227,16 +232,19 @@ impl Engine {
 }
 
 fn make_runner(
-    device: Device,
     gguf: &GgufFile,
     spec: crate::model::transformer::ModelSpec,
     n_ctx: usize,
-    kv_type: KvType,
+    opts: &LoadOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Box<dyn Runner>> {
-    match device {
+    let kv_type = opts.kv_type;
+    match opts.device {
         Device::Cpu | Device::Auto => {
-            let backend = CpuBackend::new();
+            let backend = match opts.exact {
+                true => CpuBackend::exact(),
+                false => CpuBackend::new(),
+            };
             let model = Model::load(&backend, gguf, spec)?;
             Ok(Box::new(Session::new(backend, model, n_ctx, kv_type)?))
         }

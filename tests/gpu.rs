@@ -232,7 +232,7 @@ fn check_case(gpu: &GpuBackend, cpu: &CpuBackend, case: &KernelCase) -> Result<(
 
 /// Checks every case, reporting all failures at once.
 fn check_cases<'a>(gpu: &GpuBackend, cases: impl IntoIterator<Item = &'a KernelCase>) {
-    let cpu = CpuBackend::new();
+    let cpu = CpuBackend::exact();
     let mut n = 0;
     let failures: Vec<String> = cases
         .into_iter()
@@ -450,7 +450,7 @@ fn same_greedy_tokens(path: &std::path::Path, kv_type: KvType) {
     let Some(gpu) = gpu(GpuConfig::default()) else {
         return;
     };
-    let cpu = CpuBackend::new();
+    let cpu = CpuBackend::exact();
     let f = GgufFile::open(path).unwrap();
     let prompt = [1u32, 9, 42, 7, 300];
     fn decode<B: Backend>(b: &B, f: &GgufFile, prompt: &[u32], kv: KvType) -> Vec<u32> {

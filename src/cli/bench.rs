@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 
 use hearth::backend::cpu::CpuBackend;
 use hearth::backend::gpu::{GpuBackend, GpuConfig};
-use hearth::backend::{Backend, KvType};
-use hearth::engine::Device;
+use hearth::backend::Backend;
+use hearth::engine::{Device, LoadOptions};
 use hearth::store::Store;
 
 use super::{model_name, Globals, PlacementArgs};
@@ -64,8 +64,7 @@ pub struct ModelBench {
     n_gen: usize,
     reps: usize,
     json: bool,
-    device: Device,
-    kv_type: KvType,
+    load: LoadOptions,
 }
 
 impl BenchArgs {
@@ -81,10 +80,12 @@ impl BenchArgs {
             let store: Store = globals.open_store()?;
             store.load(&model_name(&a.model)?)?.model_path
         };
-        let (device, kv_type) = a.placement.resolve(globals)?;
+        let load = a.placement.resolve(globals)?;
         Ok(BenchCommand::Model(ModelBench {
-            device: device.resolve(),
-            kv_type,
+            load: LoadOptions {
+                device: load.device.resolve(),
+                ..load
+            },
             path,
             n_prompt: a.n_prompt,
             n_gen: a.n_gen,
@@ -99,7 +100,7 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Model(m) => m,
         BenchCommand::Kernels(k) => return super::kernel_bench::execute(k),
     };
-    let r = match cmd.device {
+    let r = match cmd.load.device {
         Device::Gpu(adapter) => {
             let backend = GpuBackend::new(GpuConfig {
                 adapter,
@@ -107,6 +108,7 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
             })?;
             bench_on(&backend, &cmd)?
         }
+        Device::Cpu | Device::Auto if cmd.load.exact => bench_on(&CpuBackend::exact(), &cmd)?,
         Device::Cpu | Device::Auto => bench_on(&CpuBackend::new(), &cmd)?,
     };
     if cmd.json {
@@ -138,6 +140,6 @@ fn bench_on<B: Backend>(backend: &B, cmd: &ModelBench) -> Result<hearth::bench::
         cmd.n_prompt,
         cmd.n_gen,
         cmd.reps,
-        cmd.kv_type,
+        cmd.load.kv_type,
     )?)
 }

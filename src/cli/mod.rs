@@ -28,7 +28,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use hearth::backend::KvType;
-use hearth::engine::Device;
+use hearth::engine::{Device, LoadOptions};
 use hearth::store::Store;
 
 const EXAMPLES: &str = "\
@@ -186,11 +186,14 @@ pub struct PlacementArgs {
     /// KV cache element type: f16 or f32 (default: $HEARTH_KV_CACHE_TYPE, else f16)
     #[arg(long, value_name = "TYPE")]
     kv_cache_type: Option<String>,
+    /// CPU: keep activations in f32 (slower decode, results as an f32 reference computes them)
+    #[arg(long)]
+    exact: bool,
 }
 
 impl PlacementArgs {
-    /// The flags, else the environment, else the defaults.
-    pub fn resolve(self, globals: &Globals) -> Result<(Device, KvType)> {
+    /// The flags, else the environment, else the defaults (`num_ctx` left to the caller).
+    pub fn resolve(self, globals: &Globals) -> Result<LoadOptions> {
         let device = match self.device.or_else(|| globals.device.clone()) {
             Some(text) => text
                 .parse()
@@ -203,7 +206,12 @@ impl PlacementArgs {
             })?,
             None => KvType::default(),
         };
-        Ok((device, kv_type))
+        Ok(LoadOptions {
+            num_ctx: None,
+            device,
+            kv_type,
+            exact: self.exact,
+        })
     }
 }
 

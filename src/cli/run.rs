@@ -7,8 +7,7 @@ use std::io::{IsTerminal, Read};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use hearth::backend::KvType;
-use hearth::engine::{Device, LoadOptions};
+use hearth::engine::LoadOptions;
 use hearth::generate::GenerateOptions;
 use hearth::store::{builtin, ModelName, Store};
 
@@ -83,8 +82,8 @@ pub struct RunCommand {
     /// Parameters from the command line, applied over the model's own.
     pub overrides: Vec<(String, String)>,
     pub verbose: bool,
-    pub device: Device,
-    pub kv_type: KvType,
+    /// Device, cache type, exactness (`num_ctx` comes from the parameters).
+    pub load: LoadOptions,
     pub history: Option<std::path::PathBuf>,
 }
 
@@ -115,7 +114,7 @@ impl RunArgs {
                 .with_context(|| format!("--{} {value}", name.replace('_', "-")))?;
         }
 
-        let (device, kv_type) = self.placement.resolve(globals)?;
+        let load = self.placement.resolve(globals)?;
 
         let stdin = std::io::stdin();
         let prompt = if stdin.is_terminal() {
@@ -147,8 +146,7 @@ impl RunArgs {
             raw: self.raw,
             overrides,
             verbose: self.verbose,
-            device,
-            kv_type,
+            load,
             history: globals.history.clone(),
         })
     }
@@ -169,8 +167,7 @@ pub fn execute(cmd: RunCommand) -> Result<()> {
     }
     let load = LoadOptions {
         num_ctx: options.num_ctx,
-        device: cmd.device,
-        kv_type: cmd.kv_type,
+        ..cmd.load
     };
     let editor = match cmd.prompt {
         Prompt::Interactive => Some(repl::editor(cmd.history.as_deref())?),

@@ -15,6 +15,7 @@ mod q5_1;
 mod q5_k;
 mod q6_k;
 mod q8_0;
+mod q8act;
 mod util;
 
 /// CPU feature check and register helpers shared with the CPU backend's f32 kernels.
@@ -33,6 +34,7 @@ pub use q5_1::BlockQ5_1;
 pub use q5_k::BlockQ5K;
 pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
+pub use q8act::{Q8Act, Q8_BLOCK};
 
 /// One block format: `BLOCK_ELEMS` values stored in `BLOCK_BYTES` bytes, laid out exactly as
 /// ggml stores them (ggml-common.h), so GGUF tensor data is used in place.
@@ -52,6 +54,18 @@ pub trait BlockFormat {
     fn dot_row(row: &[u8], x: &[f32]) -> f32 {
         dot_row_by_dequant::<Self>(row, x)
     }
+    /// Whether `dot_row_q8` is an integer SIMD kernel worth quantizing activations for.
+    const Q8_DOT: bool = false;
+    /// `row · x̂`, `x̂` the 8-bit activations: decode's integer dot product. This default is
+    /// the reference (the dequantized row times `x̂`'s values).
+    fn dot_row_q8(row: &[u8], x: &Q8Act) -> f32 {
+        dot_row_q8_by_dequant::<Self>(row, x)
+    }
+}
+
+/// `row · x̂` by dequantizing both: the reference every integer kernel is tested against.
+pub fn dot_row_q8_by_dequant<B: BlockFormat + ?Sized>(row: &[u8], x: &Q8Act) -> f32 {
+    dot_row_by_dequant::<B>(row, &x.dequantize())
 }
 
 /// `row · x` by dequantizing one block at a time: the reference every fused kernel is tested
@@ -250,6 +264,19 @@ impl QuantType {
         })
     }
 
+    /// Whether decode should quantize activations for this format (it has an integer kernel).
+    pub fn has_q8_dot(self) -> bool {
+        with_format!(self, B => B::Q8_DOT)
+    }
+
+    /// `row · x̂` for 8-bit activations `x̂` of `row`'s length.
+    pub fn dot_row_q8(self, row: &[u8], x: &Q8Act) -> f32 {
+        with_format!(self, B => {
+            debug_assert_eq!(Some(row.len()), self.row_bytes(x.len()));
+            B::dot_row_q8(row, x)
+        })
+    }
+
     /// Quantizes `src` into `dst` (`row_bytes(src.len())` bytes). `None` if this format has no
     /// quantizer.
     pub fn quantize_row(self, src: &[f32], dst: &mut [u8]) -> Option<()> {
@@ -276,6 +303,30 @@ impl std::fmt::Display for QuantType {
 mod tests {
     use super::*;
 
+    /// A row of `n` values in `t` with finite, moderate scales: quantized from smooth values
+    /// where Hearth has a quantizer, random quants with small super-scales for K-quants.
+    fn test_row(t: QuantType, n: usize) -> Vec<u8> {
+        let mut row: Vec<u8> = (0..t.row_bytes(n).unwrap())
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
+        let vals: Vec<f32> = (0..n)
+            .map(|i| ((i * 17 % 23) as f32 - 11.0) / 9.0)
+            .collect();
+        if t.quantize_row(&vals, &mut row).is_none() {
+            for (i, b) in row.chunks_exact_mut(t.block_bytes()).enumerate() {
+                let d = half::f16::from_f32(0.01 + i as f32 * 0.001)
+                    .to_bits()
+                    .to_le_bytes();
+                let at = if t == QuantType::Q6_K { 208 } else { 0 };
+                b[at..at + 2].copy_from_slice(&d);
+                if t != QuantType::Q6_K {
+                    b[2..4].copy_from_slice(&d);
+                }
+            }
+        }
+        row
+    }
+
     /// Every format's `dot_row` (fused SIMD where it has one) against dequantize-then-dot.
     #[test]
     fn dot_row_matches_dequantized_dot() {
@@ -284,27 +335,7 @@ mod tests {
             .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
             .collect();
         for t in QuantType::ALL {
-            let bytes: Vec<u8> = (0..t.row_bytes(n).unwrap())
-                .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
-                .collect();
-            let mut row = bytes.clone();
-            // Keep the f16/f32 scale fields finite: rewrite the row from sane values.
-            let vals: Vec<f32> = (0..n)
-                .map(|i| ((i * 17 % 23) as f32 - 11.0) / 9.0)
-                .collect();
-            if t.quantize_row(&vals, &mut row).is_none() {
-                // K-quants: random quants with small, finite super-scales.
-                for (i, b) in row.chunks_exact_mut(t.block_bytes()).enumerate() {
-                    let d = half::f16::from_f32(0.01 + i as f32 * 0.001)
-                        .to_bits()
-                        .to_le_bytes();
-                    let at = if t == QuantType::Q6_K { 208 } else { 0 };
-                    b[at..at + 2].copy_from_slice(&d);
-                    if t != QuantType::Q6_K {
-                        b[2..4].copy_from_slice(&d);
-                    }
-                }
-            }
+            let row = test_row(t, n);
             let mut deq = vec![0f32; n];
             t.dequantize_row(&row, &mut deq);
             let want: f32 = deq.iter().zip(&x).map(|(a, b)| a * b).sum();
@@ -315,5 +346,42 @@ mod tests {
                 "{t}: {got} vs {want}"
             );
         }
+    }
+
+    /// Every integer kernel against the dequantized row times the activations' 8-bit values:
+    /// the integer sums are exact, so only the float scaling's order differs.
+    #[test]
+    fn dot_row_q8_matches_dequantized_dot() {
+        let n = 768;
+        // Blocks of very different magnitudes, and one all-zero block.
+        let x: Vec<f32> = (0..n)
+            .map(|i| {
+                let mag = [1.0, 30.0, 0.01, 0.0, 4.0, 0.5][(i / 32) % 6];
+                mag * (((i * 31 % 97) as f32 - 48.0) / 40.0)
+            })
+            .collect();
+        let xq = Q8Act::quantize(&x).unwrap();
+        let mut n_int = 0;
+        for t in QuantType::ALL {
+            let row = test_row(t, n);
+            let want = dot_row_q8_by_dequant_of(t, &row, &xq);
+            let mut deq = vec![0f32; n];
+            t.dequantize_row(&row, &mut deq);
+            let xv = xq.dequantize();
+            let scale: f32 = deq.iter().zip(&xv).map(|(a, b)| (a * b).abs()).sum();
+            let got = t.dot_row_q8(&row, &xq);
+            assert!(
+                (got - want).abs() <= 1e-5 * scale + 1e-6,
+                "{t}: {got} vs {want}"
+            );
+            n_int += t.has_q8_dot() as usize;
+        }
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(n_int, 4, "Q8_0, Q4_1, Q4_K and Q6_K have integer kernels");
+        }
+    }
+
+    fn dot_row_q8_by_dequant_of(t: QuantType, row: &[u8], x: &Q8Act) -> f32 {
+        with_format!(t, B => dot_row_q8_by_dequant::<B>(row, x))
     }
 }

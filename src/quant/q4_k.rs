@@ -1,10 +1,12 @@
 //! Q4_K: a 256-value super-block of eight 32-value sub-blocks (144 bytes: f16 d, f16 dmin,
 //! 12 bytes of packed 6-bit scales and mins, 128 nibble bytes): `x = d*sc*q - dmin*m`.
 
+#[cfg(target_arch = "x86_64")]
+use super::q8act::dot_u8_i8;
 use super::util::{f16_at, has_avx2_fma, scale_min_k4};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
-use super::{BlockFormat, QuantType};
+use super::{BlockFormat, Q8Act, QuantType};
 
 pub struct BlockQ4K;
 
@@ -38,6 +40,15 @@ impl BlockFormat for BlockQ4K {
             return unsafe { dot_row_avx2(row, x) };
         }
         dot_row_scalar(row, x)
+    }
+    const Q8_DOT: bool = cfg!(target_arch = "x86_64");
+    fn dot_row_q8(row: &[u8], x: &Q8Act) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2, FMA and F16C are present (checked above).
+            return unsafe { dot_row_q8_avx2(row, x) };
+        }
+        super::dot_row_q8_by_dequant::<Self>(row, x)
     }
 }
 
@@ -94,4 +105,34 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
         }
     }
     hsum256(acc)
+}
+
+/// Q4_K · 8-bit activations: each 32-value sub-block lines up with one activation block, so
+/// `Σ (d·sc·q - dmin·m) x̂ = d·sc·dx Σ q·qx - dmin·m · (dx Σ qx)` per sub-block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
+    use std::arch::x86_64::*;
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (i, b) in row.chunks_exact(144).enumerate() {
+        let (d, dmin) = (f16_at_f16c(b, 0), f16_at_f16c(b, 2));
+        let scales = &b[4..16];
+        for c in 0..4 {
+            let bytes = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * c) as *const __m256i);
+            let lo = _mm256_and_si256(bytes, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
+            for (k, w) in [lo, hi].into_iter().enumerate() {
+                let j = 2 * c + k;
+                let xb = 8 * i + j;
+                let (sc, m) = scale_min_k4(j, scales);
+                let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * xb) as *const __m256i);
+                let p = _mm256_cvtepi32_ps(dot_u8_i8(w, q));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * x.d[xb]), p, acc);
+                mins += dmin * m as f32 * x.sum[xb];
+            }
+        }
+    }
+    hsum256(acc) - mins
 }

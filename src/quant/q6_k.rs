@@ -4,7 +4,7 @@
 use super::util::{f16_at, has_avx2_fma};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
-use super::{BlockFormat, QuantType};
+use super::{BlockFormat, Q8Act, QuantType};
 
 pub struct BlockQ6K;
 
@@ -41,6 +41,15 @@ impl BlockFormat for BlockQ6K {
             return unsafe { dot_row_avx2(row, x) };
         }
         super::dot_row_by_dequant::<Self>(row, x)
+    }
+    const Q8_DOT: bool = cfg!(target_arch = "x86_64");
+    fn dot_row_q8(row: &[u8], x: &Q8Act) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2, FMA and F16C are present (checked above).
+            return unsafe { dot_row_q8_avx2(row, x) };
+        }
+        super::dot_row_q8_by_dequant::<Self>(row, x)
     }
 }
 
@@ -91,6 +100,59 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
                     let scale = d * (sc[g + 2 * k] as i8) as f32;
                     acc = _mm256_fmadd_ps(_mm256_set1_ps(scale), qx, acc);
                 }
+            }
+        }
+    }
+    hsum256(acc)
+}
+
+/// Q6_K · 8-bit activations. Per 32 values (one activation block): 6-bit values rebuilt as in
+/// `dot_row_avx2`, `Σ (q - 32)·qx` as `maddubs(q) - maddubs(32)` in i16 pairs, then each half
+/// of 16 values times its own i8 scale with `madd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
+    use std::arch::x86_64::*;
+    let (m4, m2) = (_mm256_set1_epi8(0xF), _mm256_set1_epi8(0x30));
+    let k32 = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_ps();
+    for (i, b) in row.chunks_exact(210).enumerate() {
+        let d = f16_at_f16c(b, 208);
+        for half in 0..2 {
+            let ql = b.as_ptr().add(64 * half);
+            let la = _mm256_loadu_si256(ql as *const __m256i);
+            let lb = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+            let h = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * half) as *const __m256i);
+            let sc = &b[192 + 8 * half..200 + 8 * half];
+            let quads = [
+                _mm256_or_si256(
+                    _mm256_and_si256(la, m4),
+                    _mm256_and_si256(_mm256_slli_epi16(h, 4), m2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(lb, m4),
+                    _mm256_and_si256(_mm256_slli_epi16(h, 2), m2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(la, 4), m4),
+                    _mm256_and_si256(h, m2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(lb, 4), m4),
+                    _mm256_and_si256(_mm256_srli_epi16(h, 2), m2),
+                ),
+            ];
+            for (k, w) in quads.into_iter().enumerate() {
+                let xb = 8 * i + 4 * half + k;
+                let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * xb) as *const __m256i);
+                let p16 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(w, q), _mm256_maddubs_epi16(k32, q));
+                let scales = _mm256_set_m128i(
+                    _mm_set1_epi16(sc[2 * k + 1] as i8 as i16),
+                    _mm_set1_epi16(sc[2 * k] as i8 as i16),
+                );
+                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, scales));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[xb]), p, acc);
             }
         }
     }

@@ -1,9 +1,11 @@
 //! Q8_0: 32 values as i8 with one f16 scale (34 bytes): `x = d * q`.
 
+#[cfg(target_arch = "x86_64")]
+use super::q8act::dot_i8_i8;
 use super::util::{f16_at, has_avx2_fma, put_f16};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
-use super::{BlockFormat, QuantType};
+use super::{BlockFormat, Q8Act, QuantType};
 
 pub struct BlockQ8_0;
 
@@ -35,6 +37,15 @@ impl BlockFormat for BlockQ8_0 {
         }
         dot_row_scalar(row, x)
     }
+    const Q8_DOT: bool = cfg!(target_arch = "x86_64");
+    fn dot_row_q8(row: &[u8], x: &Q8Act) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: AVX2, FMA and F16C are present (checked above).
+            return unsafe { dot_row_q8_avx2(row, x) };
+        }
+        super::dot_row_q8_by_dequant::<Self>(row, x)
+    }
 }
 
 fn dot_row_scalar(row: &[u8], x: &[f32]) -> f32 {
@@ -65,6 +76,21 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
             s = _mm256_fmadd_ps(qf, _mm256_loadu_ps(xp.add(8 * k)), s);
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at_f16c(b, 0)), s, acc);
+    }
+    hsum256(acc)
+}
+
+/// Q8_0 · 8-bit activations: 32 i8 products per block summed in integers, scaled once.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_ps();
+    for (i, b) in row.chunks_exact(34).enumerate() {
+        let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+        let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * i) as *const __m256i);
+        let p = _mm256_cvtepi32_ps(dot_i8_i8(w, q));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at_f16c(b, 0) * x.d[i]), p, acc);
     }
     hsum256(acc)
 }

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::shapes::{self, check};
 use super::{AttnParams, Backend, KvType, RopeParams, WeightSource};
 use crate::gguf::TensorBytes;
-use crate::quant::QuantType;
+use crate::quant::{Q8Act, QuantType};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -76,12 +76,30 @@ const FUSED_MAX_TOKENS: usize = 4;
 
 pub struct CpuBackend {
     n_threads: usize,
+    /// Decode matmuls quantize activations to 8 bits for the integer kernels (llama.cpp's
+    /// default); off, everything stays f32 (`exact`).
+    q8_activations: bool,
 }
 
 impl CpuBackend {
+    /// The fast backend: integer dot products for decode where the weight format has them.
     pub fn new() -> Self {
         CpuBackend {
             n_threads: rayon::current_num_threads(),
+            q8_activations: true,
+        }
+    }
+
+    pub fn is_exact(&self) -> bool {
+        !self.q8_activations
+    }
+
+    /// Activations stay f32 everywhere: results match an f32 reference to rounding order, at
+    /// the cost of decode speed (the golden tests against `transformers` use this).
+    pub fn exact() -> Self {
+        CpuBackend {
+            q8_activations: false,
+            ..Self::new()
         }
     }
 }
@@ -118,7 +136,12 @@ impl Backend for CpuBackend {
         } else {
             "scalar"
         };
-        format!("cpu ({} threads, {simd})", self.n_threads)
+        let act = if self.q8_activations {
+            "int8 decode"
+        } else {
+            "exact f32"
+        };
+        format!("cpu ({} threads, {simd}, {act})", self.n_threads)
     }
 
     fn load_weight(&self, src: &WeightSource) -> Result<CpuWeight> {
@@ -260,6 +283,14 @@ impl Backend for CpuBackend {
         // dequantize each weight row once and reuse it for every token.
         let fused = n_tok < FUSED_MAX_TOKENS;
         let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
+        // Decode rows quantized once here, shared by every task; empty when not used.
+        let xq: Vec<Q8Act> = match fused && self.q8_activations && w.qtype.has_q8_dot() {
+            true => (0..n_tok)
+                .map_while(|t| Q8Act::quantize(x_row(t)))
+                .collect(),
+            false => Vec::new(),
+        };
+        let int8 = !xq.is_empty() && xq.len() == n_tok;
         (0..n_out.div_ceil(ROWS_PER_TASK))
             .into_par_iter()
             .for_each_init(
@@ -284,7 +315,11 @@ impl Backend for CpuBackend {
                         for r in r0..r_end {
                             let row = w.row_bytes(r);
                             for t in 0..n_tok {
-                                store(t, r, w.qtype.dot_row(row, x_row(t)));
+                                let v = match xq.get(t) {
+                                    Some(xq) if int8 => w.qtype.dot_row_q8(row, xq),
+                                    _ => w.qtype.dot_row(row, x_row(t)),
+                                };
+                                store(t, r, v);
                             }
                         }
                         return;
