@@ -2,7 +2,7 @@
 //! 12 bytes of packed 6-bit scales and mins, 128 nibble bytes): `x = d*sc*q - dmin*m`.
 
 #[cfg(target_arch = "x86_64")]
-use super::q8act::dot_u8_i8;
+use super::q8act::{dot_u8_i8, lane_sums};
 use super::util::{f16_at, has_avx2_fma, scale_min_k4};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
@@ -107,32 +107,73 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
     hsum256(acc)
 }
 
+/// The eight 6-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K block, unpacked
+/// from its 12 scale bytes with word operations (ggml's `utmp` trick; the same values as
+/// `scale_min_k4` for j = 0..8).
+pub(super) fn scales_mins_k4(scales: &[u8]) -> [u8; 16] {
+    const K1: u32 = 0x3f3f_3f3f;
+    const K2: u32 = 0x0f0f_0f0f;
+    const K3: u32 = 0x0303_0303;
+    let w = |i: usize| u32::from_le_bytes([scales[i], scales[i + 1], scales[i + 2], scales[i + 3]]);
+    let (u0, u1, u2) = (w(0), w(4), w(8));
+    let words = [
+        u0 & K1,
+        (u2 & K2) | (((u0 >> 6) & K3) << 4),
+        u1 & K1,
+        ((u2 >> 4) & K2) | (((u1 >> 6) & K3) << 4),
+    ];
+    let mut out = [0u8; 16];
+    for (o, w) in out.chunks_exact_mut(4).zip(words) {
+        o.copy_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
 /// Q4_K · 8-bit activations: each 32-value sub-block lines up with one activation block, so
-/// `Σ (d·sc·q - dmin·m) x̂ = d·sc·dx Σ q·qx - dmin·m · (dx Σ qx)` per sub-block.
+/// `Σ (d·sc·q - dmin·m) x̂ = d·sc·dx Σ q·qx - dmin·m · (dx Σ qx)` per sub-block. The eight
+/// integer sums of a block are gathered into one vector and scaled together.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
     use std::arch::x86_64::*;
     let m4 = _mm256_set1_epi8(0xF);
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
+    let widen = |p: *const u8| {
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    };
+    let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for (i, b) in row.chunks_exact(144).enumerate() {
-        let (d, dmin) = (f16_at_f16c(b, 0), f16_at_f16c(b, 2));
-        let scales = &b[4..16];
+        let sm = scales_mins_k4(&b[4..16]);
+        let (sc, mn) = (widen(sm.as_ptr()), widen(sm.as_ptr().add(8)));
+        let xd = _mm256_loadu_ps(x.d.as_ptr().add(8 * i));
+        let xs = _mm256_loadu_ps(x.sum.as_ptr().add(8 * i));
+        let xq = x.qs.as_ptr().add(256 * i);
+        let mut p = [_mm256_setzero_si256(); 8];
         for c in 0..4 {
             let bytes = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * c) as *const __m256i);
             let lo = _mm256_and_si256(bytes, m4);
             let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
-            for (k, w) in [lo, hi].into_iter().enumerate() {
-                let j = 2 * c + k;
-                let xb = 8 * i + j;
-                let (sc, m) = scale_min_k4(j, scales);
-                let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * xb) as *const __m256i);
-                let p = _mm256_cvtepi32_ps(dot_u8_i8(w, q));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * sc as f32 * x.d[xb]), p, acc);
-                mins += dmin * m as f32 * x.sum[xb];
-            }
+            let q0 = _mm256_loadu_si256(xq.add(64 * c) as *const __m256i);
+            let q1 = _mm256_loadu_si256(xq.add(64 * c + 32) as *const __m256i);
+            p[2 * c] = dot_u8_i8(lo, q0);
+            p[2 * c + 1] = dot_u8_i8(hi, q1);
+        }
+        let sums = _mm256_cvtepi32_ps(lane_sums(&p));
+        let scale = _mm256_mul_ps(_mm256_set1_ps(f16_at_f16c(b, 0)), _mm256_mul_ps(sc, xd));
+        acc = _mm256_fmadd_ps(scale, sums, acc);
+        let min = _mm256_mul_ps(_mm256_set1_ps(f16_at_f16c(b, 2)), mn);
+        acc_min = _mm256_fmadd_ps(min, xs, acc_min);
+    }
+    hsum256(_mm256_sub_ps(acc, acc_min))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn word_unpacked_scales_match_scale_min_k4() {
+        let scales: Vec<u8> = (0..12u32).map(|i| (i * 73 + 29) as u8).collect();
+        let sm = super::scales_mins_k4(&scales);
+        for j in 0..8 {
+            assert_eq!((sm[j], sm[8 + j]), super::scale_min_k4(j, &scales), "j={j}");
         }
     }
-    hsum256(acc) - mins
 }

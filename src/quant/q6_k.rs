@@ -1,6 +1,8 @@
 //! Q6_K: a 256-value super-block of sixteen 16-value sub-blocks (210 bytes: 128 bytes of low
 //! nibbles, 64 bytes of high 2-bit pairs, 16 i8 scales, f16 d): `x = d * sc * (q - 32)`.
 
+#[cfg(target_arch = "x86_64")]
+use super::q8act::lane_sums;
 use super::util::{f16_at, has_avx2_fma};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
@@ -107,8 +109,9 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
 }
 
 /// Q6_K · 8-bit activations. Per 32 values (one activation block): 6-bit values rebuilt as in
-/// `dot_row_avx2`, `Σ (q - 32)·qx` as `maddubs(q) - maddubs(32)` in i16 pairs, then each half
-/// of 16 values times its own i8 scale with `madd`.
+/// `dot_row_avx2`, `Σ (q - 32)·qx` as `maddubs(q) - maddubs(32)` in i16 pairs, each half of 16
+/// values times its own i8 scale with `madd`; the eight sums of a block are then gathered into
+/// one vector and scaled by `d·dx` together.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
@@ -117,7 +120,7 @@ unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
     let k32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
     for (i, b) in row.chunks_exact(210).enumerate() {
-        let d = f16_at_f16c(b, 208);
+        let mut p = [_mm256_setzero_si256(); 8];
         for half in 0..2 {
             let ql = b.as_ptr().add(64 * half);
             let la = _mm256_loadu_si256(ql as *const __m256i);
@@ -151,10 +154,13 @@ unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
                     _mm_set1_epi16(sc[2 * k + 1] as i8 as i16),
                     _mm_set1_epi16(sc[2 * k] as i8 as i16),
                 );
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, scales));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[xb]), p, acc);
+                p[4 * half + k] = _mm256_madd_epi16(p16, scales);
             }
         }
+        let sums = _mm256_cvtepi32_ps(lane_sums(&p));
+        let xd = _mm256_loadu_ps(x.d.as_ptr().add(8 * i));
+        let scale = _mm256_mul_ps(_mm256_set1_ps(f16_at_f16c(b, 208)), xd);
+        acc = _mm256_fmadd_ps(scale, sums, acc);
     }
     hsum256(acc)
 }
