@@ -373,6 +373,11 @@ fn bench_model_reports_speed_load_time_and_memory() {
         (Some(16), Some(4))
     );
     assert_eq!(r["kv_type"], "f16", "the default cache type");
+    let device = r["device"].as_str().unwrap();
+    assert!(
+        device.contains("int8 decode"),
+        "the default CPU path: {device}"
+    );
     let o = hearth(
         dir.path(),
         &[
@@ -387,12 +392,15 @@ fn bench_model_reports_speed_load_time_and_memory() {
             "1",
             "--kv-cache-type",
             "f32",
+            "--exact",
             "--json",
         ],
     );
     assert_ok(&o);
     let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(r["kv_type"], "f32");
+    let device = r["device"].as_str().unwrap();
+    assert!(device.contains("exact f32"), "{device}");
     assert_error(
         &hearth(dir.path(), &["bench", "model", "nosuchmodel"]),
         "nosuchmodel",
