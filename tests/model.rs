@@ -192,3 +192,66 @@ fn load_reports_progress_per_layer() {
     assert!(calls.iter().all(|&(_, t)| t == total));
     assert_eq!(calls.last(), Some(&(total, total)));
 }
+
+/// `matmul_many` (one parallel region, the input quantized once) gives exactly what separate
+/// matmuls give, on both CPU paths, for decode and batch sizes; mismatched lists are errors.
+#[test]
+fn cpu_matmul_many_equals_separate_matmuls() {
+    use hearth::backend::gpu::cases::{KernelCase, Op};
+    use hearth::quant::QuantType;
+    let weights: Vec<_> = [
+        (QuantType::Q4_1, 67),
+        (QuantType::Q8_0, 30),
+        (QuantType::F16, 9),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (qtype, n_rows))| {
+        let case = KernelCase::new(
+            "w",
+            Op::Matmul {
+                qtype,
+                n_tokens: 1,
+                n_rows,
+                n_cols: 160,
+            },
+        );
+        case.inputs(i as u64).unwrap().weight.unwrap()
+    })
+    .collect();
+    for backend in [CpuBackend::new(), CpuBackend::exact()] {
+        let ws: Vec<_> = weights
+            .iter()
+            .map(|w| backend.load_weight(w).unwrap())
+            .collect();
+        for n_tok in [1, 2, 7] {
+            let x_vals: Vec<f32> = (0..n_tok * 160)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 30.0)
+                .collect();
+            let mut x = backend.tensor(n_tok, 160).unwrap();
+            backend.write(&mut x, &x_vals).unwrap();
+            let mut together: Vec<_> = ws
+                .iter()
+                .map(|w| backend.tensor(n_tok, w.n_rows).unwrap())
+                .collect();
+            let refs: Vec<_> = ws.iter().collect();
+            {
+                let mut outs: Vec<_> = together.iter_mut().collect();
+                let err = backend.matmul_many(&x, &refs[..2], &mut outs).unwrap_err();
+                assert!(err.to_string().contains("3 outputs"), "{err}");
+                backend.matmul_many(&x, &refs, &mut outs).unwrap();
+            }
+            for (w, t) in ws.iter().zip(&together) {
+                let mut alone = backend.tensor(n_tok, w.n_rows).unwrap();
+                backend.matmul(&x, w, &mut alone).unwrap();
+                assert_eq!(
+                    t.data,
+                    alone.data,
+                    "{} with {n_tok} tokens on {}",
+                    w.name,
+                    backend.name()
+                );
+            }
+        }
+    }
+}

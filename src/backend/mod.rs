@@ -182,6 +182,22 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// `out[n, w.rows] = x[n, w.cols] · wᵀ`, dequantizing `w` inside the kernel.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Weight, out: &mut Self::Tensor) -> Result<()>;
+    /// `outs[i] = x · ws[i]ᵀ` for matmuls of one input (q/k/v, gate/up): a backend may share
+    /// the input's preparation and run them as one parallel region.
+    fn matmul_many(
+        &self,
+        x: &Self::Tensor,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Tensor],
+    ) -> Result<()> {
+        shapes::check("matmul", ws.len() == outs.len(), || {
+            format!("{} weights, {} outputs", ws.len(), outs.len())
+        })?;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul(x, w, out)?;
+        }
+        Ok(())
+    }
     /// Rotates each head of `x` (`[n, n_heads * head_dim]`) in place.
     fn rope(&self, x: &mut Self::Tensor, inv_freq: &Self::Tensor, p: &RopeParams) -> Result<()>;
     /// `out[n, n_heads*head_dim]` from `q[n, n_heads*head_dim]` and the caches

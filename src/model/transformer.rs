@@ -270,9 +270,11 @@ impl<B: Backend> Model<B> {
         for (il, l) in self.layers.iter().enumerate() {
             // Attention.
             backend.rms_norm(&x, &l.attn_norm, c.rms_eps, &mut cur)?;
-            backend.matmul(&cur, &l.attn_q, &mut q)?;
-            backend.matmul(&cur, &l.attn_k, &mut k)?;
-            backend.matmul(&cur, &l.attn_v, &mut v)?;
+            backend.matmul_many(
+                &cur,
+                &[&l.attn_q, &l.attn_k, &l.attn_v],
+                &mut [&mut q, &mut k, &mut v],
+            )?;
             if let (Some(qn), Some(kn)) = (&l.attn_q_norm, &l.attn_k_norm) {
                 backend.rms_norm(&q, qn, c.rms_eps, &mut tmp_q)?;
                 backend.rms_norm(&k, kn, c.rms_eps, &mut tmp_k)?;
@@ -315,8 +317,7 @@ impl<B: Backend> Model<B> {
 
             // Feed-forward.
             backend.rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut cur)?;
-            backend.matmul(&cur, &l.ffn_gate, &mut gate)?;
-            backend.matmul(&cur, &l.ffn_up, &mut up)?;
+            backend.matmul_many(&cur, &[&l.ffn_gate, &l.ffn_up], &mut [&mut gate, &mut up])?;
             match l.spec.activation {
                 Activation::Silu => backend.silu_mul(&gate, &up, &mut act)?,
                 Activation::GeluTanh => backend.gelu_mul(&gate, &up, &mut act)?,

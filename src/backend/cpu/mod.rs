@@ -1,5 +1,6 @@
 //! The CPU backend: f32 activations in host memory, weights read in place from the GGUF
-//! mapping and dequantized one row at a time inside the matmul. Work is split over a rayon
+//! mapping and dequantized inside the matmul (decode: integer dot products against 8-bit
+//! activations where the format has them, unless `exact`). Work is split over a rayon
 //! pool (its workers spin briefly, then park, so a busy neighbour does not stall decode).
 
 mod cache;
@@ -271,68 +272,90 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) -> Result<()> {
-        shapes::matmul(
-            self.shape(x),
-            &w.name,
-            (w.n_rows, w.n_cols),
-            self.shape(out),
-        )?;
-        let (n_tok, n_out, k) = (x.n_rows, w.n_rows, w.n_cols);
-        let out_ptr = SyncPtr(out.data.as_mut_ptr());
+        self.matmul_many(x, &[w], &mut [out])
+    }
+
+    /// All the matmuls in one parallel region (one pool hand-off instead of one per weight),
+    /// with the input quantized once for the integer kernels.
+    fn matmul_many(
+        &self,
+        x: &CpuTensor,
+        ws: &[&CpuWeight],
+        outs: &mut [&mut CpuTensor],
+    ) -> Result<()> {
+        check("matmul", ws.len() == outs.len(), || {
+            format!("{} weights, {} outputs", ws.len(), outs.len())
+        })?;
+        for (w, out) in ws.iter().zip(outs.iter()) {
+            shapes::matmul(
+                self.shape(x),
+                &w.name,
+                (w.n_rows, w.n_cols),
+                self.shape(out),
+            )?;
+        }
+        let (n_tok, k) = (x.n_rows, x.n_cols);
         // Few tokens (decode): fused dot products straight from the blocks. A batch (prefill):
         // dequantize each weight row once and reuse it for every token.
         let fused = n_tok < FUSED_MAX_TOKENS;
         let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
         // Decode rows quantized once here, shared by every task; empty when not used.
-        let xq: Vec<Q8Act> = match fused && self.q8_activations && w.qtype.has_q8_dot() {
+        let int8_wanted = fused && self.q8_activations && ws.iter().any(|w| w.qtype.has_q8_dot());
+        let xq: Vec<Q8Act> = match int8_wanted {
             true => (0..n_tok)
                 .map_while(|t| Q8Act::quantize(x_row(t)))
                 .collect(),
             false => Vec::new(),
         };
         let int8 = !xq.is_empty() && xq.len() == n_tok;
-        (0..n_out.div_ceil(ROWS_PER_TASK))
-            .into_par_iter()
-            .for_each_init(
-                || {
-                    if fused {
-                        Vec::new()
-                    } else {
-                        vec![0.0f32; simd::TILE_ROWS * k]
-                    }
-                },
-                |buf, task| {
-                    let (r0, r_end) = (
-                        task * ROWS_PER_TASK,
-                        ((task + 1) * ROWS_PER_TASK).min(n_out),
-                    );
-                    // SAFETY: task `task` alone writes columns r0..r_end of `out`; the index is
-                    // in bounds by the shape check above.
-                    let store = |t: usize, r: usize, v: f32| unsafe {
-                        *out_ptr.get().add(t * n_out + r) = v
-                    };
-                    if fused {
-                        for r in r0..r_end {
-                            let row = w.row_bytes(r);
-                            for t in 0..n_tok {
-                                let v = match xq.get(t) {
-                                    Some(xq) if int8 => w.qtype.dot_row_q8(row, xq),
-                                    _ => w.qtype.dot_row(row, x_row(t)),
-                                };
-                                store(t, r, v);
-                            }
+        let out_ptrs: Vec<SyncPtr> = outs
+            .iter_mut()
+            .map(|o| SyncPtr(o.data.as_mut_ptr()))
+            .collect();
+        // Tasks of every weight in one list: (weight, first row).
+        let tasks: Vec<(usize, usize)> = ws
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| (0..w.n_rows).step_by(ROWS_PER_TASK).map(move |r| (i, r)))
+            .collect();
+        tasks.into_par_iter().for_each_init(
+            || {
+                if fused {
+                    Vec::new()
+                } else {
+                    vec![0.0f32; simd::TILE_ROWS * k]
+                }
+            },
+            |buf, (i, r0)| {
+                let (w, out_ptr) = (ws[i], out_ptrs[i]);
+                let (n_out, r_end) = (w.n_rows, (r0 + ROWS_PER_TASK).min(w.n_rows));
+                // SAFETY: this task alone writes columns r0..r_end of output `i`; the index is
+                // in bounds by the shape checks above.
+                let store =
+                    |t: usize, r: usize, v: f32| unsafe { *out_ptr.get().add(t * n_out + r) = v };
+                if fused {
+                    let int8 = int8 && w.qtype.has_q8_dot();
+                    for r in r0..r_end {
+                        let row = w.row_bytes(r);
+                        for t in 0..n_tok {
+                            let v = match xq.get(t) {
+                                Some(xq) if int8 => w.qtype.dot_row_q8(row, xq),
+                                _ => w.qtype.dot_row(row, x_row(t)),
+                            };
+                            store(t, r, v);
                         }
-                        return;
                     }
-                    for rt in (r0..r_end).step_by(simd::TILE_ROWS) {
-                        let nr = simd::TILE_ROWS.min(r_end - rt);
-                        for (i, dst) in buf.chunks_exact_mut(k).take(nr).enumerate() {
-                            w.qtype.dequantize_row(w.row_bytes(rt + i), dst);
-                        }
-                        simd::tile_dot(&buf[..nr * k], &x.data, k, |t, i, v| store(t, rt + i, v));
+                    return;
+                }
+                for rt in (r0..r_end).step_by(simd::TILE_ROWS) {
+                    let nr = simd::TILE_ROWS.min(r_end - rt);
+                    for (i, dst) in buf.chunks_exact_mut(k).take(nr).enumerate() {
+                        w.qtype.dequantize_row(w.row_bytes(rt + i), dst);
                     }
-                },
-            );
+                    simd::tile_dot(&buf[..nr * k], &x.data, k, |t, i, v| store(t, rt + i, v));
+                }
+            },
+        );
         Ok(())
     }
 
