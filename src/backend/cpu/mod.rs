@@ -1,15 +1,16 @@
 //! The CPU backend: f32 activations in host memory, weights read in place from the GGUF
 //! mapping and dequantized inside the matmul (decode: integer dot products against 8-bit
-//! activations where the format has them, unless `exact`). Work is split over a rayon
-//! pool (its workers spin briefly, then park, so a busy neighbour does not stall decode).
+//! activations where the format has them, unless `exact`). Work is split over the backend's
+//! own pool (`pool.rs`: workers spin between the ops of a decode step, then sleep).
 
 mod cache;
 pub mod ops;
+pub mod pool;
 pub mod simd;
 
 pub use cache::{CacheData, CpuCache, KvValue};
 
-use rayon::prelude::*;
+use pool::{with_scratch, Pool, SyncPtr};
 
 use super::shapes::{self, check};
 use super::{AttnParams, Backend, KvType, RopeParams, WeightSource};
@@ -60,9 +61,19 @@ impl CpuWeight {
     }
 }
 
-/// Rows of the weight matrix handed to one task: enough work to amortise scheduling, few
-/// enough that both threads stay busy on small matrices.
-const ROWS_PER_TASK: usize = 16;
+/// Each weight is cut into this many tasks per thread: few, so that every thread streams long
+/// contiguous runs of rows (small interleaved tasks defeat the hardware prefetchers and cost a
+/// quarter of decode speed), but more than one, so a thread that starts late does not hold
+/// the others up.
+const TASKS_PER_THREAD: usize = 2;
+/// Rows of a task never go below this (a multiple of the prefill tile).
+const MIN_ROWS_PER_TASK: usize = 16;
+
+fn rows_per_task(n_rows: usize, n_threads: usize) -> usize {
+    n_rows
+        .div_ceil(n_threads.max(1) * TASKS_PER_THREAD)
+        .next_multiple_of(MIN_ROWS_PER_TASK)
+}
 /// Ops with less work than this (in multiply-adds) run on the calling thread: handing a small
 /// norm or a short-context decode attention to the pool costs more than it saves, and decode
 /// runs ~10 such ops per layer.
@@ -86,7 +97,7 @@ impl CpuBackend {
     /// The fast backend: integer dot products for decode where the weight format has them.
     pub fn new() -> Self {
         CpuBackend {
-            n_threads: rayon::current_num_threads(),
+            n_threads: Pool::global().n_threads(),
             q8_activations: true,
         }
     }
@@ -108,21 +119,6 @@ impl CpuBackend {
 impl Default for CpuBackend {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// A raw pointer that tasks writing disjoint parts of one buffer may share.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: every task writes a disjoint set of indices (stated at each use).
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    /// Taking `self` makes closures capture the whole wrapper (which is `Sync`), not the raw
-    /// pointer field.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
@@ -259,15 +255,9 @@ impl Backend for CpuBackend {
         let g = weight.n_rows * weight.n_cols;
         shapes::rms_norm(self.shape(x), g, self.shape(out))?;
         let w = weight.as_f32();
-        let norm = |(o, xs): (&mut [f32], &[f32])| ops::rms_norm(xs, &w, eps, o);
-        if parallel(x.data.len()) {
-            out.data
-                .par_chunks_mut(g)
-                .zip(x.data.par_chunks(g))
-                .for_each(norm);
-        } else {
-            out.data.chunks_mut(g).zip(x.data.chunks(g)).for_each(norm);
-        }
+        Pool::global().for_each_chunk(parallel(x.data.len()), &mut out.data, g, &|i, o| {
+            ops::rms_norm(&x.data[i * g..(i + 1) * g], &w, eps, o)
+        });
         Ok(())
     }
 
@@ -312,41 +302,38 @@ impl Backend for CpuBackend {
             .iter_mut()
             .map(|o| SyncPtr(o.data.as_mut_ptr()))
             .collect();
-        // Tasks of every weight in one list: (weight, first row).
-        let tasks: Vec<(usize, usize)> = ws
+        // Tasks of every weight in one list: (weight, first row, rows).
+        let tasks: Vec<(usize, usize, usize)> = ws
             .iter()
             .enumerate()
-            .flat_map(|(i, w)| (0..w.n_rows).step_by(ROWS_PER_TASK).map(move |r| (i, r)))
+            .flat_map(|(i, w)| {
+                let step = rows_per_task(w.n_rows, self.n_threads);
+                (0..w.n_rows).step_by(step).map(move |r| (i, r, step))
+            })
             .collect();
-        tasks.into_par_iter().for_each_init(
-            || {
-                if fused {
-                    Vec::new()
-                } else {
-                    vec![0.0f32; simd::TILE_ROWS * k]
-                }
-            },
-            |buf, (i, r0)| {
-                let (w, out_ptr) = (ws[i], out_ptrs[i]);
-                let (n_out, r_end) = (w.n_rows, (r0 + ROWS_PER_TASK).min(w.n_rows));
-                // SAFETY: this task alone writes columns r0..r_end of output `i`; the index is
-                // in bounds by the shape checks above.
-                let store =
-                    |t: usize, r: usize, v: f32| unsafe { *out_ptr.get().add(t * n_out + r) = v };
-                if fused {
-                    let int8 = int8 && w.qtype.has_q8_dot();
-                    for r in r0..r_end {
-                        let row = w.row_bytes(r);
-                        for t in 0..n_tok {
-                            let v = match xq.get(t) {
-                                Some(xq) if int8 => w.qtype.dot_row_q8(row, xq),
-                                _ => w.qtype.dot_row(row, x_row(t)),
-                            };
-                            store(t, r, v);
-                        }
+        Pool::global().run(tasks.len(), &|task| {
+            let (i, r0, step) = tasks[task];
+            let (w, out_ptr) = (ws[i], out_ptrs[i]);
+            let (n_out, r_end) = (w.n_rows, (r0 + step).min(w.n_rows));
+            // SAFETY: this task alone writes columns r0..r_end of output `i`; the index is
+            // in bounds by the shape checks above.
+            let store =
+                |t: usize, r: usize, v: f32| unsafe { *out_ptr.get().add(t * n_out + r) = v };
+            if fused {
+                let int8 = int8 && w.qtype.has_q8_dot();
+                for r in r0..r_end {
+                    let row = w.row_bytes(r);
+                    for t in 0..n_tok {
+                        let v = match xq.get(t) {
+                            Some(xq) if int8 => w.qtype.dot_row_q8(row, xq),
+                            _ => w.qtype.dot_row(row, x_row(t)),
+                        };
+                        store(t, r, v);
                     }
-                    return;
                 }
+                return;
+            }
+            with_scratch(simd::TILE_ROWS * k, |buf| {
                 for rt in (r0..r_end).step_by(simd::TILE_ROWS) {
                     let nr = simd::TILE_ROWS.min(r_end - rt);
                     for (i, dst) in buf.chunks_exact_mut(k).take(nr).enumerate() {
@@ -354,24 +341,19 @@ impl Backend for CpuBackend {
                     }
                     simd::tile_dot(&buf[..nr * k], &x.data, k, |t, i, v| store(t, rt + i, v));
                 }
-            },
-        );
+            });
+        });
         Ok(())
     }
 
     fn rope(&self, x: &mut CpuTensor, inv_freq: &CpuTensor, p: &RopeParams) -> Result<()> {
         shapes::rope(self.shape(x), inv_freq.data.len(), p)?;
-        let n_cols = x.n_cols;
-        let rotate = |(t, row): (usize, &mut [f32])| {
+        let par = parallel(x.data.len());
+        Pool::global().for_each_chunk(par, &mut x.data, x.n_cols, &|t, row| {
             for head in row.chunks_exact_mut(p.head_dim) {
                 ops::rope_head(head, &inv_freq.data, p.pos_start + t, p);
             }
-        };
-        if parallel(x.data.len()) {
-            x.data.par_chunks_mut(n_cols).enumerate().for_each(rotate);
-        } else {
-            x.data.chunks_mut(n_cols).enumerate().for_each(rotate);
-        }
+        });
         Ok(())
     }
 
@@ -459,34 +441,26 @@ fn attend<E: KvValue>(
     let hd = p.head_dim;
     let group = p.n_heads / p.n_kv_heads;
     let n_seen = p.pos_start + q.n_rows;
-    let head = |scores: &mut Vec<f32>, (idx, o): (usize, &mut [f32])| {
+    let head = |idx: usize, o: &mut [f32]| {
         let (t, h) = (idx / p.n_heads, idx % p.n_heads);
         let qh = &q.data[t * q.n_cols + h * hd..][..hd];
-        ops::attention_head(
-            qh,
-            k,
-            v,
-            kv_stride,
-            (h / group) * hd,
-            p.pos_start + t,
-            p,
-            scores,
-            o,
-            E::dot,
-            E::axpy,
-        );
+        with_scratch(n_seen, |scores| {
+            ops::attention_head(
+                qh,
+                k,
+                v,
+                kv_stride,
+                (h / group) * hd,
+                p.pos_start + t,
+                p,
+                scores,
+                o,
+                E::dot,
+                E::axpy,
+            )
+        });
     };
     // Work ≈ query rows × heads × keys seen × head size.
-    if parallel(q.n_rows * p.n_heads * n_seen * hd) {
-        out.data
-            .par_chunks_mut(hd)
-            .enumerate()
-            .for_each_init(|| vec![0.0f32; n_seen], head);
-    } else {
-        let mut scores = vec![0.0f32; n_seen];
-        out.data
-            .chunks_mut(hd)
-            .enumerate()
-            .for_each(|item| head(&mut scores, item));
-    }
+    let par = parallel(q.n_rows * p.n_heads * n_seen * hd);
+    Pool::global().for_each_chunk(par, &mut out.data, hd, &head);
 }
