@@ -54,14 +54,13 @@ pub trait BlockFormat {
     fn dot_row(row: &[u8], x: &[f32]) -> f32 {
         dot_row_by_dequant::<Self>(row, x)
     }
-    /// Whether `dot_row_q8` is an integer SIMD kernel worth quantizing activations for.
-    const Q8_DOT: bool = false;
-    /// `row · x̂`, `x̂` the 8-bit activations: decode's integer dot product. This default is
-    /// the reference (the dequantized row times `x̂`'s values).
-    fn dot_row_q8(row: &[u8], x: &Q8Act) -> f32 {
-        dot_row_q8_by_dequant::<Self>(row, x)
-    }
+    /// The format's integer kernel for `row · x̂` against 8-bit activations (needs AVX2, FMA
+    /// and F16C), where it has one: decode quantizes activations only for such formats.
+    const Q8_AVX2: Option<Q8Kernel> = None;
 }
+
+/// An integer dot-product kernel: `row · x̂` for a row of whole blocks and 8-bit activations.
+pub type Q8Kernel = unsafe fn(&[u8], &Q8Act) -> f32;
 
 /// `row · x̂` by dequantizing both: the reference every integer kernel is tested against.
 pub fn dot_row_q8_by_dequant<B: BlockFormat + ?Sized>(row: &[u8], x: &Q8Act) -> f32 {
@@ -264,16 +263,22 @@ impl QuantType {
         })
     }
 
-    /// Whether decode should quantize activations for this format (it has an integer kernel).
+    /// Whether decode should quantize activations for this format: it has an integer kernel
+    /// and this CPU can run it.
     pub fn has_q8_dot(self) -> bool {
-        with_format!(self, B => B::Q8_DOT)
+        has_avx2_fma() && with_format!(self, B => B::Q8_AVX2.is_some())
     }
 
-    /// `row · x̂` for 8-bit activations `x̂` of `row`'s length.
+    /// `row · x̂` for 8-bit activations `x̂` of `row`'s length: the format's integer kernel, or
+    /// the reference where there is none.
     pub fn dot_row_q8(self, row: &[u8], x: &Q8Act) -> f32 {
         with_format!(self, B => {
             debug_assert_eq!(Some(row.len()), self.row_bytes(x.len()));
-            B::dot_row_q8(row, x)
+            match B::Q8_AVX2 {
+                // SAFETY: the kernels need AVX2, FMA and F16C, checked here.
+                Some(kernel) if has_avx2_fma() => unsafe { kernel(row, x) },
+                _ => dot_row_q8_by_dequant::<B>(row, x),
+            }
         })
     }
 

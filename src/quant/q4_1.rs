@@ -6,7 +6,9 @@ use super::q8act::dot_u8_i8;
 use super::util::{f16_at, has_avx2_fma, min_max, put_f16};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
-use super::{BlockFormat, Q8Act, QuantType};
+use super::{BlockFormat, QuantType};
+#[cfg(target_arch = "x86_64")]
+use super::{Q8Act, Q8Kernel};
 
 pub struct BlockQ4_1;
 
@@ -41,15 +43,8 @@ impl BlockFormat for BlockQ4_1 {
         }
         dot_row_scalar(row, x)
     }
-    const Q8_DOT: bool = cfg!(target_arch = "x86_64");
-    fn dot_row_q8(row: &[u8], x: &Q8Act) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: AVX2, FMA and F16C are present (checked above).
-            return unsafe { dot_row_q8_avx2(row, x) };
-        }
-        super::dot_row_q8_by_dequant::<Self>(row, x)
-    }
+    #[cfg(target_arch = "x86_64")]
+    const Q8_AVX2: Option<Q8Kernel> = Some(dot_row_q8_avx2);
 }
 
 /// `Σ (d q + m) x = d Σ q x + m Σ x`, per block.
