@@ -100,7 +100,14 @@ fn check_text_against_golden(engine: &mut Engine, model: &str, min_margin: f32) 
 
 #[test]
 fn nano_greedy_text_matches_transformers() {
-    let mut e = nano();
+    let mut e = Engine::load(
+        &data("nano/nano-llama.gguf"),
+        &LoadOptions {
+            exact: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(check_text_against_golden(&mut e, "nano-llama", 0.05) >= 2);
 }
 

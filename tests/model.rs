@@ -154,6 +154,17 @@ fn gemma3_matches_transformers() {
     }
 }
 
+/// The nano model mixes every block format, so its integer decode covers every kernel.
+#[test]
+fn nano_llama_with_int8_decode_matches_transformers() {
+    check_golden_on(
+        "nano-llama",
+        &data("nano/nano-llama.gguf"),
+        KvType::F16,
+        CpuBackend::new(),
+    );
+}
+
 #[test]
 fn smollm2_with_int8_decode_matches_transformers() {
     if let Some(p) = real_model("HEARTH_TEST_SMOLLM2", "smollm2") {

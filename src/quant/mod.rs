@@ -381,10 +381,10 @@ mod tests {
             );
             n_int += t.has_q8_dot() as usize;
         }
-        if cfg!(target_arch = "x86_64") {
+        if has_avx2_fma() {
             assert_eq!(
-                n_int, 5,
-                "Q8_0, Q4_1, Q5_0, Q4_K and Q6_K have integer kernels"
+                n_int, 7,
+                "Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K have integer kernels"
             );
         }
     }

@@ -2,6 +2,12 @@
 //! Low nibbles hold values 0..16, high nibbles 16..32.
 
 use super::util::{f16_at, put_f16, signed_absmax};
+#[cfg(target_arch = "x86_64")]
+use super::{
+    q8act::{dot_row_q8_affine32, nibbles_32},
+    util::f16_at_f16c,
+    Q8Act, Q8Kernel,
+};
 use super::{BlockFormat, QuantType};
 
 pub struct BlockQ4_0;
@@ -10,6 +16,8 @@ impl BlockFormat for BlockQ4_0 {
     const TYPE: QuantType = QuantType::Q4_0;
     const BLOCK_ELEMS: usize = 32;
     const BLOCK_BYTES: usize = 18;
+    #[cfg(target_arch = "x86_64")]
+    const Q8_AVX2: Option<Q8Kernel> = Some(dot_row_q8_avx2);
     fn dequantize_block(block: &[u8], out: &mut [f32]) {
         let d = f16_at(block, 0);
         for (j, &q) in block[2..18].iter().enumerate() {
@@ -29,4 +37,14 @@ impl BlockFormat for BlockQ4_0 {
         }
         Some(())
     }
+}
+
+/// Q4_0 · 8-bit activations: `u` the nibbles, `c = -8 d`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
+    dot_row_q8_affine32(row, x, 18, |b| {
+        let d = f16_at_f16c(b, 0);
+        (nibbles_32(b.as_ptr().add(2)), d, -8.0 * d)
+    })
 }

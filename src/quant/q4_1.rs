@@ -2,7 +2,7 @@
 //! `x = d * q + m`. Low nibbles hold values 0..16, high nibbles 16..32.
 
 #[cfg(target_arch = "x86_64")]
-use super::q8act::dot_u8_i8;
+use super::q8act::{dot_row_q8_affine32, nibbles_32};
 use super::util::{f16_at, has_avx2_fma, min_max, put_f16};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
@@ -86,24 +86,15 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
     hsum256(_mm256_add_ps(acc_q, acc_m))
 }
 
-/// Q4_1 · 8-bit activations: `Σ (d q + m) x̂ = d·dx Σ q·qx + m · (dx Σ qx)`; the nibbles
-/// (0..15) multiply the activation bytes directly.
+/// Q4_1 · 8-bit activations: `u` the nibbles, `c = m`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
-    use std::arch::x86_64::*;
-    let mask = _mm_set1_epi8(0xF);
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for (i, b) in row.chunks_exact(20).enumerate() {
-        let bytes = _mm_loadu_si128(b.as_ptr().add(4) as *const __m128i);
-        let lo = _mm_and_si128(bytes, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), mask);
-        let w = _mm256_set_m128i(hi, lo);
-        let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * i) as *const __m256i);
-        let p = _mm256_cvtepi32_ps(dot_u8_i8(w, q));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at_f16c(b, 0) * x.d[i]), p, acc);
-        mins += f16_at_f16c(b, 2) * x.sum[i];
-    }
-    hsum256(acc) + mins
+    dot_row_q8_affine32(row, x, 20, |b| {
+        (
+            nibbles_32(b.as_ptr().add(4)),
+            f16_at_f16c(b, 0),
+            f16_at_f16c(b, 2),
+        )
+    })
 }

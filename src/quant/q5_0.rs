@@ -2,7 +2,7 @@
 //! bytes): `x = d * (q - 16)`.
 
 #[cfg(target_arch = "x86_64")]
-use super::q8act::dot_u8_i8;
+use super::q8act::{dot_row_q8_affine32, nibbles_32};
 use super::util::{f16_at, has_avx2_fma, pack_q5, put_f16, signed_absmax};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
@@ -84,19 +84,13 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
     hsum256(acc)
 }
 
-/// The 32 unsigned 5-bit values of a Q5 block in value order: nibbles (low ones are values
-/// 0..16, high ones 16..32) with bit `k` of the 32 high bits `qh` added as 16 to value `k`.
+/// The 32 unsigned 5-bit values of a Q5 block in value order: the nibbles with bit `k` of the
+/// 32 high bits `qh` added as 16 to value `k`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 pub(super) unsafe fn q5_values(qh: u32, qs: *const u8) -> std::arch::x86_64::__m256i {
     use std::arch::x86_64::*;
-    let mask = _mm_set1_epi8(0xF);
-    let bytes = _mm_loadu_si128(qs as *const __m128i);
-    let nibbles = _mm256_set_m128i(
-        _mm_and_si128(_mm_srli_epi16(bytes, 4), mask),
-        _mm_and_si128(bytes, mask),
-    );
     // Byte k takes byte k/8 of qh, then tests bit k%8 of it (ggml's bytes_from_bits_32).
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(qh as i32),
@@ -112,25 +106,16 @@ pub(super) unsafe fn q5_values(qh: u32, qs: *const u8) -> std::arch::x86_64::__m
         _mm256_cmpeq_epi8(bits, _mm256_set1_epi8(-1)),
         _mm256_set1_epi8(0x10),
     );
-    _mm256_or_si256(nibbles, high)
+    _mm256_or_si256(nibbles_32(qs), high)
 }
 
-/// Q5_0 · 8-bit activations: `Σ d (q - 16) x̂ = d·dx Σ q·qx - 16 d · (dx Σ qx)`, with the
-/// 5-bit values (0..31) multiplying the activation bytes directly.
+/// Q5_0 · 8-bit activations: `u` the 5-bit values, `c = -16 d`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
-    use std::arch::x86_64::*;
-    let mut acc = _mm256_setzero_ps();
-    let mut offsets = 0f32;
-    for (i, b) in row.chunks_exact(22).enumerate() {
+    dot_row_q8_affine32(row, x, 22, |b| {
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        let w = q5_values(qh, b.as_ptr().add(6));
-        let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * i) as *const __m256i);
-        let p = _mm256_cvtepi32_ps(dot_u8_i8(w, q));
         let d = f16_at_f16c(b, 0);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[i]), p, acc);
-        offsets += 16.0 * d * x.sum[i];
-    }
-    hsum256(acc) - offsets
+        (q5_values(qh, b.as_ptr().add(6)), d, -16.0 * d)
+    })
 }

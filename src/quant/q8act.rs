@@ -94,6 +94,46 @@ pub unsafe fn dot_i8_i8(
     dot_u8_i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
 }
 
+/// The 32 values of 16 nibble bytes in value order: low nibbles are values 0..16, high ones
+/// 16..32 (the layout of Q4_0, Q4_1, Q5_0 and Q5_1).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub unsafe fn nibbles_32(qs: *const u8) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let mask = _mm_set1_epi8(0xF);
+    let bytes = _mm_loadu_si128(qs as *const __m128i);
+    _mm256_set_m128i(
+        _mm_and_si128(_mm_srli_epi16(bytes, 4), mask),
+        _mm_and_si128(bytes, mask),
+    )
+}
+
+/// `row · x̂` for the 32-value formats whose values are `d·u + c` with unsigned `u` < 128
+/// (Q4_0, Q4_1, Q5_0, Q5_1): `Σ (d u + c) x̂ = d·dx Σ u·qx + c · (dx Σ qx)`, the first sum in
+/// integers. `unpack(block)` gives the 32 `u` in value order, `d` and `c`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub unsafe fn dot_row_q8_affine32(
+    row: &[u8],
+    x: &Q8Act,
+    block_bytes: usize,
+    unpack: impl Fn(&[u8]) -> (std::arch::x86_64::__m256i, f32, f32),
+) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_ps();
+    let mut offsets = 0f32;
+    for (i, b) in row.chunks_exact(block_bytes).enumerate() {
+        let (u, d, c) = unpack(b);
+        let q = _mm256_loadu_si256(x.qs.as_ptr().add(32 * i) as *const __m256i);
+        let p = _mm256_cvtepi32_ps(dot_u8_i8(u, q));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d[i]), p, acc);
+        offsets += c * x.sum[i];
+    }
+    crate::quant::hsum256(acc) + offsets
+}
+
 /// Eight vectors of i32 lanes to one: lane `j` of the result is the sum of `p[j]`'s lanes.
 /// Lets a kernel scale eight per-sub-block sums with one multiply instead of eight.
 #[cfg(target_arch = "x86_64")]
