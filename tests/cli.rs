@@ -406,3 +406,16 @@ fn bench_model_reports_speed_load_time_and_memory() {
         "nosuchmodel",
     );
 }
+
+/// The GPU issue spells the bandwidth flag `--peak-gbs`; both spellings are accepted.
+#[test]
+fn bench_kernels_takes_peak_gbs_and_peak_gbps() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = hearth(dir.path(), &["bench", "kernels", "--help"]);
+    assert_ok(&help);
+    let text = stdout(&help);
+    assert!(
+        text.contains("--peak-gbps") && text.contains("peak-gbs"),
+        "{text}"
+    );
+}

@@ -28,7 +28,7 @@ pub struct KernelsArgs {
     #[arg(long, default_value_t = 200)]
     pub min_ms: u64,
     /// The device's memory bandwidth in GB/s, for a % of peak column
-    #[arg(long)]
+    #[arg(long, visible_alias = "peak-gbs")]
     pub peak_gbps: Option<f64>,
     /// The device's f32 throughput in GFLOP/s, for a % of peak column
     #[arg(long)]
