@@ -3,28 +3,9 @@
 // writes that chunk's softmax statistics (max m, sum l) and its unnormalised output; then
 // `attn_combine` merges the chunks of each (row, head). Causal, grouped-query (query head h
 // reads KV head h / (n_heads / n_kv_heads)), optional sliding window and logit soft cap.
-// Assembled after a reduction file (`wg_max`, `wg_sum`, `Lanes`) and a cache file (kv/*.wgsl:
-// bindings 2 and 3, `k_at`, `v_at`).
+// Assembled after a cache file (kv/*.wgsl), common/attention.wgsl (`p`, `q`, `window_start`,
+// `softcapped`) and a reduction file (`wg_max`, `wg_sum`, `Lanes`).
 
-struct AttnParams {
-    n_q: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    pos_start: u32,
-    // 0: no window. Otherwise a query at p sees keys at positions > p - window.
-    window: u32,
-    n_splits: u32,
-    kv_stride: u32,
-    scale: f32,
-    // 0: no soft cap.
-    softcap: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: AttnParams;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
 // Per (row, head, split): m, l, then head_dim unnormalised output values.
 @group(0) @binding(4) var<storage, read_write> parts: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
@@ -34,21 +15,6 @@ const CHUNK: u32 = 256u;
 var<workgroup> q_s: array<f32, 256>;
 var<workgroup> p_s: array<f32, 256>;
 var<workgroup> o_s: array<f32, 256>;
-
-// First key position a query at `pos` may see.
-fn window_start(pos: u32) -> u32 {
-    if (p.window == 0u || pos + 1u <= p.window) {
-        return 0u;
-    }
-    return pos + 1u - p.window;
-}
-
-fn softcapped(s: f32) -> f32 {
-    if (p.softcap == 0.0) {
-        return s;
-    }
-    return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
-}
 
 @compute @workgroup_size(256)
 fn attn_split(

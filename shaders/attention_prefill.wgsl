@@ -4,28 +4,9 @@
 // scores never leave workgroup memory. Tile sizes follow head_dim: the query tile holds 1024
 // values and the K/V tile 2048 (BQ = 1024 / head_dim, BK = 2048 / head_dim, head_dim counted
 // as at least 64), which keeps workgroup memory under 16 KiB. Causal, grouped-query, optional
-// sliding window and logit soft cap. Assembled after a cache file (kv/*.wgsl: bindings 2 and 3,
-// `k_at`, `v_at`).
+// sliding window and logit soft cap. Assembled after a cache file (kv/*.wgsl) and
+// common/attention.wgsl (`p`, `q`, `window_start`, `softcapped`).
 
-struct AttnParams {
-    n_q: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    pos_start: u32,
-    // 0: no window. Otherwise a query at p sees keys at positions > p - window.
-    window: u32,
-    n_splits: u32,
-    kv_stride: u32,
-    scale: f32,
-    // 0: no soft cap.
-    softcap: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: AttnParams;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 const Q_TILE: u32 = 1024u;
@@ -42,20 +23,6 @@ var<workgroup> s_t: array<f32, 512>;
 var<workgroup> row_m: array<f32, 16>;
 var<workgroup> row_l: array<f32, 16>;
 var<workgroup> row_alpha: array<f32, 16>;
-
-fn window_start(pos: u32) -> u32 {
-    if (p.window == 0u || pos + 1u <= p.window) {
-        return 0u;
-    }
-    return pos + 1u - p.window;
-}
-
-fn softcapped(s: f32) -> f32 {
-    if (p.softcap == 0.0) {
-        return s;
-    }
-    return p.softcap * tanh(clamp(s / p.softcap, -15.0, 15.0));
-}
 
 @compute @workgroup_size(256)
 fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {

@@ -123,10 +123,6 @@ impl Engine {
         self.runner.device_name()
     }
 
-    pub fn kv_type(&self) -> KvType {
-        self.runner.kv_type()
-    }
-
     /// Generates from `prompt` text (special-token text parsed, BOS as the model wants, but
     /// never twice: chat templates such as Gemma's and Llama 3's already write it).
     pub fn generate(

@@ -197,7 +197,6 @@ pub trait Runner: Send {
     fn n_ctx(&self) -> usize;
     fn n_vocab(&self) -> usize;
     fn device_name(&self) -> String;
-    fn kv_type(&self) -> KvType;
     /// Makes the cache hold exactly `ids` and returns the logits of the last one, plus how
     /// many leading ids were already cached.
     fn eval(&mut self, ids: &[u32]) -> Result<(Vec<f32>, usize)>;
@@ -249,10 +248,6 @@ where
 
     fn device_name(&self) -> String {
         self.backend.name()
-    }
-
-    fn kv_type(&self) -> KvType {
-        self.cache.kv_type
     }
 
     fn eval(&mut self, ids: &[u32]) -> Result<(Vec<f32>, usize)> {

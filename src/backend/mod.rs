@@ -190,9 +190,7 @@ pub trait Backend: Send + Sync {
         ws: &[&Self::Weight],
         outs: &mut [&mut Self::Tensor],
     ) -> Result<()> {
-        shapes::check("matmul", ws.len() == outs.len(), || {
-            format!("{} weights, {} outputs", ws.len(), outs.len())
-        })?;
+        shapes::matmul_many(ws.len(), outs.len())?;
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.matmul(x, w, out)?;
         }

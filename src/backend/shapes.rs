@@ -1,7 +1,7 @@
 //! The shape rules of every `Backend` op, written once: each backend calls these before it
 //! touches memory, so a wrong shape is the same clear `Error::Shape` on every device.
 
-use super::{AttnParams, RopeParams};
+use super::{AttnParams, KvType, RopeParams};
 use crate::{Error, Result};
 
 /// `(n_rows, n_cols)` of a tensor or weight.
@@ -32,6 +32,13 @@ pub fn copy_rows(src: Shape, src_row: usize, dst: Shape, dst_row: usize, n: usiz
             )
         },
     )
+}
+
+/// `matmul_many`: one output per weight.
+pub fn matmul_many(n_weights: usize, n_outs: usize) -> Result<()> {
+    check("matmul", n_weights == n_outs, || {
+        format!("{n_weights} weights, {n_outs} outputs")
+    })
 }
 
 /// All rows of `src` into a cache from `dst_row` on.
@@ -103,14 +110,19 @@ pub fn rope(x: Shape, n_freq: usize, p: &RopeParams) -> Result<()> {
     )
 }
 
+/// `kv_types`: the element types of the K and V caches, which must agree.
 pub fn attention(
     q: Shape,
     k_cache: Shape,
     v_cache: Shape,
+    kv_types: (KvType, KvType),
     out: Shape,
     p: &AttnParams,
 ) -> Result<()> {
     let hd = p.head_dim;
+    check("attention", kv_types.0 == kv_types.1, || {
+        format!("K cache {} but V cache {}", kv_types.0, kv_types.1)
+    })?;
     check(
         "attention",
         p.n_kv_heads > 0

@@ -73,7 +73,6 @@ pub struct KvCache<B: Backend> {
     pub k: Vec<B::Cache>,
     pub v: Vec<B::Cache>,
     pub n_ctx: usize,
-    pub kv_type: KvType,
     /// Positions filled so far.
     pub n_past: usize,
 }
@@ -91,15 +90,8 @@ impl<B: Backend> KvCache<B> {
             k,
             v,
             n_ctx,
-            kv_type,
             n_past: 0,
         })
-    }
-
-    /// Bytes the cache holds for `n_ctx` positions of `config`'s model.
-    pub fn bytes(config: &ModelConfig, n_ctx: usize, kv_type: KvType) -> u64 {
-        (2 * config.n_layers * n_ctx * config.n_kv_heads * config.head_dim) as u64
-            * kv_type.bytes_per_value() as u64
     }
 
     /// Forgets positions from `n` on (the next forward overwrites them).

@@ -49,15 +49,20 @@ pub trait BlockFormat {
     fn quantize_block(_x: &[f32], _out: &mut [u8]) -> Option<()> {
         None
     }
-    /// `row · x` for a row of whole blocks without materialising the dequantized row. Formats
-    /// on the hot path override this with a fused SIMD kernel; this default is the reference.
+    /// `row · x` for a row of whole blocks without dequantizing the row first: the portable
+    /// path (the default is the reference; some formats have a faster scalar loop).
     fn dot_row(row: &[u8], x: &[f32]) -> f32 {
         dot_row_by_dequant::<Self>(row, x)
     }
+    /// The format's fused f32 kernel for `row · x` (needs AVX2, FMA and F16C), where it has one.
+    const DOT_AVX2: Option<DotKernel> = None;
     /// The format's integer kernel for `row · x̂` against 8-bit activations (needs AVX2, FMA
     /// and F16C), where it has one: decode quantizes activations only for such formats.
     const Q8_AVX2: Option<Q8Kernel> = None;
 }
+
+/// A fused dot-product kernel: `row · x` for a row of whole blocks and f32 activations.
+pub type DotKernel = unsafe fn(&[u8], &[f32]) -> f32;
 
 /// An integer dot-product kernel: `row · x̂` for a row of whole blocks and 8-bit activations.
 pub type Q8Kernel = unsafe fn(&[u8], &Q8Act) -> f32;
@@ -259,7 +264,11 @@ impl QuantType {
     pub fn dot_row(self, row: &[u8], x: &[f32]) -> f32 {
         with_format!(self, B => {
             debug_assert_eq!(Some(row.len()), self.row_bytes(x.len()));
-            B::dot_row(row, x)
+            match B::DOT_AVX2 {
+                // SAFETY: the kernels need AVX2, FMA and F16C, checked here.
+                Some(kernel) if has_avx2_fma() => unsafe { kernel(row, x) },
+                _ => B::dot_row(row, x),
+            }
         })
     }
 

@@ -3,12 +3,12 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::q8act::{dot_row_q8_affine32, nibbles_32};
-use super::util::{f16_at, has_avx2_fma, min_max, put_f16};
+use super::util::{f16_at, min_max, put_f16};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
 #[cfg(target_arch = "x86_64")]
-use super::{Q8Act, Q8Kernel};
+use super::{DotKernel, Q8Act, Q8Kernel};
 
 pub struct BlockQ4_1;
 
@@ -35,12 +35,9 @@ impl BlockFormat for BlockQ4_1 {
         }
         Some(())
     }
+    #[cfg(target_arch = "x86_64")]
+    const DOT_AVX2: Option<DotKernel> = Some(dot_row_avx2);
     fn dot_row(row: &[u8], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: AVX2 and FMA are present (checked above).
-            return unsafe { dot_row_avx2(row, x) };
-        }
         dot_row_scalar(row, x)
     }
     #[cfg(target_arch = "x86_64")]

@@ -3,12 +3,12 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::q8act::{dot_u8_i8, lane_sums};
-use super::util::{f16_at, has_avx2_fma, scale_min_k4};
+use super::util::{f16_at, scale_min_k4};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
 #[cfg(target_arch = "x86_64")]
-use super::{Q8Act, Q8Kernel};
+use super::{DotKernel, Q8Act, Q8Kernel};
 
 pub struct BlockQ4K;
 
@@ -35,12 +35,9 @@ impl BlockFormat for BlockQ4K {
             }
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    const DOT_AVX2: Option<DotKernel> = Some(dot_row_avx2);
     fn dot_row(row: &[u8], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: AVX2, FMA and F16C are present (checked above).
-            return unsafe { dot_row_avx2(row, x) };
-        }
         dot_row_scalar(row, x)
     }
     #[cfg(target_arch = "x86_64")]

@@ -3,12 +3,12 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::q8act::lane_sums;
-use super::util::{f16_at, has_avx2_fma};
+use super::util::f16_at;
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
 #[cfg(target_arch = "x86_64")]
-use super::{Q8Act, Q8Kernel};
+use super::{DotKernel, Q8Act, Q8Kernel};
 
 pub struct BlockQ6K;
 
@@ -38,14 +38,8 @@ impl BlockFormat for BlockQ6K {
             }
         }
     }
-    fn dot_row(row: &[u8], x: &[f32]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: AVX2, FMA and F16C are present (checked above).
-            return unsafe { dot_row_avx2(row, x) };
-        }
-        super::dot_row_by_dequant::<Self>(row, x)
-    }
+    #[cfg(target_arch = "x86_64")]
+    const DOT_AVX2: Option<DotKernel> = Some(dot_row_avx2);
     #[cfg(target_arch = "x86_64")]
     const Q8_AVX2: Option<Q8Kernel> = Some(dot_row_q8_avx2);
 }

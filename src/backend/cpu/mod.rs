@@ -273,9 +273,7 @@ impl Backend for CpuBackend {
         ws: &[&CpuWeight],
         outs: &mut [&mut CpuTensor],
     ) -> Result<()> {
-        check("matmul", ws.len() == outs.len(), || {
-            format!("{} weights, {} outputs", ws.len(), outs.len())
-        })?;
+        shapes::matmul_many(ws.len(), outs.len())?;
         for (w, out) in ws.iter().zip(outs.iter()) {
             shapes::matmul(
                 self.shape(x),
@@ -369,22 +367,14 @@ impl Backend for CpuBackend {
             self.shape(q),
             self.cache_shape(k_cache),
             self.cache_shape(v_cache),
+            (k_cache.kv_type(), v_cache.kv_type()),
             self.shape(out),
             p,
         )?;
         match (&k_cache.data, &v_cache.data) {
             (CacheData::F32(k), CacheData::F32(v)) => attend(q, k, v, k_cache.n_cols, p, out),
             (CacheData::F16(k), CacheData::F16(v)) => attend(q, k, v, k_cache.n_cols, p, out),
-            _ => {
-                return Err(Error::shape(
-                    "attention",
-                    format!(
-                        "K cache {} but V cache {}",
-                        k_cache.kv_type(),
-                        v_cache.kv_type()
-                    ),
-                ))
-            }
+            _ => unreachable!("shapes::attention checked that K and V share a type"),
         }
         Ok(())
     }

@@ -33,17 +33,12 @@ impl GpuBackend {
             self.shape(q),
             self.cache_shape(k_cache),
             self.cache_shape(v_cache),
+            (k_cache.kv_type, v_cache.kv_type),
             self.shape(out),
             p,
         )?;
         check("attention", hd > 0 && hd <= MAX_HEAD_DIM, || {
             format!("head_dim {hd}: the GPU kernels take heads of 1..={MAX_HEAD_DIM} values")
-        })?;
-        check("attention", k_cache.kv_type == v_cache.kv_type, || {
-            format!(
-                "K cache {} but V cache {}",
-                k_cache.kv_type, v_cache.kv_type
-            )
         })?;
         let kv = Some(k_cache.kv_type.qtype());
         let n_q = q.n_rows;

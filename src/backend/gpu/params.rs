@@ -87,7 +87,7 @@ uniform_struct!(
 );
 
 uniform_struct!(
-    /// attention_decode.wgsl and attention_prefill.wgsl; `window` and `softcap` are 0 when off.
+    /// common/attention.wgsl (both attention kernels); `window` and `softcap` are 0 when off.
     AttnParams {
         n_q: u32,
         n_heads: u32,

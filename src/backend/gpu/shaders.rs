@@ -30,6 +30,10 @@ pub static FILES: &[(&str, &str)] = &[
         include_str!("../../../shaders/common/reduce_workgroup.wgsl"),
     ),
     (
+        "common/attention.wgsl",
+        include_str!("../../../shaders/common/attention.wgsl"),
+    ),
+    (
         "common/weights.wgsl",
         include_str!("../../../shaders/common/weights.wgsl"),
     ),
@@ -346,6 +350,7 @@ impl PipelineKey {
         }
         if def.kv {
             files.push(kv_file(self.quant)?);
+            files.push("common/attention.wgsl");
         }
         if def.reduce {
             files.push(if self.features.subgroups {
