@@ -3,24 +3,7 @@
 // slice of the weights once into workgroup memory (shared by all 64 tokens) beside the matching
 // slice of the activations, and each thread accumulates a 4 x 4 block of outputs in registers.
 // Tiles are stored k-major as vec4s so the inner loop reads 4 rows / 4 tokens per load.
-// Assembled after a block-format file (`deq8`).
-
-struct MatParams {
-    n_tokens: u32,
-    n_rows: u32,
-    n_cols: u32,
-    row_bytes: u32,
-    out_stride: u32,
-    out_offset: u32,
-    // matvec only: rows per workgroup, about one per team.
-    rows_per_group: u32,
-    _pad0: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: MatParams;
-@group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// Assembled after a block-format file (`deq8`) and common/matmul.wgsl (`p`, `w`, `x`, `out`).
 
 const TILE: u32 = 64u;
 const BK: u32 = 32u;

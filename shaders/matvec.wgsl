@@ -5,24 +5,8 @@
 // 8-value chunks (one `deq8` each) so neighbouring lanes read neighbouring bytes of the same
 // blocks, and one team reduction finishes the row. With subgroups there is no barrier and no
 // workgroup memory at all.
-// Assembled after a block-format file (`deq8`) and a reduction file (`team_*`, `Lanes`).
-
-struct MatParams {
-    n_tokens: u32,
-    n_rows: u32,
-    n_cols: u32,
-    row_bytes: u32,
-    out_stride: u32,
-    out_offset: u32,
-    // matvec only: rows per workgroup, about one per team.
-    rows_per_group: u32,
-    _pad0: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: MatParams;
-@group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// Assembled after a block-format file (`deq8`), a reduction file (`team_*`, `Lanes`) and
+// common/matmul.wgsl (`p`, `w`, `x`, `out`).
 
 @compute @workgroup_size(256)
 fn matvec(

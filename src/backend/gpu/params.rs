@@ -35,7 +35,8 @@ macro_rules! uniform_struct {
 }
 
 uniform_struct!(
-    /// matvec.wgsl and matmul.wgsl: `out[t, out_offset + r]` for the weight part's rows.
+    /// common/matmul.wgsl (matvec and matmul): `out[t, out_offset + r]` for the weight
+    /// part's rows.
     MatParams {
         n_tokens: u32,
         n_rows: u32,

@@ -30,6 +30,10 @@ pub static FILES: &[(&str, &str)] = &[
         include_str!("../../../shaders/common/reduce_workgroup.wgsl"),
     ),
     (
+        "common/matmul.wgsl",
+        include_str!("../../../shaders/common/matmul.wgsl"),
+    ),
+    (
         "common/attention.wgsl",
         include_str!("../../../shaders/common/attention.wgsl"),
     ),
@@ -272,6 +276,17 @@ impl Kernel {
         )
     }
 
+    /// The declarations a kernel file shares with its sibling, assembled just before it.
+    fn header(self) -> Option<&'static str> {
+        match self {
+            Kernel::Matvec | Kernel::Matmul => Some("common/matmul.wgsl"),
+            Kernel::AttnSplit | Kernel::AttnCombine | Kernel::AttnPrefill => {
+                Some("common/attention.wgsl")
+            }
+            _ => None,
+        }
+    }
+
     pub fn entry_point(self) -> &'static str {
         self.def().entry
     }
@@ -350,7 +365,6 @@ impl PipelineKey {
         }
         if def.kv {
             files.push(kv_file(self.quant)?);
-            files.push("common/attention.wgsl");
         }
         if def.reduce {
             files.push(if self.features.subgroups {
@@ -359,6 +373,7 @@ impl PipelineKey {
                 "common/reduce_workgroup.wgsl"
             });
         }
+        files.extend(self.kernel.header());
         files.push(def.file);
         Ok(files)
     }
