@@ -24,14 +24,14 @@ fn attn_split(
 ) {
     let split = wg.x;
     let h = wg.y;
-    let t = wg.z;
+    let t = p.row_begin + wg.z;
     let hd = p.head_dim;
-    let pos = p.pos_start + t;
+    let pos = row_pos(t);
     let kv_off = (h / (p.n_heads / p.n_kv_heads)) * hd;
     // Keys this workgroup covers: [lo, hi], possibly empty.
     let lo = max(window_start(pos), split * CHUNK);
     let hi = min(pos, split * CHUNK + CHUNK - 1u);
-    let part = ((t * p.n_heads + h) * p.n_splits + split) * (hd + 2u);
+    let part = ((wg.z * p.n_heads + h) * p.n_splits + split) * (hd + 2u);
     if (lo > hi) {
         // Uniform: every thread of the workgroup takes this branch together.
         if (lid == 0u) {
@@ -53,7 +53,7 @@ fn attn_split(
     let valid = j >= lo && j <= hi;
     var s = -3.0e38;
     if (valid) {
-        let ko = j * p.kv_stride + kv_off;
+        let ko = cache_row(t, j) * p.kv_stride + kv_off;
         var acc = 0.0;
         for (var d = 0u; d < hd; d++) {
             acc += q_s[d] * k_at(ko + d);
@@ -76,7 +76,7 @@ fn attn_split(
         var acc = 0.0;
         if (g < groups && d < hd) {
             for (var jj = lo + g; jj <= hi; jj += groups) {
-                acc += p_s[jj - split * CHUNK] * v_at(jj * p.kv_stride + kv_off + d);
+                acc += p_s[jj - split * CHUNK] * v_at(cache_row(t, jj) * p.kv_stride + kv_off + d);
             }
         }
         o_s[lid] = acc;
@@ -99,10 +99,10 @@ fn attn_split(
 @compute @workgroup_size(256)
 fn attn_combine(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let h = wg.x;
-    let t = wg.y;
+    let t = p.row_begin + wg.y;
     let hd = p.head_dim;
     let stride = hd + 2u;
-    let first = (t * p.n_heads + h) * p.n_splits * stride;
+    let first = (wg.y * p.n_heads + h) * p.n_splits * stride;
     var m = -3.0e38;
     for (var s = 0u; s < p.n_splits; s++) {
         if (parts[first + s * stride + 1u] > 0.0) {

@@ -1,5 +1,6 @@
 //! Attention for many query rows (prompt processing), tiled with an online softmax
-// (FlashAttention): a 256-thread workgroup takes BQ consecutive query rows of one head, walks
+// (FlashAttention): a 256-thread workgroup takes BQ consecutive query rows of one head (rows of
+// one sequence at consecutive positions: the host dispatches each sequence's run alone), walks
 // the keys they can see in tiles of BK, and keeps each row's running max, sum and output, so
 // scores never leave workgroup memory. Tile sizes follow head_dim: the query tile holds 1024
 // values and the K/V tile 2048 (BQ = 1024 / head_dim, BK = 2048 / head_dim, head_dim counted
@@ -31,8 +32,9 @@ fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     let bq = Q_TILE / hdp;
     let bk = KV_TILE / hdp;
     let h = wg.y;
-    let t0 = wg.x * bq;
-    let n_rows = min(bq, p.n_q - t0);
+    let t0 = p.row_begin + wg.x * bq;
+    let n_rows = min(bq, p.row_begin + p.n_q - t0);
+    let pos0 = row_pos(t0);
     let kv_off = (h / (p.n_heads / p.n_kv_heads)) * hd;
     let q_stride = p.n_heads * hd;
 
@@ -51,15 +53,15 @@ fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     var acc: array<f32, 4>;
 
     // Keys any row of the tile can see.
-    let lo = window_start(p.pos_start + t0);
-    let hi = p.pos_start + t0 + n_rows - 1u;
+    let lo = window_start(pos0);
+    let hi = pos0 + n_rows - 1u;
     for (var j0 = lo; j0 <= hi; j0 += bk) {
         workgroupBarrier();
         for (var i = lid; i < bk * hd; i += 256u) {
             let j = j0 + i / hd;
             var v = 0.0;
             if (j <= hi) {
-                v = k_at(j * p.kv_stride + kv_off + i % hd);
+                v = k_at(cache_row(t0, j) * p.kv_stride + kv_off + i % hd);
             }
             kv_t[i] = v;
         }
@@ -68,7 +70,7 @@ fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
         for (var i = lid; i < bq * bk; i += 256u) {
             let r = i / bk;
             let c = i % bk;
-            let pos = p.pos_start + t0 + r;
+            let pos = pos0 + r;
             let j = j0 + c;
             var s = -3.0e38;
             if (r < n_rows && j <= pos && j >= window_start(pos)) {
@@ -111,7 +113,7 @@ fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
             let j = j0 + i / hd;
             var v = 0.0;
             if (j <= hi) {
-                v = v_at(j * p.kv_stride + kv_off + i % hd);
+                v = v_at(cache_row(t0, j) * p.kv_stride + kv_off + i % hd);
             }
             kv_t[i] = v;
         }

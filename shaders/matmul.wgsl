@@ -43,7 +43,7 @@ fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: 
         var xa = vec4<f32>(0.0);
         var xb = vec4<f32>(0.0);
         if (tok < p.n_tokens) {
-            let xo = tok * p.n_cols;
+            let xo = (p.row_begin + tok) * p.n_cols;
             for (var i = 0u; i < 4u; i++) {
                 xa[i] = select(0.0, x[xo + min(e + i, p.n_cols - 1u)], e + i < p.n_cols);
                 xb[i] = select(0.0, x[xo + min(e + 4u + i, p.n_cols - 1u)], e + 4u + i < p.n_cols);
@@ -72,7 +72,7 @@ fn matmul(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: 
             for (var j = 0u; j < 4u; j++) {
                 let r = row0 + tx * 4u + j;
                 if (r < p.n_rows) {
-                    out[t * p.out_stride + p.out_offset + r] = acc[i][j];
+                    out[(p.row_begin + t) * p.out_stride + p.out_offset + r] = acc[i][j];
                 }
             }
         }

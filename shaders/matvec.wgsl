@@ -18,7 +18,7 @@ fn matvec(
     if (r0 >= p.n_rows) {
         return;
     }
-    let t = wg.z;
+    let t = p.row_begin + wg.z;
     let xo = t * p.n_cols;
     let n_chunks = (p.n_cols + 7u) / 8u;
     let lane = team_lane(lanes);

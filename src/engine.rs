@@ -1,18 +1,20 @@
-//! The engine: a model loaded on a device with its tokenizer and one generation session. It
-//! turns a text prompt into streamed text, reusing the KV cache for the prefix a prompt shares
-//! with the previous one (so a chat turn only evaluates the new messages).
+//! The engine: a model loaded on a device with its tokenizer and its runtime. It turns a text
+//! prompt into streamed text; the runtime's prefix cache reuses the keys and values of what a
+//! prompt shares with earlier ones (so a chat turn only evaluates the new messages).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{GpuBackend, GpuConfig};
-use crate::backend::KvType;
-use crate::generate::{DoneReason, GenerateOptions, GenerateStats, Runner, Session, StopMatcher};
+use crate::backend::{Backend, KvType};
+use crate::generate::{self, GenerateOptions, GenerateStats, Runner};
 use crate::gguf::GgufFile;
+use crate::model::transformer::ModelSpec;
 use crate::model::{Arch, Model, ModelConfig};
-use crate::sample::Sampler;
+use crate::runtime::{Runtime, Sequence};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -45,7 +47,39 @@ impl std::str::FromStr for Device {
     }
 }
 
+/// What to do with a backend once a device is open, whichever backend it is (a closure
+/// cannot be generic over the backend type; this trait's method is).
+pub trait WithBackend {
+    type Output;
+    fn run<B: Backend + 'static>(self, backend: B) -> Result<Self::Output>
+    where
+        B::Tensor: Send + Sync,
+        B::Weight: Send + Sync,
+        B::Cache: Send;
+}
+
 impl Device {
+    /// Opens the device `opts` names (`Auto` resolved) as a backend and hands it to `w`: the
+    /// one place a device becomes a backend, for the engine and the benchmarks alike.
+    pub fn open<W: WithBackend>(opts: &LoadOptions, w: W) -> Result<W::Output> {
+        match opts.device.resolve() {
+            Device::Cpu | Device::Auto => {
+                let threads = opts
+                    .threads
+                    .unwrap_or_else(crate::backend::cpu::pool::Pool::default_threads);
+                let backend = CpuBackend::with_threads(threads);
+                match opts.exact {
+                    true => w.run(backend.into_exact()),
+                    false => w.run(backend),
+                }
+            }
+            Device::Gpu(adapter) => w.run(GpuBackend::new(GpuConfig {
+                adapter,
+                ..Default::default()
+            })?),
+        }
+    }
+
     /// `Auto` made concrete: the first adapter that is a real GPU (not a CPU emulation such as
     /// lavapipe), else the CPU.
     pub fn resolve(self) -> Device {
@@ -63,6 +97,8 @@ impl Device {
 pub struct LoadOptions {
     pub num_ctx: Option<usize>,
     pub device: Device,
+    /// CPU threads (the caller's included); `None`: one per core.
+    pub threads: Option<usize>,
     /// Element type of the KV cache (f16 unless the user asks for f32).
     pub kv_type: KvType,
     /// CPU: keep decode activations in f32 instead of 8 bits (slower; matches an f32
@@ -71,13 +107,13 @@ pub struct LoadOptions {
 }
 
 pub struct Engine {
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
     pub config: ModelConfig,
     pub gguf: GgufFile,
     pub load_time: Duration,
     runner: Box<dyn Runner>,
-    /// How it was loaded (the device resolved), to rebuild the runner for a new `num_ctx`.
-    load: LoadOptions,
+    /// Context of a request that sets no `num_ctx`.
+    n_ctx: usize,
 }
 
 impl Engine {
@@ -104,19 +140,34 @@ impl Engine {
             device: opts.device.resolve(),
             ..opts.clone()
         };
-        let runner = make_runner(&gguf, spec, n_ctx, &load, progress)?;
+        let runner = Device::open(
+            &load,
+            MakeRunner {
+                gguf: &gguf,
+                spec,
+                n_ctx,
+                kv_type: load.kv_type,
+                progress,
+            },
+        )?;
         Ok(Engine {
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             config,
             load_time: t0.elapsed(),
             gguf,
             runner,
-            load,
+            n_ctx,
         })
     }
 
+    /// Context of a request that sets no `num_ctx`.
     pub fn n_ctx(&self) -> usize {
-        self.runner.n_ctx()
+        self.n_ctx
+    }
+
+    /// The loaded model's runtime (batches of sequences; the server drives it directly).
+    pub fn runner(&mut self) -> &mut dyn Runner {
+        self.runner.as_mut()
     }
 
     pub fn device_name(&self) -> String {
@@ -147,110 +198,47 @@ impl Engine {
         cancel: &AtomicBool,
         on_text: &mut dyn FnMut(&str) -> Result<()>,
     ) -> Result<GenerateStats> {
-        if let Some(n) = opts.num_ctx {
-            if n != self.runner.n_ctx() {
-                let spec = Arch::from_gguf(&self.gguf)?.spec(&self.gguf)?;
-                self.runner = make_runner(&self.gguf, spec, n, &self.load, &mut |_, _| {})?;
-            }
-        }
-        let n_ctx = self.runner.n_ctx();
-        if ids.len() >= n_ctx {
-            return Err(Error::PromptTooLong {
-                n_prompt: ids.len(),
-                n_ctx,
-            });
-        }
-        let t0 = Instant::now();
-        let (mut logits, cached_tokens) = self.runner.eval(ids)?;
-        let prompt_eval = t0.elapsed();
-
-        let t1 = Instant::now();
-        let mut sampler = Sampler::new(opts.sampler.clone());
-        let plain_greedy = opts.sampler.is_greedy()
-            && (opts.sampler.repeat_penalty == 1.0
-                && opts.sampler.presence_penalty == 0.0
-                && opts.sampler.frequency_penalty == 0.0);
-        let mut history = ids.to_vec();
-        let mut decoder = self.tokenizer.stream_decoder();
-        let mut stop = StopMatcher::new(&opts.stop);
-        let mut n_gen = 0;
-        let mut hit_stop = false;
-        let mut next = sampler.sample(&mut logits, &history);
-        let done_reason = loop {
-            if cancel.load(Ordering::Relaxed) {
-                break DoneReason::Cancelled;
-            }
-            if opts.num_predict.is_some_and(|n| n_gen >= n) {
-                break DoneReason::Length;
-            }
-            if self.tokenizer.is_end_of_generation(next) {
-                break DoneReason::Stop;
-            }
-            history.push(next);
-            n_gen += 1;
-            let (text, hit) = stop.push(&decoder.push(next)?);
-            if !text.is_empty() {
-                on_text(&text)?;
-            }
-            if hit {
-                hit_stop = true;
-                break DoneReason::Stop;
-            }
-            if history.len() >= n_ctx || opts.num_predict.is_some_and(|n| n_gen >= n) {
-                break DoneReason::Length;
-            }
-            next = if plain_greedy {
-                // Reads one id back instead of the logits row.
-                self.runner.step_greedy(next)?
-            } else {
-                let mut logits = self.runner.step(next)?;
-                sampler.sample(&mut logits, &history)
-            };
-        };
-        // Text still held back (an incomplete character, a possible stop-string prefix) is
-        // released unless a stop string cut the answer or the user cancelled it.
-        if !hit_stop && done_reason != DoneReason::Cancelled {
-            let (text, hit) = stop.push(&decoder.finish());
-            let rest = if hit { text } else { text + &stop.finish() };
-            if !rest.is_empty() {
-                on_text(&rest)?;
-            }
-        }
-        Ok(GenerateStats {
-            prompt_tokens: ids.len(),
-            cached_tokens,
-            prompt_eval,
-            eval_tokens: n_gen,
-            eval: t1.elapsed(),
-            done_reason,
-        })
+        let n_ctx = opts.num_ctx.unwrap_or(self.n_ctx);
+        let mut seq = Sequence::new(self.tokenizer.clone(), ids.to_vec(), opts, n_ctx)?;
+        // A longer context than any before grows the cache; the weights stay loaded.
+        self.runner.reserve_capacity(n_ctx)?;
+        generate::generate(
+            self.runner.as_mut(),
+            std::slice::from_mut(&mut seq),
+            cancel,
+            &mut |_, event| match event.text.is_empty() {
+                true => Ok(()),
+                false => on_text(&event.text),
+            },
+        )?;
+        Ok(seq.stats())
     }
 }
 
-fn make_runner(
-    gguf: &GgufFile,
-    spec: crate::model::transformer::ModelSpec,
+/// Loads the model onto the opened backend and gives it a runtime with room for `n_ctx`
+/// tokens of cache.
+struct MakeRunner<'a> {
+    gguf: &'a GgufFile,
+    spec: ModelSpec,
     n_ctx: usize,
-    opts: &LoadOptions,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<Box<dyn Runner>> {
-    let kv_type = opts.kv_type;
-    match opts.device {
-        Device::Cpu | Device::Auto => {
-            let backend = match opts.exact {
-                true => CpuBackend::exact(),
-                false => CpuBackend::new(),
-            };
-            let model = Model::load(&backend, gguf, spec)?;
-            Ok(Box::new(Session::new(backend, model, n_ctx, kv_type)?))
-        }
-        Device::Gpu(adapter) => {
-            let backend = GpuBackend::new(GpuConfig {
-                adapter,
-                ..Default::default()
-            })?;
-            let model = Model::load_with_progress(&backend, gguf, spec, progress)?;
-            Ok(Box::new(Session::new(backend, model, n_ctx, kv_type)?))
-        }
+    kv_type: KvType,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
+impl WithBackend for MakeRunner<'_> {
+    type Output = Box<dyn Runner>;
+    fn run<B: Backend + 'static>(self, backend: B) -> Result<Box<dyn Runner>>
+    where
+        B::Tensor: Send + Sync,
+        B::Weight: Send + Sync,
+        B::Cache: Send,
+    {
+        let progress: &mut dyn FnMut(u64, u64) = match B::UPLOADS_WEIGHTS {
+            true => self.progress,
+            false => &mut |_, _| {},
+        };
+        let model = Model::load_with_progress(&backend, self.gguf, self.spec, progress)?;
+        let runtime = Runtime::new(Arc::new(backend), Arc::new(model), self.n_ctx, self.kv_type)?;
+        Ok(Box::new(runtime))
     }
 }

@@ -1,16 +1,14 @@
-//! Generation state that does not depend on text: options (Ollama's parameter names), the
-//! model session that owns a KV cache and reuses its longest common prefix, and the stop-string
-//! matcher that holds back text which might still become a stop string.
+//! Generation: options (Ollama's parameter names), the `Runner` view of a loaded model's
+//! runtime, the generation loop written once for the CLI and the server (`generate`), and the
+//! stop-string matcher that holds back text which might still become a stop string.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::backend::{Backend, KvType};
-use crate::model::{KvCache, Model};
+use crate::backend::Backend;
+use crate::runtime::{Event, Runtime, Sequence};
 use crate::sample::SamplerOptions;
 use crate::{Error, Result};
-
-/// Prompt tokens evaluated per forward call: bounds the activations of a long prompt.
-pub const PREFILL_CHUNK: usize = 512;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerateOptions {
@@ -191,102 +189,86 @@ pub struct GenerateStats {
     pub done_reason: DoneReason,
 }
 
-/// A model, its backend and one KV cache: evaluates token sequences, reusing the longest
-/// prefix shared with what the cache already holds.
+/// A loaded model's runtime as the engine and the server see it, whatever its backend
+/// (`runtime::Runtime<B>` implements it).
 pub trait Runner: Send {
-    fn n_ctx(&self) -> usize;
     fn n_vocab(&self) -> usize;
     fn device_name(&self) -> String;
-    /// Makes the cache hold exactly `ids` and returns the logits of the last one, plus how
-    /// many leading ids were already cached.
-    fn eval(&mut self, ids: &[u32]) -> Result<(Vec<f32>, usize)>;
-    /// Appends one token and returns its logits.
-    fn step(&mut self, id: u32) -> Result<Vec<f32>>;
-    /// Appends one token and returns the greedy next token without reading logits back.
-    fn step_greedy(&mut self, id: u32) -> Result<u32>;
+    /// Tokens of KV cache, all sequences together.
+    fn capacity(&self) -> usize;
+    /// Grows the KV cache to `n_tokens` (weights stay loaded); only between requests.
+    fn reserve_capacity(&mut self, n_tokens: usize) -> Result<()>;
+    /// Blocks of KV cache referenced by live sequences.
+    fn blocks_in_use(&self) -> usize;
+    fn start(&mut self, seq: &mut Sequence);
+    fn step(&mut self, seqs: &mut [&mut Sequence]) -> Result<Vec<(usize, Event)>>;
+    fn finish(&mut self, seq: &mut Sequence);
 }
 
-pub struct Session<B: Backend> {
-    pub backend: B,
-    pub model: Model<B>,
-    cache: KvCache<B>,
-    /// The tokens whose keys and values `cache` holds, in order.
-    cached: Vec<u32>,
-}
-
-impl<B: Backend> Session<B> {
-    pub fn new(backend: B, model: Model<B>, n_ctx: usize, kv_type: KvType) -> Result<Self> {
-        let cache = KvCache::new(&backend, &model.config, n_ctx, kv_type)?;
-        Ok(Session {
-            backend,
-            model,
-            cache,
-            cached: Vec::new(),
-        })
-    }
-
-    fn forward(&mut self, ids: &[u32]) -> Result<B::Tensor> {
-        let logits = self.model.forward(&self.backend, ids, &mut self.cache, 1)?;
-        self.cached.extend_from_slice(ids);
-        Ok(logits)
-    }
-}
-
-impl<B: Backend + 'static> Runner for Session<B>
+impl<B: Backend + 'static> Runner for Runtime<B>
 where
-    B::Tensor: Send,
-    B::Weight: Send,
+    B::Tensor: Send + Sync,
+    B::Weight: Send + Sync,
     B::Cache: Send,
 {
-    fn n_ctx(&self) -> usize {
-        self.cache.n_ctx
-    }
-
     fn n_vocab(&self) -> usize {
-        self.model.config.n_vocab
+        self.model().config.n_vocab
     }
-
     fn device_name(&self) -> String {
-        self.backend.name()
+        self.backend().name()
     }
+    fn capacity(&self) -> usize {
+        Runtime::capacity(self)
+    }
+    fn reserve_capacity(&mut self, n_tokens: usize) -> Result<()> {
+        Runtime::reserve_capacity(self, n_tokens)
+    }
+    fn blocks_in_use(&self) -> usize {
+        Runtime::blocks_in_use(self)
+    }
+    fn start(&mut self, seq: &mut Sequence) {
+        Runtime::start(self, seq)
+    }
+    fn step(&mut self, seqs: &mut [&mut Sequence]) -> Result<Vec<(usize, Event)>> {
+        Runtime::step(self, seqs)
+    }
+    fn finish(&mut self, seq: &mut Sequence) {
+        Runtime::finish(self, seq)
+    }
+}
 
-    fn eval(&mut self, ids: &[u32]) -> Result<(Vec<f32>, usize)> {
-        if ids.is_empty() {
-            return Err(Error::Other("the prompt is empty".into()));
-        }
-        if ids.len() > self.cache.n_ctx {
-            return Err(Error::PromptTooLong {
-                n_prompt: ids.len(),
-                n_ctx: self.cache.n_ctx,
-            });
-        }
-        // Keep the shared prefix, but always evaluate at least the last id to get its logits.
-        let common = self
-            .cached
-            .iter()
-            .zip(ids)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(ids.len() - 1);
-        self.cache.truncate(common);
-        self.cached.truncate(common);
-        let mut logits = None;
-        for chunk in ids[common..].chunks(PREFILL_CHUNK) {
-            logits = Some(self.forward(chunk)?);
-        }
-        let logits = logits.expect("at least one id is evaluated");
-        Ok((self.backend.read(&logits)?, common))
+/// The generation loop: steps every sequence of `seqs` together, one forward pass per step,
+/// until each is done, handing every event to `on_event(index, event)`. `cancel` ends every
+/// sequence at the next step. The sequences' cache blocks are released however it ends.
+pub fn generate(
+    runner: &mut dyn Runner,
+    seqs: &mut [Sequence],
+    cancel: &AtomicBool,
+    on_event: &mut dyn FnMut(usize, &Event) -> Result<()>,
+) -> Result<()> {
+    for seq in seqs.iter_mut() {
+        runner.start(seq);
     }
-
-    fn step(&mut self, id: u32) -> Result<Vec<f32>> {
-        let logits = self.forward(&[id])?;
-        self.backend.read(&logits)
+    let result = (|| loop {
+        if cancel.load(Ordering::Relaxed) {
+            seqs.iter_mut().for_each(Sequence::cancel);
+        }
+        let (index, mut live): (Vec<usize>, Vec<&mut Sequence>) = seqs
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.done().is_none())
+            .unzip();
+        if live.is_empty() {
+            return Ok(());
+        }
+        for (j, event) in runner.step(&mut live)? {
+            on_event(index[j], &event)?;
+        }
+    })();
+    for seq in seqs.iter_mut() {
+        runner.finish(seq);
     }
-
-    fn step_greedy(&mut self, id: u32) -> Result<u32> {
-        let logits = self.forward(&[id])?;
-        Ok(self.backend.argmax(&logits)?[0])
-    }
+    result
 }
 
 /// Holds back generated text that could still turn into a stop string, so a stop string is

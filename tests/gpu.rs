@@ -12,7 +12,7 @@ use hearth::backend::gpu::cases::{test_cases, KernelCase, Op, Prepared};
 use hearth::backend::gpu::params::ALL_LAYOUTS;
 use hearth::backend::gpu::shaders::{all_keys, Access, PipelineKey, FILES};
 use hearth::backend::gpu::{list_adapters, GpuBackend, GpuConfig};
-use hearth::backend::{AttnParams, Backend, KvType};
+use hearth::backend::{AttnParams, Backend, BatchRows, KvType};
 use hearth::quant::QuantType;
 
 use crate::common::{data, real_model};
@@ -402,12 +402,12 @@ fn bad_inputs_are_errors() {
         n_heads: 1,
         n_kv_heads: 1,
         head_dim: 512,
-        pos_start: 0,
         scale: 1.0,
         window: None,
         softcap: None,
     };
-    let err = gpu.attention(&q, &kv, &kv, &p, &mut o).unwrap_err();
+    let rows = gpu.rows(&BatchRows::contiguous(0, 1).unwrap()).unwrap();
+    let err = gpu.attention(&q, &kv, &kv, &rows, &p, &mut o).unwrap_err();
     assert!(err.to_string().contains("head_dim"), "{err}");
     // K and V caches of different types, and an f16 cache with odd rows.
     let p = AttnParams {
@@ -417,7 +417,7 @@ fn bad_inputs_are_errors() {
         ..p
     };
     let k16 = gpu.cache(4, 512, KvType::F16).unwrap();
-    let err = gpu.attention(&q, &k16, &kv, &p, &mut o).unwrap_err();
+    let err = gpu.attention(&q, &k16, &kv, &rows, &p, &mut o).unwrap_err();
     assert!(err.to_string().contains("V cache f32"), "{err}");
     let err = gpu.cache(4, 7, KvType::F16).err().expect("odd f16 rows");
     assert!(err.to_string().contains("even"), "{err}");
@@ -446,7 +446,8 @@ fn bad_inputs_are_errors() {
 /// (matvec, split attention, argmax on the device).
 fn same_greedy_tokens(path: &std::path::Path, kv_type: KvType) {
     use hearth::gguf::GgufFile;
-    use hearth::model::{Arch, KvCache, Model};
+    use hearth::model::{Arch, Model};
+    use hearth::runtime::SoloCache;
     let Some(gpu) = gpu(GpuConfig::default()) else {
         return;
     };
@@ -456,14 +457,11 @@ fn same_greedy_tokens(path: &std::path::Path, kv_type: KvType) {
     fn decode<B: Backend>(b: &B, f: &GgufFile, prompt: &[u32], kv: KvType) -> Vec<u32> {
         let spec = Arch::from_gguf(f).unwrap().spec(f).unwrap();
         let m = Model::load(b, f, spec).unwrap();
-        let mut cache = KvCache::new(b, &m.config, 64, kv).unwrap();
-        let mut ids = vec![
-            b.argmax(&m.forward(b, prompt, &mut cache, 1).unwrap())
-                .unwrap()[0],
-        ];
+        let mut cache = SoloCache::new(b, &m, 64, kv).unwrap();
+        let mut ids = vec![b.argmax(&cache.forward(&m, b, prompt, 1).unwrap()).unwrap()[0]];
         while ids.len() < 32 {
             let last = *ids.last().unwrap();
-            let logits = m.forward(b, &[last], &mut cache, 1).unwrap();
+            let logits = cache.forward(&m, b, &[last], 1).unwrap();
             ids.push(b.argmax(&logits).unwrap()[0]);
         }
         ids
@@ -482,19 +480,20 @@ fn same_greedy_tokens(path: &std::path::Path, kv_type: KvType) {
 #[test]
 fn a_decode_step_waits_for_the_device_once() {
     use hearth::gguf::GgufFile;
-    use hearth::model::{Arch, KvCache, Model};
+    use hearth::model::{Arch, Model};
+    use hearth::runtime::SoloCache;
     let Some(gpu) = gpu(GpuConfig::default()) else {
         return;
     };
     let f = GgufFile::open(data("nano/nano-llama.gguf")).unwrap();
     let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
     let m = Model::load(&gpu, &f, spec).unwrap();
-    let mut cache = KvCache::new(&gpu, &m.config, 32, KvType::F16).unwrap();
-    let logits = m.forward(&gpu, &[1, 2, 3], &mut cache, 1).unwrap();
+    let mut cache = SoloCache::new(&gpu, &m, 32, KvType::F16).unwrap();
+    let logits = cache.forward(&m, &gpu, &[1, 2, 3], 1).unwrap();
     let mut id = gpu.argmax(&logits).unwrap()[0];
     for _ in 0..3 {
         let before = gpu.sync_stats().unwrap();
-        let logits = m.forward(&gpu, &[id], &mut cache, 1).unwrap();
+        let logits = cache.forward(&m, &gpu, &[id], 1).unwrap();
         id = gpu.argmax(&logits).unwrap()[0];
         let after = gpu.sync_stats().unwrap();
         assert_eq!(after.waits - before.waits, 1);

@@ -4,7 +4,8 @@
 use hearth::backend::cpu::CpuBackend;
 use hearth::backend::{Backend, KvType};
 use hearth::gguf::GgufFile;
-use hearth::model::{Arch, KvCache, Model};
+use hearth::model::{Arch, Model};
+use hearth::runtime::SoloCache;
 use serde_json::Value;
 
 use crate::common::{data, real_model};
@@ -72,10 +73,9 @@ fn check_golden_on(model_name: &str, gguf: &std::path::Path, kv_type: KvType, ba
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        let mut cache =
-            KvCache::new(&backend, &model.config, ids.len() + want.len(), kv_type).unwrap();
+        let mut cache = SoloCache::new(&backend, &model, ids.len() + want.len(), kv_type).unwrap();
         let logits = backend
-            .read(&model.forward(&backend, &ids, &mut cache, 1).unwrap())
+            .read(&cache.forward(&model, &backend, &ids, 1).unwrap())
             .unwrap();
 
         let mut max_diff = 0f32;
@@ -98,8 +98,8 @@ fn check_golden_on(model_name: &str, gguf: &std::path::Path, kv_type: KvType, ba
 
         let mut got = vec![hearth::sample::argmax(&logits)];
         while got.len() < want.len() {
-            let l = model
-                .forward(&backend, &[*got.last().unwrap()], &mut cache, 1)
+            let l = cache
+                .forward(&model, &backend, &[*got.last().unwrap()], 1)
                 .unwrap();
             got.push(backend.argmax(&l).unwrap()[0]);
         }

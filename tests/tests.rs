@@ -7,6 +7,7 @@ mod gguf;
 mod gpu;
 mod model;
 mod quant;
+mod runtime;
 mod store;
 mod templates;
 mod tokenizer;

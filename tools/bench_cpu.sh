@@ -20,7 +20,7 @@ gen="${GEN:-128}"
 
 for ((i = 1; i <= rounds; i++)); do
   echo "== round $i"
-  RAYON_NUM_THREADS="$threads" "$hearth" bench model "$model" -p "$prompt" -n "$gen" -r 1 --json
+  "$hearth" bench model "$model" -t "$threads" -p "$prompt" -n "$gen" -r 1 --json
   "$llama_bench" -m "$model" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o json 2>/dev/null |
     python3 -c 'import json,sys; [print(json.dumps({"test": ("pp%d" % r["n_prompt"]) if r["n_prompt"] else ("tg%d" % r["n_gen"]), "tokens_per_s": r["avg_ts"]})) for r in json.load(sys.stdin)]'
 done

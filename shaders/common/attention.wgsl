@@ -1,5 +1,6 @@
 //! What both attention files share: the parameters (binding 0), the queries (binding 1), the
-// causal window and the logit soft cap. Assembled after a cache file (kv/*.wgsl: bindings 2 and
+// batch's rows (binding 6: positions and block tables), the causal window and the logit soft
+// cap. Assembled after a cache file (kv/*.wgsl: bindings 2 and
 // 3, `k_at`, `v_at`) and before attention_decode.wgsl or attention_prefill.wgsl.
 
 struct AttnParams {
@@ -7,7 +8,8 @@ struct AttnParams {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
-    pos_start: u32,
+    // First query row of this dispatch (a run of rows of the batch).
+    row_begin: u32,
     // 0: no window. Otherwise a query at p sees keys at positions > p - window.
     window: u32,
     n_splits: u32,
@@ -15,12 +17,26 @@ struct AttnParams {
     scale: f32,
     // 0: no soft cap.
     softcap: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // Rows of the whole batch: `rows` holds pos, slot and table_start (n_batch each), then
+    // the block tables.
+    n_batch: u32,
+    block_size: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(6) var<storage, read> rows: array<u32>;
+
+// Position of batch row t.
+fn row_pos(t: u32) -> u32 {
+    return rows[t];
+}
+
+// Cache row of position j of batch row t's sequence: its block table names the block.
+fn cache_row(t: u32, j: u32) -> u32 {
+    let table = rows[2u * p.n_batch + t];
+    return rows[3u * p.n_batch + table + j / p.block_size] * p.block_size + j % p.block_size;
+}
 
 // First key position a query at `pos` may see.
 fn window_start(pos: u32) -> u32 {

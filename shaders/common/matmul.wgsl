@@ -11,7 +11,8 @@ struct MatParams {
     out_offset: u32,
     // matvec only: rows per workgroup, about one per team.
     rows_per_group: u32,
-    _pad0: u32,
+    // First token row of x and out this dispatch covers.
+    row_begin: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: MatParams;

@@ -12,9 +12,12 @@
 //! - Training (LoRA) adds `_bwd` ops beside their `_fwd` partners here; an op's backward pass
 //!   is an op of the same trait, so autograd runs on every backend.
 
+pub mod batch_rows;
 pub mod cpu;
 pub mod gpu;
 pub mod shapes;
+
+pub use batch_rows::{BatchRows, SeqRows};
 
 use crate::gguf::TensorBytes;
 use crate::quant::QuantType;
@@ -40,14 +43,13 @@ pub enum RopeLayout {
 }
 
 /// RoPE over the first `n_rot` dims of each head. `inv_freq` (`n_rot/2` values, made once at
-/// load time with any frequency scaling folded in) lives on the device.
+/// load time with any frequency scaling folded in) lives on the device; each row's position
+/// comes from the batch's `Rows`.
 #[derive(Debug, Clone, Copy)]
 pub struct RopeParams {
     pub head_dim: usize,
     pub n_rot: usize,
     pub layout: RopeLayout,
-    /// Position of the tensor's first row.
-    pub pos_start: usize,
 }
 
 /// Element type of a KV cache (Ollama's `OLLAMA_KV_CACHE_TYPE`, llama.cpp's `--cache-type-k`).
@@ -106,14 +108,13 @@ impl std::str::FromStr for KvType {
     }
 }
 
-/// Causal grouped-query attention of `n_q` query rows against a KV cache.
+/// Causal grouped-query attention of a batch's query rows against a paged KV cache: row `t`
+/// sees positions `..= pos[t]` of its own sequence, found through its block table.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnParams {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
-    /// Position of the first query row; query row `i` sees cache rows `..= pos_start + i`.
-    pub pos_start: usize,
     /// Multiplier of `q·k` (usually `1/sqrt(head_dim)`).
     pub scale: f32,
     /// Sliding window: query at position `p` sees only keys at positions `> p - window`.
@@ -127,8 +128,12 @@ pub trait Backend: Send + Sync {
     type Tensor;
     /// A weight matrix resident on the device in its stored block format.
     type Weight;
-    /// One layer's keys or values: a `[n_ctx, n_kv_heads * head_dim]` matrix of `KvType`.
+    /// One layer's keys or values: a `[n_rows, n_kv_heads * head_dim]` matrix of `KvType`,
+    /// whose rows are handed out in blocks to sequences (`BatchRows` says which).
     type Cache;
+    /// A batch's `BatchRows` on the device, made once per forward pass and read by `rope`,
+    /// `cache_write` and `attention`.
+    type Rows;
 
     /// Human-readable device name (e.g. "cpu (2 threads, avx2)").
     fn name(&self) -> String;
@@ -152,17 +157,21 @@ pub trait Backend: Send + Sync {
         n: usize,
     ) -> Result<()>;
 
-    /// A zero-filled KV cache of `n_ctx` rows of `width` values.
-    fn cache(&self, n_ctx: usize, width: usize, ty: KvType) -> Result<Self::Cache>;
+    /// A zero-filled KV cache of `n_rows` rows of `width` values.
+    fn cache(&self, n_rows: usize, width: usize, ty: KvType) -> Result<Self::Cache>;
     /// `(n_rows, n_cols)` of a cache.
     fn cache_shape(&self, c: &Self::Cache) -> (usize, usize);
-    /// The KV-cache write: every row of `src` into `cache` from row `dst_row` on, converted
-    /// to the cache's type (f16: rounded to nearest, ties to even).
+    /// Makes a batch's row placement resident (one small upload per forward pass).
+    fn rows(&self, rows: &BatchRows) -> Result<Self::Rows>;
+    /// The host description a device `Rows` was made from.
+    fn rows_host<'a>(&self, rows: &'a Self::Rows) -> &'a BatchRows;
+    /// The KV-cache write: row `t` of `src` into cache row `rows.slot[t]`, converted to the
+    /// cache's type (f16: rounded to nearest, ties to even).
     fn cache_write(
         &self,
         src: &Self::Tensor,
         cache: &mut Self::Cache,
-        dst_row: usize,
+        rows: &Self::Rows,
     ) -> Result<()>;
     /// The whole cache widened to f32; ends any pending device work.
     fn cache_read(&self, c: &Self::Cache) -> Result<Vec<f32>>;
@@ -180,32 +189,59 @@ pub trait Backend: Send + Sync {
         eps: f32,
         out: &mut Self::Tensor,
     ) -> Result<()>;
-    /// `out[n, w.rows] = x[n, w.cols] · wᵀ`, dequantizing `w` inside the kernel.
-    fn matmul(&self, x: &Self::Tensor, w: &Self::Weight, out: &mut Self::Tensor) -> Result<()>;
-    /// `outs[i] = x · ws[i]ᵀ` for matmuls of one input (q/k/v, gate/up): a backend may share
-    /// the input's preparation and run them as one parallel region.
+    /// `out[n, w.rows] = x[n, w.cols] · wᵀ`, dequantizing `w` inside the kernel, with the
+    /// kernel chosen by the number of rows (a few: decode kernels; many: prompt kernels).
+    fn matmul(&self, x: &Self::Tensor, w: &Self::Weight, out: &mut Self::Tensor) -> Result<()> {
+        self.matmul_many(x, &[w], &mut [out])
+    }
+    /// `outs[i] = x · ws[i]ᵀ` for matmuls of one input (q/k/v, gate/up), kernels chosen by
+    /// the number of rows as in `matmul`.
     fn matmul_many(
         &self,
         x: &Self::Tensor,
         ws: &[&Self::Weight],
         outs: &mut [&mut Self::Tensor],
     ) -> Result<()> {
-        shapes::matmul_many(ws.len(), outs.len())?;
-        for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            self.matmul(x, w, out)?;
-        }
-        Ok(())
+        let n = self.shape(x).0;
+        let n_single = if n <= Self::DECODE_MAX_ROWS { n } else { 0 };
+        self.matmul_rows(x, ws, outs, n_single)
     }
-    /// Rotates each head of `x` (`[n, n_heads * head_dim]`) in place.
-    fn rope(&self, x: &mut Self::Tensor, inv_freq: &Self::Tensor, p: &RopeParams) -> Result<()>;
-    /// `out[n, n_heads*head_dim]` from `q[n, n_heads*head_dim]` and the caches
-    /// `[n_ctx, n_kv_heads*head_dim]`, whose rows `..pos_start + n` are filled. Scores and
-    /// sums are f32 whatever the cache type.
+    /// Whether `load_weight` copies weights into device memory (a GPU), rather than reading
+    /// them in place from the file's mapping (the CPU): only a copy is worth a progress bar.
+    const UPLOADS_WEIGHTS: bool;
+    /// Largest number of rows `matmul` treats as decode rows.
+    const DECODE_MAX_ROWS: usize;
+    /// `outs[i] = x · ws[i]ᵀ`, where the first `n_single` rows of `x` are single tokens of
+    /// their sequences (decode: per-row dot products) and the rest are prompt rows (tiles). A
+    /// row's result depends only on its values and its kind, never on the other rows of the
+    /// batch: batching sequences together never changes what any of them computes. A backend
+    /// may share the input's preparation and run all the matmuls as one parallel region.
+    fn matmul_rows(
+        &self,
+        x: &Self::Tensor,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Tensor],
+        n_single: usize,
+    ) -> Result<()>;
+    /// Rotates each head of `x` (`[n, n_heads * head_dim]`) in place, row `t` by the angle
+    /// of position `rows.pos[t]`.
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        inv_freq: &Self::Tensor,
+        rows: &Self::Rows,
+        p: &RopeParams,
+    ) -> Result<()>;
+    /// `out[n, n_heads*head_dim]` from `q[n, n_heads*head_dim]` and the paged caches
+    /// `[n_rows, n_kv_heads*head_dim]`: query row `t` attends to positions `..= rows.pos[t]`
+    /// of its sequence, whose cache rows its block table names (all already written). Scores
+    /// and sums are f32 whatever the cache type.
     fn attention(
         &self,
         q: &Self::Tensor,
         k_cache: &Self::Cache,
         v_cache: &Self::Cache,
+        rows: &Self::Rows,
         p: &AttnParams,
         out: &mut Self::Tensor,
     ) -> Result<()>;

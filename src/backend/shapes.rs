@@ -1,7 +1,7 @@
 //! The shape rules of every `Backend` op, written once: each backend calls these before it
 //! touches memory, so a wrong shape is the same clear `Error::Shape` on every device.
 
-use super::{AttnParams, KvType, RopeParams};
+use super::{AttnParams, BatchRows, KvType, RopeParams};
 use crate::{Error, Result};
 
 /// `(n_rows, n_cols)` of a tensor or weight.
@@ -41,18 +41,31 @@ pub fn matmul_many(n_weights: usize, n_outs: usize) -> Result<()> {
     })
 }
 
-/// All rows of `src` into a cache from `dst_row` on.
-pub fn cache_write(src: Shape, cache: Shape, dst_row: usize) -> Result<()> {
+/// The batch's rows fit the cache they index: every slot and block lies inside it.
+pub fn rows_in_cache(op: &'static str, n: usize, rows: &BatchRows, cache: Shape) -> Result<()> {
     check(
-        "cache_write",
-        src.1 == cache.1 && dst_row + src.0 <= cache.0,
+        op,
+        rows.n_rows() == n && rows.cache_rows_used <= cache.0,
         || {
             format!(
-                "[{}, {}] into rows {dst_row}.. of a [{}, {}] cache",
-                src.0, src.1, cache.0, cache.1
+                "{} batch rows reaching cache row {} for {n} rows and a cache of {}",
+                rows.n_rows(),
+                rows.cache_rows_used,
+                cache.0
             )
         },
     )
+}
+
+/// Row `t` of `src` into cache row `rows.slot[t]`.
+pub fn cache_write(src: Shape, cache: Shape, rows: &BatchRows) -> Result<()> {
+    check("cache_write", src.1 == cache.1, || {
+        format!(
+            "[{}, {}] into a [{}, {}] cache",
+            src.0, src.1, cache.0, cache.1
+        )
+    })?;
+    rows_in_cache("cache_write", src.0, rows, cache)
 }
 
 /// Also checks every id against the table, so kernels may index without bounds checks.
@@ -94,7 +107,10 @@ pub fn matmul(x: Shape, w_name: &str, w: Shape, out: Shape) -> Result<()> {
     })
 }
 
-pub fn rope(x: Shape, n_freq: usize, p: &RopeParams) -> Result<()> {
+pub fn rope(x: Shape, n_freq: usize, rows: &BatchRows, p: &RopeParams) -> Result<()> {
+    check("rope", rows.n_rows() == x.0, || {
+        format!("{} positions for {} rows", rows.n_rows(), x.0)
+    })?;
     check(
         "rope",
         p.head_dim > 0
@@ -116,6 +132,7 @@ pub fn attention(
     k_cache: Shape,
     v_cache: Shape,
     kv_types: (KvType, KvType),
+    rows: &BatchRows,
     out: Shape,
     p: &AttnParams,
 ) -> Result<()> {
@@ -129,14 +146,14 @@ pub fn attention(
             && p.n_heads.is_multiple_of(p.n_kv_heads)
             && q.1 == p.n_heads * hd
             && k_cache.1 == p.n_kv_heads * hd
-            && v_cache == k_cache
-            && p.pos_start + q.0 <= k_cache.0,
+            && v_cache == k_cache,
         || {
             format!(
-                "q [{}, {}], cache [{}, {}], heads {}/{} of {hd}, pos {}",
-                q.0, q.1, k_cache.0, k_cache.1, p.n_heads, p.n_kv_heads, p.pos_start
+                "q [{}, {}], cache [{}, {}], heads {}/{} of {hd}",
+                q.0, q.1, k_cache.0, k_cache.1, p.n_heads, p.n_kv_heads
             )
         },
     )?;
+    rows_in_cache("attention", q.0, rows, k_cache)?;
     same("attention", q, out)
 }

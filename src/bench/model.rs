@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, KvType};
 use crate::gguf::GgufFile;
-use crate::model::{Arch, KvCache, Model};
+use crate::model::{Arch, Model};
+use crate::runtime::SoloCache;
 use crate::Result;
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -74,20 +75,20 @@ pub fn run<B: Backend>(
     // One untimed warm-up of each, so page faults of the first touch are not counted.
     for rep in 0..=reps {
         if n_prompt > 0 {
-            let mut cache = KvCache::new(backend, &model.config, n_ctx, kv_type)?;
+            let mut cache = SoloCache::new(backend, &model, n_ctx, kv_type)?;
             let t = Instant::now();
-            let logits = model.forward(backend, &ids, &mut cache, 1)?;
+            let logits = cache.forward(&model, backend, &ids, 1)?;
             backend.argmax(&logits)?;
             if rep > 0 {
                 pp.push(n_prompt as f64 / secs(t.elapsed()));
             }
         }
         if n_gen > 0 {
-            let mut cache = KvCache::new(backend, &model.config, n_ctx, kv_type)?;
+            let mut cache = SoloCache::new(backend, &model, n_ctx, kv_type)?;
             let mut next = 1 % n_vocab;
             let t = Instant::now();
             for _ in 0..n_gen {
-                let logits = model.forward(backend, &[next], &mut cache, 1)?;
+                let logits = cache.forward(&model, backend, &[next], 1)?;
                 next = backend.argmax(&logits)?[0];
             }
             if rep > 0 {

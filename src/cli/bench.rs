@@ -8,10 +8,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use hearth::backend::cpu::CpuBackend;
-use hearth::backend::gpu::{GpuBackend, GpuConfig};
 use hearth::backend::Backend;
-use hearth::engine::{Device, LoadOptions};
+use hearth::engine::{Device, LoadOptions, WithBackend};
 use hearth::store::Store;
 
 use super::{model_name, Globals, PlacementArgs};
@@ -100,17 +98,7 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Model(m) => m,
         BenchCommand::Kernels(k) => return super::kernel_bench::execute(k),
     };
-    let r = match cmd.load.device {
-        Device::Gpu(adapter) => {
-            let backend = GpuBackend::new(GpuConfig {
-                adapter,
-                ..Default::default()
-            })?;
-            bench_on(&backend, &cmd)?
-        }
-        Device::Cpu | Device::Auto if cmd.load.exact => bench_on(&CpuBackend::exact(), &cmd)?,
-        Device::Cpu | Device::Auto => bench_on(&CpuBackend::new(), &cmd)?,
-    };
+    let r = Device::open(&cmd.load, BenchOn(&cmd))?;
     if cmd.json {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
@@ -133,13 +121,19 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
     Ok(())
 }
 
-fn bench_on<B: Backend>(backend: &B, cmd: &ModelBench) -> Result<hearth::bench::model::ModelBench> {
-    Ok(hearth::bench::model::run(
-        backend,
-        &cmd.path,
-        cmd.n_prompt,
-        cmd.n_gen,
-        cmd.reps,
-        cmd.load.kv_type,
-    )?)
+struct BenchOn<'a>(&'a ModelBench);
+
+impl WithBackend for BenchOn<'_> {
+    type Output = hearth::bench::model::ModelBench;
+    fn run<B: Backend + 'static>(self, backend: B) -> hearth::Result<Self::Output> {
+        let cmd = self.0;
+        hearth::bench::model::run(
+            &backend,
+            &cmd.path,
+            cmd.n_prompt,
+            cmd.n_gen,
+            cmd.reps,
+            cmd.load.kv_type,
+        )
+    }
 }

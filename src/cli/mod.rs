@@ -87,6 +87,8 @@ pub struct Globals {
     pub device: Option<String>,
     /// `HEARTH_KV_CACHE_TYPE`, likewise.
     pub kv_type: Option<String>,
+    /// `HEARTH_THREADS`, likewise.
+    pub threads: Option<String>,
     /// `~/.hearth/history`, when there is a home directory.
     pub history: Option<PathBuf>,
 }
@@ -106,10 +108,12 @@ impl Globals {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let device = var("HEARTH_DEVICE");
         let kv_type = var("HEARTH_KV_CACHE_TYPE");
+        let threads = var("HEARTH_THREADS");
         Ok(Globals {
             models_dir,
             device,
             kv_type,
+            threads,
             history: home.map(|h| h.join("history")),
         })
     }
@@ -189,6 +193,9 @@ pub struct PlacementArgs {
     /// CPU: keep activations in f32 (slower decode, results as an f32 reference computes them)
     #[arg(long)]
     exact: bool,
+    /// CPU threads (default: $HEARTH_THREADS, else one per core)
+    #[arg(short = 't', long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 impl PlacementArgs {
@@ -206,11 +213,25 @@ impl PlacementArgs {
             })?,
             None => KvType::default(),
         };
+        let threads = match (self.threads, &globals.threads) {
+            (Some(n), _) => Some(n),
+            (None, Some(text)) => Some(
+                text.parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 0)
+                    .with_context(|| format!("HEARTH_THREADS={text:?} is not a thread count"))?,
+            ),
+            (None, None) => None,
+        };
+        if threads == Some(0) {
+            anyhow::bail!("--threads must be at least 1");
+        }
         Ok(LoadOptions {
             num_ctx: None,
             device,
             kv_type,
             exact: self.exact,
+            threads,
         })
     }
 }

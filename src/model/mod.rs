@@ -9,7 +9,7 @@ mod llama;
 pub mod transformer;
 
 pub use config::{ModelConfig, RopeScaling};
-pub use transformer::{KvCache, Model};
+pub use transformer::{ForwardBatch, Model};
 
 use crate::gguf::GgufFile;
 use crate::{Error, Result};

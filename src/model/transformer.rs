@@ -3,8 +3,9 @@
 //! tensors and runs the blocks in math order. Intermediates carry llama.cpp's names
 //! (`attn_norm`, `ffn_out`) so a debug dump diffs against it.
 
-use crate::backend::{AttnParams, Backend, KvType, RopeParams, WeightSource};
+use crate::backend::{AttnParams, Backend, RopeParams, WeightSource};
 use crate::gguf::GgufFile;
+use crate::runtime::KvCache;
 use crate::{Error, Result};
 
 use super::config::ModelConfig;
@@ -54,6 +55,18 @@ struct Layer<B: Backend> {
     post_ffw_norm: Option<B::Weight>,       // [n_embd]
 }
 
+/// One forward pass's input: tokens of many sequences and where each row sits.
+pub struct ForwardBatch<'a, B: Backend> {
+    pub tokens: &'a [u32],
+    /// Position, sequence and cache rows of each token (`Backend::rows`).
+    pub rows: &'a B::Rows,
+    /// The first `n_single` rows are decode rows (each the only new token of its sequence);
+    /// the rest are prompt rows. See `Backend::matmul_rows`.
+    pub n_single: usize,
+    /// Rows whose logits are wanted; decode rows (`< n_single`) first.
+    pub logit_rows: &'a [usize],
+}
+
 /// A model's weights resident on one backend.
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
@@ -65,39 +78,6 @@ pub struct Model<B: Backend> {
     layers: Vec<Layer<B>>,
     inv_freq: B::Tensor,       // [1, n_rot / 2]
     inv_freq_local: B::Tensor, // [1, n_rot / 2]
-}
-
-/// Keys and values of every past position, one pair of `[n_ctx, n_kv_heads * head_dim]`
-/// caches per layer, in the element type the user chose.
-pub struct KvCache<B: Backend> {
-    pub k: Vec<B::Cache>,
-    pub v: Vec<B::Cache>,
-    pub n_ctx: usize,
-    /// Positions filled so far.
-    pub n_past: usize,
-}
-
-impl<B: Backend> KvCache<B> {
-    pub fn new(backend: &B, config: &ModelConfig, n_ctx: usize, kv_type: KvType) -> Result<Self> {
-        let width = config.n_kv_heads * config.head_dim;
-        let mut k = Vec::with_capacity(config.n_layers);
-        let mut v = Vec::with_capacity(config.n_layers);
-        for _ in 0..config.n_layers {
-            k.push(backend.cache(n_ctx, width, kv_type)?);
-            v.push(backend.cache(n_ctx, width, kv_type)?);
-        }
-        Ok(KvCache {
-            k,
-            v,
-            n_ctx,
-            n_past: 0,
-        })
-    }
-
-    /// Forgets positions from `n` on (the next forward overwrites them).
-    pub fn truncate(&mut self, n: usize) {
-        self.n_past = self.n_past.min(n);
-    }
 }
 
 fn weight<B: Backend>(backend: &B, f: &GgufFile, name: &str) -> Result<B::Weight> {
@@ -215,30 +195,24 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// Runs `ids` (positions `cache.n_past ..`) through the model, appends their keys and
-    /// values to `cache`, and returns the logits of the last `n_logits` positions
-    /// (`[n_logits, n_vocab]`).
+    /// Runs a batch of tokens from many sequences through the model: writes their keys and
+    /// values into `cache` at the rows `batch.rows` names, and returns the logits of the rows
+    /// `batch.logit_rows` lists (`[logit_rows.len(), n_vocab]`, in that order).
     pub fn forward(
         &self,
         backend: &B,
-        ids: &[u32],
+        batch: &ForwardBatch<'_, B>,
         cache: &mut KvCache<B>,
-        n_logits: usize,
     ) -> Result<B::Tensor> {
         let c = &self.config;
+        let (ids, rows, n_single) = (batch.tokens, batch.rows, batch.n_single);
         let n = ids.len();
-        let pos = cache.n_past;
-        if n == 0 || n_logits == 0 || n_logits > n {
+        let n_logits = batch.logit_rows.len();
+        if n == 0 || n_logits == 0 || batch.logit_rows.iter().any(|&r| r >= n) {
             return Err(Error::shape(
                 "forward",
-                format!("{n} tokens, {n_logits} logits"),
+                format!("{n} tokens, logits of rows {:?}", batch.logit_rows),
             ));
-        }
-        if pos + n > cache.n_ctx {
-            return Err(Error::PromptTooLong {
-                n_prompt: pos + n,
-                n_ctx: cache.n_ctx,
-            });
         }
         let (d, q_dim, kv_dim) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let mut x = backend.tensor(n, d)?; // residual stream [n, n_embd]
@@ -259,13 +233,19 @@ impl<B: Backend> Model<B> {
         if let Some(s) = self.embd_scale {
             backend.scale(&mut x, s)?;
         }
+        let rope = RopeParams {
+            head_dim: c.head_dim,
+            n_rot: c.n_rot,
+            layout: c.rope_layout,
+        };
         for (il, l) in self.layers.iter().enumerate() {
             // Attention.
             backend.rms_norm(&x, &l.attn_norm, c.rms_eps, &mut cur)?;
-            backend.matmul_many(
+            backend.matmul_rows(
                 &cur,
                 &[&l.attn_q, &l.attn_k, &l.attn_v],
                 &mut [&mut q, &mut k, &mut v],
+                n_single,
             )?;
             if let (Some(qn), Some(kn)) = (&l.attn_q_norm, &l.attn_k_norm) {
                 backend.rms_norm(&q, qn, c.rms_eps, &mut tmp_q)?;
@@ -273,32 +253,26 @@ impl<B: Backend> Model<B> {
                 std::mem::swap(&mut q, &mut tmp_q);
                 std::mem::swap(&mut k, &mut tmp_k);
             }
-            let rope = RopeParams {
-                head_dim: c.head_dim,
-                n_rot: c.n_rot,
-                layout: c.rope_layout,
-                pos_start: pos,
-            };
             let freqs = if l.spec.local_rope {
                 &self.inv_freq_local
             } else {
                 &self.inv_freq
             };
-            backend.rope(&mut q, freqs, &rope)?;
-            backend.rope(&mut k, freqs, &rope)?;
-            backend.cache_write(&k, &mut cache.k[il], pos)?;
-            backend.cache_write(&v, &mut cache.v[il], pos)?;
+            backend.rope(&mut q, freqs, rows, &rope)?;
+            backend.rope(&mut k, freqs, rows, &rope)?;
+            let (k_cache, v_cache) = cache.layer_mut(il)?;
+            backend.cache_write(&k, k_cache, rows)?;
+            backend.cache_write(&v, v_cache, rows)?;
             let attn = AttnParams {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
                 head_dim: c.head_dim,
-                pos_start: pos,
                 scale: c.attn_scale,
                 window: l.spec.window,
                 softcap: None,
             };
-            backend.attention(&q, &cache.k[il], &cache.v[il], &attn, &mut kqv)?;
-            backend.matmul(&kqv, &l.attn_output, &mut out)?;
+            backend.attention(&q, k_cache, v_cache, rows, &attn, &mut kqv)?;
+            backend.matmul_rows(&kqv, &[&l.attn_output], &mut [&mut out], n_single)?;
             self.residual(
                 backend,
                 &mut x,
@@ -309,12 +283,17 @@ impl<B: Backend> Model<B> {
 
             // Feed-forward.
             backend.rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut cur)?;
-            backend.matmul_many(&cur, &[&l.ffn_gate, &l.ffn_up], &mut [&mut gate, &mut up])?;
+            backend.matmul_rows(
+                &cur,
+                &[&l.ffn_gate, &l.ffn_up],
+                &mut [&mut gate, &mut up],
+                n_single,
+            )?;
             match l.spec.activation {
                 Activation::Silu => backend.silu_mul(&gate, &up, &mut act)?,
                 Activation::GeluTanh => backend.gelu_mul(&gate, &up, &mut act)?,
             }
-            backend.matmul(&act, &l.ffn_down, &mut out)?;
+            backend.matmul_rows(&act, &[&l.ffn_down], &mut [&mut out], n_single)?;
             self.residual(
                 backend,
                 &mut x,
@@ -323,15 +302,24 @@ impl<B: Backend> Model<B> {
                 &mut out_normed,
             )?;
         }
-        cache.n_past = pos + n;
 
-        let mut last = backend.tensor(n_logits, d)?;
-        backend.copy_rows(&x, n - n_logits, &mut last, 0, n_logits)?;
+        // Only the rows whose logits are wanted go through the head (262k rows for Gemma).
+        let all_rows = n_logits == n && batch.logit_rows.iter().enumerate().all(|(i, &r)| i == r);
+        let last = if all_rows {
+            x
+        } else {
+            let mut last = backend.tensor(n_logits, d)?;
+            for (i, &r) in batch.logit_rows.iter().enumerate() {
+                backend.copy_rows(&x, r, &mut last, i, 1)?;
+            }
+            last
+        };
         let mut normed = backend.tensor(n_logits, d)?;
         backend.rms_norm(&last, &self.output_norm, c.rms_eps, &mut normed)?;
         let mut logits = backend.tensor(n_logits, c.n_vocab)?;
         let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        backend.matmul(&normed, head, &mut logits)?;
+        let n_single_logits = batch.logit_rows.iter().filter(|&&r| r < n_single).count();
+        backend.matmul_rows(&normed, &[head], &mut [&mut logits], n_single_logits)?;
         Ok(logits)
     }
 

@@ -175,7 +175,7 @@ impl Tokenizer {
             .map_err(|e| tokenizers_error("decode", e))
     }
 
-    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
         match ids.iter().find(|&&id| id as usize >= self.tokens.len()) {
             Some(bad) => Err(Error::Tokenizer(format!(
                 "token id {bad} is outside the vocabulary of {} tokens",
@@ -251,9 +251,7 @@ impl Tokenizer {
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
         StreamDecoder {
             tokenizer: self,
-            ids: Vec::new(),
-            prefix: String::new(),
-            prefix_idx: 0,
+            state: DecodeState::default(),
         }
     }
 }
@@ -277,6 +275,26 @@ fn end_of_generation_ids(v: &GgufVocab) -> HashSet<u32> {
 /// `Tokenizer::decode` of all the ids.
 pub struct StreamDecoder<'a> {
     tokenizer: &'a Tokenizer,
+    state: DecodeState,
+}
+
+impl StreamDecoder<'_> {
+    /// Adds one id; returns the text it completes (often empty while a character is split).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.state.push(self.tokenizer, id)
+    }
+
+    /// Whatever is still held back (an incomplete character comes out as U+FFFD, as `decode`
+    /// gives it); the decoder starts afresh after this.
+    pub fn finish(&mut self) -> String {
+        self.state.finish(self.tokenizer)
+    }
+}
+
+/// A `StreamDecoder`'s state without the borrow of its tokenizer, for owners that keep the
+/// tokenizer beside it (a generating sequence holds an `Arc<Tokenizer>`).
+#[derive(Debug, Clone, Default)]
+pub struct DecodeState {
     /// The ids not yet settled, after the few already emitted that give them context.
     ids: Vec<u32>,
     /// Decoding of `ids[..prefix_idx]`, already emitted.
@@ -284,12 +302,12 @@ pub struct StreamDecoder<'a> {
     prefix_idx: usize,
 }
 
-impl StreamDecoder<'_> {
-    /// Adds one id; returns the text it completes (often empty while a character is split).
-    pub fn push(&mut self, id: u32) -> Result<String> {
-        self.tokenizer.check_ids(&[id])?;
+impl DecodeState {
+    /// `StreamDecoder::push`.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
+        tokenizer.check_ids(&[id])?;
         let out = tokenizers::step_decode_stream(
-            &self.tokenizer.inner,
+            &tokenizer.inner,
             vec![id],
             false,
             &mut self.ids,
@@ -300,10 +318,9 @@ impl StreamDecoder<'_> {
         Ok(out.unwrap_or_default())
     }
 
-    /// Whatever is still held back (an incomplete character comes out as U+FFFD, as `decode`
-    /// gives it); the decoder starts afresh after this.
-    pub fn finish(&mut self) -> String {
-        let rest = match self.tokenizer.inner.decode(&self.ids, false) {
+    /// `StreamDecoder::finish`.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> String {
+        let rest = match tokenizer.inner.decode(&self.ids, false) {
             Ok(text) => text
                 .strip_prefix(self.prefix.as_str())
                 .map(str::to_string)

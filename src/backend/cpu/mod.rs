@@ -13,7 +13,7 @@ pub use cache::{CacheData, CpuCache, KvValue};
 use pool::{with_scratch, Pool, SyncPtr};
 
 use super::shapes::{self, check};
-use super::{AttnParams, Backend, KvType, RopeParams, WeightSource};
+use super::{AttnParams, Backend, BatchRows, KvType, RopeParams, WeightSource};
 use crate::gguf::TensorBytes;
 use crate::quant::{Q8Act, QuantType};
 use crate::{Error, Result};
@@ -83,10 +83,8 @@ fn parallel(work: usize) -> bool {
     work >= PAR_MIN_WORK
 }
 
-/// Below this many tokens a matmul uses the fused quantized dot products.
-const FUSED_MAX_TOKENS: usize = 4;
-
 pub struct CpuBackend {
+    pool: &'static Pool,
     n_threads: usize,
     /// Decode matmuls quantize activations to 8 bits for the integer kernels (llama.cpp's
     /// default); off, everything stays f32 (`exact`).
@@ -94,10 +92,18 @@ pub struct CpuBackend {
 }
 
 impl CpuBackend {
-    /// The fast backend: integer dot products for decode where the weight format has them.
+    /// The fast backend: integer dot products for decode where the weight format has them,
+    /// on one thread per core.
     pub fn new() -> Self {
+        Self::with_threads(Pool::default_threads())
+    }
+
+    /// `new` on `n_threads` threads (the caller's included).
+    pub fn with_threads(n_threads: usize) -> Self {
+        let pool = Pool::with_threads(n_threads);
         CpuBackend {
-            n_threads: Pool::global().n_threads(),
+            pool,
+            n_threads: pool.n_threads(),
             q8_activations: true,
         }
     }
@@ -109,9 +115,14 @@ impl CpuBackend {
     /// Activations stay f32 everywhere: results match an f32 reference to rounding order, at
     /// the cost of decode speed (the golden tests against `transformers` use this).
     pub fn exact() -> Self {
+        Self::new().into_exact()
+    }
+
+    /// This backend with f32 activations everywhere (see `exact`).
+    pub fn into_exact(self) -> Self {
         CpuBackend {
             q8_activations: false,
-            ..Self::new()
+            ..self
         }
     }
 }
@@ -126,6 +137,11 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
     type Cache = CpuCache;
+    type Rows = BatchRows;
+
+    /// Up to three tokens a matmul uses the fused dot products straight from the blocks.
+    const UPLOADS_WEIGHTS: bool = false;
+    const DECODE_MAX_ROWS: usize = 3;
 
     fn name(&self) -> String {
         let simd = if simd::has_avx2_fma() {
@@ -227,9 +243,20 @@ impl Backend for CpuBackend {
         (c.n_rows, c.n_cols)
     }
 
-    fn cache_write(&self, src: &CpuTensor, cache: &mut CpuCache, dst_row: usize) -> Result<()> {
-        shapes::cache_write(self.shape(src), self.cache_shape(cache), dst_row)?;
-        cache.store(dst_row * cache.n_cols, &src.data);
+    fn rows(&self, rows: &BatchRows) -> Result<BatchRows> {
+        Ok(rows.clone())
+    }
+
+    fn rows_host<'a>(&self, rows: &'a BatchRows) -> &'a BatchRows {
+        rows
+    }
+
+    fn cache_write(&self, src: &CpuTensor, cache: &mut CpuCache, rows: &BatchRows) -> Result<()> {
+        shapes::cache_write(self.shape(src), self.cache_shape(cache), rows)?;
+        let w = cache.n_cols;
+        for (t, &slot) in rows.slot.iter().enumerate() {
+            cache.store(slot as usize * w, src.row(t));
+        }
         Ok(())
     }
 
@@ -255,23 +282,21 @@ impl Backend for CpuBackend {
         let g = weight.n_rows * weight.n_cols;
         shapes::rms_norm(self.shape(x), g, self.shape(out))?;
         let w = weight.as_f32();
-        Pool::global().for_each_chunk(parallel(x.data.len()), &mut out.data, g, &|i, o| {
-            ops::rms_norm(&x.data[i * g..(i + 1) * g], &w, eps, o)
-        });
+        self.pool
+            .for_each_chunk(parallel(x.data.len()), &mut out.data, g, &|i, o| {
+                ops::rms_norm(&x.data[i * g..(i + 1) * g], &w, eps, o)
+            });
         Ok(())
     }
 
-    fn matmul(&self, x: &CpuTensor, w: &CpuWeight, out: &mut CpuTensor) -> Result<()> {
-        self.matmul_many(x, &[w], &mut [out])
-    }
-
     /// All the matmuls in one parallel region (one pool hand-off instead of one per weight),
-    /// with the input quantized once for the integer kernels.
-    fn matmul_many(
+    /// with the decode rows quantized once for the integer kernels.
+    fn matmul_rows(
         &self,
         x: &CpuTensor,
         ws: &[&CpuWeight],
         outs: &mut [&mut CpuTensor],
+        n_single: usize,
     ) -> Result<()> {
         shapes::matmul_many(ws.len(), outs.len())?;
         for (w, out) in ws.iter().zip(outs.iter()) {
@@ -283,19 +308,22 @@ impl Backend for CpuBackend {
             )?;
         }
         let (n_tok, k) = (x.n_rows, x.n_cols);
-        // Few tokens (decode): fused dot products straight from the blocks. A batch (prefill):
-        // dequantize each weight row once and reuse it for every token.
-        let fused = n_tok < FUSED_MAX_TOKENS;
+        check("matmul", n_single <= n_tok, || {
+            format!("{n_single} decode rows of {n_tok}")
+        })?;
+        // Decode rows: fused dot products straight from the blocks. Prompt rows: dequantize
+        // each weight row once and reuse it for every token.
         let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
         // Decode rows quantized once here, shared by every task; empty when not used.
-        let int8_wanted = fused && self.q8_activations && ws.iter().any(|w| w.qtype.has_q8_dot());
+        let int8_wanted =
+            n_single > 0 && self.q8_activations && ws.iter().any(|w| w.qtype.has_q8_dot());
         let xq: Vec<Q8Act> = match int8_wanted {
-            true => (0..n_tok)
+            true => (0..n_single)
                 .map_while(|t| Q8Act::quantize(x_row(t)))
                 .collect(),
             false => Vec::new(),
         };
-        let int8 = !xq.is_empty() && xq.len() == n_tok;
+        let int8 = !xq.is_empty() && xq.len() == n_single;
         let out_ptrs: Vec<SyncPtr> = outs
             .iter_mut()
             .map(|o| SyncPtr(o.data.as_mut_ptr()))
@@ -309,7 +337,7 @@ impl Backend for CpuBackend {
                 (0..w.n_rows).step_by(step).map(move |r| (i, r, step))
             })
             .collect();
-        Pool::global().run(tasks.len(), &|task| {
+        self.pool.run(tasks.len(), &|task| {
             let (i, r0, step) = tasks[task];
             let (w, out_ptr) = (ws[i], out_ptrs[i]);
             let (n_out, r_end) = (w.n_rows, (r0 + step).min(w.n_rows));
@@ -317,41 +345,51 @@ impl Backend for CpuBackend {
             // in bounds by the shape checks above.
             let store =
                 |t: usize, r: usize, v: f32| unsafe { *out_ptr.get().add(t * n_out + r) = v };
-            if fused {
-                let int8 = int8 && w.qtype.has_q8_dot();
-                for r in r0..r_end {
-                    let row = w.row_bytes(r);
-                    for t in 0..n_tok {
-                        let v = match xq.get(t) {
-                            Some(xq) if int8 => w.qtype.dot_row_q8(row, xq),
-                            _ => w.qtype.dot_row(row, x_row(t)),
-                        };
-                        store(t, r, v);
-                    }
+            let int8 = int8 && w.qtype.has_q8_dot();
+            for r in r0..r_end {
+                let row = w.row_bytes(r);
+                for t in 0..n_single {
+                    let v = match xq.get(t) {
+                        Some(xq) if int8 => w.qtype.dot_row_q8(row, xq),
+                        _ => w.qtype.dot_row(row, x_row(t)),
+                    };
+                    store(t, r, v);
                 }
+            }
+            if n_single == n_tok {
                 return;
             }
+            let prompt = &x.data[n_single * k..];
             with_scratch(simd::TILE_ROWS * k, |buf| {
                 for rt in (r0..r_end).step_by(simd::TILE_ROWS) {
                     let nr = simd::TILE_ROWS.min(r_end - rt);
                     for (i, dst) in buf.chunks_exact_mut(k).take(nr).enumerate() {
                         w.qtype.dequantize_row(w.row_bytes(rt + i), dst);
                     }
-                    simd::tile_dot(&buf[..nr * k], &x.data, k, |t, i, v| store(t, rt + i, v));
+                    simd::tile_dot(&buf[..nr * k], prompt, k, |t, i, v| {
+                        store(n_single + t, rt + i, v)
+                    });
                 }
             });
         });
         Ok(())
     }
 
-    fn rope(&self, x: &mut CpuTensor, inv_freq: &CpuTensor, p: &RopeParams) -> Result<()> {
-        shapes::rope(self.shape(x), inv_freq.data.len(), p)?;
+    fn rope(
+        &self,
+        x: &mut CpuTensor,
+        inv_freq: &CpuTensor,
+        rows: &BatchRows,
+        p: &RopeParams,
+    ) -> Result<()> {
+        shapes::rope(self.shape(x), inv_freq.data.len(), rows, p)?;
         let par = parallel(x.data.len());
-        Pool::global().for_each_chunk(par, &mut x.data, x.n_cols, &|t, row| {
-            for head in row.chunks_exact_mut(p.head_dim) {
-                ops::rope_head(head, &inv_freq.data, p.pos_start + t, p);
-            }
-        });
+        self.pool
+            .for_each_chunk(par, &mut x.data, x.n_cols, &|t, row| {
+                for head in row.chunks_exact_mut(p.head_dim) {
+                    ops::rope_head(head, &inv_freq.data, rows.pos[t] as usize, p);
+                }
+            });
         Ok(())
     }
 
@@ -360,6 +398,7 @@ impl Backend for CpuBackend {
         q: &CpuTensor,
         k_cache: &CpuCache,
         v_cache: &CpuCache,
+        rows: &BatchRows,
         p: &AttnParams,
         out: &mut CpuTensor,
     ) -> Result<()> {
@@ -368,12 +407,18 @@ impl Backend for CpuBackend {
             self.cache_shape(k_cache),
             self.cache_shape(v_cache),
             (k_cache.kv_type(), v_cache.kv_type()),
+            rows,
             self.shape(out),
             p,
         )?;
+        let stride = k_cache.n_cols;
         match (&k_cache.data, &v_cache.data) {
-            (CacheData::F32(k), CacheData::F32(v)) => attend(q, k, v, k_cache.n_cols, p, out),
-            (CacheData::F16(k), CacheData::F16(v)) => attend(q, k, v, k_cache.n_cols, p, out),
+            (CacheData::F32(k), CacheData::F32(v)) => {
+                attend(self.pool, q, k, v, stride, rows, p, out)
+            }
+            (CacheData::F16(k), CacheData::F16(v)) => {
+                attend(self.pool, q, k, v, stride, rows, p, out)
+            }
             _ => unreachable!("shapes::attention checked that K and V share a type"),
         }
         Ok(())
@@ -420,17 +465,20 @@ impl Backend for CpuBackend {
 
 /// Attention of every (query row, head) against caches of element type `E`: one task per
 /// head when the work is worth the pool.
+#[allow(clippy::too_many_arguments)]
 fn attend<E: KvValue>(
+    pool: &Pool,
     q: &CpuTensor,
     k: &[E],
     v: &[E],
     kv_stride: usize,
+    rows: &BatchRows,
     p: &AttnParams,
     out: &mut CpuTensor,
 ) {
     let hd = p.head_dim;
     let group = p.n_heads / p.n_kv_heads;
-    let n_seen = p.pos_start + q.n_rows;
+    let n_seen = rows.pos.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
     let head = |idx: usize, o: &mut [f32]| {
         let (t, h) = (idx / p.n_heads, idx % p.n_heads);
         let qh = &q.data[t * q.n_cols + h * hd..][..hd];
@@ -441,7 +489,8 @@ fn attend<E: KvValue>(
                 v,
                 kv_stride,
                 (h / group) * hd,
-                p.pos_start + t,
+                |j| rows.cache_row(t, j),
+                rows.pos[t] as usize,
                 p,
                 scores,
                 o,
@@ -452,5 +501,5 @@ fn attend<E: KvValue>(
     };
     // Work ≈ query rows × heads × keys seen × head size.
     let par = parallel(q.n_rows * p.n_heads * n_seen * hd);
-    Pool::global().for_each_chunk(par, &mut out.data, hd, &head);
+    pool.for_each_chunk(par, &mut out.data, hd, &head);
 }

@@ -39,9 +39,9 @@ pub fn window_start(pos: usize, window: Option<usize>) -> usize {
 }
 
 /// Attention of one query head against the caches: `out = softmax(scale q·K) V` over the
-/// causal (and windowed) range. The caches hold any element type `E` that `dot` and `axpy`
-/// read (f32 or f16 values); scores and sums stay f32. `scores` is scratch of at least
-/// `pos + 1` values.
+/// causal (and windowed) range. Position `j` of the sequence is cache row `cache_row(j)` (its
+/// block table). The caches hold any element type `E` that `dot` and `axpy` read (f32 or f16
+/// values); scores and sums stay f32. `scores` is scratch of at least `pos + 1` values.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_head<E>(
     q: &[f32],
@@ -49,6 +49,7 @@ pub fn attention_head<E>(
     v_cache: &[E],
     kv_stride: usize,
     kv_offset: usize,
+    cache_row: impl Fn(usize) -> usize,
     pos: usize,
     p: &AttnParams,
     scores: &mut [f32],
@@ -61,7 +62,7 @@ pub fn attention_head<E>(
     let scores = &mut scores[lo..=pos];
     let mut max = f32::NEG_INFINITY;
     for (j, s) in (lo..=pos).zip(scores.iter_mut()) {
-        let k = &k_cache[j * kv_stride + kv_offset..][..hd];
+        let k = &k_cache[cache_row(j) * kv_stride + kv_offset..][..hd];
         let mut v = dot(q, k) * p.scale;
         if let Some(cap) = p.softcap {
             v = cap * (v / cap).tanh();
@@ -76,7 +77,11 @@ pub fn attention_head<E>(
     }
     out.fill(0.0);
     for (j, &s) in (lo..=pos).zip(scores.iter()) {
-        axpy(s / sum, &v_cache[j * kv_stride + kv_offset..][..hd], out);
+        axpy(
+            s / sum,
+            &v_cache[cache_row(j) * kv_stride + kv_offset..][..hd],
+            out,
+        );
     }
 }
 

@@ -107,31 +107,43 @@ impl Shared {
     }
 }
 
+/// More threads than this is a mistake in the request, not a machine.
+const MAX_THREADS: usize = 1024;
+
 pub struct Pool {
     shared: &'static Shared,
     n_workers: usize,
+    n_threads_wanted: usize,
     /// One job at a time: jobs from several threads queue here.
     running: Mutex<()>,
 }
 
 impl Pool {
-    /// The process-wide pool: `HEARTH_THREADS` (or `RAYON_NUM_THREADS`) threads in all, else
-    /// one per core. Its workers live as long as the process.
+    /// The process-wide pool of one thread per core.
     pub fn global() -> &'static Pool {
-        static POOL: OnceLock<Pool> = OnceLock::new();
-        POOL.get_or_init(|| {
-            let from_env = |name: &str| {
-                std::env::var(name)
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .filter(|&n| n > 0)
-            };
-            let n = from_env("HEARTH_THREADS")
-                .or_else(|| from_env("RAYON_NUM_THREADS"))
-                .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-                .unwrap_or(1);
-            Pool::new(n)
-        })
+        Self::with_threads(Self::default_threads())
+    }
+
+    /// One thread per core.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    /// The process-wide pool of `n_threads` threads in all (the caller included), made on
+    /// first use; its workers live as long as the process, so backends asking for the same
+    /// count share them.
+    pub fn with_threads(n_threads: usize) -> &'static Pool {
+        static POOLS: OnceLock<Mutex<Vec<&'static Pool>>> = OnceLock::new();
+        let n = n_threads.clamp(1, MAX_THREADS);
+        let pools = POOLS.get_or_init(Default::default);
+        // A poisoned lock only means a panic elsewhere while holding it; the list is intact.
+        let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.iter().find(|p| p.n_threads_wanted == n) {
+            return p;
+        }
+        let pool: &'static Pool = Box::leak(Box::new(Pool::new(n)));
+        pools.push(pool);
+        pool
     }
 
     fn new(n_threads: usize) -> Pool {
@@ -149,6 +161,7 @@ impl Pool {
         Pool {
             shared,
             n_workers,
+            n_threads_wanted: n_threads,
             running: Mutex::new(()),
         }
     }

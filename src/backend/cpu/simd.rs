@@ -78,17 +78,29 @@ pub const TILE_ROWS: usize = 4;
 /// All dot products of up to `TILE_ROWS` rows of `w` with every row of `x` (both row-major,
 /// rows of `k`), handed to `out(token, row, value)`. Four rows by two tokens share their loads
 /// (8 accumulators), so a batch needs a third of the memory traffic of separate dot products.
+/// Every output is summed in the same order whatever the other tokens are (an odd last token
+/// goes through the same tile, paired with itself), so a token's result never depends on
+/// the batch it is in.
 pub fn tile_dot(w: &[f32], x: &[f32], k: usize, mut out: impl FnMut(usize, usize, f32)) {
     let (nr, n_tok) = (w.len() / k, x.len() / k);
     let mut t = 0;
     #[cfg(target_arch = "x86_64")]
     if nr == TILE_ROWS && has_avx2_fma() {
-        while t + 2 <= n_tok {
-            // SAFETY: AVX2 and FMA are present (checked above); slices hold 4 and 2 rows of k.
-            let v = unsafe { dot_4x2_avx2(w, &x[t * k..(t + 2) * k], k) };
+        while t < n_tok {
+            let x0 = &x[t * k..(t + 1) * k];
+            let x1 = if t + 1 < n_tok {
+                &x[(t + 1) * k..(t + 2) * k]
+            } else {
+                x0
+            };
+            // SAFETY: AVX2 and FMA are present (checked above); `w` holds 4 rows of k and
+            // `x0`, `x1` one each.
+            let v = unsafe { dot_4x2_avx2(w, x0, x1, k) };
             for (j, row) in v.iter().enumerate() {
                 out(t, j, row[0]);
-                out(t + 1, j, row[1]);
+                if t + 1 < n_tok {
+                    out(t + 1, j, row[1]);
+                }
             }
             t += 2;
         }
@@ -102,15 +114,16 @@ pub fn tile_dot(w: &[f32], x: &[f32], k: usize, mut out: impl FnMut(usize, usize
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_4x2_avx2(w: &[f32], x: &[f32], k: usize) -> [[f32; 2]; 4] {
+unsafe fn dot_4x2_avx2(w: &[f32], x0: &[f32], x1: &[f32], k: usize) -> [[f32; 2]; 4] {
     use crate::quant::hsum256;
     use std::arch::x86_64::*;
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let (wp, x0p, x1p) = (w.as_ptr(), x0.as_ptr(), x1.as_ptr());
+    let xs = [x0, x1];
     let mut acc = [[_mm256_setzero_ps(); 2]; 4];
     let mut i = 0;
     while i + 8 <= k {
-        let x0 = _mm256_loadu_ps(xp.add(i));
-        let x1 = _mm256_loadu_ps(xp.add(k + i));
+        let x0 = _mm256_loadu_ps(x0p.add(i));
+        let x1 = _mm256_loadu_ps(x1p.add(i));
         for (j, a) in acc.iter_mut().enumerate() {
             let wv = _mm256_loadu_ps(wp.add(j * k + i));
             a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
@@ -123,7 +136,7 @@ unsafe fn dot_4x2_avx2(w: &[f32], x: &[f32], k: usize) -> [[f32; 2]; 4] {
         for (c, v) in a.iter().enumerate() {
             let mut sum = hsum256(*v);
             for ii in i..k {
-                sum += w[j * k + ii] * x[c * k + ii];
+                sum += w[j * k + ii] * xs[c][ii];
             }
             res[j][c] = sum;
         }

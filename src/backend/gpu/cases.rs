@@ -11,7 +11,9 @@ mod table;
 
 pub use table::{bench_cases, test_cases};
 
-use crate::backend::{AttnParams, Backend, KvType, RopeLayout, RopeParams, WeightSource};
+use crate::backend::{
+    AttnParams, Backend, BatchRows, KvType, RopeLayout, RopeParams, SeqRows, WeightSource,
+};
 use crate::gguf::{GgufFile, GgufWriter};
 use crate::quant::QuantType;
 use crate::Result;
@@ -45,7 +47,8 @@ pub enum Op {
         layout: RopeLayout,
         pos_start: usize,
     },
-    /// `n_q` query rows at positions `pos_start..`, against caches of `pos_start + n_q` rows.
+    /// `n_q` query rows at positions `pos_start..`, against paged caches whose blocks of
+    /// `CASE_BLOCK` rows the block table lists in reverse order.
     Attention {
         kv: KvType,
         n_q: usize,
@@ -60,7 +63,8 @@ pub enum Op {
         n_rows: usize,
         n_cols: usize,
     },
-    /// `n_rows` new rows into a cache of `n_rows + 7` rows, from row 5 on.
+    /// `n_rows` new rows at positions 5.. into a cache of `n_rows + 7` rows whose one-row
+    /// blocks the table lists in reverse order (a scatter).
     CacheWrite {
         kv: KvType,
         n_rows: usize,
@@ -82,6 +86,39 @@ pub enum Op {
         n_rows: usize,
         n_cols: usize,
     },
+}
+
+/// Block size of the attention cases: odd, so positions straddle blocks everywhere.
+const CASE_BLOCK: usize = 5;
+
+impl Op {
+    /// Where the rows of a case that reads or writes a cache sit.
+    pub fn rows(&self) -> Result<Option<BatchRows>> {
+        let paged = |block: usize, n_blocks: usize, pos_start: usize, n_rows: usize| {
+            let table: Vec<u32> = (0..n_blocks as u32).rev().collect();
+            BatchRows::new(
+                block,
+                &[SeqRows {
+                    table: &table,
+                    pos_start,
+                    n_rows,
+                }],
+            )
+        };
+        Ok(Some(match *self {
+            Op::Rope {
+                n_rows, pos_start, ..
+            } => BatchRows::contiguous(pos_start, n_rows)?,
+            Op::Attention { n_q, pos_start, .. } => paged(
+                CASE_BLOCK,
+                (pos_start + n_q).div_ceil(CASE_BLOCK),
+                pos_start,
+                n_q,
+            )?,
+            Op::CacheWrite { n_rows, .. } => paged(1, n_rows + 7, 5, n_rows)?,
+            _ => return Ok(None),
+        }))
+    }
 }
 
 /// A case of the table.
@@ -387,7 +424,7 @@ impl KernelCase {
                 pos_start,
                 ..
             } => {
-                let n_ctx = pos_start + n_q;
+                let n_ctx = (pos_start + n_q).next_multiple_of(CASE_BLOCK);
                 tensors.push(tensor(&mut rng, n_q, n_heads * head_dim));
                 for _ in 0..2 {
                     let (r, c, mut v) = tensor(&mut rng, n_ctx, n_kv_heads * head_dim);
@@ -444,6 +481,7 @@ pub struct Prepared<B: Backend> {
     inputs: Vec<B::Tensor>,
     /// Attention's K and V, or the cache a write goes into.
     caches: Vec<B::Cache>,
+    rows: Option<B::Rows>,
     out: B::Tensor,
     ids: Vec<u32>,
 }
@@ -461,7 +499,8 @@ fn upload_cache<B: Backend>(
     t: &(usize, usize, Vec<f32>),
 ) -> Result<B::Cache> {
     let mut cache = backend.cache(t.0, t.1, kv)?;
-    backend.cache_write(&upload(backend, t)?, &mut cache, 0)?;
+    let rows = backend.rows(&BatchRows::contiguous(0, t.0)?)?;
+    backend.cache_write(&upload(backend, t)?, &mut cache, &rows)?;
     Ok(cache)
 }
 
@@ -515,6 +554,7 @@ impl<B: Backend> Prepared<B> {
             weight,
             inputs: tensors,
             caches,
+            rows: case.op.rows()?.map(|r| backend.rows(&r)).transpose()?,
             out: backend.tensor(r, c)?,
             ids: inputs.ids.clone(),
         })
@@ -527,9 +567,11 @@ impl<B: Backend> Prepared<B> {
             weight,
             inputs,
             caches,
+            rows,
             out,
             ids,
         } = self;
+        let rows = || rows.as_ref().ok_or_else(missing);
         let weight = || weight.as_ref().ok_or_else(missing);
         match op {
             Op::Matmul { .. } => backend.matmul(&inputs[0], weight()?, out)?,
@@ -539,23 +581,20 @@ impl<B: Backend> Prepared<B> {
                 head_dim,
                 n_rot,
                 layout,
-                pos_start,
                 ..
             } => {
                 let p = RopeParams {
                     head_dim,
                     n_rot,
                     layout,
-                    pos_start,
                 };
                 let (x, rest) = inputs.split_at_mut(1);
-                backend.rope(&mut x[0], &rest[0], &p)?;
+                backend.rope(&mut x[0], &rest[0], rows()?, &p)?;
             }
             &mut Op::Attention {
                 n_heads,
                 n_kv_heads,
                 head_dim,
-                pos_start,
                 window,
                 softcap,
                 ..
@@ -564,14 +603,13 @@ impl<B: Backend> Prepared<B> {
                     n_heads,
                     n_kv_heads,
                     head_dim,
-                    pos_start,
                     scale: 1.0 / (head_dim as f32).sqrt(),
                     window,
                     softcap,
                 };
-                backend.attention(&inputs[0], &caches[0], &caches[1], &p, out)?;
+                backend.attention(&inputs[0], &caches[0], &caches[1], rows()?, &p, out)?;
             }
-            Op::CacheWrite { .. } => backend.cache_write(&inputs[0], &mut caches[0], 5)?,
+            Op::CacheWrite { .. } => backend.cache_write(&inputs[0], &mut caches[0], rows()?)?,
             &mut Op::CopyRows { n_rows, .. } => {
                 let (src, rest) = inputs.split_at_mut(1);
                 backend.copy_rows(&src[0], 1, &mut rest[0], 5, n_rows - 1)?;

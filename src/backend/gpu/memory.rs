@@ -113,6 +113,19 @@ impl GpuCache {
     }
 }
 
+/// A batch's `BatchRows` on the device (`BatchRows::device_words`), with the host copy the
+/// ops plan their dispatches from.
+pub struct GpuRows {
+    pub host: crate::backend::BatchRows,
+    pub(crate) buf: PooledBuffer,
+}
+
+impl GpuRows {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buf.buffer()
+    }
+}
+
 /// Rows `[row_begin, row_begin + n_rows)` of a weight, in one buffer.
 pub struct WeightPart {
     pub buf: wgpu::Buffer,

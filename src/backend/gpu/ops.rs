@@ -1,14 +1,16 @@
 //! `Backend` for `GpuBackend`: each op checks shapes with the shared rules (`backend::shapes`),
 //! fills its uniform struct and records a dispatch. Attention lives in `attention.rs`.
 
-use super::memory::{buffer_size, pooled_buffer, upload_weight, GpuCache, GpuTensor, GpuWeight};
+use super::memory::{
+    buffer_size, pooled_buffer, upload_weight, GpuCache, GpuRows, GpuTensor, GpuWeight,
+};
 use super::params::{
     ArgmaxParams, EltParams, EmbedParams, KvWriteParams, MatParams, NormParams, RopeParams,
 };
 use super::shaders::{Kernel, PipelineKey};
 use super::GpuBackend;
 use crate::backend::shapes::{self, check};
-use crate::backend::{AttnParams, Backend, KvType, RopeLayout, WeightSource};
+use crate::backend::{AttnParams, Backend, BatchRows, KvType, RopeLayout, WeightSource};
 use crate::quant::QuantType;
 use crate::{Error, Result};
 
@@ -33,6 +35,85 @@ impl GpuBackend {
             quant,
             features: self.ctx.features,
         }
+    }
+
+    /// `out = x · wᵀ`: the first `n_single` rows as matrix-vector products (weights streamed
+    /// once, every row reduced in the same order however many there are), the rest with the
+    /// tiled kernel.
+    fn matmul_one(
+        &self,
+        x: &GpuTensor,
+        w: &GpuWeight,
+        out: &mut GpuTensor,
+        n_single: usize,
+    ) -> Result<()> {
+        shapes::matmul(
+            self.shape(x),
+            &w.name,
+            (w.n_rows, w.n_cols),
+            self.shape(out),
+        )?;
+        let n = x.n_rows;
+        check("matmul", n_single <= n, || {
+            format!("{n_single} decode rows of {n}")
+        })?;
+        let n_prompt = n - n_single;
+        let max = self.ctx.limits.max_compute_workgroups_per_dimension;
+        for part in &w.parts {
+            let params = MatParams {
+                n_rows: u32_of("matmul", part.n_rows)?,
+                n_cols: u32_of("matmul", w.n_cols)?,
+                row_bytes: u32_of("matmul", w.row_bytes)?,
+                out_stride: u32_of("matmul", w.n_rows)?,
+                out_offset: u32_of("matmul", part.row_begin)?,
+                ..Default::default()
+            };
+            let bufs = [(1, &part.buf), (2, x.buffer()), (3, out.buffer())];
+            if n_single > 0 {
+                // About one row per team (a subgroup, or 32 threads without subgroups).
+                let team = if self.ctx.features.subgroups {
+                    self.ctx.summary.subgroup_size.1.clamp(4, 256)
+                } else {
+                    32
+                };
+                let rows = 256 / team;
+                let params = MatParams {
+                    n_tokens: u32_of("matmul", n_single)?,
+                    rows_per_group: rows,
+                    row_begin: 0,
+                    ..params
+                };
+                check("matmul", params.n_tokens <= max, || {
+                    format!("{n_single} decode rows exceed the dispatch limit")
+                })?;
+                let (gx, gy) = self
+                    .ctx
+                    .grid(u32_of("matmul", part.n_rows.div_ceil(rows as usize))?);
+                let key = self.key(Kernel::Matvec, Some(w.qtype));
+                self.dispatch(key, &params, &bufs, (gx, gy, params.n_tokens))?;
+            }
+            if n_prompt > 0 {
+                let params = MatParams {
+                    n_tokens: u32_of("matmul", n_prompt)?,
+                    row_begin: u32_of("matmul", n_single)?,
+                    ..params
+                };
+                let groups = (
+                    u32_of("matmul", part.n_rows.div_ceil(MATMUL_TILE))?,
+                    u32_of("matmul", n_prompt.div_ceil(MATMUL_TILE))?,
+                    1,
+                );
+                check("matmul", groups.0 <= max && groups.1 <= max, || {
+                    format!(
+                        "{} rows x {n_prompt} tokens exceed the dispatch limit",
+                        part.n_rows
+                    )
+                })?;
+                let key = self.key(Kernel::Matmul, Some(w.qtype));
+                self.dispatch(key, &params, &bufs, groups)?;
+            }
+        }
+        Ok(())
     }
 
     /// Records an element-wise kernel over `n` values.
@@ -60,6 +141,10 @@ impl Backend for GpuBackend {
     type Tensor = GpuTensor;
     type Weight = GpuWeight;
     type Cache = GpuCache;
+    type Rows = GpuRows;
+
+    const UPLOADS_WEIGHTS: bool = true;
+    const DECODE_MAX_ROWS: usize = MATVEC_MAX_TOKENS;
 
     fn name(&self) -> String {
         let s = &self.ctx.summary;
@@ -161,37 +246,51 @@ impl Backend for GpuBackend {
         (c.n_rows, c.n_cols)
     }
 
-    fn cache_write(&self, src: &GpuTensor, cache: &mut GpuCache, dst_row: usize) -> Result<()> {
-        shapes::cache_write(self.shape(src), self.cache_shape(cache), dst_row)?;
+    fn rows(&self, rows: &BatchRows) -> Result<GpuRows> {
+        let words = rows.device_words();
+        let (buf, _) = pooled_buffer(
+            &self.ctx,
+            &self.pool,
+            "batch rows",
+            buffer_size(words.len()),
+        )?;
+        if !words.is_empty() {
+            self.write_bytes(buf.buffer(), bytemuck::cast_slice(&words))?;
+        }
+        Ok(GpuRows {
+            host: rows.clone(),
+            buf,
+        })
+    }
+
+    fn rows_host<'a>(&self, rows: &'a GpuRows) -> &'a BatchRows {
+        &rows.host
+    }
+
+    fn cache_write(&self, src: &GpuTensor, cache: &mut GpuCache, rows: &GpuRows) -> Result<()> {
+        shapes::cache_write(self.shape(src), self.cache_shape(cache), &rows.host)?;
         if src.is_empty() {
             return Ok(());
         }
-        let first = dst_row * cache.n_cols;
-        match cache.kv_type {
-            KvType::F32 => self.record_copy(
-                src.buffer(),
-                0,
-                cache.buffer(),
-                cache.bytes_of(first),
-                cache.bytes_of(src.len()),
-            ),
-            KvType::F16 => {
-                // Rows are even (checked at creation), so pairs never straddle rows.
-                let n_words = src.len() / 2;
-                let params = KvWriteParams {
-                    n_words: u32_of("cache_write", n_words)?,
-                    dst_word: u32_of("cache_write", first / 2)?,
-                    ..Default::default()
-                };
-                let (gx, gy) = self.ctx.grid(u32_of("cache_write", n_words.div_ceil(WG))?);
-                self.dispatch(
-                    self.key(Kernel::KvWriteF16, None),
-                    &params,
-                    &[(1, src.buffer()), (3, cache.buffer())],
-                    (gx, gy, 1),
-                )
-            }
-        }
+        // f16 rows are even (checked at creation), so pairs never straddle rows.
+        let (kernel, row_words) = match cache.kv_type {
+            KvType::F32 => (Kernel::KvWriteF32, cache.n_cols),
+            KvType::F16 => (Kernel::KvWriteF16, cache.n_cols / 2),
+        };
+        let n_words = src.n_rows * row_words;
+        let params = KvWriteParams {
+            n_words: u32_of("cache_write", n_words)?,
+            row_words: u32_of("cache_write", row_words)?,
+            slot_offset: u32_of("cache_write", rows.host.n_rows())?,
+            ..Default::default()
+        };
+        let (gx, gy) = self.ctx.grid(u32_of("cache_write", n_words.div_ceil(WG))?);
+        self.dispatch(
+            self.key(kernel, None),
+            &params,
+            &[(1, src.buffer()), (2, rows.buffer()), (3, cache.buffer())],
+            (gx, gy, 1),
+        )
     }
 
     fn cache_read(&self, c: &GpuCache) -> Result<Vec<f32>> {
@@ -273,61 +372,16 @@ impl Backend for GpuBackend {
         )
     }
 
-    fn matmul(&self, x: &GpuTensor, w: &GpuWeight, out: &mut GpuTensor) -> Result<()> {
-        shapes::matmul(
-            self.shape(x),
-            &w.name,
-            (w.n_rows, w.n_cols),
-            self.shape(out),
-        )?;
-        let n = x.n_rows;
-        if n == 0 {
-            return Ok(());
-        }
-        for part in &w.parts {
-            let params = MatParams {
-                n_tokens: u32_of("matmul", n)?,
-                n_rows: u32_of("matmul", part.n_rows)?,
-                n_cols: u32_of("matmul", w.n_cols)?,
-                row_bytes: u32_of("matmul", w.row_bytes)?,
-                out_stride: u32_of("matmul", w.n_rows)?,
-                out_offset: u32_of("matmul", part.row_begin)?,
-                ..Default::default()
-            };
-            let bufs = [(1, &part.buf), (2, x.buffer()), (3, out.buffer())];
-            if n <= MATVEC_MAX_TOKENS {
-                // About one row per team (a subgroup, or 32 threads without subgroups).
-                let team = if self.ctx.features.subgroups {
-                    self.ctx.summary.subgroup_size.1.clamp(4, 256)
-                } else {
-                    32
-                };
-                let rows = 256 / team;
-                let params = MatParams {
-                    rows_per_group: rows,
-                    ..params
-                };
-                let (gx, gy) = self
-                    .ctx
-                    .grid(u32_of("matmul", part.n_rows.div_ceil(rows as usize))?);
-                let key = self.key(Kernel::Matvec, Some(w.qtype));
-                self.dispatch(key, &params, &bufs, (gx, gy, params.n_tokens))?;
-            } else {
-                let groups = (
-                    u32_of("matmul", part.n_rows.div_ceil(MATMUL_TILE))?,
-                    u32_of("matmul", n.div_ceil(MATMUL_TILE))?,
-                    1,
-                );
-                let max = self.ctx.limits.max_compute_workgroups_per_dimension;
-                check("matmul", groups.0 <= max && groups.1 <= max, || {
-                    format!(
-                        "{} rows x {n} tokens exceed the dispatch limit",
-                        part.n_rows
-                    )
-                })?;
-                let key = self.key(Kernel::Matmul, Some(w.qtype));
-                self.dispatch(key, &params, &bufs, groups)?;
-            }
+    fn matmul_rows(
+        &self,
+        x: &GpuTensor,
+        ws: &[&GpuWeight],
+        outs: &mut [&mut GpuTensor],
+        n_single: usize,
+    ) -> Result<()> {
+        shapes::matmul_many(ws.len(), outs.len())?;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.matmul_one(x, w, out, n_single)?;
         }
         Ok(())
     }
@@ -336,22 +390,20 @@ impl Backend for GpuBackend {
         &self,
         x: &mut GpuTensor,
         inv_freq: &GpuTensor,
+        rows: &GpuRows,
         p: &crate::backend::RopeParams,
     ) -> Result<()> {
-        shapes::rope(self.shape(x), inv_freq.len(), p)?;
+        shapes::rope(self.shape(x), inv_freq.len(), &rows.host, p)?;
         let n_heads = x.n_cols / p.head_dim;
         let n_pairs = x.n_rows * n_heads * (p.n_rot / 2);
         if n_pairs == 0 {
             return Ok(());
         }
-        // Positions are u32 on the device.
-        u32_of("rope", p.pos_start + x.n_rows)?;
         let params = RopeParams {
             n_rows: u32_of("rope", x.n_rows)?,
             n_heads: u32_of("rope", n_heads)?,
             head_dim: u32_of("rope", p.head_dim)?,
             n_rot: u32_of("rope", p.n_rot)?,
-            pos_start: u32_of("rope", p.pos_start)?,
             neox: u32::from(p.layout == RopeLayout::Neox),
             ..Default::default()
         };
@@ -359,7 +411,7 @@ impl Backend for GpuBackend {
         self.dispatch(
             self.key(Kernel::Rope, None),
             &params,
-            &[(1, x.buffer()), (2, inv_freq.buffer())],
+            &[(1, x.buffer()), (2, inv_freq.buffer()), (3, rows.buffer())],
             (gx, gy, 1),
         )
     }
@@ -369,10 +421,11 @@ impl Backend for GpuBackend {
         q: &GpuTensor,
         k_cache: &GpuCache,
         v_cache: &GpuCache,
+        rows: &GpuRows,
         p: &AttnParams,
         out: &mut GpuTensor,
     ) -> Result<()> {
-        self.attention_op(q, k_cache, v_cache, p, out)
+        self.attention_op(q, k_cache, v_cache, rows, p, out)
     }
 
     fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {

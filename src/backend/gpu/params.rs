@@ -45,7 +45,7 @@ uniform_struct!(
         out_stride: u32,
         out_offset: u32,
         rows_per_group: u32,
-        _pad0: u32,
+        row_begin: u32,
     }
 );
 
@@ -80,28 +80,29 @@ uniform_struct!(
         n_heads: u32,
         head_dim: u32,
         n_rot: u32,
-        pos_start: u32,
         neox: u32,
         _pad0: u32,
         _pad1: u32,
+        _pad2: u32,
     }
 );
 
 uniform_struct!(
-    /// common/attention.wgsl (both attention kernels); `window` and `softcap` are 0 when off.
+    /// common/attention.wgsl (both attention kernels); `window` and `softcap` are 0 when off;
+    /// `n_batch` and `block_size` locate rows and block tables in the rows buffer.
     AttnParams {
         n_q: u32,
         n_heads: u32,
         n_kv_heads: u32,
         head_dim: u32,
-        pos_start: u32,
+        row_begin: u32,
         window: u32,
         n_splits: u32,
         kv_stride: u32,
         scale: f32,
         softcap: f32,
-        _pad0: u32,
-        _pad1: u32,
+        n_batch: u32,
+        block_size: u32,
     }
 );
 
@@ -129,9 +130,9 @@ uniform_struct!(
     /// kv_write.wgsl.
     KvWriteParams {
         n_words: u32,
-        dst_word: u32,
+        row_words: u32,
+        slot_offset: u32,
         _pad0: u32,
-        _pad1: u32,
     }
 );
 

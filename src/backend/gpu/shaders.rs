@@ -148,6 +148,7 @@ pub enum Kernel {
     AddAssign,
     Scale,
     Argmax,
+    KvWriteF32,
     KvWriteF16,
 }
 
@@ -182,7 +183,7 @@ struct KernelDef {
 use Access::{Read as R, ReadWrite as RW};
 
 impl Kernel {
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; 15] = [
         Kernel::Matvec,
         Kernel::Matmul,
         Kernel::Embed,
@@ -196,13 +197,15 @@ impl Kernel {
         Kernel::AddAssign,
         Kernel::Scale,
         Kernel::Argmax,
+        Kernel::KvWriteF32,
         Kernel::KvWriteF16,
     ];
 
     fn def(self) -> KernelDef {
         // Two inputs and an output; kernels that read weights have them first.
         const IN_IN_OUT: &[(u32, Access)] = &[(1, R), (2, R), (3, RW)];
-        const ATTENTION: &[(u32, Access)] = &[(1, R), (2, R), (3, R), (4, RW)];
+        const ATTENTION: &[(u32, Access)] = &[(1, R), (2, R), (3, R), (4, RW), (6, R)];
+        const KV_WRITE: &[(u32, Access)] = &[(1, R), (2, R), (3, RW)];
         type Def = (
             &'static str,
             &'static str,
@@ -216,7 +219,13 @@ impl Kernel {
             Kernel::Matmul => ("matmul.wgsl", "matmul", true, false, IN_IN_OUT),
             Kernel::Embed => ("embed.wgsl", "embed", true, false, IN_IN_OUT),
             Kernel::RmsNorm => ("rms_norm.wgsl", "rms_norm", true, true, IN_IN_OUT),
-            Kernel::Rope => ("rope.wgsl", "rope", false, false, &[(1, RW), (2, R)]),
+            Kernel::Rope => (
+                "rope.wgsl",
+                "rope",
+                false,
+                false,
+                &[(1, RW), (2, R), (3, R)],
+            ),
             Kernel::AttnSplit => (
                 "attention_decode.wgsl",
                 "attn_split",
@@ -249,13 +258,8 @@ impl Kernel {
             ),
             Kernel::Scale => ("elementwise.wgsl", "scale", false, false, &[(3, RW)]),
             Kernel::Argmax => ("argmax.wgsl", "argmax", false, false, &[(1, R), (2, RW)]),
-            Kernel::KvWriteF16 => (
-                "kv_write.wgsl",
-                "kv_write_f16",
-                false,
-                false,
-                &[(1, R), (3, RW)],
-            ),
+            Kernel::KvWriteF32 => ("kv_write.wgsl", "kv_write_f32", false, false, KV_WRITE),
+            Kernel::KvWriteF16 => ("kv_write.wgsl", "kv_write_f16", false, false, KV_WRITE),
         };
         KernelDef {
             file,

@@ -1,0 +1,386 @@
+//! The runtime seam between requests and the model: a loaded model shared immutably (`Arc`),
+//! a paged KV cache (`kv_cache.rs` owns the memory, `blocks.rs` hands out blocks and caches
+//! prefixes), and `Runtime::step`, which runs one forward pass over a batch of tokens from
+//! every active `Sequence` (`sequence.rs`) and feeds each the token sampled for it.
+//!
+//! A step takes, per active sequence, either its one pending generated token (a decode row)
+//! or the next chunk of its prompt; decode rows come first in the batch. Which kernel a row
+//! goes through depends only on its own sequence (see `Backend::matmul_rows`), so a sequence
+//! computes the same tokens alone or beside others.
+
+mod blocks;
+mod kv_cache;
+mod sequence;
+
+pub use blocks::{BlockPool, PrefixId, ROOT};
+pub use kv_cache::{KvCache, BLOCK_SIZE};
+pub use sequence::{BlockTable, Event, Sequence};
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::backend::{Backend, BatchRows, KvType, SeqRows};
+use crate::model::{ForwardBatch, Model};
+use crate::{Error, Result};
+
+/// Prompt tokens of one sequence evaluated per forward pass: bounds a step's activations and
+/// keeps other sequences' streams moving while a long prompt is read.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// Finished sequences whose cache is kept for a follow-up (the next turn of a chat).
+const MAX_PARKED: usize = 4;
+
+/// A model on a backend with its KV cache: what one loaded model needs to serve sequences.
+pub struct Runtime<B: Backend> {
+    backend: Arc<B>,
+    model: Arc<Model<B>>,
+    cache: KvCache<B>,
+    blocks: BlockPool,
+    /// Finished sequences' tokens and blocks, oldest first: a prompt that continues one of
+    /// them reuses its cache to the token (whole shared blocks alone would lose up to a
+    /// block per chat turn), as llama.cpp's server slots do. Given up when blocks run short.
+    parked: VecDeque<Parked>,
+}
+
+struct Parked {
+    /// The tokens whose keys and values the blocks hold.
+    tokens: Vec<u32>,
+    table: BlockTable,
+}
+
+impl<B: Backend> Runtime<B> {
+    /// Room for `n_tokens` tokens of KV cache in all sequences together.
+    pub fn new(
+        backend: Arc<B>,
+        model: Arc<Model<B>>,
+        n_tokens: usize,
+        kv_type: KvType,
+    ) -> Result<Self> {
+        let n_blocks = n_tokens.div_ceil(BLOCK_SIZE).max(1);
+        let cache = KvCache::new(&*backend, &model.config, n_blocks, kv_type)?;
+        Ok(Runtime {
+            backend,
+            model,
+            cache,
+            blocks: BlockPool::new(n_blocks),
+            parked: VecDeque::new(),
+        })
+    }
+
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    pub fn model(&self) -> &Arc<Model<B>> {
+        &self.model
+    }
+
+    /// Tokens of KV cache the pool holds.
+    pub fn capacity(&self) -> usize {
+        self.blocks.n_blocks() * BLOCK_SIZE
+    }
+
+    /// Blocks referenced by live sequences (0 when none is running: nothing leaks); blocks
+    /// kept only for follow-ups do not count.
+    pub fn blocks_in_use(&self) -> usize {
+        let mut parked_refs: HashMap<u32, u32> = HashMap::new();
+        for b in self.parked.iter().flat_map(|p| &p.table.blocks) {
+            *parked_refs.entry(*b).or_default() += 1;
+        }
+        let only_parked = parked_refs
+            .iter()
+            .filter(|&(&b, &n)| self.blocks.refs(b) == n)
+            .count();
+        self.blocks.n_in_use() - only_parked
+    }
+
+    /// Grows the cache to hold at least `n_tokens` (the weights stay where they are). The
+    /// cached prefixes are dropped; no sequence may be live.
+    pub fn reserve_capacity(&mut self, n_tokens: usize) -> Result<()> {
+        if n_tokens <= self.capacity() {
+            return Ok(());
+        }
+        while let Some(p) = self.parked.pop_front() {
+            self.release_table(p.table);
+        }
+        if self.blocks.n_in_use() > 0 {
+            return Err(Error::Other(
+                "the KV cache cannot grow while sequences are running".into(),
+            ));
+        }
+        let n_blocks = n_tokens.div_ceil(BLOCK_SIZE);
+        let kv_type = self.cache.kv_type();
+        // The old cache goes first, so both never hold memory at once.
+        self.cache = KvCache::new(&*self.backend, &self.model.config, 0, kv_type)?;
+        self.cache = KvCache::new(&*self.backend, &self.model.config, n_blocks, kv_type)?;
+        self.blocks = BlockPool::new(n_blocks);
+        Ok(())
+    }
+
+    /// Starts `seq` on the cache that already holds the longest prefix of its prompt (never
+    /// the last prompt token, whose logits are needed): a finished sequence's blocks that
+    /// the prompt continues, or else the cached blocks it starts with.
+    pub fn start(&mut self, seq: &mut Sequence) {
+        let (table, n) = self.match_blocks(seq.tokens());
+        let limit = seq.tokens().len() - 1;
+        let best = self
+            .parked
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, common_prefix(&p.tokens, seq.tokens()).min(limit)))
+            .max_by_key(|&(_, n)| n);
+        let (table, n) = match best {
+            Some((i, n_parked)) if n_parked > n => {
+                self.release_table(table);
+                match self.parked.remove(i) {
+                    Some(p) => self.adopt(p.table, n_parked),
+                    None => (BlockTable::default(), 0),
+                }
+            }
+            _ => (table, n),
+        };
+        seq.table = table;
+        seq.set_cached(n);
+    }
+
+    /// Keeps the first `n` tokens of a parked table. Whole blocks are shared read-only; the
+    /// block `n` falls inside is overwritten from `n` on, so it is kept only if nothing else
+    /// references it (it leaves the prefix cache then), else its tokens are computed again.
+    fn adopt(&mut self, mut table: BlockTable, mut n: usize) -> (BlockTable, usize) {
+        let partial = n / BLOCK_SIZE;
+        if !n.is_multiple_of(BLOCK_SIZE) && !self.blocks.make_private(table.blocks[partial]) {
+            n = partial * BLOCK_SIZE;
+        }
+        for b in table.blocks.drain(n.div_ceil(BLOCK_SIZE)..) {
+            self.blocks.release(b);
+        }
+        table.ids.truncate(n / BLOCK_SIZE);
+        (table, n)
+    }
+
+    fn release_table(&mut self, table: BlockTable) {
+        for b in table.blocks {
+            self.blocks.release(b);
+        }
+    }
+
+    /// References the cached whole blocks `tokens` starts with (never its last token).
+    fn match_blocks(&mut self, tokens: &[u32]) -> (BlockTable, usize) {
+        let shareable = (tokens.len() - 1) / BLOCK_SIZE;
+        let mut parent = ROOT;
+        let mut table = BlockTable::default();
+        for chunk in tokens.chunks_exact(BLOCK_SIZE).take(shareable) {
+            match self.blocks.lookup(parent, chunk) {
+                Some((b, id)) => {
+                    table.blocks.push(b);
+                    table.ids.push(id);
+                    parent = id;
+                }
+                None => break,
+            }
+        }
+        let n = table.blocks.len() * BLOCK_SIZE;
+        (table, n)
+    }
+
+    /// Ends `seq`'s hold on the cache: its blocks are kept for a follow-up prompt (see
+    /// `parked`), full ones also stay shareable with any later prompt.
+    pub fn finish(&mut self, seq: &mut Sequence) {
+        let table = std::mem::take(&mut seq.table);
+        let n = seq.n_computed.min(table.blocks.len() * BLOCK_SIZE);
+        if n == 0 {
+            return self.release_table(table);
+        }
+        self.parked.push_back(Parked {
+            tokens: seq.tokens()[..n].to_vec(),
+            table,
+        });
+        if self.parked.len() > MAX_PARKED {
+            if let Some(p) = self.parked.pop_front() {
+                self.release_table(p.table);
+            }
+        }
+    }
+
+    /// One forward pass over every live sequence in `seqs`: a chunk of each one's pending
+    /// tokens; each sequence whose pending tokens are all in the cache afterwards gets its
+    /// next token sampled and accepted. Returns `(index into seqs, event)` in batch order.
+    pub fn step(&mut self, seqs: &mut [&mut Sequence]) -> Result<Vec<(usize, Event)>> {
+        // Decode rows first, then prompt chunks (see `ForwardBatch::n_single`).
+        let mut order: Vec<usize> = (0..seqs.len())
+            .filter(|&i| seqs[i].done().is_none() && !seqs[i].pending().is_empty())
+            .collect();
+        order.sort_by_key(|&i| !(seqs[i].is_decoding() && seqs[i].pending().len() == 1));
+        if order.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tokens = Vec::new();
+        let mut parts = Vec::with_capacity(order.len());
+        let mut logit_rows = Vec::new();
+        let mut n_single = 0;
+        for &i in &order {
+            let seq = &mut *seqs[i];
+            let n = seq.pending().len().min(PREFILL_CHUNK);
+            self.reserve_blocks(seq, seq.n_computed + n)?;
+            if seq.is_decoding() && n == 1 {
+                n_single += 1;
+            }
+            tokens.extend_from_slice(&seq.pending()[..n]);
+            if n == seq.pending().len() {
+                logit_rows.push(tokens.len() - 1);
+            }
+            parts.push((i, seq.n_computed, n));
+        }
+        let tables: Vec<SeqRows<'_>> = parts
+            .iter()
+            .map(|&(i, pos_start, n_rows)| SeqRows {
+                table: &seqs[i].table.blocks,
+                pos_start,
+                n_rows,
+            })
+            .collect();
+        let rows = self.backend.rows(&BatchRows::new(BLOCK_SIZE, &tables)?)?;
+        let batch = ForwardBatch {
+            tokens: &tokens,
+            rows: &rows,
+            n_single,
+            logit_rows: &logit_rows,
+        };
+        let logits = self.model.forward(&self.backend, &batch, &mut self.cache)?;
+        for &(i, _, n) in &parts {
+            seqs[i].n_computed += n;
+            self.register_full_blocks(seqs[i]);
+        }
+
+        // Sample: on the device when every sequence takes the argmax, else from the logits.
+        let sampled: Vec<usize> = parts
+            .iter()
+            .filter(|&&(i, _, _)| seqs[i].pending().is_empty())
+            .map(|&(i, _, _)| i)
+            .collect();
+        let ids: Vec<u32> = if sampled.iter().all(|&i| seqs[i].is_plain_greedy()) {
+            self.backend.argmax(&logits)?
+        } else {
+            let all = self.backend.read(&logits)?;
+            let n_vocab = self.model.config.n_vocab;
+            sampled
+                .iter()
+                .zip(all.chunks_exact(n_vocab))
+                .map(|(&i, row)| seqs[i].sample(&mut row.to_vec()))
+                .collect()
+        };
+        let mut events = Vec::with_capacity(sampled.len());
+        for (&i, &id) in sampled.iter().zip(&ids) {
+            events.push((i, seqs[i].accept(id)?));
+        }
+        Ok(events)
+    }
+
+    /// Gives `seq` blocks for its first `n_tokens` tokens.
+    fn reserve_blocks(&mut self, seq: &mut Sequence, n_tokens: usize) -> Result<()> {
+        if n_tokens > seq.n_ctx() {
+            return Err(Error::PromptTooLong {
+                n_prompt: n_tokens,
+                n_ctx: seq.n_ctx(),
+            });
+        }
+        while seq.table.blocks.len() * BLOCK_SIZE < n_tokens {
+            // Follow-ups give way to running requests.
+            while self.blocks.n_available() == 0 {
+                match self.parked.pop_front() {
+                    Some(p) => self.release_table(p.table),
+                    None => break,
+                }
+            }
+            let b = self.blocks.allocate().ok_or_else(|| {
+                Error::Other(format!(
+                    "the KV cache is full ({} tokens in use by running requests); raise \
+                     num_ctx or run fewer requests at once",
+                    self.capacity()
+                ))
+            })?;
+            seq.table.blocks.push(b);
+        }
+        Ok(())
+    }
+
+    /// Registers `seq`'s blocks that became full, so later prompts can share them.
+    fn register_full_blocks(&mut self, seq: &mut Sequence) {
+        let n_full = seq.n_computed / BLOCK_SIZE;
+        while seq.table.ids.len() < n_full {
+            let i = seq.table.ids.len();
+            let parent = seq.table.ids.last().copied().unwrap_or(ROOT);
+            let chunk = &seq.tokens()[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
+            let id = self.blocks.register(seq.table.blocks[i], parent, chunk);
+            seq.table.ids.push(id);
+        }
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// A cache owned by one sequence whose cache rows are its positions: the simplest way to run
+/// a model over one token stream (tests, benchmarks, perplexity).
+pub struct SoloCache<B: Backend> {
+    cache: KvCache<B>,
+    table: Vec<u32>,
+    n_past: usize,
+}
+
+impl<B: Backend> SoloCache<B> {
+    pub fn new(backend: &B, model: &Model<B>, n_ctx: usize, kv_type: KvType) -> Result<Self> {
+        let n_blocks = n_ctx.div_ceil(BLOCK_SIZE).max(1);
+        Ok(SoloCache {
+            cache: KvCache::new(backend, &model.config, n_blocks, kv_type)?,
+            table: (0..n_blocks as u32).collect(),
+            n_past: 0,
+        })
+    }
+
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// Forgets positions from `n` on.
+    pub fn truncate(&mut self, n: usize) {
+        self.n_past = self.n_past.min(n);
+    }
+
+    /// Appends `ids` and returns the logits of the last `n_logits` of them. A single id is
+    /// a decode row, more are a prompt chunk, as the runtime batches them.
+    pub fn forward(
+        &mut self,
+        model: &Model<B>,
+        backend: &B,
+        ids: &[u32],
+        n_logits: usize,
+    ) -> Result<B::Tensor> {
+        let n = ids.len();
+        if self.n_past + n > self.table.len() * BLOCK_SIZE {
+            return Err(Error::PromptTooLong {
+                n_prompt: self.n_past + n,
+                n_ctx: self.table.len() * BLOCK_SIZE,
+            });
+        }
+        let rows = backend.rows(&BatchRows::new(
+            BLOCK_SIZE,
+            &[SeqRows {
+                table: &self.table,
+                pos_start: self.n_past,
+                n_rows: n,
+            }],
+        )?)?;
+        let logit_rows: Vec<usize> = (n.saturating_sub(n_logits)..n).collect();
+        let batch = ForwardBatch {
+            tokens: ids,
+            rows: &rows,
+            n_single: usize::from(n == 1),
+            logit_rows: &logit_rows,
+        };
+        let logits = model.forward(backend, &batch, &mut self.cache)?;
+        self.n_past += n;
+        Ok(logits)
+    }
+}

@@ -1,0 +1,222 @@
+//! `Sequence`: one request's generation state — its tokens, its blocks of the KV cache, its
+//! sampler, stream decoder, stop-string matcher and budget. The runtime feeds it sampled
+//! tokens through `accept`, which turns each into text that is safe to show and says when the
+//! request is done; the rules live here once, for the CLI and the server alike.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::generate::{DoneReason, GenerateOptions, GenerateStats, StopMatcher};
+use crate::sample::Sampler;
+use crate::tokenizer::{DecodeState, Tokenizer};
+use crate::{Error, Result};
+
+use super::blocks::PrefixId;
+
+/// What accepting one token gave: text to show now (possibly empty while a character or a
+/// possible stop string is held back), and whether the sequence has ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub text: String,
+    /// The token, when it became part of the answer (an end-of-generation token does not).
+    pub token: Option<u32>,
+    pub done: Option<DoneReason>,
+}
+
+/// A sequence's blocks of the KV cache, in position order.
+#[derive(Debug, Default)]
+pub struct BlockTable {
+    pub blocks: Vec<u32>,
+    /// Prefix ids of the leading full blocks registered in the pool (`blocks[..ids.len()]`).
+    pub ids: Vec<PrefixId>,
+}
+
+pub struct Sequence {
+    tokenizer: Arc<Tokenizer>,
+    /// The prompt, then every accepted token.
+    tokens: Vec<u32>,
+    n_prompt: usize,
+    /// Leading tokens whose keys and values are in the cache.
+    pub(super) n_computed: usize,
+    pub(super) table: BlockTable,
+    /// Prompt tokens found in the prefix cache.
+    n_cached: usize,
+    sampler: Sampler,
+    /// Greedy with no penalties: the next token is the logits' argmax, which a device can
+    /// find without sending the logits back.
+    plain_greedy: bool,
+    decoder: DecodeState,
+    stop: StopMatcher,
+    num_predict: Option<usize>,
+    n_ctx: usize,
+    n_gen: usize,
+    done: Option<DoneReason>,
+    started: Instant,
+    prompt_done: Option<Instant>,
+}
+
+impl Sequence {
+    /// A request for up to `opts.num_predict` tokens after `prompt`, within `n_ctx` tokens
+    /// in all.
+    pub fn new(
+        tokenizer: Arc<Tokenizer>,
+        prompt: Vec<u32>,
+        opts: &GenerateOptions,
+        n_ctx: usize,
+    ) -> Result<Self> {
+        if prompt.is_empty() {
+            return Err(Error::Other("the prompt is empty".into()));
+        }
+        if prompt.len() >= n_ctx {
+            return Err(Error::PromptTooLong {
+                n_prompt: prompt.len(),
+                n_ctx,
+            });
+        }
+        tokenizer.check_ids(&prompt)?;
+        let s = &opts.sampler;
+        let plain_greedy = s.is_greedy()
+            && s.repeat_penalty == 1.0
+            && s.presence_penalty == 0.0
+            && s.frequency_penalty == 0.0;
+        Ok(Sequence {
+            tokenizer,
+            n_prompt: prompt.len(),
+            tokens: prompt,
+            n_computed: 0,
+            table: BlockTable::default(),
+            n_cached: 0,
+            sampler: Sampler::new(opts.sampler.clone()),
+            plain_greedy,
+            decoder: DecodeState::default(),
+            stop: StopMatcher::new(&opts.stop),
+            num_predict: opts.num_predict,
+            n_ctx,
+            n_gen: 0,
+            done: None,
+            started: Instant::now(),
+            prompt_done: None,
+        })
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    pub fn done(&self) -> Option<DoneReason> {
+        self.done
+    }
+
+    pub fn is_plain_greedy(&self) -> bool {
+        self.plain_greedy
+    }
+
+    /// Tokens known but not yet in the cache: the rest of the prompt, or the last accepted
+    /// token.
+    pub fn pending(&self) -> &[u32] {
+        &self.tokens[self.n_computed..]
+    }
+
+    /// Whether the next forward pass feeds this sequence one generated token (a decode row)
+    /// rather than prompt tokens.
+    pub fn is_decoding(&self) -> bool {
+        self.n_computed >= self.n_prompt
+    }
+
+    pub(super) fn set_cached(&mut self, n: usize) {
+        self.n_computed = n;
+        self.n_cached = n;
+    }
+
+    /// Picks the next token from this sequence's logits row (penalties see its history).
+    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        self.sampler.sample(logits, &self.tokens)
+    }
+
+    /// Ends the sequence now; held-back text is dropped, as the user asked for no more.
+    pub fn cancel(&mut self) {
+        if self.done.is_none() {
+            self.done = Some(DoneReason::Cancelled);
+        }
+    }
+
+    /// Takes the token sampled after the last one: it ends the answer (end of generation,
+    /// a stop string, the budget or the context), or becomes part of it and is fed back.
+    pub fn accept(&mut self, token: u32) -> Result<Event> {
+        if let Some(done) = self.done {
+            return Ok(Event {
+                text: String::new(),
+                token: None,
+                done: Some(done),
+            });
+        }
+        self.prompt_done.get_or_insert_with(Instant::now);
+        if self.num_predict.is_some_and(|n| self.n_gen >= n) {
+            return Ok(self.finish(String::new(), None, DoneReason::Length));
+        }
+        if self.tokenizer.is_end_of_generation(token) {
+            return Ok(self.finish(String::new(), None, DoneReason::Stop));
+        }
+        self.tokens.push(token);
+        self.n_gen += 1;
+        let piece = self.decoder.push(&self.tokenizer, token)?;
+        let (text, hit) = self.stop.push(&piece);
+        if hit {
+            // A stop string cut the answer: what followed it is dropped.
+            self.done = Some(DoneReason::Stop);
+            return Ok(Event {
+                text,
+                token: Some(token),
+                done: self.done,
+            });
+        }
+        if self.tokens.len() >= self.n_ctx || self.num_predict.is_some_and(|n| self.n_gen >= n) {
+            return Ok(self.finish(text, Some(token), DoneReason::Length));
+        }
+        Ok(Event {
+            text,
+            token: Some(token),
+            done: None,
+        })
+    }
+
+    /// Ends the sequence, releasing the text still held back (an incomplete character, a
+    /// possible stop-string prefix).
+    fn finish(&mut self, mut text: String, token: Option<u32>, reason: DoneReason) -> Event {
+        let (rest, hit) = self.stop.push(&self.decoder.finish(&self.tokenizer));
+        text.push_str(&rest);
+        if !hit {
+            text.push_str(&self.stop.finish());
+        }
+        self.done = Some(reason);
+        Event {
+            text,
+            token,
+            done: Some(reason),
+        }
+    }
+
+    /// Counts and timings, Ollama's: prompt evaluation until the first token was sampled,
+    /// then generation.
+    pub fn stats(&self) -> GenerateStats {
+        let now = Instant::now();
+        let prompt_done = self.prompt_done.unwrap_or(now);
+        GenerateStats {
+            prompt_tokens: self.n_prompt,
+            cached_tokens: self.n_cached,
+            prompt_eval: prompt_done.duration_since(self.started),
+            eval_tokens: self.n_gen,
+            eval: now.saturating_duration_since(prompt_done),
+            done_reason: self.done.unwrap_or(DoneReason::Cancelled),
+        }
+    }
+
+    /// Time since the request started.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
