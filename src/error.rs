@@ -40,6 +40,19 @@ pub enum Error {
     Template(String),
     #[error("the prompt has {n_prompt} tokens but the context holds {n_ctx}; shorten the prompt or raise num_ctx")]
     PromptTooLong { n_prompt: usize, n_ctx: usize },
+    /// A generation parameter name that is not in `options::PARAMETERS`.
+    #[error(
+        "unknown parameter {name:?}; known parameters: {}",
+        crate::options::parameter_names()
+    )]
+    UnknownParameter { name: String },
+    /// A value a parameter does not accept; `reason` says what it accepts.
+    #[error("invalid value {value:?} for parameter {name}: {reason}")]
+    InvalidParameter {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("model store: {0}")]
     Store(String),
     #[error("GPU: {0}")]

@@ -8,6 +8,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod options;
 pub mod quant;
 pub mod sample;
 pub mod store;

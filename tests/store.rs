@@ -375,7 +375,7 @@ fn modelfile_errors_name_the_line() {
         ("FROM m\nTEMPLATE {% if %}", "line 2: TEMPLATE: chat template: the template is not valid Jinja"),
         ("FROM m\nPARAMETER top_k 5\n# x\nPARAMETER top_k many", "line 4: PARAMETER top_k \"many\": invalid value"),
         ("FROM m\nPARAMETER frobnicate 1", "line 2: PARAMETER frobnicate \"1\": unknown parameter \"frobnicate\""),
-        ("FROM m\nPARAMETER top_p 2", "line 2: PARAMETER top_p \"2\": parameter top_p 2 is out of range"),
+        ("FROM m\nPARAMETER top_p 2", "line 2: PARAMETER top_p \"2\": invalid value \"2\" for parameter top_p: expected a number above 0 and at most 1"),
     ];
     for (text, want) in cases {
         let err = Modelfile::parse(text).unwrap_err().to_string();

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use hearth::engine::{Engine, LoadOptions};
-use hearth::generate::{DoneReason, GenerateOptions, GenerateStats};
+use hearth::generate::{DoneReason, GenerateStats};
+use hearth::options::GenerateOptions;
 use hearth::store::Model;
 use hearth::tokenizer::{template_for, ChatTemplate, Message};
 

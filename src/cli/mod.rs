@@ -13,6 +13,7 @@ mod devices;
 mod format;
 mod kernel_bench;
 mod list;
+mod params;
 mod progress;
 mod pull;
 mod repl;

@@ -7,8 +7,8 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use hearth::generate::GenerateOptions;
 use hearth::gguf::GgufFile;
+use hearth::options::GenerateOptions;
 use hearth::store::{Model, ModelInfo, ModelName, Store};
 
 use super::format::columns;

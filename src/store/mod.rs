@@ -40,6 +40,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::options::ValueKind;
 use crate::{Error, Result};
 
 const LOCK_FILE: &str = ".lock";
@@ -441,12 +442,16 @@ fn remove_partial(path: &Path) -> Result<usize> {
     }
 }
 
-/// Parameters as a JSON object the way Ollama stores them: numbers as numbers, `stop` (and
-/// any other repeated name) as an array, anything else as a string.
+/// Parameters as a JSON object the way Ollama stores them: numbers as numbers, a repeated
+/// parameter (`stop`, and any other name given twice) as an array, anything else as a string.
+/// The parameter table (`options::PARAMETERS`) says which is which.
 pub fn params_to_json(params: &[(String, String)]) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     for (name, value) in params {
-        let repeated = name == "stop" || params.iter().filter(|(n, _)| n == name).count() > 1;
+        let spec = crate::options::parameter(name);
+        let repeated = spec.is_some_and(|p| p.repeated)
+            || params.iter().filter(|(n, _)| n == name).count() > 1;
+        let numeric = spec.is_none_or(|p| p.kind == ValueKind::Number);
         let json = value
             .parse::<i64>()
             .map(serde_json::Value::from)
@@ -459,7 +464,7 @@ pub fn params_to_json(params: &[(String, String)]) -> Vec<u8> {
                     .and_then(serde_json::Number::from_f64)
                     .map(serde_json::Value::Number)
             })
-            .filter(|_| name != "stop")
+            .filter(|_| numeric)
             .unwrap_or_else(|| serde_json::Value::String(value.clone()));
         if repeated {
             let slot = map

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::generate::GenerateOptions;
+use crate::options::GenerateOptions;
 use crate::tokenizer::ChatTemplate;
 use crate::{Error, Result};
 
