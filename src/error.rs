@@ -53,6 +53,9 @@ pub enum Error {
         value: String,
         reason: &'static str,
     },
+    /// A stored model whose own parameters no longer pass the parameter table's checks.
+    #[error("{model} has an invalid stored parameter: {error}; fix its PARAMETER lines (`hearth show {model} --modelfile`) and create it again")]
+    ModelParameter { model: String, error: Box<Error> },
     #[error("model store: {0}")]
     Store(String),
     #[error("GPU: {0}")]

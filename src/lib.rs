@@ -9,6 +9,7 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod options;
+pub mod prompt;
 pub mod quant;
 pub mod sample;
 pub mod store;

@@ -9,6 +9,7 @@ use clap::Args;
 
 use hearth::engine::LoadOptions;
 use hearth::options::GenerateOptions;
+use hearth::prompt;
 use hearth::store::{builtin, ModelName, Store};
 
 use super::chat::{self, Chat, Output};
@@ -119,12 +120,7 @@ pub fn execute(cmd: RunCommand) -> Result<()> {
         }
     }
     let model = cmd.store.load(&cmd.name)?;
-    let mut options = GenerateOptions::default();
-    for (name, value) in model.parameters.iter().chain(&cmd.overrides) {
-        options
-            .set(name, value)
-            .with_context(|| format!("parameter {name} {value:?} of {}", model.name))?;
-    }
+    let options = prompt::layered_options(&model, &cmd.overrides)?;
     let load = LoadOptions {
         num_ctx: options.num_ctx,
         ..cmd.load

