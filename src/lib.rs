@@ -14,5 +14,6 @@ pub mod quant;
 pub mod sample;
 pub mod store;
 pub mod tokenizer;
+pub mod units;
 
 pub use error::{Error, Result};

@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::device::{human_bytes, GpuContext};
+use super::device::GpuContext;
 use crate::backend::{KvType, WeightSource};
 use crate::quant::QuantType;
+use crate::units::human_bytes;
 use crate::{Error, Result};
 
 /// Zero bytes after every weight part: the kernels read a word or two past a field, and the
