@@ -39,9 +39,7 @@ impl std::str::FromStr for Device {
             gpu if gpu.starts_with("gpu") => {
                 Ok(Device::Gpu(GpuConfig::from_device_name(gpu)?.adapter))
             }
-            other => Err(Error::Other(format!(
-                "unknown device {other:?}; use cpu, gpu, gpu:N (see `hearth devices`) or auto"
-            ))),
+            other => Err(Error::UnknownDevice(other.to_string())),
         }
     }
 }

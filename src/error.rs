@@ -60,8 +60,15 @@ pub enum Error {
     Store(String),
     #[error("GPU: {0}")]
     Gpu(String),
-    #[error("{0}")]
-    Other(String),
+    #[error("unknown device {0:?}; use cpu, gpu, gpu:N (see `hearth devices`) or auto")]
+    UnknownDevice(String),
+    #[error("unknown KV cache type {0:?}; use f16 (the default) or f32")]
+    UnknownKvType(String),
+    /// A KV cache type llama.cpp has that Hearth does not yet.
+    #[error("KV cache type {0} is not supported yet; use f16 (the default) or f32")]
+    UnsupportedKvType(String),
+    #[error("the prompt is empty; give some text to answer or to continue")]
+    EmptyPrompt,
 }
 
 impl Error {

@@ -102,7 +102,7 @@ where
 
     fn eval(&mut self, ids: &[u32]) -> Result<(Vec<f32>, usize)> {
         if ids.is_empty() {
-            return Err(Error::Other("the prompt is empty".into()));
+            return Err(Error::EmptyPrompt);
         }
         if ids.len() > self.cache.n_ctx {
             return Err(Error::PromptTooLong {
