@@ -4,7 +4,7 @@
 // it, then reduced mod 2π by hand, because GPU sin/cos are only accurate near zero and
 // positions reach tens of thousands of radians.
 
-struct RopeParams {
+struct RopeUniform {
     n_rows: u32,
     n_heads: u32,
     head_dim: u32,
@@ -15,7 +15,7 @@ struct RopeParams {
     _pad1: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: RopeParams;
+@group(0) @binding(0) var<uniform> p: RopeUniform;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
 

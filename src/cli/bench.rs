@@ -54,11 +54,11 @@ struct ModelArgs {
 }
 
 pub enum BenchCommand {
-    Model(ModelBench),
+    Model(ModelBenchCommand),
     Kernels(super::kernel_bench::KernelsArgs),
 }
 
-pub struct ModelBench {
+pub struct ModelBenchCommand {
     path: PathBuf,
     n_prompt: usize,
     n_gen: usize,
@@ -81,7 +81,7 @@ impl BenchArgs {
             store.load(&model_name(&a.model)?)?.model_path
         };
         let load = a.placement.resolve(globals)?;
-        Ok(BenchCommand::Model(ModelBench {
+        Ok(BenchCommand::Model(ModelBenchCommand {
             load: LoadOptions {
                 device: load.device.resolve(),
                 ..load
@@ -133,7 +133,10 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
     Ok(())
 }
 
-fn bench_on<B: Backend>(backend: &B, cmd: &ModelBench) -> Result<hearth::bench::model::ModelBench> {
+fn bench_on<B: Backend>(
+    backend: &B,
+    cmd: &ModelBenchCommand,
+) -> Result<hearth::bench::model::ModelBench> {
     Ok(hearth::bench::model::run(
         backend,
         &cmd.path,

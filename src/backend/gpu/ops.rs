@@ -3,7 +3,7 @@
 
 use super::memory::{buffer_size, pooled_buffer, upload_weight, GpuCache, GpuTensor, GpuWeight};
 use super::params::{
-    ArgmaxParams, EltParams, EmbedParams, KvWriteParams, MatParams, NormParams, RopeParams,
+    ArgmaxParams, EltParams, EmbedParams, KvWriteParams, MatParams, NormParams, RopeUniform,
 };
 use super::shaders::{Kernel, PipelineKey};
 use super::GpuBackend;
@@ -346,7 +346,7 @@ impl Backend for GpuBackend {
         }
         // Positions are u32 on the device.
         u32_of("rope", p.pos_start + x.n_rows)?;
-        let params = RopeParams {
+        let params = RopeUniform {
             n_rows: u32_of("rope", x.n_rows)?,
             n_heads: u32_of("rope", n_heads)?,
             head_dim: u32_of("rope", p.head_dim)?,
