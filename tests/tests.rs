@@ -9,4 +9,5 @@ mod model;
 mod quant;
 mod store;
 mod templates;
+mod tidy;
 mod tokenizer;
