@@ -5,7 +5,7 @@
 // positions reach tens of thousands of radians. Row t's position is rows[t] (the batch's
 // positions come first in its rows buffer).
 
-struct RopeParams {
+struct RopeUniform {
     n_rows: u32,
     n_heads: u32,
     head_dim: u32,
@@ -16,7 +16,7 @@ struct RopeParams {
     _pad2: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: RopeParams;
+@group(0) @binding(0) var<uniform> p: RopeUniform;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> inv_freq: array<f32>;
 @group(0) @binding(3) var<storage, read> rows: array<u32>;

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::{GpuBackend, GpuConfig};
 use crate::backend::{Backend, KvType};
-use crate::generate::{self, GenerateOptions, GenerateStats, Runner};
+use crate::generate::{self, GenerateStats, Runner};
 use crate::gguf::GgufFile;
 use crate::model::transformer::ModelSpec;
 use crate::model::{Arch, Model, ModelConfig};
+use crate::options::GenerateOptions;
 use crate::runtime::{Runtime, Sequence};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -40,9 +41,7 @@ impl std::str::FromStr for Device {
             gpu if gpu.starts_with("gpu") => {
                 Ok(Device::Gpu(GpuConfig::from_device_name(gpu)?.adapter))
             }
-            other => Err(Error::Other(format!(
-                "unknown device {other:?}; use cpu, gpu, gpu:N (see `hearth devices`) or auto"
-            ))),
+            other => Err(Error::UnknownDevice(other.to_string())),
         }
     }
 }

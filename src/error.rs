@@ -40,12 +40,41 @@ pub enum Error {
     Template(String),
     #[error("the prompt has {n_prompt} tokens but the context holds {n_ctx}; shorten the prompt or raise num_ctx")]
     PromptTooLong { n_prompt: usize, n_ctx: usize },
+    /// A generation parameter name that is not in `options::PARAMETERS`.
+    #[error(
+        "unknown parameter {name:?}; known parameters: {}",
+        crate::options::parameter_names()
+    )]
+    UnknownParameter { name: String },
+    /// A value a parameter does not accept; `reason` says what it accepts.
+    #[error("invalid value {value:?} for parameter {name}: {reason}")]
+    InvalidParameter {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    /// A stored model whose own parameters no longer pass the parameter table's checks.
+    #[error("{model} has an invalid stored parameter: {error}; fix its PARAMETER lines (`hearth show {model} --modelfile`) and create it again")]
+    ModelParameter { model: String, error: Box<Error> },
     #[error("model store: {0}")]
     Store(String),
     #[error("GPU: {0}")]
     Gpu(String),
-    #[error("{0}")]
-    Other(String),
+    #[error("unknown device {0:?}; use cpu, gpu, gpu:N (see `hearth devices`) or auto")]
+    UnknownDevice(String),
+    #[error("unknown KV cache type {0:?}; use f16 (the default) or f32")]
+    UnknownKvType(String),
+    /// A KV cache type llama.cpp has that Hearth does not yet.
+    #[error("KV cache type {0} is not supported yet; use f16 (the default) or f32")]
+    UnsupportedKvType(String),
+    #[error("the prompt is empty; give some text to answer or to continue")]
+    EmptyPrompt,
+    /// Every block of the KV cache is held by running sequences.
+    #[error("the KV cache is full ({capacity} tokens in use by running requests); raise num_ctx or run fewer requests at once")]
+    KvCacheFull { capacity: usize },
+    /// The KV cache cannot be reallocated while sequences hold blocks of it.
+    #[error("the KV cache cannot grow to {n_tokens} tokens while requests are running; retry when they finish")]
+    KvCacheBusy { n_tokens: usize },
 }
 
 impl Error {

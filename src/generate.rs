@@ -1,163 +1,13 @@
-//! Generation: options (Ollama's parameter names), the `Runner` view of a loaded model's
-//! runtime, the generation loop written once for the CLI and the server (`generate`), and the
-//! stop-string matcher that holds back text which might still become a stop string.
+//! Generation: the `Runner` view of a loaded model's runtime, the generation loop written
+//! once for the CLI and the server (`generate`), and the stop-string matcher that holds back
+//! text which might still become a stop string. The options live in `options`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::runtime::{Event, Runtime, Sequence};
-use crate::sample::SamplerOptions;
-use crate::{Error, Result};
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct GenerateOptions {
-    pub sampler: SamplerOptions,
-    /// `None`: until end of generation or a full context.
-    pub num_predict: Option<usize>,
-    pub stop: Vec<String>,
-    /// `None`: the engine's default.
-    pub num_ctx: Option<usize>,
-}
-
-fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T> {
-    value
-        .trim()
-        .parse()
-        .map_err(|_| Error::Other(format!("invalid value {value:?} for parameter {name}")))
-}
-
-impl GenerateOptions {
-    /// Every parameter name `set` accepts (Ollama's names).
-    pub const PARAMETERS: [&'static str; 12] = [
-        "num_ctx",
-        "num_predict",
-        "temperature",
-        "top_k",
-        "top_p",
-        "min_p",
-        "repeat_penalty",
-        "repeat_last_n",
-        "presence_penalty",
-        "frequency_penalty",
-        "seed",
-        "stop",
-    ];
-
-    /// Sets a parameter by its Ollama name from text (Modelfile `PARAMETER`, `/set parameter`).
-    /// `stop` appends; `num_predict` -1 means unlimited.
-    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
-        // A rejected value leaves the options as they were.
-        let mut next = self.clone();
-        next.set_unchecked(name, value)?;
-        let s = &next.sampler;
-        if !(s.temperature >= 0.0
-            && s.top_p > 0.0
-            && s.top_p <= 1.0
-            && (0.0..=1.0).contains(&s.min_p)
-            && s.repeat_penalty > 0.0)
-        {
-            return Err(Error::Other(format!(
-                "parameter {name} {value} is out of range"
-            )));
-        }
-        *self = next;
-        Ok(())
-    }
-
-    fn set_unchecked(&mut self, name: &str, value: &str) -> Result<()> {
-        let s = &mut self.sampler;
-        match name {
-            "num_ctx" => {
-                let n: usize = parse(name, value)?;
-                if n == 0 {
-                    return Err(Error::Other("num_ctx must be at least 1".into()));
-                }
-                self.num_ctx = Some(n);
-            }
-            "num_predict" => {
-                let n: i64 = parse(name, value)?;
-                self.num_predict = (n >= 0).then_some(n as usize);
-            }
-            "temperature" => s.temperature = parse(name, value)?,
-            "top_k" => s.top_k = parse(name, value)?,
-            "top_p" => s.top_p = parse(name, value)?,
-            "min_p" => s.min_p = parse(name, value)?,
-            "repeat_penalty" => s.repeat_penalty = parse(name, value)?,
-            "repeat_last_n" => s.repeat_last_n = parse(name, value)?,
-            "presence_penalty" => s.presence_penalty = parse(name, value)?,
-            "frequency_penalty" => s.frequency_penalty = parse(name, value)?,
-            "seed" => {
-                let n: i64 = parse(name, value)?;
-                s.seed = (n >= 0).then_some(n as u64);
-            }
-            "stop" => {
-                // Whitespace is meaningful in a stop string ("\n" is a common one): only a pair
-                // of surrounding quotes is removed.
-                let v = value
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(value);
-                if v.is_empty() {
-                    return Err(Error::Other("stop needs a non-empty string".into()));
-                }
-                self.stop.push(v.to_string());
-            }
-            _ => {
-                return Err(Error::Other(format!(
-                    "unknown parameter {name:?}; known parameters: {}",
-                    Self::PARAMETERS.join(", ")
-                )))
-            }
-        }
-        Ok(())
-    }
-
-    /// The parameters that differ from the defaults, as `(name, value)` text pairs.
-    pub fn to_pairs(&self) -> Vec<(String, String)> {
-        let d = GenerateOptions::default();
-        let (s, ds) = (&self.sampler, &d.sampler);
-        let mut v = Vec::new();
-        let mut push = |n: &str, x: String| v.push((n.to_string(), x));
-        if let Some(n) = self.num_ctx {
-            push("num_ctx", n.to_string());
-        }
-        if let Some(n) = self.num_predict {
-            push("num_predict", n.to_string());
-        }
-        if s.temperature != ds.temperature {
-            push("temperature", s.temperature.to_string());
-        }
-        if s.top_k != ds.top_k {
-            push("top_k", s.top_k.to_string());
-        }
-        if s.top_p != ds.top_p {
-            push("top_p", s.top_p.to_string());
-        }
-        if s.min_p != ds.min_p {
-            push("min_p", s.min_p.to_string());
-        }
-        if s.repeat_penalty != ds.repeat_penalty {
-            push("repeat_penalty", s.repeat_penalty.to_string());
-        }
-        if s.repeat_last_n != ds.repeat_last_n {
-            push("repeat_last_n", s.repeat_last_n.to_string());
-        }
-        if s.presence_penalty != ds.presence_penalty {
-            push("presence_penalty", s.presence_penalty.to_string());
-        }
-        if s.frequency_penalty != ds.frequency_penalty {
-            push("frequency_penalty", s.frequency_penalty.to_string());
-        }
-        if let Some(seed) = s.seed {
-            push("seed", seed.to_string());
-        }
-        for stop in &self.stop {
-            push("stop", format!("{stop:?}"));
-        }
-        v
-    }
-}
+use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DoneReason {
@@ -356,29 +206,5 @@ mod tests {
         assert_eq!(m.push("ed"), ("Used".to_string(), false));
         assert_eq!(m.push("Use"), (String::new(), false));
         assert_eq!(m.finish(), "Use");
-    }
-
-    #[test]
-    fn options_parse_ollama_parameter_names() {
-        let mut o = GenerateOptions::default();
-        o.set("temperature", "0").unwrap();
-        o.set("num_predict", "-1").unwrap();
-        o.set("stop", "\"<|im_end|>\"").unwrap();
-        o.set("stop", "\n").unwrap();
-        o.set("seed", "7").unwrap();
-        assert!(o.sampler.is_greedy());
-        assert_eq!(o.num_predict, None);
-        assert_eq!(o.stop, vec!["<|im_end|>", "\n"]);
-        assert!(o.set("temperature", "hot").is_err());
-        assert!(o.set("top_p", "1.5").is_err());
-        assert_eq!(
-            o.sampler.top_p,
-            SamplerOptions::default().top_p,
-            "a rejected value is not kept"
-        );
-        assert!(o.set("nonsense", "1").is_err());
-        assert!(o
-            .to_pairs()
-            .contains(&("seed".to_string(), "7".to_string())));
     }
 }

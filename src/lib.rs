@@ -8,10 +8,13 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod options;
+pub mod prompt;
 pub mod quant;
 pub mod runtime;
 pub mod sample;
 pub mod store;
 pub mod tokenizer;
+pub mod units;
 
 pub use error::{Error, Result};

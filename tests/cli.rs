@@ -187,6 +187,54 @@ fn store_verbs_on_the_nano_model() {
 }
 
 #[test]
+fn verify_finds_a_blob_changed_in_place_that_run_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    create_nano(&models, "nano", "SYSTEM Be brief.\n");
+    create_nano(&models, "other", "");
+    let o = hearth(&models, &["verify"]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains("nano:latest: ok") && out.contains("other:latest: ok"),
+        "{out}"
+    );
+
+    // Flip one byte of the GGUF blob, keeping its size: `run` does not hash it, `verify` does.
+    let shown = stdout(&hearth(&models, &["show", "nano", "--modelfile"]));
+    let blob = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM /"))
+        .map(|p| PathBuf::from(format!("/{p}")))
+        .unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&blob, &bytes).unwrap();
+    assert_ok(&hearth(
+        &models,
+        &[
+            "run",
+            "nano",
+            "--raw",
+            "-n",
+            "1",
+            "--temperature",
+            "0",
+            "Hi",
+        ],
+    ));
+    let o = hearth(&models, &["verify", "nano"]);
+    assert_error(&o, "nano:latest failed verification");
+    let out = stdout(&o);
+    assert!(
+        out.contains("nano:latest: CORRUPT") && out.contains(&blob.display().to_string()),
+        "{out}"
+    );
+    assert_error(&hearth(&models, &["verify", "nosuch"]), "not found");
+}
+
+#[test]
 fn run_streams_only_generated_text_to_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hearth::engine::{Engine, LoadOptions};
-use hearth::generate::{DoneReason, GenerateOptions};
+use hearth::generate::DoneReason;
+use hearth::options::GenerateOptions;
 use hearth::Error;
 use serde_json::Value;
 

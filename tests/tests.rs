@@ -10,4 +10,5 @@ mod quant;
 mod runtime;
 mod store;
 mod templates;
+mod tidy;
 mod tokenizer;

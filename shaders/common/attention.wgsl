@@ -3,7 +3,7 @@
 // cap. Assembled after a cache file (kv/*.wgsl: bindings 2 and
 // 3, `k_at`, `v_at`) and before attention_decode.wgsl or attention_prefill.wgsl.
 
-struct AttnParams {
+struct AttnUniform {
     n_q: u32,
     n_heads: u32,
     n_kv_heads: u32,
@@ -23,7 +23,7 @@ struct AttnParams {
     block_size: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: AttnParams;
+@group(0) @binding(0) var<uniform> p: AttnUniform;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(6) var<storage, read> rows: array<u32>;
 

@@ -98,12 +98,8 @@ impl std::str::FromStr for KvType {
         match s.to_ascii_lowercase().as_str() {
             "f16" => Ok(KvType::F16),
             "f32" => Ok(KvType::F32),
-            "q8_0" | "q4_0" => Err(crate::Error::Other(format!(
-                "KV cache type {s} is not supported yet; use f16 (the default) or f32"
-            ))),
-            _ => Err(crate::Error::Other(format!(
-                "unknown KV cache type {s:?}; use f16 (the default) or f32"
-            ))),
+            "q8_0" | "q4_0" => Err(crate::Error::UnsupportedKvType(s.to_string())),
+            _ => Err(crate::Error::UnknownKvType(s.to_string())),
         }
     }
 }

@@ -52,11 +52,11 @@ struct ModelArgs {
 }
 
 pub enum BenchCommand {
-    Model(ModelBench),
+    Model(ModelBenchCommand),
     Kernels(super::kernel_bench::KernelsArgs),
 }
 
-pub struct ModelBench {
+pub struct ModelBenchCommand {
     path: PathBuf,
     n_prompt: usize,
     n_gen: usize,
@@ -79,7 +79,7 @@ impl BenchArgs {
             store.load(&model_name(&a.model)?)?.model_path
         };
         let load = a.placement.resolve(globals)?;
-        Ok(BenchCommand::Model(ModelBench {
+        Ok(BenchCommand::Model(ModelBenchCommand {
             load: LoadOptions {
                 device: load.device.resolve(),
                 ..load
@@ -121,7 +121,7 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
     Ok(())
 }
 
-struct BenchOn<'a>(&'a ModelBench);
+struct BenchOn<'a>(&'a ModelBenchCommand);
 
 impl WithBackend for BenchOn<'_> {
     type Output = hearth::bench::model::ModelBench;

@@ -1,6 +1,7 @@
 //! A loaded model and one conversation: renders the whole conversation with the chat template
-//! each turn (the engine reuses the KV cache for the prefix it already saw), streams the answer
-//! to stdout, and turns Ctrl+C into "stop this answer" rather than "kill the program".
+//! each turn (`hearth::prompt`; the engine reuses the KV cache for the prefix it already saw),
+//! streams the answer to stdout, and turns Ctrl+C into "stop this answer" rather than "kill the
+//! program".
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,9 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use hearth::engine::{Engine, LoadOptions};
-use hearth::generate::{DoneReason, GenerateOptions, GenerateStats};
-use hearth::store::Model;
-use hearth::tokenizer::{template_for, ChatTemplate, Message};
+use hearth::generate::{DoneReason, GenerateStats};
+use hearth::options::GenerateOptions;
+use hearth::prompt::{self, Conversation};
+use hearth::store::StoredModel;
+use hearth::tokenizer::ChatTemplate;
 
 use super::progress;
 
@@ -53,19 +56,18 @@ impl Output {
 
 pub struct Chat {
     pub engine: Engine,
-    pub model: Model,
+    pub model: StoredModel,
     pub options: GenerateOptions,
-    /// Replaces the model's system prompt (`/set system`).
-    pub system: Option<String>,
-    /// The conversation so far, starting with the model's own `MESSAGE`s.
-    pub messages: Vec<Message>,
+    /// The system prompt (`/set system` replaces it) and the messages so far, starting with
+    /// the model's own `MESSAGE`s.
+    pub conversation: Conversation,
     template: ChatTemplate,
     /// Load time not yet reported by `--verbose`.
     unreported_load: Option<Duration>,
 }
 
 impl Chat {
-    pub fn load(model: Model, options: GenerateOptions, load: &LoadOptions) -> Result<Chat> {
+    pub fn load(model: StoredModel, options: GenerateOptions, load: &LoadOptions) -> Result<Chat> {
         let t0 = Instant::now();
         let bar = progress::bytes_bar("loading onto the GPU");
         let engine = Engine::load_with_progress(&model.model_path, load, &mut |done, total| {
@@ -78,18 +80,9 @@ impl Chat {
         .with_context(|| format!("cannot load {}", model.name))?;
         bar.finish_and_clear();
         let load_time = t0.elapsed();
-        let template = match &model.template {
-            Some(source) => ChatTemplate::new(
-                source,
-                engine.tokenizer.bos_text(),
-                engine.tokenizer.eos_text(),
-            )
-            .with_context(|| format!("the TEMPLATE of {}", model.name))?,
-            None => template_for(&engine.gguf, &engine.tokenizer)?,
-        };
+        let template = prompt::chat_template(&model, &engine.gguf, &engine.tokenizer)?;
         Ok(Chat {
-            system: model.system.clone(),
-            messages: initial_messages(&model),
+            conversation: Conversation::for_model(&model),
             engine,
             model,
             options,
@@ -98,43 +91,22 @@ impl Chat {
         })
     }
 
-    /// Forgets the conversation (the model's own `MESSAGE`s stay).
+    /// Forgets the conversation (the model's own `MESSAGE`s and the system prompt stay).
     pub fn clear(&mut self) {
-        self.messages = initial_messages(&self.model);
+        self.conversation.messages = Conversation::for_model(&self.model).messages;
     }
 
     /// One chat turn: the user's message, then the streamed answer, both kept in the
     /// conversation. A failed turn leaves the conversation as it was.
     pub fn turn(&mut self, user: &str, out: &Output) -> Result<()> {
-        self.messages.push(Message::new("user", user));
-        let mut conversation: Vec<Message> = Vec::new();
-        conversation.extend(
-            self.system
-                .as_ref()
-                .map(|s| Message::new("system", s.clone())),
-        );
-        conversation.extend(self.messages.iter().cloned());
-        let result = self
-            .template
-            .render(&conversation, true)
-            .map_err(anyhow::Error::from)
-            .and_then(|prompt| self.generate(&prompt, out));
-        match result {
+        let prompt = self.conversation.render_with(&self.template, user)?;
+        match self.generate(&prompt, out)? {
             // Stopped before a word was said: as if the message was never sent.
-            Ok((answer, DoneReason::Cancelled)) if answer.is_empty() => {
-                self.messages.pop();
-                Ok(())
-            }
+            (answer, DoneReason::Cancelled) if answer.is_empty() => {}
             // A partial answer stays: it is what the user saw.
-            Ok((answer, _)) => {
-                self.messages.push(Message::new("assistant", answer));
-                Ok(())
-            }
-            Err(e) => {
-                self.messages.pop();
-                Err(e)
-            }
+            (answer, _) => self.conversation.push_turn(user, &answer),
         }
+        Ok(())
     }
 
     /// Completes `prompt` as is (`--raw`): no template, no conversation.
@@ -174,14 +146,6 @@ impl Chat {
         }
         Ok((answer, stats.done_reason))
     }
-}
-
-fn initial_messages(model: &Model) -> Vec<Message> {
-    model
-        .messages
-        .iter()
-        .map(|m| Message::new(m.role.clone(), m.content.clone()))
-        .collect()
 }
 
 /// Ollama's `--verbose` block. The prompt eval count is the tokens evaluated, not those the

@@ -1,22 +1,7 @@
-//! Human-readable sizes, ages and aligned columns, in the style of Ollama's `list` and `show`.
+//! Human-readable ages and aligned columns, in the style of Ollama's `list` and `show` (sizes
+//! and counts are `hearth::units`, shared with the library's messages).
 
 use std::time::{Duration, SystemTime};
-
-/// Bytes in decimal units, `92 MB`, `1.3 GB` (as Ollama's `format.HumanBytes`).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 || value >= 10.0 {
-        format!("{} {}", value.round() as u64, UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
 
 /// `2 minutes ago`, `About an hour ago`, `3 days ago`.
 pub fn human_age(then: SystemTime, now: SystemTime) -> String {
@@ -78,10 +63,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_and_ages_read_like_ollama() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(92_345_678), "92 MB");
-        assert_eq!(human_bytes(1_300_000_000), "1.3 GB");
+    fn ages_read_like_ollama() {
         let now = SystemTime::now();
         let ago = |s| human_age(now - Duration::from_secs(s), now);
         assert_eq!(ago(0), "Less than a second ago");

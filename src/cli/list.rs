@@ -7,8 +7,9 @@ use anyhow::Result;
 use clap::Args;
 
 use hearth::store::Store;
+use hearth::units::human_bytes;
 
-use super::format::{columns, human_age, human_bytes};
+use super::format::{columns, human_age};
 use super::Globals;
 
 #[derive(Args)]

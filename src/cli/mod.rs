@@ -13,6 +13,7 @@ mod devices;
 mod format;
 mod kernel_bench;
 mod list;
+mod params;
 mod progress;
 mod pull;
 mod repl;
@@ -20,6 +21,7 @@ mod rm;
 mod run;
 mod show;
 mod tokenize;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +73,8 @@ enum Command {
     Cp(cp::CpArgs),
     /// Create a model from a Modelfile
     Create(create::CreateArgs),
+    /// Re-hash the blobs of models (default: all) and report any that changed
+    Verify(verify::VerifyArgs),
     /// Print the token ids of a text as a JSON array
     Tokenize(tokenize::TokenizeArgs),
     /// List the GPU adapters Hearth can use (for --device gpu:N)
@@ -167,6 +171,7 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Cp(args) => cp::execute(args.resolve(globals)?),
         Command::Create(args) => create::execute(args.resolve(globals)?),
         Command::Tokenize(args) => tokenize::execute(args.resolve(globals)?),
+        Command::Verify(args) => verify::execute(args.resolve(globals)?),
         Command::Devices(args) => devices::execute(args),
         Command::Bench(args) => bench::execute(args.resolve(globals)?),
     }

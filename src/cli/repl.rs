@@ -146,7 +146,7 @@ fn run_command(chat: &mut Chat, command: &str) -> Result<Flow> {
             if rest.is_empty() {
                 anyhow::bail!("usage: /set system TEXT");
             }
-            chat.system = Some(rest.to_string());
+            chat.conversation.system = Some(rest.to_string());
             println!("Set system message.");
         }
         ("show", "info") => print!("{}", show::summary(&chat.model)?),
@@ -160,7 +160,7 @@ fn run_command(chat: &mut Chat, command: &str) -> Result<Flow> {
                 .collect();
             print!("{}", super::format::columns(&rows));
         }
-        ("show", "system") => println!("{}", chat.system.clone().unwrap_or_default()),
+        ("show", "system") => println!("{}", chat.conversation.system.clone().unwrap_or_default()),
         ("show", "license") => println!("{}", chat.model.licenses.join("\n\n")),
         _ => anyhow::bail!("unknown command /{command}; /? lists the commands"),
     }

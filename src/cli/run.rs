@@ -8,10 +8,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use hearth::engine::LoadOptions;
-use hearth::generate::GenerateOptions;
+use hearth::options::GenerateOptions;
+use hearth::prompt;
 use hearth::store::{builtin, ModelName, Store};
 
 use super::chat::{self, Chat, Output};
+use super::params::ParameterFlags;
 use super::{model_name, pull, repl, Globals, PlacementArgs};
 
 const RUN_EXAMPLES: &str = "\
@@ -35,33 +37,8 @@ pub struct RunArgs {
     /// Send the prompt as is, without the chat template
     #[arg(long)]
     raw: bool,
-    /// Generate at most N tokens (-1: until the model stops or the context is full)
-    #[arg(short = 'n', long, value_name = "N", allow_negative_numbers = true)]
-    num_predict: Option<i64>,
-    /// Sampling temperature; 0 is greedy
-    #[arg(long)]
-    temperature: Option<f32>,
-    /// Sample from the K most likely tokens
-    #[arg(long, value_name = "K")]
-    top_k: Option<usize>,
-    /// Nucleus sampling: the smallest set of tokens with probability mass P
-    #[arg(long, value_name = "P")]
-    top_p: Option<f32>,
-    /// Drop tokens less likely than P times the most likely one
-    #[arg(long, value_name = "P")]
-    min_p: Option<f32>,
-    /// Penalise tokens seen in the last repeat_last_n tokens (1.0: off)
-    #[arg(long)]
-    repeat_penalty: Option<f32>,
-    /// Random seed, for reproducible sampling
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Context length in tokens
-    #[arg(long, value_name = "N")]
-    num_ctx: Option<usize>,
-    /// Stop when the answer contains this text (repeatable)
-    #[arg(long, value_name = "TEXT")]
-    stop: Vec<String>,
+    #[command(flatten)]
+    parameters: ParameterFlags,
     /// Print timings (load, prompt eval, eval) on stderr
     #[arg(long)]
     verbose: bool,
@@ -89,23 +66,7 @@ pub struct RunCommand {
 
 impl RunArgs {
     pub fn resolve(self, globals: &Globals) -> Result<RunCommand> {
-        let mut overrides: Vec<(String, String)> = Vec::new();
-        let mut push = |name: &str, value: Option<String>| {
-            if let Some(v) = value {
-                overrides.push((name.to_string(), v));
-            }
-        };
-        push("num_predict", self.num_predict.map(|x| x.to_string()));
-        push("temperature", self.temperature.map(|x| x.to_string()));
-        push("top_k", self.top_k.map(|x| x.to_string()));
-        push("top_p", self.top_p.map(|x| x.to_string()));
-        push("min_p", self.min_p.map(|x| x.to_string()));
-        push("repeat_penalty", self.repeat_penalty.map(|x| x.to_string()));
-        push("seed", self.seed.map(|x| x.to_string()));
-        push("num_ctx", self.num_ctx.map(|x| x.to_string()));
-        for stop in self.stop {
-            push("stop", Some(stop));
-        }
+        let overrides = self.parameters.0;
         // Checked now, so a bad flag fails before the model loads.
         let mut check = GenerateOptions::default();
         for (name, value) in &overrides {
@@ -159,12 +120,7 @@ pub fn execute(cmd: RunCommand) -> Result<()> {
         }
     }
     let model = cmd.store.load(&cmd.name)?;
-    let mut options = GenerateOptions::default();
-    for (name, value) in model.parameters.iter().chain(&cmd.overrides) {
-        options
-            .set(name, value)
-            .with_context(|| format!("parameter {name} {value:?} of {}", model.name))?;
-    }
+    let options = prompt::layered_options(&model, &cmd.overrides)?;
     let load = LoadOptions {
         num_ctx: options.num_ctx,
         ..cmd.load

@@ -104,9 +104,7 @@ impl<B: Backend> Runtime<B> {
             self.release_table(p.table);
         }
         if self.blocks.n_in_use() > 0 {
-            return Err(Error::Other(
-                "the KV cache cannot grow while sequences are running".into(),
-            ));
+            return Err(Error::KvCacheBusy { n_tokens });
         }
         let n_blocks = n_tokens.div_ceil(BLOCK_SIZE);
         let kv_type = self.cache.kv_type();
@@ -292,12 +290,8 @@ impl<B: Backend> Runtime<B> {
                     None => break,
                 }
             }
-            let b = self.blocks.allocate().ok_or_else(|| {
-                Error::Other(format!(
-                    "the KV cache is full ({} tokens in use by running requests); raise \
-                     num_ctx or run fewer requests at once",
-                    self.capacity()
-                ))
+            let b = self.blocks.allocate().ok_or(Error::KvCacheFull {
+                capacity: self.capacity(),
             })?;
             seq.table.blocks.push(b);
         }

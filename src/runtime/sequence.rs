@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::generate::{DoneReason, GenerateOptions, GenerateStats, StopMatcher};
+use crate::generate::{DoneReason, GenerateStats, StopMatcher};
+use crate::options::GenerateOptions;
 use crate::sample::Sampler;
 use crate::tokenizer::{DecodeState, Tokenizer};
 use crate::{Error, Result};
@@ -65,7 +66,7 @@ impl Sequence {
         n_ctx: usize,
     ) -> Result<Self> {
         if prompt.is_empty() {
-            return Err(Error::Other("the prompt is empty".into()));
+            return Err(Error::EmptyPrompt);
         }
         if prompt.len() >= n_ctx {
             return Err(Error::PromptTooLong {

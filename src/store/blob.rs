@@ -185,6 +185,14 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Hashes a whole file by streaming it; returns the digest and the byte count.
 pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
+    hash_file_with_progress(path, &mut |_| {})
+}
+
+/// `hash_file`, calling `on_bytes` with the length of each chunk hashed.
+pub fn hash_file_with_progress(
+    path: &Path,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<(Digest, u64)> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -196,6 +204,7 @@ pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
         }
         hasher.update(&buf[..n]);
         n_bytes += n as u64;
+        on_bytes(n as u64);
     }
     Ok((Digest(hasher.finalize().into()), n_bytes))
 }

@@ -126,7 +126,7 @@ mod tests {
             if let TemplateSource::Builtin(name) = b.template {
                 assert!(crate::tokenizer::builtin_template(name).is_some(), "{name}");
             }
-            let mut options = crate::generate::GenerateOptions::default();
+            let mut options = crate::options::GenerateOptions::default();
             for (k, v) in b.parameters {
                 options.set(k, v).unwrap();
             }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 
 use super::manifest::{Layer, LayerKind, Manifest};
-use super::{copy_with_progress, hash_file, params_to_json, Digest, Model, ModelInfo};
+use super::{copy_with_progress, hash_file, params_to_json, Digest, ModelInfo, StoredModel};
 use super::{ModelName, Modelfile, Store};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
@@ -46,7 +46,7 @@ impl Store {
         };
 
         let mut layers = vec![model_layer];
-        let inherited = |f: fn(&Model) -> Option<String>| base.as_ref().and_then(f);
+        let inherited = |f: fn(&StoredModel) -> Option<String>| base.as_ref().and_then(f);
         let template = modelfile
             .template
             .clone()

@@ -44,17 +44,7 @@ impl ModelInfo {
 
     /// Parameter count the way Ollama prints it: `134.52M`, `1.24B`.
     pub fn parameter_size(&self) -> String {
-        human_number(self.n_params)
-    }
-}
-
-pub fn human_number(n: u64) -> String {
-    let x = n as f64;
-    match n {
-        0..1_000 => n.to_string(),
-        1_000..1_000_000 => format!("{:.2}K", x / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.2}M", x / 1e6),
-        _ => format!("{:.2}B", x / 1e9),
+        crate::units::human_number(self.n_params)
     }
 }
 
@@ -92,16 +82,4 @@ fn predominant_type(f: &GgufFile) -> String {
         .max_by_key(|&(_, n)| n)
         .map(|(t, _)| t.name().to_string())
         .unwrap_or_else(|| "unknown".to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_numbers_match_ollama_style() {
-        assert_eq!(human_number(999), "999");
-        assert_eq!(human_number(134_515_008), "134.52M");
-        assert_eq!(human_number(1_235_814_400), "1.24B");
-    }
 }

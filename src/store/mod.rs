@@ -12,8 +12,10 @@
 //! collection runs only when it gets the lock exclusively, so it never deletes a blob that a
 //! running writer has stored but not yet named in a manifest.
 //!
-//! **Invariant:** loading a model checks every blob's sha256, so a corrupt blob is a clear
-//! error, never garbage fed to the model.
+//! **Invariant:** a blob's sha256 is checked when it is written (see `verify`) and by
+//! `hearth verify`; loading a model checks that every blob is present with its size and
+//! hashes only the small blobs it reads whole, so a truncated or missing blob is a clear
+//! error and `run` never hashes a GGUF.
 
 mod blob;
 pub mod builtin;
@@ -23,23 +25,27 @@ mod manifest;
 mod modelfile;
 mod name;
 mod pull;
+mod verify;
 
 use blob::write_file_atomic;
 pub use blob::{copy_with_progress, hash_file, BlobWriter, Digest, PARTIAL_PREFIX};
 pub use builtin::{
     builtin, BuiltinModel, TemplateSource, WheelPart, BUILTIN_MODELS, DEFAULT_MODEL,
 };
-pub use info::{human_number, ModelInfo};
+pub use info::ModelInfo;
 pub use manifest::{Layer, LayerKind, Manifest, ModelConfigBlob};
-pub use modelfile::{Message, Modelfile, Parameter, ROLES};
+pub use modelfile::{Modelfile, Parameter, ROLES};
 pub use name::{ModelName, DEFAULT_TAG};
 pub use pull::{extract_wheel_members, PullConfig};
+pub use verify::{BlobCheck, BlobProblem, VerifyReport};
 
 use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::options::ValueKind;
+use crate::tokenizer::Message;
 use crate::{Error, Result};
 
 const LOCK_FILE: &str = ".lock";
@@ -58,9 +64,10 @@ pub struct ListEntry {
     pub modified: SystemTime,
 }
 
-/// A model loaded from the store, every blob checked against its digest.
+/// A model as the store describes it: its manifest, the GGUF blob's path and the contents of
+/// its small blobs (what runs it is `engine`; this is only what is stored).
 #[derive(Debug, Clone)]
-pub struct Model {
+pub struct StoredModel {
     pub name: ModelName,
     pub digest: Digest,
     pub manifest: Manifest,
@@ -74,7 +81,7 @@ pub struct Model {
     pub messages: Vec<Message>,
 }
 
-impl Model {
+impl StoredModel {
     /// The Modelfile that recreates this model, `FROM` the GGUF blob's absolute path.
     pub fn modelfile(&self) -> Modelfile {
         Modelfile {
@@ -201,25 +208,24 @@ impl Store {
         ))
     }
 
-    /// Loads `name`, checking every blob's size and sha256.
-    pub fn load(&self, name: &ModelName) -> Result<Model> {
+    /// Loads `name`: every blob present with its size, the small ones read and hashed (the
+    /// GGUF is not read; `verify` hashes it).
+    pub fn load(&self, name: &ModelName) -> Result<StoredModel> {
         let (manifest, digest) = self.manifest(name)?;
-        for layer in manifest.blobs() {
-            self.verify_blob(name, layer)?;
-        }
+        self.check_present(name, &manifest)?;
         let text = |kind| -> Result<Vec<String>> {
             manifest
                 .layers_of(kind)
-                .map(|l| self.read_text_blob(&l.digest))
+                .map(|l| self.read_text_blob(name, &l.digest))
                 .collect()
         };
         let mut parameters = Vec::new();
         for l in manifest.layers_of(LayerKind::Params) {
-            parameters.extend(params_from_json(&self.read_blob(&l.digest)?)?);
+            parameters.extend(params_from_json(&self.read_blob(name, &l.digest)?)?);
         }
         let mut messages = Vec::new();
         for l in manifest.layers_of(LayerKind::Messages) {
-            let bytes = self.read_blob(&l.digest)?;
+            let bytes = self.read_blob(name, &l.digest)?;
             let more: Vec<Message> = serde_json::from_slice(&bytes).map_err(|e| {
                 Error::Store(format!("the messages of {name} are not valid JSON: {e}"))
             })?;
@@ -229,7 +235,7 @@ impl Store {
             .layers_of(LayerKind::Model)
             .next()
             .ok_or_else(|| Error::Store(format!("{name} has no model layer")))?;
-        Ok(Model {
+        Ok(StoredModel {
             name: name.clone(),
             digest,
             model_path: self.blob_path(&model_layer.digest),
@@ -242,39 +248,16 @@ impl Store {
         })
     }
 
-    fn verify_blob(&self, name: &ModelName, layer: &Layer) -> Result<()> {
-        let path = self.blob_path(&layer.digest);
-        let (digest, size) = match hash_file(&path) {
-            Ok(x) => x,
-            Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                return Err(Error::Store(format!(
-                    "{name} is incomplete: its blob {} is missing; remove it with `hearth rm \
-                     {name}` and pull or create it again",
-                    path.display()
-                )))
-            }
-            Err(e) => return Err(e),
-        };
-        if digest != layer.digest || size != layer.size {
-            return Err(Error::Store(format!(
-                "{name} is corrupt: blob {} should have sha256 {} ({} bytes) but has {} ({size} \
-                 bytes); remove it with `hearth rm {name}` and pull or create it again",
-                path.display(),
-                layer.digest.hex(),
-                layer.size,
-                digest.hex(),
-            )));
-        }
-        Ok(())
-    }
-
-    fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+    /// A small blob of `name`, read whole and checked against its digest.
+    fn read_blob(&self, name: &ModelName, digest: &Digest) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
-        std::fs::read(&path).map_err(|e| Error::io(&path, e))
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        self.check_read(name, digest, &bytes)?;
+        Ok(bytes)
     }
 
-    fn read_text_blob(&self, digest: &Digest) -> Result<String> {
-        String::from_utf8(self.read_blob(digest)?)
+    fn read_text_blob(&self, name: &ModelName, digest: &Digest) -> Result<String> {
+        String::from_utf8(self.read_blob(name, digest)?)
             .map_err(|_| Error::Store(format!("blob {} is not UTF-8 text", digest.file_name())))
     }
 
@@ -300,10 +283,12 @@ impl Store {
         write_file_atomic(&path, &manifest.to_bytes())
     }
 
-    /// Copies the manifest of `src` to `dst` (blobs are shared, not copied).
+    /// Copies the manifest of `src` to `dst` (blobs are shared, not copied; they must be
+    /// present with their sizes, so a copy is never born broken).
     pub fn copy(&self, src: &ModelName, dst: &ModelName) -> Result<()> {
         let _lock = self.lock_shared()?;
         let (manifest, _) = self.manifest(src)?;
+        self.check_present(src, &manifest)?;
         self.write_manifest(dst, &manifest)
     }
 
@@ -441,12 +426,16 @@ fn remove_partial(path: &Path) -> Result<usize> {
     }
 }
 
-/// Parameters as a JSON object the way Ollama stores them: numbers as numbers, `stop` (and
-/// any other repeated name) as an array, anything else as a string.
+/// Parameters as a JSON object the way Ollama stores them: numbers as numbers, a repeated
+/// parameter (`stop`, and any other name given twice) as an array, anything else as a string.
+/// The parameter table (`options::PARAMETERS`) says which is which.
 pub fn params_to_json(params: &[(String, String)]) -> Vec<u8> {
     let mut map = serde_json::Map::new();
     for (name, value) in params {
-        let repeated = name == "stop" || params.iter().filter(|(n, _)| n == name).count() > 1;
+        let spec = crate::options::parameter(name);
+        let repeated = spec.is_some_and(|p| p.repeated)
+            || params.iter().filter(|(n, _)| n == name).count() > 1;
+        let numeric = spec.is_none_or(|p| p.kind == ValueKind::Number);
         let json = value
             .parse::<i64>()
             .map(serde_json::Value::from)
@@ -459,7 +448,7 @@ pub fn params_to_json(params: &[(String, String)]) -> Vec<u8> {
                     .and_then(serde_json::Number::from_f64)
                     .map(serde_json::Value::Number)
             })
-            .filter(|_| name != "stop")
+            .filter(|_| numeric)
             .unwrap_or_else(|| serde_json::Value::String(value.clone()));
         if repeated {
             let slot = map

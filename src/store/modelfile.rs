@@ -8,19 +8,11 @@
 //! (the parameter name, the role) before their value. Parameters are checked against the
 //! generation options (`GenerateOptions::set`) while parsing, so a parsed Modelfile is valid.
 
-use serde::{Deserialize, Serialize};
-
-use crate::generate::GenerateOptions;
-use crate::tokenizer::ChatTemplate;
+use crate::options::GenerateOptions;
+use crate::tokenizer::{ChatTemplate, Message};
 use crate::{Error, Result};
 
 pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parameter {

@@ -10,7 +10,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use super::vocab::GgufVocab;
-use super::Pipeline;
+use super::TokenizerParts;
 use crate::{Error, Result};
 
 /// GPT-2's pattern as llama.cpp writes it (without the trailing `|\s+`: text no alternative
@@ -89,7 +89,7 @@ pub fn model_spelling(tokens: &[String]) -> Vec<String> {
 }
 
 /// The pipeline for a byte-level vocabulary; `spelled` is `model_spelling(&v.tokens)`.
-pub fn build(v: &GgufVocab, spelled: &[String]) -> Result<Pipeline> {
+pub fn build(v: &GgufVocab, spelled: &[String]) -> Result<TokenizerParts> {
     let spec = pre_tokenizer_spec(&v.pre).ok_or_else(|| {
         Error::Tokenizer(format!(
             "unsupported pre-tokenizer {:?} (tokenizer.ggml.pre); Hearth supports default, \
@@ -142,7 +142,7 @@ pub fn build(v: &GgufVocab, spelled: &[String]) -> Result<Pipeline> {
     steps.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
         false, true, false,
     )));
-    Ok(Pipeline {
+    Ok(TokenizerParts {
         model: bpe,
         normalizer: None,
         pre_tokenizer: PreTokenizerWrapper::Sequence(Sequence::new(steps)),

@@ -25,7 +25,7 @@ use vocab::{GgufVocab, TokenType, VocabKind};
 pub use template::{builtin_template, template_for, ChatTemplate, Message};
 
 /// What a vocabulary builder hands back: the parts of a `tokenizers` pipeline.
-struct Pipeline {
+struct TokenizerParts {
     model: BPE,
     normalizer: Option<NormalizerWrapper>,
     pre_tokenizer: PreTokenizerWrapper,

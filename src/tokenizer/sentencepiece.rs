@@ -20,7 +20,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use super::vocab::GgufVocab;
-use super::Pipeline;
+use super::TokenizerParts;
 use crate::{Error, Result};
 
 /// SentencePiece's visible space.
@@ -56,7 +56,7 @@ pub fn model_spelling(v: &GgufVocab) -> Vec<String> {
         .collect()
 }
 
-pub fn build(v: &GgufVocab, spelled: &[String]) -> Result<Pipeline> {
+pub fn build(v: &GgufVocab, spelled: &[String]) -> Result<TokenizerParts> {
     let gemma = is_gemma(&v.architecture);
     let mut vocab = Vocab::with_capacity(spelled.len());
     for (id, t) in spelled.iter().enumerate() {
@@ -121,7 +121,7 @@ pub fn build(v: &GgufVocab, spelled: &[String]) -> Result<Pipeline> {
             PreTokenizerWrapper::Metaspace(Metaspace::new(SPACE, scheme, false)),
         )
     };
-    Ok(Pipeline {
+    Ok(TokenizerParts {
         model,
         normalizer,
         pre_tokenizer,

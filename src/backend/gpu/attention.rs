@@ -4,7 +4,7 @@
 
 use super::memory::{buffer_size, pooled_buffer, GpuCache, GpuRows, GpuTensor};
 use super::ops::u32_of;
-use super::params::AttnParams as AttnUniform;
+use super::params::AttnUniform;
 use super::shaders::Kernel;
 use super::GpuBackend;
 use crate::backend::shapes::{self, check};

@@ -646,5 +646,8 @@ impl<B: Backend> Prepared<B> {
 }
 
 fn missing() -> crate::Error {
-    crate::Error::Other("case has no weight".into())
+    crate::Error::Tensor {
+        name: "weight".into(),
+        msg: "this kernel case has none, but its op needs one".into(),
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::shaders::ShaderFeatures;
 use super::GpuConfig;
+use crate::units::human_bytes;
 use crate::{Error, Result};
 
 /// The largest single storage binding the kernels address: byte offsets inside a binding are
@@ -295,16 +296,5 @@ impl GpuContext {
         } else {
             (max, n.div_ceil(max))
         }
-    }
-}
-
-/// A byte count for messages: "1200 bytes", "3.5 MiB".
-pub fn human_bytes(n: u64) -> String {
-    if n < 1 << 20 {
-        format!("{n} bytes")
-    } else if n < 1 << 30 {
-        format!("{:.1} MiB", n as f64 / f64::from(1 << 20))
-    } else {
-        format!("{:.1} GiB", n as f64 / f64::from(1 << 30))
     }
 }

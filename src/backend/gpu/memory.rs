@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::device::{human_bytes, GpuContext};
+use super::device::GpuContext;
 use crate::backend::{KvType, WeightSource};
 use crate::quant::QuantType;
+use crate::units::human_bytes;
 use crate::{Error, Result};
 
 /// Zero bytes after every weight part: the kernels read a word or two past a field, and the
@@ -24,17 +25,17 @@ pub const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
 
 /// Free buffers by exact size.
 #[derive(Default)]
-pub struct Pool {
-    free: Mutex<PoolState>,
+pub struct BufferPool {
+    free: Mutex<BufferPoolState>,
 }
 
 #[derive(Default)]
-struct PoolState {
+struct BufferPoolState {
     by_size: HashMap<u64, Vec<wgpu::Buffer>>,
     bytes: u64,
 }
 
-impl Pool {
+impl BufferPool {
     fn take(&self, size: u64) -> Option<wgpu::Buffer> {
         let mut st = self.free.lock().ok()?;
         let buf = st.by_size.get_mut(&size)?.pop()?;
@@ -57,7 +58,7 @@ impl Pool {
 pub struct PooledBuffer {
     buf: Option<wgpu::Buffer>,
     size: u64,
-    pool: Arc<Pool>,
+    pool: Arc<BufferPool>,
 }
 
 impl PooledBuffer {
@@ -160,7 +161,7 @@ pub fn buffer_size(n: usize) -> u64 {
 /// it was recycled (and so holds stale data).
 pub fn pooled_buffer(
     ctx: &GpuContext,
-    pool: &Arc<Pool>,
+    pool: &Arc<BufferPool>,
     what: &str,
     size: u64,
 ) -> Result<(PooledBuffer, bool)> {

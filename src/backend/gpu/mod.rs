@@ -35,7 +35,7 @@ pub use shaders::{Kernel, PipelineKey, ShaderFeatures};
 
 use crate::{Error, Result};
 use device::GpuContext;
-use memory::Pool;
+use memory::BufferPool;
 use pipelines::PipelineCache;
 use recorder::{Recorder, ARENA_BYTES};
 
@@ -86,7 +86,7 @@ pub struct GpuBackend {
     rec: Mutex<Recorder>,
     /// The uniform buffer every op's parameters are placed in (see `recorder`).
     arena: wgpu::Buffer,
-    pool: Arc<Pool>,
+    pool: Arc<BufferPool>,
 }
 
 impl GpuBackend {
@@ -103,7 +103,7 @@ impl GpuBackend {
             pipelines: PipelineCache::default(),
             rec: Mutex::new(Recorder::default()),
             arena,
-            pool: Arc::new(Pool::default()),
+            pool: Arc::new(BufferPool::default()),
         })
     }
 

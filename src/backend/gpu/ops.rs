@@ -5,7 +5,7 @@ use super::memory::{
     buffer_size, pooled_buffer, upload_weight, GpuCache, GpuRows, GpuTensor, GpuWeight,
 };
 use super::params::{
-    ArgmaxParams, EltParams, EmbedParams, KvWriteParams, MatParams, NormParams, RopeParams,
+    ArgmaxParams, EltParams, EmbedParams, KvWriteParams, MatParams, NormParams, RopeUniform,
 };
 use super::shaders::{Kernel, PipelineKey};
 use super::GpuBackend;
@@ -399,7 +399,7 @@ impl Backend for GpuBackend {
         if n_pairs == 0 {
             return Ok(());
         }
-        let params = RopeParams {
+        let params = RopeUniform {
             n_rows: u32_of("rope", x.n_rows)?,
             n_heads: u32_of("rope", n_heads)?,
             head_dim: u32_of("rope", p.head_dim)?,

@@ -1,7 +1,9 @@
 //! The uniform structs the kernels read, one per shader family. Each is `#[repr(C)]` + `Pod`
 //! and mirrors a WGSL struct of the same name member for member; `uniform_struct!` records
 //! every field's offset and size so a naga test can check the two layouts agree (tests/gpu.rs).
-//! Sizes are padded to 16 bytes, as uniform buffers require.
+//! Sizes are padded to 16 bytes, as uniform buffers require. `AttnUniform` and `RopeUniform`
+//! are the device forms of `backend::AttnParams` and `backend::RopeParams`, named apart from
+//! them.
 
 /// A uniform struct's layout as Rust lays it out: the WGSL struct name and its fields.
 pub struct UniformLayout {
@@ -75,7 +77,7 @@ uniform_struct!(
 
 uniform_struct!(
     /// rope.wgsl; `neox` is 1 for the NeoX pairing, 0 for the interleaved one.
-    RopeParams {
+    RopeUniform {
         n_rows: u32,
         n_heads: u32,
         head_dim: u32,
@@ -90,7 +92,7 @@ uniform_struct!(
 uniform_struct!(
     /// common/attention.wgsl (both attention kernels); `window` and `softcap` are 0 when off;
     /// `n_batch` and `block_size` locate rows and block tables in the rows buffer.
-    AttnParams {
+    AttnUniform {
         n_q: u32,
         n_heads: u32,
         n_kv_heads: u32,
@@ -141,8 +143,8 @@ pub const ALL_LAYOUTS: [UniformLayout; 8] = [
     MatParams::LAYOUT,
     EmbedParams::LAYOUT,
     NormParams::LAYOUT,
-    RopeParams::LAYOUT,
-    AttnParams::LAYOUT,
+    RopeUniform::LAYOUT,
+    AttnUniform::LAYOUT,
     EltParams::LAYOUT,
     ArgmaxParams::LAYOUT,
     KvWriteParams::LAYOUT,
