@@ -92,10 +92,17 @@ impl BatchRows {
         self.pos.len()
     }
 
-    /// Cache row of position `j` of row `t`'s sequence (`j <= pos[t]`).
+    /// Cache row of position `j` of row `t`'s sequence (`j <= pos[t]`). Attention asks
+    /// this for every key, so a power-of-two block size (the runtime's) divides by shifting.
     pub fn cache_row(&self, t: usize, j: usize) -> usize {
         let bs = self.block_size as usize;
-        self.tables[self.table_start[t] as usize + j / bs] as usize * bs + j % bs
+        let start = self.table_start[t] as usize;
+        if bs.is_power_of_two() {
+            let shift = bs.trailing_zeros();
+            ((self.tables[start + (j >> shift)] as usize) << shift) | (j & (bs - 1))
+        } else {
+            self.tables[start + j / bs] as usize * bs + j % bs
+        }
     }
 
     /// Runs of consecutive rows of one sequence: `(first row, number of rows)`.
