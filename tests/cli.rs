@@ -407,20 +407,30 @@ fn bench_model_reports_speed_load_time_and_memory() {
         ],
     );
     assert_ok(&o);
-    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    for key in [
-        "pp_tokens_per_s",
-        "tg_tokens_per_s",
-        "load_ms",
-        "rss_after_runs_mib",
-    ] {
+    // llama-bench's `-o json`: an array with one object per test.
+    let tests: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let tests = tests.as_array().unwrap();
+    let shape: Vec<_> = tests
+        .iter()
+        .map(|t| {
+            (
+                t["n_prompt"].as_u64(),
+                t["n_gen"].as_u64(),
+                t["n_depth"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [(Some(16), Some(0), Some(0)), (Some(0), Some(4), Some(0))]
+    );
+    let r = &tests[0];
+    for key in ["avg_ts", "avg_ns", "load_ms", "rss_after_test_mib"] {
         assert!(r[key].as_f64().unwrap() > 0.0, "{key} in {r}");
     }
-    assert_eq!(
-        (r["n_prompt"].as_u64(), r["n_gen"].as_u64()),
-        (Some(16), Some(4))
-    );
-    assert_eq!(r["kv_type"], "f16", "the default cache type");
+    assert_eq!(r["samples_ts"].as_array().unwrap().len(), 1);
+    assert!(r["n_threads"].as_u64().unwrap() >= 1);
+    assert_eq!(r["type_k"], "f16", "the default cache type");
     let device = r["device"].as_str().unwrap();
     assert!(
         device.contains("int8 decode"),
@@ -438,6 +448,10 @@ fn bench_model_reports_speed_load_time_and_memory() {
             "2",
             "-r",
             "1",
+            "-t",
+            "1",
+            "-d",
+            "0,4",
             "--kv-cache-type",
             "f32",
             "--exact",
@@ -445,10 +459,22 @@ fn bench_model_reports_speed_load_time_and_memory() {
         ],
     );
     assert_ok(&o);
-    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!(r["kv_type"], "f32");
+    let tests: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let r = &tests[0];
+    assert_eq!(r["type_k"], "f32");
     let device = r["device"].as_str().unwrap();
     assert!(device.contains("exact f32"), "{device}");
+    assert!(
+        device.contains("1 threads"),
+        "--threads reaches the backend: {device}"
+    );
+    let depths: Vec<_> = tests
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["n_depth"].as_u64().unwrap())
+        .collect();
+    assert_eq!(depths, [0, 0, 4, 4]);
     assert_error(
         &hearth(dir.path(), &["bench", "model", "nosuchmodel"]),
         "nosuchmodel",

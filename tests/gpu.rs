@@ -534,10 +534,19 @@ fn model_bench_runs_on_the_gpu() {
     let Some(gpu) = gpu(GpuConfig::default()) else {
         return;
     };
-    let r = hearth::bench::model::run(&gpu, &data("nano/nano-llama.gguf"), 16, 4, 1, KvType::F16)
-        .unwrap();
-    assert!(r.pp_tokens_per_s > 0.0 && r.tg_tokens_per_s > 0.0, "{r:?}");
-    assert!(r.device.starts_with("gpu:"), "{}", r.device);
+    let plan = hearth::bench::model::BenchPlan {
+        n_prompt: 16,
+        n_gen: 4,
+        depths: vec![0, 8],
+        reps: 1,
+        kv_type: KvType::F16,
+    };
+    let tests = hearth::bench::model::run(&gpu, &data("nano/nano-llama.gguf"), &plan, 1).unwrap();
+    assert_eq!(tests.len(), 4, "pp and tg at two depths");
+    for t in &tests {
+        assert!(t.avg_ts > 0.0, "{t:?}");
+        assert!(t.device.starts_with("gpu:"), "{}", t.device);
+    }
 }
 
 #[test]

@@ -20,7 +20,12 @@ gen="${GEN:-128}"
 
 for ((i = 1; i <= rounds; i++)); do
   echo "== round $i"
-  "$hearth" bench model "$model" -t "$threads" -p "$prompt" -n "$gen" -r 1 --json
-  "$llama_bench" -m "$model" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o json 2>/dev/null |
-    python3 -c 'import json,sys; [print(json.dumps({"test": ("pp%d" % r["n_prompt"]) if r["n_prompt"] else ("tg%d" % r["n_gen"]), "tokens_per_s": r["avg_ts"]})) for r in json.load(sys.stdin)]'
+  # Both print llama-bench's JSON; one reader for both.
+  for engine in hearth llama.cpp; do
+    if [ "$engine" = hearth ]; then
+      "$hearth" bench model "$model" -t "$threads" -p "$prompt" -n "$gen" -r 1 --json
+    else
+      "$llama_bench" -m "$model" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o json 2>/dev/null
+    fi | ENGINE="$engine" python3 -c 'import json,os,sys; [print(json.dumps({"engine": os.environ["ENGINE"], "test": ("pp%d" % r["n_prompt"]) if r["n_prompt"] else ("tg%d" % r["n_gen"]), "tokens_per_s": r["avg_ts"]})) for r in json.load(sys.stdin)]'
+  done
 done

@@ -1,6 +1,7 @@
 //! Whole-model speed: prompt processing of `n_prompt` tokens in one batch (pp) and generation of
-//! `n_gen` tokens one at a time from an empty context (tg), as llama-bench measures them, so the
-//! figures compare directly. Also load time and resident set size.
+//! `n_gen` tokens one at a time (tg), each after `n_depth` tokens already in the cache, as
+//! llama-bench measures them and in its JSON shape, so figures and scripts compare one to one.
+//! Also load time and resident set size.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -11,22 +12,42 @@ use crate::model::{Arch, Model};
 use crate::runtime::SoloCache;
 use crate::Result;
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ModelBench {
-    pub model: String,
-    pub device: String,
-    pub kv_type: String,
+/// What to measure: llama-bench's test definitions. For each depth `d`, a pp test (`n_prompt`
+/// tokens in one batch) and a tg test (`n_gen` tokens one at a time), each after `d` tokens
+/// already in the cache (filled untimed, as `llama-bench -d`).
+#[derive(Debug, Clone)]
+pub struct BenchPlan {
     pub n_prompt: usize,
     pub n_gen: usize,
+    pub depths: Vec<usize>,
+    /// Timed repetitions, after one untimed warm-up.
     pub reps: usize,
-    /// Median prompt-processing speed, tokens/s.
-    pub pp_tokens_per_s: f64,
-    /// Median generation speed, tokens/s.
-    pub tg_tokens_per_s: f64,
+    pub kv_type: KvType,
+}
+
+/// One test's result, with llama-bench's field names (`-o json`), so one script reads both.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchTest {
+    pub model_filename: String,
+    pub model_size: u64,
+    pub n_threads: usize,
+    pub type_k: String,
+    pub type_v: String,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub n_depth: usize,
+    pub avg_ns: u64,
+    pub stddev_ns: u64,
+    pub avg_ts: f64,
+    pub stddev_ts: f64,
+    pub samples_ns: Vec<u64>,
+    pub samples_ts: Vec<f64>,
+    /// Hearth's additions.
+    pub device: String,
     pub load_ms: f64,
-    /// Resident memory right after loading, and after the runs (MiB).
+    /// Resident memory right after loading, and after this test (MiB).
     pub rss_after_load_mib: f64,
-    pub rss_after_runs_mib: f64,
+    pub rss_after_test_mib: f64,
 }
 
 /// Resident set size of this process in MiB (Linux; 0 elsewhere).
@@ -42,20 +63,24 @@ pub fn rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Mean and sample standard deviation (llama-bench's).
+fn mean_stddev(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n.max(1.0);
+    let var = match v.len() {
+        0 | 1 => 0.0,
+        _ => v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0),
+    };
+    (mean, var.sqrt())
 }
 
-/// Benchmarks the model at `path` on `backend`.
+/// Benchmarks the model at `path` on `backend` with `n_threads` (reported only).
 pub fn run<B: Backend>(
     backend: &B,
     path: &Path,
-    n_prompt: usize,
-    n_gen: usize,
-    reps: usize,
-    kv_type: KvType,
-) -> Result<ModelBench> {
+    plan: &BenchPlan,
+    n_threads: usize,
+) -> Result<Vec<BenchTest>> {
     let t0 = Instant::now();
     let f = GgufFile::open(path)?;
     let spec = Arch::from_gguf(&f)?.spec(&f)?;
@@ -64,54 +89,78 @@ pub fn run<B: Backend>(
     let rss_after_load_mib = rss_mib();
     let n_vocab = model.config.n_vocab as u32;
     // Deterministic, varied ids (the speed does not depend on which tokens they are).
-    let ids: Vec<u32> = (0..n_prompt as u32)
-        .map(|i| (i * 7919 + 13) % n_vocab)
-        .collect();
-    let n_ctx = n_prompt.max(n_gen) + 1;
-    let reps = reps.max(1);
-
-    let mut pp = Vec::new();
-    let mut tg = Vec::new();
-    // One untimed warm-up of each, so page faults of the first touch are not counted.
-    for rep in 0..=reps {
-        if n_prompt > 0 {
-            let mut cache = SoloCache::new(backend, &model, n_ctx, kv_type)?;
-            let t = Instant::now();
-            let logits = cache.forward(&model, backend, &ids, 1)?;
-            backend.argmax(&logits)?;
-            if rep > 0 {
-                pp.push(n_prompt as f64 / secs(t.elapsed()));
+    let ids = |n: usize, salt: u32| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(7919).wrapping_add(13 + salt)) % n_vocab)
+            .collect()
+    };
+    let depths = if plan.depths.is_empty() {
+        vec![0]
+    } else {
+        plan.depths.clone()
+    };
+    let mut tests = Vec::new();
+    for &depth in &depths {
+        for (n_prompt, n_gen) in [(plan.n_prompt, 0), (0, plan.n_gen)] {
+            if n_prompt + n_gen == 0 {
+                continue;
             }
-        }
-        if n_gen > 0 {
-            let mut cache = SoloCache::new(backend, &model, n_ctx, kv_type)?;
-            let mut next = 1 % n_vocab;
-            let t = Instant::now();
-            for _ in 0..n_gen {
-                let logits = cache.forward(&model, backend, &[next], 1)?;
-                next = backend.argmax(&logits)?[0];
+            let n_ctx = depth + n_prompt + n_gen + 1;
+            let mut samples = Vec::new();
+            // One untimed warm-up, so page faults of the first touch are not counted.
+            for rep in 0..=plan.reps.max(1) {
+                let mut cache = SoloCache::new(backend, &model, n_ctx, plan.kv_type)?;
+                if depth > 0 {
+                    for chunk in ids(depth, 1).chunks(crate::runtime::PREFILL_CHUNK) {
+                        cache.forward(&model, backend, chunk, 1)?;
+                    }
+                }
+                let t = Instant::now();
+                if n_prompt > 0 {
+                    let logits = cache.forward(&model, backend, &ids(n_prompt, 0), 1)?;
+                    backend.argmax(&logits)?;
+                } else {
+                    let mut next = 1 % n_vocab;
+                    for _ in 0..n_gen {
+                        let logits = cache.forward(&model, backend, &[next], 1)?;
+                        next = backend.argmax(&logits)?[0];
+                    }
+                }
+                if rep > 0 {
+                    samples.push(t.elapsed());
+                }
             }
-            if rep > 0 {
-                tg.push(n_gen as f64 / secs(t.elapsed()));
-            }
+            let samples_ns: Vec<u64> = samples.iter().map(|d| d.as_nanos() as u64).collect();
+            let samples_ts: Vec<f64> = samples
+                .iter()
+                .map(|d| (n_prompt + n_gen) as f64 / secs(*d))
+                .collect();
+            let (avg_ns, stddev_ns) =
+                mean_stddev(&samples_ns.iter().map(|&n| n as f64).collect::<Vec<_>>());
+            let (avg_ts, stddev_ts) = mean_stddev(&samples_ts);
+            tests.push(BenchTest {
+                model_filename: path.display().to_string(),
+                model_size: f.tensors().iter().map(|t| t.n_bytes as u64).sum(),
+                n_threads,
+                type_k: plan.kv_type.to_string(),
+                type_v: plan.kv_type.to_string(),
+                n_prompt,
+                n_gen,
+                n_depth: depth,
+                avg_ns: avg_ns as u64,
+                stddev_ns: stddev_ns as u64,
+                avg_ts,
+                stddev_ts,
+                samples_ns,
+                samples_ts,
+                device: backend.name(),
+                load_ms: secs(load) * 1e3,
+                rss_after_load_mib,
+                rss_after_test_mib: rss_mib(),
+            });
         }
     }
-    Ok(ModelBench {
-        model: path
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        device: backend.name(),
-        kv_type: kv_type.to_string(),
-        n_prompt,
-        n_gen,
-        reps,
-        pp_tokens_per_s: if pp.is_empty() { 0.0 } else { median(pp) },
-        tg_tokens_per_s: if tg.is_empty() { 0.0 } else { median(tg) },
-        load_ms: secs(load) * 1e3,
-        rss_after_load_mib,
-        rss_after_runs_mib: rss_mib(),
-    })
+    Ok(tests)
 }
 
 fn secs(d: Duration) -> f64 {

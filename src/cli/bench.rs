@@ -1,6 +1,7 @@
 //! `hearth bench model MODEL`: whole-model prompt-processing and generation speed, load time
 //! and resident memory, measured as llama-bench measures them (pp: one batch of `-p` tokens;
-//! tg: `-n` tokens one at a time from an empty context), so the figures compare directly.
+//! tg: `-n` tokens one at a time; each after `-d` tokens already in the cache) and printed in
+//! its JSON shape with `--json`, so the figures and scripts compare directly.
 //! `hearth bench kernels` (the GPU shader benchmark) lives in `kernel_bench.rs`.
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use hearth::backend::Backend;
+use hearth::bench::model::{BenchPlan, BenchTest};
 use hearth::engine::{Device, LoadOptions, WithBackend};
 use hearth::store::Store;
 
@@ -41,10 +43,13 @@ struct ModelArgs {
     /// Tokens generated one at a time (0 skips the decode test)
     #[arg(short = 'n', long, default_value_t = 128)]
     n_gen: usize,
-    /// Timed repetitions (after one warm-up); the median is reported
-    #[arg(short = 'r', long, default_value_t = 3)]
+    /// Tokens already in the cache before each test, comma-separated (llama-bench's -d)
+    #[arg(short = 'd', long, value_delimiter = ',', default_value = "0")]
+    depth: Vec<usize>,
+    /// Timed repetitions (after one warm-up); mean and standard deviation are reported
+    #[arg(short = 'r', long, default_value_t = 5)]
     reps: usize,
-    /// Print one JSON object instead of a table
+    /// Print llama-bench's JSON (`-o json`): an array with one object per test
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -58,9 +63,7 @@ pub enum BenchCommand {
 
 pub struct ModelBenchCommand {
     path: PathBuf,
-    n_prompt: usize,
-    n_gen: usize,
-    reps: usize,
+    plan: BenchPlan,
     json: bool,
     load: LoadOptions,
 }
@@ -84,10 +87,14 @@ impl BenchArgs {
                 device: load.device.resolve(),
                 ..load
             },
+            plan: BenchPlan {
+                n_prompt: a.n_prompt,
+                n_gen: a.n_gen,
+                depths: a.depth,
+                reps: a.reps,
+                kv_type: load.kv_type,
+            },
             path,
-            n_prompt: a.n_prompt,
-            n_gen: a.n_gen,
-            reps: a.reps,
             json: a.json,
         }))
     }
@@ -98,42 +105,55 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Model(m) => m,
         BenchCommand::Kernels(k) => return super::kernel_bench::execute(k),
     };
-    let r = Device::open(&cmd.load, BenchOn(&cmd))?;
+    let tests = Device::open(&cmd.load, BenchOn(&cmd))?;
     if cmd.json {
-        println!("{}", serde_json::to_string(&r)?);
+        println!("{}", serde_json::to_string_pretty(&tests)?);
         return Ok(());
     }
-    println!("model        {}", r.model);
-    println!("device       {}", r.device);
-    println!("kv cache     {}", r.kv_type);
-    if r.n_prompt > 0 {
-        println!("pp{:<10} {:.1} tokens/s", r.n_prompt, r.pp_tokens_per_s);
+    let Some(first) = tests.first() else {
+        println!("no test: -p and -n are both 0");
+        return Ok(());
+    };
+    println!("model    {}", first.model_filename);
+    println!("device   {}", first.device);
+    println!("kv cache {}", first.type_k);
+    println!("load     {:.1} ms", first.load_ms);
+    println!();
+    println!("| test             |              t/s | rss after (MiB) |");
+    println!("| ---------------- | ---------------: | --------------: |");
+    for t in &tests {
+        let name = match t.n_prompt {
+            0 => format!("tg{}", t.n_gen),
+            n => format!("pp{n}"),
+        };
+        let name = match t.n_depth {
+            0 => name,
+            d => format!("{name} @ d{d}"),
+        };
+        println!(
+            "| {name:<16} | {:>8.2} ± {:<5.2} | {:>15.1} |",
+            t.avg_ts, t.stddev_ts, t.rss_after_test_mib
+        );
     }
-    if r.n_gen > 0 {
-        println!("tg{:<10} {:.1} tokens/s", r.n_gen, r.tg_tokens_per_s);
-    }
-    println!("load         {:.1} ms", r.load_ms);
+    println!();
     println!(
-        "rss          {:.1} MiB after load, {:.1} MiB after the runs",
-        r.rss_after_load_mib, r.rss_after_runs_mib
+        "{} timed runs per test after one warm-up; rss after load {:.1} MiB",
+        cmd.plan.reps.max(1),
+        first.rss_after_load_mib
     );
-    println!("reps         {} (median)", r.reps);
     Ok(())
 }
 
 struct BenchOn<'a>(&'a ModelBenchCommand);
 
 impl WithBackend for BenchOn<'_> {
-    type Output = hearth::bench::model::ModelBench;
+    type Output = Vec<BenchTest>;
     fn run<B: Backend + 'static>(self, backend: B) -> hearth::Result<Self::Output> {
         let cmd = self.0;
-        hearth::bench::model::run(
-            &backend,
-            &cmd.path,
-            cmd.n_prompt,
-            cmd.n_gen,
-            cmd.reps,
-            cmd.load.kv_type,
-        )
+        let n_threads = cmd
+            .load
+            .threads
+            .unwrap_or_else(hearth::backend::cpu::pool::Pool::default_threads);
+        hearth::bench::model::run(&backend, &cmd.path, &cmd.plan, n_threads)
     }
 }
