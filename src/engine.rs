@@ -100,6 +100,7 @@ impl Engine {
         let n_ctx = opts
             .num_ctx
             .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
+        crate::model::MemoryPlan::new(&config, &gguf)?.check_fits(n_ctx, opts.kv_type)?;
         let load = LoadOptions {
             device: opts.device.resolve(),
             ..opts.clone()

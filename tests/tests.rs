@@ -3,8 +3,10 @@
 mod cli;
 mod common;
 mod engine;
+mod fuzz;
 mod gguf;
 mod gpu;
+mod hostile;
 mod model;
 mod quant;
 mod store;
