@@ -7,6 +7,7 @@ mod fuzz;
 mod gguf;
 mod gpu;
 mod hostile;
+mod kill;
 mod model;
 mod quant;
 mod store;
