@@ -110,7 +110,8 @@ pub mod seeds {
     use crate::Result;
 
     /// A one-layer model of width 32 with the nano model's tokenizer, in the layout of `arch`
-    /// (`llama` or `gemma3`), its tensors in several block formats with deterministic bytes.
+    /// (`llama` or `gemma3`), its tensors in several block formats (a K-quant for the FFN
+    /// down projection, whose rows are 256 long) with deterministic bytes.
     pub fn pico_model(nano: &GgufFile, arch: &str) -> Result<Vec<u8>> {
         let mut w = GgufWriter::new();
         for (k, v) in nano.metadata() {
@@ -122,7 +123,7 @@ pub mod seeds {
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())
             .map_or(0, |a| a.len() as u64);
-        let (n_embd, n_ff, n_heads, n_kv_heads, head_dim) = (32u64, 64u64, 2u64, 1u64, 16u64);
+        let (n_embd, n_ff, n_heads, n_kv_heads, head_dim) = (32u64, 256u64, 2u64, 1u64, 16u64);
         w.set("general.architecture", Value::String(arch.into()))?;
         let key = |k: &str| format!("{arch}.{k}");
         for (k, v) in [
@@ -167,6 +168,11 @@ pub mod seeds {
             w.add_tensor(name, &[cols, rows], q, data)
         };
         let (q_dim, kv_dim) = (n_heads * head_dim, n_kv_heads * head_dim);
+        let k_quant = if arch == "gemma3" {
+            QuantType::Q4_K
+        } else {
+            QuantType::Q6_K
+        };
         tensor(
             &mut w,
             "token_embd.weight",
@@ -183,7 +189,7 @@ pub mod seeds {
             ("ffn_norm", 1, n_embd, QuantType::F32),
             ("ffn_gate", n_ff, n_embd, QuantType::Q8_0),
             ("ffn_up", n_ff, n_embd, QuantType::F16),
-            ("ffn_down", n_embd, n_ff, QuantType::Q4_0),
+            ("ffn_down", n_embd, n_ff, k_quant),
         ];
         for &(name, rows, cols, q) in layer {
             tensor(&mut w, &format!("blk.0.{name}.weight"), rows, cols, q)?;
