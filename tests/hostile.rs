@@ -357,3 +357,20 @@ fn a_runaway_template_in_a_modelfile_is_a_clear_error_from_hearth_run() {
     assert!(err.contains("instructions (a runaway loop?)"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn metadata_arrays_past_the_limit_are_a_clear_error() {
+    use hearth::gguf::{ValueType, MAX_METADATA_VALUES};
+    let array = |n: u64| Value::Array(ValueType::U8, vec![Value::U8(7); n as usize]);
+    let mut w = GgufWriter::new();
+    w.set("a", array(MAX_METADATA_VALUES / 2)).unwrap();
+    w.set("b", array(MAX_METADATA_VALUES / 2)).unwrap();
+    GgufFile::from_bytes(w.to_bytes()).unwrap();
+    w.set("c", array(1)).unwrap();
+    let err = GgufFile::from_bytes(w.to_bytes()).err().expect("parsed");
+    assert!(
+        err.to_string()
+            .contains(&format!("more than {MAX_METADATA_VALUES} values")),
+        "{err}"
+    );
+}
