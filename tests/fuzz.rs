@@ -132,9 +132,8 @@ impl Mutator {
                     let at = at & !3;
                     let n = if self.below(2) == 0 { 4 } else { 8 };
                     let bytes = v.to_le_bytes();
-                    for i in 0..n.min(d.len().saturating_sub(at)) {
-                        d[at + i] = bytes[i];
-                    }
+                    let n = n.min(d.len().saturating_sub(at));
+                    d[at..at + n].copy_from_slice(&bytes[..n]);
                 }
                 3 => {
                     let n = 1 + self.below(16);

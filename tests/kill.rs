@@ -195,7 +195,7 @@ fn pull_child() {
         parameters: &[("temperature", "0.1")],
     };
     let cfg = hearth::store::PullConfig {
-        python: python.into(),
+        python,
         pip_args: Vec::new(),
     };
     let store = Store::open(PathBuf::from(store)).unwrap();
