@@ -244,3 +244,34 @@ fn write_fuzz_seeds() {
         }
     }
 }
+
+/// Every input a fuzzer crashed on (tests/data/fuzz/TARGET/), run through its target again.
+#[test]
+fn fuzz_findings_stay_fixed() {
+    let targets: [(&str, fn(&[u8])); 4] = [
+        ("gguf_model", fuzz::gguf_model),
+        ("tokenizer", fuzz::tokenizer),
+        ("modelfile", fuzz::modelfile),
+        ("template", fuzz::template),
+    ];
+    let mut n = 0;
+    for (name, target) in targets {
+        let Ok(dir) = std::fs::read_dir(data(&format!("fuzz/{name}"))) else {
+            continue;
+        };
+        for entry in dir {
+            target(&std::fs::read(entry.unwrap().path()).unwrap());
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no findings read from tests/data/fuzz");
+}
+
+/// Found by the modelfile fuzzer: a `"""` value with CR LF line ends lost one CR per
+/// render/parse round trip (line splitting drops the CR of CR LF), so `hearth show
+/// --modelfile` did not recreate the model.
+#[test]
+fn fuzz_modelfile_crlf_in_a_multiline_value_survives_a_round_trip() {
+    fuzz::modelfile(b"FROM m\nTEMPLATE \"\"\"a\r\r\nb\"\"\"\n");
+    fuzz::modelfile(b"FROM m\r\nSYSTEM \"\"\"x\r\ny\r\n\"\"\"\r\n");
+}

@@ -5,11 +5,12 @@
 #   tools/fuzz.sh TARGET SECONDS     TARGET: gguf_model, tokenizer, modelfile, template or all
 #
 # Works on a stable toolchain: RUSTC_BOOTSTRAP lets cargo fuzz pass its nightly-only flags, and
-# `-s none` builds without a sanitizer (Rust's own bounds and overflow checks still hold; the
-# fuzzer finds panics, aborts, timeouts and memory blow-ups). The seed corpus is written fresh
-# from the test data (tests/fuzz.rs, `write_fuzz_seeds`); what the fuzzer learns accumulates in
-# fuzz/corpus/TARGET, and a crashing input lands in fuzz/artifacts/TARGET (make it a regression
-# test in tests/fuzz.rs). Needs `cargo install cargo-fuzz`. Runs at low priority.
+# `-s none` builds without a sanitizer (Rust's own bounds checks still hold; the fuzzer finds
+# panics, aborts, timeouts and memory blow-ups). The seed corpus is written from the test data
+# (tests/fuzz.rs, `write_fuzz_seeds`) when fuzz/seeds is missing; what the fuzzer learns
+# accumulates in fuzz/corpus/TARGET, and a crashing input lands in fuzz/artifacts/TARGET (make
+# it a regression test in tests/fuzz.rs). Needs `cargo install cargo-fuzz`. Runs at low
+# priority.
 set -euo pipefail
 
 TARGETS=(gguf_model tokenizer modelfile template)
@@ -27,8 +28,10 @@ if ! cargo fuzz --help >/dev/null 2>&1; then
     exit 1
 fi
 
-# The seeds, from the same functions the smoke test uses.
-nice -n 19 cargo test --release -q --test tests write_fuzz_seeds -- --ignored >/dev/null
+# The seeds, from the same functions the smoke test uses (delete fuzz/seeds to rewrite them).
+if [[ ! -d fuzz/seeds ]]; then
+    nice -n 19 cargo test --release -q --test tests write_fuzz_seeds -- --ignored >/dev/null
+fi
 
 run() {
     local t=$1
