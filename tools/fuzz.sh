@@ -40,6 +40,7 @@ run() {
     log=$(mktemp)
     # -timeout: an input running over 10 s is a hang (the bound); -rss_limit_mb: an
     # input that makes the process grow past 2 GB is a finding too.
+    local t0=$SECONDS
     set +e
     (cd fuzz && RUSTC_BOOTSTRAP=1 nice -n 19 cargo fuzz run "$t" -s none --release \
         "corpus/$t" "seeds/$t" -- \
@@ -49,7 +50,11 @@ run() {
     set -e
     local execs
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-    echo "$t: ${execs:-0} executions in ${seconds} s, exit $rc"
+    # libFuzzer's own "Done N runs in S second(s)" when it ran out its time; else (a crash)
+    # the wall time, build included.
+    local secs
+    secs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" | grep -o '[0-9]* second' | grep -o '[0-9]*' || true)
+    echo "$t: ${execs:-0} executions in ${secs:-$((SECONDS - t0))} s, exit $rc"
     if [[ $rc -ne 0 ]]; then
         tail -n 40 "$log" >&2
         echo "log: $log" >&2
