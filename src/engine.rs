@@ -13,7 +13,7 @@ use crate::backend::{Backend, KvType};
 use crate::generate::{self, GenerateStats, Runner};
 use crate::gguf::GgufFile;
 use crate::model::transformer::ModelSpec;
-use crate::model::{Arch, Model, ModelConfig};
+use crate::model::{Arch, MemoryPlan, Model, ModelConfig};
 use crate::options::GenerateOptions;
 use crate::runtime::{Runtime, Sequence};
 use crate::tokenizer::Tokenizer;
@@ -113,6 +113,10 @@ pub struct Engine {
     runner: Box<dyn Runner>,
     /// Context of a request that sets no `num_ctx`.
     n_ctx: usize,
+    /// What a context costs: a request for more than the cache holds is checked against it
+    /// before the cache grows.
+    plan: MemoryPlan,
+    kv_type: KvType,
 }
 
 impl Engine {
@@ -135,6 +139,8 @@ impl Engine {
         let n_ctx = opts
             .num_ctx
             .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
+        let plan = MemoryPlan::new(&config, &gguf)?;
+        plan.check_fits(n_ctx, opts.kv_type)?;
         let load = LoadOptions {
             device: opts.device.resolve(),
             ..opts.clone()
@@ -156,6 +162,8 @@ impl Engine {
             gguf,
             runner,
             n_ctx,
+            plan,
+            kv_type: load.kv_type,
         })
     }
 
@@ -200,7 +208,10 @@ impl Engine {
         let n_ctx = opts.num_ctx.unwrap_or(self.n_ctx);
         let mut seq = Sequence::new(self.tokenizer.clone(), ids.to_vec(), opts, n_ctx)?;
         // A longer context than any before grows the cache; the weights stay loaded.
-        self.runner.reserve_capacity(n_ctx)?;
+        if n_ctx > self.runner.capacity() {
+            self.plan.check_fits(n_ctx, self.kv_type)?;
+            self.runner.reserve_capacity(n_ctx)?;
+        }
         generate::generate(
             self.runner.as_mut(),
             std::slice::from_mut(&mut seq),

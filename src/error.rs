@@ -30,6 +30,20 @@ pub enum Error {
         "unsupported model architecture {0:?}; Hearth runs llama (Llama 2/3, SmolLM2, Mistral) and gemma3"
     )]
     UnsupportedArch(String),
+    /// A hyperparameter the tensors in the file do not back, or beyond Hearth's limits.
+    #[error("invalid model hyperparameters: {0}")]
+    Hyperparameter(String),
+    /// What a request (a context length, a model) needs is more than the machine has.
+    #[error("not enough memory: {what} needs {needed} bytes ({needed_gib:.1} GiB) but {available} bytes ({available_gib:.1} GiB) are available; {hint}", needed_gib = *needed as f64 / (1u64 << 30) as f64, available_gib = *available as f64 / (1u64 << 30) as f64)]
+    OutOfMemory {
+        what: String,
+        needed: u64,
+        available: u64,
+        hint: String,
+    },
+    /// A size computed from a file or request that does not fit in 64 bits or past a limit.
+    #[error("{what} is too large: {msg}")]
+    TooLarge { what: String, msg: String },
     #[error("{op}: shape mismatch: {msg}")]
     Shape { op: &'static str, msg: String },
     #[error("{op} is not supported for {dtype:?}")]

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod bench;
 pub mod engine;
 pub mod error;
+pub mod fuzz;
 pub mod generate;
 pub mod gguf;
 pub mod model;

@@ -201,3 +201,19 @@ fn a_full_cache_is_a_clear_error_and_frees_what_it_took() {
     assert!(err.to_string().contains("KV cache is full"), "{err}");
     assert_eq!(rt.blocks_in_use(), 0);
 }
+
+#[test]
+fn a_request_for_more_context_than_memory_holds_is_refused_before_allocating() {
+    use hearth::engine::{Engine, LoadOptions};
+    let mut e = Engine::load(&data("nano/nano-llama.gguf"), &LoadOptions::default()).unwrap();
+    let mut opts = options(4, None);
+    opts.num_ctx = Some(4_000_000_000);
+    let err = e
+        .generate("hello", &opts, &AtomicBool::new(false), &mut |_| Ok(()))
+        .unwrap_err();
+    assert!(err.to_string().contains("4000000000"), "{err}");
+    // The engine still answers within its own context afterwards.
+    opts.num_ctx = None;
+    e.generate("hello", &opts, &AtomicBool::new(false), &mut |_| Ok(()))
+        .unwrap();
+}

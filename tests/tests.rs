@@ -3,8 +3,11 @@
 mod cli;
 mod common;
 mod engine;
+mod fuzz;
 mod gguf;
 mod gpu;
+mod hostile;
+mod kill;
 mod model;
 mod quant;
 mod runtime;

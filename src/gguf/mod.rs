@@ -7,7 +7,7 @@ mod reader;
 mod value;
 mod writer;
 
-pub use reader::{GgufFile, TensorBytes};
+pub use reader::{GgufFile, TensorBytes, MAX_METADATA_VALUES};
 pub use value::{Value, ValueType};
 pub use writer::{write_atomic, GgufWriter};
 

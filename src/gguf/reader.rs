@@ -16,6 +16,11 @@ use crate::{Error, Result};
 /// Deepest array nesting accepted; real files use one level, and a bound keeps a hostile file
 /// from overflowing the stack.
 const MAX_ARRAY_DEPTH: usize = 4;
+/// Array elements accepted over all metadata arrays together. The largest real vocabularies
+/// take about 10^6 (Gemma 3: 262 144 tokens, scores and types); the bound keeps a file of
+/// one-byte elements from making the reader hold 32 bytes of `Value` for each (4 Mi values:
+/// at most 128 MiB). Raise it here if a real model needs more.
+pub const MAX_METADATA_VALUES: u64 = 1 << 22;
 /// ggml's GGML_MAX_DIMS.
 const MAX_DIMS: u32 = 4;
 
@@ -90,6 +95,7 @@ impl GgufFile {
         let mut r = Cursor {
             buf: &storage,
             pos: 0,
+            values_left: MAX_METADATA_VALUES,
         };
         let magic = r.u32()?;
         if magic != MAGIC {
@@ -267,6 +273,8 @@ fn strip_prefix(e: Error) -> String {
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array elements still accepted (`MAX_METADATA_VALUES` in all).
+    values_left: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -369,6 +377,12 @@ impl<'a> Cursor<'a> {
                 let elem = self.value_type()?;
                 let n = self.u64()?;
                 self.check_count(n, elem.min_size() as u64, "array elements")?;
+                self.values_left = self.values_left.checked_sub(n).ok_or_else(|| {
+                    Error::Gguf(format!(
+                        "metadata arrays hold more than {MAX_METADATA_VALUES} values in all \
+                         (Hearth's limit)"
+                    ))
+                })?;
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     v.push(self.value(elem, depth + 1)?);

@@ -38,6 +38,24 @@ impl GgufWriter {
         }
     }
 
+    /// A writer holding everything `f` holds (metadata in file order, tensors with their
+    /// bytes), to rewrite a file with some keys or tensors changed.
+    pub fn from_file(f: &super::GgufFile) -> Result<Self> {
+        let mut w = GgufWriter::new();
+        for (k, v) in f.metadata() {
+            w.set(k, v.clone())?;
+        }
+        for t in f.tensors() {
+            w.add_tensor(&t.name, &t.dims, t.qtype, f.tensor_bytes(t).to_vec())?;
+        }
+        Ok(w)
+    }
+
+    /// Removes a metadata key (no-op when absent).
+    pub fn remove(&mut self, key: &str) {
+        self.metadata.retain(|(k, _)| k != key);
+    }
+
     /// Adds or replaces a metadata key. `general.alignment` also sets the data alignment.
     pub fn set(&mut self, key: impl Into<String>, value: Value) -> Result<()> {
         let key = key.into();
@@ -68,10 +86,17 @@ impl GgufWriter {
         data: Vec<u8>,
     ) -> Result<()> {
         let name = name.into();
-        let n: u64 = dims.iter().product();
-        let expected = qtype
-            .row_bytes(dims[0] as usize)
-            .map(|b| b as u64 * (n / dims[0].max(1)));
+        let row_len = dims.first().copied().unwrap_or(0);
+        let n_rows = dims
+            .iter()
+            .skip(1)
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let expected = usize::try_from(row_len)
+            .ok()
+            .and_then(|r| qtype.row_bytes(r))
+            .zip(n_rows)
+            .and_then(|(b, rows)| (b as u64).checked_mul(rows))
+            .filter(|_| !dims.is_empty());
         if expected != Some(data.len() as u64) {
             return Err(Error::Tensor {
                 name,

@@ -5,6 +5,22 @@ use crate::backend::RopeLayout;
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
+/// The largest hyperparameters Hearth accepts from a file. Each is far above every released
+/// model (the largest: 126 layers, width 16 384, FFN 53 248, 128 heads, head size 256, a
+/// 262 144-token vocabulary, 10M context) and low enough that no product of them overflows
+/// or asks for an absurd allocation before the memory plan (`plan.rs`) sees it. Raise one
+/// here if a real model needs it.
+pub mod limits {
+    pub const MAX_LAYERS: usize = 1 << 12;
+    pub const MAX_EMBD: usize = 1 << 17;
+    pub const MAX_FF: usize = 1 << 20;
+    pub const MAX_HEADS: usize = 1 << 12;
+    pub const MAX_HEAD_DIM: usize = 1 << 12;
+    pub const MAX_VOCAB: usize = 1 << 22;
+    /// Also the largest `num_ctx` a request may ask for.
+    pub const MAX_CTX: usize = 1 << 26;
+}
+
 /// RoPE frequency scaling applied to `inv_freq` at load time.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
@@ -39,64 +55,145 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// The hyperparameters every Llama-family architecture shares. Per-architecture files add
-    /// or override what differs.
+    /// The hyperparameters every Llama-family architecture shares, checked against the
+    /// tensors in the file and against `limits` before anything is sized from them.
+    /// Per-architecture files add or override what differs.
     pub fn read_common(f: &GgufFile, arch: &str) -> Result<Self> {
         let key = |k: &str| format!("{arch}.{k}");
-        let n_embd = f.get_u64(&key("embedding_length"))? as usize;
-        let n_heads = f.get_u64(&key("attention.head_count"))? as usize;
-        let n_kv_heads = match f.get(&key("attention.head_count_kv")) {
-            Some(_) => f.get_u64(&key("attention.head_count_kv"))? as usize,
-            None => n_heads,
+        let count = |k: &str, max: usize| read_count(f, &key(k), max);
+        let opt_count = |k: &str, max: usize| -> Result<Option<usize>> {
+            match f.get(&key(k)) {
+                Some(_) => count(k, max).map(Some),
+                None => Ok(None),
+            }
         };
+        let n_layers = count("block_count", limits::MAX_LAYERS)?;
+        let n_embd = count("embedding_length", limits::MAX_EMBD)?;
+        let n_ff = count("feed_forward_length", limits::MAX_FF)?;
+        let n_heads = count("attention.head_count", limits::MAX_HEADS)?;
+        let n_kv_heads =
+            opt_count("attention.head_count_kv", limits::MAX_HEADS)?.unwrap_or(n_heads);
         if n_heads == 0 || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
-            return Err(Error::Gguf(format!(
+            return Err(Error::Hyperparameter(format!(
                 "{n_heads} attention heads cannot share {n_kv_heads} KV heads"
             )));
         }
-        let head_dim = match f.get(&key("attention.key_length")) {
-            Some(_) => f.get_u64(&key("attention.key_length"))? as usize,
-            None => n_embd / n_heads,
-        };
-        let n_rot = match f.get(&key("rope.dimension_count")) {
-            Some(_) => f.get_u64(&key("rope.dimension_count"))? as usize,
-            None => head_dim,
-        };
+        let head_dim =
+            opt_count("attention.key_length", limits::MAX_HEAD_DIM)?.unwrap_or(n_embd / n_heads);
+        if let Some(v) = opt_count("attention.value_length", limits::MAX_HEAD_DIM)? {
+            if v != head_dim {
+                return Err(Error::Hyperparameter(format!(
+                    "value heads of {v} dims beside key heads of {head_dim}; Hearth needs them equal"
+                )));
+            }
+        }
+        let n_rot = opt_count("rope.dimension_count", limits::MAX_HEAD_DIM)?.unwrap_or(head_dim);
         if head_dim == 0 || n_rot > head_dim || n_rot % 2 != 0 {
-            return Err(Error::Gguf(format!(
+            return Err(Error::Hyperparameter(format!(
                 "head size {head_dim} with {n_rot} rotated dims"
             )));
         }
-        let n_vocab = match f.get(&key("vocab_size")) {
-            Some(_) => f.get_u64(&key("vocab_size"))? as usize,
-            None => f
-                .tensor("token_embd.weight")
-                .map(|t| t.n_rows())
-                .ok_or_else(|| Error::MissingMetadata("token_embd.weight".into()))?,
-        };
+        let embd = f
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::MissingMetadata("token_embd.weight".into()))?;
+        let n_vocab = opt_count("vocab_size", limits::MAX_VOCAB)?.unwrap_or(embd.n_rows());
+        if n_vocab == 0 || n_vocab > limits::MAX_VOCAB {
+            return Err(Error::Hyperparameter(format!(
+                "a vocabulary of {n_vocab} tokens (1 to {} accepted)",
+                limits::MAX_VOCAB
+            )));
+        }
+        let n_ctx_train = count("context_length", limits::MAX_CTX)?;
+        let rms_eps = f.get_f32(&key("attention.layer_norm_rms_epsilon"))?;
+        if !(rms_eps.is_finite() && rms_eps >= 0.0) {
+            return Err(Error::Hyperparameter(format!("RMS norm epsilon {rms_eps}")));
+        }
+        let rope_base = f.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0);
+        if !(rope_base.is_finite() && rope_base > 0.0) {
+            return Err(Error::Hyperparameter(format!("RoPE base {rope_base}")));
+        }
         let rope_scaling = match f.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
-            Some("linear") => RopeScaling::Linear(f.get_f32(&key("rope.scaling.factor"))?),
+            Some("linear") => {
+                let s = f.get_f32(&key("rope.scaling.factor"))?;
+                if !(s.is_finite() && s > 0.0) {
+                    return Err(Error::Hyperparameter(format!("RoPE scaling factor {s}")));
+                }
+                RopeScaling::Linear(s)
+            }
             _ => RopeScaling::None,
         };
-        Ok(ModelConfig {
+        let config = ModelConfig {
             arch_name: arch.to_string(),
-            n_layers: f.get_u64(&key("block_count"))? as usize,
+            n_layers,
             n_embd,
-            n_ff: f.get_u64(&key("feed_forward_length"))? as usize,
+            n_ff,
             n_heads,
             n_kv_heads,
             head_dim,
             n_vocab,
-            n_ctx_train: f.get_u64(&key("context_length"))? as usize,
-            rms_eps: f.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
-            rope_base: f.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0),
+            n_ctx_train,
+            rms_eps,
+            rope_base,
             rope_base_local: None,
             n_rot,
             rope_layout: RopeLayout::Interleaved,
             rope_scaling,
             sliding_window: None,
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
-        })
+        };
+        config.check_tensors(f)?;
+        Ok(config)
+    }
+
+    /// The hyperparameters against the tensors that are really there: the layer count against
+    /// the `blk.N.` prefixes, the widths against the shapes of the embedding table and the
+    /// first layer. `Model::load` checks every tensor again; this runs first so that nothing
+    /// (a per-layer list, a KV cache) is sized from a count the file cannot back.
+    fn check_tensors(&self, f: &GgufFile) -> Result<()> {
+        let mut present = vec![false; self.n_layers];
+        for t in f.tensors() {
+            let Some(idx) = layer_index(&t.name) else {
+                continue;
+            };
+            match present.get_mut(idx) {
+                Some(p) => *p = true,
+                None => {
+                    return Err(Error::Hyperparameter(format!(
+                        "block_count is {} but the file has tensor {}",
+                        self.n_layers, t.name
+                    )))
+                }
+            }
+        }
+        if let Some(missing) = present.iter().position(|p| !p) {
+            return Err(Error::Hyperparameter(format!(
+                "block_count is {} but the file has no tensors for layer {missing}",
+                self.n_layers
+            )));
+        }
+        let q_dim = checked_width(self.n_heads, self.head_dim, "query")?;
+        let kv_dim = checked_width(self.n_kv_heads, self.head_dim, "key/value")?;
+        let expect = |name: &str, rows: usize, cols: usize| -> Result<()> {
+            match f.tensor(name) {
+                Some(t) if t.n_rows() == rows && t.n_cols() == cols => Ok(()),
+                Some(t) => Err(Error::Hyperparameter(format!(
+                    "tensor {name} is [{}, {}] where the hyperparameters give [{rows}, {cols}]",
+                    t.n_rows(),
+                    t.n_cols()
+                ))),
+                None => Err(Error::Tensor {
+                    name: name.to_string(),
+                    msg: "missing from the GGUF file".into(),
+                }),
+            }
+        };
+        expect("token_embd.weight", self.n_vocab, self.n_embd)?;
+        if self.n_layers > 0 {
+            expect("blk.0.attn_q.weight", q_dim, self.n_embd)?;
+            expect("blk.0.attn_k.weight", kv_dim, self.n_embd)?;
+            expect("blk.0.ffn_gate.weight", self.n_ff, self.n_embd)?;
+        }
+        Ok(())
     }
 
     /// `inv_freq[i] = 1 / base^(2i / n_rot)` with scaling folded in, in f32 as the reference
@@ -112,5 +209,39 @@ impl ModelConfig {
                 }
             })
             .collect()
+    }
+}
+
+/// A count from metadata, at most `max`.
+fn read_count(f: &GgufFile, key: &str, max: usize) -> Result<usize> {
+    let n = f.get_u64(key)?;
+    match usize::try_from(n) {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(Error::Hyperparameter(format!(
+            "{key} is {n}, above the largest Hearth accepts ({max})"
+        ))),
+    }
+}
+
+/// `blk.N.…` -> N.
+fn layer_index(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+fn checked_width(n_heads: usize, head_dim: usize, what: &str) -> Result<usize> {
+    n_heads.checked_mul(head_dim).ok_or_else(|| {
+        Error::Hyperparameter(format!("{n_heads} {what} heads of {head_dim} overflow"))
+    })
+}
+
+/// `{arch}.attention.sliding_window`, when set: between 1 and `limits::MAX_CTX`.
+pub fn read_window(f: &GgufFile, arch: &str) -> Result<Option<usize>> {
+    let key = format!("{arch}.attention.sliding_window");
+    match f.get(&key) {
+        None => Ok(None),
+        Some(_) => match read_count(f, &key, limits::MAX_CTX)? {
+            0 => Err(Error::Hyperparameter(format!("{key} is 0"))),
+            w => Ok(Some(w)),
+        },
     }
 }

@@ -4,7 +4,7 @@
 //! `set_swa_pattern(6)`; Gemma 3 270M: layers 5, 11, 17). GGUF converters store the norm
 //! weights with Gemma's `1 + w` already folded in.
 
-use super::config::ModelConfig;
+use super::config::{read_window, ModelConfig};
 use super::transformer::{Activation, LayerSpec, ModelSpec};
 use crate::backend::RopeLayout;
 use crate::gguf::GgufFile;
@@ -19,10 +19,7 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
     let mut config = ModelConfig::read_common(f, "gemma3")?;
     config.rope_layout = RopeLayout::Neox;
     config.rope_base_local = Some(LOCAL_ROPE_BASE);
-    config.sliding_window = f
-        .get("gemma3.attention.sliding_window")
-        .and_then(|v| v.as_u64())
-        .map(|w| w as usize);
+    config.sliding_window = read_window(f, "gemma3")?;
     let layers = (0..config.n_layers)
         .map(|il| {
             let local = config.sliding_window.is_some() && (il + 1) % SWA_PATTERN != 0;

