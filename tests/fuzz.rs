@@ -245,10 +245,13 @@ fn write_fuzz_seeds() {
     }
 }
 
+/// A fuzz target body by its `fuzz/` name.
+type Target = (&'static str, fn(&[u8]));
+
 /// Every input a fuzzer crashed on (tests/data/fuzz/TARGET/), run through its target again.
 #[test]
 fn fuzz_findings_stay_fixed() {
-    let targets: [(&str, fn(&[u8])); 4] = [
+    let targets: [Target; 4] = [
         ("gguf_model", fuzz::gguf_model),
         ("tokenizer", fuzz::tokenizer),
         ("modelfile", fuzz::modelfile),
