@@ -42,6 +42,8 @@ pub enum Error {
     PromptTooLong { n_prompt: usize, n_ctx: usize },
     #[error("model store: {0}")]
     Store(String),
+    #[error("quantize: {0}")]
+    Quantize(String),
     #[error("GPU: {0}")]
     Gpu(String),
     #[error("{0}")]

@@ -7,6 +7,7 @@ mod gguf;
 mod gpu;
 mod model;
 mod quant;
+mod quantize;
 mod store;
 mod templates;
 mod tokenizer;

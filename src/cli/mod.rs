@@ -15,6 +15,7 @@ mod kernel_bench;
 mod list;
 mod progress;
 mod pull;
+mod quantize;
 mod repl;
 mod rm;
 mod run;
@@ -77,6 +78,8 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Measure speed: whole-model tokens/s, load time and memory, or GPU kernels
     Bench(bench::BenchArgs),
+    /// Convert a model to another block format (int8, int4, q4_k_m, f16, ...)
+    Quantize(quantize::QuantizeArgs),
 }
 
 /// What the environment says, read once: where the store is, the default device, where the
@@ -165,6 +168,7 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Tokenize(args) => tokenize::execute(args.resolve(globals)?),
         Command::Devices(args) => devices::execute(args),
         Command::Bench(args) => bench::execute(args.resolve(globals)?),
+        Command::Quantize(args) => quantize::execute(args.resolve(globals)?),
     }
 }
 
