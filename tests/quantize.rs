@@ -192,3 +192,141 @@ fn requantizing_warns() {
         plan.notes
     );
 }
+
+fn hearth(models: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .env("HEARTH_MODELS", models)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The verbs end to end: `quantize` (and its errors, exit 1, no file left), `create
+/// --quantize`, `load --quantize` writing `NAME:TYPE` with the base's parameters, and `show`
+/// printing the per-type tensor counts.
+#[test]
+fn quantize_load_create_and_show_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let nano = nano();
+    let nano = nano.to_str().unwrap();
+    let out = dir.path().join("nano-q4_k_m.gguf");
+    let o = hearth(
+        &models,
+        &["quantize", nano, out.to_str().unwrap(), "--type", "int4"],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("Q4_K 13, F32 5, Q6_K 3"),
+        "{}",
+        text(&o.stdout)
+    );
+    assert!(text(&o.stderr).contains("warning: the input is already quantized"));
+    for (args, want) in [
+        (
+            vec!["quantize", nano, "/tmp/x.gguf", "--type", "q3_k"],
+            "unknown quantization type",
+        ),
+        (
+            vec!["quantize", nano, nano, "--type", "q8_0"],
+            "is the input file",
+        ),
+        (
+            vec!["quantize", nano, "/nonexistent-dir/x.gguf", "-t", "q8_0"],
+            "is not there",
+        ),
+        (
+            vec!["quantize", "/nonexistent.gguf", "/tmp/x.gguf", "-t", "q8_0"],
+            "nonexistent",
+        ),
+    ] {
+        let o = hearth(&models, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = text(&o.stderr);
+        assert!(
+            err.contains("Error: ") && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+    let modelfile = dir.path().join("Modelfile");
+    std::fs::write(
+        &modelfile,
+        format!("FROM {nano}\nPARAMETER temperature 0.25\n"),
+    )
+    .unwrap();
+    let mf = modelfile.to_str().unwrap();
+    let o = hearth(&models, &["create", "nano", "-f", mf]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = hearth(
+        &models,
+        &["create", "nano6", "-f", mf, "--quantize", "q6_k"],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = hearth(&models, &["load", "nano", "--quantize", "int8"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "nano:int8");
+    for (name, types) in [
+        ("nano:int8", "Q8_0 16, F32 5"),
+        ("nano6", "Q6_K 16, F32 5"),
+        ("nano", "F32 6, Q8_0 3, F16 2, BF16 2, Q6_K 2, Q4_0 1"),
+    ] {
+        let o = hearth(&models, &["show", name]);
+        let shown = text(&o.stdout);
+        assert!(
+            o.status.success() && shown.contains(types),
+            "{name}: {shown}"
+        );
+        assert!(shown.contains("temperature   0.25"), "{name}: {shown}");
+    }
+    let o = hearth(&models, &["load", "nano", "--quantize", "int3"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+/// A `create --quantize` killed at any moment leaves either no model or a complete one (whose
+/// every blob `show` verifies by sha256), never a half-written model: kills at several delays
+/// across the conversion, then one run left to finish.
+#[test]
+fn a_killed_quantize_leaves_no_half_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let modelfile = dir.path().join("Modelfile");
+    std::fs::write(&modelfile, format!("FROM {}\n", nano().display())).unwrap();
+    let mut n_absent = 0;
+    for delay_ms in [5u64, 20, 60, 120, 200, 300, 500] {
+        let name = format!("k{delay_ms}");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args([
+                "create",
+                &name,
+                "-f",
+                modelfile.to_str().unwrap(),
+                "--quantize",
+                "q5_k_m",
+            ])
+            .env("HEARTH_MODELS", &models)
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let list = text(&hearth(&models, &["list"]).stdout);
+        if list.contains(&format!("{name}:latest")) {
+            let o = hearth(&models, &["show", &name]);
+            assert!(o.status.success(), "{name}: {}", text(&o.stderr));
+            assert!(text(&o.stdout).contains("Q5_K"), "{name}");
+        } else {
+            n_absent += 1;
+        }
+    }
+    eprintln!("{n_absent} of 7 kills came before the manifest was written");
+    assert!(
+        n_absent > 0,
+        "no kill landed mid-conversion; the delays need to be shorter"
+    );
+}

@@ -13,6 +13,7 @@ mod devices;
 mod format;
 mod kernel_bench;
 mod list;
+mod load;
 mod progress;
 mod pull;
 mod quantize;
@@ -80,6 +81,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert a model to another block format (int8, int4, q4_k_m, f16, ...)
     Quantize(quantize::QuantizeArgs),
+    /// Make sure a model is in the store; with --quantize, write a variant MODEL:TYPE
+    Load(load::LoadArgs),
 }
 
 /// What the environment says, read once: where the store is, the default device, where the
@@ -169,6 +172,7 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Devices(args) => devices::execute(args),
         Command::Bench(args) => bench::execute(args.resolve(globals)?),
         Command::Quantize(args) => quantize::execute(args.resolve(globals)?),
+        Command::Load(args) => load::execute(args.resolve(globals)?),
     }
 }
 
