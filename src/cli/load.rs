@@ -90,7 +90,7 @@ pub fn create_quantized(
     target: Target,
 ) -> Result<()> {
     eprintln!("quantizing {} to {target} as {name}", modelfile.from);
-    let convert = |src: &Path, dst: &Path| -> hearth::Result<()> {
+    let convert = move |src: &Path, dst: &Path| -> hearth::Result<()> {
         let gguf = GgufFile::open(src)?;
         let plan = quantize::plan(&gguf, target)?;
         super::quantize::run_plan(&gguf, &plan, dst)

@@ -14,6 +14,9 @@ use super::{ModelName, Modelfile, Store};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
+/// Rewrites a GGUF file (`source`, `destination`): a quantizer, for `create_converted`.
+pub type ModelConverter = dyn Fn(&Path, &Path) -> Result<()>;
+
 impl Store {
     /// Creates (or replaces) `name` from `modelfile`; a relative `FROM` path is taken relative
     /// to `base_dir` (the Modelfile's directory). Returns the new manifest's digest.
@@ -38,7 +41,7 @@ impl Store {
         modelfile: &Modelfile,
         base_dir: &Path,
         progress: &ProgressBar,
-        convert: Option<&dyn Fn(&Path, &Path) -> Result<()>>,
+        convert: Option<&ModelConverter>,
     ) -> Result<Digest> {
         let _lock = self.lock_shared()?;
         let base = match modelfile.from.parse::<ModelName>() {
