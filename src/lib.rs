@@ -8,6 +8,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod perplexity;
 pub mod quant;
 pub mod quantize;
 pub mod sample;

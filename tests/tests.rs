@@ -6,6 +6,7 @@ mod engine;
 mod gguf;
 mod gpu;
 mod model;
+mod perplexity;
 mod quant;
 mod quantize;
 mod store;

@@ -14,6 +14,7 @@ mod format;
 mod kernel_bench;
 mod list;
 mod load;
+mod perplexity;
 mod progress;
 mod pull;
 mod quantize;
@@ -83,6 +84,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Make sure a model is in the store; with --quantize, write a variant MODEL:TYPE
     Load(load::LoadArgs),
+    /// Perplexity of a model on a text (llama-perplexity's method), KL divergence vs a base
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// What the environment says, read once: where the store is, the default device, where the
@@ -173,6 +176,7 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Bench(args) => bench::execute(args.resolve(globals)?),
         Command::Quantize(args) => quantize::execute(args.resolve(globals)?),
         Command::Load(args) => load::execute(args.resolve(globals)?),
+        Command::Perplexity(args) => perplexity::execute(args.resolve(globals)?),
     }
 }
 
