@@ -167,8 +167,9 @@ fn layer_of(name: &str) -> Option<usize> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Choice {
     pub qtype: QuantType,
-    /// Why the type differs from the rule's choice (a row length that does not fit), if it does.
-    pub note: Option<String>,
+    /// The type the rules chose when its block does not fit the row length, so `qtype` is
+    /// the fallback.
+    pub wanted: Option<QuantType>,
 }
 
 /// Chooses every tensor's format. `tensors` are `(name, dims, current type)` in file order;
@@ -207,7 +208,7 @@ pub fn choose(
     let mut out = vec![
         Choice {
             qtype: QuantType::F32,
-            note: None,
+            wanted: None,
         };
         tensors.len()
     ];
@@ -219,7 +220,7 @@ pub fn choose(
         }
         let default = target.default_type();
         if matches!(default, QuantType::F32 | QuantType::F16 | QuantType::BF16) {
-            out[i] = fit(name, dims[0], default);
+            out[i] = fit(dims[0], default);
             continue;
         }
         let rule = rule_type(
@@ -230,7 +231,7 @@ pub fn choose(
             (&mut i_attention_wv, n_attention_wv),
             (&mut i_ffn_down, n_ffn_down),
         );
-        out[i] = fit(name, dims[0], rule);
+        out[i] = fit(dims[0], rule);
     }
     out
 }
@@ -290,11 +291,11 @@ fn rule_type(
 /// takes a 32-value format of about the same size (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0),
 /// and F16 if even that does not fit. llama.cpp refuses such a tensor for the 32-value
 /// targets; Hearth writes it in F16 with the same note.
-fn fit(name: &str, n_cols: u64, want: QuantType) -> Choice {
+fn fit(n_cols: u64, want: QuantType) -> Choice {
     if n_cols.is_multiple_of(want.block_elems() as u64) {
         return Choice {
             qtype: want,
-            note: None,
+            wanted: None,
         };
     }
     let mut got = match want {
@@ -308,11 +309,7 @@ fn fit(name: &str, n_cols: u64, want: QuantType) -> Choice {
     }
     Choice {
         qtype: got,
-        note: Some(format!(
-            "{name}: row length {n_cols} is not a multiple of {}'s block of {}; using {got}",
-            want,
-            want.block_elems()
-        )),
+        wanted: Some(want),
     }
 }
 
@@ -405,13 +402,13 @@ mod tests {
         // Tied embeddings: the output rule; 576 is not a multiple of 256 → Q8_0, no note.
         assert_eq!(got[0].qtype, QuantType::Q8_0);
         assert_eq!(got[1].qtype, QuantType::Q5_0);
-        assert!(got[1].note.as_ref().unwrap().contains("576"));
+        assert_eq!(got[1].wanted, Some(QuantType::Q4_K));
         assert_eq!(got[2].qtype, QuantType::Q6_K, "layer 0 of 1 uses more bits");
         assert_eq!(got[3].qtype, QuantType::Q8_0, "Q6_K falls back to Q8_0");
         assert_eq!(got[4].qtype, QuantType::F16);
         let got = choose(Target::Q8_0, &input, 1);
         assert_eq!(got[4].qtype, QuantType::F16);
-        assert!(got[4].note.is_some());
+        assert_eq!(got[4].wanted, Some(QuantType::Q8_0));
         assert_eq!(got[1].qtype, QuantType::Q8_0);
     }
 }

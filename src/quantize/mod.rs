@@ -75,10 +75,7 @@ pub fn plan(src: &GgufFile, target: Target) -> Result<Plan> {
         .map(|t| (t.name.as_str(), t.dims.as_slice(), t.qtype))
         .collect();
     let choices = mixture::choose(target, &input, n_layer);
-    let mut notes: Vec<String> = choices
-        .iter()
-        .filter_map(|c| c.note.as_ref().map(|n| format!("note: {n}")))
-        .collect();
+    let mut notes = fallback_notes(src, &choices);
     let mut tensors = Vec::with_capacity(choices.len());
     let mut requantized: Vec<QuantType> = Vec::new();
     for (t, c) in src.tensors().iter().zip(choices) {
@@ -121,6 +118,33 @@ pub fn plan(src: &GgufFile, target: Target) -> Result<Plan> {
         tensors,
         notes,
     })
+}
+
+/// One line per (wanted type, fallback, row length): "note: 166 tensors (blk.0.attn_q.weight,
+/// ...) have rows of 576 values, not whole Q4_K blocks of 256; they use Q5_0".
+fn fallback_notes(src: &GgufFile, choices: &[Choice]) -> Vec<String> {
+    let mut groups: Vec<((QuantType, QuantType, u64), Vec<&str>)> = Vec::new();
+    for (t, c) in src.tensors().iter().zip(choices) {
+        let Some(wanted) = c.wanted else { continue };
+        let key = (wanted, c.qtype, t.dims[0]);
+        match groups.iter_mut().find(|g| g.0 == key) {
+            Some(g) => g.1.push(&t.name),
+            None => groups.push((key, vec![&t.name])),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((wanted, got, n_cols), names)| {
+            let more = if names.len() > 1 { ", ..." } else { "" };
+            format!(
+                "note: {} tensor(s) ({}{more}) have rows of {n_cols} values, not whole {wanted} \
+                 blocks of {}; they use {got}",
+                names.len(),
+                names[0],
+                wanted.block_elems()
+            )
+        })
+        .collect()
 }
 
 /// Progress of `execute`, reported after each tensor.
