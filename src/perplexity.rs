@@ -7,7 +7,7 @@
 //!
 //! PPL = exp(mean NLL), with llama.cpp's standard error `PPL · sqrt((E[nll²] − E[nll]²) /
 //! (N − 1))`. Against a base model's distributions on the same tokens: mean KL(base ‖ model),
-//! its 99th percentile (nearest rank) and the share of positions where both argmaxes agree.
+//! its 99th percentile (interpolated, as llama-perplexity) and the share of positions where both argmaxes agree.
 //!
 //! The model is run by `chunk_logits` alone; everything else is arithmetic on its rows.
 
@@ -146,6 +146,14 @@ pub struct KlReport {
     pub top1_agreement: f64,
 }
 
+/// llama-perplexity's percentile of sorted values: linear interpolation at `fraction·(n−1)`.
+pub fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    let p = fraction * (sorted.len() - 1) as f64;
+    let i = p as usize;
+    let w = p - i as f64;
+    (1.0 - w) * sorted[i] + w * sorted[(i + 1).min(sorted.len() - 1)]
+}
+
 /// Summarizes scored positions (at least two).
 pub fn report(scores: &[TokenScore], n_chunks: usize) -> Report {
     let n = scores.len() as f64;
@@ -163,10 +171,9 @@ pub fn report(scores: &[TokenScore], n_chunks: usize) -> Report {
         let agree = scores.iter().filter(|s| s.kl.is_some_and(|k| k.1)).count();
         let kld_mean = kls.iter().sum::<f64>() / n;
         kls.sort_by(|a, b| a.total_cmp(b));
-        let rank = ((0.99 * n).ceil() as usize).clamp(1, kls.len());
         Some(KlReport {
             kld_mean,
-            kld_p99: kls[rank - 1],
+            kld_p99: percentile(&kls, 0.99),
             top1_agreement: agree as f64 / n,
         })
     } else {
