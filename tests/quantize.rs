@@ -330,3 +330,50 @@ fn a_killed_quantize_leaves_no_half_model() {
         "no kill landed mid-conversion; the delays need to be shorter"
     );
 }
+
+/// Bit-identical to llama.cpp: for every target, each tensor `hearth quantize` writes has the
+/// type and the bytes (sha256) that `llama-quantize` wrote from the same F32 input
+/// (tests/data/quant/llama-quantize.json, tools/make_llama_quantize_goldens.py). This covers
+/// ggml's reference quantizers for every block format, the K-quants' scale searches, and the
+/// Q4_K_M/Q4_K_S/Q5_K_M/Q5_K_S per-tensor rules on a model whose rows all fit 256-blocks.
+#[test]
+fn every_target_is_bit_identical_to_llama_quantize() {
+    use sha2::{Digest, Sha256};
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data("quant/llama-quantize.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f32_path = convert(&nano(), "f32", &dir);
+    let types = golden["types"].as_object().unwrap();
+    assert_eq!(types.len(), 12);
+    for (target, want) in types {
+        let sub = tempfile::tempdir().unwrap();
+        let f = GgufFile::open(convert(&f32_path, target, &sub)).unwrap();
+        assert_eq!(
+            f.get("general.file_type").and_then(|v| v.as_u64()),
+            want["file_type"].as_u64(),
+            "{target}"
+        );
+        let tensors = want["tensors"].as_object().unwrap();
+        assert_eq!(f.tensors().len(), tensors.len(), "{target}");
+        for t in f.tensors() {
+            let w = &tensors[&t.name];
+            let digest: String = Sha256::digest(&*f.tensor_bytes(t))
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(
+                t.qtype.name(),
+                w[0].as_str().unwrap(),
+                "{target} {}",
+                t.name
+            );
+            assert_eq!(
+                digest,
+                w[1].as_str().unwrap(),
+                "{target} {}: bytes differ",
+                t.name
+            );
+        }
+    }
+}
