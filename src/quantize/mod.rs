@@ -123,7 +123,9 @@ pub fn plan(src: &GgufFile, target: Target) -> Result<Plan> {
 /// One line per (wanted type, fallback, row length): "note: 166 tensors (blk.0.attn_q.weight,
 /// ...) have rows of 576 values, not whole Q4_K blocks of 256; they use Q5_0".
 fn fallback_notes(src: &GgufFile, choices: &[Choice]) -> Vec<String> {
-    let mut groups: Vec<((QuantType, QuantType, u64), Vec<&str>)> = Vec::new();
+    // (wanted, used, row length) → the tensors with that fallback.
+    type Key = (QuantType, QuantType, u64);
+    let mut groups: Vec<(Key, Vec<&str>)> = Vec::new();
     for (t, c) in src.tensors().iter().zip(choices) {
         let Some(wanted) = c.wanted else { continue };
         let key = (wanted, c.qtype, t.dims[0]);
