@@ -72,6 +72,8 @@ pub enum Error {
     ModelParameter { model: String, error: Box<Error> },
     #[error("model store: {0}")]
     Store(String),
+    #[error("quantize: {0}")]
+    Quantize(String),
     #[error("GPU: {0}")]
     Gpu(String),
     #[error("unknown device {0:?}; use cpu, gpu, gpu:N (see `hearth devices`) or auto")]
@@ -83,6 +85,9 @@ pub enum Error {
     UnsupportedKvType(String),
     #[error("the prompt is empty; give some text to answer or to continue")]
     EmptyPrompt,
+    /// A perplexity run that cannot measure what it was given (text, context, base model).
+    #[error("perplexity: {0}")]
+    Perplexity(String),
     /// Every block of the KV cache is held by running sequences.
     #[error("the KV cache is full ({capacity} tokens in use by running requests); raise num_ctx or run fewer requests at once")]
     KvCacheFull { capacity: usize },

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use hearth::quantize::Target;
 use hearth::store::{builtin, ModelName, Modelfile, Store};
 
 use super::{model_name, progress, pull, Globals};
@@ -33,6 +34,9 @@ pub struct CreateArgs {
     /// The Modelfile
     #[arg(short = 'f', long = "file", default_value = "Modelfile")]
     file: PathBuf,
+    /// Quantize the model file: int8, int4, q4_k_m, f16, ... (see `hearth quantize --help`)
+    #[arg(long, value_name = "TYPE")]
+    quantize: Option<String>,
 }
 
 pub struct CreateCommand {
@@ -41,6 +45,7 @@ pub struct CreateCommand {
     modelfile: Modelfile,
     /// Where relative `FROM` paths start: the Modelfile's directory.
     base_dir: PathBuf,
+    quantize: Option<Target>,
 }
 
 impl CreateArgs {
@@ -57,11 +62,13 @@ impl CreateArgs {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        let quantize = self.quantize.as_deref().map(Target::parse).transpose()?;
         Ok(CreateCommand {
             store: globals.open_store()?,
             name,
             modelfile,
             base_dir,
+            quantize,
         })
     }
 }
@@ -76,6 +83,17 @@ pub fn execute(cmd: CreateCommand) -> Result<()> {
         if let Some(model) = builtin(&base).filter(|_| !cmd.store.exists(&base)) {
             pull::pull(&cmd.store, &base, model)?;
         }
+    }
+    if let Some(target) = cmd.quantize {
+        super::load::create_quantized(
+            &cmd.store,
+            &cmd.name,
+            &cmd.modelfile,
+            &cmd.base_dir,
+            target,
+        )?;
+        eprintln!("success");
+        return Ok(());
     }
     eprintln!("creating {}", cmd.name);
     let bar = progress::bytes_bar("copying model data");

@@ -13,9 +13,12 @@ mod devices;
 mod format;
 mod kernel_bench;
 mod list;
+mod load;
 mod params;
+mod perplexity;
 mod progress;
 mod pull;
+mod quantize;
 mod repl;
 mod rm;
 mod run;
@@ -81,6 +84,12 @@ enum Command {
     Devices(devices::DevicesArgs),
     /// Measure speed: whole-model tokens/s, load time and memory, or GPU kernels
     Bench(bench::BenchArgs),
+    /// Convert a model to another block format (int8, int4, q4_k_m, f16, ...)
+    Quantize(quantize::QuantizeArgs),
+    /// Make sure a model is in the store; with --quantize, write a variant MODEL:TYPE
+    Load(load::LoadArgs),
+    /// Perplexity of a model on a text (llama-perplexity's method), KL divergence vs a base
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// What the environment says, read once: where the store is, the default device, where the
@@ -174,6 +183,9 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Verify(args) => verify::execute(args.resolve(globals)?),
         Command::Devices(args) => devices::execute(args),
         Command::Bench(args) => bench::execute(args.resolve(globals)?),
+        Command::Quantize(args) => quantize::execute(args.resolve(globals)?),
+        Command::Load(args) => load::execute(args.resolve(globals)?),
+        Command::Perplexity(args) => perplexity::execute(args.resolve(globals)?),
     }
 }
 

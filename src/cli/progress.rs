@@ -18,3 +18,13 @@ pub fn bytes_bar(label: &str) -> ProgressBar {
     bar.set_message(label.to_string());
     bar
 }
+
+/// A bar counting `len` items (tensors) with a message the caller updates (speed).
+pub fn count_bar(label: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} {eta}") {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_string());
+    bar
+}

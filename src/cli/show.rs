@@ -145,6 +145,7 @@ pub fn summary(model: &StoredModel) -> Result<String> {
             vec!["context length".into(), opt(info.context_length)],
             vec!["embedding length".into(), opt(info.embedding_length)],
             vec!["quantization".into(), info.quantization.clone()],
+            vec!["tensors".into(), tensor_types(&gguf)],
         ],
     );
     let parameters = parameter_rows(model)?;
@@ -161,6 +162,15 @@ pub fn summary(model: &StoredModel) -> Result<String> {
         out += &text_section("License", license, 3);
     }
     Ok(out)
+}
+
+/// "Q4_K 121, F32 61, Q6_K 31": how many tensors each block format holds, most first.
+fn tensor_types(gguf: &GgufFile) -> String {
+    hearth::quantize::type_counts(gguf.tensors().iter().map(|t| t.qtype))
+        .iter()
+        .map(|(t, n)| format!("{t} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn section(title: &str, rows: &[Vec<String>]) -> String {

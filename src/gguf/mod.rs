@@ -9,7 +9,7 @@ mod writer;
 
 pub use reader::{GgufFile, TensorBytes, MAX_METADATA_VALUES};
 pub use value::{Value, ValueType};
-pub use writer::{write_atomic, GgufWriter};
+pub use writer::{write_atomic, GgufWriter, TensorHeader};
 
 use crate::quant::QuantType;
 

@@ -114,10 +114,30 @@ impl GgufWriter {
 
     /// Serialises the whole file.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let infos: Vec<TensorHeader> = self
+            .tensors
+            .iter()
+            .map(|t| TensorHeader {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                qtype: t.qtype,
+            })
+            .collect();
+        let sizes: Vec<usize> = self.tensors.iter().map(|t| t.data.len()).collect();
+        let mut out = self.header_bytes(&infos, &sizes);
+        for t in &self.tensors {
+            out.extend_from_slice(&t.data);
+            pad(&mut out, self.alignment);
+        }
+        out
+    }
+
+    /// Header, metadata and tensor infos, padded to the alignment where the data starts.
+    fn header_bytes(&self, tensors: &[TensorHeader], sizes: &[usize]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (k, v) in &self.metadata {
             put_str(&mut out, k);
@@ -125,7 +145,7 @@ impl GgufWriter {
             put_value(&mut out, v);
         }
         let mut offset = 0u64;
-        for t in &self.tensors {
+        for (t, &size) in tensors.iter().zip(sizes) {
             put_str(&mut out, &t.name);
             out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
             for d in &t.dims {
@@ -133,13 +153,9 @@ impl GgufWriter {
             }
             out.extend_from_slice(&t.qtype.ggml_id().to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
-            offset = (offset + t.data.len() as u64).next_multiple_of(self.alignment);
+            offset = (offset + size as u64).next_multiple_of(self.alignment);
         }
-        for t in &self.tensors {
-            pad(&mut out, self.alignment);
-            out.extend_from_slice(&t.data);
-        }
-        if !self.tensors.is_empty() {
+        if !tensors.is_empty() {
             pad(&mut out, self.alignment);
         }
         out
@@ -148,6 +164,84 @@ impl GgufWriter {
     /// Writes the file atomically: a temp file beside `path`, fsynced, then renamed.
     pub fn write(&self, path: &Path) -> Result<()> {
         write_atomic(path, &self.to_bytes())
+    }
+
+    /// Writes this writer's metadata and `tensors`, whose data `data(i, buf)` produces one
+    /// tensor at a time (appending exactly the tensor's size to the empty `buf`), so only one
+    /// tensor is ever in memory. Atomic as `write`: the temp file is renamed over `path` only
+    /// after every tensor succeeded and it was fsynced; on any error it is deleted. Tensors
+    /// added with `add_tensor` are not part of a streamed file.
+    pub fn write_streaming(
+        &self,
+        path: &Path,
+        tensors: &[TensorHeader],
+        mut data: impl FnMut(usize, &mut Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        if !self.tensors.is_empty() {
+            return Err(Error::Gguf(
+                "write_streaming takes its tensors as headers, not from add_tensor".into(),
+            ));
+        }
+        let mut sizes = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            sizes.push(t.n_bytes().ok_or_else(|| Error::Tensor {
+                name: t.name.clone(),
+                msg: format!("dimensions {:?} are not whole {} blocks", t.dims, t.qtype),
+            })?);
+        }
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp);
+        let io = |e| Error::io(path, e);
+        let mut pos = {
+            let header = self.header_bytes(tensors, &sizes);
+            w.write_all(&header).map_err(io)?;
+            header.len() as u64
+        };
+        let mut buf = Vec::new();
+        for (i, (t, &size)) in tensors.iter().zip(&sizes).enumerate() {
+            buf.clear();
+            data(i, &mut buf)?;
+            if buf.len() != size {
+                return Err(Error::Tensor {
+                    name: t.name.clone(),
+                    msg: format!("{} bytes produced, {size} expected", buf.len()),
+                });
+            }
+            w.write_all(&buf).map_err(io)?;
+            pos += size as u64;
+            let padded = pos.next_multiple_of(self.alignment);
+            w.write_all(&vec![0u8; (padded - pos) as usize])
+                .map_err(io)?;
+            pos = padded;
+        }
+        let tmp = w.into_inner().map_err(|e| io(e.into_error()))?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+}
+
+/// A tensor's entry in the header: everything but its data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorHeader {
+    pub name: String,
+    /// ggml order: `dims[0]` is the row length.
+    pub dims: Vec<u64>,
+    pub qtype: QuantType,
+}
+
+impl TensorHeader {
+    /// The data's size in bytes, `None` if the rows are not whole blocks or it overflows.
+    pub fn n_bytes(&self) -> Option<usize> {
+        let n_cols = *self.dims.first()? as usize;
+        let n_rows = self.dims[1..]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d as usize))?;
+        self.qtype.row_bytes(n_cols)?.checked_mul(n_rows)
     }
 }
 

@@ -7,6 +7,7 @@
 mod bf16;
 mod f16;
 mod f32;
+mod ksearch;
 mod q4_0;
 mod q4_1;
 mod q4_k;
@@ -44,8 +45,8 @@ pub trait BlockFormat {
     const BLOCK_BYTES: usize;
     /// `block.len() == BLOCK_BYTES`, `out.len() == BLOCK_ELEMS`.
     fn dequantize_block(block: &[u8], out: &mut [f32]);
-    /// The reference quantizer (same rounding as ggml's `quantize_row_*_ref`), or `None` for
-    /// formats Hearth cannot produce yet.
+    /// The reference quantizer (ggml's `quantize_row_*_ref`: the same rounding, and for the
+    /// K-quants the same scale search), or `None` for a format Hearth cannot produce.
     fn quantize_block(_x: &[f32], _out: &mut [u8]) -> Option<()> {
         None
     }
@@ -304,6 +305,25 @@ impl QuantType {
             }
             Some(())
         })
+    }
+}
+
+impl QuantType {
+    /// Quantizes `src`, rows of `n_cols` values, into `dst` with the rows spread over rayon's
+    /// threads: block for block what `quantize_row` writes (blocks never span rows), which
+    /// the tests check. `None` if this format has no quantizer.
+    pub fn quantize_rows(self, src: &[f32], n_cols: usize, dst: &mut [u8]) -> Option<()> {
+        use rayon::prelude::*;
+        let row_bytes = self.row_bytes(n_cols)?;
+        debug_assert_eq!(src.len() / n_cols.max(1) * row_bytes, dst.len());
+        if n_cols == 0 || src.is_empty() {
+            return Some(());
+        }
+        // About 64k values a task: enough work to amortize the task, small enough to balance.
+        let rows_per_task = (65536 / n_cols).max(1);
+        src.par_chunks(rows_per_task * n_cols)
+            .zip(dst.par_chunks_mut(rows_per_task * row_bytes))
+            .try_for_each(|(x, out)| self.quantize_row(x, out))
     }
 }
 

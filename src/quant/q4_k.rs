@@ -1,9 +1,10 @@
 //! Q4_K: a 256-value super-block of eight 32-value sub-blocks (144 bytes: f16 d, f16 dmin,
 //! 12 bytes of packed 6-bit scales and mins, 128 nibble bytes): `x = d*sc*q - dmin*m`.
 
+use super::ksearch::quantize_k4_superblock;
 #[cfg(target_arch = "x86_64")]
 use super::q8act::{dot_u8_i8, lane_sums};
-use super::util::{f16_at, scale_min_k4};
+use super::util::{f16_at, put_f16, scale_min_k4};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
@@ -34,6 +35,21 @@ impl BlockFormat for BlockQ4K {
                 y[l + 32] = d2 * (q >> 4) as f32 - min2;
             }
         }
+    }
+    /// ggml's `quantize_row_q4_K_ref`: per 32-value sub-block a weighted scale-and-min search
+    /// (`make_qkx2_quants`, 21 candidate scales from `(15 - 1) / range` up), 6-bit scales and
+    /// mins against the largest.
+    fn quantize_block(x: &[f32], out: &mut [u8]) -> Option<()> {
+        let (d, dmin, scales, l) = quantize_k4_superblock(x, 15, -1.0, 20);
+        put_f16(out, 0, d);
+        put_f16(out, 2, dmin);
+        out[4..16].copy_from_slice(&scales);
+        for (chunk, q) in out[16..144].chunks_exact_mut(32).enumerate() {
+            for (i, b) in q.iter_mut().enumerate() {
+                *b = l[64 * chunk + i] | (l[64 * chunk + 32 + i] << 4);
+            }
+        }
+        Some(())
     }
     #[cfg(target_arch = "x86_64")]
     const DOT_AVX2: Option<DotKernel> = Some(dot_row_avx2);

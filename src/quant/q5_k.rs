@@ -1,7 +1,8 @@
 //! Q5_K: like Q4_K plus a fifth bit per value (176 bytes: f16 d, f16 dmin, 12 scale bytes,
 //! 32 bytes of high bits, 128 nibble bytes): `x = d*sc*q - dmin*m`.
 
-use super::util::{f16_at, scale_min_k4};
+use super::ksearch::quantize_k4_superblock;
+use super::util::{f16_at, put_f16, scale_min_k4};
 use super::{BlockFormat, QuantType};
 
 pub struct BlockQ5K;
@@ -32,5 +33,29 @@ impl BlockFormat for BlockQ5K {
                 y[l + 32] = d2 * ((q >> 4) + h2) as f32 - min2;
             }
         }
+    }
+    /// ggml's `quantize_row_q5_K_ref`: Q4_K's search with 31 levels (16 candidate scales from
+    /// `(31 - 0.5) / range` up); the fifth bit of sub-block pair `c` goes to bits `2c`, `2c+1`.
+    fn quantize_block(x: &[f32], out: &mut [u8]) -> Option<()> {
+        let (d, dmin, scales, l) = quantize_k4_superblock(x, 31, -0.5, 15);
+        put_f16(out, 0, d);
+        put_f16(out, 2, dmin);
+        out[4..16].copy_from_slice(&scales);
+        let (qh, qs) = out[16..176].split_at_mut(32);
+        qh.fill(0);
+        for (chunk, q) in qs.chunks_exact_mut(32).enumerate() {
+            let (m1, m2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
+            for (j, b) in q.iter_mut().enumerate() {
+                let (l1, l2) = (l[64 * chunk + j], l[64 * chunk + 32 + j]);
+                if l1 > 15 {
+                    qh[j] |= m1;
+                }
+                if l2 > 15 {
+                    qh[j] |= m2;
+                }
+                *b = (l1 & 0xF) | ((l2 & 0xF) << 4);
+            }
+        }
+        Some(())
     }
 }

@@ -1,9 +1,10 @@
 //! Q6_K: a 256-value super-block of sixteen 16-value sub-blocks (210 bytes: 128 bytes of low
 //! nibbles, 64 bytes of high 2-bit pairs, 16 i8 scales, f16 d): `x = d * sc * (q - 32)`.
 
+use super::ksearch::{make_qx_quants, nearest_int};
 #[cfg(target_arch = "x86_64")]
 use super::q8act::lane_sums;
-use super::util::f16_at;
+use super::util::{f16_at, put_f16};
 #[cfg(target_arch = "x86_64")]
 use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
@@ -37,6 +38,51 @@ impl BlockFormat for BlockQ6K {
                 y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
             }
         }
+    }
+    /// ggml's `quantize_row_q6_K_ref`: per 16-value sub-block a symmetric scale search
+    /// (`make_qx_quants`, weights x²), then 8-bit scales against the largest in magnitude.
+    fn quantize_block(x: &[f32], out: &mut [u8]) -> Option<()> {
+        let mut l = [0u8; 256];
+        let mut scales = [0f32; 16];
+        let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
+        for (ib, s) in scales.iter_mut().enumerate() {
+            *s = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
+            if s.abs() > max_abs_scale {
+                max_abs_scale = s.abs();
+                max_scale = *s;
+            }
+        }
+        out.fill(0);
+        if max_abs_scale < 1e-15 {
+            return Some(());
+        }
+        let iscale = -128.0 / max_scale;
+        put_f16(out, 208, 1.0 / iscale);
+        let d = f16_at(out, 208);
+        for (ib, &s) in scales.iter().enumerate() {
+            let sc = nearest_int(iscale * s).clamp(-128, 127) as i8;
+            out[192 + ib] = sc as u8;
+            let dj = d * sc as f32;
+            if dj == 0.0 {
+                continue;
+            }
+            for i in 16 * ib..16 * ib + 16 {
+                l[i] = (nearest_int(x[i] / dj).clamp(-32, 31) + 32) as u8;
+            }
+        }
+        let (ql_all, rest) = out.split_at_mut(128);
+        for half in 0..2 {
+            let l = &l[128 * half..];
+            let ql = &mut ql_all[64 * half..64 * half + 64];
+            let qh = &mut rest[32 * half..32 * half + 32];
+            for j in 0..32 {
+                let (q1, q2, q3, q4) = (l[j], l[j + 32], l[j + 64], l[j + 96]);
+                ql[j] = (q1 & 0xF) | ((q3 & 0xF) << 4);
+                ql[j + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
+                qh[j] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+            }
+        }
+        Some(())
     }
     #[cfg(target_arch = "x86_64")]
     const DOT_AVX2: Option<DotKernel> = Some(dot_row_avx2);

@@ -14,6 +14,9 @@ use super::{ModelName, Modelfile, Store};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
+/// Rewrites a GGUF file (`source`, `destination`): a quantizer, for `create_converted`.
+pub type ModelConverter = dyn Fn(&Path, &Path) -> Result<()>;
+
 impl Store {
     /// Creates (or replaces) `name` from `modelfile`; a relative `FROM` path is taken relative
     /// to `base_dir` (the Modelfile's directory). Returns the new manifest's digest.
@@ -24,13 +27,29 @@ impl Store {
         base_dir: &Path,
         progress: &ProgressBar,
     ) -> Result<Digest> {
+        self.create_converted(name, modelfile, base_dir, progress, None)
+    }
+
+    /// `create`, with the model file first rewritten by `convert(source, destination)` (a
+    /// quantizer) when one is given: the source is the `FROM` file or the base model's blob,
+    /// the destination a temp file inside the store that is imported as the new model blob
+    /// and then deleted. The manifest is still written last, so a killed conversion leaves
+    /// no model under `name`.
+    pub fn create_converted(
+        &self,
+        name: &ModelName,
+        modelfile: &Modelfile,
+        base_dir: &Path,
+        progress: &ProgressBar,
+        convert: Option<&ModelConverter>,
+    ) -> Result<Digest> {
         let _lock = self.lock_shared()?;
         let base = match modelfile.from.parse::<ModelName>() {
             Ok(base) if self.exists(&base) => Some(self.load(&base)?),
             _ => None,
         };
-        let (model_layer, config) = match &base {
-            Some(base) => {
+        let (model_layer, config) = match (&base, convert) {
+            (Some(base), None) => {
                 let layer = base
                     .manifest
                     .layers_of(LayerKind::Model)
@@ -39,9 +58,22 @@ impl Store {
                     .ok_or_else(|| Error::Store(format!("{} has no model layer", base.name)))?;
                 (layer, base.manifest.config.clone())
             }
-            None => {
+            (None, None) => {
                 let path = gguf_path(modelfile, base_dir)?;
                 self.import_gguf(&path, modelfile.from_line, progress)?
+            }
+            (_, Some(convert)) => {
+                let source = match &base {
+                    Some(base) => base.model_path.clone(),
+                    None => gguf_path(modelfile, base_dir)?,
+                };
+                let tmp = tempfile::Builder::new()
+                    .prefix(super::PARTIAL_PREFIX)
+                    .tempdir_in(self.blobs_dir())
+                    .map_err(|e| Error::io(self.blobs_dir(), e))?;
+                let converted = tmp.path().join("model.gguf");
+                convert(&source, &converted)?;
+                self.import_gguf(&converted, modelfile.from_line, progress)?
             }
         };
 

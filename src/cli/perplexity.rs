@@ -1,0 +1,164 @@
+//! `hearth perplexity MODEL FILE`: perplexity of MODEL on a text file by llama-perplexity's
+//! method (see `hearth::perplexity`), with KL divergence against `--kl-base`. Runs on the CPU
+//! with the default backend (8-bit activations and an f16 cache, as llama.cpp computes), or
+//! `--exact` (f32 activations and cache).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use hearth::backend::cpu::CpuBackend;
+use hearth::backend::KvType;
+use hearth::gguf::GgufFile;
+use hearth::model::{Arch, Model};
+use hearth::perplexity::{self, Report};
+use hearth::tokenizer::Tokenizer;
+
+use super::quantize::model_path;
+use super::Globals;
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    hearth perplexity smollm2 genesis.txt --ctx 512 --chunks 20\n  \
+    hearth perplexity smollm2:int4 genesis.txt --kl-base smollm2:f16 --json")]
+pub struct PerplexityArgs {
+    /// A model in the store, or a GGUF file
+    model: String,
+    /// The text to score (UTF-8)
+    file: PathBuf,
+    /// Tokens per chunk; the second half of each is scored
+    #[arg(long = "ctx", default_value_t = 512)]
+    n_ctx: usize,
+    /// Score at most this many chunks (default: all whole chunks of the text)
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Also report KL divergence and top-1 agreement against this model's distributions
+    #[arg(long, value_name = "MODEL")]
+    kl_base: Option<String>,
+    /// Print one JSON object (ppl, ppl_stderr, and kld_mean, kld_p99, top1_agreement with --kl-base)
+    #[arg(long)]
+    json: bool,
+    /// f32 activations and KV cache (slower; the default quantizes activations to 8 bits)
+    #[arg(long)]
+    exact: bool,
+}
+
+pub struct PerplexityCommand {
+    model: PathBuf,
+    kl_base: Option<PathBuf>,
+    text: String,
+    n_ctx: usize,
+    chunks: Option<usize>,
+    json: bool,
+    exact: bool,
+}
+
+impl PerplexityArgs {
+    pub fn resolve(self, globals: &Globals) -> Result<PerplexityCommand> {
+        let text = std::fs::read_to_string(&self.file)
+            .with_context(|| format!("cannot read the text file {}", self.file.display()))?;
+        Ok(PerplexityCommand {
+            model: model_path(&self.model, globals)?,
+            kl_base: self
+                .kl_base
+                .as_deref()
+                .map(|m| model_path(m, globals))
+                .transpose()?,
+            text,
+            n_ctx: self.n_ctx,
+            chunks: self.chunks,
+            json: self.json,
+            exact: self.exact,
+        })
+    }
+}
+
+fn load(backend: &CpuBackend, path: &PathBuf) -> Result<(GgufFile, Model<CpuBackend>)> {
+    let f = GgufFile::open(path)?;
+    let spec = Arch::from_gguf(&f)?.spec(&f)?;
+    let model = Model::load(backend, &f, spec)?;
+    Ok((f, model))
+}
+
+pub fn execute(cmd: PerplexityCommand) -> Result<()> {
+    let (backend, kv_type) = match cmd.exact {
+        true => (CpuBackend::exact(), KvType::F32),
+        false => (CpuBackend::new(), KvType::F16),
+    };
+    let (gguf, model) = load(&backend, &cmd.model)?;
+    let tokenizer = Tokenizer::from_gguf(&gguf)?;
+    let base = match &cmd.kl_base {
+        Some(p) => Some(load(&backend, p)?.1),
+        None => None,
+    };
+    let ids = tokenizer.encode(&cmd.text, tokenizer.add_bos())?;
+    let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos());
+    let chunks = perplexity::chunks(&ids, cmd.n_ctx, cmd.chunks, bos)?;
+    if cmd.n_ctx > model.config.n_ctx_train.max(1) {
+        eprintln!(
+            "note: --ctx {} is longer than the model's training context {}",
+            cmd.n_ctx, model.config.n_ctx_train
+        );
+    }
+    let bar = super::progress::count_bar("perplexity", chunks.len() as u64);
+    let start = Instant::now();
+    let report = perplexity::evaluate(
+        &backend,
+        &model,
+        base.as_ref(),
+        &chunks,
+        kv_type,
+        |done, _, r| {
+            bar.set_position(done as u64);
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "PPL {:.4} ({:.0} tokens/s)",
+                r.ppl,
+                (done * cmd.n_ctx) as f64 / secs
+            ));
+        },
+    )?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    print_report(&report, &cmd, ids.len(), secs);
+    Ok(())
+}
+
+fn print_report(r: &Report, cmd: &PerplexityCommand, n_text_tokens: usize, secs: f64) {
+    let evaluated = r.n_chunks * cmd.n_ctx * if r.kl.is_some() { 2 } else { 1 };
+    let tokens_per_s = evaluated as f64 / secs.max(1e-9);
+    if cmd.json {
+        let mut v = serde_json::json!({
+            "ppl": r.ppl,
+            "ppl_stderr": r.ppl_stderr,
+            "n_ctx": cmd.n_ctx,
+            "n_chunks": r.n_chunks,
+            "n_scored_tokens": r.n_tokens,
+            "n_text_tokens": n_text_tokens,
+            "seconds": secs,
+            "tokens_per_second": tokens_per_s,
+            "exact": cmd.exact,
+        });
+        if let Some(kl) = &r.kl {
+            v["kld_mean"] = kl.kld_mean.into();
+            v["kld_p99"] = kl.kld_p99.into();
+            v["top1_agreement"] = kl.top1_agreement.into();
+        }
+        println!("{v}");
+        return;
+    }
+    println!(
+        "PPL = {:.4} ± {:.4} ({} chunks of {}, {} scored tokens, {:.1} s, {:.0} tokens/s)",
+        r.ppl, r.ppl_stderr, r.n_chunks, cmd.n_ctx, r.n_tokens, secs, tokens_per_s
+    );
+    if let Some(kl) = &r.kl {
+        println!(
+            "KL divergence: mean {:.6}, 99th percentile {:.6}; top-1 agreement {:.2}%",
+            kl.kld_mean,
+            kl.kld_p99,
+            100.0 * kl.top1_agreement
+        );
+    }
+}
