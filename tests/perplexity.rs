@@ -212,3 +212,68 @@ fn score_chunk_on_known_rows() {
     let s = perplexity::score_chunk(&chunk, &uniform, None, n_vocab);
     assert!((s[0].nll - 4f64.ln()).abs() < 1e-12);
 }
+
+/// The verb end to end: `--json` carries the documented keys (and the KL ones with
+/// `--kl-base`), and bad input is one clear `Error:` line with exit status 1.
+#[test]
+fn perplexity_cli_json_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let nano = data("nano/nano-llama.gguf");
+    let nano = nano.to_str().unwrap();
+    let text_path = dir.path().join("text.txt");
+    let text: String = (0..200)
+        .map(|i| format!("The {i}th line of a plain English text about rivers. "))
+        .collect();
+    std::fs::write(&text_path, text).unwrap();
+    let text_path = text_path.to_str().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(args)
+            .env("HEARTH_MODELS", &models)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "perplexity",
+        nano,
+        text_path,
+        "--ctx",
+        "64",
+        "--chunks",
+        "3",
+        "--json",
+        "--kl-base",
+        nano,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n_chunks"], 3);
+    assert_eq!(v["n_scored_tokens"], 3 * 31);
+    assert!(v["ppl"].as_f64().unwrap() > 1.0 && v["ppl_stderr"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["kld_mean"].as_f64(), Some(0.0));
+    assert_eq!(v["top1_agreement"].as_f64(), Some(1.0));
+    assert!(v["kld_p99"].is_number());
+    for (args, want) in [
+        (
+            vec!["perplexity", nano, text_path, "--ctx", "100000"],
+            "fewer than one chunk",
+        ),
+        (
+            vec!["perplexity", nano, "/nonexistent.txt"],
+            "cannot read the text file",
+        ),
+        (
+            vec!["perplexity", "/nonexistent.gguf", text_path],
+            "nonexistent.gguf",
+        ),
+    ] {
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("Error: ") && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
+}
