@@ -13,6 +13,7 @@ pub mod prompt;
 pub mod quant;
 pub mod runtime;
 pub mod sample;
+pub mod server;
 pub mod store;
 pub mod tokenizer;
 pub mod units;

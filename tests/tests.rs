@@ -8,6 +8,7 @@ mod gpu;
 mod model;
 mod quant;
 mod runtime;
+mod server;
 mod store;
 mod templates;
 mod tidy;
