@@ -28,7 +28,12 @@ fn serve(limits: Limits) -> (RunningServer, tempfile::TempDir) {
     ))
     .unwrap();
     store
-        .create(&"nano".parse().unwrap(), &mf, dir.path(), &ProgressBar::hidden())
+        .create(
+            &"nano".parse().unwrap(),
+            &mf,
+            dir.path(),
+            &ProgressBar::hidden(),
+        )
         .unwrap();
     let config = Config {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -60,7 +65,12 @@ fn send(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> TcpSt
 }
 
 /// Status, headers (lowercased) and the body, de-chunked.
-fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String, String) {
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String, String) {
     let mut s = send(addr, method, path, body);
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
@@ -90,7 +100,10 @@ fn dechunk(mut s: &str) -> String {
 
 fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
     let (status, _, text) = request(addr, "POST", path, Some(&body.to_string()));
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 fn get(addr: SocketAddr, path: &str) -> Value {
@@ -104,7 +117,9 @@ fn ndjson(addr: SocketAddr, path: &str, body: &Value) -> Vec<Value> {
     let (status, head, text) = request(addr, "POST", path, Some(&body.to_string()));
     assert_eq!(status, 200, "{text}");
     assert!(head.contains("application/x-ndjson"), "{head}");
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// The `data:` payloads of an SSE stream, `[DONE]` included.
@@ -152,7 +167,10 @@ fn ollama_generate_and_chat_stream_and_whole_agree() {
     let eval_count = whole["eval_count"].as_u64().unwrap();
     assert!((1..=12).contains(&eval_count), "{whole}");
     assert!(whole["prompt_eval_count"].as_u64().unwrap() > 0);
-    assert!(whole["load_duration"].as_u64().unwrap() > 0, "this request loaded it");
+    assert!(
+        whole["load_duration"].as_u64().unwrap() > 0,
+        "this request loaded it"
+    );
     for key in ["total_duration", "prompt_eval_duration", "eval_duration"] {
         assert!(whole[key].is_u64(), "{key}: {whole}");
     }
@@ -168,7 +186,10 @@ fn ollama_generate_and_chat_stream_and_whole_agree() {
     assert_eq!(last["done_reason"], whole["done_reason"]);
     assert_eq!(last["eval_count"], whole["eval_count"]);
     assert_eq!(last["load_duration"], 0, "already loaded");
-    let joined: String = lines.iter().map(|l| l["response"].as_str().unwrap()).collect();
+    let joined: String = lines
+        .iter()
+        .map(|l| l["response"].as_str().unwrap())
+        .collect();
     assert_eq!(joined, text);
 
     // A raw prompt skips the template: a different prompt, so a different count.
@@ -182,7 +203,10 @@ fn ollama_generate_and_chat_stream_and_whole_agree() {
     let (status, whole_chat) = post(addr, "/api/chat", &chat);
     assert_eq!(status, 200, "{whole_chat}");
     assert_eq!(whole_chat["message"]["role"], "assistant");
-    let chat_text = whole_chat["message"]["content"].as_str().unwrap().to_string();
+    let chat_text = whole_chat["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let lines = ndjson(addr, "/api/chat", &{
         let mut c = chat.clone();
         c["stream"] = json!(true);
@@ -219,7 +243,10 @@ fn ollama_generate_and_chat_stream_and_whole_agree() {
     assert_eq!(joined, chat_text);
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]));
-    assert_eq!(usage["usage"]["completion_tokens"], whole_chat["eval_count"]);
+    assert_eq!(
+        usage["usage"]["completion_tokens"],
+        whole_chat["eval_count"]
+    );
     assert!(chunks[chunks.len() - 2]["choices"][0]["finish_reason"].is_string());
 
     // OpenAI's completions render the prompt as `/api/generate` does.
@@ -248,7 +275,10 @@ fn listing_endpoints_describe_the_store_and_the_loaded_models() {
     assert_eq!((status, text.as_str()), (200, "Hearth is running"));
     let (status, _, _) = request(addr, "HEAD", "/", None);
     assert_eq!(status, 200);
-    assert_eq!(get(addr, "/api/version")["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        get(addr, "/api/version")["version"],
+        env!("CARGO_PKG_VERSION")
+    );
 
     let tags = get(addr, "/api/tags");
     let m = &tags["models"][0];
@@ -270,7 +300,11 @@ fn listing_endpoints_describe_the_store_and_the_loaded_models() {
     assert_eq!(models["data"][0]["id"], "nano:latest");
     assert_eq!(get(addr, "/v1/models/nano")["id"], "nano:latest");
 
-    assert_eq!(get(addr, "/api/ps")["models"], json!([]), "nothing loaded yet");
+    assert_eq!(
+        get(addr, "/api/ps")["models"],
+        json!([]),
+        "nothing loaded yet"
+    );
     // An empty prompt loads the model.
     let (status, v) = post(addr, "/api/generate", &json!({"model": "nano"}));
     assert_eq!((status, v["done_reason"].clone()), (200, json!("load")));
@@ -289,10 +323,18 @@ fn bad_requests_get_ollama_and_openai_errors_and_the_server_keeps_serving() {
     assert!(serde_json::from_str::<Value>(&text).unwrap()["error"].is_string());
     let (status, v) = post(addr, "/api/chat", &json!({"messages": []}));
     assert_eq!(status, 400, "missing model: {v}");
-    let (status, v) = post(addr, "/api/generate", &json!({"model": "nope", "prompt": "hi"}));
+    let (status, v) = post(
+        addr,
+        "/api/generate",
+        &json!({"model": "nope", "prompt": "hi"}),
+    );
     assert_eq!(status, 404);
     assert_eq!(v["error"], "model \"nope\" not found, try pulling it first");
-    let (status, v) = post(addr, "/api/generate", &json!({"model": "../x", "prompt": "hi"}));
+    let (status, v) = post(
+        addr,
+        "/api/generate",
+        &json!({"model": "../x", "prompt": "hi"}),
+    );
     assert_eq!(status, 400, "{v}");
     let bad_option = json!({"model": "nano", "prompt": "hi", "options": {"top_p": 7}});
     let (status, v) = post(addr, "/api/generate", &bad_option);
@@ -310,8 +352,15 @@ fn bad_requests_get_ollama_and_openai_errors_and_the_server_keeps_serving() {
     let oa = json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]});
     let (status, v) = post(addr, "/v1/chat/completions", &oa);
     assert_eq!(status, 404);
-    assert!(v["error"]["message"].as_str().unwrap().contains("nope"), "{v}");
-    let (status, _) = post(addr, "/v1/chat/completions", &json!({"model": "nano", "messages": []}));
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("nope"),
+        "{v}"
+    );
+    let (status, _) = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"model": "nano", "messages": []}),
+    );
     assert_eq!(status, 400);
     let (status, _, _) = request(addr, "GET", "/v1/models/nope", None);
     assert_eq!(status, 404);
@@ -328,11 +377,14 @@ fn eight_simultaneous_greedy_requests_match_their_solo_answers() {
     let (server, _dir) = serve(limits(8));
     let addr = server.addr();
     let prompts: Vec<String> = (0..8)
-        .map(|i| format!("Story {i}: the {} went", ["cat", "dog", "sun", "sea"][i % 4]))
+        .map(|i| {
+            format!(
+                "Story {i}: the {} went",
+                ["cat", "dog", "sun", "sea"][i % 4]
+            )
+        })
         .collect();
-    let body = |p: &str, n: u32| {
-        json!({"model": "nano", "prompt": p, "stream": false, "options": GREEDY(n)})
-    };
+    let body = |p: &str, n: u32| json!({"model": "nano", "prompt": p, "stream": false, "options": GREEDY(n)});
     let answer = |p: &str, n: u32| {
         let (status, v) = post(addr, "/api/generate", &body(p, n));
         assert_eq!(status, 200, "{v}");
@@ -355,7 +407,12 @@ fn eight_simultaneous_greedy_requests_match_their_solo_answers() {
     });
     assert_eq!(together, solo);
     assert!(solo.iter().any(|t| !t.is_empty()));
-    assert_eq!(settled(addr)["hearth"]["blocks_in_use"], 0);
+    let m = settled(addr);
+    assert_eq!(m["hearth"]["blocks_in_use"], 0);
+    assert!(
+        m["hearth"]["peak_running"].as_u64().unwrap() >= 2,
+        "the requests were batched: {m}"
+    );
 }
 
 /// A client that goes away mid-stream cancels its request, and its cache blocks come back.
@@ -373,7 +430,10 @@ fn a_client_that_disconnects_mid_stream_leaks_nothing() {
         // The status line, then the first chunk of the stream.
         while !line.contains("\"done\"") {
             line.clear();
-            assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended early");
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "the stream ended early"
+            );
         }
         drop(reader);
         let m = settled(addr);
@@ -385,8 +445,64 @@ fn a_client_that_disconnects_mid_stream_leaks_nothing() {
         if m["hearth"]["disconnected"].as_u64().unwrap() > 0 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "no disconnect was ever seen");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no disconnect was ever seen"
+        );
     }
     let ok = json!({"model": "nano", "prompt": "hi", "stream": false, "options": GREEDY(3)});
     assert_eq!(post(addr, "/api/generate", &ok).0, 200);
+}
+
+/// Opens a streamed request and reads until its first token arrives: it is running.
+fn running_stream(addr: SocketAddr, body: &Value) -> BufReader<TcpStream> {
+    let s = send(addr, "POST", "/api/generate", Some(&body.to_string()));
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    while !line.contains("\"done\":false") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream ended early"
+        );
+    }
+    reader
+}
+
+/// Past `num_parallel` running and `max_queue` waiting, a request gets 503 at once; when
+/// the long requests' clients go away, their slots and blocks come back.
+#[test]
+fn a_full_queue_answers_503_and_frees_everything_after() {
+    let (server, _dir) = serve(Limits {
+        num_parallel: 1,
+        max_queue: 1,
+    });
+    let addr = server.addr();
+    // Long answers (a context far past the nano model's 256, greedy, no end): they run for
+    // seconds, far longer than the requests below take.
+    let long = json!({"model": "nano", "prompt": "Count:",
+                      "options": {"temperature": 0, "num_ctx": 4096, "num_predict": 4000}});
+    let first = running_stream(addr, &long);
+    let second = send(addr, "POST", "/api/generate", Some(&long.to_string()));
+    let t0 = Instant::now();
+    while nano_ps(addr)["hearth"]["in_flight"] != 2 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", nano_ps(addr));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let short = json!({"model": "nano", "prompt": "hi", "stream": false, "options": GREEDY(2)});
+    let (status, v) = post(addr, "/api/generate", &short);
+    assert_eq!(status, 503, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("busy"), "{v}");
+    let oa = json!({"model": "nano", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, v) = post(addr, "/v1/chat/completions", &oa);
+    assert_eq!(status, 503, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+    assert_eq!(nano_ps(addr)["hearth"]["running"], 1);
+    drop(first);
+    drop(second);
+    let m = settled(addr);
+    assert_eq!(m["hearth"]["in_flight"], 0, "{m}");
+    assert_eq!(m["hearth"]["blocks_in_use"], 0, "{m}");
+    assert_eq!(m["hearth"]["disconnected"], 2, "{m}");
+    assert_eq!(post(addr, "/api/generate", &short).0, 200);
 }

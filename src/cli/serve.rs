@@ -46,7 +46,10 @@ fn env_count(name: &str, default: usize) -> Result<usize> {
 /// `HEARTH_HOST` as Ollama reads `OLLAMA_HOST`: `host:port`, a bare host (port 11434), with
 /// or without `http://`.
 fn host_addr(text: &str) -> Result<SocketAddr> {
-    let t = text.trim().trim_start_matches("http://").trim_end_matches('/');
+    let t = text
+        .trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
     let with_port = match t.rsplit_once(':') {
         Some((_, port)) if port.parse::<u16>().is_ok() && !t.ends_with(']') => t.to_string(),
         _ => format!("{t}:11434"),

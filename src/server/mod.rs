@@ -211,9 +211,7 @@ async fn shutdown_signal() {
 
 /// `t` as RFC 3339 in UTC with nanoseconds, as Ollama writes `created_at`.
 pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Days to a civil date (Howard Hinnant's algorithm).

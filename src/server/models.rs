@@ -61,7 +61,8 @@ impl Models {
         if !self.store.exists(&parsed) {
             return Err(ApiError::not_found(name));
         }
-        let store = Store::open(self.store.root()).map_err(|e| ApiError::internal(e.to_string()))?;
+        let store =
+            Store::open(self.store.root()).map_err(|e| ApiError::internal(e.to_string()))?;
         let load = self.load.clone();
         let limits = self.limits;
         let model = tokio::task::spawn_blocking(move || load_model(&store, &parsed, load, limits))

@@ -175,7 +175,13 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
         .map(|m| Message::new(m.role, m.content))
         .collect();
     let messages = request::chat_messages(&model, messages);
-    let p = request::prepare(model, loaded_now, Prompt::Chat(messages), &overrides, started)?;
+    let p = request::prepare(
+        model,
+        loaded_now,
+        Prompt::Chat(messages),
+        &overrides,
+        started,
+    )?;
     respond(p, body.model, body.stream.unwrap_or(true), Kind::Chat).await
 }
 
@@ -268,9 +274,13 @@ pub(super) fn stream_body(
     mut chunk: impl FnMut(Update) -> String + Send + 'static,
     content_type: &'static str,
 ) -> Response {
-    let stream = UnboundedReceiverStream::new(rx)
-        .map(move |u| Ok::<_, Infallible>(Bytes::from(chunk(u))));
-    ([(header::CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response()
+    let stream =
+        UnboundedReceiverStream::new(rx).map(move |u| Ok::<_, Infallible>(Bytes::from(chunk(u))));
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 /// Ollama's `details` of a model file.
@@ -295,7 +305,9 @@ pub async fn tags(State(state): State<Arc<AppState>>) -> ApiResult {
     let state2 = state.clone();
     let models = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, ApiError> {
         let store = &state2.models.store;
-        let entries = store.list().map_err(|e| ApiError::internal(e.to_string()))?;
+        let entries = store
+            .list()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let mut out = Vec::new();
         for e in entries {
             let stored = store
@@ -365,10 +377,16 @@ fn show_json(stored: &StoredModel) -> Result<Value, ApiError> {
         "general.parameter_count": info.n_params,
     });
     if let Some(n) = info.context_length {
-        merge(&mut model_info, json!({ format!("{arch}.context_length"): n }));
+        merge(
+            &mut model_info,
+            json!({ format!("{arch}.context_length"): n }),
+        );
     }
     if let Some(n) = info.embedding_length {
-        merge(&mut model_info, json!({ format!("{arch}.embedding_length"): n }));
+        merge(
+            &mut model_info,
+            json!({ format!("{arch}.embedding_length"): n }),
+        );
     }
     let mut v = json!({
         "modelfile": stored.modelfile().render(),
@@ -410,6 +428,7 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> ApiResult {
                 "in_flight": s.in_flight.load(Ordering::SeqCst),
                 "blocks_in_use": s.blocks_in_use.load(Ordering::SeqCst),
                 "disconnected": s.disconnected.load(Ordering::SeqCst),
+                "peak_running": s.peak_running.load(Ordering::SeqCst),
             },
         }));
     }

@@ -67,7 +67,9 @@ fn response_id(prefix: &str) -> String {
 fn parse_object(body: &[u8]) -> Result<(Map<String, Value>, String, bool), ApiError> {
     let body: Value = parse_body(body)?;
     let Value::Object(map) = body else {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     };
     let model = match map.get("model") {
         Some(Value::String(m)) => m.clone(),
@@ -83,7 +85,10 @@ fn parse_object(body: &[u8]) -> Result<(Map<String, Value>, String, bool), ApiEr
 
 /// Ollama options from OpenAI's sampling fields, and Ollama's own names given in the body.
 fn overrides(body: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
-    if body.get("n").is_some_and(|n| n.as_u64() != Some(1) && !n.is_null()) {
+    if body
+        .get("n")
+        .is_some_and(|n| n.as_u64() != Some(1) && !n.is_null())
+    {
         return Err(ApiError::bad_request("only n = 1 is supported"));
     }
     if let Some(f) = body.get("response_format") {
@@ -145,7 +150,9 @@ fn content_text(content: Option<&Value>) -> Result<String, ApiError> {
             }
             Ok(text)
         }
-        Some(v) => Err(ApiError::bad_request(format!("invalid message content {v}"))),
+        Some(v) => Err(ApiError::bad_request(format!(
+            "invalid message content {v}"
+        ))),
     }
 }
 
@@ -177,7 +184,13 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> OaResult {
     let messages = messages(&body)?;
     let (model, loaded_now) = state.models.get(&name).await?;
     let messages = request::chat_messages(&model, messages);
-    let p = request::prepare(model, loaded_now, Prompt::Chat(messages), &overrides, started)?;
+    let p = request::prepare(
+        model,
+        loaded_now,
+        Prompt::Chat(messages),
+        &overrides,
+        started,
+    )?;
     let include_usage = include_usage(&body);
     respond(p, name, stream, include_usage, Kind::Chat).await
 }
@@ -191,14 +204,18 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaR
         Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
             items[0].as_str().unwrap_or_default().to_string()
         }
-        _ => {
-            return Err(ApiError::bad_request("`prompt` must be a string (one prompt)").into())
-        }
+        _ => return Err(ApiError::bad_request("`prompt` must be a string (one prompt)").into()),
     };
     let (model, loaded_now) = state.models.get(&name).await?;
     // As Ollama's `/v1/completions`: the prompt goes through the template.
     let messages = request::generate_messages(&model, None, &prompt);
-    let p = request::prepare(model, loaded_now, Prompt::Chat(messages), &overrides, started)?;
+    let p = request::prepare(
+        model,
+        loaded_now,
+        Prompt::Chat(messages),
+        &overrides,
+        started,
+    )?;
     let include_usage = include_usage(&body);
     respond(p, name, stream, include_usage, Kind::Completion).await
 }
@@ -250,7 +267,13 @@ impl Kind {
     }
 }
 
-async fn respond(p: Prepared, name: String, stream: bool, include_usage: bool, kind: Kind) -> OaResult {
+async fn respond(
+    p: Prepared,
+    name: String,
+    stream: bool,
+    include_usage: bool,
+    kind: Kind,
+) -> OaResult {
     let rx = request::submit(&p)?;
     let id = response_id(kind.id_prefix());
     let created = unix_now();
@@ -281,9 +304,7 @@ async fn respond(p: Prepared, name: String, stream: bool, include_usage: bool, k
                 }
                 out + "data: [DONE]\n\n"
             }
-            Update::Error(e) => {
-                sse(&error_json(&ApiError::internal(e))) + "data: [DONE]\n\n"
-            }
+            Update::Error(e) => sse(&error_json(&ApiError::internal(e))) + "data: [DONE]\n\n",
         },
         "text/event-stream",
     ))

@@ -169,7 +169,13 @@ pub async fn collect(mut rx: UnboundedReceiver<Update>) -> Result<Answer, ApiErr
     while let Some(update) = rx.recv().await {
         match update {
             Update::Text(piece) => text.push_str(&piece),
-            Update::Done { stats, tokens } => return Ok(Answer { text, stats, tokens }),
+            Update::Done { stats, tokens } => {
+                return Ok(Answer {
+                    text,
+                    stats,
+                    tokens,
+                })
+            }
             Update::Error(e) => return Err(ApiError::internal(e)),
         }
     }

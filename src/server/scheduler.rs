@@ -53,6 +53,8 @@ pub struct Stats {
     pub blocks_in_use: AtomicUsize,
     /// Requests ended because their client went away.
     pub disconnected: AtomicUsize,
+    /// The most requests that ever ran in one batch.
+    pub peak_running: AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -102,7 +104,9 @@ impl Scheduler {
                 };
                 // Room for every running request at the default context from the start.
                 let n_ctx = engine.n_ctx();
-                let reserve = engine.runner().reserve_capacity(n_ctx * limits.num_parallel);
+                let reserve = engine
+                    .runner()
+                    .reserve_capacity(n_ctx * limits.num_parallel);
                 let loaded = reserve.and_then(|()| {
                     Ok(Loaded {
                         tokenizer: engine.tokenizer.clone(),
@@ -264,6 +268,7 @@ fn admit(
         }
     }
     stats.running.store(live.len(), Ordering::SeqCst);
+    stats.peak_running.fetch_max(live.len(), Ordering::SeqCst);
     stats
         .blocks_in_use
         .store(runner.blocks_in_use(), Ordering::SeqCst);
