@@ -16,6 +16,7 @@ pub mod quant;
 pub mod quantize;
 pub mod runtime;
 pub mod sample;
+pub mod server;
 pub mod store;
 pub mod tokenizer;
 pub mod units;

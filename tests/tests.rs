@@ -13,6 +13,7 @@ mod perplexity;
 mod quant;
 mod quantize;
 mod runtime;
+mod server;
 mod store;
 mod templates;
 mod tidy;

@@ -22,6 +22,7 @@ mod quantize;
 mod repl;
 mod rm;
 mod run;
+mod serve;
 mod show;
 mod tokenize;
 mod verify;
@@ -44,6 +45,7 @@ Examples:
   hearth pull gemma3:270m                     fetch a built-in model
   hearth create mymodel -f Modelfile          build a model from a GGUF file
   hearth list                                 models in the store
+  hearth serve                                HTTP API on 127.0.0.1:11434
 
 Models live in $HEARTH_MODELS (default ~/.hearth/models).";
 
@@ -63,6 +65,8 @@ struct Cli {
 enum Command {
     /// Run a model: answer a prompt, or chat when none is given
     Run(run::RunArgs),
+    /// Serve the store's models over HTTP (Ollama's and OpenAI's APIs)
+    Serve(serve::ServeArgs),
     /// Download a built-in model into the store
     Pull(pull::PullArgs),
     /// List the models in the store
@@ -173,6 +177,7 @@ pub fn main() -> ExitCode {
 fn dispatch(command: Command, globals: &Globals) -> Result<()> {
     match command {
         Command::Run(args) => run::execute(args.resolve(globals)?),
+        Command::Serve(args) => serve::execute(args.resolve(globals)?),
         Command::Pull(args) => pull::execute(args.resolve(globals)?),
         Command::List(args) => list::execute(args.resolve(globals)?),
         Command::Show(args) => show::execute(args.resolve(globals)?),

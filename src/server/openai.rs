@@ -1,0 +1,350 @@
+//! OpenAI's API under `/v1`: chat completions and completions (SSE streams ending in
+//! `data: [DONE]`, or one JSON object with `usage`) and the model list, with OpenAI-shaped
+//! errors. Sampling fields map onto Ollama's parameter names; Ollama's own options (`num_ctx`,
+//! `top_k`, ...) are accepted in the body too.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use crate::generate::{DoneReason, GenerateStats};
+use crate::options;
+use crate::store::ModelName;
+use crate::tokenizer::Message;
+
+use super::ollama::stream_body;
+use super::request::{self, option_pairs, parse_body, Prepared, Prompt};
+use super::scheduler::Update;
+use super::{ApiError, AppState};
+
+/// An error in OpenAI's shape.
+pub struct OpenAiError(ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(e: ApiError) -> Self {
+        OpenAiError(e)
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        (self.0.status, Json(error_json(&self.0))).into_response()
+    }
+}
+
+fn error_json(e: &ApiError) -> Value {
+    let (kind, code) = match e.status {
+        StatusCode::NOT_FOUND => ("invalid_request_error", Some("model_not_found")),
+        StatusCode::BAD_REQUEST => ("invalid_request_error", None),
+        StatusCode::SERVICE_UNAVAILABLE => ("server_error", Some("queue_full")),
+        _ => ("server_error", None),
+    };
+    json!({ "error": { "message": e.message, "type": kind, "param": null, "code": code } })
+}
+
+type OaResult = Result<Response, OpenAiError>;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A fresh response id (`chatcmpl-…`, `cmpl-…`).
+fn response_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The body as an object, with `model` and `stream`.
+fn parse_object(body: &[u8]) -> Result<(Map<String, Value>, String, bool), ApiError> {
+    let body: Value = parse_body(body)?;
+    let Value::Object(map) = body else {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    };
+    let model = match map.get("model") {
+        Some(Value::String(m)) => m.clone(),
+        _ => return Err(ApiError::bad_request("missing field `model` (a string)")),
+    };
+    let stream = match map.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::bad_request("`stream` must be a boolean")),
+    };
+    Ok((map, model, stream))
+}
+
+/// Ollama options from OpenAI's sampling fields, and Ollama's own names given in the body.
+fn overrides(body: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
+    if body
+        .get("n")
+        .is_some_and(|n| n.as_u64() != Some(1) && !n.is_null())
+    {
+        return Err(ApiError::bad_request("only n = 1 is supported"));
+    }
+    if let Some(f) = body.get("response_format") {
+        if !f.is_null() && f.get("type").and_then(Value::as_str) != Some("text") {
+            return Err(ApiError::bad_request(
+                "response_format (structured output) is not supported yet",
+            ));
+        }
+    }
+    let mut opts = Map::new();
+    for (name, value) in body {
+        if options::parameter(name).is_some() {
+            opts.insert(name.clone(), value.clone());
+        }
+    }
+    for (from, to) in [
+        ("max_tokens", "num_predict"),
+        ("max_completion_tokens", "num_predict"),
+    ] {
+        if let Some(v) = body.get(from).filter(|v| !v.is_null()) {
+            opts.insert(to.to_string(), v.clone());
+        }
+    }
+    option_pairs(&opts)
+}
+
+fn finish_reason(reason: DoneReason) -> &'static str {
+    match reason {
+        DoneReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+fn usage(stats: &GenerateStats) -> Value {
+    json!({
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.eval_tokens,
+        "total_tokens": stats.prompt_tokens + stats.eval_tokens,
+    })
+}
+
+/// The text of a message's `content`: a string, or a list of `{"type": "text"}` parts.
+fn content_text(content: Option<&Value>) -> Result<String, ApiError> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for part in parts {
+                match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                    (Some(kind), _) => {
+                        return Err(ApiError::bad_request(format!(
+                            "content parts of type {kind:?} are not supported"
+                        )))
+                    }
+                    _ => return Err(ApiError::bad_request("a content part lacks `type`")),
+                }
+            }
+            Ok(text)
+        }
+        Some(v) => Err(ApiError::bad_request(format!(
+            "invalid message content {v}"
+        ))),
+    }
+}
+
+fn messages(body: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
+    let Some(Value::Array(items)) = body.get("messages") else {
+        return Err(ApiError::bad_request("missing field `messages` (a list)"));
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("`messages` is empty"));
+    }
+    items
+        .iter()
+        .map(|m| {
+            let role = m
+                .get("role")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::bad_request("a message lacks `role`"))?;
+            // OpenAI's newer name for the system role.
+            let role = if role == "developer" { "system" } else { role };
+            Ok(Message::new(role, content_text(m.get("content"))?))
+        })
+        .collect()
+}
+
+pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> OaResult {
+    let started = Instant::now();
+    let (body, name, stream) = parse_object(&body)?;
+    let overrides = overrides(&body)?;
+    let messages = messages(&body)?;
+    let (model, loaded_now) = state.models.get(&name).await?;
+    let messages = request::chat_messages(&model, messages);
+    let p = request::prepare(
+        model,
+        loaded_now,
+        Prompt::Chat(messages),
+        &overrides,
+        started,
+    )?;
+    let include_usage = include_usage(&body);
+    respond(p, name, stream, include_usage, Kind::Chat).await
+}
+
+pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaResult {
+    let started = Instant::now();
+    let (body, name, stream) = parse_object(&body)?;
+    let overrides = overrides(&body)?;
+    let prompt = match body.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_string()
+        }
+        _ => return Err(ApiError::bad_request("`prompt` must be a string (one prompt)").into()),
+    };
+    let (model, loaded_now) = state.models.get(&name).await?;
+    // As Ollama's `/v1/completions`: the prompt goes through the template.
+    let messages = request::generate_messages(&model, None, &prompt);
+    let p = request::prepare(
+        model,
+        loaded_now,
+        Prompt::Chat(messages),
+        &overrides,
+        started,
+    )?;
+    let include_usage = include_usage(&body);
+    respond(p, name, stream, include_usage, Kind::Completion).await
+}
+
+fn include_usage(body: &Map<String, Value>) -> bool {
+    body.get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+impl Kind {
+    fn object(self, stream: bool) -> &'static str {
+        match (self, stream) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Completion, _) => "text_completion",
+        }
+    }
+
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        }
+    }
+
+    /// One choice carrying `text`.
+    fn choice(self, text: &str, stream: bool, finish: Option<&str>) -> Value {
+        match (self, stream) {
+            (Kind::Chat, false) => json!({
+                "index": 0, "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+            }),
+            (Kind::Chat, true) => json!({
+                "index": 0, "delta": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+            }),
+            (Kind::Completion, _) => json!({
+                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+            }),
+        }
+    }
+}
+
+async fn respond(
+    p: Prepared,
+    name: String,
+    stream: bool,
+    include_usage: bool,
+    kind: Kind,
+) -> OaResult {
+    let rx = request::submit(&p)?;
+    let id = response_id(kind.id_prefix());
+    let created = unix_now();
+    let object = move |choices: Value| {
+        json!({
+            "id": id, "object": kind.object(stream), "created": created, "model": name,
+            "system_fingerprint": "fp_hearth", "choices": choices,
+        })
+    };
+    if !stream {
+        let answer = request::collect(rx).await?;
+        let finish = finish_reason(answer.stats.done_reason);
+        let mut v = object(json!([kind.choice(&answer.text, false, Some(finish))]));
+        v["usage"] = usage(&answer.stats);
+        return Ok(Json(v).into_response());
+    }
+    Ok(stream_body(
+        rx,
+        move |update| match update {
+            Update::Text(piece) => sse(&object(json!([kind.choice(&piece, true, None)]))),
+            Update::Done { stats, .. } => {
+                let finish = finish_reason(stats.done_reason);
+                let mut out = sse(&object(json!([kind.choice("", true, Some(finish))])));
+                if include_usage {
+                    let mut v = object(json!([]));
+                    v["usage"] = usage(&stats);
+                    out += &sse(&v);
+                }
+                out + "data: [DONE]\n\n"
+            }
+            Update::Error(e) => sse(&error_json(&ApiError::internal(e))) + "data: [DONE]\n\n",
+        },
+        "text/event-stream",
+    ))
+}
+
+fn sse(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+fn model_json(name: &str, modified: SystemTime) -> Value {
+    let created = modified
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json!({ "id": name, "object": "model", "created": created, "owned_by": "library" })
+}
+
+pub async fn models(State(state): State<Arc<AppState>>) -> OaResult {
+    let entries = state
+        .models
+        .store
+        .list()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let data: Vec<Value> = entries
+        .iter()
+        .map(|e| model_json(&e.name.to_string(), e.modified))
+        .collect();
+    Ok(Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+pub async fn model(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> OaResult {
+    let parsed: ModelName = id
+        .parse()
+        .map_err(|e: crate::Error| ApiError::bad_request(e.to_string()))?;
+    let entries = state
+        .models
+        .store
+        .list()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match entries.iter().find(|e| e.name == parsed) {
+        Some(e) => Ok(Json(model_json(&e.name.to_string(), e.modified)).into_response()),
+        None => Err(ApiError::not_found(&id).into()),
+    }
+}

@@ -1,0 +1,222 @@
+//! What both APIs do with a generation request: options from JSON through the one parameter
+//! table (`options::PARAMETERS`), the prompt rendered with the model's template
+//! (`prompt::Conversation`) and tokenized, the request handed to the model's scheduler, and
+//! the updates collected when the client wants one answer rather than a stream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::generate::GenerateStats;
+use crate::options::{self, GenerateOptions};
+use crate::prompt::{self, Conversation};
+use crate::tokenizer::Message;
+
+use super::models::LoadedModel;
+use super::scheduler::{QueueFull, Request, Update};
+use super::ApiError;
+
+/// `(name, value)` text pairs for `GenerateOptions::set` from a JSON object of options.
+/// Names the table does not know are ignored, as Ollama ignores them; `stop` may be a string
+/// or a list.
+pub fn option_pairs(options: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs = Vec::new();
+    for (name, value) in options {
+        if options::parameter(name).is_none() || value.is_null() {
+            continue;
+        }
+        match value {
+            Value::Array(items) if name == "stop" => {
+                for item in items {
+                    pairs.push((name.clone(), text_value(name, item)?));
+                }
+            }
+            v => pairs.push((name.clone(), text_value(name, v)?)),
+        }
+    }
+    Ok(pairs)
+}
+
+fn text_value(name: &str, v: &Value) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(ApiError::bad_request(format!(
+            "option {name:?}: expected a number or a string, got {v}"
+        ))),
+    }
+}
+
+/// A generation ready to submit: the model, its prompt ids and options.
+pub struct Prepared {
+    pub model: Arc<LoadedModel>,
+    pub ids: Vec<u32>,
+    pub options: GenerateOptions,
+    /// Model load time when this request loaded it (Ollama's `load_duration`).
+    pub load_duration: Duration,
+    pub started: Instant,
+}
+
+/// The prompt: text as is (`raw`), or messages rendered with the model's template.
+pub enum Prompt {
+    Text(String),
+    /// A chat (system prompt and messages) rendered with the model's template.
+    Chat(Vec<Message>),
+}
+
+/// Layers the options (defaults < model < request) and turns the prompt into token ids;
+/// `loaded_now`: this request loaded the model (its load time is reported).
+pub fn prepare(
+    model: Arc<LoadedModel>,
+    loaded_now: bool,
+    prompt: Prompt,
+    overrides: &[(String, String)],
+    started: Instant,
+) -> Result<Prepared, ApiError> {
+    let options = prompt::layered_options(&model.stored, overrides)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let text = match prompt {
+        Prompt::Text(text) => text,
+        Prompt::Chat(messages) => {
+            let template = model
+                .template
+                .as_ref()
+                .map_err(|e| ApiError::bad_request(e.clone()))?;
+            template
+                .render(&messages, true)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+        }
+    };
+    let ids = encode(&model, &text)?;
+    Ok(Prepared {
+        load_duration: if loaded_now {
+            model.load_time
+        } else {
+            Duration::ZERO
+        },
+        model,
+        ids,
+        options,
+        started,
+    })
+}
+
+/// Token ids of `text`, with BOS as the model wants it but never twice (chat templates such
+/// as Llama 3's write it themselves), as `Engine::generate` does.
+pub fn encode(model: &LoadedModel, text: &str) -> Result<Vec<u32>, ApiError> {
+    let tok = &model.tokenizer;
+    let bos = tok.bos_text();
+    let add_bos = tok.add_bos() && (bos.is_empty() || !text.starts_with(bos));
+    tok.encode(text, add_bos)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// The messages a chat request's model sees: the model's `MESSAGE`s, then the request's;
+/// the model's `SYSTEM` first unless the request brings its own system message.
+pub fn chat_messages(model: &LoadedModel, messages: Vec<Message>) -> Vec<Message> {
+    let has_system = messages.iter().any(|m| m.role == "system");
+    let mut conversation = Conversation::for_model(&model.stored);
+    if has_system {
+        conversation.system = None;
+    }
+    conversation.messages.extend(messages);
+    conversation.to_messages()
+}
+
+/// The messages of a generate request: `system` (else the model's), then the prompt.
+pub fn generate_messages(
+    model: &LoadedModel,
+    system: Option<String>,
+    prompt: &str,
+) -> Vec<Message> {
+    let mut conversation = Conversation::for_model(&model.stored);
+    if system.is_some() {
+        conversation.system = system;
+    }
+    conversation.messages.push(Message::new("user", prompt));
+    conversation.to_messages()
+}
+
+/// Hands the request to the model's scheduler; the receiver streams its updates.
+pub fn submit(p: &Prepared) -> Result<UnboundedReceiver<Update>, ApiError> {
+    let (sink, rx) = unbounded_channel();
+    let n_ctx = p.options.num_ctx.unwrap_or(p.model.n_ctx);
+    p.model
+        .scheduler
+        .submit(Request {
+            prompt: p.ids.clone(),
+            options: p.options.clone(),
+            n_ctx,
+            sink,
+        })
+        .map_err(|QueueFull| ApiError::queue_full())?;
+    Ok(rx)
+}
+
+/// A whole answer, for clients that do not stream.
+pub struct Answer {
+    pub text: String,
+    pub stats: GenerateStats,
+    pub tokens: Vec<u32>,
+}
+
+/// Waits for the whole answer.
+pub async fn collect(mut rx: UnboundedReceiver<Update>) -> Result<Answer, ApiError> {
+    let mut text = String::new();
+    while let Some(update) = rx.recv().await {
+        match update {
+            Update::Text(piece) => text.push_str(&piece),
+            Update::Done { stats, tokens } => {
+                return Ok(Answer {
+                    text,
+                    stats,
+                    tokens,
+                })
+            }
+            Update::Error(e) => return Err(ApiError::internal(e)),
+        }
+    }
+    Err(ApiError::internal("the model's scheduler stopped"))
+}
+
+/// A JSON body, parsed with Ollama's 400 for anything malformed.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("missing request body"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Nanoseconds, as Ollama reports durations.
+pub fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Prompt tokens evaluated for this request (those found in the cache are not).
+pub fn prompt_eval_count(stats: &GenerateStats) -> usize {
+    stats.prompt_tokens - stats.cached_tokens.min(stats.prompt_tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_map_through_the_parameter_table() {
+        let v: Value = serde_json::json!({
+            "temperature": 0, "num_predict": 5, "stop": ["a", "b"], "seed": 7,
+            "not_a_parameter": 1, "mirostat": null
+        });
+        let pairs = option_pairs(v.as_object().unwrap()).unwrap();
+        let mut o = GenerateOptions::default();
+        o.apply(&pairs).unwrap();
+        assert_eq!(o.num_predict, Some(5));
+        assert_eq!(o.stop, ["a", "b"]);
+        assert_eq!(o.sampler.temperature, 0.0);
+        let bad: Value = serde_json::json!({ "top_k": [1] });
+        assert!(option_pairs(bad.as_object().unwrap()).is_err());
+    }
+}

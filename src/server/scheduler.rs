@@ -1,0 +1,309 @@
+//! The scheduler of one loaded model: one thread owns the model's engine (its `Runner`) and
+//! serves every request through continuous batching. Requests arrive on a channel; up to
+//! `num_parallel` run at once, each step is one forward pass over all of them
+//! (`Runner::step`), and a request that finishes, fails or loses its client leaves the batch
+//! between steps while a waiting one takes its place. Nothing here knows a backend or HTTP.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::{Engine, LoadOptions};
+use crate::generate::{GenerateStats, Runner};
+use crate::gguf::GgufFile;
+use crate::options::GenerateOptions;
+use crate::runtime::Sequence;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// What a request's client hears from the scheduler, in order: pieces of text, then exactly
+/// one `Done` or `Error`.
+#[derive(Debug)]
+pub enum Update {
+    Text(String),
+    Done {
+        stats: GenerateStats,
+        /// The prompt and the answer's tokens (Ollama's `context`).
+        tokens: Vec<u32>,
+    },
+    Error(String),
+}
+
+/// One generation request: prompt token ids and how to generate after them.
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub options: GenerateOptions,
+    pub n_ctx: usize,
+    /// Dropping the receiving end cancels the request at the next step.
+    pub sink: UnboundedSender<Update>,
+}
+
+/// Counters the scheduler keeps current, for `/api/ps` and the tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests accepted and not yet ended: running or waiting.
+    pub in_flight: AtomicUsize,
+    /// Requests in the running batch.
+    pub running: AtomicUsize,
+    /// KV cache blocks referenced by running requests (`Runner::blocks_in_use`).
+    pub blocks_in_use: AtomicUsize,
+    /// Requests ended because their client went away.
+    pub disconnected: AtomicUsize,
+    /// The most requests that ever ran in one batch.
+    pub peak_running: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Requests running at once (`HEARTH_NUM_PARALLEL`).
+    pub num_parallel: usize,
+    /// Requests waiting beyond those (`HEARTH_MAX_QUEUE`); more are refused.
+    pub max_queue: usize,
+}
+
+/// What the loading thread reports about the model once it is loaded.
+pub struct Loaded {
+    pub tokenizer: Arc<Tokenizer>,
+    pub gguf: GgufFile,
+    /// Context of a request that sets no `num_ctx`.
+    pub n_ctx: usize,
+    pub device: String,
+    pub load_time: Duration,
+}
+
+/// The handlers' side of a scheduler: submits requests; the thread ends when every handle
+/// is dropped.
+#[derive(Clone)]
+pub struct Scheduler {
+    requests: mpsc::Sender<Request>,
+    limits: Limits,
+    pub stats: Arc<Stats>,
+}
+
+impl Scheduler {
+    /// Loads the model at `path` on a new thread, which then serves it. Returns once it is
+    /// loaded (or failed to load).
+    pub fn spawn(path: PathBuf, load: LoadOptions, limits: Limits) -> Result<(Scheduler, Loaded)> {
+        let (requests, inbox) = mpsc::channel::<Request>();
+        let (loaded_tx, loaded_rx) = mpsc::channel::<Result<Loaded>>();
+        let stats = Arc::new(Stats::default());
+        let thread_stats = stats.clone();
+        std::thread::Builder::new()
+            .name("hearth-scheduler".into())
+            .spawn(move || {
+                let mut engine = match Engine::load(&path, &load) {
+                    Ok(engine) => engine,
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e));
+                        return;
+                    }
+                };
+                // Room for every running request at the default context from the start.
+                let n_ctx = engine.n_ctx();
+                let reserve = engine
+                    .runner()
+                    .reserve_capacity(n_ctx * limits.num_parallel);
+                let loaded = reserve.and_then(|()| {
+                    Ok(Loaded {
+                        tokenizer: engine.tokenizer.clone(),
+                        gguf: GgufFile::open(&path)?,
+                        n_ctx,
+                        device: engine.device_name(),
+                        load_time: engine.load_time,
+                    })
+                });
+                let ok = loaded.is_ok();
+                if loaded_tx.send(loaded).is_err() || !ok {
+                    return;
+                }
+                let tokenizer = engine.tokenizer.clone();
+                serve(engine.runner(), &tokenizer, &inbox, limits, &thread_stats);
+            })
+            .map_err(|e| Error::io("the scheduler thread", e))?;
+        let loaded = loaded_rx.recv().map_err(|_| {
+            Error::Store("the model's loading thread ended without a word".into())
+        })??;
+        Ok((
+            Scheduler {
+                requests,
+                limits,
+                stats,
+            },
+            loaded,
+        ))
+    }
+
+    /// Queues `request`; `Err(QueueFull)` when the queue is full (nothing was queued).
+    pub fn submit(&self, request: Request) -> std::result::Result<(), QueueFull> {
+        let cap = self.limits.num_parallel + self.limits.max_queue;
+        let admitted = self
+            .stats
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cap).then_some(n + 1)
+            });
+        if admitted.is_err() {
+            return Err(QueueFull);
+        }
+        if self.requests.send(request).is_err() {
+            self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(QueueFull);
+        }
+        Ok(())
+    }
+}
+
+/// The queue is full (or the scheduler is gone): HTTP 503.
+#[derive(Debug)]
+pub struct QueueFull;
+
+struct Live {
+    seq: Sequence,
+    sink: UnboundedSender<Update>,
+}
+
+/// The scheduler loop: admits waiting requests while there is room, steps the batch, and
+/// retires requests that ended. Returns when every handle is gone and nothing is left.
+fn serve(
+    runner: &mut dyn Runner,
+    tokenizer: &Arc<Tokenizer>,
+    inbox: &mpsc::Receiver<Request>,
+    limits: Limits,
+    stats: &Stats,
+) {
+    let mut waiting: VecDeque<Request> = VecDeque::new();
+    let mut live: Vec<Live> = Vec::new();
+    let mut open = true;
+    loop {
+        if live.is_empty() && waiting.is_empty() {
+            match inbox.recv() {
+                Ok(r) => waiting.push_back(r),
+                Err(_) => return,
+            }
+        }
+        while open {
+            match inbox.try_recv() {
+                Ok(r) => waiting.push_back(r),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        admit(runner, tokenizer, &mut waiting, &mut live, limits, stats);
+        for l in &mut live {
+            if l.sink.is_closed() {
+                l.seq.cancel();
+            }
+        }
+        let mut seqs: Vec<&mut Sequence> = live.iter_mut().map(|l| &mut l.seq).collect();
+        match runner.step(&mut seqs) {
+            Ok(events) => {
+                for (j, event) in events {
+                    let l = &mut live[j];
+                    if !event.text.is_empty() && l.sink.send(Update::Text(event.text)).is_err() {
+                        l.seq.cancel();
+                    }
+                }
+            }
+            Err(e) => {
+                // The batch failed as a whole: every running request hears why, the model
+                // keeps serving the next ones.
+                for l in &mut live {
+                    let _ = l.sink.send(Update::Error(e.to_string()));
+                    l.seq.cancel();
+                }
+                retire(runner, &mut live, stats, false);
+                continue;
+            }
+        }
+        retire(runner, &mut live, stats, true);
+        if !open && live.is_empty() && waiting.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Starts waiting requests while fewer than `num_parallel` run and the KV cache has room for
+/// the whole context of each (so a step never runs out of blocks half-way).
+fn admit(
+    runner: &mut dyn Runner,
+    tokenizer: &Arc<Tokenizer>,
+    waiting: &mut VecDeque<Request>,
+    live: &mut Vec<Live>,
+    limits: Limits,
+    stats: &Stats,
+) {
+    while live.len() < limits.num_parallel {
+        let Some(r) = waiting.front() else { break };
+        if r.sink.is_closed() {
+            waiting.pop_front();
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+            stats.disconnected.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        let reserved: usize = live.iter().map(|l| l.seq.n_ctx()).sum();
+        if reserved + r.n_ctx > runner.capacity() {
+            if !live.is_empty() {
+                // It waits for running requests to end, keeping its place in the line.
+                break;
+            }
+            if let Err(e) = runner.reserve_capacity(r.n_ctx * limits.num_parallel) {
+                fail(waiting.pop_front(), e, stats);
+                continue;
+            }
+        }
+        let Some(r) = waiting.pop_front() else { break };
+        match Sequence::new(tokenizer.clone(), r.prompt, &r.options, r.n_ctx) {
+            Ok(mut seq) => {
+                runner.start(&mut seq);
+                live.push(Live { seq, sink: r.sink });
+            }
+            Err(e) => {
+                let _ = r.sink.send(Update::Error(e.to_string()));
+                stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+    stats.running.store(live.len(), Ordering::SeqCst);
+    stats.peak_running.fetch_max(live.len(), Ordering::SeqCst);
+    stats
+        .blocks_in_use
+        .store(runner.blocks_in_use(), Ordering::SeqCst);
+}
+
+fn fail(request: Option<Request>, e: Error, stats: &Stats) {
+    if let Some(r) = request {
+        let _ = r.sink.send(Update::Error(e.to_string()));
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Ends the requests that are done: frees their cache and, when `report`, sends their
+/// statistics.
+fn retire(runner: &mut dyn Runner, live: &mut Vec<Live>, stats: &Stats, report: bool) {
+    let mut i = 0;
+    while i < live.len() {
+        if live[i].seq.done().is_none() {
+            i += 1;
+            continue;
+        }
+        let mut l = live.swap_remove(i);
+        runner.finish(&mut l.seq);
+        if l.sink.is_closed() {
+            stats.disconnected.fetch_add(1, Ordering::SeqCst);
+        } else if report {
+            let _ = l.sink.send(Update::Done {
+                stats: l.seq.stats(),
+                tokens: l.seq.tokens().to_vec(),
+            });
+        }
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+    stats.running.store(live.len(), Ordering::SeqCst);
+    stats
+        .blocks_in_use
+        .store(runner.blocks_in_use(), Ordering::SeqCst);
+}
