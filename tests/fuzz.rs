@@ -248,7 +248,8 @@ fn write_fuzz_seeds() {
 /// Every input a fuzzer crashed on (tests/data/fuzz/TARGET/), run through its target again.
 #[test]
 fn fuzz_findings_stay_fixed() {
-    let targets: [(&str, fn(&[u8])); 4] = [
+    type Target = fn(&[u8]);
+    let targets: [(&str, Target); 4] = [
         ("gguf_model", fuzz::gguf_model),
         ("tokenizer", fuzz::tokenizer),
         ("modelfile", fuzz::modelfile),
