@@ -34,6 +34,14 @@ pub fn copy_rows(src: Shape, src_row: usize, dst: Shape, dst_row: usize, n: usiz
     )
 }
 
+/// `matmul_rows`: one output per weight, and no more decode rows than rows.
+pub fn matmul_rows(n_weights: usize, n_outs: usize, n_single: usize, n_rows: usize) -> Result<()> {
+    matmul_many(n_weights, n_outs)?;
+    check("matmul", n_single <= n_rows, || {
+        format!("{n_single} decode rows of {n_rows}")
+    })
+}
+
 /// `matmul_many`: one output per weight.
 pub fn matmul_many(n_weights: usize, n_outs: usize) -> Result<()> {
     check("matmul", n_weights == n_outs, || {

@@ -53,11 +53,8 @@ impl GpuBackend {
             (w.n_rows, w.n_cols),
             self.shape(out),
         )?;
-        let n = x.n_rows;
-        check("matmul", n_single <= n, || {
-            format!("{n_single} decode rows of {n}")
-        })?;
-        let n_prompt = n - n_single;
+        // `matmul_rows` checked that n_single <= the number of rows.
+        let n_prompt = x.n_rows - n_single;
         let max = self.ctx.limits.max_compute_workgroups_per_dimension;
         for part in &w.parts {
             let params = MatParams {
@@ -379,7 +376,7 @@ impl Backend for GpuBackend {
         outs: &mut [&mut GpuTensor],
         n_single: usize,
     ) -> Result<()> {
-        shapes::matmul_many(ws.len(), outs.len())?;
+        shapes::matmul_rows(ws.len(), outs.len(), n_single, x.n_rows)?;
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.matmul_one(x, w, out, n_single)?;
         }
