@@ -123,6 +123,32 @@ where
     }
 }
 
+/// Prompts longer than a step's chunk are read over several steps, alone and in a batch, with
+/// the same tokens as in one step.
+#[test]
+fn prompts_read_in_chunks_give_the_same_tokens() {
+    let f = GgufFile::open(data("nano/nano-llama.gguf")).unwrap();
+    let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
+    let prompts = prompts(tok.n_vocab() as u32);
+    let opts: Vec<GenerateOptions> = prompts.iter().map(|_| options(8, None)).collect();
+    let mut whole = runtime(CpuBackend::new(), &f, 8 * 256);
+    let want = run_together(&mut whole, &tok, &prompts, &opts);
+    for chunk in [1, 5, 16] {
+        let mut rt = sibling(&whole, 8 * 256);
+        rt.set_prefill_chunk(chunk);
+        assert_eq!(
+            run_together(&mut rt, &tok, &prompts, &opts),
+            want,
+            "chunks of {chunk}"
+        );
+        let mut alone = sibling(&whole, 256);
+        alone.set_prefill_chunk(chunk);
+        let last = prompts.len() - 1;
+        let got = run_together(&mut alone, &tok, &prompts[last..], &opts[last..]);
+        assert_eq!(got[0], want[last], "alone, chunks of {chunk}");
+    }
+}
+
 #[test]
 fn eight_sequences_in_one_batch_equal_each_alone_on_the_cpu() {
     batch_equals_alone(CpuBackend::new(), "cpu");

@@ -40,6 +40,8 @@ pub struct Runtime<B: Backend> {
     /// them reuses its cache to the token (whole shared blocks alone would lose up to a
     /// block per chat turn), as llama.cpp's server slots do. Given up when blocks run short.
     parked: VecDeque<Parked>,
+    /// Prompt tokens of one sequence per step (`PREFILL_CHUNK`; tests make it small).
+    prefill_chunk: usize,
 }
 
 struct Parked {
@@ -64,7 +66,13 @@ impl<B: Backend> Runtime<B> {
             cache,
             blocks: BlockPool::new(n_blocks),
             parked: VecDeque::new(),
+            prefill_chunk: PREFILL_CHUNK,
         })
+    }
+
+    /// Evaluates at most `n` prompt tokens of a sequence per step (at least 1).
+    pub fn set_prefill_chunk(&mut self, n: usize) {
+        self.prefill_chunk = n.max(1);
     }
 
     pub fn backend(&self) -> &Arc<B> {
@@ -218,7 +226,7 @@ impl<B: Backend> Runtime<B> {
         let mut n_single = 0;
         for &i in &order {
             let seq = &mut *seqs[i];
-            let n = seq.pending().len().min(PREFILL_CHUNK);
+            let n = seq.pending().len().min(self.prefill_chunk);
             self.reserve_blocks(seq, seq.n_computed + n)?;
             if seq.is_decoding() && n == 1 {
                 n_single += 1;
@@ -228,6 +236,11 @@ impl<B: Backend> Runtime<B> {
                 logit_rows.push(tokens.len() - 1);
             }
             parts.push((i, seq.n_computed, n));
+        }
+        // A step that only reads prompt chunks samples nothing, but the forward pass still
+        // computes one row's logits (it needs at least one); they are not used.
+        if logit_rows.is_empty() {
+            logit_rows.push(tokens.len() - 1);
         }
         let tables: Vec<SeqRows<'_>> = parts
             .iter()
@@ -256,7 +269,9 @@ impl<B: Backend> Runtime<B> {
             .filter(|&&(i, _, _)| seqs[i].pending().is_empty())
             .map(|&(i, _, _)| i)
             .collect();
-        let ids: Vec<u32> = if sampled.iter().all(|&i| seqs[i].is_plain_greedy()) {
+        let ids: Vec<u32> = if sampled.is_empty() {
+            Vec::new()
+        } else if sampled.iter().all(|&i| seqs[i].is_plain_greedy()) {
             self.backend.argmax(&logits)?
         } else {
             let all = self.backend.read(&logits)?;
