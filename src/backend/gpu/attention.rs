@@ -11,8 +11,8 @@ use crate::backend::shapes::{self, check};
 use crate::backend::{AttnParams, Backend};
 use crate::Result;
 
-/// Up to this many query rows attention splits the keys over workgroups (flash-decoding);
-/// above it, query rows are tiled instead.
+/// A sequence's run of up to this many query rows takes the split-keys kernels
+/// (flash-decoding); a longer run is tiled instead.
 pub const DECODE_MAX_ROWS: usize = 8;
 /// Keys per split of the decode kernel (`CHUNK` in attention_decode.wgsl).
 const SPLIT_KEYS: usize = 256;
