@@ -209,7 +209,7 @@ fn softmax(cand: &[(u32, f32)], temperature: f32) -> Vec<f32> {
 
 /// First index of the largest value.
 pub fn argmax(x: &[f32]) -> u32 {
-    crate::backend::cpu::ops::argmax(x)
+    crate::backend::ops::argmax::reference(x)
 }
 
 #[cfg(test)]

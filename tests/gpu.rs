@@ -2,16 +2,19 @@
 //! device (naga only); everything else runs on the first adapter wgpu finds (lavapipe on a
 //! machine without a GPU) and prints a "skipped" line where there is none.
 //!
-//! Kernel cases come from `hearth::backend::gpu::cases::test_cases()`, the table the shader
-//! benchmark also runs; each case states its tolerance as a normalised mean squared error.
+//! Kernel cases come from `hearth::backend::ops::test_cases()`, the op modules' cases, which
+//! the shader benchmark also runs; each states its tolerance as a normalised mean squared
+//! error.
 //! Every case runs on each feature path (native f16 or not, subgroups or not).
 
 use hearth::backend::cpu::CpuBackend;
 use hearth::backend::gpu::bench::{self, BenchOptions};
-use hearth::backend::gpu::cases::{test_cases, KernelCase, Op, Prepared};
 use hearth::backend::gpu::params::ALL_LAYOUTS;
 use hearth::backend::gpu::shaders::{all_keys, Access, PipelineKey, FILES};
 use hearth::backend::gpu::{list_adapters, GpuBackend, GpuConfig};
+use hearth::backend::ops::embed::EmbedCase;
+use hearth::backend::ops::matmul::MatmulCase;
+use hearth::backend::ops::{self, test_cases, KernelCase, Op, Prepared};
 use hearth::backend::{AttnParams, Backend, BatchRows, KvType};
 use hearth::quant::QuantType;
 
@@ -61,10 +64,10 @@ fn every_shader_parses_and_validates() {
             module
                 .entry_points
                 .iter()
-                .any(|ep| ep.name == key.kernel.entry_point()),
+                .any(|ep| ep.name == key.kernel.entry),
             "{}: no entry point {}",
             key.label(),
-            key.kernel.entry_point()
+            key.kernel.entry
         );
     }
 }
@@ -81,7 +84,7 @@ fn binding_tables_match_the_shaders() {
             .entry_points
             .iter()
             .enumerate()
-            .find(|(_, ep)| ep.name == key.kernel.entry_point())
+            .find(|(_, ep)| ep.name == key.kernel.entry)
             .unwrap();
         let ep_info = info.get_entry_point(ep_index);
         let table = key.storage_bindings();
@@ -130,17 +133,18 @@ fn every_shader_file_is_in_the_table_and_used() {
     }
     let used: std::collections::HashSet<&str> =
         all_keys().iter().flat_map(|k| k.files().unwrap()).collect();
+    let kernels = ops::kernels();
     for p in on_disk {
         let rel = p.strip_prefix(&dir).unwrap().to_str().unwrap().to_string();
         assert!(
-            FILES.iter().any(|(f, _)| *f == rel),
-            "{rel} is not in the shader table"
+            FILES.iter().any(|(f, _)| *f == rel) || kernels.iter().any(|k| k.file == rel),
+            "{rel} is neither in the shader table nor an op's kernel file"
         );
         assert!(used.contains(rel.as_str()), "{rel} is in no pipeline");
     }
     for qt in QuantType::ALL {
         let key = PipelineKey {
-            kernel: hearth::backend::gpu::Kernel::Matvec,
+            kernel: &ops::matmul::MATVEC,
             quant: Some(qt),
             features: Default::default(),
         };
@@ -203,7 +207,7 @@ fn check_case(gpu: &GpuBackend, cpu: &CpuBackend, case: &KernelCase) -> Result<(
             want.len()
         ));
     }
-    if let Op::Argmax { .. } = case.op {
+    if case.max_nmse == 0.0 {
         return match got == want {
             true => Ok(()),
             false => Err(format!("{}: ids {got:?}, want {want:?}", case.name)),
@@ -289,14 +293,15 @@ fn weights_split_over_several_bindings() {
     let cases = test_cases();
     check_cases(
         &gpu,
-        cases.iter().filter(|c| match c.op {
-            Op::Matmul { n_cols, .. } | Op::Embed { n_cols, .. } => n_cols <= 512,
+        cases.iter().filter(|c| match &c.op {
+            Op::Matmul(m) => m.n_cols <= 512,
+            Op::Embed(e) => e.n_cols <= 512,
             _ => false,
         }),
     );
     let case = KernelCase::new(
         "split table",
-        Op::Embed {
+        EmbedCase {
             qtype: QuantType::Q4_0,
             n_vocab: 37,
             n_cols: 160,
@@ -311,7 +316,7 @@ fn weights_split_over_several_bindings() {
     // A row that fits no binding is an error, not a panic.
     let big = KernelCase::new(
         "row too long",
-        Op::Matmul {
+        MatmulCase {
             qtype: QuantType::F32,
             n_tokens: 1,
             n_rows: 2,
@@ -379,7 +384,7 @@ fn bad_inputs_are_errors() {
     };
     let case = KernelCase::new(
         "table",
-        Op::Embed {
+        EmbedCase {
             qtype: QuantType::Q8_0,
             n_vocab: 4,
             n_cols: 32,

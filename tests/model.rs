@@ -208,7 +208,8 @@ fn load_reports_progress_per_layer() {
 /// matmuls give, on both CPU paths, for decode and batch sizes; mismatched lists are errors.
 #[test]
 fn cpu_matmul_many_equals_separate_matmuls() {
-    use hearth::backend::gpu::cases::{KernelCase, Op};
+    use hearth::backend::ops::matmul::MatmulCase;
+    use hearth::backend::ops::KernelCase;
     use hearth::quant::QuantType;
     let weights: Vec<_> = [
         (QuantType::Q4_1, 67),
@@ -220,7 +221,7 @@ fn cpu_matmul_many_equals_separate_matmuls() {
     .map(|(i, (qtype, n_rows))| {
         let case = KernelCase::new(
             "w",
-            Op::Matmul {
+            MatmulCase {
                 qtype,
                 n_tokens: 1,
                 n_rows,

@@ -9,15 +9,22 @@
 //!   kernel. Weight matrices are `[n_rows(out), n_cols(in)]` as GGUF stores them, so
 //!   `matmul(x, w)` is `x · wᵀ`.
 //! - Ops return `Result` so that a shape mismatch or a device failure is an error, not a panic.
-//! - Training (LoRA) adds `_bwd` ops beside their `_fwd` partners here; an op's backward pass
-//!   is an op of the same trait, so autograd runs on every backend.
+//! - Every op is described in its own module under `ops/` (shape rule, reference, kernel,
+//!   cases). Ops without a per-backend fast path are `TensorOp`s, run by `apply` on every
+//!   backend; `TrainBackend` names the ones training builds on.
 
 pub mod batch_rows;
 pub mod cpu;
 pub mod gpu;
-pub mod shapes;
+pub mod ops;
 
 pub use batch_rows::{BatchRows, SeqRows};
+pub use ops::TensorOp;
+
+use ops::elementwise::Elementwise;
+use ops::matmul_dx::MatmulDx;
+use ops::matmul_tt::MatmulTt;
+use ops::reduce::{Axis, Sum};
 
 use crate::gguf::TensorBytes;
 use crate::quant::QuantType;
@@ -31,6 +38,44 @@ pub struct WeightSource {
     pub n_rows: usize,
     pub n_cols: usize,
     pub bytes: TensorBytes,
+}
+
+impl WeightSource {
+    /// A weight made on the host: `bytes` are `n_rows` rows of `n_cols` values in `qtype`.
+    pub fn from_bytes(
+        name: &str,
+        qtype: QuantType,
+        n_rows: usize,
+        n_cols: usize,
+        bytes: Vec<u8>,
+    ) -> Result<Self> {
+        let row_bytes = qtype
+            .row_bytes(n_cols)
+            .ok_or_else(|| crate::Error::Tensor {
+                name: name.to_string(),
+                msg: format!("row length {n_cols} is not whole {qtype} blocks"),
+            })?;
+        if row_bytes.checked_mul(n_rows) != Some(bytes.len()) {
+            return Err(crate::Error::Tensor {
+                name: name.to_string(),
+                msg: format!("{} bytes for [{n_rows}, {n_cols}] {qtype}", bytes.len()),
+            });
+        }
+        Ok(WeightSource {
+            name: name.to_string(),
+            qtype,
+            n_rows,
+            n_cols,
+            bytes: TensorBytes::owned(bytes),
+        })
+    }
+
+    /// A host-made f32 parameter (an adapter's frozen matrix, a test weight), usable wherever
+    /// a weight read from a file is.
+    pub fn from_f32(name: &str, n_rows: usize, n_cols: usize, values: &[f32]) -> Result<Self> {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::from_bytes(name, QuantType::F32, n_rows, n_cols, bytes)
+    }
 }
 
 /// How RoPE pairs up the dimensions of a head.
@@ -247,18 +292,85 @@ pub trait Backend: Send + Sync {
         gate: &Self::Tensor,
         up: &Self::Tensor,
         out: &mut Self::Tensor,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.apply(&Elementwise::SiluMul, None, &[gate, up], out)
+    }
     /// `out = gelu_tanh(gate) * up` (Gemma's FFN).
     fn gelu_mul(
         &self,
         gate: &Self::Tensor,
         up: &Self::Tensor,
         out: &mut Self::Tensor,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.apply(&Elementwise::GeluMul, None, &[gate, up], out)
+    }
     /// `x += y` (the residual stream).
-    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
+    fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()> {
+        self.apply(&Elementwise::AddAssign, None, &[y], x)
+    }
     /// `x *= s`.
-    fn scale(&self, x: &mut Self::Tensor, s: f32) -> Result<()>;
+    fn scale(&self, x: &mut Self::Tensor, s: f32) -> Result<()> {
+        self.apply(&Elementwise::Scale(s), None, &[], x)
+    }
     /// Index of the largest value of each row (greedy sampling without reading logits back).
     fn argmax(&self, x: &Self::Tensor) -> Result<Vec<u32>>;
+
+    /// Runs a `TensorOp` (`ops/`): its shape rule, then its CPU code or its WGSL kernel.
+    /// `out` is read too by ops that accumulate.
+    fn apply(
+        &self,
+        op: &dyn TensorOp,
+        w: Option<&Self::Weight>,
+        ins: &[&Self::Tensor],
+        out: &mut Self::Tensor,
+    ) -> Result<()>;
 }
+
+/// What training adds to a backend, on every backend: products of activations and trainable
+/// f32 parameters, the input gradient through frozen (possibly quantized) weights, sums, and
+/// parameters made on the host. Each is a `TensorOp` in `ops/`; the inference path never
+/// calls them. A backward op fine-tuning adds is one more `TensorOp` module, called through
+/// `apply`.
+pub trait TrainBackend: Backend {
+    /// `out (+)= A' · B'`, A' = A or Aᵀ, B' = B or Bᵀ (`MatmulTt`).
+    fn matmul_tt(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        op: MatmulTt,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.apply(&op, None, &[a, b], out)
+    }
+
+    /// `dx (+)= dy · W` over a weight in its block format: the input gradient of `x · Wᵀ`.
+    fn matmul_dx(
+        &self,
+        dy: &Self::Tensor,
+        w: &Self::Weight,
+        accumulate: bool,
+        dx: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.apply(&MatmulDx { accumulate }, Some(w), &[dy], dx)
+    }
+
+    /// `out (+)= Σ x` over rows (`[1, m]`) or columns (`[n, 1]`).
+    fn sum(
+        &self,
+        x: &Self::Tensor,
+        over: Axis,
+        accumulate: bool,
+        out: &mut Self::Tensor,
+    ) -> Result<()> {
+        self.apply(&Sum { over, accumulate }, None, &[x], out)
+    }
+
+    /// A trainable f32 parameter `[n_rows, n_cols]` holding `values`.
+    fn param(&self, n_rows: usize, n_cols: usize, values: &[f32]) -> Result<Self::Tensor> {
+        let mut t = self.tensor(n_rows, n_cols)?;
+        self.write(&mut t, values)?;
+        Ok(t)
+    }
+}
+
+impl<B: Backend> TrainBackend for B {}

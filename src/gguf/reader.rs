@@ -55,6 +55,18 @@ impl Deref for TensorBytes {
     }
 }
 
+impl TensorBytes {
+    /// Bytes made on the host rather than read from a file (parameters, test weights).
+    pub fn owned(bytes: Vec<u8>) -> Self {
+        let len = bytes.len();
+        TensorBytes {
+            storage: Arc::new(Storage::Owned(bytes)),
+            start: 0,
+            len,
+        }
+    }
+}
+
 impl std::fmt::Debug for TensorBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TensorBytes({}..+{})", self.start, self.len)

@@ -4,7 +4,6 @@
 //! own pool (`pool.rs`: workers spin between the ops of a decode step, then sleep).
 
 mod cache;
-pub mod ops;
 pub mod pool;
 pub mod simd;
 
@@ -12,7 +11,7 @@ pub use cache::{CacheData, CpuCache, KvValue};
 
 use pool::{with_scratch, Pool, SyncPtr};
 
-use super::shapes::{self, check};
+use super::ops::{self, check, TensorOp};
 use super::{AttnParams, Backend, BatchRows, KvType, RopeParams, WeightSource};
 use crate::gguf::TensorBytes;
 use crate::quant::{Q8Act, QuantType};
@@ -108,6 +107,10 @@ impl CpuBackend {
         }
     }
 
+    pub fn n_threads(&self) -> usize {
+        self.n_threads
+    }
+
     pub fn is_exact(&self) -> bool {
         !self.q8_activations
     }
@@ -116,6 +119,23 @@ impl CpuBackend {
     /// the cost of decode speed (the golden tests against `transformers` use this).
     pub fn exact() -> Self {
         Self::new().into_exact()
+    }
+
+    /// `f(i, row)` for each `row_len`-long row `i` of `data`, over the pool when `work`
+    /// (multiply-adds) is worth it: the parallel loop of the `TensorOp`s' CPU code.
+    pub fn for_each_row(
+        &self,
+        work: usize,
+        data: &mut [f32],
+        row_len: usize,
+        f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        self.pool.for_each_chunk(parallel(work), data, row_len, f)
+    }
+
+    /// `f(i)` for `i` in `0..n` over the pool (each task must write only its own part).
+    pub fn run_tasks(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.pool.run(n, f)
     }
 
     /// This backend with f32 activations everywhere (see `exact`).
@@ -225,7 +245,7 @@ impl Backend for CpuBackend {
         dst_row: usize,
         n: usize,
     ) -> Result<()> {
-        shapes::copy_rows(self.shape(src), src_row, self.shape(dst), dst_row, n)?;
+        ops::copy_rows::shape(self.shape(src), src_row, self.shape(dst), dst_row, n)?;
         let c = src.n_cols;
         dst.data[dst_row * c..(dst_row + n) * c]
             .copy_from_slice(&src.data[src_row * c..(src_row + n) * c]);
@@ -252,7 +272,7 @@ impl Backend for CpuBackend {
     }
 
     fn cache_write(&self, src: &CpuTensor, cache: &mut CpuCache, rows: &BatchRows) -> Result<()> {
-        shapes::cache_write(self.shape(src), self.cache_shape(cache), rows)?;
+        ops::cache_write::shape(self.shape(src), self.cache_shape(cache), rows)?;
         let w = cache.n_cols;
         for (t, &slot) in rows.slot.iter().enumerate() {
             cache.store(slot as usize * w, src.row(t));
@@ -265,7 +285,7 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
-        shapes::embed((table.n_rows, table.n_cols), ids, self.shape(out))?;
+        ops::embed::shape((table.n_rows, table.n_cols), ids, self.shape(out))?;
         for (&id, o) in ids.iter().zip(out.data.chunks_exact_mut(table.n_cols)) {
             table.qtype.dequantize_row(table.row_bytes(id as usize), o);
         }
@@ -280,11 +300,11 @@ impl Backend for CpuBackend {
         out: &mut CpuTensor,
     ) -> Result<()> {
         let g = weight.n_rows * weight.n_cols;
-        shapes::rms_norm(self.shape(x), g, self.shape(out))?;
+        ops::rms_norm::shape(self.shape(x), g, self.shape(out))?;
         let w = weight.as_f32();
         self.pool
             .for_each_chunk(parallel(x.data.len()), &mut out.data, g, &|i, o| {
-                ops::rms_norm(&x.data[i * g..(i + 1) * g], &w, eps, o)
+                ops::rms_norm::reference(&x.data[i * g..(i + 1) * g], &w, eps, o)
             });
         Ok(())
     }
@@ -298,9 +318,9 @@ impl Backend for CpuBackend {
         outs: &mut [&mut CpuTensor],
         n_single: usize,
     ) -> Result<()> {
-        shapes::matmul_rows(ws.len(), outs.len(), n_single, x.n_rows)?;
+        ops::matmul::rows_shape(ws.len(), outs.len(), n_single, x.n_rows)?;
         for (w, out) in ws.iter().zip(outs.iter()) {
-            shapes::matmul(
+            ops::matmul::shape(
                 self.shape(x),
                 &w.name,
                 (w.n_rows, w.n_cols),
@@ -379,12 +399,12 @@ impl Backend for CpuBackend {
         rows: &BatchRows,
         p: &RopeParams,
     ) -> Result<()> {
-        shapes::rope(self.shape(x), inv_freq.data.len(), rows, p)?;
+        ops::rope::shape(self.shape(x), inv_freq.data.len(), rows, p)?;
         let par = parallel(x.data.len());
         self.pool
             .for_each_chunk(par, &mut x.data, x.n_cols, &|t, row| {
                 for head in row.chunks_exact_mut(p.head_dim) {
-                    ops::rope_head(head, &inv_freq.data, rows.pos[t] as usize, p);
+                    ops::rope::reference_head(head, &inv_freq.data, rows.pos[t] as usize, p);
                 }
             });
         Ok(())
@@ -399,7 +419,7 @@ impl Backend for CpuBackend {
         p: &AttnParams,
         out: &mut CpuTensor,
     ) -> Result<()> {
-        shapes::attention(
+        ops::attention::shape(
             self.shape(q),
             self.cache_shape(k_cache),
             self.cache_shape(v_cache),
@@ -416,47 +436,32 @@ impl Backend for CpuBackend {
             (CacheData::F16(k), CacheData::F16(v)) => {
                 attend(self.pool, q, k, v, stride, rows, p, out)
             }
-            _ => unreachable!("shapes::attention checked that K and V share a type"),
+            _ => unreachable!("ops::attention::shape checked that K and V share a type"),
         }
-        Ok(())
-    }
-
-    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
-        shapes::same("silu_mul", self.shape(gate), self.shape(up))?;
-        shapes::same("silu_mul", self.shape(gate), self.shape(out))?;
-        for ((o, &g), &u) in out.data.iter_mut().zip(&gate.data).zip(&up.data) {
-            *o = ops::silu(g) * u;
-        }
-        Ok(())
-    }
-
-    fn gelu_mul(&self, gate: &CpuTensor, up: &CpuTensor, out: &mut CpuTensor) -> Result<()> {
-        shapes::same("gelu_mul", self.shape(gate), self.shape(up))?;
-        shapes::same("gelu_mul", self.shape(gate), self.shape(out))?;
-        for ((o, &g), &u) in out.data.iter_mut().zip(&gate.data).zip(&up.data) {
-            *o = ops::gelu_tanh(g) * u;
-        }
-        Ok(())
-    }
-
-    fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
-        shapes::same("add_assign", self.shape(x), self.shape(y))?;
-        for (a, &b) in x.data.iter_mut().zip(&y.data) {
-            *a += b;
-        }
-        Ok(())
-    }
-
-    fn scale(&self, x: &mut CpuTensor, s: f32) -> Result<()> {
-        x.data.iter_mut().for_each(|v| *v *= s);
         Ok(())
     }
 
     fn argmax(&self, x: &CpuTensor) -> Result<Vec<u32>> {
         Ok(x.data
             .chunks_exact(x.n_cols.max(1))
-            .map(ops::argmax)
+            .map(ops::argmax::reference)
             .collect())
+    }
+
+    fn apply(
+        &self,
+        op: &dyn TensorOp,
+        w: Option<&CpuWeight>,
+        ins: &[&CpuTensor],
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let shapes: Vec<_> = ins.iter().map(|t| (t.n_rows, t.n_cols)).collect();
+        op.check(
+            w.map(|w| (w.n_rows, w.n_cols)),
+            &shapes,
+            (out.n_rows, out.n_cols),
+        )?;
+        op.cpu(self, w, ins, out)
     }
 }
 
@@ -480,7 +485,7 @@ fn attend<E: KvValue>(
         let (t, h) = (idx / p.n_heads, idx % p.n_heads);
         let qh = &q.data[t * q.n_cols + h * hd..][..hd];
         with_scratch(n_seen, |scores| {
-            ops::attention_head(
+            ops::attention::reference_head(
                 qh,
                 k,
                 v,

@@ -5,9 +5,8 @@
 use super::memory::{buffer_size, pooled_buffer, GpuCache, GpuRows, GpuTensor};
 use super::ops::u32_of;
 use super::params::AttnUniform;
-use super::shaders::Kernel;
 use super::GpuBackend;
-use crate::backend::shapes::{self, check};
+use crate::backend::ops::{self, check};
 use crate::backend::{AttnParams, Backend};
 use crate::Result;
 
@@ -31,7 +30,7 @@ impl GpuBackend {
     ) -> Result<()> {
         let hd = p.head_dim;
         let host = &rows.host;
-        shapes::attention(
+        ops::attention::shape(
             self.shape(q),
             self.cache_shape(k_cache),
             self.cache_shape(v_cache),
@@ -129,7 +128,7 @@ impl GpuBackend {
             buffer_size(n_parts),
         )?;
         self.dispatch(
-            self.key(Kernel::AttnSplit, kv),
+            self.key(&ops::attention::SPLIT, kv),
             &params,
             &[
                 (1, q.buffer()),
@@ -141,7 +140,7 @@ impl GpuBackend {
             (params.n_splits, params.n_heads, params.n_q),
         )?;
         self.dispatch(
-            self.key(Kernel::AttnCombine, kv),
+            self.key(&ops::attention::COMBINE, kv),
             &params,
             &[(4, parts.buffer()), (5, out.buffer())],
             (params.n_heads, params.n_q, 1),
@@ -178,7 +177,7 @@ impl GpuBackend {
             )
         })?;
         self.dispatch(
-            self.key(Kernel::AttnPrefill, Some(k_cache.kv_type.qtype())),
+            self.key(&ops::attention::PREFILL, Some(k_cache.kv_type.qtype())),
             &params,
             &[
                 (1, q.buffer()),

@@ -1,4 +1,4 @@
-//! The shader benchmark: every case of `cases::bench_cases` run on the GPU backend through the
+//! The shader benchmark: every case of `ops::bench_cases` (the op modules' benchmark cases) run on the GPU backend through the
 //! `Backend` trait (so it times exactly what the model runs), timed with timestamp queries
 //! around each compute pass where the device has them and with the wall clock otherwise, and
 //! reported as time per op, GB/s moved, GFLOP/s and, given the device's peaks, % of peak.
@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::cases::{bench_cases, KernelCase, Prepared};
 use super::{AdapterSummary, GpuBackend};
+use crate::backend::ops::{bench_cases, KernelCase, Prepared};
 use crate::Result;
 
 /// Passes one profiling run may time (a query set holds 4096 stamps).

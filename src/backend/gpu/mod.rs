@@ -9,13 +9,12 @@
 //! - `memory`: pooled activation buffers, weights uploaded in their block format.
 //! - `recorder`: one command encoder per step, submitted only at sync points.
 //! - `ops`, `attention`: the `Backend` ops.
-//! - `cases`, `bench`: the kernel case table shared by tests and the shader benchmark.
+//! - `bench`: the shader benchmark over the op modules' cases (`backend::ops`).
 //!
 //! **Invariant:** only `read` and `argmax` wait for the device; every other op only records.
 
 mod attention;
 pub mod bench;
-pub mod cases;
 pub mod device;
 mod memory;
 mod ops;
@@ -31,7 +30,7 @@ pub use device::{list_adapters, AdapterSummary};
 pub use memory::{GpuCache, GpuTensor, GpuWeight};
 pub use ops::MATVEC_MAX_TOKENS;
 pub use recorder::{PassTime, SyncStats};
-pub use shaders::{Kernel, PipelineKey, ShaderFeatures};
+pub use shaders::{PipelineKey, ShaderFeatures};
 
 use crate::{Error, Result};
 use device::GpuContext;

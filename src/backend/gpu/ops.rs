@@ -4,12 +4,10 @@
 use super::memory::{
     buffer_size, pooled_buffer, upload_weight, GpuCache, GpuRows, GpuTensor, GpuWeight,
 };
-use super::params::{
-    ArgmaxParams, EltParams, EmbedParams, KvWriteParams, MatParams, NormParams, RopeUniform,
-};
+use super::params::{ArgmaxParams, EmbedParams, KvWriteParams, MatParams, NormParams, RopeUniform};
 use super::shaders::{Kernel, PipelineKey};
 use super::GpuBackend;
-use crate::backend::shapes::{self, check};
+use crate::backend::ops::{self, check, TensorOp, OP_INPUT_BINDINGS, OP_OUTPUT_BINDING};
 use crate::backend::{AttnParams, Backend, BatchRows, KvType, RopeLayout, WeightSource};
 use crate::quant::QuantType;
 use crate::{Error, Result};
@@ -22,14 +20,10 @@ const MATMUL_TILE: usize = 64;
 /// Threads per workgroup of the one-thread-per-element kernels.
 const WG: usize = 256;
 
-/// A size as the u32 the kernels index with.
-pub(super) fn u32_of(op: &'static str, v: usize) -> Result<u32> {
-    u32::try_from(v)
-        .map_err(|_| Error::shape(op, format!("{v} does not fit the GPU's 32-bit indices")))
-}
+pub(super) use crate::backend::ops::u32_of;
 
 impl GpuBackend {
-    pub(super) fn key(&self, kernel: Kernel, quant: Option<QuantType>) -> PipelineKey {
+    pub(super) fn key(&self, kernel: &'static Kernel, quant: Option<QuantType>) -> PipelineKey {
         PipelineKey {
             kernel,
             quant,
@@ -47,7 +41,7 @@ impl GpuBackend {
         out: &mut GpuTensor,
         n_single: usize,
     ) -> Result<()> {
-        shapes::matmul(
+        ops::matmul::shape(
             self.shape(x),
             &w.name,
             (w.n_rows, w.n_cols),
@@ -86,7 +80,7 @@ impl GpuBackend {
                 let (gx, gy) = self
                     .ctx
                     .grid(u32_of("matmul", part.n_rows.div_ceil(rows as usize))?);
-                let key = self.key(Kernel::Matvec, Some(w.qtype));
+                let key = self.key(&ops::matmul::MATVEC, Some(w.qtype));
                 self.dispatch(key, &params, &bufs, (gx, gy, params.n_tokens))?;
             }
             if n_prompt > 0 {
@@ -106,31 +100,11 @@ impl GpuBackend {
                         part.n_rows
                     )
                 })?;
-                let key = self.key(Kernel::Matmul, Some(w.qtype));
+                let key = self.key(&ops::matmul::MATMUL, Some(w.qtype));
                 self.dispatch(key, &params, &bufs, groups)?;
             }
         }
         Ok(())
-    }
-
-    /// Records an element-wise kernel over `n` values.
-    fn elementwise(
-        &self,
-        kernel: Kernel,
-        n: usize,
-        s: f32,
-        bufs: &[(u32, &wgpu::Buffer)],
-    ) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let params = EltParams {
-            n: u32_of(kernel.name(), n)?,
-            s,
-            ..Default::default()
-        };
-        let (gx, gy) = self.ctx.grid(u32_of(kernel.name(), n.div_ceil(WG))?);
-        self.dispatch(self.key(kernel, None), &params, bufs, (gx, gy, 1))
     }
 }
 
@@ -198,7 +172,7 @@ impl Backend for GpuBackend {
         dst_row: usize,
         n: usize,
     ) -> Result<()> {
-        shapes::copy_rows(self.shape(src), src_row, self.shape(dst), dst_row, n)?;
+        ops::copy_rows::shape(self.shape(src), src_row, self.shape(dst), dst_row, n)?;
         let row = (src.n_cols * 4) as u64;
         if n == 0 || row == 0 {
             return Ok(());
@@ -265,14 +239,14 @@ impl Backend for GpuBackend {
     }
 
     fn cache_write(&self, src: &GpuTensor, cache: &mut GpuCache, rows: &GpuRows) -> Result<()> {
-        shapes::cache_write(self.shape(src), self.cache_shape(cache), &rows.host)?;
+        ops::cache_write::shape(self.shape(src), self.cache_shape(cache), &rows.host)?;
         if src.is_empty() {
             return Ok(());
         }
         // f16 rows are even (checked at creation), so pairs never straddle rows.
         let (kernel, row_words) = match cache.kv_type {
-            KvType::F32 => (Kernel::KvWriteF32, cache.n_cols),
-            KvType::F16 => (Kernel::KvWriteF16, cache.n_cols / 2),
+            KvType::F32 => (&ops::cache_write::KV_WRITE_F32, cache.n_cols),
+            KvType::F16 => (&ops::cache_write::KV_WRITE_F16, cache.n_cols / 2),
         };
         let n_words = src.n_rows * row_words;
         let params = KvWriteParams {
@@ -307,7 +281,7 @@ impl Backend for GpuBackend {
     }
 
     fn embed(&self, table: &GpuWeight, ids: &[u32], out: &mut GpuTensor) -> Result<()> {
-        shapes::embed((table.n_rows, table.n_cols), ids, self.shape(out))?;
+        ops::embed::shape((table.n_rows, table.n_cols), ids, self.shape(out))?;
         if ids.is_empty() {
             return Ok(());
         }
@@ -325,7 +299,7 @@ impl Backend for GpuBackend {
                 ..Default::default()
             };
             self.dispatch(
-                self.key(Kernel::Embed, Some(table.qtype)),
+                self.key(&ops::embed::EMBED, Some(table.qtype)),
                 &params,
                 &[(1, &part.buf), (2, ids_buf.buffer()), (3, out.buffer())],
                 (gx, gy, 1),
@@ -342,7 +316,7 @@ impl Backend for GpuBackend {
         out: &mut GpuTensor,
     ) -> Result<()> {
         let g = weight.n_rows * weight.n_cols;
-        shapes::rms_norm(self.shape(x), g, self.shape(out))?;
+        ops::rms_norm::shape(self.shape(x), g, self.shape(out))?;
         let [part] = weight.parts.as_slice() else {
             return Err(Error::Gpu(format!(
                 "rms_norm: norm weight {} is split over {} buffers",
@@ -362,7 +336,7 @@ impl Backend for GpuBackend {
         };
         let (gx, gy) = self.ctx.grid(params.n_groups);
         self.dispatch(
-            self.key(Kernel::RmsNorm, Some(weight.qtype)),
+            self.key(&ops::rms_norm::RMS_NORM, Some(weight.qtype)),
             &params,
             &[(1, &part.buf), (2, x.buffer()), (3, out.buffer())],
             (gx, gy, 1),
@@ -376,7 +350,7 @@ impl Backend for GpuBackend {
         outs: &mut [&mut GpuTensor],
         n_single: usize,
     ) -> Result<()> {
-        shapes::matmul_rows(ws.len(), outs.len(), n_single, x.n_rows)?;
+        ops::matmul::rows_shape(ws.len(), outs.len(), n_single, x.n_rows)?;
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.matmul_one(x, w, out, n_single)?;
         }
@@ -390,7 +364,7 @@ impl Backend for GpuBackend {
         rows: &GpuRows,
         p: &crate::backend::RopeParams,
     ) -> Result<()> {
-        shapes::rope(self.shape(x), inv_freq.len(), &rows.host, p)?;
+        ops::rope::shape(self.shape(x), inv_freq.len(), &rows.host, p)?;
         let n_heads = x.n_cols / p.head_dim;
         let n_pairs = x.n_rows * n_heads * (p.n_rot / 2);
         if n_pairs == 0 {
@@ -406,7 +380,7 @@ impl Backend for GpuBackend {
         };
         let (gx, gy) = self.ctx.grid(u32_of("rope", n_pairs.div_ceil(WG))?);
         self.dispatch(
-            self.key(Kernel::Rope, None),
+            self.key(&ops::rope::ROPE, None),
             &params,
             &[(1, x.buffer()), (2, inv_freq.buffer()), (3, rows.buffer())],
             (gx, gy, 1),
@@ -423,42 +397,6 @@ impl Backend for GpuBackend {
         out: &mut GpuTensor,
     ) -> Result<()> {
         self.attention_op(q, k_cache, v_cache, rows, p, out)
-    }
-
-    fn silu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
-        shapes::same("silu_mul", self.shape(gate), self.shape(up))?;
-        shapes::same("silu_mul", self.shape(gate), self.shape(out))?;
-        self.elementwise(
-            Kernel::SiluMul,
-            out.len(),
-            0.0,
-            &[(1, gate.buffer()), (2, up.buffer()), (3, out.buffer())],
-        )
-    }
-
-    fn gelu_mul(&self, gate: &GpuTensor, up: &GpuTensor, out: &mut GpuTensor) -> Result<()> {
-        shapes::same("gelu_mul", self.shape(gate), self.shape(up))?;
-        shapes::same("gelu_mul", self.shape(gate), self.shape(out))?;
-        self.elementwise(
-            Kernel::GeluMul,
-            out.len(),
-            0.0,
-            &[(1, gate.buffer()), (2, up.buffer()), (3, out.buffer())],
-        )
-    }
-
-    fn add_assign(&self, x: &mut GpuTensor, y: &GpuTensor) -> Result<()> {
-        shapes::same("add_assign", self.shape(x), self.shape(y))?;
-        self.elementwise(
-            Kernel::AddAssign,
-            x.len(),
-            0.0,
-            &[(1, y.buffer()), (3, x.buffer())],
-        )
-    }
-
-    fn scale(&self, x: &mut GpuTensor, s: f32) -> Result<()> {
-        self.elementwise(Kernel::Scale, x.len(), s, &[(3, x.buffer())])
     }
 
     fn argmax(&self, x: &GpuTensor) -> Result<Vec<u32>> {
@@ -479,12 +417,65 @@ impl Backend for GpuBackend {
         };
         let (gx, gy) = self.ctx.grid(params.n_rows);
         self.dispatch(
-            self.key(Kernel::Argmax, None),
+            self.key(&ops::argmax::ARGMAX, None),
             &params,
             &[(1, x.buffer()), (2, ids.buffer())],
             (gx, gy, 1),
         )?;
         let bytes = self.read_bytes(ids.buffer(), 0, (x.n_rows * 4) as u64)?;
         Ok(bytemuck::pod_collect_to_vec(&bytes[..x.n_rows * 4]))
+    }
+
+    fn apply(
+        &self,
+        op: &dyn TensorOp,
+        w: Option<&GpuWeight>,
+        ins: &[&GpuTensor],
+        out: &mut GpuTensor,
+    ) -> Result<()> {
+        let shapes: Vec<_> = ins.iter().map(|t| (t.n_rows, t.n_cols)).collect();
+        let w_shape = w.map(|w| (w.n_rows, w.n_cols));
+        let out_shape = (out.n_rows, out.n_cols);
+        op.check(w_shape, &shapes, out_shape)?;
+        let kernel = op.kernel();
+        check(op.name(), ins.len() <= OP_INPUT_BINDINGS.len(), || {
+            format!("{} inputs", ins.len())
+        })?;
+        let mut params = op.params(w_shape, &shapes, out_shape)?;
+        if params.n == 0 {
+            return Ok(());
+        }
+        let mut bufs: Vec<(u32, &wgpu::Buffer)> = Vec::with_capacity(5);
+        if let Some(w) = w {
+            let [part] = w.parts.as_slice() else {
+                return Err(Error::Gpu(format!(
+                    "{}: weight {} is split over {} buffers",
+                    op.name(),
+                    w.name,
+                    w.parts.len()
+                )));
+            };
+            params.row_bytes = u32_of(op.name(), w.row_bytes)?;
+            bufs.push((super::shaders::WEIGHTS_BINDING, &part.buf));
+        }
+        bufs.extend(
+            OP_INPUT_BINDINGS
+                .iter()
+                .zip(ins)
+                .map(|(&b, t)| (b, t.buffer())),
+        );
+        bufs.push((OP_OUTPUT_BINDING, out.buffer()));
+        // Only the bindings the kernel declares: an input an entry point leaves unused (an
+        // accumulating op's) is not in its layout.
+        bufs.retain(|(b, _)| kernel.storage.iter().any(|(s, _)| s == b));
+        let (gx, gy) = self
+            .ctx
+            .grid(u32_of(op.name(), (params.n as usize).div_ceil(WG))?);
+        self.dispatch(
+            self.key(kernel, w.map(|w| w.qtype)),
+            &params,
+            &bufs,
+            (gx, gy, 1),
+        )
     }
 }

@@ -109,12 +109,17 @@ uniform_struct!(
 );
 
 uniform_struct!(
-    /// elementwise.wgsl.
-    EltParams {
+    /// common/op.wgsl: every `TensorOp` kernel (`backend::ops`). `n` threads; the meaning of
+    /// the other fields is the op's.
+    OpParams {
         n: u32,
+        rows: u32,
+        cols: u32,
+        inner: u32,
         s: f32,
+        flags: u32,
+        row_bytes: u32,
         _pad0: u32,
-        _pad1: u32,
     }
 );
 
@@ -145,7 +150,7 @@ pub const ALL_LAYOUTS: [UniformLayout; 8] = [
     NormParams::LAYOUT,
     RopeUniform::LAYOUT,
     AttnUniform::LAYOUT,
-    EltParams::LAYOUT,
+    OpParams::LAYOUT,
     ArgmaxParams::LAYOUT,
     KvWriteParams::LAYOUT,
 ];

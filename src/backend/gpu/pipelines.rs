@@ -85,7 +85,7 @@ fn compile(device: &wgpu::Device, key: PipelineKey) -> Result<Pipeline> {
         label: Some(&label),
         layout: Some(&pipeline_layout),
         module: &module,
-        entry_point: Some(key.kernel.entry_point()),
+        entry_point: Some(key.kernel.entry),
         compilation_options: Default::default(),
         cache: None,
     });

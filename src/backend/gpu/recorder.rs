@@ -108,7 +108,7 @@ impl GpuBackend {
                 binding,
                 resource: b.as_entire_binding(),
             });
-            if binding == WEIGHTS_BINDING && key.kernel.reads_weights() && key.features.f16 {
+            if binding == WEIGHTS_BINDING && key.kernel.quant && key.features.f16 {
                 entries.push(wgpu::BindGroupEntry {
                     binding: WEIGHT_HALVES_BINDING,
                     resource: b.as_entire_binding(),

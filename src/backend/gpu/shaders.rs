@@ -1,13 +1,15 @@
-//! The WGSL shader table. Every file under `shaders/` enters the binary through the one
-//! `include_str!` table below, and a kernel's module is the plain concatenation of its files
-//! (feature switch, helpers, reduction, block format, kernel): WGSL is never written from Rust
-//! strings. Pipelines are keyed by `PipelineKey`, a typed key. Nothing here knows about devices.
+//! Shader assembly. A kernel's module is the plain concatenation of its files (feature
+//! switch, helpers, reduction, block format, shared header, kernel): WGSL is never written
+//! from Rust strings. The shared files enter the binary through the `include_str!` table
+//! below; each kernel file through its op's `Kernel` (`backend::ops`). Pipelines are keyed by
+//! `PipelineKey`, a typed key. Nothing here knows about devices.
 
-use crate::backend::KvType;
+pub use crate::backend::ops::{Access, Kernel};
+use crate::backend::{ops, KvType};
 use crate::quant::QuantType;
 use crate::{Error, Result};
 
-/// Every shader file, by its path under `shaders/`.
+/// Every shared shader file, by its path under `shaders/`.
 pub static FILES: &[(&str, &str)] = &[
     (
         "enable_f16.wgsl",
@@ -87,30 +89,9 @@ pub static FILES: &[(&str, &str)] = &[
     ),
     ("kv/f32.wgsl", include_str!("../../../shaders/kv/f32.wgsl")),
     ("kv/f16.wgsl", include_str!("../../../shaders/kv/f16.wgsl")),
-    ("matvec.wgsl", include_str!("../../../shaders/matvec.wgsl")),
-    ("matmul.wgsl", include_str!("../../../shaders/matmul.wgsl")),
-    ("embed.wgsl", include_str!("../../../shaders/embed.wgsl")),
     (
-        "rms_norm.wgsl",
-        include_str!("../../../shaders/rms_norm.wgsl"),
-    ),
-    ("rope.wgsl", include_str!("../../../shaders/rope.wgsl")),
-    (
-        "attention_decode.wgsl",
-        include_str!("../../../shaders/attention_decode.wgsl"),
-    ),
-    (
-        "attention_prefill.wgsl",
-        include_str!("../../../shaders/attention_prefill.wgsl"),
-    ),
-    (
-        "elementwise.wgsl",
-        include_str!("../../../shaders/elementwise.wgsl"),
-    ),
-    ("argmax.wgsl", include_str!("../../../shaders/argmax.wgsl")),
-    (
-        "kv_write.wgsl",
-        include_str!("../../../shaders/kv_write.wgsl"),
+        "common/op.wgsl",
+        include_str!("../../../shaders/common/op.wgsl"),
     ),
 ];
 
@@ -132,178 +113,12 @@ static QUANT_FILES: &[(QuantType, &str)] = &[
     (QuantType::Q6_K, "quant/q6_k.wgsl"),
 ];
 
-/// A compute kernel: one entry point of one shader file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kernel {
-    Matvec,
-    Matmul,
-    Embed,
-    RmsNorm,
-    Rope,
-    AttnSplit,
-    AttnCombine,
-    AttnPrefill,
-    SiluMul,
-    GeluMul,
-    AddAssign,
-    Scale,
-    Argmax,
-    KvWriteF32,
-    KvWriteF16,
-}
-
-/// How a kernel accesses one of its storage buffers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    ReadWrite,
-}
-
 /// Binding 0 of every kernel: its uniform parameters.
 pub const PARAMS_BINDING: u32 = 0;
 /// Binding 1 of every kernel that reads weights: the weights as `array<u32>`.
 pub const WEIGHTS_BINDING: u32 = 1;
 /// On the f16 path the weights are bound again here as `array<f16>` (half_f16.wgsl).
 pub const WEIGHT_HALVES_BINDING: u32 = 7;
-
-/// Where a kernel lives, what its module needs besides its own file, and its storage
-/// bindings (group 0) with their access, as the WGSL declares them.
-struct KernelDef {
-    file: &'static str,
-    entry: &'static str,
-    /// Reads a weight matrix: needs a block format (and the f16 helpers).
-    quant: bool,
-    /// Uses the workgroup reductions (`wg_sum`, `wg_max`).
-    reduce: bool,
-    /// Reads a KV cache: needs a cache file.
-    kv: bool,
-    storage: &'static [(u32, Access)],
-}
-
-use Access::{Read as R, ReadWrite as RW};
-
-impl Kernel {
-    pub const ALL: [Kernel; 15] = [
-        Kernel::Matvec,
-        Kernel::Matmul,
-        Kernel::Embed,
-        Kernel::RmsNorm,
-        Kernel::Rope,
-        Kernel::AttnSplit,
-        Kernel::AttnCombine,
-        Kernel::AttnPrefill,
-        Kernel::SiluMul,
-        Kernel::GeluMul,
-        Kernel::AddAssign,
-        Kernel::Scale,
-        Kernel::Argmax,
-        Kernel::KvWriteF32,
-        Kernel::KvWriteF16,
-    ];
-
-    fn def(self) -> KernelDef {
-        // Two inputs and an output; kernels that read weights have them first.
-        const IN_IN_OUT: &[(u32, Access)] = &[(1, R), (2, R), (3, RW)];
-        const ATTENTION: &[(u32, Access)] = &[(1, R), (2, R), (3, R), (4, RW), (6, R)];
-        const KV_WRITE: &[(u32, Access)] = &[(1, R), (2, R), (3, RW)];
-        type Def = (
-            &'static str,
-            &'static str,
-            bool,
-            bool,
-            &'static [(u32, Access)],
-        );
-        let kv = self.reads_cache();
-        let (file, entry, quant, reduce, storage): Def = match self {
-            Kernel::Matvec => ("matvec.wgsl", "matvec", true, true, IN_IN_OUT),
-            Kernel::Matmul => ("matmul.wgsl", "matmul", true, false, IN_IN_OUT),
-            Kernel::Embed => ("embed.wgsl", "embed", true, false, IN_IN_OUT),
-            Kernel::RmsNorm => ("rms_norm.wgsl", "rms_norm", true, true, IN_IN_OUT),
-            Kernel::Rope => (
-                "rope.wgsl",
-                "rope",
-                false,
-                false,
-                &[(1, RW), (2, R), (3, R)],
-            ),
-            Kernel::AttnSplit => (
-                "attention_decode.wgsl",
-                "attn_split",
-                false,
-                true,
-                ATTENTION,
-            ),
-            Kernel::AttnCombine => (
-                "attention_decode.wgsl",
-                "attn_combine",
-                false,
-                true,
-                &[(4, RW), (5, RW)],
-            ),
-            Kernel::AttnPrefill => (
-                "attention_prefill.wgsl",
-                "attn_prefill",
-                false,
-                false,
-                ATTENTION,
-            ),
-            Kernel::SiluMul => ("elementwise.wgsl", "silu_mul", false, false, IN_IN_OUT),
-            Kernel::GeluMul => ("elementwise.wgsl", "gelu_mul", false, false, IN_IN_OUT),
-            Kernel::AddAssign => (
-                "elementwise.wgsl",
-                "add_assign",
-                false,
-                false,
-                &[(1, R), (3, RW)],
-            ),
-            Kernel::Scale => ("elementwise.wgsl", "scale", false, false, &[(3, RW)]),
-            Kernel::Argmax => ("argmax.wgsl", "argmax", false, false, &[(1, R), (2, RW)]),
-            Kernel::KvWriteF32 => ("kv_write.wgsl", "kv_write_f32", false, false, KV_WRITE),
-            Kernel::KvWriteF16 => ("kv_write.wgsl", "kv_write_f16", false, false, KV_WRITE),
-        };
-        KernelDef {
-            file,
-            entry,
-            quant,
-            reduce,
-            kv,
-            storage,
-        }
-    }
-
-    /// Whether the kernel's module includes a KV cache file, so its key must name a cache
-    /// type. (`attn_combine` reads no cache but shares its file with `attn_split`.)
-    pub fn reads_cache(self) -> bool {
-        matches!(
-            self,
-            Kernel::AttnSplit | Kernel::AttnCombine | Kernel::AttnPrefill
-        )
-    }
-
-    /// The declarations a kernel file shares with its sibling, assembled just before it.
-    fn header(self) -> Option<&'static str> {
-        match self {
-            Kernel::Matvec | Kernel::Matmul => Some("common/matmul.wgsl"),
-            Kernel::AttnSplit | Kernel::AttnCombine | Kernel::AttnPrefill => {
-                Some("common/attention.wgsl")
-            }
-            _ => None,
-        }
-    }
-
-    pub fn entry_point(self) -> &'static str {
-        self.def().entry
-    }
-
-    /// Whether the kernel reads a weight matrix, so its key must name a block format.
-    pub fn reads_weights(self) -> bool {
-        self.def().quant
-    }
-
-    pub fn name(self) -> &'static str {
-        self.entry_point()
-    }
-}
 
 /// Which optional device features a module is built for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -338,7 +153,7 @@ impl ShaderFeatures {
 /// The typed key of a compute pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
-    pub kernel: Kernel,
+    pub kernel: &'static Kernel,
     /// The weight's block format, for kernels that read weights; the cache's element type
     /// (F32 or F16), for kernels that read a KV cache.
     pub quant: Option<QuantType>,
@@ -348,7 +163,7 @@ pub struct PipelineKey {
 impl PipelineKey {
     /// The files of this pipeline's module, in the order they are concatenated.
     pub fn files(&self) -> Result<Vec<&'static str>> {
-        let def = self.kernel.def();
+        let def = self.kernel;
         let mut files = Vec::new();
         if def.quant {
             let qt = self.quant.ok_or_else(|| {
@@ -377,7 +192,7 @@ impl PipelineKey {
                 "common/reduce_workgroup.wgsl"
             });
         }
-        files.extend(self.kernel.header());
+        files.extend(def.headers);
         files.push(def.file);
         Ok(files)
     }
@@ -386,7 +201,10 @@ impl PipelineKey {
     pub fn source(&self) -> Result<String> {
         let mut src = String::new();
         for path in self.files()? {
-            src.push_str(file(path)?);
+            src.push_str(match path == self.kernel.file {
+                true => self.kernel.source,
+                false => file(path)?,
+            });
             src.push('\n');
         }
         Ok(src)
@@ -394,7 +212,7 @@ impl PipelineKey {
 
     /// The storage bindings of the pipeline's layout (binding 0, the parameters, aside).
     pub fn storage_bindings(&self) -> Vec<(u32, Access)> {
-        let def = self.kernel.def();
+        let def = self.kernel;
         let mut b = def.storage.to_vec();
         if def.quant && self.features.f16 {
             b.push((WEIGHT_HALVES_BINDING, Access::Read));
@@ -411,7 +229,7 @@ impl PipelineKey {
     }
 }
 
-/// The text of the shader file at `path` (relative to `shaders/`).
+/// The text of the shared shader file at `path` (relative to `shaders/`).
 pub fn file(path: &str) -> Result<&'static str> {
     FILES
         .iter()
@@ -443,10 +261,10 @@ fn quant_file(qt: QuantType) -> Result<&'static str> {
 pub fn all_keys() -> Vec<PipelineKey> {
     let mut keys = Vec::new();
     for features in ShaderFeatures::ALL {
-        for kernel in Kernel::ALL {
-            let formats: Vec<QuantType> = if kernel.reads_weights() {
+        for kernel in ops::kernels() {
+            let formats: Vec<QuantType> = if kernel.quant {
                 QuantType::ALL.to_vec()
-            } else if kernel.reads_cache() {
+            } else if kernel.kv {
                 KV_FILES.iter().map(|(t, _)| t.qtype()).collect()
             } else {
                 Vec::new()

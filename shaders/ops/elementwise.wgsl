@@ -1,21 +1,9 @@
 //! Element-wise ops over n values, one thread each: the gated FFN activations (SiLU·up,
-// GELU-tanh·up), the residual add and scaling.
+// GELU-tanh·up), the residual add and scaling. Assembled after common/op.wgsl.
 
-struct EltParams {
-    n: u32,
-    s: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: EltParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-
-fn elt_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
-}
+@group(0) @binding(2) var<storage, read> a: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 fn silu(v: f32) -> f32 {
     return v / (1.0 + exp(-v));
@@ -35,7 +23,7 @@ fn gelu_tanh(v: f32) -> f32 {
 
 @compute @workgroup_size(256)
 fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = elt_index(gid, nwg);
+    let i = op_index(gid, nwg);
     if (i < p.n) {
         out[i] = silu(a[i]) * b[i];
     }
@@ -43,7 +31,7 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 
 @compute @workgroup_size(256)
 fn gelu_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = elt_index(gid, nwg);
+    let i = op_index(gid, nwg);
     if (i < p.n) {
         out[i] = gelu_tanh(a[i]) * b[i];
     }
@@ -52,7 +40,7 @@ fn gelu_mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 // out += a
 @compute @workgroup_size(256)
 fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = elt_index(gid, nwg);
+    let i = op_index(gid, nwg);
     if (i < p.n) {
         out[i] += a[i];
     }
@@ -61,7 +49,7 @@ fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 // out *= s
 @compute @workgroup_size(256)
 fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = elt_index(gid, nwg);
+    let i = op_index(gid, nwg);
     if (i < p.n) {
         out[i] *= p.s;
     }
