@@ -201,4 +201,5 @@ ops! {
     MatmulTt(matmul_tt::MatmulTtCase),
     MatmulDx(matmul_dx::MatmulDxCase),
     Reduce(reduce::ReduceCase),
+    SiluMulBwd(silu_mul_bwd::SiluMulBwdCase),
 }
