@@ -18,3 +18,4 @@ mod store;
 mod templates;
 mod tidy;
 mod tokenizer;
+mod train;
