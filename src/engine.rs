@@ -252,3 +252,57 @@ impl WithBackend for MakeRunner<'_> {
         Ok(Box::new(runtime))
     }
 }
+
+/// Loads a model split into parts, each on the device its `LoadOptions` name (the layer
+/// placement of multi-device work; one device may hold every part). `n_blocks` blocks of KV
+/// cache per stage.
+pub fn open_stages(
+    gguf: &GgufFile,
+    parts: Vec<(crate::model::transformer::ModelPart, LoadOptions)>,
+    n_blocks: usize,
+) -> Result<crate::runtime::Stages> {
+    let spec = Arch::from_gguf(gguf)?.spec(gguf)?;
+    let config = spec.config.clone();
+    let mut stages: Vec<Box<dyn crate::runtime::Stage>> = Vec::new();
+    for (part, opts) in parts {
+        let kv_type = opts.kv_type;
+        stages.push(Device::open(
+            &opts,
+            MakeStage {
+                gguf,
+                spec: spec.clone(),
+                part,
+                n_blocks,
+                kv_type,
+            },
+        )?);
+    }
+    crate::runtime::Stages::new(config, stages)
+}
+
+struct MakeStage<'a> {
+    gguf: &'a GgufFile,
+    spec: ModelSpec,
+    part: crate::model::transformer::ModelPart,
+    n_blocks: usize,
+    kv_type: KvType,
+}
+
+impl WithBackend for MakeStage<'_> {
+    type Output = Box<dyn crate::runtime::Stage>;
+    fn run<B: Backend + 'static>(self, backend: B) -> Result<Self::Output>
+    where
+        B::Tensor: Send + Sync,
+        B::Weight: Send + Sync,
+        B::Cache: Send,
+    {
+        Ok(Box::new(crate::runtime::BackendStage::load(
+            Arc::new(backend),
+            self.gguf,
+            self.spec,
+            self.part,
+            self.n_blocks,
+            self.kv_type,
+        )?))
+    }
+}

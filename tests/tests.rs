@@ -14,6 +14,7 @@ mod quant;
 mod quantize;
 mod runtime;
 mod server;
+mod stages;
 mod store;
 mod templates;
 mod tidy;

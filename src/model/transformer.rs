@@ -67,12 +67,35 @@ pub struct ForwardBatch<'a, B: Backend> {
     pub logit_rows: &'a [usize],
 }
 
-/// A model's weights resident on one backend.
+/// Which part of a model one backend holds: a range of layers, and whether the token
+/// embeddings (the first part) and the output head (the last) are in it. Parts placed on
+/// different backends run as `Stages` (`stages.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelPart {
+    pub layers: std::ops::Range<usize>,
+    pub embed: bool,
+    pub head: bool,
+}
+
+impl ModelPart {
+    pub fn whole(n_layers: usize) -> Self {
+        ModelPart {
+            layers: 0..n_layers,
+            embed: true,
+            head: true,
+        }
+    }
+}
+
+/// A model's weights resident on one backend: all of it, or one `ModelPart`.
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
+    part: ModelPart,
     embd_scale: Option<f32>,
-    token_embd: B::Weight,  // [n_vocab, n_embd]
-    output_norm: B::Weight, // [n_embd]
+    /// Held by the first part, and by the last when the head is tied to it.
+    token_embd: Option<B::Weight>, // [n_vocab, n_embd]
+    /// The last part's.
+    output_norm: Option<B::Weight>, // [n_embd]
     /// `None`: the head is tied to `token_embd`.
     output: Option<B::Weight>, // [n_vocab, n_embd]
     layers: Vec<Layer<B>>,
@@ -132,7 +155,29 @@ impl<B: Backend> Model<B> {
         spec: ModelSpec,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Self> {
+        let part = ModelPart::whole(spec.layers.len());
+        Self::load_part(backend, f, spec, part, progress)
+    }
+
+    /// Loads only `part` of the model onto `backend` (its layers keep their numbers).
+    pub fn load_part(
+        backend: &B,
+        f: &GgufFile,
+        spec: ModelSpec,
+        part: ModelPart,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Self> {
         let c = &spec.config;
+        if part.layers.start > part.layers.end || part.layers.end > spec.layers.len() {
+            return Err(Error::shape(
+                "load",
+                format!(
+                    "layers {:?} of a model of {} layers",
+                    part.layers,
+                    spec.layers.len()
+                ),
+            ));
+        }
         let total: u64 = f.tensors().iter().map(|t| t.n_bytes as u64).sum();
         let layer_bytes = |i: usize| -> u64 {
             let prefix = format!("blk.{i}.");
@@ -144,8 +189,11 @@ impl<B: Backend> Model<B> {
         };
         let mut done = 0;
         let (d, q_dim, kv_dim) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let mut layers = Vec::with_capacity(c.n_layers);
+        let mut layers = Vec::with_capacity(part.layers.len());
         for (i, ls) in spec.layers.iter().enumerate() {
+            if !part.layers.contains(&i) {
+                continue;
+            }
             let t = |n: &str| format!("blk.{i}.{n}.weight");
             let opt = |on: bool, n: &str, len: usize| -> Result<Option<B::Weight>> {
                 on.then(|| check_dims(backend, f, &t(n), 1, len))
@@ -171,8 +219,8 @@ impl<B: Backend> Model<B> {
             progress(done, total);
         }
         let output = match f.tensor("output.weight") {
-            Some(_) => Some(check_dims(backend, f, "output.weight", c.n_vocab, d)?),
-            None => None,
+            Some(_) if part.head => Some(check_dims(backend, f, "output.weight", c.n_vocab, d)?),
+            _ => None,
         };
         let freq_tensor = |base: f32| -> Result<B::Tensor> {
             let v = c.inv_freq(base);
@@ -180,10 +228,17 @@ impl<B: Backend> Model<B> {
             backend.write(&mut t, &v)?;
             Ok(t)
         };
-        let token_embd = check_dims(backend, f, "token_embd.weight", c.n_vocab, d)?;
-        let output_norm = check_dims(backend, f, "output_norm.weight", 1, d)?;
+        let tied = part.head && output.is_none();
+        let token_embd = (part.embed || tied)
+            .then(|| check_dims(backend, f, "token_embd.weight", c.n_vocab, d))
+            .transpose()?;
+        let output_norm = part
+            .head
+            .then(|| check_dims(backend, f, "output_norm.weight", 1, d))
+            .transpose()?;
         progress(total, total);
         Ok(Model {
+            part,
             token_embd,
             output_norm,
             output,
@@ -195,6 +250,11 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// The part of the model this holds.
+    pub fn part(&self) -> &ModelPart {
+        &self.part
+    }
+
     /// Runs a batch of tokens from many sequences through the model: writes their keys and
     /// values into `cache` at the rows `batch.rows` names, and returns the logits of the rows
     /// `batch.logit_rows` lists (`[logit_rows.len(), n_vocab]`, in that order).
@@ -204,18 +264,37 @@ impl<B: Backend> Model<B> {
         batch: &ForwardBatch<'_, B>,
         cache: &mut KvCache<B>,
     ) -> Result<B::Tensor> {
-        let c = &self.config;
-        let (ids, rows, n_single) = (batch.tokens, batch.rows, batch.n_single);
-        let n = ids.len();
-        let n_logits = batch.logit_rows.len();
-        if n == 0 || n_logits == 0 || batch.logit_rows.iter().any(|&r| r >= n) {
-            return Err(Error::shape(
-                "forward",
-                format!("{n} tokens, logits of rows {:?}", batch.logit_rows),
-            ));
+        check_batch(batch.tokens.len(), batch.logit_rows)?;
+        let mut x = self.embed(backend, batch.tokens)?;
+        self.forward_layers(backend, &mut x, batch.rows, batch.n_single, cache)?;
+        self.head(backend, x, batch.logit_rows, batch.n_single)
+    }
+
+    /// The residual stream's start: the tokens' embeddings `[n, n_embd]` (the first part).
+    pub fn embed(&self, backend: &B, ids: &[u32]) -> Result<B::Tensor> {
+        let table = self.token_embd.as_ref().filter(|_| self.part.embed);
+        let table = table.ok_or_else(|| missing_part("the token embeddings", &self.part))?;
+        let mut x = backend.tensor(ids.len(), self.config.n_embd)?;
+        backend.embed(table, ids, &mut x)?;
+        if let Some(s) = self.embd_scale {
+            backend.scale(&mut x, s)?;
         }
+        Ok(x)
+    }
+
+    /// This part's layers over the residual stream `x` (`[n, n_embd]`, in place); layer `i`
+    /// of the part uses layer `i` of `cache`.
+    pub fn forward_layers(
+        &self,
+        backend: &B,
+        x: &mut B::Tensor,
+        rows: &B::Rows,
+        n_single: usize,
+        cache: &mut KvCache<B>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let n = backend.shape(x).0;
         let (d, q_dim, kv_dim) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let mut x = backend.tensor(n, d)?; // residual stream [n, n_embd]
         let mut cur = backend.tensor(n, d)?; // normed input of a sub-block
         let mut q = backend.tensor(n, q_dim)?;
         let mut k = backend.tensor(n, kv_dim)?;
@@ -228,11 +307,6 @@ impl<B: Backend> Model<B> {
         let mut act = backend.tensor(n, c.n_ff)?; // ffn activation, input of ffn_down
         let mut out = backend.tensor(n, d)?; // a sub-block's output [n, n_embd]
         let mut out_normed = backend.tensor(n, d)?;
-
-        backend.embed(&self.token_embd, ids, &mut x)?;
-        if let Some(s) = self.embd_scale {
-            backend.scale(&mut x, s)?;
-        }
         let rope = RopeParams {
             head_dim: c.head_dim,
             n_rot: c.n_rot,
@@ -240,7 +314,7 @@ impl<B: Backend> Model<B> {
         };
         for (il, l) in self.layers.iter().enumerate() {
             // Attention.
-            backend.rms_norm(&x, &l.attn_norm, c.rms_eps, &mut cur)?;
+            backend.rms_norm(x, &l.attn_norm, c.rms_eps, &mut cur)?;
             backend.matmul_rows(
                 &cur,
                 &[&l.attn_q, &l.attn_k, &l.attn_v],
@@ -275,14 +349,14 @@ impl<B: Backend> Model<B> {
             backend.matmul_rows(&kqv, &[&l.attn_output], &mut [&mut out], n_single)?;
             self.residual(
                 backend,
-                &mut x,
+                x,
                 &out,
                 l.post_attention_norm.as_ref(),
                 &mut out_normed,
             )?;
 
             // Feed-forward.
-            backend.rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut cur)?;
+            backend.rms_norm(x, &l.ffn_norm, c.rms_eps, &mut cur)?;
             backend.matmul_rows(
                 &cur,
                 &[&l.ffn_gate, &l.ffn_up],
@@ -294,31 +368,45 @@ impl<B: Backend> Model<B> {
                 Activation::GeluTanh => backend.gelu_mul(&gate, &up, &mut act)?,
             }
             backend.matmul_rows(&act, &[&l.ffn_down], &mut [&mut out], n_single)?;
-            self.residual(
-                backend,
-                &mut x,
-                &out,
-                l.post_ffw_norm.as_ref(),
-                &mut out_normed,
-            )?;
+            self.residual(backend, x, &out, l.post_ffw_norm.as_ref(), &mut out_normed)?;
         }
+        Ok(())
+    }
 
+    /// The logits of the rows `logit_rows` of the residual stream `x` (the last part); the
+    /// first `n_single` rows of `x` are decode rows.
+    pub fn head(
+        &self,
+        backend: &B,
+        x: B::Tensor,
+        logit_rows: &[usize],
+        n_single: usize,
+    ) -> Result<B::Tensor> {
+        let c = &self.config;
+        let (n, d) = (backend.shape(&x).0, c.n_embd);
+        check_batch(n, logit_rows)?;
+        let (Some(output_norm), Some(head)) = (
+            self.output_norm.as_ref(),
+            self.output.as_ref().or(self.token_embd.as_ref()),
+        ) else {
+            return Err(missing_part("the output head", &self.part));
+        };
+        let n_logits = logit_rows.len();
         // Only the rows whose logits are wanted go through the head (262k rows for Gemma).
-        let all_rows = n_logits == n && batch.logit_rows.iter().enumerate().all(|(i, &r)| i == r);
+        let all_rows = n_logits == n && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
         let last = if all_rows {
             x
         } else {
             let mut last = backend.tensor(n_logits, d)?;
-            for (i, &r) in batch.logit_rows.iter().enumerate() {
+            for (i, &r) in logit_rows.iter().enumerate() {
                 backend.copy_rows(&x, r, &mut last, i, 1)?;
             }
             last
         };
         let mut normed = backend.tensor(n_logits, d)?;
-        backend.rms_norm(&last, &self.output_norm, c.rms_eps, &mut normed)?;
+        backend.rms_norm(&last, output_norm, c.rms_eps, &mut normed)?;
         let mut logits = backend.tensor(n_logits, c.n_vocab)?;
-        let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        let n_single_logits = batch.logit_rows.iter().filter(|&&r| r < n_single).count();
+        let n_single_logits = logit_rows.iter().filter(|&&r| r < n_single).count();
         backend.matmul_rows(&normed, &[head], &mut [&mut logits], n_single_logits)?;
         Ok(logits)
     }
@@ -340,4 +428,22 @@ impl<B: Backend> Model<B> {
             None => backend.add_assign(x, out),
         }
     }
+}
+
+/// A batch of `n` rows asking logits of `logit_rows`: at least one, each a row of the batch.
+fn check_batch(n: usize, logit_rows: &[usize]) -> Result<()> {
+    if n == 0 || logit_rows.is_empty() || logit_rows.iter().any(|&r| r >= n) {
+        return Err(Error::shape(
+            "forward",
+            format!("{n} tokens, logits of rows {logit_rows:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn missing_part(what: &str, part: &ModelPart) -> Error {
+    Error::shape(
+        "forward",
+        format!("{what} are not in this part of the model ({part:?})"),
+    )
 }

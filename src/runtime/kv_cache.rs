@@ -24,6 +24,17 @@ impl<B: Backend> KvCache<B> {
         n_blocks: usize,
         kv_type: KvType,
     ) -> Result<Self> {
+        Self::for_layers(backend, config, config.n_layers, n_blocks, kv_type)
+    }
+
+    /// `new` for the first `n_layers` layers only: the cache of one part of a model.
+    pub fn for_layers(
+        backend: &B,
+        config: &ModelConfig,
+        n_layers: usize,
+        n_blocks: usize,
+        kv_type: KvType,
+    ) -> Result<Self> {
         let width = config.n_kv_heads * config.head_dim;
         let n_rows = n_blocks.checked_mul(BLOCK_SIZE).ok_or_else(|| {
             Error::shape(
@@ -31,9 +42,9 @@ impl<B: Backend> KvCache<B> {
                 format!("{n_blocks} blocks of {BLOCK_SIZE} overflow"),
             )
         })?;
-        let mut k = Vec::with_capacity(config.n_layers);
-        let mut v = Vec::with_capacity(config.n_layers);
-        for _ in 0..config.n_layers {
+        let mut k = Vec::with_capacity(n_layers);
+        let mut v = Vec::with_capacity(n_layers);
+        for _ in 0..n_layers {
             k.push(backend.cache(n_rows, width, kv_type)?);
             v.push(backend.cache(n_rows, width, kv_type)?);
         }

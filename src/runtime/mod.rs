@@ -11,10 +11,12 @@
 mod blocks;
 mod kv_cache;
 mod sequence;
+pub mod stages;
 
 pub use blocks::{BlockPool, PrefixId, ROOT};
 pub use kv_cache::{KvCache, BLOCK_SIZE};
 pub use sequence::{BlockTable, Event, Sequence};
+pub use stages::{BackendStage, Stage, Stages};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
