@@ -54,7 +54,7 @@ run() {
     local rc=$?
     set -e
     local execs
-    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)
     # libFuzzer's own "Done N runs in S second(s)" when it ran out its time; else (a crash)
     # the wall time, build included.
     local secs

@@ -14,4 +14,6 @@ static MODEL: LazyLock<ServerModel> = LazyLock::new(|| {
     ServerModel::from_gguf(&f).expect("the SmolLM2 vocabulary builds a tokenizer")
 });
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hearth::fuzz::server_json(&MODEL, data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    hearth::fuzz::server_json(&MODEL, data);
+});
