@@ -172,6 +172,12 @@ impl Engine {
         self.n_ctx
     }
 
+    /// What a context costs on this model and KV cache type: a caller that grows the runner's
+    /// cache itself (the server's scheduler) checks it first, as `generate_ids` does.
+    pub fn memory_plan(&self) -> (MemoryPlan, KvType) {
+        (self.plan, self.kv_type)
+    }
+
     /// The loaded model's runtime (batches of sequences; the server drives it directly).
     pub fn runner(&mut self) -> &mut dyn Runner {
         self.runner.as_mut()

@@ -8,7 +8,9 @@ use crate::backend::KvType;
 use crate::gguf::GgufFile;
 use crate::model::{Arch, MemoryPlan, Model};
 use crate::runtime::SoloCache;
-use crate::store::Modelfile;
+use crate::server::request::{self, Prompt};
+use crate::server::{ollama, openai, ApiError};
+use crate::store::{Digest, Layer, LayerKind, Manifest, ModelName, Modelfile, StoredModel};
 use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
 
 /// Tensor data the model target loads at most: a fuzz input is a small model, and this keeps
@@ -101,6 +103,110 @@ pub fn template(data: &[u8]) {
         Message::new("user", "Why is the sky blue?"),
     ];
     let _ = t.render(&messages, true);
+}
+
+/// What the server holds of a model that a request uses before the model runs: the stored
+/// model (its `SYSTEM`, `MESSAGE`s and `PARAMETER`s), its tokenizer and its chat template.
+pub struct ServerModel {
+    stored: StoredModel,
+    tokenizer: Tokenizer,
+    template: Result<ChatTemplate, String>,
+}
+
+impl ServerModel {
+    /// A model with the vocabulary and chat template of `vocab` (a GGUF's tokenizer
+    /// metadata), a system prompt, one earlier exchange and a `stop` and `temperature`
+    /// parameter, so that requests layer over all of them.
+    pub fn from_gguf(vocab: &GgufFile) -> crate::Result<ServerModel> {
+        let tokenizer = Tokenizer::from_gguf(vocab)?;
+        let digest = Digest::of(b"fuzz");
+        let stored = StoredModel {
+            name: "fuzz".parse()?,
+            digest,
+            manifest: Manifest::new(Layer::new(LayerKind::Model, digest, 0), Vec::new()),
+            model_path: "fuzz.gguf".into(),
+            template: None,
+            system: Some("You are terse.".into()),
+            parameters: vec![
+                ("stop".into(), "<|im_end|>".into()),
+                ("temperature".into(), "0.7".into()),
+            ],
+            licenses: Vec::new(),
+            messages: vec![
+                Message::new("user", "Hi"),
+                Message::new("assistant", "Hello!"),
+            ],
+        };
+        let template =
+            crate::prompt::chat_template(&stored, vocab, &tokenizer).map_err(|e| e.to_string());
+        Ok(ServerModel {
+            stored,
+            tokenizer,
+            template,
+        })
+    }
+
+    /// What a handler does once it has a request's model name, options and prompt, up to
+    /// handing the ids to the scheduler: the name parsed as the store parses it, the options
+    /// layered over the model's, the prompt rendered and tokenized (`request::prepare`).
+    fn prepare(
+        &self,
+        name: &str,
+        overrides: &[(String, String)],
+        prompt: Prompt,
+    ) -> Result<Vec<u32>, ApiError> {
+        name.parse::<ModelName>()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        request::layered_options(&self.stored, overrides)?;
+        let text = request::prompt_text(&self.template, prompt)?;
+        request::encode(&self.tokenizer, &text)
+    }
+}
+
+/// A request body -> every route's parser and checks (Ollama's `/api/generate`, `/api/chat`,
+/// `/api/show`; OpenAI's `/v1/chat/completions`, `/v1/completions`), and for each that
+/// accepts it, what its handler does next before the model runs (`ServerModel::prepare`).
+/// Returns how many routes accepted the body all the way (the smoke test checks its seeds).
+pub fn server_json(model: &ServerModel, data: &[u8]) -> usize {
+    let stored = &model.stored;
+    let mut accepted = 0;
+    if let Ok((body, overrides)) = ollama::generate_request(data) {
+        // An empty prompt without context only loads the model.
+        if !body.prompt.is_empty() || !body.context.is_empty() {
+            let mut ok = model
+                .prepare(&body.model, &overrides, body.prompt(stored))
+                .is_ok();
+            if !body.context.is_empty() {
+                ok &= request::continue_context(
+                    &model.tokenizer,
+                    &model.template,
+                    &body.context,
+                    body.prompt(stored),
+                )
+                .is_ok();
+            }
+            accepted += usize::from(ok);
+        }
+    }
+    if let Ok((body, messages, overrides)) = ollama::chat_request(data) {
+        if !messages.is_empty() {
+            let messages = request::chat_messages(stored, messages);
+            let ok = model.prepare(&body.model, &overrides, Prompt::Chat(messages));
+            accepted += usize::from(ok.is_ok());
+        }
+    }
+    accepted += usize::from(ollama::show_request(data).is_ok());
+    if let Ok((r, messages)) = openai::chat_request(data) {
+        let messages = request::chat_messages(stored, messages);
+        let ok = model.prepare(&r.model, &r.overrides, Prompt::Chat(messages));
+        accepted += usize::from(ok.is_ok());
+    }
+    if let Ok((r, prompt)) = openai::completion_request(data) {
+        let messages = request::generate_messages(stored, None, &prompt);
+        let ok = model.prepare(&r.model, &r.overrides, Prompt::Chat(messages));
+        accepted += usize::from(ok.is_ok());
+    }
+    accepted
 }
 
 /// Small valid inputs for each target, made from the nano models' metadata: every target's

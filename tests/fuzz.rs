@@ -4,8 +4,9 @@
 //! found are regression tests at the end.
 
 use std::path::Path;
+use std::sync::LazyLock;
 
-use hearth::fuzz::{self, seeds};
+use hearth::fuzz::{self, seeds, ServerModel};
 use hearth::gguf::GgufFile;
 use hearth::tokenizer::builtin_template;
 
@@ -81,6 +82,56 @@ pub fn template_seeds() -> Vec<(String, Vec<u8>)> {
     let own = smollm2.get_str("tokenizer.chat_template").unwrap();
     out.push(("smollm2.jinja".into(), own.as_bytes().to_vec()));
     out
+}
+
+/// Request bodies of every route the server parses: Ollama's generate (plain, raw, with a
+/// system prompt, options and a stop list, continuing a context), chat, show; OpenAI's chat
+/// completions (content as text and as parts, sampling fields, stream options) and
+/// completions.
+pub fn server_json_seeds() -> Vec<(String, Vec<u8>)> {
+    let bodies = [
+        (
+            "generate",
+            r#"{"model":"smollm2","prompt":"Why is the sky blue?"}"#,
+        ),
+        (
+            "generate-options",
+            r#"{"model":"smollm2:latest","prompt":"Count to five.","system":"Answer in French.","stream":false,"options":{"temperature":0,"num_predict":16,"top_k":40,"top_p":0.9,"seed":42,"num_ctx":2048,"stop":["\n\n","six"],"repeat_penalty":1.1}}"#,
+        ),
+        (
+            "generate-raw",
+            r#"{"model":"smollm2","prompt":"<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n","raw":true,"stream":true,"keep_alive":"5m"}"#,
+        ),
+        (
+            "generate-context",
+            r#"{"model":"smollm2","prompt":"And then?","context":[1,9690,198,2683,359,253,5356,2],"options":{"num_predict":8}}"#,
+        ),
+        (
+            "chat",
+            r#"{"model":"smollm2","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello!"},{"role":"assistant","content":"Hi. How can I help?"},{"role":"user","content":"Name three colours."}],"stream":false,"options":{"temperature":0.2,"stop":"<|im_end|>"}}"#,
+        ),
+        ("show", r#"{"model":"smollm2:latest"}"#),
+        (
+            "v1-chat",
+            r#"{"model":"smollm2","messages":[{"role":"developer","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"Say hello "},{"type":"text","text":"twice."}]}],"max_tokens":32,"temperature":0.5,"top_p":0.95,"seed":7,"stop":["END"],"n":1,"stream":true,"stream_options":{"include_usage":true},"response_format":{"type":"text"}}"#,
+        ),
+        (
+            "v1-completions",
+            r#"{"model":"smollm2","prompt":["Once upon a time"],"max_completion_tokens":20,"frequency_penalty":0.5,"presence_penalty":0.1,"stream":false}"#,
+        ),
+    ];
+    bodies
+        .iter()
+        .map(|(name, body)| (format!("{name}.json"), body.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The server target's model: SmolLM2's vocabulary and chat template.
+static SERVER_MODEL: LazyLock<ServerModel> =
+    LazyLock::new(|| ServerModel::from_gguf(&open("tokenizer/smollm2-vocab.gguf")).unwrap());
+
+fn server_json(data: &[u8]) {
+    fuzz::server_json(&SERVER_MODEL, data);
 }
 
 /// A deterministic mutator in the spirit of libFuzzer's: bit flips, interesting bytes and
@@ -220,6 +271,21 @@ fn fuzz_smoke_template() {
     eprintln!("template: {n} executions");
 }
 
+#[test]
+fn fuzz_smoke_server_json() {
+    let seeds = server_json_seeds();
+    // Every seed gets through its route to the scheduler's door (a model name, options, a
+    // rendered and tokenized prompt), or mutations of it would test only the JSON parser.
+    // Any body naming a `model` is a valid show body too, so the others count at least 2.
+    for (name, bytes) in &seeds {
+        let accepted = fuzz::server_json(&SERVER_MODEL, bytes);
+        let want = if name == "show.json" { 1 } else { 2 };
+        assert!(accepted >= want, "{name}: {accepted} routes accepted it");
+    }
+    let n = smoke(&seeds, server_json, MUTATIONS);
+    eprintln!("server_json: {n} executions");
+}
+
 /// Writes every target's seed corpus to `fuzz/seeds/<target>/` for `tools/fuzz.sh`.
 #[test]
 #[ignore = "writes files; run by tools/fuzz.sh"]
@@ -236,6 +302,7 @@ fn write_fuzz_seeds() {
         ("tokenizer", tokenizer_seeds()),
         ("modelfile", modelfile_seeds()),
         ("template", template_seeds()),
+        ("server_json", server_json_seeds()),
     ] {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir).unwrap();
@@ -251,11 +318,12 @@ type Target = (&'static str, fn(&[u8]));
 /// Every input a fuzzer crashed on (tests/data/fuzz/TARGET/), run through its target again.
 #[test]
 fn fuzz_findings_stay_fixed() {
-    let targets: [Target; 4] = [
+    let targets: [Target; 5] = [
         ("gguf_model", fuzz::gguf_model),
         ("tokenizer", fuzz::tokenizer),
         ("modelfile", fuzz::modelfile),
         ("template", fuzz::template),
+        ("server_json", server_json),
     ];
     let mut n = 0;
     for (name, target) in targets {

@@ -364,6 +364,27 @@ fn bad_requests_get_ollama_and_openai_errors_and_the_server_keeps_serving() {
     assert_eq!(status, 400);
     let (status, _, _) = request(addr, "GET", "/v1/models/nope", None);
     assert_eq!(status, 404);
+    // Checked before the scheduler sees them: the tokens of an earlier answer, and a context
+    // the scheduler would size a cache from.
+    let context = json!({"model": "nano", "prompt": "hi", "context": [1, 4_000_000_000u32]});
+    let (status, v) = post(addr, "/api/generate", &context);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("4000000000"), "{v}");
+    for num_ctx in [1u64 << 40, 1 << 62] {
+        let huge = json!({"model": "nano", "prompt": "hi", "options": {"num_ctx": num_ctx}});
+        let (status, v) = post(addr, "/api/generate", &huge);
+        assert_eq!(status, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("num_ctx"), "{v}");
+        let oa = json!({"model": "nano", "prompt": "hi", "num_ctx": num_ctx});
+        assert_eq!(post(addr, "/v1/completions", &oa).0, 400);
+    }
+    // The largest num_ctx accepted still has to fit the machine's memory before the cache
+    // grows (it aborted the server on a 64 GiB allocation).
+    let largest = json!({"model": "nano", "prompt": "hi", "stream": false,
+        "options": {"num_ctx": 1 << 26}});
+    let (status, v) = post(addr, "/api/generate", &largest);
+    assert_eq!(status, 500, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("memory"), "{v}");
 
     // Still serving.
     let ok = json!({"model": "nano", "prompt": "hi", "stream": false, "options": GREEDY(3)});

@@ -2,7 +2,8 @@
 # Runs the coverage-guided fuzz targets (fuzz/, cargo fuzz + libFuzzer) for a given time each
 # and prints how many inputs each executed.
 #
-#   tools/fuzz.sh TARGET SECONDS     TARGET: gguf_model, tokenizer, modelfile, template or all
+#   tools/fuzz.sh TARGET SECONDS     TARGET: gguf_model, tokenizer, modelfile, template,
+#                                    server_json or all
 #
 # Works on a stable toolchain: RUSTC_BOOTSTRAP lets cargo fuzz pass its nightly-only flags, and
 # `-s none` builds without a sanitizer (Rust's own bounds checks still hold; the fuzzer finds
@@ -13,7 +14,7 @@
 # priority.
 set -euo pipefail
 
-TARGETS=(gguf_model tokenizer modelfile template)
+TARGETS=(gguf_model tokenizer modelfile template server_json)
 if [[ $# -ne 2 ]]; then
     echo "usage: $0 TARGET|all SECONDS   (targets: ${TARGETS[*]})" >&2
     exit 2
@@ -28,10 +29,14 @@ if ! cargo fuzz --help >/dev/null 2>&1; then
     exit 1
 fi
 
-# The seeds, from the same functions the smoke test uses (delete fuzz/seeds to rewrite them).
-if [[ ! -d fuzz/seeds ]]; then
-    nice -n 19 cargo test --release -q --test tests write_fuzz_seeds -- --ignored >/dev/null
-fi
+# The seeds, from the same functions the smoke test uses, written when a target has none
+# (delete fuzz/seeds to rewrite them).
+for t in "${TARGETS[@]}"; do
+    if [[ ! -d fuzz/seeds/$t ]]; then
+        nice -n 19 cargo test --release -q --test tests write_fuzz_seeds -- --ignored >/dev/null
+        break
+    fi
+done
 
 run() {
     local t=$1
@@ -49,7 +54,7 @@ run() {
     local rc=$?
     set -e
     local execs
-    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
+    execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)
     # libFuzzer's own "Done N runs in S second(s)" when it ran out its time; else (a crash)
     # the wall time, build included.
     local secs

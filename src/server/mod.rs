@@ -5,9 +5,9 @@
 //! the updates it streams back into NDJSON or SSE. Models load on first use (`models.rs`).
 
 mod models;
-mod ollama;
-mod openai;
-mod request;
+pub(crate) mod ollama;
+pub(crate) mod openai;
+pub(crate) mod request;
 pub mod scheduler;
 
 use std::net::SocketAddr;

@@ -28,6 +28,8 @@ use super::scheduler::Update;
 use super::{rfc3339, ApiError, AppState};
 
 type ApiResult = Result<Response, ApiError>;
+/// A request's options as `(name, value)` text pairs (`request::option_pairs`).
+type Overrides = Vec<(String, String)>;
 
 pub async fn root() -> &'static str {
     "Hearth is running"
@@ -38,10 +40,10 @@ pub async fn version() -> Json<Value> {
 }
 
 #[derive(Deserialize)]
-struct GenerateBody {
-    model: String,
+pub(crate) struct GenerateBody {
+    pub model: String,
     #[serde(default)]
-    prompt: String,
+    pub prompt: String,
     system: Option<String>,
     template: Option<String>,
     #[serde(default)]
@@ -52,14 +54,14 @@ struct GenerateBody {
     images: Vec<Value>,
     format: Option<Value>,
     #[serde(default)]
-    context: Vec<u32>,
+    pub context: Vec<u32>,
     #[allow(dead_code)]
     keep_alive: Option<Value>,
 }
 
 #[derive(Deserialize)]
-struct ChatBody {
-    model: String,
+pub(crate) struct ChatBody {
+    pub model: String,
     #[serde(default)]
     messages: Vec<ChatMessage>,
     stream: Option<bool>,
@@ -102,16 +104,38 @@ fn unsupported(images: bool, format: &Option<Value>, tools: bool) -> Result<(), 
     Ok(())
 }
 
-pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
-    let started = Instant::now();
-    let body: GenerateBody = parse_body(&body)?;
+/// A `/api/generate` body, parsed and checked: all the handler does before it needs the
+/// model (the server fuzz target's way in), with the request's options as text pairs.
+pub(crate) fn generate_request(body: &[u8]) -> Result<(GenerateBody, Overrides), ApiError> {
+    let mut body: GenerateBody = parse_body(body)?;
     unsupported(!body.images.is_empty(), &body.format, false)?;
     if body.template.is_some() {
         return Err(ApiError::bad_request(
             "a per-request template is not supported yet; create a model with a TEMPLATE",
         ));
     }
-    let overrides = option_pairs(&body.options.unwrap_or_default())?;
+    let overrides = option_pairs(&body.options.take().unwrap_or_default())?;
+    Ok((body, overrides))
+}
+
+impl GenerateBody {
+    /// The prompt as `stored` sees it: the text as is when `raw`, else a conversation of the
+    /// system prompt (the request's, else the model's) and the text.
+    pub(crate) fn prompt(&self, stored: &StoredModel) -> Prompt {
+        match self.raw {
+            true => Prompt::Text(self.prompt.clone()),
+            false => Prompt::Chat(request::generate_messages(
+                stored,
+                self.system.clone(),
+                &self.prompt,
+            )),
+        }
+    }
+}
+
+pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
+    let started = Instant::now();
+    let (body, overrides) = generate_request(&body)?;
     if body.prompt.is_empty() && body.context.is_empty() {
         // An empty prompt only loads the model.
         state.models.get(&body.model).await?;
@@ -122,46 +146,38 @@ pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiRes
         .into_response());
     }
     let (model, loaded_now) = state.models.get(&body.model).await?;
-    let prompt = match body.raw {
-        true => Prompt::Text(body.prompt.clone()),
-        false => Prompt::Chat(request::generate_messages(
-            &model,
-            body.system.clone(),
-            &body.prompt,
-        )),
-    };
+    let prompt = body.prompt(&model.stored);
     let mut p = request::prepare(model.clone(), loaded_now, prompt, &overrides, started)?;
     if !body.context.is_empty() {
-        // The answer continues an earlier one: its tokens, then the new text (no BOS).
-        let text = match body.raw {
-            true => body.prompt.clone(),
-            false => model
-                .template
-                .as_ref()
-                .map_err(|e| ApiError::bad_request(e.clone()))?
-                .render(
-                    &request::generate_messages(&model, body.system, &body.prompt),
-                    true,
-                )
-                .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        };
-        let new = model
-            .tokenizer
-            .encode(&text, false)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        p.ids = body.context.iter().copied().chain(new).collect();
+        p.ids = request::continue_context(
+            &model.tokenizer,
+            &model.template,
+            &body.context,
+            body.prompt(&model.stored),
+        )?;
     }
     respond(p, body.model, body.stream.unwrap_or(true), Kind::Generate).await
 }
 
-pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
-    let started = Instant::now();
-    let body: ChatBody = parse_body(&body)?;
+/// A `/api/chat` body, parsed and checked before the model is needed (the server fuzz
+/// target's way in): the body, its messages and its options as text pairs.
+pub(crate) fn chat_request(body: &[u8]) -> Result<(ChatBody, Vec<Message>, Overrides), ApiError> {
+    let mut body: ChatBody = parse_body(body)?;
     let images = body.messages.iter().any(|m| !m.images.is_empty());
     unsupported(images, &body.format, !body.tools.is_empty())?;
-    let overrides = option_pairs(&body.options.unwrap_or_default())?;
+    let overrides = option_pairs(&body.options.take().unwrap_or_default())?;
+    let messages = std::mem::take(&mut body.messages)
+        .into_iter()
+        .map(|m| Message::new(m.role, m.content))
+        .collect();
+    Ok((body, messages, overrides))
+}
+
+pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
+    let started = Instant::now();
+    let (body, messages, overrides) = chat_request(&body)?;
     let (model, loaded_now) = state.models.get(&body.model).await?;
-    if body.messages.is_empty() {
+    if messages.is_empty() {
         return Ok(Json(json!({
             "model": body.model, "created_at": rfc3339(SystemTime::now()),
             "message": {"role": "assistant", "content": ""},
@@ -169,12 +185,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
         }))
         .into_response());
     }
-    let messages: Vec<Message> = body
-        .messages
-        .into_iter()
-        .map(|m| Message::new(m.role, m.content))
-        .collect();
-    let messages = request::chat_messages(&model, messages);
+    let messages = request::chat_messages(&model.stored, messages);
     let p = request::prepare(
         model,
         loaded_now,
@@ -337,8 +348,10 @@ struct ShowBody {
     name: Option<String>,
 }
 
-pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
-    let body: ShowBody = parse_body(&body)?;
+/// A `/api/show` body, parsed and checked (the server fuzz target's way in): the model's
+/// name as given and parsed.
+pub(crate) fn show_request(body: &[u8]) -> Result<(String, ModelName), ApiError> {
+    let body: ShowBody = parse_body(body)?;
     let name = body
         .model
         .or(body.name)
@@ -346,6 +359,11 @@ pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
     let parsed: ModelName = name
         .parse()
         .map_err(|e: crate::Error| ApiError::bad_request(e.to_string()))?;
+    Ok((name, parsed))
+}
+
+pub async fn show(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
+    let (name, parsed) = show_request(&body)?;
     if !state.models.store.exists(&parsed) {
         return Err(ApiError::not_found(&name));
     }

@@ -177,13 +177,63 @@ fn messages(body: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
         .collect()
 }
 
+/// A `/v1` body, parsed and checked before the model is needed (the server fuzz target's way
+/// in): the object, the model's name, `stream`, and the options as text pairs.
+pub(crate) struct V1Request {
+    pub body: Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+    pub overrides: Vec<(String, String)>,
+}
+
+fn v1_request(body: &[u8]) -> Result<V1Request, ApiError> {
+    let (body, model, stream) = parse_object(body)?;
+    let overrides = overrides(&body)?;
+    Ok(V1Request {
+        body,
+        model,
+        stream,
+        overrides,
+    })
+}
+
+/// A `/v1/chat/completions` body and its messages.
+pub(crate) fn chat_request(body: &[u8]) -> Result<(V1Request, Vec<Message>), ApiError> {
+    let r = v1_request(body)?;
+    let messages = messages(&r.body)?;
+    Ok((r, messages))
+}
+
+/// A `/v1/completions` body and its prompt.
+pub(crate) fn completion_request(body: &[u8]) -> Result<(V1Request, String), ApiError> {
+    let r = v1_request(body)?;
+    let prompt = match r.body.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or_default().to_string()
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "`prompt` must be a string (one prompt)",
+            ))
+        }
+    };
+    Ok((r, prompt))
+}
+
 pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> OaResult {
     let started = Instant::now();
-    let (body, name, stream) = parse_object(&body)?;
-    let overrides = overrides(&body)?;
-    let messages = messages(&body)?;
+    let (
+        V1Request {
+            body,
+            model: name,
+            stream,
+            overrides,
+        },
+        messages,
+    ) = chat_request(&body)?;
     let (model, loaded_now) = state.models.get(&name).await?;
-    let messages = request::chat_messages(&model, messages);
+    let messages = request::chat_messages(&model.stored, messages);
     let p = request::prepare(
         model,
         loaded_now,
@@ -197,18 +247,18 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> OaResult {
 
 pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaResult {
     let started = Instant::now();
-    let (body, name, stream) = parse_object(&body)?;
-    let overrides = overrides(&body)?;
-    let prompt = match body.get("prompt") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => {
-            items[0].as_str().unwrap_or_default().to_string()
-        }
-        _ => return Err(ApiError::bad_request("`prompt` must be a string (one prompt)").into()),
-    };
+    let (
+        V1Request {
+            body,
+            model: name,
+            stream,
+            overrides,
+        },
+        prompt,
+    ) = completion_request(&body)?;
     let (model, loaded_now) = state.models.get(&name).await?;
     // As Ollama's `/v1/completions`: the prompt goes through the template.
-    let messages = request::generate_messages(&model, None, &prompt);
+    let messages = request::generate_messages(&model.stored, None, &prompt);
     let p = request::prepare(
         model,
         loaded_now,

@@ -10,9 +10,11 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::generate::GenerateStats;
+use crate::model::config::limits;
 use crate::options::{self, GenerateOptions};
 use crate::prompt::{self, Conversation};
-use crate::tokenizer::Message;
+use crate::store::StoredModel;
+use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
 
 use super::models::LoadedModel;
 use super::scheduler::{QueueFull, Request, Update};
@@ -76,21 +78,9 @@ pub fn prepare(
     overrides: &[(String, String)],
     started: Instant,
 ) -> Result<Prepared, ApiError> {
-    let options = prompt::layered_options(&model.stored, overrides)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let text = match prompt {
-        Prompt::Text(text) => text,
-        Prompt::Chat(messages) => {
-            let template = model
-                .template
-                .as_ref()
-                .map_err(|e| ApiError::bad_request(e.clone()))?;
-            template
-                .render(&messages, true)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?
-        }
-    };
-    let ids = encode(&model, &text)?;
+    let options = layered_options(&model.stored, overrides)?;
+    let text = prompt_text(&model.template, prompt)?;
+    let ids = encode(&model.tokenizer, &text)?;
     Ok(Prepared {
         load_duration: if loaded_now {
             model.load_time
@@ -104,21 +94,70 @@ pub fn prepare(
     })
 }
 
+/// The options a request runs with on `stored` (`prompt::layered_options`), a 400 if one is
+/// invalid. A `num_ctx` above what Hearth accepts is refused here, before the scheduler sizes
+/// a cache from it.
+pub fn layered_options(
+    stored: &StoredModel,
+    overrides: &[(String, String)],
+) -> Result<GenerateOptions, ApiError> {
+    let options = prompt::layered_options(stored, overrides)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(n) = options.num_ctx.filter(|&n| n > limits::MAX_CTX) {
+        return Err(ApiError::bad_request(format!(
+            "num_ctx {n} is too large: Hearth accepts 1 to {} positions",
+            limits::MAX_CTX
+        )));
+    }
+    Ok(options)
+}
+
+/// The prompt's text: as is, or the messages rendered with the model's `template`.
+pub fn prompt_text(
+    template: &Result<ChatTemplate, String>,
+    prompt: Prompt,
+) -> Result<String, ApiError> {
+    match prompt {
+        Prompt::Text(text) => Ok(text),
+        Prompt::Chat(messages) => template
+            .as_ref()
+            .map_err(|e| ApiError::bad_request(e.clone()))?
+            .render(&messages, true)
+            .map_err(|e| ApiError::bad_request(e.to_string())),
+    }
+}
+
 /// Token ids of `text`, with BOS as the model wants it but never twice (chat templates such
 /// as Llama 3's write it themselves), as `Engine::generate` does.
-pub fn encode(model: &LoadedModel, text: &str) -> Result<Vec<u32>, ApiError> {
-    let tok = &model.tokenizer;
+pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
     let bos = tok.bos_text();
     let add_bos = tok.add_bos() && (bos.is_empty() || !text.starts_with(bos));
     tok.encode(text, add_bos)
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// The ids of a generate request that continues an earlier answer: its `context` (checked
+/// against the vocabulary), then the new prompt's, without BOS.
+pub fn continue_context(
+    tok: &Tokenizer,
+    template: &Result<ChatTemplate, String>,
+    context: &[u32],
+    prompt: Prompt,
+) -> Result<Vec<u32>, ApiError> {
+    tok.check_ids(context)
+        .map_err(|e| ApiError::bad_request(format!("context: {e}")))?;
+    let text = prompt_text(template, prompt)?;
+    let new = tok
+        .encode(&text, false)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(context.iter().copied().chain(new).collect())
+}
+
 /// The messages a chat request's model sees: the model's `MESSAGE`s, then the request's;
 /// the model's `SYSTEM` first unless the request brings its own system message.
-pub fn chat_messages(model: &LoadedModel, messages: Vec<Message>) -> Vec<Message> {
+pub fn chat_messages(stored: &StoredModel, messages: Vec<Message>) -> Vec<Message> {
     let has_system = messages.iter().any(|m| m.role == "system");
-    let mut conversation = Conversation::for_model(&model.stored);
+    let mut conversation = Conversation::for_model(stored);
     if has_system {
         conversation.system = None;
     }
@@ -128,11 +167,11 @@ pub fn chat_messages(model: &LoadedModel, messages: Vec<Message>) -> Vec<Message
 
 /// The messages of a generate request: `system` (else the model's), then the prompt.
 pub fn generate_messages(
-    model: &LoadedModel,
+    stored: &StoredModel,
     system: Option<String>,
     prompt: &str,
 ) -> Vec<Message> {
-    let mut conversation = Conversation::for_model(&model.stored);
+    let mut conversation = Conversation::for_model(stored);
     if system.is_some() {
         conversation.system = system;
     }

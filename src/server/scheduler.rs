@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::backend::KvType;
 use crate::engine::{Engine, LoadOptions};
 use crate::generate::{GenerateStats, Runner};
 use crate::gguf::GgufFile;
+use crate::model::MemoryPlan;
 use crate::options::GenerateOptions;
 use crate::runtime::Sequence;
 use crate::tokenizer::Tokenizer;
@@ -121,7 +123,15 @@ impl Scheduler {
                     return;
                 }
                 let tokenizer = engine.tokenizer.clone();
-                serve(engine.runner(), &tokenizer, &inbox, limits, &thread_stats);
+                let plan = engine.memory_plan();
+                serve(
+                    engine.runner(),
+                    &tokenizer,
+                    &inbox,
+                    limits,
+                    plan,
+                    &thread_stats,
+                );
             })
             .map_err(|e| Error::io("the scheduler thread", e))?;
         let loaded = loaded_rx.recv().map_err(|_| {
@@ -173,6 +183,7 @@ fn serve(
     tokenizer: &Arc<Tokenizer>,
     inbox: &mpsc::Receiver<Request>,
     limits: Limits,
+    plan: (MemoryPlan, KvType),
     stats: &Stats,
 ) {
     let mut waiting: VecDeque<Request> = VecDeque::new();
@@ -192,7 +203,15 @@ fn serve(
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
         }
-        admit(runner, tokenizer, &mut waiting, &mut live, limits, stats);
+        admit(
+            runner,
+            tokenizer,
+            &mut waiting,
+            &mut live,
+            limits,
+            plan,
+            stats,
+        );
         for l in &mut live {
             if l.sink.is_closed() {
                 l.seq.cancel();
@@ -234,6 +253,7 @@ fn admit(
     waiting: &mut VecDeque<Request>,
     live: &mut Vec<Live>,
     limits: Limits,
+    (plan, kv_type): (MemoryPlan, KvType),
     stats: &Stats,
 ) {
     while live.len() < limits.num_parallel {
@@ -245,12 +265,22 @@ fn admit(
             continue;
         }
         let reserved: usize = live.iter().map(|l| l.seq.n_ctx()).sum();
-        if reserved + r.n_ctx > runner.capacity() {
+        if reserved.saturating_add(r.n_ctx) > runner.capacity() {
             if !live.is_empty() {
                 // It waits for running requests to end, keeping its place in the line.
                 break;
             }
-            if let Err(e) = runner.reserve_capacity(r.n_ctx * limits.num_parallel) {
+            // A request's num_ctx sizes the cache: checked against the memory plan first, or
+            // one request could abort the server on an allocation it cannot get. Room for
+            // `num_parallel` such requests, else for this one alone.
+            let all = r.n_ctx.saturating_mul(limits.num_parallel);
+            let grown = match plan.check_fits(all, kv_type) {
+                Ok(()) => runner.reserve_capacity(all),
+                Err(_) => plan
+                    .check_fits(r.n_ctx, kv_type)
+                    .and_then(|()| runner.reserve_capacity(r.n_ctx)),
+            };
+            if let Err(e) = grown {
                 fail(waiting.pop_front(), e, stats);
                 continue;
             }
