@@ -14,9 +14,10 @@ target type, the script runs `hearth quantize SOURCE OUT --type T` and then:
      the checkpoint's reversed, and the values the checkpoint's after the converter's own
      transforms re-done here in NumPy (Llama Q/K rows permuted as convert_hf_to_gguf.py's
      `LlamaModel.permute`, Gemma norms + 1), within the same relative RMS error;
-2. loads OUT in llama.cpp and generates: `llama-completion -m OUT -p PROMPT -n 16 --temp 0
+2. loads OUT in llama.cpp and generates: `llama-completion -m OUT -p PROMPT -n 20 --temp 0
    -no-cnv` must exit 0 and print a continuation; for the F32 import of each tiny checkpoint the
-   greedy continuation is also compared with the one transformers gave (the golden's text).
+   greedy continuation must start with the bytes of the 16 tokens transformers chose (the
+   golden's `greedy_ids`).
 
 Relative RMS bounds: 1e-6 for F32, 2e-3 F16, 1e-2 BF16, 1e-2 Q8_0, 0.12 for 4-6-bit types
 (Q4_0 on Gaussian weights is ~0.09, see tests/quant.rs).
@@ -163,14 +164,35 @@ def check_file(out: Path, ty: str, reference, src_reader) -> list[str]:
     return problems
 
 
-def llama_generate(bin_dir: Path, model: Path, prompt: str) -> tuple[bool, str]:
-    cmd = [str(bin_dir / "llama-completion"), "-m", str(model), "-p", prompt, "-n", "16",
+def llama_generate(bin_dir: Path, model: Path, prompt: str) -> tuple[bool, bytes]:
+    # 20 tokens, so the 16 of the golden are all printed (llama-completion may hold back the
+    # last one) and compared as a prefix.
+    cmd = [str(bin_dir / "llama-completion"), "-m", str(model), "-p", prompt, "-n", "20",
            "--temp", "0", "-no-cnv", "-t", "2", "-c", "256", "--no-warmup"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # Bytes: a random model's continuation need not be valid UTF-8.
+    p = subprocess.run(cmd, capture_output=True, timeout=300)
     text = p.stdout
     if p.returncode != 0:
-        return False, (p.stderr.strip().splitlines() or ["?"])[-1]
-    return True, text[len(prompt):] if text.startswith(prompt) else text
+        return False, (p.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1].encode()
+    head = prompt.encode()
+    return True, text[len(head):] if text.startswith(head) else text
+
+
+def token_bytes(tok, ids: list[int]) -> bytes:
+    """The bytes `ids` stand for: byte-level tokens through GPT-2's byte table, SentencePiece
+    pieces with "▁" as a space and <0xNN> as the byte."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    out = b""
+    for t in tok.convert_ids_to_tokens(ids):
+        if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+            out += bytes([int(t[3:5], 16)])
+        elif all(c in decoder for c in t) and "\u2581" not in t:
+            out += bytes(decoder[c] for c in t)
+        else:
+            out += t.replace("\u2581", " ").encode()
+    return out
 
 
 def main() -> None:
@@ -209,8 +231,8 @@ def main() -> None:
                     from transformers import AutoTokenizer
                     tok = AutoTokenizer.from_pretrained(src)
                     case = next(c for c in golden["cases"] if c["prompt_text"] == prompt)
-                    want = tok.decode(case["greedy_ids"])
-                    same = text == want
+                    want = token_bytes(tok, case["greedy_ids"])
+                    same = text.startswith(want)
                     agree = f"; greedy text {'equals' if same else 'DIFFERS from'} transformers'"
                     if not same:
                         problems.append(f"llama.cpp {text!r} vs transformers {want!r}")
