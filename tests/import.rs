@@ -162,7 +162,7 @@ fn imported_metadata_and_tensors_are_what_llama_cpp_writes() {
         let template =
             std::fs::read_to_string(data(&format!("import/{name}/chat_template.jinja"))).unwrap();
         assert_eq!(s("tokenizer.chat_template"), Some(template), "{name}");
-        assert_eq!(f.get_u64(&format!("{arch}.block_count")).unwrap() > 0, true);
+        assert!(f.get_u64(&format!("{arch}.block_count")).unwrap() > 0);
         assert_eq!(f.get_u64("general.file_type").unwrap(), 32);
         for t in f.tensors() {
             let want = if t.dims.len() == 1 {

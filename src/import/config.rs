@@ -150,14 +150,14 @@ pub fn read(text: &str) -> Result<ImportConfig> {
     let head_dim_given = f.opt_count("head_dim")?;
     let head_dim = match head_dim_given {
         Some(d) => d,
-        None if n_embd % n_head == 0 => n_embd / n_head,
+        None if n_embd.is_multiple_of(n_head) => n_embd / n_head,
         None => {
             return Err(err(format!(
                 "hidden_size {n_embd} is not a multiple of {n_head} heads"
             )))
         }
     };
-    if n_head % n_head_kv != 0 {
+    if !n_head.is_multiple_of(n_head_kv) {
         return Err(err(format!(
             "{n_head} heads cannot share {n_head_kv} key/value heads"
         )));

@@ -118,17 +118,14 @@ pub fn open(dir: &Path) -> Result<Source> {
     }
     check_tensors(&config, &tensors)?;
     // The loader's order: tensors outside layers first, then layer by layer.
-    tensors.sort_by(|a, b| {
-        let key = |t: &SourceTensor| {
-            let layer = t
-                .gguf_name
-                .strip_prefix("blk.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|l| l.parse::<i64>().ok())
-                .unwrap_or(-1);
-            (layer, t.gguf_name.clone())
-        };
-        key(a).cmp(&key(b))
+    tensors.sort_by_key(|t| {
+        let layer = t
+            .gguf_name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse::<i64>().ok())
+            .unwrap_or(-1);
+        (layer, t.gguf_name.clone())
     });
 
     let name = dir

@@ -128,11 +128,11 @@ pub fn apply(t: Transform, name: &str, values: &mut Vec<f32>, n_cols: usize) -> 
 /// half of the head rotates against the second) moves to `2i + j` (GGUF: pairs of adjacent
 /// rows rotate together). `None` when the rows do not split into heads of an even size.
 pub fn permute_rope_rows(values: &[f32], n_cols: usize, n_head: usize) -> Option<Vec<f32>> {
-    if n_cols == 0 || n_head == 0 || values.len() % n_cols != 0 {
+    if n_cols == 0 || n_head == 0 || !values.len().is_multiple_of(n_cols) {
         return None;
     }
     let n_rows = values.len() / n_cols;
-    if n_rows % n_head != 0 || (n_rows / n_head) % 2 != 0 {
+    if !n_rows.is_multiple_of(n_head) || !(n_rows / n_head).is_multiple_of(2) {
         return None;
     }
     let head_dim = n_rows / n_head;
