@@ -492,3 +492,77 @@ fn chat_template(config: &Json, file: Option<String>) -> Result<Option<String>> 
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn get<'a>(meta: &'a [(String, Value)], key: &str) -> &'a Value {
+        &meta.iter().find(|(k, _)| k == key).unwrap().1
+    }
+
+    /// A Llama 2 / Mistral style file (Metaspace that prepends, byte fallback): SentencePiece
+    /// metadata with byte and unknown types, merge-rank scores, BOS added, space prefix on.
+    #[test]
+    fn sentencepiece_style_bpe_becomes_llama_vocab() {
+        let tok = json!({
+            "model": {"type": "BPE", "byte_fallback": true, "unk_token": "<unk>",
+                "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x0A>": 3, "\u{2581}": 4,
+                          "a": 5, "b": 6, "\u{2581}a": 7, "ab": 8},
+                "merges": ["\u{2581} a", ["a", "b"]]},
+            "added_tokens": [{"id": 0, "content": "<unk>", "special": true},
+                             {"id": 1, "content": "<s>", "special": true},
+                             {"id": 2, "content": "</s>", "special": true}],
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first"},
+        });
+        let config =
+            json!({"bos_token": "<s>", "eos_token": {"content": "</s>"}, "add_bos_token": true});
+        let meta = convert(&tok, &config, None, 10, FallbackIds::default()).unwrap();
+        assert_eq!(get(&meta, "tokenizer.ggml.model").as_str(), Some("llama"));
+        assert_eq!(
+            get(&meta, "tokenizer.ggml.add_space_prefix").as_bool(),
+            Some(true)
+        );
+        let types: Vec<i64> = get(&meta, "tokenizer.ggml.token_type")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(types, vec![2, 3, 3, 6, 1, 1, 1, 1, 1, 5]);
+        let scores: Vec<f64> = get(&meta, "tokenizer.ggml.scores")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(scores, vec![0., 0., 0., 0., -6., -7., -8., 0., -1., 0.]);
+        assert_eq!(get(&meta, "tokenizer.ggml.bos_token_id").as_u64(), Some(1));
+        assert_eq!(get(&meta, "tokenizer.ggml.eos_token_id").as_u64(), Some(2));
+        assert_eq!(
+            get(&meta, "tokenizer.ggml.add_bos_token").as_bool(),
+            Some(true)
+        );
+    }
+
+    /// A byte-level pre-tokenizer whose regex llama.cpp has no name for is refused by name.
+    #[test]
+    fn unknown_byte_level_pre_tokenizer_is_an_error() {
+        let tok = json!({
+            "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": "\\w+"}},
+                {"type": "ByteLevel", "use_regex": false}]},
+        });
+        let e = convert(&tok, &Json::Null, None, 1, FallbackIds::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Split + ByteLevel"), "{e}");
+        let too_small = json!({"model": {"type": "BPE", "vocab": {"a": 0, "b": 5}}});
+        let e = convert(&too_small, &Json::Null, None, 2, FallbackIds::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("past the 2 rows"), "{e}");
+    }
+}
