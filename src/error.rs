@@ -74,6 +74,9 @@ pub enum Error {
     Store(String),
     #[error("quantize: {0}")]
     Quantize(String),
+    /// A Hugging Face checkpoint folder that cannot become a GGUF file.
+    #[error("import: {0}")]
+    Import(String),
     #[error("GPU: {0}")]
     Gpu(String),
     #[error("unknown device {0:?}; use cpu, gpu, gpu:N (see `hearth devices`) or auto")]

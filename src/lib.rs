@@ -8,6 +8,7 @@ pub mod error;
 pub mod fuzz;
 pub mod generate;
 pub mod gguf;
+pub mod import;
 pub mod model;
 pub mod options;
 pub mod perplexity;

@@ -7,6 +7,7 @@ mod fuzz;
 mod gguf;
 mod gpu;
 mod hostile;
+mod import;
 mod kill;
 mod model;
 mod perplexity;

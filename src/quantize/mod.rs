@@ -14,7 +14,7 @@ use crate::quant::QuantType;
 use crate::{Error, Result};
 
 /// ggml's `GGML_QNT_VERSION`, written as `general.quantization_version`.
-const QUANTIZATION_VERSION: u32 = 2;
+pub(crate) const QUANTIZATION_VERSION: u32 = 2;
 
 /// One tensor of the plan.
 #[derive(Debug, Clone)]
@@ -69,16 +69,40 @@ pub fn plan(src: &GgufFile, target: Target) -> Result<Plan> {
         .ok()
         .and_then(|arch| src.get_u64(&format!("{arch}.block_count")).ok())
         .unwrap_or(0) as usize;
-    let input: Vec<(&str, &[u64], QuantType)> = src
+    let input: Vec<InputTensor> = src
         .tensors()
+        .iter()
+        .map(|t| InputTensor {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            qtype: t.qtype,
+            n_bytes: t.n_bytes,
+        })
+        .collect();
+    plan_tensors(&input, n_layer, target)
+}
+
+/// A tensor to convert, as `plan_tensors` sees it: wherever it comes from (a GGUF file, a
+/// safetensors checkpoint), its name, ggml dims, current format and size.
+#[derive(Debug, Clone)]
+pub struct InputTensor {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub qtype: QuantType,
+    pub n_bytes: usize,
+}
+
+/// Chooses the output format of each tensor of a model with `n_layer` blocks.
+pub fn plan_tensors(input: &[InputTensor], n_layer: usize, target: Target) -> Result<Plan> {
+    let views: Vec<(&str, &[u64], QuantType)> = input
         .iter()
         .map(|t| (t.name.as_str(), t.dims.as_slice(), t.qtype))
         .collect();
-    let choices = mixture::choose(target, &input, n_layer);
-    let mut notes = fallback_notes(src, &choices);
+    let choices = mixture::choose(target, &views, n_layer);
+    let mut notes = fallback_notes(input, &choices);
     let mut tensors = Vec::with_capacity(choices.len());
     let mut requantized: Vec<QuantType> = Vec::new();
-    for (t, c) in src.tensors().iter().zip(choices) {
+    for (t, c) in input.iter().zip(choices) {
         let header = TensorHeader {
             name: t.name.clone(),
             dims: t.dims.clone(),
@@ -122,11 +146,11 @@ pub fn plan(src: &GgufFile, target: Target) -> Result<Plan> {
 
 /// One line per (wanted type, fallback, row length): "note: 166 tensors (blk.0.attn_q.weight,
 /// ...) have rows of 576 values, not whole Q4_K blocks of 256; they use Q5_0".
-fn fallback_notes(src: &GgufFile, choices: &[Choice]) -> Vec<String> {
+fn fallback_notes(input: &[InputTensor], choices: &[Choice]) -> Vec<String> {
     // (wanted, used, row length) → the tensors with that fallback.
     type Key = (QuantType, QuantType, u64);
     let mut groups: Vec<(Key, Vec<&str>)> = Vec::new();
-    for (t, c) in src.tensors().iter().zip(choices) {
+    for (t, c) in input.iter().zip(choices) {
         let Some(wanted) = c.wanted else { continue };
         let key = (wanted, c.qtype, t.dims[0]);
         match groups.iter_mut().find(|g| g.0 == key) {
