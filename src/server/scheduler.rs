@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -73,6 +73,8 @@ pub struct Loaded {
     pub n_ctx: usize,
     pub device: String,
     pub load_time: Duration,
+    /// Disconnects once the thread has ended and the engine's memory is freed.
+    pub exited: mpsc::Receiver<()>,
 }
 
 /// The handlers' side of a scheduler: submits requests; the thread ends when every handle
@@ -82,6 +84,8 @@ pub struct Scheduler {
     requests: mpsc::Sender<Request>,
     limits: Limits,
     pub stats: Arc<Stats>,
+    /// Set when the server shuts down: running and waiting requests end with an error.
+    stop: Arc<AtomicBool>,
 }
 
 impl Scheduler {
@@ -92,9 +96,14 @@ impl Scheduler {
         let (loaded_tx, loaded_rx) = mpsc::channel::<Result<Loaded>>();
         let stats = Arc::new(Stats::default());
         let thread_stats = stats.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let (exit_tx, exited) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("hearth-scheduler".into())
             .spawn(move || {
+                // Declared first, dropped last: after the engine.
+                let _exit = exit_tx;
                 let mut engine = match Engine::load(&path, &load) {
                     Ok(engine) => engine,
                     Err(e) => {
@@ -114,6 +123,7 @@ impl Scheduler {
                         n_ctx,
                         device: engine.device_name(),
                         load_time: engine.load_time,
+                        exited,
                     })
                 });
                 let ok = loaded.is_ok();
@@ -121,7 +131,11 @@ impl Scheduler {
                     return;
                 }
                 let tokenizer = engine.tokenizer.clone();
-                serve(engine.runner(), &tokenizer, &inbox, limits, &thread_stats);
+                let shared = Shared {
+                    stats: &thread_stats,
+                    stop: &thread_stop,
+                };
+                serve(engine.runner(), &tokenizer, &inbox, limits, shared);
             })
             .map_err(|e| Error::io("the scheduler thread", e))?;
         let loaded = loaded_rx.recv().map_err(|_| {
@@ -132,6 +146,7 @@ impl Scheduler {
                 requests,
                 limits,
                 stats,
+                stop,
             },
             loaded,
         ))
@@ -139,6 +154,9 @@ impl Scheduler {
 
     /// Queues `request`; `Err(QueueFull)` when the queue is full (nothing was queued).
     pub fn submit(&self, request: Request) -> std::result::Result<(), QueueFull> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(QueueFull);
+        }
         let cap = self.limits.num_parallel + self.limits.max_queue;
         let admitted = self
             .stats
@@ -157,6 +175,40 @@ impl Scheduler {
     }
 }
 
+impl Scheduler {
+    /// Ends every running and waiting request with an error before the next step; later
+    /// requests are refused.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the thread if it waits for work, so it sees the flag (counted as any
+        // request, and ended as one).
+        self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.requests.send(Request::wake()).is_err() {
+            self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Request {
+    /// A request nobody listens to: the scheduler drops it as disconnected.
+    fn wake() -> Request {
+        let (sink, _) = tokio::sync::mpsc::unbounded_channel();
+        Request {
+            prompt: Vec::new(),
+            options: GenerateOptions::default(),
+            n_ctx: 1,
+            sink,
+        }
+    }
+}
+
+/// What the scheduler thread shares with the handlers.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    stats: &'a Stats,
+    stop: &'a AtomicBool,
+}
+
 /// The queue is full (or the scheduler is gone): HTTP 503.
 #[derive(Debug)]
 pub struct QueueFull;
@@ -173,8 +225,9 @@ fn serve(
     tokenizer: &Arc<Tokenizer>,
     inbox: &mpsc::Receiver<Request>,
     limits: Limits,
-    stats: &Stats,
+    shared: Shared,
 ) {
+    let stats = shared.stats;
     let mut waiting: VecDeque<Request> = VecDeque::new();
     let mut live: Vec<Live> = Vec::new();
     let mut open = true;
@@ -191,6 +244,10 @@ fn serve(
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            shut_down(runner, &mut waiting, &mut live, stats);
+            return;
         }
         admit(runner, tokenizer, &mut waiting, &mut live, limits, stats);
         for l in &mut live {
@@ -272,6 +329,25 @@ fn admit(
     stats
         .blocks_in_use
         .store(runner.blocks_in_use(), Ordering::SeqCst);
+}
+
+/// Every request hears that the server is going away; their cache is freed.
+fn shut_down(
+    runner: &mut dyn Runner,
+    waiting: &mut VecDeque<Request>,
+    live: &mut Vec<Live>,
+    stats: &Stats,
+) {
+    const MSG: &str = "the server is shutting down";
+    for l in live.iter_mut() {
+        let _ = l.sink.send(Update::Error(MSG.into()));
+        l.seq.cancel();
+    }
+    retire(runner, live, stats, false);
+    for r in waiting.drain(..) {
+        let _ = r.sink.send(Update::Error(MSG.into()));
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn fail(request: Option<Request>, e: Error, stats: &Stats) {
