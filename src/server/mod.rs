@@ -71,6 +71,7 @@ pub(crate) struct AppState {
     pull: PullConfig,
     /// Becomes true when the server starts shutting down.
     stopping: tokio::sync::watch::Receiver<bool>,
+    sockets: ws::Sockets,
 }
 
 /// An error answer: a status and a message, shaped per API by its handlers.
@@ -191,6 +192,7 @@ pub fn start(store: Store, config: Config) -> Result<RunningServer> {
         models: models::Models::new(store, config.load, config.limits, config.lifetime),
         pull: config.pull,
         stopping,
+        sockets: ws::Sockets::default(),
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(state.clone(), config.guard);
@@ -200,16 +202,23 @@ pub fn start(store: Store, config: Config) -> Result<RunningServer> {
             rt.block_on(async move {
                 let reaper = tokio::spawn(models::reap(state.clone()));
                 let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
+                let stopper = state.clone();
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                     let _ = rx.await;
                     // Running requests end now with a final error line; sockets close.
                     let _ = stop_tx.send(true);
-                    state.models.stop_all().await;
+                    stopper.models.stop_all().await;
                     let _ = drained_tx.send(());
                 });
-                // Connections get a moment to write their last lines, then are cut.
+                // Connections and sockets get a moment to write their last lines, then are
+                // cut.
                 tokio::select! {
-                    _ = serve => {}
+                    _ = async {
+                        let _ = serve.await;
+                        while state.sockets.count() > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    } => {}
                     _ = async {
                         let _ = drained.await;
                         tokio::time::sleep(SHUTDOWN_GRACE).await;

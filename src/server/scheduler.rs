@@ -14,7 +14,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::{Engine, LoadOptions};
 use crate::generate::{GenerateStats, Runner};
+use crate::backend::KvType;
 use crate::gguf::GgufFile;
+use crate::model::MemoryPlan;
 use crate::options::GenerateOptions;
 use crate::runtime::Sequence;
 use crate::tokenizer::Tokenizer;
@@ -111,6 +113,13 @@ impl Scheduler {
                         return;
                     }
                 };
+                let plan = match MemoryPlan::new(&engine.config, &engine.gguf) {
+                    Ok(plan) => plan,
+                    Err(e) => {
+                        let _ = loaded_tx.send(Err(e));
+                        return;
+                    }
+                };
                 // Room for every running request at the default context from the start.
                 let n_ctx = engine.n_ctx();
                 let reserve = engine
@@ -134,6 +143,8 @@ impl Scheduler {
                 let shared = Shared {
                     stats: &thread_stats,
                     stop: &thread_stop,
+                    plan,
+                    kv_type: load.kv_type,
                 };
                 serve(engine.runner(), &tokenizer, &inbox, limits, shared);
             })
@@ -207,6 +218,9 @@ impl Request {
 struct Shared<'a> {
     stats: &'a Stats,
     stop: &'a AtomicBool,
+    /// What a context costs, checked before the cache grows for a request.
+    plan: MemoryPlan,
+    kv_type: KvType,
 }
 
 /// The queue is full (or the scheduler is gone): HTTP 503.
@@ -249,7 +263,7 @@ fn serve(
             shut_down(runner, &mut waiting, &mut live, stats);
             return;
         }
-        admit(runner, tokenizer, &mut waiting, &mut live, limits, stats);
+        admit(runner, tokenizer, &mut waiting, &mut live, limits, shared);
         for l in &mut live {
             if l.sink.is_closed() {
                 l.seq.cancel();
@@ -291,8 +305,9 @@ fn admit(
     waiting: &mut VecDeque<Request>,
     live: &mut Vec<Live>,
     limits: Limits,
-    stats: &Stats,
+    shared: Shared,
 ) {
+    let stats = shared.stats;
     while live.len() < limits.num_parallel {
         let Some(r) = waiting.front() else { break };
         if r.sink.is_closed() {
@@ -307,7 +322,15 @@ fn admit(
                 // It waits for running requests to end, keeping its place in the line.
                 break;
             }
-            if let Err(e) = runner.reserve_capacity(r.n_ctx * limits.num_parallel) {
+            // Room for every parallel request at this context when memory allows, else for
+            // this one alone; a context that does not fit at all is refused, not allocated.
+            let all = r.n_ctx.saturating_mul(limits.num_parallel);
+            let fits = |n: usize| shared.plan.check_fits(n, shared.kv_type);
+            let grown = match fits(all) {
+                Ok(()) => runner.reserve_capacity(all),
+                Err(_) => fits(r.n_ctx).and_then(|()| runner.reserve_capacity(r.n_ctx)),
+            };
+            if let Err(e) = grown {
                 fail(waiting.pop_front(), e, stats);
                 continue;
             }

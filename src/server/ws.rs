@@ -21,12 +21,38 @@ use super::{ollama, ApiError, AppState};
 
 /// Requests one socket may have running at once; more are answered with an error.
 const MAX_PER_SOCKET: usize = 64;
+const CLOSING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The number of open sockets, which shutdown waits to reach zero (they are not connections
+/// the HTTP server tracks once upgraded).
+#[derive(Default)]
+pub struct Sockets(std::sync::atomic::AtomicUsize);
+
+pub struct OpenSocket<'a>(&'a Sockets);
+
+impl Sockets {
+    fn open(&self) -> OpenSocket<'_> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenSocket(self)
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for OpenSocket<'_> {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 pub async fn upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
     ws.on_upgrade(move |socket| serve_socket(state, socket))
 }
 
 async fn serve_socket(state: Arc<AppState>, mut socket: WebSocket) {
+    let _open = state.sockets.open();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Value>();
     // Each running request's cancel switch, by id.
     let mut running: HashMap<String, oneshot::Sender<()>> = HashMap::new();
@@ -44,6 +70,8 @@ async fn serve_socket(state: Arc<AppState>, mut socket: WebSocket) {
         }
         tokio::select! {
             _ = stopping.changed(), if !closing => closing = true,
+            // While closing, the running requests are checked on again now and then.
+            _ = tokio::time::sleep(CLOSING_POLL), if closing => {}
             incoming = socket.recv() => {
                 let text = match incoming {
                     Some(Ok(Message::Text(text))) => text,
