@@ -71,7 +71,7 @@ check("client-copy:latest" in [m.model for m in ol.list().models], "copy made it
 created = ol.create(model="client-made", from_="client-copy", system="Be terse.",
                     parameters={"temperature": 0.5})
 check(created.status == "success", created)
-check(ol.show("client-made").system == "Be terse.", "create set the system prompt")
+check("Be terse." in ol.show("client-made").modelfile, "create set the system prompt")
 ol.delete("client-copy")
 ol.delete("client-made")
 names = [m.model for m in ol.list().models]
