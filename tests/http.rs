@@ -28,8 +28,11 @@ pub struct Fixture {
 
 pub fn store_with(root: &Path, names: &[&str]) -> Store {
     let store = Store::open(root).unwrap();
-    let mf = Modelfile::parse(&format!("FROM {}\nSYSTEM Be brief.\n", nano_gguf().display()))
-        .unwrap();
+    let mf = Modelfile::parse(&format!(
+        "FROM {}\nSYSTEM Be brief.\n",
+        nano_gguf().display()
+    ))
+    .unwrap();
     for name in names {
         store
             .create(&name.parse().unwrap(), &mf, root, &ProgressBar::hidden())
@@ -95,7 +98,10 @@ pub fn send(
          Content-Length: {}\r\n",
         body.len()
     );
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
         head += "Content-Type: application/json\r\n";
     }
     for (k, v) in headers {

@@ -31,7 +31,10 @@ fn oversized_bodies_get_413_as_json() {
             true => v["error"]["message"].as_str().unwrap(),
             false => v["error"].as_str().unwrap(),
         };
-        assert!(msg.contains("too large") && msg.contains("16777216"), "{msg}");
+        assert!(
+            msg.contains("too large") && msg.contains("16777216"),
+            "{msg}"
+        );
     }
     // A body without a declared length is cut at the limit too.
     let mut s = TcpStream::connect(f.addr()).unwrap();
@@ -57,7 +60,10 @@ fn oversized_bodies_get_413_as_json() {
     assert!(r.json()["error"].as_str().unwrap().contains("too large"));
     // Just under the limit is read (and is then only malformed JSON).
     let under = vec![b' '; (16 << 20) - 10];
-    assert_eq!(http::call(f.addr(), "POST", "/api/chat", &[], &under).status, 400);
+    assert_eq!(
+        http::call(f.addr(), "POST", "/api/chat", &[], &under).status,
+        400
+    );
     settle(&f);
 }
 
@@ -91,7 +97,12 @@ fn wrong_types_and_odd_values_get_400_or_an_answer_never_a_hang() {
     }
     // Negative num_predict is unlimited (Ollama's -1, -2): bounded by the context; huge is
     // bounded the same way.
-    for n in [json!(-1), json!(-2), json!(-100), json!(1_000_000_000_000u64)] {
+    for n in [
+        json!(-1),
+        json!(-2),
+        json!(-100),
+        json!(1_000_000_000_000u64),
+    ] {
         let body = json!({"model": "nano", "prompt": "hi", "stream": false,
                           "options": {"temperature": 0, "num_predict": n, "num_ctx": 64}});
         let (status, v) = f.post("/api/generate", &body);
@@ -141,7 +152,10 @@ fn first_piece(f: &Fixture, path: &str, body: &Value, marker: &str) -> BufReader
     let mut line = String::new();
     while !line.contains(marker) {
         line.clear();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "{path} ended early");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "{path} ended early"
+        );
     }
     reader
 }
@@ -152,8 +166,16 @@ fn clients_that_disconnect_on_any_route_leave_nothing_behind() {
     let opts = json!({"temperature": 0, "num_ctx": 4096, "num_predict": 4000});
     let msgs = json!([{"role": "user", "content": "Count:"}]);
     let cases = [
-        ("/api/generate", json!({"model": "nano", "prompt": "Count:", "options": opts}), "\"done\":false"),
-        ("/api/chat", json!({"model": "nano", "messages": msgs, "options": opts}), "\"done\":false"),
+        (
+            "/api/generate",
+            json!({"model": "nano", "prompt": "Count:", "options": opts}),
+            "\"done\":false",
+        ),
+        (
+            "/api/chat",
+            json!({"model": "nano", "messages": msgs, "options": opts}),
+            "\"done\":false",
+        ),
         (
             "/v1/chat/completions",
             json!({"model": "nano", "messages": msgs, "stream": true, "num_ctx": 4096,
@@ -168,7 +190,10 @@ fn clients_that_disconnect_on_any_route_leave_nothing_behind() {
         ),
     ];
     for (path, body, marker) in &cases {
-        let before = f.ps().first().map_or(0, |m| m["hearth"]["disconnected"].as_u64().unwrap());
+        let before = f
+            .ps()
+            .first()
+            .map_or(0, |m| m["hearth"]["disconnected"].as_u64().unwrap());
         drop(first_piece(&f, path, body, marker));
         f.assert_no_leak();
         let after = f.ps()[0]["hearth"]["disconnected"].as_u64().unwrap();
@@ -179,7 +204,13 @@ fn clients_that_disconnect_on_any_route_leave_nothing_behind() {
     s.write_all(b"POST /api/generate HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"mo")
         .unwrap();
     drop(s);
-    let s = http::send(f.addr(), "POST", "/api/generate", &[], cases[0].1.to_string().as_bytes());
+    let s = http::send(
+        f.addr(),
+        "POST",
+        "/api/generate",
+        &[],
+        cases[0].1.to_string().as_bytes(),
+    );
     std::thread::sleep(Duration::from_millis(200));
     drop(s);
     settle(&f);

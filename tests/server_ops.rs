@@ -54,7 +54,12 @@ fn api_key_is_required_on_every_route_when_set() {
         ("DELETE", "/api/delete"),
         ("GET", "/api/ws"),
     ] {
-        for auth in [None, Some("Bearer wrong"), Some("s3cret"), Some("Bearer s3cre")] {
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cret"),
+            Some("Bearer s3cre"),
+        ] {
             let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
             let r = call(addr, method, path, &headers, b"{}");
             assert_eq!(r.status, 401, "{method} {path} {auth:?}: {}", r.body);
@@ -77,7 +82,11 @@ fn browser_origins_follow_hearth_origins() {
         c.guard = c.guard.clone().with_origins("https://app.example");
     });
     let addr = f.addr();
-    for origin in ["http://localhost:3000", "http://127.0.0.1", "https://app.example"] {
+    for origin in [
+        "http://localhost:3000",
+        "http://127.0.0.1",
+        "https://app.example",
+    ] {
         let r = call(addr, "GET", "/api/tags", &[("Origin", origin)], b"");
         assert_eq!(r.status, 200, "{origin}");
         assert!(
@@ -126,8 +135,14 @@ fn keep_alive_unloads_and_hearth_ps_and_stop_talk_to_the_server() {
     assert_eq!(names(&f), ["nano:latest"]);
     generate(&f, "nano", Some(json!(3600)));
     let expires = f.ps()[0]["expires_at"].as_str().unwrap().to_string();
-    assert!(expires < "2300".to_string() && expires > "2020".to_string(), "{expires}");
-    let (status, v) = f.post("/api/generate", &json!({"model": "nano", "keep_alive": "5 m"}));
+    assert!(
+        expires < "2300".to_string() && expires > "2020".to_string(),
+        "{expires}"
+    );
+    let (status, v) = f.post(
+        "/api/generate",
+        &json!({"model": "nano", "keep_alive": "5 m"}),
+    );
     assert_eq!(status, 400, "{v}");
 
     // `hearth ps` and `hearth stop` reach the server at HEARTH_HOST.
@@ -143,7 +158,10 @@ fn keep_alive_unloads_and_hearth_ps_and_stop_talk_to_the_server() {
     };
     let (ok, text) = hearth(&["ps"]);
     assert!(ok, "{text}");
-    assert!(text.contains("nano:latest") && text.contains("100% CPU"), "{text}");
+    assert!(
+        text.contains("nano:latest") && text.contains("100% CPU"),
+        "{text}"
+    );
     let (ok, text) = hearth(&["stop", "nano"]);
     assert!(ok, "{text}");
     assert!(f.ps().is_empty(), "stop unloads at once when idle");
@@ -159,7 +177,9 @@ fn keep_alive_unloads_and_hearth_ps_and_stop_talk_to_the_server() {
     assert!(f.ps().is_empty());
     // keep_alive 0 on a real request: unloaded once it has answered.
     generate(&f, "nano", Some(json!(0)));
-    eventually("keep_alive 0 unloads after the answer", || f.ps().is_empty());
+    eventually("keep_alive 0 unloads after the answer", || {
+        f.ps().is_empty()
+    });
 }
 
 #[test]
@@ -174,7 +194,11 @@ fn models_past_the_limit_or_the_memory_budget_evict_the_least_recently_used() {
     generate(&f, "b", None);
     generate(&f, "a", None);
     generate(&f, "c", None);
-    assert_eq!(names(&f), ["a:latest", "c:latest"], "b was used least recently");
+    assert_eq!(
+        names(&f),
+        ["a:latest", "c:latest"],
+        "b was used least recently"
+    );
     let size = f.ps()[0]["size"].as_u64().unwrap();
 
     // A budget for one and a half models: each load unloads the other.
@@ -198,7 +222,13 @@ fn models_past_the_limit_or_the_memory_budget_evict_the_least_recently_used() {
     });
     let long = json!({"model": "a", "prompt": "Count:",
                       "options": {"temperature": 0, "num_ctx": 4096, "num_predict": 4000}});
-    let s = http::send(f.addr(), "POST", "/api/generate", &[], long.to_string().as_bytes());
+    let s = http::send(
+        f.addr(),
+        "POST",
+        "/api/generate",
+        &[],
+        long.to_string().as_bytes(),
+    );
     let mut reader = BufReader::new(s);
     let mut line = String::new();
     while !line.contains("\"done\":false") {
@@ -210,7 +240,10 @@ fn models_past_the_limit_or_the_memory_budget_evict_the_least_recently_used() {
         &json!({"model": "b", "prompt": "hi", "stream": false}),
     );
     assert_eq!(status, 503, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("HEARTH_MAX_LOADED_MODELS"));
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("HEARTH_MAX_LOADED_MODELS"));
     drop(reader);
     f.assert_no_leak();
     generate(&f, "b", None);
@@ -250,14 +283,21 @@ fn store_routes_copy_delete_create_and_pull_through_the_store() {
         }
     });
     // copy / delete
-    let r = f.request("POST", "/api/copy", Some(&json!({"source": "nano", "destination": "twin:v1"})));
+    let r = f.request(
+        "POST",
+        "/api/copy",
+        Some(&json!({"source": "nano", "destination": "twin:v1"})),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(tags(&f), ["nano:latest", "twin:v1"]);
     for (body, status) in [
         (json!({"source": "nope", "destination": "x"}), 404),
         (json!({"source": "nano", "destination": "../evil"}), 400),
         (json!({"source": "nano", "destination": "a/b"}), 400),
-        (json!({"source": "../../etc/passwd", "destination": "x"}), 400),
+        (
+            json!({"source": "../../etc/passwd", "destination": "x"}),
+            400,
+        ),
         (json!({"source": "nano"}), 400),
     ] {
         assert_eq!(f.post("/api/copy", &body).0, status, "{body}");
@@ -268,7 +308,11 @@ fn store_routes_copy_delete_create_and_pull_through_the_store() {
     let r = f.request("DELETE", "/api/delete", Some(&json!({"model": "twin:v1"})));
     assert_eq!(r.status, 404);
     assert!(r.json()["error"].as_str().unwrap().contains("not found"));
-    let r = f.request("DELETE", "/api/delete", Some(&json!({"model": "../models"})));
+    let r = f.request(
+        "DELETE",
+        "/api/delete",
+        Some(&json!({"model": "../models"})),
+    );
     assert_eq!(r.status, 400);
 
     // create from a model in the store, with Ollama's fields
@@ -281,7 +325,10 @@ fn store_routes_copy_delete_create_and_pull_through_the_store() {
     let (_, show) = f.post("/api/show", &json!({"model": "pirate"}));
     assert_eq!(show["system"], "Talk like a pirate.");
     let params = show["parameters"].as_str().unwrap();
-    assert!(params.contains("temperature") && params.contains("<y>"), "{params}");
+    assert!(
+        params.contains("temperature") && params.contains("<y>"),
+        "{params}"
+    );
     assert_eq!(show["license"], "MIT");
     f.assert_serving();
     let (status, v) = f.post(
@@ -311,12 +358,30 @@ fn store_routes_copy_delete_create_and_pull_through_the_store() {
         (json!({"model": "x", "from": "absent"}), 404),
         (json!({"model": "../x", "from": "nano"}), 400),
         (json!({"model": "x"}), 400),
-        (json!({"model": "x", "files": {"m.gguf": format!("sha256:{zero}")}}), 400),
-        (json!({"model": "x", "files": {"m.gguf": "sha256:../../etc"}}), 400),
-        (json!({"model": "x", "files": {"m.bin": format!("sha256:{digest}")}}), 400),
-        (json!({"model": "x", "from": "nano", "parameters": {"top_p": 7}}), 400),
-        (json!({"model": "x", "from": "nano", "quantize": "q3_zz"}), 400),
-        (json!({"model": "x", "from": "nano", "messages": [{"role": "robot", "content": "hi"}]}), 400),
+        (
+            json!({"model": "x", "files": {"m.gguf": format!("sha256:{zero}")}}),
+            400,
+        ),
+        (
+            json!({"model": "x", "files": {"m.gguf": "sha256:../../etc"}}),
+            400,
+        ),
+        (
+            json!({"model": "x", "files": {"m.bin": format!("sha256:{digest}")}}),
+            400,
+        ),
+        (
+            json!({"model": "x", "from": "nano", "parameters": {"top_p": 7}}),
+            400,
+        ),
+        (
+            json!({"model": "x", "from": "nano", "quantize": "q3_zz"}),
+            400,
+        ),
+        (
+            json!({"model": "x", "from": "nano", "messages": [{"role": "robot", "content": "hi"}]}),
+            400,
+        ),
         (json!({"model": "x", "modelfile": "FROM /etc/passwd"}), 400),
     ] {
         let (s, v) = f.post("/api/create", &body);
@@ -352,7 +417,13 @@ fn shutdown_ends_open_streams_with_an_error_line() {
     let mut f = http::start(&["nano"], |_| {});
     let long = json!({"model": "nano", "prompt": "Count:",
                       "options": {"temperature": 0, "num_ctx": 4096, "num_predict": 4000}});
-    let s = http::send(f.addr(), "POST", "/api/generate", &[], long.to_string().as_bytes());
+    let s = http::send(
+        f.addr(),
+        "POST",
+        "/api/generate",
+        &[],
+        long.to_string().as_bytes(),
+    );
     let mut reader = BufReader::new(s);
     let mut line = String::new();
     while !line.contains("\"done\":false") {
@@ -363,7 +434,8 @@ fn shutdown_ends_open_streams_with_an_error_line() {
     let mut req = long.clone();
     req["id"] = json!("w");
     req["type"] = json!("generate");
-    ws.send(tungstenite::Message::Text(req.to_string().into())).unwrap();
+    ws.send(tungstenite::Message::Text(req.to_string().into()))
+        .unwrap();
     let first = ws.read().unwrap();
     assert!(first.to_text().unwrap().contains("token"), "{first}");
 
@@ -390,7 +462,57 @@ fn shutdown_ends_open_streams_with_an_error_line() {
             }
         }
     }
-    assert_eq!((&ws_end["id"], &ws_end["type"]), (&json!("w"), &json!("error")), "{ws_end}");
+    assert_eq!(
+        (&ws_end["id"], &ws_end["type"]),
+        (&json!("w"), &json!("error")),
+        "{ws_end}"
+    );
     stopper.join().unwrap();
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+}
+
+/// `hearth bench serve` drives a running server through `/v1/completions` and reports every
+/// level it was asked for.
+#[test]
+fn bench_serve_measures_each_level_of_concurrency() {
+    let f = http::start(&["nano"], |_| {});
+    let out = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["bench", "serve", &format!("http://{}", f.addr())])
+        .args([
+            "--model", "nano", "-c", "1,3", "-r", "2", "-n", "8", "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let levels: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(levels.len(), 2, "{stdout}");
+    for (level, streams) in levels.iter().zip([1, 3]) {
+        assert_eq!(level["streams"], streams);
+        assert_eq!(level["requests"], streams * 2);
+        let tokens = level["tokens"].as_u64().unwrap();
+        assert!(tokens > 0 && tokens <= 8 * 2 * streams as u64, "{level}");
+        assert!(level["tokens_per_s"].as_f64().unwrap() > 0.0);
+        assert!(level["ttft_p99_ms"].as_f64() >= level["ttft_p50_ms"].as_f64());
+    }
+    f.assert_no_leak();
+    let bad = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args([
+            "bench",
+            "serve",
+            &format!("http://{}", f.addr()),
+            "--model",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not found"));
 }

@@ -66,7 +66,10 @@ fn official_python_clients_work_unchanged() {
     let sock = addr.parse().unwrap();
     let t0 = Instant::now();
     while std::net::TcpStream::connect(sock).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "the server never listened");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the server never listened"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/server/clients.py");
@@ -101,7 +104,10 @@ fn official_python_clients_work_unchanged() {
         if let Some(status) = server.0.try_wait().unwrap() {
             break status;
         }
-        assert!(t0.elapsed() < Duration::from_secs(15), "SIGTERM did not stop it");
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "SIGTERM did not stop it"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");

@@ -102,7 +102,9 @@ fn websocket_interleaves_requests_matches_ndjson_and_cancels() {
         assert_eq!(m["type"], want, "{m}");
     }
     // The long request streamed between the others' messages: one socket, interleaved.
-    let short_at: Vec<usize> = (0..got.len()).filter(|&i| got[i]["id"] == "short").collect();
+    let short_at: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i]["id"] == "short")
+        .collect();
     let (first, last) = (short_at[0], *short_at.last().unwrap());
     assert!(
         got[first..last].iter().any(|m| m["id"] == "long"),
@@ -117,7 +119,10 @@ fn websocket_interleaves_requests_matches_ndjson_and_cancels() {
             break m;
         }
     };
-    assert_eq!((&end["type"], &end["error"]), (&json!("error"), &json!("cancelled")));
+    assert_eq!(
+        (&end["type"], &end["error"]),
+        (&json!("error"), &json!("cancelled"))
+    );
     // Its slot and cache blocks are free, and the scheduler saw it go.
     f.assert_no_leak();
     assert!(f.ps()[0]["hearth"]["disconnected"].as_u64().unwrap() >= 1);
@@ -125,16 +130,29 @@ fn websocket_interleaves_requests_matches_ndjson_and_cancels() {
     // The socket keeps serving; mistakes get error messages, not a closed socket.
     send(&mut ws, json!({"type": "cancel", "id": "long"}));
     let m = recv(&mut ws);
-    assert_eq!((&m["type"], &m["status"]), (&json!("error"), &json!(404)), "{m}");
+    assert_eq!(
+        (&m["type"], &m["status"]),
+        (&json!("error"), &json!(404)),
+        "{m}"
+    );
     ws.send(Message::Text("{not json".into())).unwrap();
     assert_eq!(recv(&mut ws)["status"], 400);
-    send(&mut ws, json!({"id": "x", "type": "dance", "model": "nano"}));
+    send(
+        &mut ws,
+        json!({"id": "x", "type": "dance", "model": "nano"}),
+    );
     assert!(recv(&mut ws)["error"].as_str().unwrap().contains("dance"));
-    send(&mut ws, json!({"id": "e", "type": "embed", "model": "nano", "input": "hi"}));
+    send(
+        &mut ws,
+        json!({"id": "e", "type": "embed", "model": "nano", "input": "hi"}),
+    );
     let m = recv(&mut ws);
     assert_eq!(m["id"], "e");
     assert!(m["error"].as_str().unwrap().contains("embed"), "{m}");
-    send(&mut ws, json!({"id": "nf", "type": "generate", "model": "nope", "prompt": "hi"}));
+    send(
+        &mut ws,
+        json!({"id": "nf", "type": "generate", "model": "nope", "prompt": "hi"}),
+    );
     let m = recv(&mut ws);
     assert_eq!((&m["id"], &m["status"]), (&json!("nf"), &json!(404)), "{m}");
     long["id"] = json!("again");
@@ -146,7 +164,10 @@ fn websocket_interleaves_requests_matches_ndjson_and_cancels() {
             break m;
         }
     };
-    assert_eq!((&last["id"], &last["type"]), (&json!("again"), &json!("done")));
+    assert_eq!(
+        (&last["id"], &last["type"]),
+        (&json!("again"), &json!("done"))
+    );
 
     // Closing the socket cancels what it started.
     let long = json!({"id": "l2", "type": "generate", "model": "nano", "prompt": "Count:",

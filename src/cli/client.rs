@@ -58,10 +58,6 @@ impl Client {
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// Sends one request; the answer's body is read from the returned `Answer`.
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer> {
         let mut s = TcpStream::connect(self.addr).with_context(|| {
@@ -221,7 +217,10 @@ pub fn parse_rfc3339(t: &str) -> Option<i64> {
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let time = time.trim_end_matches('Z');
     let mut hms = time.split(':');
-    let (h, min) = (hms.next()?.parse::<i64>().ok()?, hms.next()?.parse::<i64>().ok()?);
+    let (h, min) = (
+        hms.next()?.parse::<i64>().ok()?,
+        hms.next()?.parse::<i64>().ok()?,
+    );
     let s = hms.next()?.split('.').next()?.parse::<i64>().ok()?;
     // Days from a civil date (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };

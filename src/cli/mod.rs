@@ -6,6 +6,7 @@
 //! Adding a verb is one file here, one variant in `Command` and one arm in `dispatch`.
 
 mod bench;
+mod bench_serve;
 mod chat;
 mod client;
 mod cp;

@@ -30,7 +30,12 @@ pub fn execute(_: PsArgs) -> Result<()> {
         let vram = m["size_vram"].as_u64().unwrap_or(0);
         rows.push([
             m["name"].as_str().unwrap_or("?").to_string(),
-            m["digest"].as_str().unwrap_or("").chars().take(12).collect(),
+            m["digest"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(12)
+                .collect(),
             human_size(size),
             processor(size, vram),
             m["context_length"].to_string(),

@@ -204,7 +204,8 @@ pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
     // A body without a declared length is cut off at the limit by the extractor, whose
     // answer is plain text.
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE
-        && r.headers().get(header::CONTENT_TYPE) != Some(&HeaderValue::from_static("application/json"))
+        && r.headers().get(header::CONTENT_TYPE)
+            != Some(&HeaderValue::from_static("application/json"))
     {
         r = too_large(&path, g.max_body);
     }
@@ -257,7 +258,9 @@ mod tests {
         assert!(g.origin_allowed("https://app.example"));
         assert!(g.origin_allowed("chrome-extension://abcdef"));
         assert!(!g.origin_allowed("https://app.example.evil"));
-        assert!(Guard::default().with_origins("*").origin_allowed("http://x"));
+        assert!(Guard::default()
+            .with_origins("*")
+            .origin_allowed("http://x"));
     }
 
     #[test]

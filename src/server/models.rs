@@ -253,9 +253,9 @@ impl Models {
             tokio::task::spawn_blocking(move || {
                 planned_bytes(&Store::open(root)?, &parsed, &load, n)
             })
-                .await
-                .map_err(|e| ApiError::internal(format!("the planning task failed: {e}")))?
-                .map_err(|e| ApiError::internal(e.to_string()))?
+            .await
+            .map_err(|e| ApiError::internal(format!("the planning task failed: {e}")))?
+            .map_err(|e| ApiError::internal(e.to_string()))?
         };
         self.make_room(&mut loaded, need).await?;
         let load = self.load.clone();
@@ -475,7 +475,14 @@ mod tests {
         assert!(matches!(p(json!(1e300)), Ok(KeepAlive::For(_))));
         // A bare number in a string is seconds (beyond Go's parser, as a convenience).
         assert_eq!(p(json!("5")), Ok(secs(5)));
-        for bad in [json!("5 m"), json!("m"), json!("5x"), json!(""), json!([1]), json!("1.2.3s")] {
+        for bad in [
+            json!("5 m"),
+            json!("m"),
+            json!("5x"),
+            json!(""),
+            json!([1]),
+            json!("1.2.3s"),
+        ] {
             assert!(p(bad.clone()).is_err(), "{bad}");
         }
     }

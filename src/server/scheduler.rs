@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::backend::KvType;
 use crate::engine::{Engine, LoadOptions};
 use crate::generate::{GenerateStats, Runner};
-use crate::backend::KvType;
 use crate::gguf::GgufFile;
 use crate::model::MemoryPlan;
 use crate::options::GenerateOptions;

@@ -125,9 +125,8 @@ pub async fn pull(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
         state.pull.clone(),
         bar.clone(),
     );
-    let mut task = tokio::task::spawn_blocking(move || {
-        Store::open(root)?.pull(&name, model, &cfg, &task_bar)
-    });
+    let mut task =
+        tokio::task::spawn_blocking(move || Store::open(root)?.pull(&name, model, &cfg, &task_bar));
     let digest = format!("sha256:{}", model.sha256);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -236,7 +235,11 @@ fn modelfile(state: &AppState, body: &CreateBody) -> Result<Modelfile, ApiError>
             .map(|l| l.as_str().map(str::to_string))
             .collect::<Option<_>>()
             .ok_or_else(|| ApiError::bad_request("`license` must be a string or strings"))?,
-        Some(_) => return Err(ApiError::bad_request("`license` must be a string or strings")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`license` must be a string or strings",
+            ))
+        }
     };
     for (name, value) in option_pairs(&body.parameters.clone().unwrap_or_default())? {
         mf.parameters.push(crate::store::Parameter {
@@ -257,7 +260,10 @@ fn modelfile(state: &AppState, body: &CreateBody) -> Result<Modelfile, ApiError>
 /// The path of the one GGUF blob `files` names (`{"model.gguf": "sha256:<hex>"}`), which must
 /// already be in the store.
 fn blob_file(store: &Store, files: &BTreeMap<String, String>) -> Result<PathBuf, ApiError> {
-    let (file, digest) = files.iter().next().ok_or_else(|| ApiError::bad_request("no files"))?;
+    let (file, digest) = files
+        .iter()
+        .next()
+        .ok_or_else(|| ApiError::bad_request("no files"))?;
     if !file.to_ascii_lowercase().ends_with(".gguf") {
         return Err(ApiError::bad_request(format!(
             "file {file:?}: Hearth creates models from GGUF files only"

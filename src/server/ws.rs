@@ -113,7 +113,12 @@ fn handle(
     };
     let id = match body.remove("id") {
         Some(Value::String(id)) if !id.is_empty() => id,
-        _ => return send(out, error(None, 400, "missing field `id` (a non-empty string)")),
+        _ => {
+            return send(
+                out,
+                error(None, 400, "missing field `id` (a non-empty string)"),
+            )
+        }
     };
     let kind = match body.remove("type") {
         Some(Value::String(kind)) => kind,
@@ -127,7 +132,10 @@ fn handle(
         return;
     }
     if running.contains_key(&id) {
-        return send(out, error(Some(&id), 400, "a request with this id is running"));
+        return send(
+            out,
+            error(Some(&id), 400, "a request with this id is running"),
+        );
     }
     if running.len() >= MAX_PER_SOCKET {
         let msg = format!("at most {MAX_PER_SOCKET} requests run at once on one socket");
