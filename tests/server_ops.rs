@@ -136,7 +136,7 @@ fn keep_alive_unloads_and_hearth_ps_and_stop_talk_to_the_server() {
     generate(&f, "nano", Some(json!(3600)));
     let expires = f.ps()[0]["expires_at"].as_str().unwrap().to_string();
     assert!(
-        expires < "2300".to_string() && expires > "2020".to_string(),
+        expires.as_str() < "2300" && expires.as_str() > "2020",
         "{expires}"
     );
     let (status, v) = f.post(
