@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use clap::Args;
 
+use hearth::units::human_bytes;
+
 use super::client::{parse_rfc3339, Client};
 
 #[derive(Args)]
@@ -36,7 +38,7 @@ pub fn execute(_: PsArgs) -> Result<()> {
                 .chars()
                 .take(12)
                 .collect(),
-            human_size(size),
+            human_bytes(size),
             processor(size, vram),
             m["context_length"].to_string(),
             until(m["expires_at"].as_str().and_then(parse_rfc3339), now),
@@ -54,14 +56,6 @@ pub fn execute(_: PsArgs) -> Result<()> {
         println!("{}", line.join("    ").trim_end());
     }
     Ok(())
-}
-
-fn human_size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / 1e9),
-        b if b >= 1 << 20 => format!("{:.0} MB", b as f64 / 1e6),
-        b => format!("{:.0} KB", b as f64 / 1e3),
-    }
 }
 
 /// Ollama's PROCESSOR column: where the bytes are.
@@ -104,6 +98,5 @@ mod tests {
         assert_eq!(until(Some(1010), 1000), "10 seconds from now");
         assert_eq!(until(Some(i64::MAX / 2), 0), "Forever");
         assert_eq!(until(Some(0), 10), "Stopping...");
-        assert_eq!(human_size(2_500_000), "2 MB");
     }
 }

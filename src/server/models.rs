@@ -137,7 +137,8 @@ pub struct LoadedModel {
     /// request at the default context, and the scratch.
     pub memory: u64,
     life: StdMutex<Life>,
-    exited: StdMutex<std::sync::mpsc::Receiver<()>>,
+    /// Disconnects when the scheduler thread has ended (taken by whoever unloads it).
+    exited: StdMutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 struct Life {
@@ -183,10 +184,18 @@ impl LoadedModel {
             .last_used
     }
 
-    /// Waits (bounded) until its scheduler thread has ended and freed the engine.
-    fn wait_exit(&self) {
-        let rx = self.exited.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = rx.recv_timeout(EXIT_WAIT);
+    /// Lets the model go and waits (bounded) until its scheduler thread has ended and freed
+    /// the engine, which happens once no request holds the model any more.
+    fn unload_and_wait(self: Arc<Self>) {
+        let rx = self
+            .exited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(self);
+        if let Some(rx) = rx {
+            let _ = rx.recv_timeout(EXIT_WAIT);
+        }
     }
 }
 
@@ -305,7 +314,7 @@ impl Models {
                 return Ok(());
             };
             if let Some(m) = loaded.remove(&victim) {
-                tokio::task::spawn_blocking(move || m.wait_exit())
+                tokio::task::spawn_blocking(move || m.unload_and_wait())
                     .await
                     .map_err(|e| ApiError::internal(e.to_string()))?;
             }
@@ -441,7 +450,7 @@ fn load_model(
         loaded_at: SystemTime::now(),
         memory,
         life: StdMutex::new(life),
-        exited: StdMutex::new(loaded.exited),
+        exited: StdMutex::new(Some(loaded.exited)),
         stored,
     })
 }

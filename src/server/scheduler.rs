@@ -342,8 +342,8 @@ fn admit(
                 live.push(Live { seq, sink: r.sink });
             }
             Err(e) => {
-                let _ = r.sink.send(Update::Error(e.to_string()));
                 stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let _ = r.sink.send(Update::Error(e.to_string()));
             }
         }
     }
@@ -368,21 +368,22 @@ fn shut_down(
     }
     retire(runner, live, stats, false);
     for r in waiting.drain(..) {
-        let _ = r.sink.send(Update::Error(MSG.into()));
         stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = r.sink.send(Update::Error(MSG.into()));
     }
 }
 
 fn fail(request: Option<Request>, e: Error, stats: &Stats) {
     if let Some(r) = request {
-        let _ = r.sink.send(Update::Error(e.to_string()));
         stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = r.sink.send(Update::Error(e.to_string()));
     }
 }
 
 /// Ends the requests that are done: frees their cache and, when `report`, sends their
 /// statistics.
 fn retire(runner: &mut dyn Runner, live: &mut Vec<Live>, stats: &Stats, report: bool) {
+    let mut ended = Vec::new();
     let mut i = 0;
     while i < live.len() {
         if live[i].seq.done().is_none() {
@@ -391,6 +392,16 @@ fn retire(runner: &mut dyn Runner, live: &mut Vec<Live>, stats: &Stats, report: 
         }
         let mut l = live.swap_remove(i);
         runner.finish(&mut l.seq);
+        ended.push(l);
+    }
+    // The counters are current before anyone hears the answer, so a client that reads
+    // `/api/ps` (or asks for another model) after its answer sees the request gone.
+    stats.running.store(live.len(), Ordering::SeqCst);
+    stats
+        .blocks_in_use
+        .store(runner.blocks_in_use(), Ordering::SeqCst);
+    for l in ended {
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         if l.sink.is_closed() {
             stats.disconnected.fetch_add(1, Ordering::SeqCst);
         } else if report {
@@ -399,10 +410,5 @@ fn retire(runner: &mut dyn Runner, live: &mut Vec<Live>, stats: &Stats, report: 
                 tokens: l.seq.tokens().to_vec(),
             });
         }
-        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
-    stats.running.store(live.len(), Ordering::SeqCst);
-    stats
-        .blocks_in_use
-        .store(runner.blocks_in_use(), Ordering::SeqCst);
 }
