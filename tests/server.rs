@@ -39,6 +39,7 @@ fn serve(limits: Limits) -> (RunningServer, tempfile::TempDir) {
         addr: "127.0.0.1:0".parse().unwrap(),
         load: LoadOptions::default(),
         limits,
+        ..Config::default()
     };
     (server::start(store, config).unwrap(), dir)
 }

@@ -2,7 +2,8 @@
 //! and resident memory, measured as llama-bench measures them (pp: one batch of `-p` tokens;
 //! tg: `-n` tokens one at a time; each after `-d` tokens already in the cache) and printed in
 //! its JSON shape with `--json`, so the figures and scripts compare directly.
-//! `hearth bench kernels` (the GPU shader benchmark) lives in `kernel_bench.rs`.
+//! `hearth bench kernels` (the GPU shader benchmark) lives in `kernel_bench.rs`, `hearth bench
+//! serve` (a running server under concurrent streams) in `bench_serve.rs`.
 
 use std::path::PathBuf;
 
@@ -31,6 +32,8 @@ enum BenchWhat {
     Model(ModelArgs),
     /// Time every GPU kernel on realistic shapes: GB/s, GFLOP/s, % of peak
     Kernels(super::kernel_bench::KernelsArgs),
+    /// A running server's aggregate tokens/s and time to first token under 1, 4, 8 streams
+    Serve(super::bench_serve::ServeBenchArgs),
 }
 
 #[derive(Args)]
@@ -59,6 +62,7 @@ struct ModelArgs {
 pub enum BenchCommand {
     Model(ModelBenchCommand),
     Kernels(super::kernel_bench::KernelsArgs),
+    Serve(super::bench_serve::ServeBenchArgs),
 }
 
 pub struct ModelBenchCommand {
@@ -73,6 +77,7 @@ impl BenchArgs {
         let a = match self.what {
             BenchWhat::Model(a) => a,
             BenchWhat::Kernels(k) => return Ok(BenchCommand::Kernels(k)),
+            BenchWhat::Serve(s) => return Ok(BenchCommand::Serve(s)),
         };
         let as_path = PathBuf::from(&a.model);
         let path = if as_path.is_file() {
@@ -104,6 +109,7 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
     let cmd = match cmd {
         BenchCommand::Model(m) => m,
         BenchCommand::Kernels(k) => return super::kernel_bench::execute(k),
+        BenchCommand::Serve(s) => return super::bench_serve::execute(s),
     };
     let tests = Device::open(&cmd.load, BenchOn(&cmd))?;
     if cmd.json {

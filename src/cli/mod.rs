@@ -6,7 +6,9 @@
 //! Adding a verb is one file here, one variant in `Command` and one arm in `dispatch`.
 
 mod bench;
+mod bench_serve;
 mod chat;
+mod client;
 mod cp;
 mod create;
 mod devices;
@@ -17,6 +19,7 @@ mod load;
 mod params;
 mod perplexity;
 mod progress;
+mod ps;
 mod pull;
 mod quantize;
 mod repl;
@@ -24,6 +27,7 @@ mod rm;
 mod run;
 mod serve;
 mod show;
+mod stop;
 mod tokenize;
 mod verify;
 
@@ -67,6 +71,10 @@ enum Command {
     Run(run::RunArgs),
     /// Serve the store's models over HTTP (Ollama's and OpenAI's APIs)
     Serve(serve::ServeArgs),
+    /// Models loaded in the running server (at HEARTH_HOST), and until when
+    Ps(ps::PsArgs),
+    /// Unload a model from the running server now
+    Stop(stop::StopArgs),
     /// Download a built-in model into the store
     Pull(pull::PullArgs),
     /// List the models in the store
@@ -178,6 +186,8 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
     match command {
         Command::Run(args) => run::execute(args.resolve(globals)?),
         Command::Serve(args) => serve::execute(args.resolve(globals)?),
+        Command::Ps(args) => ps::execute(args),
+        Command::Stop(args) => stop::execute(args),
         Command::Pull(args) => pull::execute(args.resolve(globals)?),
         Command::List(args) => list::execute(args.resolve(globals)?),
         Command::Show(args) => show::execute(args.resolve(globals)?),

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use hearth::server::{self, Config, Limits};
+use hearth::server::{self, Config, Guard, KeepAlive, Lifetime, Limits};
 use hearth::store::Store;
 
 use super::{Globals, PlacementArgs};
@@ -18,7 +18,13 @@ Examples:
 
 Environment: HEARTH_HOST (address, default 127.0.0.1:11434), HEARTH_NUM_PARALLEL (requests
 run together per model, default 4), HEARTH_MAX_QUEUE (requests waiting beyond those, default
-512; more get 503), and HEARTH_DEVICE, HEARTH_KV_CACHE_TYPE, HEARTH_THREADS as for `run`.";
+512; more get 503), HEARTH_KEEP_ALIVE (how long a model stays loaded after its last request:
+5m by default, 0 unloads at once, negative keeps it), HEARTH_MAX_LOADED_MODELS (default 3;
+the least recently used idle one unloads first, also when memory is short), HEARTH_ORIGINS
+(browser origins allowed beside localhost's, comma-separated, `*` wildcards), HEARTH_API_KEY
+(when set, every request needs `Authorization: Bearer <key>`), HEARTH_MAX_BODY (request body
+limit in bytes, default 16 MiB), and HEARTH_DEVICE, HEARTH_KV_CACHE_TYPE, HEARTH_THREADS as
+for `run`.";
 
 #[derive(Args)]
 #[command(after_help = SERVE_EXAMPLES)]
@@ -43,9 +49,31 @@ fn env_count(name: &str, default: usize) -> Result<usize> {
     }
 }
 
+fn env_text(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The security settings from `HEARTH_ORIGINS`, `HEARTH_API_KEY` and `HEARTH_MAX_BODY`.
+fn guard_from_env() -> Result<Guard> {
+    let mut guard = Guard::default().with_origins(&env_text("HEARTH_ORIGINS").unwrap_or_default());
+    guard.api_key = env_text("HEARTH_API_KEY").map(|k| k.trim().to_string());
+    guard.max_body = env_count("HEARTH_MAX_BODY", guard.max_body)?;
+    Ok(guard)
+}
+
+fn lifetime_from_env() -> Result<Lifetime> {
+    let mut lifetime = Lifetime::default();
+    if let Some(text) = env_text("HEARTH_KEEP_ALIVE") {
+        lifetime.keep_alive = KeepAlive::parse(&serde_json::Value::String(text.clone()))
+            .map_err(|e| anyhow::anyhow!("HEARTH_KEEP_ALIVE={text:?}: {e}"))?;
+    }
+    lifetime.max_loaded = env_count("HEARTH_MAX_LOADED_MODELS", lifetime.max_loaded)?;
+    Ok(lifetime)
+}
+
 /// `HEARTH_HOST` as Ollama reads `OLLAMA_HOST`: `host:port`, a bare host (port 11434), with
 /// or without `http://`.
-fn host_addr(text: &str) -> Result<SocketAddr> {
+pub fn host_addr(text: &str) -> Result<SocketAddr> {
     let t = text
         .trim()
         .trim_start_matches("http://")
@@ -77,6 +105,9 @@ impl ServeArgs {
                 addr: host_addr(&host)?,
                 load: self.placement.resolve(globals)?,
                 limits,
+                guard: guard_from_env()?,
+                lifetime: lifetime_from_env()?,
+                ..Config::default()
             },
         })
     }

@@ -4,11 +4,14 @@
 //! scheduler thread (`scheduler.rs`, continuous batching over the model's `Runner`), and turn
 //! the updates it streams back into NDJSON or SSE. Models load on first use (`models.rs`).
 
+pub mod guard;
 mod models;
 pub(crate) mod ollama;
 pub(crate) mod openai;
 pub(crate) mod request;
 pub mod scheduler;
+mod store_routes;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,32 +19,59 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
 use crate::engine::LoadOptions;
-use crate::store::Store;
+use crate::store::{PullConfig, Store};
 use crate::{Error, Result};
 
+pub use guard::Guard;
+pub use models::{KeepAlive, Lifetime};
 pub use scheduler::Limits;
 
 /// Where the server listens unless `HEARTH_HOST` says otherwise: loopback only.
 pub const DEFAULT_HOST: &str = "127.0.0.1:11434";
 pub const DEFAULT_NUM_PARALLEL: usize = 4;
 pub const DEFAULT_MAX_QUEUE: usize = 512;
-/// Request bodies larger than this are refused (413).
-const MAX_BODY: usize = 16 << 20;
+/// How long open connections get to finish after shutdown starts.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub struct Config {
     pub addr: SocketAddr,
     pub load: LoadOptions,
     pub limits: Limits,
+    pub guard: Guard,
+    pub lifetime: Lifetime,
+    /// How `/api/pull` runs pip.
+    pub pull: PullConfig,
+}
+
+impl Default for Config {
+    /// Loopback on a free port, the documented defaults otherwise.
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            load: LoadOptions::default(),
+            limits: Limits {
+                num_parallel: DEFAULT_NUM_PARALLEL,
+                max_queue: DEFAULT_MAX_QUEUE,
+            },
+            guard: Guard::default(),
+            lifetime: Lifetime::default(),
+            pull: PullConfig::default(),
+        }
+    }
 }
 
 /// State every handler shares.
 pub(crate) struct AppState {
     models: models::Models,
+    pull: PullConfig,
+    /// Becomes true when the server starts shutting down.
+    stopping: tokio::sync::watch::Receiver<bool>,
+    sockets: ws::Sockets,
 }
 
 /// An error answer: a status and a message, shaped per API by its handlers.
@@ -88,7 +118,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, guard: Guard) -> Router {
+    let max_body = guard.max_body;
     Router::new()
         .route("/", get(ollama::root).head(ollama::root))
         .route("/api/version", get(ollama::version))
@@ -101,7 +132,16 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route("/api/ws", get(ws::upgrade))
+        .route("/api/pull", post(store_routes::pull))
+        .route("/api/create", post(store_routes::create))
+        .route("/api/copy", post(store_routes::copy))
+        .route("/api/delete", delete(store_routes::delete))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::guard,
+        ))
         .with_state(state)
 }
 
@@ -147,19 +187,44 @@ pub fn start(store: Store, config: Config) -> Result<RunningServer> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("the listening socket", e))?;
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
-        models: models::Models::new(store, config.load, config.limits),
+        models: models::Models::new(store, config.load, config.limits, config.lifetime),
+        pull: config.pull,
+        stopping,
+        sockets: ws::Sockets::default(),
     });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state.clone(), config.guard);
     let thread = std::thread::Builder::new()
         .name("hearth-server".into())
         .spawn(move || {
             rt.block_on(async move {
-                let _ = axum::serve(listener, router(state))
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await;
+                let reaper = tokio::spawn(models::reap(state.clone()));
+                let (drained_tx, drained) = tokio::sync::oneshot::channel::<()>();
+                let stopper = state.clone();
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                    // Running requests end now with a final error line; sockets close.
+                    let _ = stop_tx.send(true);
+                    stopper.models.stop_all().await;
+                    let _ = drained_tx.send(());
+                });
+                // Connections and sockets get a moment to write their last lines, then are
+                // cut.
+                tokio::select! {
+                    _ = async {
+                        let _ = serve.await;
+                        while state.sockets.count() > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    } => {}
+                    _ = async {
+                        let _ = drained.await;
+                        tokio::time::sleep(SHUTDOWN_GRACE).await;
+                    } => {}
+                }
+                reaper.abort();
             });
             // Streams still open end now rather than hold the threads.
             rt.shutdown_background();

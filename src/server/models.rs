@@ -1,20 +1,124 @@
-//! The models a server has loaded: each is loaded from the store on first use, by name as
-//! `hearth run` resolves it, with its own scheduler thread, and stays loaded (no `keep_alive`
-//! eviction yet). Loads happen one at a time, off the async threads.
+//! The models a server has loaded and how long they stay. Each is loaded from the store on
+//! first use, by name as `hearth run` resolves it, with its own scheduler thread, and stays
+//! for its `keep_alive` after its last request (default 5 minutes; 0: unload once idle;
+//! negative: forever). At most `max_loaded` stay at once, and a load that the memory plan says
+//! does not fit first unloads idle models, least recently used first, measuring the memory
+//! again after each. Loads happen one at a time, off the async threads.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::engine::LoadOptions;
+use crate::engine::{LoadOptions, DEFAULT_NUM_CTX};
+use crate::gguf::GgufFile;
+use crate::model::{Arch, MemoryPlan};
 use crate::store::{ModelInfo, ModelName, Store, StoredModel};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::Error;
 
 use super::scheduler::{Limits, Scheduler};
-use super::ApiError;
+use super::{ApiError, AppState};
+
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_MAX_LOADED: usize = 3;
+/// How often idle models are checked for expiry.
+const REAP_EVERY: Duration = Duration::from_millis(200);
+/// How long an unloaded model's thread gets to free its memory before it is measured again.
+const EXIT_WAIT: Duration = Duration::from_secs(30);
+
+/// How long models stay loaded and how many may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetime {
+    /// `keep_alive` of a request that gives none (`HEARTH_KEEP_ALIVE`).
+    pub keep_alive: KeepAlive,
+    /// Models loaded at once (`HEARTH_MAX_LOADED_MODELS`).
+    pub max_loaded: usize,
+    /// Bytes all loaded models may take together, by their memory plans; `None`: only the
+    /// machine's available memory bounds them.
+    pub memory_budget: Option<u64>,
+}
+
+impl Default for Lifetime {
+    fn default() -> Self {
+        Lifetime {
+            keep_alive: KeepAlive::For(DEFAULT_KEEP_ALIVE),
+            max_loaded: DEFAULT_MAX_LOADED,
+            memory_budget: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    For(Duration),
+    Forever,
+}
+
+impl KeepAlive {
+    /// Ollama's `keep_alive`: a number of seconds or a duration string (`"5m"`, `"1h30m"`,
+    /// `"500ms"`, `"-1"`); negative keeps the model forever.
+    pub fn parse(v: &Value) -> Result<KeepAlive, String> {
+        let secs = match v {
+            Value::Number(n) => n.as_f64().ok_or("keep_alive: not a number")?,
+            Value::String(s) => match s.trim().parse::<f64>() {
+                Ok(n) => n,
+                Err(_) => return parse_duration(s.trim()),
+            },
+            _ => return Err(format!("keep_alive: expected a duration, got {v}")),
+        };
+        Ok(from_secs(secs))
+    }
+}
+
+fn from_secs(secs: f64) -> KeepAlive {
+    if secs < 0.0 {
+        KeepAlive::Forever
+    } else {
+        // Past ~31 years is forever too (and no overflow).
+        Duration::try_from_secs_f64(secs.min(1e9)).map_or(KeepAlive::Forever, KeepAlive::For)
+    }
+}
+
+/// Go's `time.ParseDuration`: a sign, then numbers each with a unit (ns, us, µs, ms, s, m, h).
+fn parse_duration(text: &str) -> Result<KeepAlive, String> {
+    let bad = || format!("keep_alive: invalid duration {text:?} (e.g. \"5m\", \"1h30m\", \"-1\")");
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut secs = 0.0;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        secs += n * scale;
+        rest = &rest[unit_end..];
+    }
+    Ok(match negative {
+        true => KeepAlive::Forever,
+        false => from_secs(secs),
+    })
+}
 
 /// A model ready to serve.
 pub struct LoadedModel {
@@ -29,26 +133,110 @@ pub struct LoadedModel {
     pub device: String,
     pub load_time: Duration,
     pub loaded_at: SystemTime,
+    /// Bytes its memory plan gives it: weights, the cache reserved for every parallel
+    /// request at the default context, and the scratch.
+    pub memory: u64,
+    life: StdMutex<Life>,
+    /// Disconnects when the scheduler thread has ended (taken by whoever unloads it).
+    exited: StdMutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+struct Life {
+    keep_alive: KeepAlive,
+    /// `None`: never.
+    expires_at: Option<Instant>,
+    last_used: Instant,
+}
+
+impl LoadedModel {
+    pub fn on_gpu(&self) -> bool {
+        !self.device.to_lowercase().contains("cpu")
+    }
+
+    /// Sets how long the model stays after its last request.
+    pub fn keep(&self, keep_alive: KeepAlive) {
+        let mut life = self.life.lock().unwrap_or_else(|e| e.into_inner());
+        life.keep_alive = keep_alive;
+        life.last_used = Instant::now();
+        life.renew();
+    }
+
+    /// When it unloads if no request comes (`None`: never).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        let life = self.life.lock().unwrap_or_else(|e| e.into_inner());
+        let at = life.expires_at?;
+        let now = Instant::now();
+        Some(SystemTime::now() + at.saturating_duration_since(now))
+    }
+
+    fn idle(&self) -> bool {
+        self.scheduler
+            .stats
+            .in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+    }
+
+    fn last_used(&self) -> Instant {
+        self.life
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_used
+    }
+
+    /// Lets the model go and waits (bounded) until its scheduler thread has ended and freed
+    /// the engine, which happens once no request holds the model any more.
+    fn unload_and_wait(self: Arc<Self>) {
+        let rx = self
+            .exited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(self);
+        if let Some(rx) = rx {
+            let _ = rx.recv_timeout(EXIT_WAIT);
+        }
+    }
+}
+
+impl Life {
+    fn renew(&mut self) {
+        self.expires_at = match self.keep_alive {
+            KeepAlive::Forever => None,
+            KeepAlive::For(d) => Some(Instant::now() + d),
+        };
+    }
 }
 
 pub struct Models {
     pub store: Store,
     load: LoadOptions,
     limits: Limits,
+    lifetime: Lifetime,
     loaded: Mutex<BTreeMap<String, Arc<LoadedModel>>>,
 }
 
 impl Models {
-    pub fn new(store: Store, load: LoadOptions, limits: Limits) -> Models {
+    pub fn new(store: Store, load: LoadOptions, limits: Limits, lifetime: Lifetime) -> Models {
         Models {
             store,
             load,
             limits,
+            lifetime,
             loaded: Mutex::new(BTreeMap::new()),
         }
     }
 
+    /// The server's `keep_alive` unless the request gives one.
+    pub fn keep_alive(&self, v: Option<&Value>) -> Result<KeepAlive, ApiError> {
+        match v {
+            None | Some(Value::Null) => Ok(self.lifetime.keep_alive),
+            Some(v) => KeepAlive::parse(v).map_err(ApiError::bad_request),
+        }
+    }
+
     /// The model called `name` (parsed by the store's rules), and whether this call loaded it.
+    /// It stays for the server's `keep_alive` unless the request sets its own (`keep`).
     pub async fn get(&self, name: &str) -> Result<(Arc<LoadedModel>, bool), ApiError> {
         let parsed: ModelName = name
             .parse()
@@ -56,6 +244,7 @@ impl Models {
         let key = parsed.to_string();
         let mut loaded = self.loaded.lock().await;
         if let Some(m) = loaded.get(&key) {
+            m.keep(self.lifetime.keep_alive);
             return Ok((m.clone(), false));
         }
         if !self.store.exists(&parsed) {
@@ -63,21 +252,173 @@ impl Models {
         }
         let store =
             Store::open(self.store.root()).map_err(|e| ApiError::internal(e.to_string()))?;
+        let need = {
+            let (root, parsed, load) = (
+                self.store.root().to_path_buf(),
+                parsed.clone(),
+                self.load.clone(),
+            );
+            let n = self.limits.num_parallel;
+            tokio::task::spawn_blocking(move || {
+                planned_bytes(&Store::open(root)?, &parsed, &load, n)
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("the planning task failed: {e}")))?
+            .map_err(|e| ApiError::internal(e.to_string()))?
+        };
+        self.make_room(&mut loaded, need).await?;
         let load = self.load.clone();
         let limits = self.limits;
-        let model = tokio::task::spawn_blocking(move || load_model(&store, &parsed, load, limits))
-            .await
-            .map_err(|e| ApiError::internal(format!("the loading task failed: {e}")))?
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let lifetime = self.lifetime;
+        let model = tokio::task::spawn_blocking(move || {
+            load_model(&store, &parsed, load, limits, lifetime.keep_alive, need)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the loading task failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
         let model = Arc::new(model);
         loaded.insert(key, model.clone());
         Ok((model, true))
+    }
+
+    /// Unloads idle models, least recently used first, while the count is at the limit or the
+    /// new model's `need` does not fit.
+    async fn make_room(
+        &self,
+        loaded: &mut BTreeMap<String, Arc<LoadedModel>>,
+        need: u64,
+    ) -> Result<(), ApiError> {
+        loop {
+            let full = loaded.len() >= self.lifetime.max_loaded.max(1);
+            let short = !self.fits(loaded, need);
+            if !full && !short {
+                return Ok(());
+            }
+            let victim = loaded
+                .iter()
+                .filter(|(_, m)| m.idle())
+                .min_by_key(|(_, m)| m.last_used())
+                .map(|(k, _)| k.clone());
+            let Some(victim) = victim else {
+                if full {
+                    return Err(ApiError {
+                        status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        message: format!(
+                            "server busy: {} models are loaded and all are serving requests \
+                             (HEARTH_MAX_LOADED_MODELS)",
+                            loaded.len()
+                        ),
+                    });
+                }
+                // Nothing to unload: the engine's own check decides, with its clear error.
+                return Ok(());
+            };
+            if let Some(m) = loaded.remove(&victim) {
+                tokio::task::spawn_blocking(move || m.unload_and_wait())
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+            }
+        }
+    }
+
+    /// Whether `need` more bytes fit: in the budget beside the loaded models' plans, and in
+    /// the memory the machine has available now.
+    fn fits(&self, loaded: &BTreeMap<String, Arc<LoadedModel>>, need: u64) -> bool {
+        let used: u64 = loaded.values().map(|m| m.memory).sum();
+        let in_budget = self
+            .lifetime
+            .memory_budget
+            .is_none_or(|b| used.saturating_add(need) <= b);
+        let available = crate::model::plan::available_memory().is_none_or(|a| need <= a);
+        in_budget && available
     }
 
     /// The loaded models, by name.
     pub async fn loaded(&self) -> Vec<Arc<LoadedModel>> {
         self.loaded.lock().await.values().cloned().collect()
     }
+
+    /// The loaded model called `name`, if it is.
+    pub async fn find(&self, name: &ModelName) -> Option<Arc<LoadedModel>> {
+        self.loaded.lock().await.get(&name.to_string()).cloned()
+    }
+
+    /// Lets the model called `name` go: it finishes what it serves, then unloads.
+    pub async fn forget(&self, name: &ModelName) {
+        self.loaded.lock().await.remove(&name.to_string());
+    }
+
+    /// Unloads the model called `name` once it is idle (at once if it is), as a request
+    /// with `keep_alive` 0 does; false when it was not loaded.
+    pub async fn unload(&self, name: &ModelName) -> bool {
+        let Some(m) = self.find(name).await else {
+            return false;
+        };
+        m.keep(KeepAlive::For(Duration::ZERO));
+        self.reap_once().await;
+        true
+    }
+
+    /// Unloads expired idle models; a busy model's timer starts again when it goes idle.
+    pub async fn reap_once(&self) {
+        let mut gone = Vec::new();
+        {
+            let mut loaded = self.loaded.lock().await;
+            let now = Instant::now();
+            loaded.retain(|_, m| {
+                let mut life = m.life.lock().unwrap_or_else(|e| e.into_inner());
+                if !m.idle() {
+                    life.renew();
+                    return true;
+                }
+                let expired = life.expires_at.is_some_and(|at| at <= now);
+                if expired {
+                    gone.push(m.clone());
+                }
+                !expired
+            });
+        }
+        drop(gone);
+    }
+
+    /// Stops every scheduler (shutdown): their requests end with an error now.
+    pub async fn stop_all(&self) {
+        for m in self.loaded.lock().await.values() {
+            m.scheduler.stop();
+        }
+    }
+}
+
+/// Unloads expired models until the server stops.
+pub(crate) async fn reap(state: Arc<AppState>) {
+    loop {
+        tokio::time::sleep(REAP_EVERY).await;
+        state.models.reap_once().await;
+    }
+}
+
+/// The bytes the memory plan gives `name` at the context the engine will pick, with room for
+/// every parallel request.
+fn planned_bytes(
+    store: &Store,
+    name: &ModelName,
+    load: &LoadOptions,
+    num_parallel: usize,
+) -> crate::Result<u64> {
+    let stored = store.load(name)?;
+    let gguf = GgufFile::open(&stored.model_path)?;
+    let config = Arch::from_gguf(&gguf)?.spec(&gguf)?.config;
+    let plan = MemoryPlan::new(&config, &gguf)?;
+    let n_ctx = load
+        .num_ctx
+        .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
+    let kv = plan
+        .kv_bytes(n_ctx, load.kv_type)?
+        .saturating_mul(num_parallel as u64);
+    Ok(plan
+        .weight_bytes
+        .saturating_add(kv)
+        .saturating_add(plan.scratch_bytes))
 }
 
 fn load_model(
@@ -85,11 +426,19 @@ fn load_model(
     name: &ModelName,
     load: LoadOptions,
     limits: Limits,
+    keep_alive: KeepAlive,
+    memory: u64,
 ) -> crate::Result<LoadedModel> {
     let stored = store.load(name)?;
     let (scheduler, loaded) = Scheduler::spawn(stored.model_path.clone(), load, limits)?;
     let template = crate::prompt::chat_template(&stored, &loaded.gguf, &loaded.tokenizer)
         .map_err(|e| e.to_string());
+    let mut life = Life {
+        keep_alive,
+        expires_at: None,
+        last_used: Instant::now(),
+    };
+    life.renew();
     Ok(LoadedModel {
         info: ModelInfo::from_gguf(&loaded.gguf)?,
         tokenizer: loaded.tokenizer,
@@ -99,6 +448,51 @@ fn load_model(
         device: loaded.device,
         load_time: loaded.load_time,
         loaded_at: SystemTime::now(),
+        memory,
+        life: StdMutex::new(life),
+        exited: StdMutex::new(Some(loaded.exited)),
         stored,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keep_alive_reads_ollamas_numbers_and_durations() {
+        let secs = |s: u64| KeepAlive::For(Duration::from_secs(s));
+        let p = |v: Value| KeepAlive::parse(&v);
+        assert_eq!(p(json!(0)), Ok(secs(0)));
+        assert_eq!(p(json!(300)), Ok(secs(300)));
+        assert_eq!(p(json!(-1)), Ok(KeepAlive::Forever));
+        assert_eq!(p(json!("-1")), Ok(KeepAlive::Forever));
+        assert_eq!(p(json!("-5m")), Ok(KeepAlive::Forever));
+        assert_eq!(p(json!("5m")), Ok(secs(300)));
+        assert_eq!(p(json!("1h30m")), Ok(secs(5400)));
+        assert_eq!(p(json!("0")), Ok(secs(0)));
+        assert_eq!(p(json!("0s")), Ok(secs(0)));
+        assert_eq!(
+            p(json!("1.5s")),
+            Ok(KeepAlive::For(Duration::from_millis(1500)))
+        );
+        assert_eq!(
+            p(json!("500ms")),
+            Ok(KeepAlive::For(Duration::from_millis(500)))
+        );
+        assert!(matches!(p(json!(1e300)), Ok(KeepAlive::For(_))));
+        // A bare number in a string is seconds (beyond Go's parser, as a convenience).
+        assert_eq!(p(json!("5")), Ok(secs(5)));
+        for bad in [
+            json!("5 m"),
+            json!("m"),
+            json!("5x"),
+            json!(""),
+            json!([1]),
+            json!("1.2.3s"),
+        ] {
+            assert!(p(bad.clone()).is_err(), "{bad}");
+        }
+    }
 }

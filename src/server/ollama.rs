@@ -23,6 +23,7 @@ use crate::gguf::GgufFile;
 use crate::store::{ModelInfo, ModelName, StoredModel};
 use crate::tokenizer::Message;
 
+use super::models::KeepAlive;
 use super::request::{self, nanos, option_pairs, parse_body, Prepared, Prompt};
 use super::scheduler::Update;
 use super::{rfc3339, ApiError, AppState};
@@ -55,7 +56,6 @@ pub(crate) struct GenerateBody {
     format: Option<Value>,
     #[serde(default)]
     pub context: Vec<u32>,
-    #[allow(dead_code)]
     keep_alive: Option<Value>,
 }
 
@@ -69,7 +69,6 @@ pub(crate) struct ChatBody {
     format: Option<Value>,
     #[serde(default)]
     tools: Vec<Value>,
-    #[allow(dead_code)]
     keep_alive: Option<Value>,
 }
 
@@ -136,16 +135,18 @@ impl GenerateBody {
 pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
     let started = Instant::now();
     let (body, overrides) = generate_request(&body)?;
+    let keep = state.models.keep_alive(body.keep_alive.as_ref())?;
     if body.prompt.is_empty() && body.context.is_empty() {
-        // An empty prompt only loads the model.
-        state.models.get(&body.model).await?;
+        // An empty prompt only loads the model, or with `keep_alive` 0 unloads it.
+        let reason = load_or_unload(&state, &body.model, keep).await?;
         return Ok(Json(json!({
             "model": body.model, "created_at": rfc3339(SystemTime::now()),
-            "response": "", "done": true, "done_reason": "load",
+            "response": "", "done": true, "done_reason": reason,
         }))
         .into_response());
     }
     let (model, loaded_now) = state.models.get(&body.model).await?;
+    model.keep(keep);
     let prompt = body.prompt(&model.stored);
     let mut p = request::prepare(model.clone(), loaded_now, prompt, &overrides, started)?;
     if !body.context.is_empty() {
@@ -176,15 +177,18 @@ pub(crate) fn chat_request(body: &[u8]) -> Result<(ChatBody, Vec<Message>, Overr
 pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
     let started = Instant::now();
     let (body, messages, overrides) = chat_request(&body)?;
-    let (model, loaded_now) = state.models.get(&body.model).await?;
+    let keep = state.models.keep_alive(body.keep_alive.as_ref())?;
     if messages.is_empty() {
+        let reason = load_or_unload(&state, &body.model, keep).await?;
         return Ok(Json(json!({
             "model": body.model, "created_at": rfc3339(SystemTime::now()),
             "message": {"role": "assistant", "content": ""},
-            "done": true, "done_reason": "load",
+            "done": true, "done_reason": reason,
         }))
         .into_response());
     }
+    let (model, loaded_now) = state.models.get(&body.model).await?;
+    model.keep(keep);
     let messages = request::chat_messages(&model.stored, messages);
     let p = request::prepare(
         model,
@@ -194,6 +198,28 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
         started,
     )?;
     respond(p, body.model, body.stream.unwrap_or(true), Kind::Chat).await
+}
+
+/// A request with nothing to generate: `keep_alive` 0 unloads the model (not loading it
+/// first), anything else loads it and sets how long it stays.
+async fn load_or_unload(
+    state: &AppState,
+    name: &str,
+    keep: KeepAlive,
+) -> Result<&'static str, ApiError> {
+    if keep == KeepAlive::For(std::time::Duration::ZERO) {
+        let parsed: ModelName = name
+            .parse()
+            .map_err(|e: crate::Error| ApiError::bad_request(e.to_string()))?;
+        if !state.models.store.exists(&parsed) && state.models.find(&parsed).await.is_none() {
+            return Err(ApiError::not_found(name));
+        }
+        state.models.unload(&parsed).await;
+        return Ok("unload");
+    }
+    let (model, _) = state.models.get(name).await?;
+    model.keep(keep);
+    Ok("load")
 }
 
 #[derive(Clone, Copy)]
@@ -423,21 +449,23 @@ fn show_json(stored: &StoredModel) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// The loaded models. They stay loaded (no `keep_alive` yet), so `expires_at` is far ahead.
-/// `hearth` adds the scheduler's counters, which the tests read to check nothing leaks.
+/// The loaded models: until when they stay (`expires_at`; far ahead when forever), the
+/// bytes their memory plans give them (`size`; `size_vram` when on a GPU). `hearth` adds the
+/// scheduler's counters, which the tests read to check nothing leaks.
 pub async fn ps(State(state): State<Arc<AppState>>) -> ApiResult {
     let mut models = Vec::new();
     for m in state.models.loaded().await {
-        let size = std::fs::metadata(&m.stored.model_path).map_or(0, |md| md.len());
         let name = m.stored.name.to_string();
         let s = &m.scheduler.stats;
-        let on_gpu = !m.device.to_lowercase().contains("cpu");
+        let expires_at = m
+            .expires_at()
+            .map_or_else(|| "2318-01-01T00:00:00Z".to_string(), rfc3339);
         models.push(json!({
-            "name": name, "model": name, "size": size,
+            "name": name, "model": name, "size": m.memory,
             "digest": m.stored.digest.hex(),
             "details": details(&m.info),
-            "expires_at": "2318-01-01T00:00:00Z",
-            "size_vram": if on_gpu { size } else { 0 },
+            "expires_at": expires_at,
+            "size_vram": if m.on_gpu() { m.memory } else { 0 },
             "context_length": m.n_ctx,
             "hearth": {
                 "device": m.device,

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -75,6 +75,8 @@ pub struct Loaded {
     pub n_ctx: usize,
     pub device: String,
     pub load_time: Duration,
+    /// Disconnects once the thread has ended and the engine's memory is freed.
+    pub exited: mpsc::Receiver<()>,
 }
 
 /// The handlers' side of a scheduler: submits requests; the thread ends when every handle
@@ -84,6 +86,8 @@ pub struct Scheduler {
     requests: mpsc::Sender<Request>,
     limits: Limits,
     pub stats: Arc<Stats>,
+    /// Set when the server shuts down: running and waiting requests end with an error.
+    stop: Arc<AtomicBool>,
 }
 
 impl Scheduler {
@@ -94,9 +98,14 @@ impl Scheduler {
         let (loaded_tx, loaded_rx) = mpsc::channel::<Result<Loaded>>();
         let stats = Arc::new(Stats::default());
         let thread_stats = stats.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let (exit_tx, exited) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("hearth-scheduler".into())
             .spawn(move || {
+                // Declared first, dropped last: after the engine.
+                let _exit = exit_tx;
                 let mut engine = match Engine::load(&path, &load) {
                     Ok(engine) => engine,
                     Err(e) => {
@@ -116,6 +125,7 @@ impl Scheduler {
                         n_ctx,
                         device: engine.device_name(),
                         load_time: engine.load_time,
+                        exited,
                     })
                 });
                 let ok = loaded.is_ok();
@@ -123,15 +133,14 @@ impl Scheduler {
                     return;
                 }
                 let tokenizer = engine.tokenizer.clone();
-                let plan = engine.memory_plan();
-                serve(
-                    engine.runner(),
-                    &tokenizer,
-                    &inbox,
-                    limits,
+                let (plan, kv_type) = engine.memory_plan();
+                let shared = Shared {
+                    stats: &thread_stats,
+                    stop: &thread_stop,
                     plan,
-                    &thread_stats,
-                );
+                    kv_type,
+                };
+                serve(engine.runner(), &tokenizer, &inbox, limits, shared);
             })
             .map_err(|e| Error::io("the scheduler thread", e))?;
         let loaded = loaded_rx.recv().map_err(|_| {
@@ -142,6 +151,7 @@ impl Scheduler {
                 requests,
                 limits,
                 stats,
+                stop,
             },
             loaded,
         ))
@@ -149,6 +159,9 @@ impl Scheduler {
 
     /// Queues `request`; `Err(QueueFull)` when the queue is full (nothing was queued).
     pub fn submit(&self, request: Request) -> std::result::Result<(), QueueFull> {
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(QueueFull);
+        }
         let cap = self.limits.num_parallel + self.limits.max_queue;
         let admitted = self
             .stats
@@ -167,6 +180,43 @@ impl Scheduler {
     }
 }
 
+impl Scheduler {
+    /// Ends every running and waiting request with an error before the next step; later
+    /// requests are refused.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the thread if it waits for work, so it sees the flag (counted as any
+        // request, and ended as one).
+        self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.requests.send(Request::wake()).is_err() {
+            self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Request {
+    /// A request nobody listens to: the scheduler drops it as disconnected.
+    fn wake() -> Request {
+        let (sink, _) = tokio::sync::mpsc::unbounded_channel();
+        Request {
+            prompt: Vec::new(),
+            options: GenerateOptions::default(),
+            n_ctx: 1,
+            sink,
+        }
+    }
+}
+
+/// What the scheduler thread shares with the handlers.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    stats: &'a Stats,
+    stop: &'a AtomicBool,
+    /// What a context costs, checked before the cache grows for a request.
+    plan: MemoryPlan,
+    kv_type: KvType,
+}
+
 /// The queue is full (or the scheduler is gone): HTTP 503.
 #[derive(Debug)]
 pub struct QueueFull;
@@ -183,9 +233,9 @@ fn serve(
     tokenizer: &Arc<Tokenizer>,
     inbox: &mpsc::Receiver<Request>,
     limits: Limits,
-    plan: (MemoryPlan, KvType),
-    stats: &Stats,
+    shared: Shared,
 ) {
+    let stats = shared.stats;
     let mut waiting: VecDeque<Request> = VecDeque::new();
     let mut live: Vec<Live> = Vec::new();
     let mut open = true;
@@ -203,15 +253,11 @@ fn serve(
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
         }
-        admit(
-            runner,
-            tokenizer,
-            &mut waiting,
-            &mut live,
-            limits,
-            plan,
-            stats,
-        );
+        if shared.stop.load(Ordering::SeqCst) {
+            shut_down(runner, &mut waiting, &mut live, stats);
+            return;
+        }
+        admit(runner, tokenizer, &mut waiting, &mut live, limits, shared);
         for l in &mut live {
             if l.sink.is_closed() {
                 l.seq.cancel();
@@ -253,9 +299,9 @@ fn admit(
     waiting: &mut VecDeque<Request>,
     live: &mut Vec<Live>,
     limits: Limits,
-    (plan, kv_type): (MemoryPlan, KvType),
-    stats: &Stats,
+    shared: Shared,
 ) {
+    let stats = shared.stats;
     while live.len() < limits.num_parallel {
         let Some(r) = waiting.front() else { break };
         if r.sink.is_closed() {
@@ -265,20 +311,18 @@ fn admit(
             continue;
         }
         let reserved: usize = live.iter().map(|l| l.seq.n_ctx()).sum();
-        if reserved.saturating_add(r.n_ctx) > runner.capacity() {
+        if reserved + r.n_ctx > runner.capacity() {
             if !live.is_empty() {
                 // It waits for running requests to end, keeping its place in the line.
                 break;
             }
-            // A request's num_ctx sizes the cache: checked against the memory plan first, or
-            // one request could abort the server on an allocation it cannot get. Room for
-            // `num_parallel` such requests, else for this one alone.
+            // Room for every parallel request at this context when memory allows, else for
+            // this one alone; a context that does not fit at all is refused, not allocated.
             let all = r.n_ctx.saturating_mul(limits.num_parallel);
-            let grown = match plan.check_fits(all, kv_type) {
+            let fits = |n: usize| shared.plan.check_fits(n, shared.kv_type);
+            let grown = match fits(all) {
                 Ok(()) => runner.reserve_capacity(all),
-                Err(_) => plan
-                    .check_fits(r.n_ctx, kv_type)
-                    .and_then(|()| runner.reserve_capacity(r.n_ctx)),
+                Err(_) => fits(r.n_ctx).and_then(|()| runner.reserve_capacity(r.n_ctx)),
             };
             if let Err(e) = grown {
                 fail(waiting.pop_front(), e, stats);
@@ -292,8 +336,8 @@ fn admit(
                 live.push(Live { seq, sink: r.sink });
             }
             Err(e) => {
-                let _ = r.sink.send(Update::Error(e.to_string()));
                 stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let _ = r.sink.send(Update::Error(e.to_string()));
             }
         }
     }
@@ -304,16 +348,36 @@ fn admit(
         .store(runner.blocks_in_use(), Ordering::SeqCst);
 }
 
+/// Every request hears that the server is going away; their cache is freed.
+fn shut_down(
+    runner: &mut dyn Runner,
+    waiting: &mut VecDeque<Request>,
+    live: &mut Vec<Live>,
+    stats: &Stats,
+) {
+    const MSG: &str = "the server is shutting down";
+    for l in live.iter_mut() {
+        let _ = l.sink.send(Update::Error(MSG.into()));
+        l.seq.cancel();
+    }
+    retire(runner, live, stats, false);
+    for r in waiting.drain(..) {
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = r.sink.send(Update::Error(MSG.into()));
+    }
+}
+
 fn fail(request: Option<Request>, e: Error, stats: &Stats) {
     if let Some(r) = request {
-        let _ = r.sink.send(Update::Error(e.to_string()));
         stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = r.sink.send(Update::Error(e.to_string()));
     }
 }
 
 /// Ends the requests that are done: frees their cache and, when `report`, sends their
 /// statistics.
 fn retire(runner: &mut dyn Runner, live: &mut Vec<Live>, stats: &Stats, report: bool) {
+    let mut ended = Vec::new();
     let mut i = 0;
     while i < live.len() {
         if live[i].seq.done().is_none() {
@@ -322,6 +386,16 @@ fn retire(runner: &mut dyn Runner, live: &mut Vec<Live>, stats: &Stats, report: 
         }
         let mut l = live.swap_remove(i);
         runner.finish(&mut l.seq);
+        ended.push(l);
+    }
+    // The counters are current before anyone hears the answer, so a client that reads
+    // `/api/ps` (or asks for another model) after its answer sees the request gone.
+    stats.running.store(live.len(), Ordering::SeqCst);
+    stats
+        .blocks_in_use
+        .store(runner.blocks_in_use(), Ordering::SeqCst);
+    for l in ended {
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         if l.sink.is_closed() {
             stats.disconnected.fetch_add(1, Ordering::SeqCst);
         } else if report {
@@ -330,10 +404,5 @@ fn retire(runner: &mut dyn Runner, live: &mut Vec<Live>, stats: &Stats, report: 
                 tokens: l.seq.tokens().to_vec(),
             });
         }
-        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
-    stats.running.store(live.len(), Ordering::SeqCst);
-    stats
-        .blocks_in_use
-        .store(runner.blocks_in_use(), Ordering::SeqCst);
 }
