@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod sample;
 pub mod server;
 pub mod store;
+pub mod structured;
 pub mod tokenizer;
 pub mod units;
 

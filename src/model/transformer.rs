@@ -204,6 +204,26 @@ impl<B: Backend> Model<B> {
         batch: &ForwardBatch<'_, B>,
         cache: &mut KvCache<B>,
     ) -> Result<B::Tensor> {
+        let normed = self.forward_hidden(backend, batch, cache)?;
+        let mut logits = backend.tensor(batch.logit_rows.len(), self.config.n_vocab)?;
+        let head = self.output.as_ref().unwrap_or(&self.token_embd);
+        let n_single_logits = batch
+            .logit_rows
+            .iter()
+            .filter(|&&r| r < batch.n_single)
+            .count();
+        backend.matmul_rows(&normed, &[head], &mut [&mut logits], n_single_logits)?;
+        Ok(logits)
+    }
+
+    /// `forward` without the head: the final hidden states (after the output norm) of the
+    /// rows `batch.logit_rows` lists (`[logit_rows.len(), n_embd]`), what embeddings pool.
+    pub fn forward_hidden(
+        &self,
+        backend: &B,
+        batch: &ForwardBatch<'_, B>,
+        cache: &mut KvCache<B>,
+    ) -> Result<B::Tensor> {
         let c = &self.config;
         let (ids, rows, n_single) = (batch.tokens, batch.rows, batch.n_single);
         let n = ids.len();
@@ -316,11 +336,7 @@ impl<B: Backend> Model<B> {
         };
         let mut normed = backend.tensor(n_logits, d)?;
         backend.rms_norm(&last, &self.output_norm, c.rms_eps, &mut normed)?;
-        let mut logits = backend.tensor(n_logits, c.n_vocab)?;
-        let head = self.output.as_ref().unwrap_or(&self.token_embd);
-        let n_single_logits = batch.logit_rows.iter().filter(|&&r| r < n_single).count();
-        backend.matmul_rows(&normed, &[head], &mut [&mut logits], n_single_logits)?;
-        Ok(logits)
+        Ok(normed)
     }
 
     /// `x += norm(out)` or `x += out`.

@@ -4,6 +4,7 @@
 //! scheduler thread (`scheduler.rs`, continuous batching over the model's `Runner`), and turn
 //! the updates it streams back into NDJSON or SSE. Models load on first use (`models.rs`).
 
+mod embed;
 mod models;
 mod ollama;
 mod openai;
@@ -97,6 +98,9 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/api/show", post(ollama::show))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
+        .route("/api/embed", post(embed::ollama_embed))
+        .route("/api/embeddings", post(embed::ollama_embeddings))
+        .route("/v1/embeddings", post(embed::openai_embeddings))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/chat/completions", post(openai::chat))

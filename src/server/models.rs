@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Mutex;
 
 use crate::engine::LoadOptions;
+use crate::runtime::Pooling;
 use crate::store::{ModelInfo, ModelName, Store, StoredModel};
+use crate::structured::Grammars;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::Error;
 
@@ -29,6 +31,10 @@ pub struct LoadedModel {
     pub device: String,
     pub load_time: Duration,
     pub loaded_at: SystemTime,
+    /// Structured output's grammar compiler for this vocabulary (built on first use).
+    pub grammars: Grammars,
+    /// How embeddings pool token vectors (`<arch>.pooling_type`).
+    pub pooling: Pooling,
 }
 
 pub struct Models {
@@ -92,6 +98,8 @@ fn load_model(
         .map_err(|e| e.to_string());
     Ok(LoadedModel {
         info: ModelInfo::from_gguf(&loaded.gguf)?,
+        grammars: Grammars::new(loaded.tokenizer.clone()),
+        pooling: Pooling::from_gguf(&loaded.gguf)?,
         tokenizer: loaded.tokenizer,
         template,
         scheduler,

@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 
 use crate::gguf::GgufFile;
 use crate::store::{ModelInfo, ModelName, StoredModel};
+use crate::structured::Format;
 use crate::tokenizer::Message;
 
 use super::request::{self, nanos, option_pairs, parse_body, Prepared, Prompt};
@@ -55,6 +56,9 @@ struct GenerateBody {
     context: Vec<u32>,
     #[allow(dead_code)]
     keep_alive: Option<Value>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +73,9 @@ struct ChatBody {
     tools: Vec<Value>,
     #[allow(dead_code)]
     keep_alive: Option<Value>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -82,18 +89,10 @@ struct ChatMessage {
 
 /// Features of the request this server does not have yet: a clear 400 rather than an
 /// answer that silently ignores them.
-fn unsupported(images: bool, format: &Option<Value>, tools: bool) -> Result<(), ApiError> {
+fn unsupported(images: bool, tools: bool) -> Result<(), ApiError> {
     if images {
         return Err(ApiError::bad_request(
             "images are not supported: Hearth's models take text only",
-        ));
-    }
-    if format
-        .as_ref()
-        .is_some_and(|f| !f.is_null() && f.as_str() != Some(""))
-    {
-        return Err(ApiError::bad_request(
-            "format (structured output) is not supported yet",
         ));
     }
     if tools {
@@ -102,10 +101,24 @@ fn unsupported(images: bool, format: &Option<Value>, tools: bool) -> Result<(), 
     Ok(())
 }
 
+/// `format` and `logprobs`/`top_logprobs` onto a prepared request.
+fn shape(
+    p: &mut Prepared,
+    format: &Option<Value>,
+    logprobs: bool,
+    top: Option<usize>,
+) -> Result<(), ApiError> {
+    if let Some(f) = format {
+        p.format = Format::from_ollama(f).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    p.logprobs = request::logprobs_request(logprobs, top)?;
+    Ok(())
+}
+
 pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
     let started = Instant::now();
     let body: GenerateBody = parse_body(&body)?;
-    unsupported(!body.images.is_empty(), &body.format, false)?;
+    unsupported(!body.images.is_empty(), false)?;
     if body.template.is_some() {
         return Err(ApiError::bad_request(
             "a per-request template is not supported yet; create a model with a TEMPLATE",
@@ -151,6 +164,7 @@ pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiRes
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         p.ids = body.context.iter().copied().chain(new).collect();
     }
+    shape(&mut p, &body.format, body.logprobs, body.top_logprobs)?;
     respond(p, body.model, body.stream.unwrap_or(true), Kind::Generate).await
 }
 
@@ -158,7 +172,7 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
     let started = Instant::now();
     let body: ChatBody = parse_body(&body)?;
     let images = body.messages.iter().any(|m| !m.images.is_empty());
-    unsupported(images, &body.format, !body.tools.is_empty())?;
+    unsupported(images, !body.tools.is_empty())?;
     let overrides = option_pairs(&body.options.unwrap_or_default())?;
     let (model, loaded_now) = state.models.get(&body.model).await?;
     if body.messages.is_empty() {
@@ -175,13 +189,14 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
         .map(|m| Message::new(m.role, m.content))
         .collect();
     let messages = request::chat_messages(&model, messages);
-    let p = request::prepare(
+    let mut p = request::prepare(
         model,
         loaded_now,
         Prompt::Chat(messages),
         &overrides,
         started,
     )?;
+    shape(&mut p, &body.format, body.logprobs, body.top_logprobs)?;
     respond(p, body.model, body.stream.unwrap_or(true), Kind::Chat).await
 }
 
@@ -208,10 +223,25 @@ async fn respond(p: Prepared, name: String, stream: bool, kind: Kind) -> ApiResu
         let answer = request::collect(rx).await?;
         let mut v = done_chunk(&p, &name, kind, &answer.stats, &answer.tokens);
         merge(&mut v, kind.text(&answer.text));
+        if p.logprobs.is_some() {
+            let lps: Vec<Value> = answer
+                .logprobs
+                .iter()
+                .map(|lp| request::logprob_json(&p.model, lp))
+                .collect();
+            merge(&mut v, json!({ "logprobs": lps }));
+        }
         return Ok(Json(v).into_response());
     }
+    // Log-probabilities come before their token's text, which may be held back: they ride
+    // on the next chunk that carries text (or the last one).
+    let mut pending: Vec<Value> = Vec::new();
     Ok(ndjson(rx, move |update| {
-        let v = match update {
+        let mut v = match update {
+            Update::Logprob(lp) => {
+                pending.push(request::logprob_json(&p.model, &lp));
+                return String::new();
+            }
             Update::Text(piece) => {
                 let mut v = json!({
                     "model": name, "created_at": rfc3339(SystemTime::now()), "done": false,
@@ -222,6 +252,9 @@ async fn respond(p: Prepared, name: String, stream: bool, kind: Kind) -> ApiResu
             Update::Done { stats, tokens } => done_chunk(&p, &name, kind, &stats, &tokens),
             Update::Error(e) => json!({ "error": e }),
         };
+        if !pending.is_empty() && v.get("error").is_none() {
+            merge(&mut v, json!({ "logprobs": std::mem::take(&mut pending) }));
+        }
         let mut line = v.to_string();
         line.push('\n');
         line
@@ -274,8 +307,11 @@ pub(super) fn stream_body(
     mut chunk: impl FnMut(Update) -> String + Send + 'static,
     content_type: &'static str,
 ) -> Response {
-    let stream =
-        UnboundedReceiverStream::new(rx).map(move |u| Ok::<_, Infallible>(Bytes::from(chunk(u))));
+    // An update may make no chunk of its own (an empty string): nothing is sent for it.
+    let stream = UnboundedReceiverStream::new(rx)
+        .map(move |u| chunk(u))
+        .filter(|c| !c.is_empty())
+        .map(|c| Ok::<_, Infallible>(Bytes::from(c)));
     (
         [(header::CONTENT_TYPE, content_type)],
         Body::from_stream(stream),

@@ -16,7 +16,8 @@ use crate::engine::{Engine, LoadOptions};
 use crate::generate::{GenerateStats, Runner};
 use crate::gguf::GgufFile;
 use crate::options::GenerateOptions;
-use crate::runtime::Sequence;
+use crate::runtime::{embed_cache_need, Pooling, Sequence, TokenLogprob};
+use crate::structured::TokenConstraint;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -25,6 +26,9 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub enum Update {
     Text(String),
+    /// The log-probabilities of the next token of the answer (requests that ask for them),
+    /// sent before that token's text (which may be held back and come later).
+    Logprob(TokenLogprob),
     Done {
         stats: GenerateStats,
         /// The prompt and the answer's tokens (Ollama's `context`).
@@ -40,6 +44,23 @@ pub struct Request {
     pub n_ctx: usize,
     /// Dropping the receiving end cancels the request at the next step.
     pub sink: UnboundedSender<Update>,
+    /// Structured output: the tokens the answer may take.
+    pub constraint: Option<Box<dyn TokenConstraint>>,
+    /// Report each token's log-probability with this many alternatives.
+    pub logprobs: Option<usize>,
+}
+
+/// An embedding request: token ids of each input (already within the context).
+pub struct EmbedRequest {
+    pub inputs: Vec<Vec<u32>>,
+    pub pooling: Pooling,
+    pub reply: tokio::sync::oneshot::Sender<std::result::Result<Vec<Vec<f32>>, String>>,
+}
+
+/// What the scheduler thread is handed.
+enum Job {
+    Generate(Request),
+    Embed(EmbedRequest),
 }
 
 /// Counters the scheduler keeps current, for `/api/ps` and the tests.
@@ -79,7 +100,7 @@ pub struct Loaded {
 /// is dropped.
 #[derive(Clone)]
 pub struct Scheduler {
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<Job>,
     limits: Limits,
     pub stats: Arc<Stats>,
 }
@@ -88,7 +109,7 @@ impl Scheduler {
     /// Loads the model at `path` on a new thread, which then serves it. Returns once it is
     /// loaded (or failed to load).
     pub fn spawn(path: PathBuf, load: LoadOptions, limits: Limits) -> Result<(Scheduler, Loaded)> {
-        let (requests, inbox) = mpsc::channel::<Request>();
+        let (requests, inbox) = mpsc::channel::<Job>();
         let (loaded_tx, loaded_rx) = mpsc::channel::<Result<Loaded>>();
         let stats = Arc::new(Stats::default());
         let thread_stats = stats.clone();
@@ -139,6 +160,15 @@ impl Scheduler {
 
     /// Queues `request`; `Err(QueueFull)` when the queue is full (nothing was queued).
     pub fn submit(&self, request: Request) -> std::result::Result<(), QueueFull> {
+        self.submit_job(Job::Generate(request))
+    }
+
+    /// Queues an embedding request; it runs between two steps of the batch.
+    pub fn submit_embed(&self, request: EmbedRequest) -> std::result::Result<(), QueueFull> {
+        self.submit_job(Job::Embed(request))
+    }
+
+    fn submit_job(&self, request: Job) -> std::result::Result<(), QueueFull> {
         let cap = self.limits.num_parallel + self.limits.max_queue;
         let admitted = self
             .stats
@@ -171,26 +201,34 @@ struct Live {
 fn serve(
     runner: &mut dyn Runner,
     tokenizer: &Arc<Tokenizer>,
-    inbox: &mpsc::Receiver<Request>,
+    inbox: &mpsc::Receiver<Job>,
     limits: Limits,
     stats: &Stats,
 ) {
     let mut waiting: VecDeque<Request> = VecDeque::new();
+    let mut embeds: VecDeque<EmbedRequest> = VecDeque::new();
     let mut live: Vec<Live> = Vec::new();
     let mut open = true;
     loop {
-        if live.is_empty() && waiting.is_empty() {
+        if live.is_empty() && waiting.is_empty() && embeds.is_empty() {
             match inbox.recv() {
-                Ok(r) => waiting.push_back(r),
+                Ok(job) => take(job, &mut waiting, &mut embeds),
                 Err(_) => return,
             }
         }
         while open {
             match inbox.try_recv() {
-                Ok(r) => waiting.push_back(r),
+                Ok(job) => take(job, &mut waiting, &mut embeds),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
+        }
+        run_embeds(runner, &mut embeds, live.is_empty(), stats);
+        if live.is_empty() && waiting.is_empty() {
+            if !open && embeds.is_empty() {
+                return;
+            }
+            continue;
         }
         admit(runner, tokenizer, &mut waiting, &mut live, limits, stats);
         for l in &mut live {
@@ -203,6 +241,9 @@ fn serve(
             Ok(events) => {
                 for (j, event) in events {
                     let l = &mut live[j];
+                    if let Some(lp) = l.seq.take_logprob().filter(|_| event.token.is_some()) {
+                        let _ = l.sink.send(Update::Logprob(lp));
+                    }
                     if !event.text.is_empty() && l.sink.send(Update::Text(event.text)).is_err() {
                         l.seq.cancel();
                     }
@@ -220,9 +261,16 @@ fn serve(
             }
         }
         retire(runner, &mut live, stats, true);
-        if !open && live.is_empty() && waiting.is_empty() {
+        if !open && live.is_empty() && waiting.is_empty() && embeds.is_empty() {
             return;
         }
+    }
+}
+
+fn take(job: Job, waiting: &mut VecDeque<Request>, embeds: &mut VecDeque<EmbedRequest>) {
+    match job {
+        Job::Generate(r) => waiting.push_back(r),
+        Job::Embed(e) => embeds.push_back(e),
     }
 }
 
@@ -258,6 +306,12 @@ fn admit(
         let Some(r) = waiting.pop_front() else { break };
         match Sequence::new(tokenizer.clone(), r.prompt, &r.options, r.n_ctx) {
             Ok(mut seq) => {
+                if let Some(c) = r.constraint {
+                    seq.set_constraint(c);
+                }
+                if let Some(top) = r.logprobs {
+                    seq.set_logprobs(top);
+                }
                 runner.start(&mut seq);
                 live.push(Live { seq, sink: r.sink });
             }
@@ -272,6 +326,38 @@ fn admit(
     stats
         .blocks_in_use
         .store(runner.blocks_in_use(), Ordering::SeqCst);
+}
+
+/// Runs the waiting embedding requests between two steps. One that needs more cache than is
+/// free waits for the running requests to end (then the cache grows if it must).
+fn run_embeds(
+    runner: &mut dyn Runner,
+    embeds: &mut VecDeque<EmbedRequest>,
+    idle: bool,
+    stats: &Stats,
+) {
+    while let Some(e) = embeds.front() {
+        if e.reply.is_closed() {
+            embeds.pop_front();
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+            stats.disconnected.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        let mut result = runner.embed(&e.inputs, e.pooling);
+        if matches!(result, Err(Error::KvCacheFull { .. })) {
+            if !idle {
+                return;
+            }
+            let need = embed_cache_need(&e.inputs);
+            result = runner
+                .reserve_capacity(need)
+                .and_then(|()| runner.embed(&e.inputs, e.pooling));
+        }
+        if let Some(e) = embeds.pop_front() {
+            let _ = e.reply.send(result.map_err(|e| e.to_string()));
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 fn fail(request: Option<Request>, e: Error, stats: &Stats) {
