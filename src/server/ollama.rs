@@ -304,12 +304,12 @@ fn ndjson(
 
 pub(super) fn stream_body(
     rx: UnboundedReceiver<Update>,
-    mut chunk: impl FnMut(Update) -> String + Send + 'static,
+    chunk: impl FnMut(Update) -> String + Send + 'static,
     content_type: &'static str,
 ) -> Response {
     // An update may make no chunk of its own (an empty string): nothing is sent for it.
     let stream = UnboundedReceiverStream::new(rx)
-        .map(move |u| chunk(u))
+        .map(chunk)
         .filter(|c| !c.is_empty())
         .map(|c| Ok::<_, Infallible>(Bytes::from(c)));
     (
