@@ -20,16 +20,7 @@ pub fn nano_gguf() -> std::path::PathBuf {
 /// directory lives as long as the server.
 pub fn serve_model(gguf: &Path, name: &str) -> (RunningServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("models")).unwrap();
-    let mf = Modelfile::parse(&format!("FROM {}\n", gguf.display())).unwrap();
-    store
-        .create(
-            &name.parse().unwrap(),
-            &mf,
-            dir.path(),
-            &ProgressBar::hidden(),
-        )
-        .unwrap();
+    let store = store_with(dir.path(), gguf, name);
     let config = Config {
         addr: "127.0.0.1:0".parse().unwrap(),
         load: LoadOptions::default(),
@@ -39,6 +30,16 @@ pub fn serve_model(gguf: &Path, name: &str) -> (RunningServer, tempfile::TempDir
         },
     };
     (server::start(store, config).unwrap(), dir)
+}
+
+/// A store under `dir/models` holding the GGUF at `gguf` as `name`.
+pub fn store_with(dir: &Path, gguf: &Path, name: &str) -> Store {
+    let store = Store::open(dir.join("models")).unwrap();
+    let mf = Modelfile::parse(&format!("FROM {}\n", gguf.display())).unwrap();
+    store
+        .create(&name.parse().unwrap(), &mf, dir, &ProgressBar::hidden())
+        .unwrap();
+    store
 }
 
 /// Status and body (de-chunked) of one request.

@@ -14,7 +14,7 @@ use hearth::runtime::SoloCache;
 use hearth::tokenizer::Tokenizer;
 
 use crate::common::real_model;
-use crate::http::{nano_gguf, post, post_ok, serve_model, stream};
+use crate::http::{nano_gguf, post, post_ok, serve_model, store_with, stream};
 
 /// Checks `v` against the parts of JSON Schema these tests use; `Err` says where it fails.
 fn validate(v: &Value, schema: &Value, at: &str) -> Result<(), String> {
@@ -404,4 +404,44 @@ fn logprobs_in_openai_and_ollama_shapes_match_the_model() {
         }
         assert_eq!(post(addr, "/v1/chat/completions", &body).0, 400, "{bad}");
     }
+}
+
+#[test]
+fn hearth_run_format_constrains_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with(dir.path(), &nano_gguf(), "nano");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .arg("run")
+            .args(args)
+            .env("HEARTH_MODELS", dir.path().join("models"))
+            .env_remove("HEARTH_DEVICE")
+            .output()
+            .unwrap()
+    };
+    for (schema, temperature) in schemas().iter().zip(["0", "0.9", "0", "0.9"]) {
+        let s = schema.to_string();
+        let args = [
+            "nano",
+            "--format",
+            &s,
+            "--temperature",
+            temperature,
+            "--seed",
+            "2",
+        ];
+        let o = run(&[&args[..], &["-n", "300", "Tell me about Tom"]].concat());
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let parsed: Value = serde_json::from_str(out.trim_end())
+            .unwrap_or_else(|e| panic!("does not parse ({e}): {out:?}"));
+        validate(&parsed, schema, "$").unwrap();
+    }
+    let o = run(&["nano", "--format", "{\"type\": \"no-such-type\"}", "hi"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--format") && !err.contains("panicked"),
+        "{err}"
+    );
 }
