@@ -378,6 +378,12 @@ fn retire(runner: &mut dyn Runner, live: &mut Vec<Live>, stats: &Stats, report: 
         }
         let mut l = live.swap_remove(i);
         runner.finish(&mut l.seq);
+        // The counters first: a client that sees its answer end, then asks `/api/ps`, must
+        // find them current.
+        stats.running.store(live.len(), Ordering::SeqCst);
+        stats
+            .blocks_in_use
+            .store(runner.blocks_in_use(), Ordering::SeqCst);
         if l.sink.is_closed() {
             stats.disconnected.fetch_add(1, Ordering::SeqCst);
         } else if report {
