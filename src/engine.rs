@@ -16,6 +16,7 @@ use crate::model::transformer::ModelSpec;
 use crate::model::{Arch, MemoryPlan, Model, ModelConfig};
 use crate::options::GenerateOptions;
 use crate::runtime::{Runtime, Sequence};
+use crate::structured::{Format, Grammars};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -117,6 +118,9 @@ pub struct Engine {
     /// before the cache grows.
     plan: MemoryPlan,
     kv_type: KvType,
+    /// Structured output for every answer (`set_format`), and its grammar compiler.
+    format: Option<Format>,
+    grammars: Grammars,
 }
 
 impl Engine {
@@ -155,8 +159,11 @@ impl Engine {
                 progress,
             },
         )?;
+        let tokenizer = Arc::new(tokenizer);
         Ok(Engine {
-            tokenizer: Arc::new(tokenizer),
+            grammars: Grammars::new(tokenizer.clone()),
+            format: None,
+            tokenizer,
             config,
             load_time: t0.elapsed(),
             gguf,
@@ -187,6 +194,16 @@ impl Engine {
         self.runner.device_name()
     }
 
+    /// Constrains every answer from now on to `format` (`None`: free text). A schema that
+    /// cannot be compiled is refused here.
+    pub fn set_format(&mut self, format: Option<Format>) -> Result<()> {
+        if let Some(f) = &format {
+            self.grammars.constraint(f)?;
+        }
+        self.format = format;
+        Ok(())
+    }
+
     /// Generates from `prompt` text (special-token text parsed, BOS as the model wants, but
     /// never twice: chat templates such as Gemma's and Llama 3's already write it).
     pub fn generate(
@@ -213,6 +230,9 @@ impl Engine {
     ) -> Result<GenerateStats> {
         let n_ctx = opts.num_ctx.unwrap_or(self.n_ctx);
         let mut seq = Sequence::new(self.tokenizer.clone(), ids.to_vec(), opts, n_ctx)?;
+        if let Some(f) = &self.format {
+            seq.set_constraint(self.grammars.constraint(f)?);
+        }
         // A longer context than any before grows the cache; the weights stay loaded.
         if n_ctx > self.runner.capacity() {
             self.plan.check_fits(n_ctx, self.kv_type)?;

@@ -97,6 +97,13 @@ pub enum Error {
     /// The KV cache cannot be reallocated while sequences hold blocks of it.
     #[error("the KV cache cannot grow to {n_tokens} tokens while requests are running; retry when they finish")]
     KvCacheBusy { n_tokens: usize },
+    /// A structured-output format (JSON schema) that cannot be compiled, or a constraint
+    /// that failed while generating.
+    #[error("format: {0}")]
+    Format(String),
+    /// An embedding input longer than the context, with truncation turned off.
+    #[error("input length {n_input} exceeds the context length {n_ctx} (set truncate to true to cut it)")]
+    InputTooLong { n_input: usize, n_ctx: usize },
 }
 
 impl Error {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::runtime::{Event, Runtime, Sequence};
+use crate::runtime::{Event, Pooling, Runtime, Sequence};
 use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub trait Runner: Send {
     fn start(&mut self, seq: &mut Sequence);
     fn step(&mut self, seqs: &mut [&mut Sequence]) -> Result<Vec<(usize, Event)>>;
     fn finish(&mut self, seq: &mut Sequence);
+    /// One L2-normalised embedding per input (`Runtime::embed`); only between steps.
+    fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>>;
 }
 
 impl<B: Backend + 'static> Runner for Runtime<B>
@@ -84,6 +86,9 @@ where
     }
     fn finish(&mut self, seq: &mut Sequence) {
         Runtime::finish(self, seq)
+    }
+    fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        Runtime::embed(self, inputs, pooling)
     }
 }
 

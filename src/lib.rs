@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod sample;
 pub mod server;
 pub mod store;
+pub mod structured;
 pub mod tokenizer;
 pub mod units;
 

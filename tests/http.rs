@@ -26,13 +26,16 @@ pub struct Fixture {
     pub key: Option<String>,
 }
 
+/// A store at `root` holding nano (with a short system prompt) under each of `names`.
 pub fn store_with(root: &Path, names: &[&str]) -> Store {
+    store_of(root, &nano_gguf(), names, "SYSTEM Be brief.\n")
+}
+
+/// A store at `root` holding the GGUF at `gguf` under each of `names`, its Modelfile `FROM`
+/// line followed by `extra`.
+pub fn store_of(root: &Path, gguf: &Path, names: &[&str], extra: &str) -> Store {
     let store = Store::open(root).unwrap();
-    let mf = Modelfile::parse(&format!(
-        "FROM {}\nSYSTEM Be brief.\n",
-        nano_gguf().display()
-    ))
-    .unwrap();
+    let mf = Modelfile::parse(&format!("FROM {}\n{extra}", gguf.display())).unwrap();
     for name in names {
         store
             .create(&name.parse().unwrap(), &mf, root, &ProgressBar::hidden())
@@ -44,6 +47,17 @@ pub fn store_with(root: &Path, names: &[&str]) -> Store {
 pub fn start(names: &[&str], configure: impl FnOnce(&mut Config)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(&dir.path().join("models"), names);
+    serve(store, dir, configure)
+}
+
+/// A server over a store holding the GGUF at `gguf` as `name` (no system prompt).
+pub fn serve_model(gguf: &Path, name: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_of(&dir.path().join("models"), gguf, &[name], "");
+    serve(store, dir, |_| {})
+}
+
+fn serve(store: Store, dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> Fixture {
     let mut config = Config {
         limits: Limits {
             num_parallel: 4,
@@ -220,4 +234,30 @@ impl Fixture {
         let (status, v) = self.post("/api/generate", &ok);
         assert_eq!(status, 200, "{v}");
     }
+}
+
+/// A JSON request and its JSON answer (a string when the body is not JSON).
+pub fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let r = call(addr, "POST", path, &[], body.to_string().as_bytes());
+    let v = serde_json::from_str(&r.body).unwrap_or(Value::String(r.body));
+    (r.status, v)
+}
+
+/// `post` that must succeed.
+pub fn post_ok(addr: SocketAddr, path: &str, body: &Value) -> Value {
+    let (status, v) = post(addr, path, body);
+    assert_eq!(status, 200, "{path}: {v}");
+    v
+}
+
+/// The objects of a streamed answer: NDJSON lines, or SSE `data:` payloads without `[DONE]`.
+pub fn stream(addr: SocketAddr, path: &str, body: &Value) -> Vec<Value> {
+    let r = call(addr, "POST", path, &[], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body
+        .split('\n')
+        .map(|l| l.strip_prefix("data: ").unwrap_or(l))
+        .filter(|l| !l.is_empty() && *l != "[DONE]")
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }

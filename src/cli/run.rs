@@ -11,6 +11,7 @@ use hearth::engine::LoadOptions;
 use hearth::options::GenerateOptions;
 use hearth::prompt;
 use hearth::store::{builtin, ModelName, Store};
+use hearth::structured::Format;
 
 use super::chat::{self, Chat, Output};
 use super::params::ParameterFlags;
@@ -23,6 +24,7 @@ Examples:
   hearth run smollm2 --temperature 0 -n 50 \"Hi\"       greedy, at most 50 tokens
   echo \"Once upon a time\" | hearth run smollm2 --raw  complete text, no chat template
   hearth run smollm2 --verbose \"Hi\"                   timings on stderr
+  hearth run smollm2 --format json \"A cat as JSON\"      the answer always parses as JSON
 
 The device comes from --device, else $HEARTH_DEVICE, else the CPU; the KV cache type from
 --kv-cache-type, else $HEARTH_KV_CACHE_TYPE, else f16.";
@@ -42,6 +44,9 @@ pub struct RunArgs {
     /// Print timings (load, prompt eval, eval) on stderr
     #[arg(long)]
     verbose: bool,
+    /// Constrain the answer to JSON: `json` (any object) or a JSON schema (as JSON text)
+    #[arg(long, value_name = "json|SCHEMA")]
+    format: Option<String>,
     #[command(flatten)]
     placement: PlacementArgs,
 }
@@ -62,6 +67,8 @@ pub struct RunCommand {
     /// Device, cache type, exactness (`num_ctx` comes from the parameters).
     pub load: LoadOptions,
     pub history: Option<std::path::PathBuf>,
+    /// Structured output for every answer.
+    pub format: Option<Format>,
 }
 
 impl RunArgs {
@@ -76,6 +83,11 @@ impl RunArgs {
         }
 
         let load = self.placement.resolve(globals)?;
+        let format = self
+            .format
+            .map(|f| Format::parse(&f))
+            .transpose()
+            .context("--format")?;
 
         let stdin = std::io::stdin();
         let prompt = if stdin.is_terminal() {
@@ -109,6 +121,7 @@ impl RunArgs {
             verbose: self.verbose,
             load,
             history: globals.history.clone(),
+            format,
         })
     }
 }
@@ -131,6 +144,7 @@ pub fn execute(cmd: RunCommand) -> Result<()> {
     };
     chat::install_interrupt_handler();
     let mut chat = Chat::load(model, options, &load)?;
+    chat.engine.set_format(cmd.format).context("--format")?;
     let out = Output::new(cmd.verbose);
     match (cmd.prompt, editor) {
         (Prompt::Text(text), _) if cmd.raw => chat.complete_raw(&text, &out),

@@ -270,6 +270,21 @@ impl<B: Backend> Model<B> {
         self.head(backend, x, batch.logit_rows, batch.n_single)
     }
 
+    /// `forward` without the head's matmul: the final hidden states (after the output norm)
+    /// of the rows `batch.logit_rows` lists (`[logit_rows.len(), n_embd]`), what embeddings
+    /// pool.
+    pub fn forward_hidden(
+        &self,
+        backend: &B,
+        batch: &ForwardBatch<'_, B>,
+        cache: &mut KvCache<B>,
+    ) -> Result<B::Tensor> {
+        check_batch(batch.tokens.len(), batch.logit_rows)?;
+        let mut x = self.embed(backend, batch.tokens)?;
+        self.forward_layers(backend, &mut x, batch.rows, batch.n_single, cache)?;
+        self.final_norm(backend, x, batch.logit_rows)
+    }
+
     /// The residual stream's start: the tokens' embeddings `[n, n_embd]` (the first part).
     pub fn embed(&self, backend: &B, ids: &[u32]) -> Result<B::Tensor> {
         let table = self.token_embd.as_ref().filter(|_| self.part.embed);
@@ -382,15 +397,22 @@ impl<B: Backend> Model<B> {
         logit_rows: &[usize],
         n_single: usize,
     ) -> Result<B::Tensor> {
+        let head = self.output.as_ref().or(self.token_embd.as_ref());
+        let head = head.ok_or_else(|| missing_part("the output head", &self.part))?;
+        let normed = self.final_norm(backend, x, logit_rows)?;
+        let mut logits = backend.tensor(logit_rows.len(), self.config.n_vocab)?;
+        let n_single_logits = logit_rows.iter().filter(|&&r| r < n_single).count();
+        backend.matmul_rows(&normed, &[head], &mut [&mut logits], n_single_logits)?;
+        Ok(logits)
+    }
+
+    /// The rows `logit_rows` of the residual stream `x`, through the output norm.
+    fn final_norm(&self, backend: &B, x: B::Tensor, logit_rows: &[usize]) -> Result<B::Tensor> {
         let c = &self.config;
         let (n, d) = (backend.shape(&x).0, c.n_embd);
         check_batch(n, logit_rows)?;
-        let (Some(output_norm), Some(head)) = (
-            self.output_norm.as_ref(),
-            self.output.as_ref().or(self.token_embd.as_ref()),
-        ) else {
-            return Err(missing_part("the output head", &self.part));
-        };
+        let output_norm = self.output_norm.as_ref();
+        let output_norm = output_norm.ok_or_else(|| missing_part("the output norm", &self.part))?;
         let n_logits = logit_rows.len();
         // Only the rows whose logits are wanted go through the head (262k rows for Gemma).
         let all_rows = n_logits == n && logit_rows.iter().enumerate().all(|(i, &r)| i == r);
@@ -405,10 +427,7 @@ impl<B: Backend> Model<B> {
         };
         let mut normed = backend.tensor(n_logits, d)?;
         backend.rms_norm(&last, output_norm, c.rms_eps, &mut normed)?;
-        let mut logits = backend.tensor(n_logits, c.n_vocab)?;
-        let n_single_logits = logit_rows.iter().filter(|&&r| r < n_single).count();
-        backend.matmul_rows(&normed, &[head], &mut [&mut logits], n_single_logits)?;
-        Ok(logits)
+        Ok(normed)
     }
 
     /// `x += norm(out)` or `x += out`.

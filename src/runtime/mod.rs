@@ -9,13 +9,15 @@
 //! computes the same tokens alone or beside others.
 
 mod blocks;
+mod embed;
 mod kv_cache;
 mod sequence;
 pub mod stages;
 
 pub use blocks::{BlockPool, PrefixId, ROOT};
+pub use embed::{embed_cache_need, Pooling};
 pub use kv_cache::{KvCache, BLOCK_SIZE};
-pub use sequence::{BlockTable, Event, Sequence};
+pub use sequence::{BlockTable, Event, Sequence, TokenLogprob};
 pub use stages::{BackendStage, Stage, Stages};
 
 use std::collections::{HashMap, VecDeque};
@@ -282,7 +284,7 @@ impl<B: Backend> Runtime<B> {
                 .iter()
                 .zip(all.chunks_exact(n_vocab))
                 .map(|(&i, row)| seqs[i].sample(&mut row.to_vec()))
-                .collect()
+                .collect::<Result<_>>()?
         };
         let mut events = Vec::with_capacity(sampled.len());
         for (&i, &id) in sampled.iter().zip(&ids) {
@@ -299,8 +301,13 @@ impl<B: Backend> Runtime<B> {
                 n_ctx: seq.n_ctx(),
             });
         }
-        while seq.table.blocks.len() * BLOCK_SIZE < n_tokens {
-            // Follow-ups give way to running requests.
+        self.reserve_table(&mut seq.table, n_tokens)
+    }
+
+    /// Gives `table` blocks for `n_tokens` tokens; parked follow-ups give way to running
+    /// requests.
+    fn reserve_table(&mut self, table: &mut BlockTable, n_tokens: usize) -> Result<()> {
+        while table.blocks.len() * BLOCK_SIZE < n_tokens {
             while self.blocks.n_available() == 0 {
                 match self.parked.pop_front() {
                     Some(p) => self.release_table(p.table),
@@ -310,7 +317,7 @@ impl<B: Backend> Runtime<B> {
             let b = self.blocks.allocate().ok_or(Error::KvCacheFull {
                 capacity: self.capacity(),
             })?;
-            seq.table.blocks.push(b);
+            table.blocks.push(b);
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::generate::{DoneReason, GenerateStats, StopMatcher};
 use crate::options::GenerateOptions;
 use crate::sample::Sampler;
+use crate::structured::TokenConstraint;
 use crate::tokenizer::{DecodeState, Tokenizer};
 use crate::{Error, Result};
 
@@ -22,6 +23,17 @@ pub struct Event {
     /// The token, when it became part of the answer (an end-of-generation token does not).
     pub token: Option<u32>,
     pub done: Option<DoneReason>,
+}
+
+/// A sampled token's log-probability and the most likely alternatives, from the log-softmax
+/// of the model's raw logits (before penalties, temperature and any format mask), as OpenAI
+/// reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// The `top` most likely tokens, most likely first.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// A sequence's blocks of the KV cache, in position order.
@@ -54,6 +66,11 @@ pub struct Sequence {
     done: Option<DoneReason>,
     started: Instant,
     prompt_done: Option<Instant>,
+    /// Tokens the answer may take next (structured output), applied before sampling.
+    constraint: Option<Box<dyn TokenConstraint>>,
+    /// Report log-probabilities, with this many alternatives per token.
+    logprobs: Option<usize>,
+    last_logprob: Option<TokenLogprob>,
 }
 
 impl Sequence {
@@ -97,7 +114,28 @@ impl Sequence {
             done: None,
             started: Instant::now(),
             prompt_done: None,
+            constraint: None,
+            logprobs: None,
+            last_logprob: None,
         })
+    }
+
+    /// Masks each next token by `constraint` (its logits must then come to the host).
+    pub fn set_constraint(&mut self, constraint: Box<dyn TokenConstraint>) {
+        self.constraint = Some(constraint);
+        self.plain_greedy = false;
+    }
+
+    /// Records each sampled token's log-probability and its `top` likeliest alternatives
+    /// (`take_logprob`).
+    pub fn set_logprobs(&mut self, top: usize) {
+        self.logprobs = Some(top);
+        self.plain_greedy = false;
+    }
+
+    /// The log-probabilities of the token the last `accept` added to the answer.
+    pub fn take_logprob(&mut self) -> Option<TokenLogprob> {
+        self.last_logprob.take()
     }
 
     pub fn tokens(&self) -> &[u32] {
@@ -133,9 +171,16 @@ impl Sequence {
         self.n_cached = n;
     }
 
-    /// Picks the next token from this sequence's logits row (penalties see its history).
-    pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
-        self.sampler.sample(logits, &self.tokens)
+    /// Picks the next token from this sequence's logits row (penalties see its history),
+    /// among the tokens its constraint allows.
+    pub fn sample(&mut self, logits: &mut [f32]) -> Result<u32> {
+        let raw = self.logprobs.map(|top| (top, logits.to_vec()));
+        if let Some(c) = &mut self.constraint {
+            c.mask(logits)?;
+        }
+        let token = self.sampler.sample(logits, &self.tokens);
+        self.last_logprob = raw.map(|(top, raw)| logprob(&raw, token, top));
+        Ok(token)
     }
 
     /// Ends the sequence now; held-back text is dropped, as the user asked for no more.
@@ -160,7 +205,11 @@ impl Sequence {
             return Ok(self.finish(String::new(), None, DoneReason::Length));
         }
         if self.tokenizer.is_end_of_generation(token) {
+            self.last_logprob = None;
             return Ok(self.finish(String::new(), None, DoneReason::Stop));
+        }
+        if let Some(c) = &mut self.constraint {
+            c.commit(token)?;
         }
         self.tokens.push(token);
         self.n_gen += 1;
@@ -219,5 +268,52 @@ impl Sequence {
     /// Time since the request started.
     pub fn age(&self) -> Duration {
         self.started.elapsed()
+    }
+}
+
+/// `token`'s log-softmax over `logits` and the `top` likeliest tokens (ties by lower id).
+fn logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_z = f64::from(max) + sum.ln();
+    let lp = |l: f32| (f64::from(l) - log_z) as f32;
+    let mut best: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if top > 0 && top < best.len() {
+        best.select_nth_unstable_by(top - 1, by_logit);
+    }
+    best.truncate(top);
+    best.sort_unstable_by(by_logit);
+    TokenLogprob {
+        token,
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| lp(l)),
+        top: best.into_iter().map(|(i, l)| (i, lp(l))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_top_tokens_first() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        let r = logprob(&logits, 2, 3);
+        assert!((f64::from(r.logprob) - (2.0 - z.ln())).abs() < 1e-6);
+        let ids: Vec<u32> = r.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2]);
+        let total: f64 = logits
+            .iter()
+            .map(|&l| f64::from(logprob(&logits, 0, 0).logprob - logits[0] + l).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        assert!(logprob(&logits, 0, 0).top.is_empty());
     }
 }

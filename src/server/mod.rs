@@ -5,6 +5,7 @@
 //! the updates it streams back into NDJSON or SSE. Models load on first use (`models.rs`).
 
 pub mod guard;
+mod embed;
 mod models;
 pub(crate) mod ollama;
 pub(crate) mod openai;
@@ -128,6 +129,9 @@ fn router(state: Arc<AppState>, guard: Guard) -> Router {
         .route("/api/show", post(ollama::show))
         .route("/api/generate", post(ollama::generate))
         .route("/api/chat", post(ollama::chat))
+        .route("/api/embed", post(embed::ollama_embed))
+        .route("/api/embeddings", post(embed::ollama_embeddings))
+        .route("/v1/embeddings", post(embed::openai_embeddings))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/chat/completions", post(openai::chat))

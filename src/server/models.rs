@@ -15,7 +15,9 @@ use tokio::sync::Mutex;
 use crate::engine::{LoadOptions, DEFAULT_NUM_CTX};
 use crate::gguf::GgufFile;
 use crate::model::{Arch, MemoryPlan};
+use crate::runtime::Pooling;
 use crate::store::{ModelInfo, ModelName, Store, StoredModel};
+use crate::structured::Grammars;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::Error;
 
@@ -136,6 +138,10 @@ pub struct LoadedModel {
     /// Bytes its memory plan gives it: weights, the cache reserved for every parallel
     /// request at the default context, and the scratch.
     pub memory: u64,
+    /// Structured output's grammar compiler for this vocabulary (built on first use).
+    pub grammars: Grammars,
+    /// How embeddings pool token vectors (`<arch>.pooling_type`).
+    pub pooling: Pooling,
     life: StdMutex<Life>,
     /// Disconnects when the scheduler thread has ended (taken by whoever unloads it).
     exited: StdMutex<Option<std::sync::mpsc::Receiver<()>>>,
@@ -441,6 +447,8 @@ fn load_model(
     life.renew();
     Ok(LoadedModel {
         info: ModelInfo::from_gguf(&loaded.gguf)?,
+        grammars: Grammars::new(loaded.tokenizer.clone()),
+        pooling: Pooling::from_gguf(&loaded.gguf)?,
         tokenizer: loaded.tokenizer,
         template,
         scheduler,

@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 
 use crate::gguf::GgufFile;
 use crate::store::{ModelInfo, ModelName, StoredModel};
+use crate::structured::Format;
 use crate::tokenizer::Message;
 
 use super::models::KeepAlive;
@@ -57,6 +58,9 @@ pub(crate) struct GenerateBody {
     #[serde(default)]
     pub context: Vec<u32>,
     keep_alive: Option<Value>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +74,9 @@ pub(crate) struct ChatBody {
     #[serde(default)]
     tools: Vec<Value>,
     keep_alive: Option<Value>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -83,18 +90,10 @@ struct ChatMessage {
 
 /// Features of the request this server does not have yet: a clear 400 rather than an
 /// answer that silently ignores them.
-fn unsupported(images: bool, format: &Option<Value>, tools: bool) -> Result<(), ApiError> {
+fn unsupported(images: bool, tools: bool) -> Result<(), ApiError> {
     if images {
         return Err(ApiError::bad_request(
             "images are not supported: Hearth's models take text only",
-        ));
-    }
-    if format
-        .as_ref()
-        .is_some_and(|f| !f.is_null() && f.as_str() != Some(""))
-    {
-        return Err(ApiError::bad_request(
-            "format (structured output) is not supported yet",
         ));
     }
     if tools {
@@ -103,11 +102,25 @@ fn unsupported(images: bool, format: &Option<Value>, tools: bool) -> Result<(), 
     Ok(())
 }
 
+/// `format` and `logprobs`/`top_logprobs` onto a prepared request.
+fn shape(
+    p: &mut Prepared,
+    format: &Option<Value>,
+    logprobs: bool,
+    top: Option<usize>,
+) -> Result<(), ApiError> {
+    if let Some(f) = format {
+        p.format = Format::from_ollama(f).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    p.logprobs = request::logprobs_request(logprobs, top)?;
+    Ok(())
+}
+
 /// A `/api/generate` body, parsed and checked: all the handler does before it needs the
 /// model (the server fuzz target's way in), with the request's options as text pairs.
 pub(crate) fn generate_request(body: &[u8]) -> Result<(GenerateBody, Overrides), ApiError> {
     let mut body: GenerateBody = parse_body(body)?;
-    unsupported(!body.images.is_empty(), &body.format, false)?;
+    unsupported(!body.images.is_empty(), false)?;
     if body.template.is_some() {
         return Err(ApiError::bad_request(
             "a per-request template is not supported yet; create a model with a TEMPLATE",
@@ -157,6 +170,7 @@ pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiRes
             body.prompt(&model.stored),
         )?;
     }
+    shape(&mut p, &body.format, body.logprobs, body.top_logprobs)?;
     respond(p, body.model, body.stream.unwrap_or(true), Kind::Generate).await
 }
 
@@ -165,7 +179,7 @@ pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiRes
 pub(crate) fn chat_request(body: &[u8]) -> Result<(ChatBody, Vec<Message>, Overrides), ApiError> {
     let mut body: ChatBody = parse_body(body)?;
     let images = body.messages.iter().any(|m| !m.images.is_empty());
-    unsupported(images, &body.format, !body.tools.is_empty())?;
+    unsupported(images, !body.tools.is_empty())?;
     let overrides = option_pairs(&body.options.take().unwrap_or_default())?;
     let messages = std::mem::take(&mut body.messages)
         .into_iter()
@@ -190,13 +204,14 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
     let (model, loaded_now) = state.models.get(&body.model).await?;
     model.keep(keep);
     let messages = request::chat_messages(&model.stored, messages);
-    let p = request::prepare(
+    let mut p = request::prepare(
         model,
         loaded_now,
         Prompt::Chat(messages),
         &overrides,
         started,
     )?;
+    shape(&mut p, &body.format, body.logprobs, body.top_logprobs)?;
     respond(p, body.model, body.stream.unwrap_or(true), Kind::Chat).await
 }
 
@@ -245,10 +260,25 @@ async fn respond(p: Prepared, name: String, stream: bool, kind: Kind) -> ApiResu
         let answer = request::collect(rx).await?;
         let mut v = done_chunk(&p, &name, kind, &answer.stats, &answer.tokens);
         merge(&mut v, kind.text(&answer.text));
+        if p.logprobs.is_some() {
+            let lps: Vec<Value> = answer
+                .logprobs
+                .iter()
+                .map(|lp| request::logprob_json(&p.model, lp))
+                .collect();
+            merge(&mut v, json!({ "logprobs": lps }));
+        }
         return Ok(Json(v).into_response());
     }
+    // Log-probabilities come before their token's text, which may be held back: they ride
+    // on the next chunk that carries text (or the last one).
+    let mut pending: Vec<Value> = Vec::new();
     Ok(ndjson(rx, move |update| {
-        let v = match update {
+        let mut v = match update {
+            Update::Logprob(lp) => {
+                pending.push(request::logprob_json(&p.model, &lp));
+                return String::new();
+            }
             Update::Text(piece) => {
                 let mut v = json!({
                     "model": name, "created_at": rfc3339(SystemTime::now()), "done": false,
@@ -259,6 +289,9 @@ async fn respond(p: Prepared, name: String, stream: bool, kind: Kind) -> ApiResu
             Update::Done { stats, tokens } => done_chunk(&p, &name, kind, &stats, &tokens),
             Update::Error(e) => json!({ "error": e }),
         };
+        if !pending.is_empty() && v.get("error").is_none() {
+            merge(&mut v, json!({ "logprobs": std::mem::take(&mut pending) }));
+        }
         let mut line = v.to_string();
         line.push('\n');
         line
@@ -308,11 +341,14 @@ fn ndjson(
 
 pub(super) fn stream_body(
     rx: UnboundedReceiver<Update>,
-    mut chunk: impl FnMut(Update) -> String + Send + 'static,
+    chunk: impl FnMut(Update) -> String + Send + 'static,
     content_type: &'static str,
 ) -> Response {
-    let stream =
-        UnboundedReceiverStream::new(rx).map(move |u| Ok::<_, Infallible>(Bytes::from(chunk(u))));
+    // An update may make no chunk of its own (an empty string): nothing is sent for it.
+    let stream = UnboundedReceiverStream::new(rx)
+        .map(chunk)
+        .filter(|c| !c.is_empty())
+        .map(|c| Ok::<_, Infallible>(Bytes::from(c)));
     (
         [(header::CONTENT_TYPE, content_type)],
         Body::from_stream(stream),

@@ -1,7 +1,8 @@
 //! OpenAI's API under `/v1`: chat completions and completions (SSE streams ending in
 //! `data: [DONE]`, or one JSON object with `usage`) and the model list, with OpenAI-shaped
 //! errors. Sampling fields map onto Ollama's parameter names; Ollama's own options (`num_ctx`,
-//! `top_k`, ...) are accepted in the body too.
+//! `top_k`, ...) are accepted in the body too. `response_format` constrains the answer
+//! (`structured`); `logprobs` are the log-softmax of the raw logits, as OpenAI reports them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use serde_json::{json, Map, Value};
 
 use crate::generate::{DoneReason, GenerateStats};
 use crate::options;
+use crate::runtime::TokenLogprob;
 use crate::store::ModelName;
+use crate::structured::Format;
 use crate::tokenizer::Message;
 
 use super::ollama::stream_body;
@@ -91,13 +94,6 @@ fn overrides(body: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiErro
     {
         return Err(ApiError::bad_request("only n = 1 is supported"));
     }
-    if let Some(f) = body.get("response_format") {
-        if !f.is_null() && f.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::bad_request(
-                "response_format (structured output) is not supported yet",
-            ));
-        }
-    }
     let mut opts = Map::new();
     for (name, value) in body {
         if options::parameter(name).is_some() {
@@ -113,6 +109,31 @@ fn overrides(body: &Map<String, Value>) -> Result<Vec<(String, String)>, ApiErro
         }
     }
     option_pairs(&opts)
+}
+
+/// `response_format` and the log-probability fields onto a prepared request. Chat takes
+/// `logprobs: true` and `top_logprobs`; completions take `logprobs: N` (the legacy form) too.
+fn shape(p: &mut Prepared, body: &Map<String, Value>) -> Result<(), ApiError> {
+    if let Some(f) = body.get("response_format") {
+        p.format = Format::from_openai(f).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let top =
+        match body.get("top_logprobs") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                ApiError::bad_request("`top_logprobs` must be a non-negative integer")
+            })? as usize),
+        };
+    p.logprobs = match body.get("logprobs") {
+        None | Some(Value::Null) => request::logprobs_request(false, top)?,
+        Some(Value::Bool(b)) => request::logprobs_request(*b, top)?,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(n) => request::logprobs_request(true, Some(n as usize))?,
+            None => return Err(ApiError::bad_request("`logprobs` must be a boolean")),
+        },
+        Some(_) => return Err(ApiError::bad_request("`logprobs` must be a boolean")),
+    };
+    Ok(())
 }
 
 fn finish_reason(reason: DoneReason) -> &'static str {
@@ -234,13 +255,14 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> OaResult {
     ) = chat_request(&body)?;
     let (model, loaded_now) = state.models.get(&name).await?;
     let messages = request::chat_messages(&model.stored, messages);
-    let p = request::prepare(
+    let mut p = request::prepare(
         model,
         loaded_now,
         Prompt::Chat(messages),
         &overrides,
         started,
     )?;
+    shape(&mut p, &body)?;
     let include_usage = include_usage(&body);
     respond(p, name, stream, include_usage, Kind::Chat).await
 }
@@ -259,13 +281,14 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaR
     let (model, loaded_now) = state.models.get(&name).await?;
     // As Ollama's `/v1/completions`: the prompt goes through the template.
     let messages = request::generate_messages(&model.stored, None, &prompt);
-    let p = request::prepare(
+    let mut p = request::prepare(
         model,
         loaded_now,
         Prompt::Chat(messages),
         &overrides,
         started,
     )?;
+    shape(&mut p, &body)?;
     let include_usage = include_usage(&body);
     respond(p, name, stream, include_usage, Kind::Completion).await
 }
@@ -299,20 +322,59 @@ impl Kind {
         }
     }
 
-    /// One choice carrying `text`.
-    fn choice(self, text: &str, stream: bool, finish: Option<&str>) -> Value {
+    /// One choice carrying `text` and its tokens' `logprobs` (`null` unless asked for).
+    fn choice(self, text: &str, stream: bool, finish: Option<&str>, logprobs: Value) -> Value {
         match (self, stream) {
             (Kind::Chat, false) => json!({
                 "index": 0, "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
+                "logprobs": logprobs, "finish_reason": finish,
             }),
             (Kind::Chat, true) => json!({
                 "index": 0, "delta": {"role": "assistant", "content": text},
-                "finish_reason": finish,
+                "logprobs": logprobs, "finish_reason": finish,
             }),
             (Kind::Completion, _) => json!({
-                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+                "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish,
             }),
+        }
+    }
+
+    /// The `logprobs` of a choice: chat's `{"content": [...]}`, or the completions API's
+    /// parallel lists (`text_offset` counts characters from `offset`, where these tokens
+    /// start in the answer).
+    fn logprobs(self, p: &Prepared, lps: &[TokenLogprob], offset: &mut usize) -> Value {
+        if p.logprobs.is_none() {
+            return Value::Null;
+        }
+        match self {
+            Kind::Chat => {
+                let content: Vec<Value> = lps
+                    .iter()
+                    .map(|lp| request::logprob_json(&p.model, lp))
+                    .collect();
+                json!({ "content": content, "refusal": null })
+            }
+            Kind::Completion => {
+                let (mut tokens, mut values, mut tops, mut offsets) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for lp in lps {
+                    let (token, _) = request::token_piece(&p.model, lp.token);
+                    offsets.push(*offset);
+                    *offset += token.chars().count();
+                    tokens.push(token);
+                    values.push(lp.logprob);
+                    let top: Map<String, Value> = lp
+                        .top
+                        .iter()
+                        .map(|&(id, l)| (request::token_piece(&p.model, id).0, json!(l)))
+                        .collect();
+                    tops.push(top);
+                }
+                json!({
+                    "tokens": tokens, "token_logprobs": values,
+                    "top_logprobs": tops, "text_offset": offsets,
+                })
+            }
         }
     }
 }
@@ -336,17 +398,38 @@ async fn respond(
     if !stream {
         let answer = request::collect(rx).await?;
         let finish = finish_reason(answer.stats.done_reason);
-        let mut v = object(json!([kind.choice(&answer.text, false, Some(finish))]));
+        let logprobs = kind.logprobs(&p, &answer.logprobs, &mut 0);
+        let mut v = object(json!([kind.choice(
+            &answer.text,
+            false,
+            Some(finish),
+            logprobs
+        )]));
         v["usage"] = usage(&answer.stats);
         return Ok(Json(v).into_response());
     }
+    // Log-probabilities come before their token's text, which may be held back: they ride
+    // on the next chunk that carries text (or the last one).
+    let mut pending: Vec<TokenLogprob> = Vec::new();
+    let mut offset = 0;
     Ok(stream_body(
         rx,
         move |update| match update {
-            Update::Text(piece) => sse(&object(json!([kind.choice(&piece, true, None)]))),
+            Update::Logprob(lp) => {
+                pending.push(lp);
+                String::new()
+            }
+            Update::Text(piece) => {
+                let lps = kind.logprobs(&p, &std::mem::take(&mut pending), &mut offset);
+                sse(&object(json!([kind.choice(&piece, true, None, lps)])))
+            }
             Update::Done { stats, .. } => {
                 let finish = finish_reason(stats.done_reason);
-                let mut out = sse(&object(json!([kind.choice("", true, Some(finish))])));
+                let lps = match pending.is_empty() {
+                    true => Value::Null,
+                    false => kind.logprobs(&p, &std::mem::take(&mut pending), &mut offset),
+                };
+                let mut out = sse(&object(json!([kind.choice("", true, Some(finish), lps)])));
                 if include_usage {
                     let mut v = object(json!([]));
                     v["usage"] = usage(&stats);

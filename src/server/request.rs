@@ -13,7 +13,9 @@ use crate::generate::GenerateStats;
 use crate::model::config::limits;
 use crate::options::{self, GenerateOptions};
 use crate::prompt::{self, Conversation};
+use crate::runtime::TokenLogprob;
 use crate::store::StoredModel;
+use crate::structured::Format;
 use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
 
 use super::models::LoadedModel;
@@ -60,6 +62,10 @@ pub struct Prepared {
     /// Model load time when this request loaded it (Ollama's `load_duration`).
     pub load_duration: Duration,
     pub started: Instant,
+    /// Structured output: what the answer must parse as.
+    pub format: Option<Format>,
+    /// Log-probabilities of each answer token, with this many alternatives.
+    pub logprobs: Option<usize>,
 }
 
 /// The prompt: text as is (`raw`), or messages rendered with the model's template.
@@ -91,6 +97,8 @@ pub fn prepare(
         ids,
         options,
         started,
+        format: None,
+        logprobs: None,
     })
 }
 
@@ -183,6 +191,15 @@ pub fn generate_messages(
 pub fn submit(p: &Prepared) -> Result<UnboundedReceiver<Update>, ApiError> {
     let (sink, rx) = unbounded_channel();
     let n_ctx = p.options.num_ctx.unwrap_or(p.model.n_ctx);
+    let constraint = match &p.format {
+        Some(f) => Some(
+            p.model
+                .grammars
+                .constraint(f)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        ),
+        None => None,
+    };
     p.model
         .scheduler
         .submit(Request {
@@ -190,6 +207,8 @@ pub fn submit(p: &Prepared) -> Result<UnboundedReceiver<Update>, ApiError> {
             options: p.options.clone(),
             n_ctx,
             sink,
+            constraint,
+            logprobs: p.logprobs,
         })
         .map_err(|QueueFull| ApiError::queue_full())?;
     Ok(rx)
@@ -200,25 +219,66 @@ pub struct Answer {
     pub text: String,
     pub stats: GenerateStats,
     pub tokens: Vec<u32>,
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Waits for the whole answer.
 pub async fn collect(mut rx: UnboundedReceiver<Update>) -> Result<Answer, ApiError> {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(update) = rx.recv().await {
         match update {
             Update::Text(piece) => text.push_str(&piece),
+            Update::Logprob(lp) => logprobs.push(lp),
             Update::Done { stats, tokens } => {
                 return Ok(Answer {
                     text,
                     stats,
                     tokens,
+                    logprobs,
                 })
             }
             Update::Error(e) => return Err(ApiError::internal(e)),
         }
     }
     Err(ApiError::internal("the model's scheduler stopped"))
+}
+
+/// Log-probabilities asked for: `logprobs` on, with `top` alternatives (0 to 20, as OpenAI
+/// allows); `top` without `logprobs` is an error, as OpenAI answers it.
+pub fn logprobs_request(logprobs: bool, top: Option<usize>) -> Result<Option<usize>, ApiError> {
+    match (logprobs, top) {
+        (_, Some(n)) if n > MAX_TOP_LOGPROBS => Err(ApiError::bad_request(format!(
+            "top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"
+        ))),
+        (false, Some(n)) if n > 0 => Err(ApiError::bad_request(
+            "top_logprobs needs logprobs to be true",
+        )),
+        (false, _) => Ok(None),
+        (true, top) => Ok(Some(top.unwrap_or(0))),
+    }
+}
+
+/// The most alternatives a token's log-probabilities list (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A token's text and bytes as the APIs report them (special tokens by their name).
+pub fn token_piece(model: &LoadedModel, id: u32) -> (String, Vec<u8>) {
+    let bytes = model.tokenizer.token_bytes(id).unwrap_or_default();
+    let bytes = bytes.strip_prefix(&[0xFF]).unwrap_or(bytes).to_vec();
+    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+}
+
+/// One token's entry in OpenAI's chat shape (also Ollama's): token, logprob, bytes and the
+/// alternatives.
+pub fn logprob_json(model: &LoadedModel, lp: &TokenLogprob) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let (token, bytes) = token_piece(model, id);
+        serde_json::json!({ "token": token, "logprob": logprob, "bytes": bytes })
+    };
+    let mut v = entry(lp.token, lp.logprob);
+    v["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
+    v
 }
 
 /// A JSON body, parsed with Ollama's 400 for anything malformed.

@@ -18,7 +18,8 @@ use crate::generate::{GenerateStats, Runner};
 use crate::gguf::GgufFile;
 use crate::model::MemoryPlan;
 use crate::options::GenerateOptions;
-use crate::runtime::Sequence;
+use crate::runtime::{embed_cache_need, Pooling, Sequence, TokenLogprob};
+use crate::structured::TokenConstraint;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -27,6 +28,9 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub enum Update {
     Text(String),
+    /// The log-probabilities of the next token of the answer (requests that ask for them),
+    /// sent before that token's text (which may be held back and come later).
+    Logprob(TokenLogprob),
     Done {
         stats: GenerateStats,
         /// The prompt and the answer's tokens (Ollama's `context`).
@@ -42,6 +46,23 @@ pub struct Request {
     pub n_ctx: usize,
     /// Dropping the receiving end cancels the request at the next step.
     pub sink: UnboundedSender<Update>,
+    /// Structured output: the tokens the answer may take.
+    pub constraint: Option<Box<dyn TokenConstraint>>,
+    /// Report each token's log-probability with this many alternatives.
+    pub logprobs: Option<usize>,
+}
+
+/// An embedding request: token ids of each input (already within the context).
+pub struct EmbedRequest {
+    pub inputs: Vec<Vec<u32>>,
+    pub pooling: Pooling,
+    pub reply: tokio::sync::oneshot::Sender<std::result::Result<Vec<Vec<f32>>, String>>,
+}
+
+/// What the scheduler thread is handed.
+enum Job {
+    Generate(Request),
+    Embed(EmbedRequest),
 }
 
 /// Counters the scheduler keeps current, for `/api/ps` and the tests.
@@ -83,7 +104,7 @@ pub struct Loaded {
 /// is dropped.
 #[derive(Clone)]
 pub struct Scheduler {
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<Job>,
     limits: Limits,
     pub stats: Arc<Stats>,
     /// Set when the server shuts down: running and waiting requests end with an error.
@@ -94,7 +115,7 @@ impl Scheduler {
     /// Loads the model at `path` on a new thread, which then serves it. Returns once it is
     /// loaded (or failed to load).
     pub fn spawn(path: PathBuf, load: LoadOptions, limits: Limits) -> Result<(Scheduler, Loaded)> {
-        let (requests, inbox) = mpsc::channel::<Request>();
+        let (requests, inbox) = mpsc::channel::<Job>();
         let (loaded_tx, loaded_rx) = mpsc::channel::<Result<Loaded>>();
         let stats = Arc::new(Stats::default());
         let thread_stats = stats.clone();
@@ -159,6 +180,15 @@ impl Scheduler {
 
     /// Queues `request`; `Err(QueueFull)` when the queue is full (nothing was queued).
     pub fn submit(&self, request: Request) -> std::result::Result<(), QueueFull> {
+        self.submit_job(Job::Generate(request))
+    }
+
+    /// Queues an embedding request; it runs between two steps of the batch.
+    pub fn submit_embed(&self, request: EmbedRequest) -> std::result::Result<(), QueueFull> {
+        self.submit_job(Job::Embed(request))
+    }
+
+    fn submit_job(&self, request: Job) -> std::result::Result<(), QueueFull> {
         if self.stop.load(Ordering::SeqCst) {
             return Err(QueueFull);
         }
@@ -231,31 +261,39 @@ struct Live {
 fn serve(
     runner: &mut dyn Runner,
     tokenizer: &Arc<Tokenizer>,
-    inbox: &mpsc::Receiver<Request>,
+    inbox: &mpsc::Receiver<Job>,
     limits: Limits,
     shared: Shared,
 ) {
     let stats = shared.stats;
     let mut waiting: VecDeque<Request> = VecDeque::new();
+    let mut embeds: VecDeque<EmbedRequest> = VecDeque::new();
     let mut live: Vec<Live> = Vec::new();
     let mut open = true;
     loop {
-        if live.is_empty() && waiting.is_empty() {
+        if live.is_empty() && waiting.is_empty() && embeds.is_empty() {
             match inbox.recv() {
-                Ok(r) => waiting.push_back(r),
+                Ok(job) => take(job, &mut waiting, &mut embeds),
                 Err(_) => return,
             }
         }
         while open {
             match inbox.try_recv() {
-                Ok(r) => waiting.push_back(r),
+                Ok(job) => take(job, &mut waiting, &mut embeds),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
         }
         if shared.stop.load(Ordering::SeqCst) {
-            shut_down(runner, &mut waiting, &mut live, stats);
+            shut_down(runner, &mut waiting, &mut embeds, &mut live, stats);
             return;
+        }
+        run_embeds(runner, &mut embeds, live.is_empty(), shared);
+        if live.is_empty() && waiting.is_empty() {
+            if !open && embeds.is_empty() {
+                return;
+            }
+            continue;
         }
         admit(runner, tokenizer, &mut waiting, &mut live, limits, shared);
         for l in &mut live {
@@ -268,6 +306,9 @@ fn serve(
             Ok(events) => {
                 for (j, event) in events {
                     let l = &mut live[j];
+                    if let Some(lp) = l.seq.take_logprob().filter(|_| event.token.is_some()) {
+                        let _ = l.sink.send(Update::Logprob(lp));
+                    }
                     if !event.text.is_empty() && l.sink.send(Update::Text(event.text)).is_err() {
                         l.seq.cancel();
                     }
@@ -285,9 +326,16 @@ fn serve(
             }
         }
         retire(runner, &mut live, stats, true);
-        if !open && live.is_empty() && waiting.is_empty() {
+        if !open && live.is_empty() && waiting.is_empty() && embeds.is_empty() {
             return;
         }
+    }
+}
+
+fn take(job: Job, waiting: &mut VecDeque<Request>, embeds: &mut VecDeque<EmbedRequest>) {
+    match job {
+        Job::Generate(r) => waiting.push_back(r),
+        Job::Embed(e) => embeds.push_back(e),
     }
 }
 
@@ -332,6 +380,12 @@ fn admit(
         let Some(r) = waiting.pop_front() else { break };
         match Sequence::new(tokenizer.clone(), r.prompt, &r.options, r.n_ctx) {
             Ok(mut seq) => {
+                if let Some(c) = r.constraint {
+                    seq.set_constraint(c);
+                }
+                if let Some(top) = r.logprobs {
+                    seq.set_logprobs(top);
+                }
                 runner.start(&mut seq);
                 live.push(Live { seq, sink: r.sink });
             }
@@ -352,6 +406,7 @@ fn admit(
 fn shut_down(
     runner: &mut dyn Runner,
     waiting: &mut VecDeque<Request>,
+    embeds: &mut VecDeque<EmbedRequest>,
     live: &mut Vec<Live>,
     stats: &Stats,
 ) {
@@ -364,6 +419,46 @@ fn shut_down(
     for r in waiting.drain(..) {
         stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         let _ = r.sink.send(Update::Error(MSG.into()));
+    }
+    for e in embeds.drain(..) {
+        stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let _ = e.reply.send(Err(MSG.into()));
+    }
+}
+
+/// Runs the waiting embedding requests between two steps. One that needs more cache than is
+/// free waits for the running requests to end (then the cache grows if it must and the memory
+/// plan allows).
+fn run_embeds(
+    runner: &mut dyn Runner,
+    embeds: &mut VecDeque<EmbedRequest>,
+    idle: bool,
+    shared: Shared,
+) {
+    let stats = shared.stats;
+    while let Some(e) = embeds.front() {
+        if e.reply.is_closed() {
+            embeds.pop_front();
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+            stats.disconnected.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
+        let mut result = runner.embed(&e.inputs, e.pooling);
+        if matches!(result, Err(Error::KvCacheFull { .. })) {
+            if !idle {
+                return;
+            }
+            let need = embed_cache_need(&e.inputs);
+            result = shared
+                .plan
+                .check_fits(need, shared.kv_type)
+                .and_then(|()| runner.reserve_capacity(need))
+                .and_then(|()| runner.embed(&e.inputs, e.pooling));
+        }
+        if let Some(e) = embeds.pop_front() {
+            let _ = e.reply.send(result.map_err(|e| e.to_string()));
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 

@@ -63,6 +63,9 @@ pub struct Tokenizer {
     chat_template: Option<String>,
     pre: String,
     architecture: String,
+    /// Each token's bytes as it appears in text; special tokens are `0xFF` then their text
+    /// (the convention of `llguidance`'s token trie, which builds on these).
+    bytes: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -134,7 +137,9 @@ impl Tokenizer {
             .map_err(|e| tokenizers_error("user-defined tokens", e))?;
 
         let end_of_generation = end_of_generation_ids(&v);
+        let bytes = token_bytes(&v, &end_of_generation);
         Ok(Tokenizer {
+            bytes,
             inner,
             bos_id: v.bos_id,
             eos_id: v.eos_id,
@@ -216,6 +221,12 @@ impl Tokenizer {
         self.tokens.get(id as usize).map(String::as_str)
     }
 
+    /// The bytes token `id` stands for in text; a special (control) token is `0xFF` then its
+    /// text, so it can never be mistaken for text.
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.bytes.get(id as usize).map(Vec::as_slice)
+    }
+
     /// The id of a token spelled exactly `text` in the GGUF vocabulary.
     pub fn token_id(&self, text: &str) -> Option<u32> {
         self.inner.token_to_id(text)
@@ -256,6 +267,45 @@ impl Tokenizer {
             state: DecodeState::default(),
         }
     }
+}
+
+/// Every token's bytes (see `Tokenizer::token_bytes`): byte-level vocabularies map GPT-2's
+/// byte alphabet back to bytes; SentencePiece ones turn `▁` into a space and `<0xNN>` into
+/// the byte. End-of-generation tokens count as special whatever their type says, so text
+/// constraints never take one for text.
+fn token_bytes(v: &GgufVocab, end_of_generation: &HashSet<u32>) -> Vec<Vec<u8>> {
+    let from_char: std::collections::HashMap<char, u8> = byte_level::byte_to_char()
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect();
+    v.tokens
+        .iter()
+        .zip(&v.types)
+        .enumerate()
+        .map(|(id, (text, ty))| match (ty, v.kind) {
+            _ if end_of_generation.contains(&(id as u32)) => special(text),
+            (TokenType::Control | TokenType::Unknown | TokenType::Unused, _) => special(text),
+            (_, VocabKind::ByteLevelBpe) => text
+                .chars()
+                .map(|c| from_char.get(&c).copied())
+                .collect::<Option<Vec<u8>>>()
+                // A token outside the alphabet was respelled byte by byte (model_spelling).
+                .unwrap_or_else(|| text.as_bytes().to_vec()),
+            (TokenType::Byte, VocabKind::SentencePiece) => text
+                .strip_prefix("<0x")
+                .and_then(|h| h.strip_suffix('>'))
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]),
+            (_, VocabKind::SentencePiece) => text.replace('\u{2581}', " ").into_bytes(),
+        })
+        .collect()
+}
+
+fn special(text: &str) -> Vec<u8> {
+    let mut b = vec![0xFF];
+    b.extend_from_slice(text.as_bytes());
+    b
 }
 
 fn end_of_generation_ids(v: &GgufVocab) -> HashSet<u32> {
