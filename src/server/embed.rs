@@ -96,7 +96,7 @@ async fn embed(
 fn tokens(model: &LoadedModel, input: Input) -> Result<Vec<u32>, ApiError> {
     match input {
         Input::Text(text) if text.is_empty() => Ok(Vec::new()),
-        Input::Text(text) => request::encode(model, &text),
+        Input::Text(text) => request::encode(&model.tokenizer, &text),
         Input::Ids(ids) => {
             model
                 .tokenizer

@@ -218,7 +218,7 @@ impl Scheduler {
         // Wakes the thread if it waits for work, so it sees the flag (counted as any
         // request, and ended as one).
         self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
-        if self.requests.send(Request::wake()).is_err() {
+        if self.requests.send(Job::Generate(Request::wake())).is_err() {
             self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -233,6 +233,8 @@ impl Request {
             options: GenerateOptions::default(),
             n_ctx: 1,
             sink,
+            constraint: None,
+            logprobs: None,
         }
     }
 }
