@@ -22,8 +22,6 @@ mod server_gen;
 mod server_ops;
 mod server_python;
 mod server_ws;
-mod server_embed;
-mod server_gen;
 mod stages;
 mod store;
 mod templates;
