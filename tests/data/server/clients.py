@@ -1,16 +1,22 @@
 """Drives a running `hearth serve` with the official `ollama` and `openai` Python clients,
 unchanged (tests/server_python.rs starts the server and runs this in the venv `.ci/run` makes).
 
-usage: clients.py BASE_URL API_KEY MODEL
+usage: clients.py BASE_URL API_KEY MODEL [JSON_MODEL]
 Exits non-zero with the failing check's message; prints `ok: N checks` at the end.
 """
 
+import json
+import math
 import sys
+from typing import Literal
 
 import ollama
 import openai
+import pydantic
 
 BASE, KEY, MODEL = sys.argv[1], sys.argv[2], sys.argv[3]
+# A real model for the open-ended JSON checks, when the test found one.
+JSON_MODEL = sys.argv[4] if len(sys.argv) > 4 else None
 GREEDY = {"temperature": 0, "num_predict": 12}
 checks = 0
 
@@ -133,9 +139,104 @@ try:
 except openai.AuthenticationError as e:
     check(e.status_code == 401, e)
 
-# ---- structured output and embeddings ----
-# Checks of `format` (JSON and schema), `response_format`, `ol.embed` / `ol.embeddings`
-# and `oa.embeddings.create` (float and base64) belong here; they are added with the
-# structured-output and embeddings work (branch srv-gen).
+# ---- structured output ----
+# A bounded schema: nano's greedy answer fits in a few tokens and must validate.
+FRUIT = {"type": "object", "required": ["color", "ripe"], "additionalProperties": False,
+         "properties": {"color": {"enum": ["red", "green", "yellow"]},
+                        "ripe": {"type": "boolean"}}}
+STRUCTURED = {"temperature": 0, "num_predict": 40}
+fruit_msgs = [{"role": "user", "content": "Describe a banana."}]
+
+
+def is_fruit(text):
+    v = json.loads(text)
+    return (isinstance(v, dict) and set(v) == {"color", "ripe"}
+            and v["color"] in ("red", "green", "yellow") and isinstance(v["ripe"], bool))
+
+
+r = ol.generate(model=MODEL, prompt="Describe a banana.", format=FRUIT, options=STRUCTURED)
+check(r.done_reason == "stop" and is_fruit(r.response), f"generate with a schema: {r.response!r}")
+r = ol.chat(model=MODEL, messages=fruit_msgs, format=FRUIT, options=STRUCTURED)
+check(is_fruit(r.message.content), f"chat with a schema: {r.message.content!r}")
+r = oa.chat.completions.create(
+    model=MODEL, messages=fruit_msgs, temperature=0, max_tokens=40,
+    response_format={"type": "json_schema", "json_schema": {"name": "fruit", "schema": FRUIT}})
+check(is_fruit(r.choices[0].message.content), f"json_schema: {r.choices[0].message.content!r}")
+
+
+class Fruit(pydantic.BaseModel):
+    color: Literal["red", "green", "yellow"]
+    ripe: bool
+
+
+# The client's own structured-output path (a strict json_schema built from the model class).
+r = oa.chat.completions.parse(model=MODEL, messages=fruit_msgs, temperature=0, max_tokens=40,
+                              response_format=Fruit)
+check(isinstance(r.choices[0].message.parsed, Fruit), f"parse(): {r.choices[0].message}")
+
+# Any JSON object ("json", json_object) is open-ended, which nano's random weights never
+# close; a real model copying an object does.
+COPY = 'Repeat this JSON exactly: {"name": "Tom", "age": 30}'
+if JSON_MODEL:
+    r = ol.generate(model=JSON_MODEL, prompt=COPY, format="json", options=STRUCTURED)
+    check(isinstance(json.loads(r.response), dict), f"format json: {r.response!r}")
+    r = oa.chat.completions.create(
+        model=JSON_MODEL, messages=[{"role": "user", "content": COPY}], temperature=0,
+        max_tokens=40, response_format={"type": "json_object"})
+    text = r.choices[0].message.content
+    check(isinstance(json.loads(text), dict), f"json_object: {text!r}")
+else:
+    print("skipped: format json and json_object (no real model given)")
+
+# ---- embeddings ----
+texts = ["hello", "Once upon a time"]
+e = ol.embed(model=MODEL, input=texts)
+check(len(e.embeddings) == 2 and len(e.embeddings[0]) == len(e.embeddings[1]) > 0, e)
+for v in e.embeddings:
+    check(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-4, "embeddings are L2-normalised")
+check(e.prompt_eval_count > 0, e)
+
+
+def close(a, b):
+    return len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+
+
+one = ol.embed(model=MODEL, input="hello")
+check(close(one.embeddings[0], e.embeddings[0]), "a batch embeds each input as alone")
+legacy = ol.embeddings(model=MODEL, prompt="hello")
+check(close(list(legacy.embedding), e.embeddings[0]), "legacy /api/embeddings")
+f = oa.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+check([d.index for d in f.data] == [0, 1] and f.usage.prompt_tokens > 0, f.usage)
+check(all(close(d.embedding, v) for d, v in zip(f.data, e.embeddings)), "openai float")
+# Without encoding_format the client asks for base64 and decodes it itself.
+raw = oa.embeddings.with_raw_response.create(model=MODEL, input=texts)
+check(json.loads(raw.http_request.content)["encoding_format"] == "base64", "client asks base64")
+check(isinstance(raw.http_response.json()["data"][0]["embedding"], str), "answered in base64")
+b = raw.parse()
+check(all(close(d.embedding, v) for d, v in zip(b.data, e.embeddings)), "openai base64")
+
+# ---- log-probabilities ----
+r = oa.chat.completions.create(model=MODEL, messages=msgs, temperature=0, max_tokens=6,
+                               logprobs=True, top_logprobs=3)
+lps = r.choices[0].logprobs.content
+check(len(lps) == r.usage.completion_tokens, f"{len(lps)} entries, {r.usage}")
+for lp in lps:
+    tops = [t.logprob for t in lp.top_logprobs]
+    check(lp.logprob <= 0 and len(tops) == 3 and tops == sorted(tops, reverse=True), lp)
+    check(lp.logprob <= tops[0] + 1e-5, "no alternative is less likely than the pick")
+chunks = list(oa.chat.completions.create(model=MODEL, messages=msgs, temperature=0,
+                                         max_tokens=6, logprobs=True, stream=True))
+streamed = [lp for c in chunks if c.choices and c.choices[0].logprobs
+            for lp in c.choices[0].logprobs.content]
+check([x.logprob for x in streamed] == [x.logprob for x in lps], "streamed logprobs == whole")
+c = oa.completions.create(model=MODEL, prompt="Once upon a time", temperature=0, max_tokens=4,
+                          logprobs=2)
+clp = c.choices[0].logprobs
+check(len(clp.tokens) == len(clp.token_logprobs) == c.usage.completion_tokens, clp)
+check(all(len(t) >= 1 for t in clp.top_logprobs), "completions top_logprobs")
+g = ol.generate(model=MODEL, prompt="Once upon a time", options={**GREEDY, "num_predict": 4},
+                logprobs=True, top_logprobs=2)
+check(len(g.logprobs) == g.eval_count and all(len(x.top_logprobs) == 2 for x in g.logprobs),
+      g.logprobs)
 
 print(f"ok: {checks} checks")
