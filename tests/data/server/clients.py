@@ -134,6 +134,16 @@ try:
 except openai.BadRequestError as e:
     check(e.status_code == 400, e)
 try:
+    oa.chat.completions.create(model=MODEL, messages=msgs, n=2, max_tokens=2)
+    raise AssertionError("n = 2 accepted")
+except openai.BadRequestError as e:
+    check(e.status_code == 400 and "n = 1" in e.message, e)
+try:
+    oa.models.retrieve("nope")
+    raise AssertionError("an unknown model retrieved")
+except openai.NotFoundError as e:
+    check(e.code == "model_not_found", e)
+try:
     openai.OpenAI(base_url=f"{BASE}/v1", api_key="wrong", max_retries=0).models.list()
     raise AssertionError("a wrong key was accepted")
 except openai.AuthenticationError as e:
