@@ -198,6 +198,41 @@ if JSON_MODEL:
 else:
     print("skipped: format json and json_object (no real model given)")
 
+# ---- tools ----
+# `toolbox` is nano under a template that reads `tools`; a schema makes its answer a call.
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "required": ["city"],
+                   "properties": {"city": {"type": "string"}}}}}
+CALL = {"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+        "properties": {"name": {"enum": ["get_weather"]},
+                       "arguments": {"type": "object", "required": ["city"],
+                                     "additionalProperties": False,
+                                     "properties": {"city": {"enum": ["Rome", "Oslo"]}}}}}
+ask = [{"role": "user", "content": "Weather in Rome?"}]
+r = ol.chat(model="toolbox", messages=ask, tools=[WEATHER], format=CALL,
+            options={"temperature": 0, "num_predict": 150})
+calls = r.message.tool_calls or []
+check(len(calls) == 1 and calls[0].function.name == "get_weather", f"tool call: {r.message}")
+check(calls[0].function.arguments["city"] in ("Rome", "Oslo"), calls[0].function.arguments)
+# The call and its result go back in as history.
+r2 = ol.chat(model="toolbox", options=GREEDY, tools=[WEATHER], messages=ask + [
+    r.message, {"role": "tool", "content": "sunny", "tool_name": "get_weather"}])
+check(r2.message.role == "assistant", r2)
+e = raises(lambda: ol.chat(model=MODEL, messages=ask, tools=[WEATHER]), 400)
+check("does not support tools" in str(e), e)
+r = oa.chat.completions.create(
+    model="toolbox", messages=ask, tools=[WEATHER], temperature=0, max_tokens=150,
+    response_format={"type": "json_schema", "json_schema": {"name": "call", "schema": CALL}})
+choice = r.choices[0]
+check(choice.finish_reason == "tool_calls" and choice.message.tool_calls, choice)
+tc = choice.message.tool_calls[0]
+check(tc.function.name == "get_weather" and json.loads(tc.function.arguments)["city"], tc)
+r2 = oa.chat.completions.create(model="toolbox", tools=[WEATHER], max_tokens=4, messages=ask + [
+    choice.message.model_dump(exclude_none=True),
+    {"role": "tool", "tool_call_id": tc.id, "content": "sunny"}])
+check(r2.choices[0].message.role == "assistant", r2)
+
 # ---- embeddings ----
 texts = ["hello", "Once upon a time"]
 e = ol.embed(model=MODEL, input=texts)
