@@ -9,7 +9,7 @@ use crate::gguf::GgufFile;
 use crate::model::{Arch, MemoryPlan, Model};
 use crate::runtime::SoloCache;
 use crate::server::request::{self, Prompt};
-use crate::server::{ollama, openai, ApiError};
+use crate::server::{ollama, openai, tools, ApiError};
 use crate::store::{Digest, Layer, LayerKind, Manifest, ModelName, Modelfile, StoredModel};
 use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
 
@@ -173,17 +173,22 @@ pub fn server_json(model: &ServerModel, data: &[u8]) -> usize {
     if let Ok((body, overrides)) = ollama::generate_request(data) {
         // An empty prompt without context only loads the model.
         if !body.prompt.is_empty() || !body.context.is_empty() {
-            let mut ok = model
-                .prepare(&body.model, &overrides, body.prompt(stored))
+            let mut ok = body
+                .prompt(stored, &model.template)
+                .and_then(|prompt| model.prepare(&body.model, &overrides, prompt))
                 .is_ok();
             if !body.context.is_empty() {
-                ok &= request::continue_context(
-                    &model.tokenizer,
-                    &model.template,
-                    &body.context,
-                    body.prompt(stored),
-                )
-                .is_ok();
+                ok &= body
+                    .prompt(stored, &model.template)
+                    .and_then(|prompt| {
+                        request::continue_context(
+                            &model.tokenizer,
+                            &model.template,
+                            &body.context,
+                            prompt,
+                        )
+                    })
+                    .is_ok();
             }
             accepted += usize::from(ok);
         }
@@ -191,7 +196,8 @@ pub fn server_json(model: &ServerModel, data: &[u8]) -> usize {
     if let Ok((body, messages, overrides)) = ollama::chat_request(data) {
         if !messages.is_empty() {
             let messages = request::chat_messages(stored, messages);
-            let ok = model.prepare(&body.model, &overrides, Prompt::Chat(messages));
+            let ok = tools::chat_prompt(messages, &body.tools, &model.template, &body.model)
+                .and_then(|prompt| model.prepare(&body.model, &overrides, prompt));
             accepted += usize::from(ok.is_ok());
         }
     }

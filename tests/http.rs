@@ -50,6 +50,17 @@ pub fn start(names: &[&str], configure: impl FnOnce(&mut Config)) -> Fixture {
     serve(store, dir, configure)
 }
 
+/// A server over a store holding nano under each name with the Modelfile lines beside it
+/// (after `FROM`).
+pub fn start_modelfiles(models: &[(&str, &str)]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("models");
+    for (name, extra) in models {
+        store_of(&root, &nano_gguf(), &[name], extra);
+    }
+    serve(Store::open(&root).unwrap(), dir, |_| {})
+}
+
 /// A server over a store holding the GGUF at `gguf` as `name` (no system prompt).
 pub fn serve_model(gguf: &Path, name: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -93,6 +104,16 @@ impl Resp {
         self.body
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The JSON events of an SSE body, without the closing `[DONE]`.
+    pub fn sse(&self) -> Vec<Value> {
+        self.body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
             .collect()
     }
 }

@@ -363,8 +363,30 @@ fn bad_requests_get_ollama_and_openai_errors_and_the_server_keeps_serving() {
         &json!({"model": "nano", "messages": []}),
     );
     assert_eq!(status, 400);
-    let (status, _, _) = request(addr, "GET", "/v1/models/nope", None);
+    let (status, _, text) = request(addr, "GET", "/v1/models/nope", None);
     assert_eq!(status, 404);
+    // OpenAI's error shape on every /v1 error: type, code, message, param.
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (&v["error"]["type"], &v["error"]["code"]),
+        (&json!("invalid_request_error"), &json!("model_not_found")),
+        "{v}"
+    );
+    assert!(v["error"]["param"].is_null() && v["error"]["message"].is_string());
+    // One choice only: n = 1 is accepted, more are refused.
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let one = json!({"model": "nano", "messages": hi, "n": 1, "max_tokens": 2});
+    assert_eq!(post(addr, "/v1/chat/completions", &one).0, 200);
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let two = json!({"model": "nano", "messages": hi, "prompt": "hi", "n": 2});
+        let (status, v) = post(addr, path, &two);
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("n = 1"),
+            "{v}"
+        );
+    }
     // Checked before the scheduler sees them: the tokens of an earlier answer, and a context
     // the scheduler would size a cache from.
     let context = json!({"model": "nano", "prompt": "hi", "context": [1, 4_000_000_000u32]});

@@ -1,7 +1,9 @@
 //! A real `hearth serve` process on a free loopback port, driven by the official `ollama` and
 //! `openai` Python clients (pinned in tests/data/server/requirements.txt; `.ci/run` installs
 //! them into target/ci-venv). `HEARTH_TEST_PYTHON` names the venv's python; without it, or
-//! without the venv, the test prints `skipped:`. The process is stopped with SIGTERM and must
+//! without the venv, the test prints `skipped:`. Structured output, embeddings and
+//! log-probabilities run on nano, tool calls on nano under a template that reads `tools`;
+//! open-ended JSON on SmolLM2 when the store has it. The process is stopped with SIGTERM and must
 //! exit cleanly.
 
 use std::net::TcpListener;
@@ -9,6 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::common::real_model;
 use super::http::{self, call};
 
 fn venv_python() -> Option<PathBuf> {
@@ -51,6 +54,17 @@ fn official_python_clients_work_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     http::store_with(&models, &["nano"]);
+    // Nano under a template that reads `tools`, for the clients' tool calls.
+    let toolbox =
+        "TEMPLATE \"\"\"{% for t in tools or [] %}<tool>{{ t.function.name }}{% endfor %}\
+                   {% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}\
+                   {% if add_generation_prompt %}<assistant>{% endif %}\"\"\"\n";
+    http::store_of(&models, &http::nano_gguf(), &["toolbox"], toolbox);
+    // Open-ended JSON (`format: "json"`, `json_object`) needs a model that closes its object.
+    let json_model = real_model("HEARTH_TEST_SMOLLM2", "smollm2").map(|gguf| {
+        http::store_of(&models, &gguf, &["smollm2"], "");
+        "smollm2"
+    });
     let addr = format!("127.0.0.1:{}", free_port());
     let key = "sk-hearth-test";
     let child = Command::new(env!("CARGO_BIN_EXE_hearth"))
@@ -78,6 +92,7 @@ fn official_python_clients_work_unchanged() {
         .arg(format!("http://{addr}"))
         .arg(key)
         .arg("nano")
+        .args(json_model)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

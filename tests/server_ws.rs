@@ -1,6 +1,7 @@
 //! The WebSocket API (`/api/ws`) on the nano model: two requests interleaved on one socket,
 //! their messages equal to the NDJSON lines of the same HTTP requests, a cancel that ends one
-//! and frees its slot while the other finishes, and clear errors for bad messages.
+//! and frees its slot while the other finishes, embeddings equal to `/api/embed`'s, and clear
+//! errors for bad messages.
 
 use std::net::TcpStream;
 use std::time::Duration;
@@ -142,13 +143,27 @@ fn websocket_interleaves_requests_matches_ndjson_and_cancels() {
         json!({"id": "x", "type": "dance", "model": "nano"}),
     );
     assert!(recv(&mut ws)["error"].as_str().unwrap().contains("dance"));
-    send(
-        &mut ws,
-        json!({"id": "e", "type": "embed", "model": "nano", "input": "hi"}),
-    );
+    // An embed request is one `done` message carrying `/api/embed`'s answer.
+    let embed = json!({"model": "nano", "input": ["hi", "Once upon a time"]});
+    let http_embed = f.request("POST", "/api/embed", Some(&embed)).json();
+    let mut e = embed.clone();
+    e["id"] = json!("e");
+    e["type"] = json!("embed");
+    send(&mut ws, e);
     let m = recv(&mut ws);
-    assert_eq!(m["id"], "e");
-    assert!(m["error"].as_str().unwrap().contains("embed"), "{m}");
+    assert_eq!((&m["id"], &m["type"]), (&json!("e"), &json!("done")), "{m}");
+    assert_eq!(m["model"], "nano");
+    assert_eq!(m["embeddings"], http_embed["embeddings"]);
+    assert_eq!(m["prompt_eval_count"], http_embed["prompt_eval_count"]);
+    e = json!({"id": "e2", "type": "embed", "model": "nano", "input": 7});
+    send(&mut ws, e);
+    let m = recv(&mut ws);
+    assert_eq!(
+        (&m["id"], &m["type"]),
+        (&json!("e2"), &json!("error")),
+        "{m}"
+    );
+    assert_eq!(m["status"], 400);
     send(
         &mut ws,
         json!({"id": "nf", "type": "generate", "model": "nope", "prompt": "hi"}),

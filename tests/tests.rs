@@ -21,6 +21,7 @@ mod server_embed;
 mod server_gen;
 mod server_ops;
 mod server_python;
+mod server_tools;
 mod server_ws;
 mod stages;
 mod store;

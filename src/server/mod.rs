@@ -12,6 +12,7 @@ pub(crate) mod openai;
 pub(crate) mod request;
 pub mod scheduler;
 mod store_routes;
+pub(crate) mod tools;
 mod ws;
 
 use std::net::SocketAddr;

@@ -22,11 +22,12 @@ use tokio_stream::StreamExt;
 use crate::gguf::GgufFile;
 use crate::store::{ModelInfo, ModelName, StoredModel};
 use crate::structured::Format;
-use crate::tokenizer::Message;
+use crate::tokenizer::{ChatTemplate, Message, TemplateVars};
 
 use super::models::KeepAlive;
 use super::request::{self, nanos, option_pairs, parse_body, Prepared, Prompt};
 use super::scheduler::Update;
+use super::tools::{self, CallStream};
 use super::{rfc3339, ApiError, AppState};
 
 type ApiResult = Result<Response, ApiError>;
@@ -57,6 +58,9 @@ pub(crate) struct GenerateBody {
     format: Option<Value>,
     #[serde(default)]
     pub context: Vec<u32>,
+    /// Text after the gap the answer fills (templates that read `suffix`).
+    #[serde(default)]
+    suffix: String,
     keep_alive: Option<Value>,
     #[serde(default)]
     logprobs: bool,
@@ -72,7 +76,7 @@ pub(crate) struct ChatBody {
     options: Option<Map<String, Value>>,
     format: Option<Value>,
     #[serde(default)]
-    tools: Vec<Value>,
+    pub tools: Vec<Value>,
     keep_alive: Option<Value>,
     #[serde(default)]
     logprobs: bool,
@@ -86,18 +90,16 @@ struct ChatMessage {
     content: String,
     #[serde(default)]
     images: Vec<Value>,
+    /// An earlier assistant turn's calls, handed to the template as given.
+    tool_calls: Option<Value>,
 }
 
-/// Features of the request this server does not have yet: a clear 400 rather than an
-/// answer that silently ignores them.
-fn unsupported(images: bool, tools: bool) -> Result<(), ApiError> {
+/// Images are a clear 400 rather than an answer that silently ignores them.
+fn unsupported(images: bool) -> Result<(), ApiError> {
     if images {
         return Err(ApiError::bad_request(
             "images are not supported: Hearth's models take text only",
         ));
-    }
-    if tools {
-        return Err(ApiError::bad_request("tools are not supported yet"));
     }
     Ok(())
 }
@@ -120,7 +122,10 @@ fn shape(
 /// model (the server fuzz target's way in), with the request's options as text pairs.
 pub(crate) fn generate_request(body: &[u8]) -> Result<(GenerateBody, Overrides), ApiError> {
     let mut body: GenerateBody = parse_body(body)?;
-    unsupported(!body.images.is_empty(), false)?;
+    unsupported(!body.images.is_empty())?;
+    if body.raw && !body.suffix.is_empty() {
+        return Err(ApiError::bad_request("raw mode does not support suffix"));
+    }
     if body.template.is_some() {
         return Err(ApiError::bad_request(
             "a per-request template is not supported yet; create a model with a TEMPLATE",
@@ -132,16 +137,27 @@ pub(crate) fn generate_request(body: &[u8]) -> Result<(GenerateBody, Overrides),
 
 impl GenerateBody {
     /// The prompt as `stored` sees it: the text as is when `raw`, else a conversation of the
-    /// system prompt (the request's, else the model's) and the text.
-    pub(crate) fn prompt(&self, stored: &StoredModel) -> Prompt {
-        match self.raw {
-            true => Prompt::Text(self.prompt.clone()),
-            false => Prompt::Chat(request::generate_messages(
-                stored,
-                self.system.clone(),
-                &self.prompt,
-            )),
+    /// system prompt (the request's, else the model's) and the text; with a `suffix`, the
+    /// template also gets `prompt` and `suffix` (a 400 when it does not read `suffix`).
+    pub(crate) fn prompt(
+        &self,
+        stored: &StoredModel,
+        template: &Result<ChatTemplate, String>,
+    ) -> Result<Prompt, ApiError> {
+        if self.raw {
+            return Ok(Prompt::Text(self.prompt.clone()));
         }
+        let messages = request::generate_messages(stored, self.system.clone(), &self.prompt);
+        if self.suffix.is_empty() {
+            return Ok(Prompt::Chat(messages));
+        }
+        tools::check_supported(template, &self.model, "suffix", "insert")?;
+        let vars = TemplateVars {
+            prompt: Some(self.prompt.clone()),
+            suffix: Some(self.suffix.clone()),
+            ..TemplateVars::default()
+        };
+        Ok(Prompt::ChatWith(messages, vars))
     }
 }
 
@@ -160,18 +176,19 @@ pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiRes
     }
     let (model, loaded_now) = state.models.get(&body.model).await?;
     model.keep(keep);
-    let prompt = body.prompt(&model.stored);
+    let prompt = body.prompt(&model.stored, &model.template)?;
     let mut p = request::prepare(model.clone(), loaded_now, prompt, &overrides, started)?;
     if !body.context.is_empty() {
         p.ids = request::continue_context(
             &model.tokenizer,
             &model.template,
             &body.context,
-            body.prompt(&model.stored),
+            body.prompt(&model.stored, &model.template)?,
         )?;
     }
     shape(&mut p, &body.format, body.logprobs, body.top_logprobs)?;
-    respond(p, body.model, body.stream.unwrap_or(true), Kind::Generate).await
+    let stream = body.stream.unwrap_or(true);
+    respond(p, body.model, stream, Kind::Generate, None).await
 }
 
 /// A `/api/chat` body, parsed and checked before the model is needed (the server fuzz
@@ -179,11 +196,15 @@ pub async fn generate(State(state): State<Arc<AppState>>, body: Bytes) -> ApiRes
 pub(crate) fn chat_request(body: &[u8]) -> Result<(ChatBody, Vec<Message>, Overrides), ApiError> {
     let mut body: ChatBody = parse_body(body)?;
     let images = body.messages.iter().any(|m| !m.images.is_empty());
-    unsupported(images, !body.tools.is_empty())?;
+    unsupported(images)?;
+    tools::tool_names(&body.tools)?;
     let overrides = option_pairs(&body.options.take().unwrap_or_default())?;
     let messages = std::mem::take(&mut body.messages)
         .into_iter()
-        .map(|m| Message::new(m.role, m.content))
+        .map(|m| Message {
+            tool_calls: m.tool_calls.filter(|c| !c.is_null()),
+            ..Message::new(m.role, m.content)
+        })
         .collect();
     Ok((body, messages, overrides))
 }
@@ -204,15 +225,16 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult 
     let (model, loaded_now) = state.models.get(&body.model).await?;
     model.keep(keep);
     let messages = request::chat_messages(&model.stored, messages);
-    let mut p = request::prepare(
-        model,
-        loaded_now,
-        Prompt::Chat(messages),
-        &overrides,
-        started,
-    )?;
+    let prompt = tools::chat_prompt(messages, &body.tools, &model.template, &body.model)?;
+    let mut p = request::prepare(model, loaded_now, prompt, &overrides, started)?;
     shape(&mut p, &body.format, body.logprobs, body.top_logprobs)?;
-    respond(p, body.model, body.stream.unwrap_or(true), Kind::Chat).await
+    // Only a request with tools has its answer read for calls.
+    let names = match body.tools.is_empty() {
+        true => None,
+        false => Some(tools::tool_names(&body.tools)?),
+    };
+    let stream = body.stream.unwrap_or(true);
+    respond(p, body.model, stream, Kind::Chat, names).await
 }
 
 /// A request with nothing to generate: `keep_alive` 0 unloads the model (not loading it
@@ -253,13 +275,23 @@ impl Kind {
     }
 }
 
-/// Streams the answer as NDJSON, or sends it whole.
-async fn respond(p: Prepared, name: String, stream: bool, kind: Kind) -> ApiResult {
+/// Streams the answer as NDJSON, or sends it whole. With `tools` (a chat's tool names) an
+/// answer that is tool calls comes as `message.tool_calls`.
+async fn respond(
+    p: Prepared,
+    name: String,
+    stream: bool,
+    kind: Kind,
+    tools: Option<Vec<String>>,
+) -> ApiResult {
     let rx = request::submit(&p)?;
     if !stream {
         let answer = request::collect(rx).await?;
         let mut v = done_chunk(&p, &name, kind, &answer.stats, &answer.tokens);
-        merge(&mut v, kind.text(&answer.text));
+        match tools.and_then(|names| tools::parse(&answer.text, &names)) {
+            Some(calls) => merge(&mut v, calls_message(&calls)),
+            None => merge(&mut v, kind.text(&answer.text)),
+        }
         if p.logprobs.is_some() {
             let lps: Vec<Value> = answer
                 .logprobs
@@ -273,29 +305,61 @@ async fn respond(p: Prepared, name: String, stream: bool, kind: Kind) -> ApiResu
     // Log-probabilities come before their token's text, which may be held back: they ride
     // on the next chunk that carries text (or the last one).
     let mut pending: Vec<Value> = Vec::new();
+    let mut calls = tools.map(CallStream::new);
+    let chunk = move |name: &str, fields: Value| {
+        let mut v = json!({
+            "model": name, "created_at": rfc3339(SystemTime::now()), "done": false,
+        });
+        merge(&mut v, fields);
+        v
+    };
     Ok(ndjson(rx, move |update| {
+        // Text held back as a possible tool call, or the calls it was, before the last chunk.
+        let mut before = String::new();
         let mut v = match update {
             Update::Logprob(lp) => {
                 pending.push(request::logprob_json(&p.model, &lp));
                 return String::new();
             }
             Update::Text(piece) => {
-                let mut v = json!({
-                    "model": name, "created_at": rfc3339(SystemTime::now()), "done": false,
-                });
-                merge(&mut v, kind.text(&piece));
-                v
+                let piece = match &mut calls {
+                    Some(c) => c.text(piece),
+                    None => piece,
+                };
+                if piece.is_empty() {
+                    return String::new();
+                }
+                chunk(&name, kind.text(&piece))
             }
-            Update::Done { stats, tokens } => done_chunk(&p, &name, kind, &stats, &tokens),
+            Update::Done { stats, tokens } => {
+                let fields = match calls.as_mut().map(CallStream::finish) {
+                    Some(Ok(c)) => Some(calls_message(&c)),
+                    Some(Err(held)) if !held.is_empty() => Some(kind.text(&held)),
+                    _ => None,
+                };
+                if let Some(fields) = fields {
+                    let mut v = chunk(&name, fields);
+                    if !pending.is_empty() {
+                        merge(&mut v, json!({ "logprobs": std::mem::take(&mut pending) }));
+                    }
+                    before = v.to_string() + "\n";
+                }
+                done_chunk(&p, &name, kind, &stats, &tokens)
+            }
             Update::Error(e) => json!({ "error": e }),
         };
         if !pending.is_empty() && v.get("error").is_none() {
             merge(&mut v, json!({ "logprobs": std::mem::take(&mut pending) }));
         }
-        let mut line = v.to_string();
-        line.push('\n');
-        line
+        before + &v.to_string() + "\n"
     }))
+}
+
+/// A chat message that is tool calls.
+fn calls_message(calls: &[tools::ToolCall]) -> Value {
+    json!({ "message": {
+        "role": "assistant", "content": "", "tool_calls": tools::ollama_json(calls),
+    } })
 }
 
 fn merge(into: &mut Value, from: Value) {
@@ -468,13 +532,23 @@ fn show_json(stored: &StoredModel) -> Result<Value, ApiError> {
             json!({ format!("{arch}.embedding_length"): n }),
         );
     }
+    let template = crate::prompt::template_source(stored, &gguf).unwrap_or_default();
+    // What the template reads decides the capabilities beyond completion, as in Ollama.
+    let mut capabilities = vec!["completion"];
+    if let Ok(t) = ChatTemplate::new(&template, "", "") {
+        for (var, capability) in [("tools", "tools"), ("suffix", "insert")] {
+            if t.uses(var) {
+                capabilities.push(capability);
+            }
+        }
+    }
     let mut v = json!({
         "modelfile": stored.modelfile().render(),
         "parameters": parameters.join("\n"),
-        "template": crate::prompt::template_source(stored, &gguf).unwrap_or_default(),
+        "template": template,
         "details": details(&info),
         "model_info": model_info,
-        "capabilities": ["completion"],
+        "capabilities": capabilities,
     });
     if let Some(s) = &stored.system {
         merge(&mut v, json!({ "system": s }));

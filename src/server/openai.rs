@@ -25,6 +25,7 @@ use crate::tokenizer::Message;
 use super::ollama::stream_body;
 use super::request::{self, option_pairs, parse_body, Prepared, Prompt};
 use super::scheduler::Update;
+use super::tools::{self, CallStream};
 use super::{ApiError, AppState};
 
 /// An error in OpenAI's shape.
@@ -193,9 +194,48 @@ fn messages(body: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
                 .ok_or_else(|| ApiError::bad_request("a message lacks `role`"))?;
             // OpenAI's newer name for the system role.
             let role = if role == "developer" { "system" } else { role };
-            Ok(Message::new(role, content_text(m.get("content"))?))
+            Ok(Message {
+                tool_calls: tool_calls(m.get("tool_calls"))?,
+                ..Message::new(role, content_text(m.get("content"))?)
+            })
         })
         .collect()
+}
+
+/// An assistant message's `tool_calls` as templates read them: each `function` with its
+/// `arguments` (a JSON string in OpenAI's shape) as an object.
+fn tool_calls(v: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let calls = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(calls)) => calls,
+        Some(_) => return Err(ApiError::bad_request("`tool_calls` must be a list")),
+    };
+    let mut out = Vec::with_capacity(calls.len());
+    for c in calls {
+        let mut c = c.clone();
+        if let Some(Value::String(a)) = c.pointer("/function/arguments") {
+            let parsed: Value = serde_json::from_str(a).map_err(|e| {
+                ApiError::bad_request(format!("tool call arguments are not JSON: {e}"))
+            })?;
+            c["function"]["arguments"] = parsed;
+        }
+        out.push(c);
+    }
+    Ok(Some(Value::Array(out)))
+}
+
+/// The request's `tools` (none when `tool_choice` is "none"), their shape checked.
+fn request_tools(body: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+    if body.get("tool_choice").and_then(Value::as_str) == Some("none") {
+        return Ok(Vec::new());
+    }
+    let tools = match body.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(t)) => t.clone(),
+        Some(_) => return Err(ApiError::bad_request("`tools` must be a list")),
+    };
+    tools::tool_names(&tools)?;
+    Ok(tools)
 }
 
 /// A `/v1` body, parsed and checked before the model is needed (the server fuzz target's way
@@ -222,6 +262,7 @@ fn v1_request(body: &[u8]) -> Result<V1Request, ApiError> {
 pub(crate) fn chat_request(body: &[u8]) -> Result<(V1Request, Vec<Message>), ApiError> {
     let r = v1_request(body)?;
     let messages = messages(&r.body)?;
+    request_tools(&r.body)?;
     Ok((r, messages))
 }
 
@@ -255,16 +296,17 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> OaResult {
     ) = chat_request(&body)?;
     let (model, loaded_now) = state.models.get(&name).await?;
     let messages = request::chat_messages(&model.stored, messages);
-    let mut p = request::prepare(
-        model,
-        loaded_now,
-        Prompt::Chat(messages),
-        &overrides,
-        started,
-    )?;
+    let tools = request_tools(&body)?;
+    let prompt = tools::chat_prompt(messages, &tools, &model.template, &name)?;
+    let mut p = request::prepare(model, loaded_now, prompt, &overrides, started)?;
     shape(&mut p, &body)?;
     let include_usage = include_usage(&body);
-    respond(p, name, stream, include_usage, Kind::Chat).await
+    // Only a request with tools has its answer read for calls.
+    let names = match tools.is_empty() {
+        true => None,
+        false => Some(tools::tool_names(&tools)?),
+    };
+    respond(p, name, stream, include_usage, Kind::Chat, names).await
 }
 
 pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaResult {
@@ -290,7 +332,7 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> OaR
     )?;
     shape(&mut p, &body)?;
     let include_usage = include_usage(&body);
-    respond(p, name, stream, include_usage, Kind::Completion).await
+    respond(p, name, stream, include_usage, Kind::Completion, None).await
 }
 
 fn include_usage(body: &Map<String, Value>) -> bool {
@@ -379,16 +421,20 @@ impl Kind {
     }
 }
 
+/// Answers whole or as SSE. With `tools` (a chat's tool names) an answer that is tool calls
+/// comes as `tool_calls` with `finish_reason` "tool_calls".
 async fn respond(
     p: Prepared,
     name: String,
     stream: bool,
     include_usage: bool,
     kind: Kind,
+    tools: Option<Vec<String>>,
 ) -> OaResult {
     let rx = request::submit(&p)?;
     let id = response_id(kind.id_prefix());
     let created = unix_now();
+    let call_id = id.clone();
     let object = move |choices: Value| {
         json!({
             "id": id, "object": kind.object(stream), "created": created, "model": name,
@@ -397,14 +443,18 @@ async fn respond(
     };
     if !stream {
         let answer = request::collect(rx).await?;
-        let finish = finish_reason(answer.stats.done_reason);
+        let mut finish = finish_reason(answer.stats.done_reason);
         let logprobs = kind.logprobs(&p, &answer.logprobs, &mut 0);
-        let mut v = object(json!([kind.choice(
-            &answer.text,
-            false,
-            Some(finish),
-            logprobs
-        )]));
+        let mut choice = kind.choice(&answer.text, false, Some(finish), logprobs);
+        if let Some(calls) = tools.and_then(|names| tools::parse(&answer.text, &names)) {
+            finish = "tool_calls";
+            choice["message"] = json!({
+                "role": "assistant", "content": null,
+                "tool_calls": tools::openai_json(&calls, &call_id, false),
+            });
+            choice["finish_reason"] = json!(finish);
+        }
+        let mut v = object(json!([choice]));
         v["usage"] = usage(&answer.stats);
         return Ok(Json(v).into_response());
     }
@@ -412,6 +462,7 @@ async fn respond(
     // on the next chunk that carries text (or the last one).
     let mut pending: Vec<TokenLogprob> = Vec::new();
     let mut offset = 0;
+    let mut calls = tools.map(CallStream::new);
     Ok(stream_body(
         rx,
         move |update| match update {
@@ -420,16 +471,40 @@ async fn respond(
                 String::new()
             }
             Update::Text(piece) => {
+                let piece = match &mut calls {
+                    Some(c) => c.text(piece),
+                    None => piece,
+                };
+                if piece.is_empty() {
+                    return String::new();
+                }
                 let lps = kind.logprobs(&p, &std::mem::take(&mut pending), &mut offset);
                 sse(&object(json!([kind.choice(&piece, true, None, lps)])))
             }
             Update::Done { stats, .. } => {
-                let finish = finish_reason(stats.done_reason);
+                let mut finish = finish_reason(stats.done_reason);
+                let mut out = String::new();
+                match calls.as_mut().map(CallStream::finish) {
+                    Some(Ok(c)) => {
+                        finish = "tool_calls";
+                        let mut choice = kind.choice("", true, None, Value::Null);
+                        choice["delta"] = json!({
+                            "role": "assistant", "content": null,
+                            "tool_calls": tools::openai_json(&c, &call_id, true),
+                        });
+                        out += &sse(&object(json!([choice])));
+                    }
+                    Some(Err(held)) if !held.is_empty() => {
+                        let lps = kind.logprobs(&p, &std::mem::take(&mut pending), &mut offset);
+                        out += &sse(&object(json!([kind.choice(&held, true, None, lps)])));
+                    }
+                    _ => {}
+                }
                 let lps = match pending.is_empty() {
                     true => Value::Null,
                     false => kind.logprobs(&p, &std::mem::take(&mut pending), &mut offset),
                 };
-                let mut out = sse(&object(json!([kind.choice("", true, Some(finish), lps)])));
+                out += &sse(&object(json!([kind.choice("", true, Some(finish), lps)])));
                 if include_usage {
                     let mut v = object(json!([]));
                     v["usage"] = usage(&stats);

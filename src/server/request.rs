@@ -16,7 +16,7 @@ use crate::prompt::{self, Conversation};
 use crate::runtime::TokenLogprob;
 use crate::store::StoredModel;
 use crate::structured::Format;
-use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
+use crate::tokenizer::{ChatTemplate, Message, TemplateVars, Tokenizer};
 
 use super::models::LoadedModel;
 use super::scheduler::{QueueFull, Request, Update};
@@ -73,6 +73,8 @@ pub enum Prompt {
     Text(String),
     /// A chat (system prompt and messages) rendered with the model's template.
     Chat(Vec<Message>),
+    /// A chat rendered with more of the request (tools, a fill-in-the-middle suffix).
+    ChatWith(Vec<Message>, TemplateVars),
 }
 
 /// Layers the options (defaults < model < request) and turns the prompt into token ids;
@@ -127,10 +129,14 @@ pub fn prompt_text(
 ) -> Result<String, ApiError> {
     match prompt {
         Prompt::Text(text) => Ok(text),
-        Prompt::Chat(messages) => template
+        Prompt::Chat(messages) => prompt_text(
+            template,
+            Prompt::ChatWith(messages, TemplateVars::default()),
+        ),
+        Prompt::ChatWith(messages, vars) => template
             .as_ref()
             .map_err(|e| ApiError::bad_request(e.clone()))?
-            .render(&messages, true)
+            .render_with(&messages, true, &vars)
             .map_err(|e| ApiError::bad_request(e.to_string())),
     }
 }

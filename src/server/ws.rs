@@ -3,7 +3,8 @@
 //! `{"type": "cancel", "id": "..."}`; the server answers each request with
 //! `{"id", "type": "token", ...}` messages and exactly one `{"id", "type": "done"|"error", ...}`.
 //! A request runs through the same handler as its HTTP route and each NDJSON line becomes one
-//! message, so the payloads are the NDJSON chunks by construction. Cancelling (or closing the
+//! message, so the payloads are the NDJSON chunks by construction; an embed request's one
+//! message is `{"id", "type": "done", ...}` with `/api/embed`'s answer. Cancelling (or closing the
 //! socket) drops the request's stream, which the scheduler sees before its next step.
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 
-use super::{ollama, ApiError, AppState};
+use super::{embed, ollama, AppState};
 
 /// Requests one socket may have running at once; more are answered with an error.
 const MAX_PER_SOCKET: usize = 64;
@@ -145,7 +146,9 @@ fn handle(
         let msg = format!("unknown type {kind:?}: generate, chat, embed or cancel");
         return send(out, error(Some(&id), 400, &msg));
     }
-    body.insert("stream".into(), Value::Bool(true));
+    if kind != "embed" {
+        body.insert("stream".into(), Value::Bool(true));
+    }
     let (cancel, cancelled) = oneshot::channel();
     running.insert(id.clone(), cancel);
     tokio::spawn(run(state.clone(), id, kind, body, cancelled, out.clone()));
@@ -168,9 +171,7 @@ async fn run(
             match kind.as_str() {
                 "generate" => ollama::generate(state, body).await,
                 "chat" => ollama::chat(state, body).await,
-                _ => Err(ApiError::bad_request(
-                    "embed is not available on the WebSocket in this build",
-                )),
+                _ => embed::ollama_embed(state, body).await,
             }
         } => r.unwrap_or_else(IntoResponse::into_response),
         _ = &mut cancelled => return send(&out, error(Some(&id), 499, "cancelled")),

@@ -112,7 +112,7 @@ impl Modelfile {
                         ));
                     }
                     let content = value(rest, &lines, &mut idx, line_no, "MESSAGE")?;
-                    mf.messages.push(Message { role, content });
+                    mf.messages.push(Message::new(role, content));
                 }
                 "ADAPTER" => {
                     return Err(line_error(

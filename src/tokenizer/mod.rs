@@ -23,7 +23,8 @@ use crate::{Error, Result};
 use vocab::{GgufVocab, TokenType, VocabKind};
 
 pub use template::{
-    builtin_template, template_for, ChatTemplate, Message, TEMPLATE_FUEL, TEMPLATE_OUTPUT_LIMIT,
+    builtin_template, template_for, ChatTemplate, Message, TemplateVars, TEMPLATE_FUEL,
+    TEMPLATE_OUTPUT_LIMIT,
 };
 
 /// What a vocabulary builder hands back: the parts of a `tokenizers` pipeline.

@@ -16,6 +16,10 @@ use crate::{Error, Result};
 pub struct Message {
     pub role: String,
     pub content: String,
+    /// An assistant turn's tool calls, `[{"function": {"name", "arguments": {...}}}]` (the
+    /// shape Hugging Face templates read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
 }
 
 impl Message {
@@ -23,8 +27,19 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
         }
     }
+}
+
+/// Variables beyond the messages that a request may hand a template, each only to templates
+/// that read it (`ChatTemplate::uses`): `tools`, the tool definitions (transformers' name),
+/// and for fill-in-the-middle `prompt` and `suffix`, the text before and after the gap.
+#[derive(Clone, Debug, Default)]
+pub struct TemplateVars {
+    pub tools: Option<serde_json::Value>,
+    pub prompt: Option<String>,
+    pub suffix: Option<String>,
 }
 
 const TEMPLATE_NAME: &str = "chat_template";
@@ -44,6 +59,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// The variables the template reads that it does not set itself.
+    reads: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -71,29 +88,52 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| Error::Template(format!("the template is not valid Jinja: {e:#}")))?;
+        let reads = env
+            .get_template(TEMPLATE_NAME)
+            .map(|t| t.undeclared_variables(false))
+            .unwrap_or_default();
         Ok(ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            reads,
         })
+    }
+
+    /// Whether the template reads the variable `name`: how Ollama decides that a model takes
+    /// tools (`tools`) or fills in the middle (`suffix`).
+    pub fn uses(&self, name: &str) -> bool {
+        self.reads.contains(name)
     }
 
     /// The prompt text for `messages`; with `add_generation_prompt` it ends with the header
     /// of the assistant's turn. Errors (including the template's own `raise_exception`) are
     /// `Error::Template`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &TemplateVars::default())
+    }
+
+    /// `render` with the request's `vars` defined too (those it leaves out are None).
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        vars: &TemplateVars,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| Error::Template(format!("{e:#}")))?;
-        // The variables transformers passes: `tools` and `documents` are defined as None.
+        // The variables transformers passes: `tools` and `documents` are None unless given.
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-            tools => Value::from(()),
+            tools => Value::from_serialize(&vars.tools),
             documents => Value::from(()),
+            prompt => Value::from_serialize(&vars.prompt),
+            suffix => Value::from_serialize(&vars.suffix),
         };
         let mut out = CappedWriter {
             buf: Vec::new(),
