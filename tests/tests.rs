@@ -6,6 +6,7 @@ mod engine;
 mod fuzz;
 mod gguf;
 mod gpu;
+mod grad;
 mod hostile;
 mod http;
 mod import;
