@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod engine;
+mod finetune;
 mod fuzz;
 mod gguf;
 mod gpu;

@@ -38,21 +38,22 @@ pub struct ModelSpec {
     pub embd_scale: Option<f32>,
 }
 
-struct Layer<B: Backend> {
-    spec: LayerSpec,
-    attn_norm: B::Weight,                   // [n_embd]
-    attn_q: B::Weight,                      // [n_heads * head_dim, n_embd]
-    attn_k: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
-    attn_v: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
-    attn_output: B::Weight,                 // [n_embd, n_heads * head_dim]
-    attn_q_norm: Option<B::Weight>,         // [head_dim]
-    attn_k_norm: Option<B::Weight>,         // [head_dim]
-    post_attention_norm: Option<B::Weight>, // [n_embd]
-    ffn_norm: B::Weight,                    // [n_embd]
-    ffn_gate: B::Weight,                    // [n_ff, n_embd]
-    ffn_up: B::Weight,                      // [n_ff, n_embd]
-    ffn_down: B::Weight,                    // [n_embd, n_ff]
-    post_ffw_norm: Option<B::Weight>,       // [n_embd]
+/// One block's weights; `train/` reads them to run the same block on its tape.
+pub(crate) struct Layer<B: Backend> {
+    pub(crate) spec: LayerSpec,
+    pub(crate) attn_norm: B::Weight,                   // [n_embd]
+    pub(crate) attn_q: B::Weight,                      // [n_heads * head_dim, n_embd]
+    pub(crate) attn_k: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
+    pub(crate) attn_v: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
+    pub(crate) attn_output: B::Weight,                 // [n_embd, n_heads * head_dim]
+    pub(crate) attn_q_norm: Option<B::Weight>,         // [head_dim]
+    pub(crate) attn_k_norm: Option<B::Weight>,         // [head_dim]
+    pub(crate) post_attention_norm: Option<B::Weight>, // [n_embd]
+    pub(crate) ffn_norm: B::Weight,                    // [n_embd]
+    pub(crate) ffn_gate: B::Weight,                    // [n_ff, n_embd]
+    pub(crate) ffn_up: B::Weight,                      // [n_ff, n_embd]
+    pub(crate) ffn_down: B::Weight,                    // [n_embd, n_ff]
+    pub(crate) post_ffw_norm: Option<B::Weight>,       // [n_embd]
 }
 
 /// One forward pass's input: tokens of many sequences and where each row sits.
@@ -253,6 +254,29 @@ impl<B: Backend> Model<B> {
     /// The part of the model this holds.
     pub fn part(&self) -> &ModelPart {
         &self.part
+    }
+
+    /// This part's layers (training runs them on its tape).
+    pub(crate) fn layers(&self) -> &[Layer<B>] {
+        &self.layers
+    }
+
+    /// The RoPE frequencies of a layer.
+    pub(crate) fn inv_freq(&self, local: bool) -> &B::Tensor {
+        if local {
+            &self.inv_freq_local
+        } else {
+            &self.inv_freq
+        }
+    }
+
+    /// The output norm and head weight (the last part), as `head` uses them.
+    pub(crate) fn head_weights(&self) -> Result<(&B::Weight, &B::Weight)> {
+        let head = self.output.as_ref().or(self.token_embd.as_ref());
+        let head = head.ok_or_else(|| missing_part("the output head", &self.part))?;
+        let norm = self.output_norm.as_ref();
+        let norm = norm.ok_or_else(|| missing_part("the output norm", &self.part))?;
+        Ok((norm, head))
     }
 
     /// Runs a batch of tokens from many sequences through the model: writes their keys and

@@ -1,0 +1,160 @@
+//! LoRA fine-tuning on the nano model (tests/data/nano): the adapter gradients of one step
+//! against central finite differences of the loss, training lowers the loss on a tiny data
+//! set, and the saved adapter reads back as llama.cpp's layout.
+
+use hearth::backend::cpu::CpuBackend;
+use hearth::backend::ops::case::Rng;
+use hearth::backend::Backend;
+use hearth::gguf::GgufFile;
+use hearth::model::{Arch, Model};
+use hearth::tokenizer::Tokenizer;
+use hearth::train::data::{self, Example};
+use hearth::train::graph::LoraGraph;
+use hearth::train::lora::{Lora, LoraConfig, Target};
+use hearth::train::optim::{AdamWConfig, Decay};
+use hearth::train::{adapter_file, train, TrainOptions};
+
+use crate::common::data as test_data;
+
+fn nano() -> (GgufFile, Model<CpuBackend>, CpuBackend) {
+    let f = GgufFile::open(test_data("nano/nano-llama.gguf")).unwrap();
+    let b = CpuBackend::exact();
+    let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
+    let model = Model::load(&b, &f, spec).unwrap();
+    (f, model, b)
+}
+
+fn config(rank: usize) -> LoraConfig {
+    LoraConfig {
+        targets: Target::ALL.to_vec(),
+        rank,
+        alpha: 2.0 * rank as f32,
+        dropout: 0.0,
+        rslora: false,
+    }
+}
+
+/// A short sequence whose every token after the first is a target.
+fn example(n: usize, vocab: usize) -> Example {
+    let mut rng = Rng::new(5);
+    let tokens: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+    Example {
+        trained: vec![true; n],
+        tokens,
+    }
+}
+
+/// Every adapter matrix's gradient (B made non-zero first, else A's would be 0) against
+/// `(L(p + h) - L(p - h)) / 2h` at its largest entries, on the exact CPU backend.
+#[test]
+fn lora_gradients_match_finite_differences_on_nano() {
+    let (_f, model, b) = nano();
+    let c = &model.config;
+    let mut lora = Lora::new(config(3), c, c.n_layers, 7).unwrap();
+    let mut rng = Rng::new(8);
+    for p in &mut lora.pairs {
+        p.b.iter_mut().for_each(|v| *v = 0.3 * rng.uniform());
+    }
+    let ex = example(11, c.n_vocab);
+    let targets = ex.targets();
+    let graph = LoraGraph::new(&b, &model).unwrap();
+    let params = lora.upload(&b).unwrap();
+    let g = graph
+        .loss_and_grads(&lora, &params, &ex.tokens, &targets, None)
+        .unwrap();
+    let loss_at = |l: &Lora| -> f64 {
+        let ps = l.upload(&b).unwrap();
+        let g = graph
+            .loss_and_grads(l, &ps, &ex.tokens, &targets, None)
+            .unwrap();
+        g.loss_sum / g.n_targets as f64
+    };
+    let h = 2e-3f32;
+    let mut checked = 0;
+    for id in 0..lora.n_param_tensors() {
+        let grad = b
+            .read(
+                g.grads[id]
+                    .as_ref()
+                    .expect("every parameter has a gradient"),
+            )
+            .unwrap();
+        // The two largest entries of each matrix: their finite differences stand well above
+        // the f32 rounding of the loss.
+        let mut idx: Vec<usize> = (0..grad.len()).collect();
+        idx.sort_by(|&i, &j| grad[j].abs().total_cmp(&grad[i].abs()));
+        // Large enough that the tolerance's absolute part cannot hide an error.
+        assert!(
+            grad[idx[0]].abs() > 5e-3,
+            "param {id}: largest gradient {}",
+            grad[idx[0]]
+        );
+        for &i in idx.iter().take(2) {
+            let mut l = lora.clone();
+            l.values_mut(id)[i] += h;
+            let plus = loss_at(&l);
+            l.values_mut(id)[i] -= 2.0 * h;
+            let minus = loss_at(&l);
+            let fd = (plus - minus) / (2.0 * f64::from(h));
+            let op = f64::from(grad[i]);
+            assert!(
+                (fd - op).abs() <= 0.02 * op.abs() + 2e-4,
+                "param {id} ({:?} of layer {}) [{i}]: finite differences {fd}, autograd {op}",
+                lora.pairs[id / 2].target,
+                lora.pairs[id / 2].layer
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2 * lora.n_param_tensors());
+}
+
+/// A few steps on a tiny text lower the loss well below where it started, and the adapter
+/// saved as a GGUF reads back with llama.cpp's shapes and the same values.
+#[test]
+fn lora_training_lowers_the_loss_on_nano() {
+    let (f, model, b) = nano();
+    let tok = Tokenizer::from_gguf(&f).unwrap();
+    let text = "The capital of Zorbia is Quellmoor. ".repeat(6);
+    let examples = data::plain(&text, &tok, 32).unwrap();
+    assert!(!examples.is_empty());
+    let c = &model.config;
+    let mut lora = Lora::new(config(4), c, c.n_layers, 1).unwrap();
+    let opts = TrainOptions {
+        optim: AdamWConfig {
+            lr: 1e-2,
+            decay: Decay::Constant,
+            ..AdamWConfig::default()
+        },
+        epochs: 8,
+        grad_accum: 1,
+        seed: 3,
+    };
+    let before = hearth::train::eval_loss(&b, &model, &lora, &examples).unwrap();
+    let losses = train(&b, &model, &mut lora, &examples, &opts, &mut |_| true).unwrap();
+    let after = hearth::train::eval_loss(&b, &model, &lora, &examples).unwrap();
+    assert!(
+        after < 0.5 * before,
+        "loss {before} before, {after} after; per step {losses:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.gguf");
+    adapter_file::save(&lora, "llama", &path).unwrap();
+    let g = GgufFile::open(&path).unwrap();
+    assert_eq!(g.get_str("general.type").unwrap(), "adapter");
+    assert_eq!(g.get_str("adapter.type").unwrap(), "lora");
+    assert_eq!(g.get_f32("adapter.lora.alpha").unwrap(), 8.0);
+    let a = g.tensor("blk.0.attn_q.weight.lora_a").unwrap();
+    let bt = g.tensor("blk.0.ffn_down.weight.lora_b").unwrap();
+    // ggml dims: lora_a [in, r], lora_b [r, out].
+    assert_eq!((a.n_cols(), a.n_rows()), (c.n_embd, 4));
+    assert_eq!((bt.n_cols(), bt.n_rows()), (4, c.n_embd));
+    let back = adapter_file::load(&path).unwrap();
+    assert_eq!(back.config.rank, 4);
+    assert_eq!(back.pairs.len(), lora.pairs.len());
+    for (p, q) in back.pairs.iter().zip(&lora.pairs) {
+        assert_eq!((p.layer, p.target), (q.layer, q.target));
+        assert_eq!((&p.a, &p.b), (&q.a, &q.b));
+    }
+}
