@@ -268,6 +268,7 @@ impl PlacementArgs {
             kv_type,
             exact: self.exact,
             threads,
+            adapters: Vec::new(),
         })
     }
 }

@@ -109,6 +109,7 @@ pub fn load(path: &Path) -> Result<Lora> {
             rslora: false,
         },
         pairs,
+        arch: f.get_str("general.architecture").ok().map(str::to_string),
     })
 }
 

@@ -10,87 +10,7 @@ use crate::backend::TrainBackend;
 use crate::model::ModelConfig;
 use crate::{Error, Result};
 
-/// A projection an adapter can target, by its GGUF tensor name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl Target {
-    pub const ALL: [Target; 7] = [
-        Target::Q,
-        Target::K,
-        Target::V,
-        Target::O,
-        Target::Gate,
-        Target::Up,
-        Target::Down,
-    ];
-
-    /// The GGUF tensor name within a block (`blk.N.<name>.weight`).
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            Target::Q => "attn_q",
-            Target::K => "attn_k",
-            Target::V => "attn_v",
-            Target::O => "attn_output",
-            Target::Gate => "ffn_gate",
-            Target::Up => "ffn_up",
-            Target::Down => "ffn_down",
-        }
-    }
-
-    /// `(out, in)` of the projection in a model of config `c`.
-    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
-        let (d, q, kv) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        match self {
-            Target::Q => (q, d),
-            Target::K | Target::V => (kv, d),
-            Target::O => (d, q),
-            Target::Gate | Target::Up => (c.n_ff, d),
-            Target::Down => (d, c.n_ff),
-        }
-    }
-
-    /// Parses `q,k,v,o,gate,up,down` (PEFT's `q_proj`… names and `all` are accepted too).
-    pub fn parse_list(s: &str) -> Result<Vec<Target>> {
-        let mut v = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let name = part.trim_end_matches("_proj");
-            let t = match name {
-                "all" => {
-                    v.extend(Target::ALL);
-                    continue;
-                }
-                "q" => Target::Q,
-                "k" => Target::K,
-                "v" => Target::V,
-                "o" => Target::O,
-                "gate" => Target::Gate,
-                "up" => Target::Up,
-                "down" => Target::Down,
-                _ => {
-                    return Err(Error::Train(format!(
-                        "unknown LoRA target {part:?}: choose from q,k,v,o,gate,up,down or all"
-                    )))
-                }
-            };
-            v.push(t);
-        }
-        v.sort();
-        v.dedup();
-        if v.is_empty() {
-            return Err(Error::Train("no LoRA targets given".into()));
-        }
-        Ok(v)
-    }
-}
+pub use crate::model::adapter::Target;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
@@ -148,6 +68,8 @@ pub struct LoraPair {
 pub struct Lora {
     pub config: LoraConfig,
     pub pairs: Vec<LoraPair>,
+    /// The base model's architecture, when read from a file that names it.
+    pub arch: Option<String>,
 }
 
 impl Lora {
@@ -172,7 +94,11 @@ impl Lora {
                 });
             }
         }
-        Ok(Lora { config, pairs })
+        Ok(Lora {
+            config,
+            pairs,
+            arch: None,
+        })
     }
 
     pub fn n_params(&self) -> usize {
