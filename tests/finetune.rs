@@ -4,9 +4,10 @@
 
 use hearth::backend::cpu::CpuBackend;
 use hearth::backend::ops::case::Rng;
-use hearth::backend::Backend;
+use hearth::backend::{Backend, KvType};
 use hearth::gguf::GgufFile;
 use hearth::model::{Arch, Model};
+use hearth::runtime::SoloCache;
 use hearth::tokenizer::Tokenizer;
 use hearth::train::data::{self, Example};
 use hearth::train::graph::LoraGraph;
@@ -150,6 +151,38 @@ fn lora_training_lowers_the_loss_on_nano() {
     // ggml dims: lora_a [in, r], lora_b [r, out].
     assert_eq!((a.n_cols(), a.n_rows()), (c.n_embd, 4));
     assert_eq!((bt.n_cols(), bt.n_rows()), (4, c.n_embd));
+    // The inference forward pass with the saved adapter (`run --adapter`) computes the same
+    // loss as the training graph.
+    let (f2, mut model2, b2) = nano();
+    let spec = hearth::engine::AdapterSpec {
+        path: path.clone(),
+        scale: 1.0,
+    };
+    hearth::engine::apply_adapters(&b2, &f2, &mut model2, &[spec]).unwrap();
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for ex in &examples {
+        let mut cache = SoloCache::new(&b2, &model2, ex.tokens.len(), KvType::F32).unwrap();
+        let logits = cache
+            .forward(&model2, &b2, &ex.tokens, ex.tokens.len())
+            .unwrap();
+        let logits = b2.read(&logits).unwrap();
+        for (i, &t) in ex.targets().iter().enumerate() {
+            if t < 0.0 {
+                continue;
+            }
+            let row = &logits[i * c.n_vocab..(i + 1) * c.n_vocab];
+            let m = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
+            sum += f64::from(lse - row[t as usize]);
+            n += 1;
+        }
+    }
+    let run_loss = (sum / n as f64) as f32;
+    assert!(
+        (run_loss - after).abs() < 1e-3 * after.max(1.0),
+        "loss with the adapter applied at run time {run_loss}, in training {after}"
+    );
+
     let back = adapter_file::load(&path).unwrap();
     assert_eq!(back.config.rank, 4);
     assert_eq!(back.pairs.len(), lora.pairs.len());
