@@ -44,6 +44,11 @@ impl Target {
         }
     }
 
+    /// The target whose `gguf_name` is `name`.
+    pub fn from_gguf_name(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.gguf_name() == name)
+    }
+
     /// `(out, in)` of the projection in a model of config `c`.
     pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
         let (d, q, kv) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);

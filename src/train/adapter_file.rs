@@ -116,6 +116,6 @@ pub fn load(path: &Path) -> Result<Lora> {
 fn parse_name(base: &str) -> Option<(usize, Target)> {
     let rest = base.strip_prefix("blk.")?.strip_suffix(".weight")?;
     let (n, name) = rest.split_once('.')?;
-    let target = Target::ALL.into_iter().find(|t| t.gguf_name() == name)?;
+    let target = Target::from_gguf_name(name)?;
     Some((n.parse().ok()?, target))
 }
