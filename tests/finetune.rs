@@ -195,7 +195,7 @@ fn lora_training_lowers_the_loss_on_nano() {
 /// The loss and every adapter gradient of one sequence against PyTorch autograd in float64
 /// (tools/make_lora_grad_goldens.py, its output committed): the nano model with rank-2 LoRA on
 /// all seven projections of both layers. Hearth runs in f32 (the base weights in their block
-/// formats); stated tolerance: loss within 1e-5 relative, each gradient matrix within 1e-3
+/// formats); stated tolerance: loss within 1e-5 relative, each gradient matrix within 1e-4
 /// relative L2 error.
 #[test]
 fn lora_gradients_match_pytorch_on_nano() {
@@ -263,7 +263,7 @@ fn lora_gradients_match_pytorch_on_nano() {
             let rel = (num / den).sqrt();
             worst = worst.max(rel);
             assert!(
-                rel < 1e-3,
+                rel < 1e-4,
                 "{} {key} of layer {}: relative L2 error {rel}",
                 p["target"],
                 p["layer"]
