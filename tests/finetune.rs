@@ -272,3 +272,89 @@ fn lora_gradients_match_pytorch_on_nano() {
     }
     eprintln!("largest relative L2 error of a gradient matrix against PyTorch: {worst:.2e}");
 }
+
+/// The same training graph on the GPU (lavapipe here) gives the CPU's loss and gradients.
+#[test]
+fn lora_gradients_on_gpu_match_cpu_on_nano() {
+    use hearth::backend::gpu::{list_adapters, GpuBackend, GpuConfig};
+    if list_adapters().is_empty() {
+        eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
+        return;
+    }
+    let (f, model, b) = nano();
+    let gpu = GpuBackend::new(GpuConfig::default()).unwrap();
+    let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
+    let gmodel = Model::load(&gpu, &f, spec).unwrap();
+    let c = &model.config;
+    let mut lora = Lora::new(config(3), c, c.n_layers, 7).unwrap();
+    let mut rng = Rng::new(9);
+    for p in &mut lora.pairs {
+        p.b.iter_mut().for_each(|v| *v = 0.3 * rng.uniform());
+    }
+    let ex = example(9, c.n_vocab);
+    let targets = ex.targets();
+    let cpu_params = lora.upload(&b).unwrap();
+    let gpu_params = lora.upload(&gpu).unwrap();
+    let cg = LoraGraph::new(&b, &model)
+        .unwrap()
+        .loss_and_grads(&lora, &cpu_params, &ex.tokens, &targets, None)
+        .unwrap();
+    let gg = LoraGraph::new(&gpu, &gmodel)
+        .unwrap()
+        .loss_and_grads(&lora, &gpu_params, &ex.tokens, &targets, None)
+        .unwrap();
+    assert!((cg.loss_sum - gg.loss_sum).abs() < 1e-4 * cg.loss_sum.abs());
+    for id in 0..lora.n_param_tensors() {
+        let x = b.read(cg.grads[id].as_ref().unwrap()).unwrap();
+        let y = gpu.read(gg.grads[id].as_ref().unwrap()).unwrap();
+        let num: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        let den: f64 = x.iter().map(|a| f64::from(*a).powi(2)).sum();
+        assert!(
+            (num / den).sqrt() < 1e-4,
+            "param {id}: GPU vs CPU {}",
+            (num / den).sqrt()
+        );
+    }
+}
+
+/// Chat data: only the assistant replies are targets; a malformed line is an error naming it.
+#[test]
+fn chat_data_trains_on_replies_and_names_bad_lines() {
+    let f = GgufFile::open(test_data("nano/nano-llama.gguf")).unwrap();
+    let tok = Tokenizer::from_gguf(&f).unwrap();
+    let template = hearth::tokenizer::template::template_for(&f, &tok).unwrap();
+    let good = r#"{"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello you"}]}"#;
+    let ex = data::chats(good, &tok, &template, 256, false).unwrap();
+    assert_eq!(ex.len(), 1);
+    let ex = &ex[0];
+    let reply: Vec<u32> = ex
+        .tokens
+        .iter()
+        .zip(&ex.trained)
+        .filter(|(_, &t)| t)
+        .map(|(&id, _)| id)
+        .collect();
+    let text = tok.decode(&reply).unwrap();
+    assert!(text.starts_with("hello you"), "trained on {text:?}");
+    assert!(
+        !text.contains("hi there") && !text.contains("assistant"),
+        "trained on {text:?}"
+    );
+    let all = data::chats(good, &tok, &template, 256, true).unwrap();
+    assert!(all[0].trained.iter().all(|&t| t));
+
+    let bad = format!("{good}\n{{\"messages\": [{{\"role\": \"user\"}}]}}\n");
+    let e = data::chats(&bad, &tok, &template, 256, false).unwrap_err();
+    assert!(e.contains("line 2") && e.contains("content"), "{e}");
+    let e = data::chats("not json\n", &tok, &template, 256, false).unwrap_err();
+    assert!(e.contains("line 1"), "{e}");
+    let e = data::chats(good, &tok, &template, 4, false).unwrap_err();
+    assert!(e.contains("--ctx"), "{e}");
+    let only_user = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
+    let e = data::chats(only_user, &tok, &template, 256, false).unwrap_err();
+    assert!(e.contains("no assistant"), "{e}");
+}
