@@ -208,7 +208,7 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
             .iter()
             .map(|&v| f64::from(v))
             .sum();
-        let (_, mut dx) = tape.backward(loss, None, Some(xv))?;
+        let mut dx = tape.backward(loss, None, Some(xv))?.input;
         // Backward, one recomputed layer at a time.
         let mut grads: Vec<Option<B::Tensor>> = (0..params.len()).map(|_| None).collect();
         for il in (0..n_layers).rev() {
@@ -219,9 +219,9 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
             let mut tape = Tape::new(b, n)?;
             let xv = tape.input(input, il > 0);
             let out = self.layer(&mut tape, il, xv, lora, params, mask_seed)?;
-            let (pg, d) = tape.backward(out, Some(dy), Some(xv))?;
-            dx = d;
-            for g in pg {
+            let g = tape.backward(out, Some(dy), Some(xv))?;
+            dx = g.input;
+            for g in g.params {
                 match &mut grads[g.id] {
                     Some(acc) => b.add_assign(acc, &g.grad)?,
                     slot => *slot = Some(g.grad),

@@ -115,7 +115,7 @@ impl Lora {
     /// Host values of parameter `id` (A of pair `id / 2`, or its B).
     pub fn values(&self, id: usize) -> &[f32] {
         let p = &self.pairs[id / 2];
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             &p.a
         } else {
             &p.b
@@ -124,7 +124,7 @@ impl Lora {
 
     pub fn values_mut(&mut self, id: usize) -> &mut Vec<f32> {
         let p = &mut self.pairs[id / 2];
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             &mut p.a
         } else {
             &mut p.b
@@ -134,7 +134,7 @@ impl Lora {
     /// `(n_rows, n_cols)` of parameter `id`.
     pub fn shape(&self, id: usize) -> (usize, usize) {
         let (p, r) = (&self.pairs[id / 2], self.config.rank);
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             (r, p.n_in)
         } else {
             (p.n_out, r)

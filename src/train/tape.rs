@@ -101,6 +101,12 @@ pub struct ParamGrad<T> {
     pub grad: T,
 }
 
+/// What `backward` returns: the parameters' gradients and the input's (if asked for).
+pub struct Grads<T> {
+    pub params: Vec<ParamGrad<T>>,
+    pub input: Option<T>,
+}
+
 impl<'a, B: TrainBackend> Tape<'a, B> {
     pub fn new(b: &'a B, n_rows: usize) -> Result<Self> {
         let rows = b.rows(&BatchRows::contiguous(0, n_rows)?)?;
@@ -294,7 +300,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         root: Var,
         seed: Option<B::Tensor>,
         input: Option<Var>,
-    ) -> Result<(Vec<ParamGrad<B::Tensor>>, Option<B::Tensor>)> {
+    ) -> Result<Grads<B::Tensor>> {
         let mut grads: Vec<Option<B::Tensor>> = (0..self.entries.len()).map(|_| None).collect();
         grads[root.0] = seed;
         let mut params = Vec::new();
@@ -322,8 +328,10 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
             // Its consumers are done: the forward value is no longer needed.
             self.entries[i].value = None;
         }
-        let input_grad = input.and_then(|v| grads[v.0].take());
-        Ok((params, input_grad))
+        Ok(Grads {
+            params,
+            input: input.and_then(|v| grads[v.0].take()),
+        })
     }
 
     fn accumulate(&self, grads: &mut [Option<B::Tensor>], v: Var, g: B::Tensor) -> Result<()> {

@@ -77,27 +77,27 @@ impl AttentionBwd {
         let qi = &q.row(i)[h * hd..][..hd];
         let doi = &dout.row(i)[h * hd..][..hd];
         let lo = window_start(i, self.window);
+        let scores = &mut scores[lo..=i];
         let mut max = f32::NEG_INFINITY;
-        for j in lo..=i {
-            let s = dot(qi, &k.row(j)[g * hd..][..hd]) * self.scale;
-            scores[j] = s;
-            max = max.max(s);
+        for (j, s) in (lo..=i).zip(scores.iter_mut()) {
+            *s = dot(qi, &k.row(j)[g * hd..][..hd]) * self.scale;
+            max = max.max(*s);
         }
         let mut sum = 0.0;
-        for s in &mut scores[lo..=i] {
+        for s in scores.iter_mut() {
             *s = (*s - max).exp();
             sum += *s;
         }
         // scores become P, then dP is computed twice (once for D, once for dS) rather than
         // kept: a second buffer per row would cost more than the dot products.
         let mut d = 0.0;
-        for j in lo..=i {
-            scores[j] /= sum;
-            d += scores[j] * dot(doi, &v.row(j)[g * hd..][..hd]);
+        for (j, s) in (lo..=i).zip(scores.iter_mut()) {
+            *s /= sum;
+            d += *s * dot(doi, &v.row(j)[g * hd..][..hd]);
         }
-        for j in lo..=i {
+        for (j, &p) in (lo..=i).zip(scores.iter()) {
             let dp = dot(doi, &v.row(j)[g * hd..][..hd]);
-            f(j, scores[j], scores[j] * (dp - d));
+            f(j, p, p * (dp - d));
         }
     }
 }
