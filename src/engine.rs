@@ -104,6 +104,71 @@ pub struct LoadOptions {
     /// CPU: keep decode activations in f32 instead of 8 bits (slower; matches an f32
     /// reference to rounding order).
     pub exact: bool,
+    /// LoRA adapters applied in the forward pass, in order (they stack).
+    pub adapters: Vec<AdapterSpec>,
+}
+
+/// A LoRA adapter file (llama.cpp's GGUF) and the multiplier of its `alpha / rank` scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterSpec {
+    pub path: std::path::PathBuf,
+    pub scale: f32,
+}
+
+impl std::str::FromStr for AdapterSpec {
+    type Err = crate::Error;
+    /// `PATH` or `PATH:SCALE`.
+    fn from_str(s: &str) -> Result<Self> {
+        if let Some((path, scale)) = s.rsplit_once(':') {
+            if let Ok(scale) = scale.parse::<f32>() {
+                if !scale.is_finite() {
+                    return Err(crate::Error::Train(format!(
+                        "adapter scale {scale} in {s:?}"
+                    )));
+                }
+                return Ok(AdapterSpec {
+                    path: path.into(),
+                    scale,
+                });
+            }
+        }
+        Ok(AdapterSpec {
+            path: s.into(),
+            scale: 1.0,
+        })
+    }
+}
+
+/// Adds every adapter of `adapters` to `model` (checked against its architecture and shapes).
+pub fn apply_adapters<B: Backend>(
+    backend: &B,
+    gguf: &GgufFile,
+    model: &mut Model<B>,
+    adapters: &[AdapterSpec],
+) -> Result<()> {
+    for spec in adapters {
+        let lora = crate::train::adapter_file::load(&spec.path)?;
+        let arch = gguf.architecture()?;
+        if let Some(a) = lora.arch.as_deref().filter(|&a| a != arch) {
+            return Err(crate::Error::Train(format!(
+                "{}: an adapter for {a}, not for this {arch} model",
+                spec.path.display()
+            )));
+        }
+        let scale = lora.config.scale() * spec.scale;
+        for p in &lora.pairs {
+            model.add_lora(
+                backend,
+                p.layer,
+                p.target,
+                lora.config.rank,
+                &p.a,
+                &p.b,
+                scale,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 pub struct Engine {
@@ -156,6 +221,7 @@ impl Engine {
                 spec,
                 n_ctx,
                 kv_type: load.kv_type,
+                adapters: &load.adapters,
                 progress,
             },
         )?;
@@ -258,6 +324,7 @@ struct MakeRunner<'a> {
     spec: ModelSpec,
     n_ctx: usize,
     kv_type: KvType,
+    adapters: &'a [AdapterSpec],
     progress: &'a mut dyn FnMut(u64, u64),
 }
 
@@ -273,7 +340,8 @@ impl WithBackend for MakeRunner<'_> {
             true => self.progress,
             false => &mut |_, _| {},
         };
-        let model = Model::load_with_progress(&backend, self.gguf, self.spec, progress)?;
+        let mut model = Model::load_with_progress(&backend, self.gguf, self.spec, progress)?;
+        apply_adapters(&backend, self.gguf, &mut model, self.adapters)?;
         let runtime = Runtime::new(Arc::new(backend), Arc::new(model), self.n_ctx, self.kv_type)?;
         Ok(Box::new(runtime))
     }

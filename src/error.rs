@@ -104,6 +104,9 @@ pub enum Error {
     /// An embedding input longer than the context, with truncation turned off.
     #[error("input length {n_input} exceeds the context length {n_ctx} (set truncate to true to cut it)")]
     InputTooLong { n_input: usize, n_ctx: usize },
+    /// Fine-tuning options, data or adapter files that cannot be used.
+    #[error("finetune: {0}")]
+    Train(String),
 }
 
 impl Error {

@@ -21,6 +21,7 @@ pub mod server;
 pub mod store;
 pub mod structured;
 pub mod tokenizer;
+pub mod train;
 pub mod units;
 
 pub use error::{Error, Result};

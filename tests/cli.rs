@@ -493,3 +493,64 @@ fn bench_kernels_takes_peak_gbs_and_peak_gbps() {
         "{text}"
     );
 }
+
+/// `finetune` writes a LoRA GGUF that `run --adapter` applies; bad data and a missing adapter
+/// are clear errors.
+#[test]
+fn finetune_writes_an_adapter_that_run_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    create_nano(&models, "nano", "");
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "a tiny text to learn, ".repeat(20)).unwrap();
+    let out = dir.path().join("lora.gguf");
+    let (text_s, out_s) = (text.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "finetune", "nano", "--data", text_s, "--out", out_s, "--rank", "2", "--ctx", "32",
+    ];
+    let o = hearth(&models, &args);
+    assert_ok(&o);
+    assert!(stderr(&o).contains("adapter written to"), "{}", stderr(&o));
+    let f = hearth::gguf::GgufFile::open(&out).unwrap();
+    assert_eq!(f.get_str("adapter.type").unwrap(), "lora");
+    let run = |adapter: &str| {
+        let args = [
+            "run",
+            "nano",
+            "--raw",
+            "-n",
+            "4",
+            "--temperature",
+            "0",
+            "--adapter",
+            adapter,
+            "hi",
+        ];
+        hearth(&models, &args)
+    };
+    assert_ok(&run(out_s));
+    assert_ok(&run(&format!("{out_s}:0.5")));
+    assert_error(&run("/nonexistent/lora.gguf"), "no such file");
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"messages\": []}\nnot json\n").unwrap();
+    let o = hearth(
+        &models,
+        &[
+            "finetune",
+            "nano",
+            "--data",
+            bad.to_str().unwrap(),
+            "--out",
+            out_s,
+        ],
+    );
+    assert_error(&o, "line 1");
+    let o = hearth(
+        &models,
+        &[
+            "finetune", "nano", "--data", text_s, "--out", out_s, "--method", "prefix",
+        ],
+    );
+    assert_error(&o, "only lora");
+}

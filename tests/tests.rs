@@ -3,9 +3,11 @@
 mod cli;
 mod common;
 mod engine;
+mod finetune;
 mod fuzz;
 mod gguf;
 mod gpu;
+mod grad;
 mod hostile;
 mod http;
 mod import;

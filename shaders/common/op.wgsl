@@ -1,5 +1,5 @@
 //! The parameters and thread index of every `TensorOp` kernel (src/backend/ops): weight at
-// binding 1, inputs at 2, 3, 4, output at 5; one thread per work item, in 256-thread
+// binding 1, inputs at 2, 3, 4 (and 6), output at 5; one thread per work item, in 256-thread
 // workgroups laid out over x then y.
 
 struct OpParams {
@@ -10,7 +10,7 @@ struct OpParams {
     s: f32,
     flags: u32,
     row_bytes: u32,
-    _pad0: u32,
+    aux: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: OpParams;

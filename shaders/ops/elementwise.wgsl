@@ -1,5 +1,5 @@
 //! Element-wise ops over n values, one thread each: the gated FFN activations (SiLU·up,
-// GELU-tanh·up), the residual add and scaling. Assembled after common/op.wgsl.
+// GELU-tanh·up), the residual add, scaling and the product a·b. Assembled after common/op.wgsl.
 
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
@@ -52,5 +52,13 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     let i = op_index(gid, nwg);
     if (i < p.n) {
         out[i] *= p.s;
+    }
+}
+
+@compute @workgroup_size(256)
+fn mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = op_index(gid, nwg);
+    if (i < p.n) {
+        out[i] = a[i] * b[i];
     }
 }

@@ -184,6 +184,8 @@ pub trait Backend: Send + Sync {
     /// A zero-filled tensor.
     fn tensor(&self, n_rows: usize, n_cols: usize) -> Result<Self::Tensor>;
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// `(n_rows(out), n_cols(in))` of a weight.
+    fn weight_shape(&self, w: &Self::Weight) -> (usize, usize);
     /// Copies host data into `t` (`data.len()` must equal its size).
     fn write(&self, t: &mut Self::Tensor, data: &[f32]) -> Result<()>;
     /// Copies `t` back to the host; ends any pending device work.

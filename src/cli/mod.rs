@@ -12,6 +12,7 @@ mod client;
 mod cp;
 mod create;
 mod devices;
+mod finetune;
 mod format;
 mod kernel_bench;
 mod list;
@@ -102,6 +103,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Perplexity of a model on a text (llama-perplexity's method), KL divergence vs a base
     Perplexity(perplexity::PerplexityArgs),
+    /// Train a LoRA adapter on your data (chat JSONL or text); saves a llama.cpp LoRA GGUF
+    Finetune(finetune::FinetuneArgs),
 }
 
 /// What the environment says, read once: where the store is, the default device, where the
@@ -201,6 +204,7 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Quantize(args) => quantize::execute(args.resolve(globals)?),
         Command::Load(args) => load::execute(args.resolve(globals)?),
         Command::Perplexity(args) => perplexity::execute(args.resolve(globals)?),
+        Command::Finetune(args) => finetune::execute(args.resolve(globals)?),
     }
 }
 
@@ -264,6 +268,7 @@ impl PlacementArgs {
             kv_type,
             exact: self.exact,
             threads,
+            adapters: Vec::new(),
         })
     }
 }

@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Constrain the answer to JSON: `json` (any object) or a JSON schema (as JSON text)
     #[arg(long, value_name = "json|SCHEMA")]
     format: Option<String>,
+    /// Apply a LoRA adapter (llama.cpp GGUF, e.g. from `hearth finetune`), its scale
+    /// multiplied by SCALE (default 1); repeat to stack several
+    #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
+    adapters: Vec<String>,
     #[command(flatten)]
     placement: PlacementArgs,
 }
@@ -82,7 +86,14 @@ impl RunArgs {
                 .with_context(|| format!("--{} {value}", name.replace('_', "-")))?;
         }
 
-        let load = self.placement.resolve(globals)?;
+        let mut load = self.placement.resolve(globals)?;
+        for a in &self.adapters {
+            let spec: hearth::engine::AdapterSpec = a.parse()?;
+            if !spec.path.is_file() {
+                bail!("--adapter {a}: no such file {}", spec.path.display());
+            }
+            load.adapters.push(spec);
+        }
         let format = self
             .format
             .map(|f| Format::parse(&f))

@@ -3,6 +3,7 @@
 //! every architecture's forward pass from that spec. Adding an architecture is one new file
 //! beside `llama.rs` and one arm here.
 
+pub mod adapter;
 pub mod config;
 mod gemma3;
 mod llama;

@@ -8,6 +8,7 @@ use crate::gguf::GgufFile;
 use crate::runtime::KvCache;
 use crate::{Error, Result};
 
+use super::adapter::{LoraDelta, Target};
 use super::config::ModelConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,21 +39,24 @@ pub struct ModelSpec {
     pub embd_scale: Option<f32>,
 }
 
-struct Layer<B: Backend> {
-    spec: LayerSpec,
-    attn_norm: B::Weight,                   // [n_embd]
-    attn_q: B::Weight,                      // [n_heads * head_dim, n_embd]
-    attn_k: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
-    attn_v: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
-    attn_output: B::Weight,                 // [n_embd, n_heads * head_dim]
-    attn_q_norm: Option<B::Weight>,         // [head_dim]
-    attn_k_norm: Option<B::Weight>,         // [head_dim]
-    post_attention_norm: Option<B::Weight>, // [n_embd]
-    ffn_norm: B::Weight,                    // [n_embd]
-    ffn_gate: B::Weight,                    // [n_ff, n_embd]
-    ffn_up: B::Weight,                      // [n_ff, n_embd]
-    ffn_down: B::Weight,                    // [n_embd, n_ff]
-    post_ffw_norm: Option<B::Weight>,       // [n_embd]
+/// One block's weights; `train/` reads them to run the same block on its tape.
+pub(crate) struct Layer<B: Backend> {
+    pub(crate) spec: LayerSpec,
+    pub(crate) attn_norm: B::Weight,                   // [n_embd]
+    pub(crate) attn_q: B::Weight,                      // [n_heads * head_dim, n_embd]
+    pub(crate) attn_k: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
+    pub(crate) attn_v: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
+    pub(crate) attn_output: B::Weight,                 // [n_embd, n_heads * head_dim]
+    pub(crate) attn_q_norm: Option<B::Weight>,         // [head_dim]
+    pub(crate) attn_k_norm: Option<B::Weight>,         // [head_dim]
+    pub(crate) post_attention_norm: Option<B::Weight>, // [n_embd]
+    pub(crate) ffn_norm: B::Weight,                    // [n_embd]
+    pub(crate) ffn_gate: B::Weight,                    // [n_ff, n_embd]
+    pub(crate) ffn_up: B::Weight,                      // [n_ff, n_embd]
+    pub(crate) ffn_down: B::Weight,                    // [n_embd, n_ff]
+    pub(crate) post_ffw_norm: Option<B::Weight>,       // [n_embd]
+    /// LoRA deltas of `run --adapter` (none unless adapters were added).
+    lora: Vec<LoraDelta<B>>,
 }
 
 /// One forward pass's input: tokens of many sequences and where each row sits.
@@ -214,6 +218,7 @@ impl<B: Backend> Model<B> {
                 ffn_up: check_dims(backend, f, &t("ffn_up"), c.n_ff, d)?,
                 ffn_down: check_dims(backend, f, &t("ffn_down"), d, c.n_ff)?,
                 post_ffw_norm: opt(ls.post_norms, "post_ffw_norm", d)?,
+                lora: Vec::new(),
             });
             done += layer_bytes(i);
             progress(done, total);
@@ -253,6 +258,56 @@ impl<B: Backend> Model<B> {
     /// The part of the model this holds.
     pub fn part(&self) -> &ModelPart {
         &self.part
+    }
+
+    /// Adds a LoRA delta to `target` of layer `layer` (`y += scale · (x · Aᵀ) · Bᵀ`, `a`
+    /// row-major `[rank, in]`, `b` `[out, rank]`); several adapters stack.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_lora(
+        &mut self,
+        backend: &B,
+        layer: usize,
+        target: Target,
+        rank: usize,
+        a: &[f32],
+        b: &[f32],
+        scale: f32,
+    ) -> Result<()> {
+        let first = self.part.layers.start;
+        let Some(l) = layer
+            .checked_sub(first)
+            .and_then(|i| self.layers.get_mut(i))
+        else {
+            return Err(Error::Train(format!(
+                "adapter for layer {layer}, which this model (part) does not have"
+            )));
+        };
+        let delta = LoraDelta::new(backend, &self.config, layer, target, rank, a, b, scale)?;
+        l.lora.push(delta);
+        Ok(())
+    }
+
+    /// This part's layers (training runs them on its tape).
+    pub(crate) fn layers(&self) -> &[Layer<B>] {
+        &self.layers
+    }
+
+    /// The RoPE frequencies of a layer.
+    pub(crate) fn inv_freq(&self, local: bool) -> &B::Tensor {
+        if local {
+            &self.inv_freq_local
+        } else {
+            &self.inv_freq
+        }
+    }
+
+    /// The output norm and head weight (the last part), as `head` uses them.
+    pub(crate) fn head_weights(&self) -> Result<(&B::Weight, &B::Weight)> {
+        let head = self.output.as_ref().or(self.token_embd.as_ref());
+        let head = head.ok_or_else(|| missing_part("the output head", &self.part))?;
+        let norm = self.output_norm.as_ref();
+        let norm = norm.ok_or_else(|| missing_part("the output norm", &self.part))?;
+        Ok((norm, head))
     }
 
     /// Runs a batch of tokens from many sequences through the model: writes their keys and
@@ -336,6 +391,9 @@ impl<B: Backend> Model<B> {
                 &mut [&mut q, &mut k, &mut v],
                 n_single,
             )?;
+            lora(backend, l, Target::Q, &cur, &mut q, n_single)?;
+            lora(backend, l, Target::K, &cur, &mut k, n_single)?;
+            lora(backend, l, Target::V, &cur, &mut v, n_single)?;
             if let (Some(qn), Some(kn)) = (&l.attn_q_norm, &l.attn_k_norm) {
                 backend.rms_norm(&q, qn, c.rms_eps, &mut tmp_q)?;
                 backend.rms_norm(&k, kn, c.rms_eps, &mut tmp_k)?;
@@ -362,6 +420,7 @@ impl<B: Backend> Model<B> {
             };
             backend.attention(&q, k_cache, v_cache, rows, &attn, &mut kqv)?;
             backend.matmul_rows(&kqv, &[&l.attn_output], &mut [&mut out], n_single)?;
+            lora(backend, l, Target::O, &kqv, &mut out, n_single)?;
             self.residual(
                 backend,
                 x,
@@ -378,11 +437,14 @@ impl<B: Backend> Model<B> {
                 &mut [&mut gate, &mut up],
                 n_single,
             )?;
+            lora(backend, l, Target::Gate, &cur, &mut gate, n_single)?;
+            lora(backend, l, Target::Up, &cur, &mut up, n_single)?;
             match l.spec.activation {
                 Activation::Silu => backend.silu_mul(&gate, &up, &mut act)?,
                 Activation::GeluTanh => backend.gelu_mul(&gate, &up, &mut act)?,
             }
             backend.matmul_rows(&act, &[&l.ffn_down], &mut [&mut out], n_single)?;
+            lora(backend, l, Target::Down, &act, &mut out, n_single)?;
             self.residual(backend, x, &out, l.post_ffw_norm.as_ref(), &mut out_normed)?;
         }
         Ok(())
@@ -447,6 +509,21 @@ impl<B: Backend> Model<B> {
             None => backend.add_assign(x, out),
         }
     }
+}
+
+/// Adds the LoRA deltas of `target` in layer `l` to `y = x · Wᵀ` (nothing without adapters).
+fn lora<B: Backend>(
+    backend: &B,
+    l: &Layer<B>,
+    target: Target,
+    x: &B::Tensor,
+    y: &mut B::Tensor,
+    n_single: usize,
+) -> Result<()> {
+    for d in l.lora.iter().filter(|d| d.target == target) {
+        d.apply(backend, x, y, n_single)?;
+    }
+    Ok(())
 }
 
 /// A batch of `n` rows asking logits of `logit_rows`: at least one, each a row of the batch.

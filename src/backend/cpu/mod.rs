@@ -221,6 +221,10 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn weight_shape(&self, w: &CpuWeight) -> (usize, usize) {
+        (w.n_rows, w.n_cols)
+    }
+
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
         (t.n_rows, t.n_cols)
     }

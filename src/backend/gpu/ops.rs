@@ -141,6 +141,10 @@ impl Backend for GpuBackend {
         })
     }
 
+    fn weight_shape(&self, w: &GpuWeight) -> (usize, usize) {
+        (w.n_rows, w.n_cols)
+    }
+
     fn shape(&self, t: &GpuTensor) -> (usize, usize) {
         (t.n_rows, t.n_cols)
     }

@@ -110,7 +110,7 @@ uniform_struct!(
 
 uniform_struct!(
     /// common/op.wgsl: every `TensorOp` kernel (`backend::ops`). `n` threads; the meaning of
-    /// the other fields is the op's.
+    /// the other fields is the op's (`aux`: a second size, attention_bwd's window).
     OpParams {
         n: u32,
         rows: u32,
@@ -119,7 +119,7 @@ uniform_struct!(
         s: f32,
         flags: u32,
         row_bytes: u32,
-        _pad0: u32,
+        aux: u32,
     }
 );
 

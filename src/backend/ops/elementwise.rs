@@ -1,6 +1,6 @@
 //! Element-wise `TensorOp`s over `n` values, one WGSL file: the gated FFN activations
-//! (`silu(gate) * up`, `gelu_tanh(gate) * up`), the residual add (`out += x`) and scaling
-//! (`out *= s`). The `Backend` trait's `silu_mul`, `gelu_mul`, `add_assign` and `scale` are
+//! (`silu(gate) * up`, `gelu_tanh(gate) * up`), the residual add (`out += x`), scaling
+//! (`out *= s`) and the product `out = a * b` (training's dropout masks). The `Backend` trait's `silu_mul`, `gelu_mul`, `add_assign` and `scale` are
 //! `apply` of these.
 
 use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
@@ -32,8 +32,9 @@ pub const SILU_MUL: Kernel = kernel("silu_mul", &[(2, R), (3, R), (5, RW)]);
 pub const GELU_MUL: Kernel = kernel("gelu_mul", &[(2, R), (3, R), (5, RW)]);
 pub const ADD_ASSIGN: Kernel = kernel("add_assign", &[(2, R), (5, RW)]);
 pub const SCALE: Kernel = kernel("scale", &[(5, RW)]);
+pub const MUL: Kernel = kernel("mul", &[(2, R), (3, R), (5, RW)]);
 
-pub const KERNELS: &[&Kernel] = &[&SILU_MUL, &GELU_MUL, &ADD_ASSIGN, &SCALE];
+pub const KERNELS: &[&Kernel] = &[&SILU_MUL, &GELU_MUL, &ADD_ASSIGN, &SCALE, &MUL];
 
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
@@ -55,12 +56,14 @@ pub enum Elementwise {
     AddAssign,
     /// `out *= s`; no inputs.
     Scale(f32),
+    /// `out = a * b`; inputs `[a, b]`.
+    Mul,
 }
 
 impl Elementwise {
     fn n_inputs(self) -> usize {
         match self {
-            Elementwise::SiluMul | Elementwise::GeluMul => 2,
+            Elementwise::SiluMul | Elementwise::GeluMul | Elementwise::Mul => 2,
             Elementwise::AddAssign => 1,
             Elementwise::Scale(_) => 0,
         }
@@ -101,6 +104,11 @@ impl TensorOp for Elementwise {
                 }
             }
             Elementwise::Scale(s) => out.data.iter_mut().for_each(|v| *v *= s),
+            Elementwise::Mul => {
+                for ((o, &a), &b) in out.data.iter_mut().zip(&ins[0].data).zip(&ins[1].data) {
+                    *o = a * b;
+                }
+            }
         }
         Ok(())
     }
@@ -111,6 +119,7 @@ impl TensorOp for Elementwise {
             Elementwise::GeluMul => &GELU_MUL,
             Elementwise::AddAssign => &ADD_ASSIGN,
             Elementwise::Scale(_) => &SCALE,
+            Elementwise::Mul => &MUL,
         }
     }
 
@@ -188,6 +197,7 @@ pub fn test_cases() -> Vec<KernelCase> {
             Elementwise::GeluMul,
             Elementwise::AddAssign,
             Elementwise::Scale(0.37),
+            Elementwise::Mul,
         ] {
             v.push(case("", op, n));
         }

@@ -74,21 +74,44 @@ impl TensorOp for MatmulDx {
         let task = |i: usize| {
             let (b0, b1) = (i * per_task, ((i + 1) * per_task).min(n_blocks));
             let (c0, len) = (b0 * be, (b1 - b0) * be);
-            with_scratch(len, |buf| {
-                for r in 0..n_out {
-                    w.qtype
-                        .dequantize_row(&w.row_bytes(r)[b0 * bb..b1 * bb], &mut buf[..len]);
+            // Four weight rows at a time: each dx value is loaded and stored once per four
+            // rows, and still sums the rows in order (the same result as one at a time).
+            with_scratch(4 * len, |buf| {
+                let mut r = 0;
+                while r < n_out {
+                    let nr = (n_out - r).min(4);
+                    for (q, b) in buf.chunks_exact_mut(len).take(nr).enumerate() {
+                        w.qtype
+                            .dequantize_row(&w.row_bytes(r + q)[b0 * bb..b1 * bb], b);
+                    }
                     for t in 0..n {
-                        let g = dy.data[t * n_out + r];
+                        let g = &dy.data[t * n_out + r..t * n_out + r + nr];
                         // SAFETY: this task alone writes columns c0..c0 + len of every row
                         // of dx, in bounds by the shape check.
                         let o = unsafe {
                             std::slice::from_raw_parts_mut(dst.get().add(t * n_in + c0), len)
                         };
-                        for (o, &v) in o.iter_mut().zip(&buf[..len]) {
-                            *o += g * v;
+                        if nr == 4 {
+                            let (b0r, rest) = buf.split_at(len);
+                            let (b1r, rest) = rest.split_at(len);
+                            let (b2r, b3r) = rest.split_at(len);
+                            for j in 0..len {
+                                let mut v = o[j];
+                                v += g[0] * b0r[j];
+                                v += g[1] * b1r[j];
+                                v += g[2] * b2r[j];
+                                v += g[3] * b3r[j];
+                                o[j] = v;
+                            }
+                        } else {
+                            for (q, b) in buf.chunks_exact(len).take(nr).enumerate() {
+                                for (o, &v) in o.iter_mut().zip(b) {
+                                    *o += g[q] * v;
+                                }
+                            }
                         }
                     }
+                    r += nr;
                 }
             })
         };

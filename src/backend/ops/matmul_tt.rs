@@ -82,16 +82,34 @@ impl TensorOp for MatmulTt {
             true => a.data[kk * n + i],
             false => a.data[i * k + kk],
         };
-        let b_at = |kk: usize, j: usize| match self.trans_b {
-            true => b.data[j * k + kk],
-            false => b.data[kk * m + j],
+        // B as `[k, m]` rows, so each output row is a sum of scaled B rows (vectorizable).
+        let b_rows: std::borrow::Cow<'_, [f32]> = match self.trans_b {
+            true => {
+                let mut t = vec![0f32; k * m];
+                for j in 0..m {
+                    for kk in 0..k {
+                        t[kk * m + j] = b.data[j * k + kk];
+                    }
+                }
+                std::borrow::Cow::Owned(t)
+            }
+            false => std::borrow::Cow::Borrowed(&b.data),
         };
         cpu.for_each_row(n * m * k, &mut out.data, m, &|i, row| {
-            for (j, o) in row.iter_mut().enumerate() {
-                // Summed in order, as the kernel sums.
-                let acc = (0..k).fold(0f32, |acc, kk| acc + a_at(i, kk) * b_at(kk, j));
-                *o = if self.accumulate { *o + acc } else { acc };
-            }
+            // Each value is summed over kk in order from 0, as the kernel sums, so the
+            // result does not depend on the loop order.
+            crate::backend::cpu::pool::with_scratch(m, |acc| {
+                acc.fill(0.0);
+                for kk in 0..k {
+                    let x = a_at(i, kk);
+                    for (o, &v) in acc.iter_mut().zip(&b_rows[kk * m..(kk + 1) * m]) {
+                        *o += x * v;
+                    }
+                }
+                for (o, &v) in row.iter_mut().zip(acc.iter()) {
+                    *o = if self.accumulate { *o + v } else { v };
+                }
+            })
         });
         Ok(())
     }

@@ -104,9 +104,10 @@ impl Kernel {
     }
 }
 
-/// Bindings of a `TensorOp` kernel: the weight (if any) at 1, inputs at 2, 3, 4, the output at
-/// 5 (read too: accumulating ops read it first).
-pub const OP_INPUT_BINDINGS: [u32; 3] = [2, 3, 4];
+/// Bindings of a `TensorOp` kernel: the weight (if any) at 1, inputs at 2, 3, 4 and 6 (a
+/// fourth input came after the output's number was fixed), the output at 5 (read too:
+/// accumulating ops read it first).
+pub const OP_INPUT_BINDINGS: [u32; 4] = [2, 3, 4, 6];
 pub const OP_OUTPUT_BINDING: u32 = 5;
 
 /// An op described once, for every backend: `Backend::apply` checks its shapes, runs `cpu` on
@@ -202,4 +203,8 @@ ops! {
     MatmulDx(matmul_dx::MatmulDxCase),
     Reduce(reduce::ReduceCase),
     SiluMulBwd(silu_mul_bwd::SiluMulBwdCase),
+    GeluMulBwd(gelu_mul_bwd::GeluMulBwdCase),
+    RmsNormBwd(rms_norm_bwd::RmsNormBwdCase),
+    CrossEntropy(cross_entropy::CrossEntropyCase),
+    AttentionBwd(attention_bwd::AttentionBwdCase),
 }

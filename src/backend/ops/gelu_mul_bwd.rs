@@ -1,0 +1,129 @@
+//! `GeluMulBwd`, the backward pass of Gemma's gated FFN activation `out = gelu_tanh(gate) *
+//! up`: the gradient with respect to `gate` (`dout * up * gelu_tanh'(gate)`) or to `up`
+//! (`dout * gelu_tanh(gate)`), from the forward inputs and the output's gradient.
+
+use super::elementwise::gelu_tanh;
+use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
+use super::{check, same, u32_of, Access, Kernel, Shape, TensorOp};
+use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
+use crate::backend::gpu::params::OpParams;
+use crate::backend::Backend;
+use crate::Result;
+
+use Access::{Read as R, ReadWrite as RW};
+
+pub const GELU_MUL_BWD: Kernel = Kernel {
+    file: "ops/gelu_mul_bwd.wgsl",
+    source: include_str!("../../../shaders/ops/gelu_mul_bwd.wgsl"),
+    entry: "gelu_mul_bwd",
+    quant: false,
+    reduce: false,
+    kv: false,
+    headers: &["common/op.wgsl"],
+    storage: &[(2, R), (3, R), (4, R), (5, RW)],
+};
+
+pub const KERNELS: &[&Kernel] = &[&GELU_MUL_BWD];
+
+/// Inputs `[gate, up, dout]`; `out (+)=` the gradient of the loss with respect to `gate`
+/// (`wrt_up` false) or `up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GeluMulBwd {
+    pub wrt_up: bool,
+    pub accumulate: bool,
+}
+
+impl TensorOp for GeluMulBwd {
+    fn name(&self) -> &'static str {
+        "gelu_mul_bwd"
+    }
+
+    fn check(&self, w: Option<Shape>, ins: &[Shape], out: Shape) -> Result<()> {
+        check(self.name(), w.is_none() && ins.len() == 3, || {
+            format!("{} inputs", ins.len())
+        })?;
+        ins.iter().try_for_each(|&s| same(self.name(), s, out))
+    }
+
+    fn cpu(
+        &self,
+        _cpu: &CpuBackend,
+        _w: Option<&CpuWeight>,
+        ins: &[&CpuTensor],
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        let (gate, up, dout) = (&ins[0].data, &ins[1].data, &ins[2].data);
+        for (i, o) in out.data.iter_mut().enumerate() {
+            let v = match self.wrt_up {
+                true => dout[i] * gelu_tanh(gate[i]),
+                false => dout[i] * up[i] * gelu_tanh_grad(gate[i]),
+            };
+            *o = if self.accumulate { *o + v } else { v };
+        }
+        Ok(())
+    }
+
+    fn kernel(&self) -> &'static Kernel {
+        &GELU_MUL_BWD
+    }
+
+    fn params(&self, _w: Option<Shape>, _ins: &[Shape], out: Shape) -> Result<OpParams> {
+        Ok(OpParams {
+            n: u32_of(self.name(), out.0 * out.1)?,
+            flags: u32::from(self.wrt_up) | u32::from(self.accumulate) << 2,
+            ..Default::default()
+        })
+    }
+}
+
+/// The derivative of `gelu_tanh`: with `u = c (x + 0.044715 x³)`, `t = tanh u`,
+/// `0.5 (1 + t) + 0.5 x (1 - t²) c (1 + 3 · 0.044715 x²)`.
+pub fn gelu_tanh_grad(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeluMulBwdCase {
+    pub op: GeluMulBwd,
+    pub n: usize,
+}
+
+impl OpCase for GeluMulBwdCase {
+    fn max_nmse(&self) -> f64 {
+        1e-10
+    }
+    fn bytes_moved(&self) -> f64 {
+        4.0 * (4 * self.n) as f64
+    }
+    fn inputs(&self, rng: &mut Rng) -> Result<CaseInputs> {
+        // Wide enough to reach both tails of the sigmoid.
+        let gate = rng.values(self.n).into_iter().map(|v| 12.0 * v).collect();
+        Ok(CaseInputs {
+            tensors: vec![(1, self.n, gate), rng.tensor(1, self.n), rng.tensor(1, self.n)],
+            out_init: self.op.accumulate.then(|| rng.values(self.n)),
+            ..Default::default()
+        })
+    }
+    fn out_shape(&self) -> Shape {
+        (1, self.n)
+    }
+    fn run<B: Backend>(&self, b: &B, p: &mut Parts<B>) -> Result<()> {
+        run_applied(b, &self.op, p)
+    }
+}
+
+pub fn test_cases() -> Vec<KernelCase> {
+    [(false, false), (true, true)]
+        .into_iter()
+        .map(|(wrt_up, accumulate)| {
+            let op = GeluMulBwd { wrt_up, accumulate };
+            KernelCase::new(format!("{op:?} 1000"), GeluMulBwdCase { op, n: 1000 })
+        })
+        .collect()
+}
+
+pub fn bench_cases(_quick: bool) -> Vec<KernelCase> {
+    Vec::new()
+}

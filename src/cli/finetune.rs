@@ -1,0 +1,223 @@
+//! `hearth finetune MODEL --data FILE --method lora …`: trains a LoRA adapter on the CPU with
+//! Hearth's own autograd (`hearth::train`) and saves it as llama.cpp's LoRA GGUF. A progress
+//! bar shows step, loss and tokens/s; Ctrl+C stops after the current step and saves what was
+//! trained so far.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use hearth::backend::cpu::CpuBackend;
+use hearth::gguf::GgufFile;
+use hearth::model::{Arch, Model};
+use hearth::tokenizer::template::template_for;
+use hearth::tokenizer::Tokenizer;
+use hearth::train::lora::{Lora, LoraConfig, Target};
+use hearth::train::optim::{AdamWConfig, Decay};
+use hearth::train::{self, adapter_file, data, TrainOptions};
+
+use super::progress::count_bar;
+use super::quantize::model_path;
+use super::Globals;
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  \
+    hearth finetune smollm2 --data chats.jsonl --rank 8 --alpha 16 --epochs 2 --lr 2e-4 --out mybot-lora.gguf\n  \
+    hearth finetune smollm2 --data notes.txt --targets q,v --out notes-lora.gguf\n\n\
+    Data: a .jsonl file of {\"messages\": [{\"role\": …, \"content\": …}, …]} per line (rendered \
+    with the model's chat template; the loss is on the assistant replies), or any other file \
+    as plain text (cut into --ctx tokens).")]
+pub struct FinetuneArgs {
+    /// A model in the store, or a GGUF file
+    model: String,
+    /// Training data: chat JSONL (.jsonl) or plain text
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to write the adapter (llama.cpp LoRA GGUF)
+    #[arg(long)]
+    out: PathBuf,
+    /// Fine-tuning method (lora; prefix and adapter are not implemented yet)
+    #[arg(long, default_value = "lora")]
+    method: String,
+    /// LoRA rank
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// LoRA alpha (the update is scaled by alpha / rank)
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    /// Dropout on the adapters' input
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
+    /// Scale by alpha / sqrt(rank) (rsLoRA)
+    #[arg(long)]
+    rslora: bool,
+    /// Projections to adapt: q,k,v,o,gate,up,down or all
+    #[arg(long, default_value = "all")]
+    targets: String,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Peak learning rate (AdamW)
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f32,
+    /// Learning-rate decay after warmup: constant, linear or cosine
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Clip the global gradient norm to this (0: off)
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    /// Sequences averaged into one optimizer step
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Longest training sequence in tokens
+    #[arg(long = "ctx", default_value_t = 512)]
+    n_ctx: usize,
+    /// Also train on the prompts (user and system turns) of chat data
+    #[arg(long)]
+    train_on_inputs: bool,
+    /// Seeds the adapter's initialisation, the data order and dropout
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// CPU threads (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub struct FinetuneCommand {
+    model: PathBuf,
+    args: FinetuneArgs,
+    lora: LoraConfig,
+    opts: TrainOptions,
+}
+
+impl FinetuneArgs {
+    pub fn resolve(self, globals: &Globals) -> Result<FinetuneCommand> {
+        if self.method != "lora" {
+            bail!(
+                "--method {}: only lora is implemented (prefix and adapter are planned)",
+                self.method
+            );
+        }
+        if self.epochs == 0 || self.n_ctx < 2 {
+            bail!("--epochs must be at least 1 and --ctx at least 2");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number");
+        }
+        let lora = LoraConfig {
+            targets: Target::parse_list(&self.targets)?,
+            rank: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            rslora: self.rslora,
+        };
+        lora.check()?;
+        let opts = TrainOptions {
+            optim: AdamWConfig {
+                lr: self.lr,
+                warmup_steps: self.warmup_steps,
+                decay: self.schedule.parse::<Decay>()?,
+                weight_decay: self.weight_decay,
+                max_grad_norm: self.max_grad_norm,
+                ..AdamWConfig::default()
+            },
+            epochs: self.epochs,
+            grad_accum: self.grad_accum.max(1),
+            seed: self.seed,
+        };
+        Ok(FinetuneCommand {
+            model: model_path(&self.model, globals)?,
+            args: self,
+            lora,
+            opts,
+        })
+    }
+}
+
+pub fn execute(cmd: FinetuneCommand) -> Result<()> {
+    let a = &cmd.args;
+    let backend = match a.threads {
+        Some(n) => CpuBackend::with_threads(n.max(1)),
+        None => CpuBackend::new(),
+    };
+    let f = GgufFile::open(&cmd.model)?;
+    let arch = f.architecture()?.to_string();
+    let spec = Arch::from_gguf(&f)?.spec(&f)?;
+    let model = Model::load(&backend, &f, spec)?;
+    let tok = Tokenizer::from_gguf(&f)?;
+    let template = template_for(&f, &tok)?;
+    let examples = data::load(&a.data, &tok, &template, a.n_ctx, a.train_on_inputs)?;
+    let c = &model.config;
+    let mut lora = Lora::new(cmd.lora.clone(), c, c.n_layers, a.seed)?;
+    let n_tokens: usize = examples.iter().map(|e| e.tokens.len()).sum();
+    eprintln!(
+        "{} examples ({n_tokens} tokens), LoRA rank {} on {} ({} trainable parameters), {}",
+        examples.len(),
+        cmd.lora.rank,
+        cmd.lora
+            .targets
+            .iter()
+            .map(|t| t.gguf_name())
+            .collect::<Vec<_>>()
+            .join(","),
+        lora.n_params(),
+        hearth::backend::Backend::name(&backend)
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // A second Ctrl+C while the step finishes ends the process as usual.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    let total = train::total_steps(examples.len(), &cmd.opts);
+    let bar = count_bar("training", total as u64);
+    let mut last = None;
+    let losses = train::train(
+        &backend,
+        &model,
+        &mut lora,
+        &examples,
+        &cmd.opts,
+        &mut |p| {
+            bar.set_position(p.step as u64);
+            bar.set_message(format!(
+                "epoch {} loss {:.4} lr {:.2e} {:.0} tok/s",
+                p.epoch + 1,
+                p.loss,
+                p.lr,
+                p.tokens_per_s
+            ));
+            // A hidden bar (stderr not a terminal: a log) gets a line per step instead.
+            if bar.is_hidden() {
+                eprintln!(
+                    "step {}/{} loss {:.4} {:.0} tok/s",
+                    p.step, p.total_steps, p.loss, p.tokens_per_s
+                );
+            }
+            last = Some(*p);
+            !stop.load(Ordering::SeqCst)
+        },
+    )?;
+    bar.finish_and_clear();
+    adapter_file::save(&lora, &arch, &a.out)
+        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    if let Some(p) = last {
+        eprintln!(
+            "{} steps, loss {:.4} → {:.4}, {:.0} tokens/s; adapter written to {}",
+            losses.len(),
+            losses.first().copied().unwrap_or(f32::NAN),
+            p.loss,
+            p.tokens_per_s,
+            a.out.display()
+        );
+    }
+    Ok(())
+}

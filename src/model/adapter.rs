@@ -1,0 +1,163 @@
+//! LoRA deltas applied in the forward pass (`hearth run --adapter`): for an adapted
+//! projection `y = x · Wᵀ`, `y += scale · (x · Aᵀ) · Bᵀ` with `A [r, in]` and `B [out, r]`
+//! resident as f32 weights beside the frozen base (which is never rewritten). `Target` names
+//! the seven projections an adapter can touch; training (`train::lora`) uses the same names.
+
+use crate::backend::{Backend, WeightSource};
+use crate::{Error, Result};
+
+use super::ModelConfig;
+
+/// A projection an adapter can target, by its GGUF tensor name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [
+        Target::Q,
+        Target::K,
+        Target::V,
+        Target::O,
+        Target::Gate,
+        Target::Up,
+        Target::Down,
+    ];
+
+    /// The GGUF tensor name within a block (`blk.N.<name>.weight`).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Target::Q => "attn_q",
+            Target::K => "attn_k",
+            Target::V => "attn_v",
+            Target::O => "attn_output",
+            Target::Gate => "ffn_gate",
+            Target::Up => "ffn_up",
+            Target::Down => "ffn_down",
+        }
+    }
+
+    /// The target whose `gguf_name` is `name`.
+    pub fn from_gguf_name(name: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.gguf_name() == name)
+    }
+
+    /// `(out, in)` of the projection in a model of config `c`.
+    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
+        let (d, q, kv) = (c.n_embd, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        match self {
+            Target::Q => (q, d),
+            Target::K | Target::V => (kv, d),
+            Target::O => (d, q),
+            Target::Gate | Target::Up => (c.n_ff, d),
+            Target::Down => (d, c.n_ff),
+        }
+    }
+
+    /// Parses `q,k,v,o,gate,up,down` (PEFT's `q_proj`… names and `all` are accepted too).
+    pub fn parse_list(s: &str) -> Result<Vec<Target>> {
+        let mut v = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let name = part.trim_end_matches("_proj");
+            let t = match name {
+                "all" => {
+                    v.extend(Target::ALL);
+                    continue;
+                }
+                "q" => Target::Q,
+                "k" => Target::K,
+                "v" => Target::V,
+                "o" => Target::O,
+                "gate" => Target::Gate,
+                "up" => Target::Up,
+                "down" => Target::Down,
+                _ => {
+                    return Err(Error::Train(format!(
+                        "unknown LoRA target {part:?}: choose from q,k,v,o,gate,up,down or all"
+                    )))
+                }
+            };
+            v.push(t);
+        }
+        v.sort();
+        v.dedup();
+        if v.is_empty() {
+            return Err(Error::Train("no LoRA targets given".into()));
+        }
+        Ok(v)
+    }
+}
+
+/// One adapter's delta on one projection of a layer.
+pub(crate) struct LoraDelta<B: Backend> {
+    pub(crate) target: Target,
+    pub(crate) a: B::Weight, // [r, in]
+    pub(crate) b: B::Weight, // [out, r]
+    pub(crate) scale: f32,
+}
+
+impl<B: Backend> LoraDelta<B> {
+    /// Checks the shapes against the model and makes the matrices resident.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        backend: &B,
+        c: &ModelConfig,
+        layer: usize,
+        target: Target,
+        rank: usize,
+        a: &[f32],
+        b: &[f32],
+        scale: f32,
+    ) -> Result<Self> {
+        let (n_out, n_in) = target.dims(c);
+        let name = format!("blk.{layer}.{}.weight", target.gguf_name());
+        if rank == 0 || a.len() != rank * n_in || b.len() != n_out * rank {
+            return Err(Error::Train(format!(
+                "adapter for {name}: {} and {} values for rank {rank} of [{n_out}, {n_in}] \
+                 (an adapter made for another model?)",
+                a.len(),
+                b.len()
+            )));
+        }
+        Ok(LoraDelta {
+            target,
+            a: backend.load_weight(&WeightSource::from_f32(
+                &format!("{name}.lora_a"),
+                rank,
+                n_in,
+                a,
+            )?)?,
+            b: backend.load_weight(&WeightSource::from_f32(
+                &format!("{name}.lora_b"),
+                n_out,
+                rank,
+                b,
+            )?)?,
+            scale,
+        })
+    }
+
+    /// `y += scale · (x · Aᵀ) · Bᵀ`, the first `n_single` rows as decode rows.
+    pub(crate) fn apply(
+        &self,
+        backend: &B,
+        x: &B::Tensor,
+        y: &mut B::Tensor,
+        n_single: usize,
+    ) -> Result<()> {
+        let n = backend.shape(x).0;
+        let mut h = backend.tensor(n, backend.weight_shape(&self.a).0)?;
+        backend.matmul_rows(x, &[&self.a], &mut [&mut h], n_single)?;
+        let mut d = backend.tensor(n, backend.weight_shape(&self.b).0)?;
+        backend.matmul_rows(&h, &[&self.b], &mut [&mut d], n_single)?;
+        backend.scale(&mut d, self.scale)?;
+        backend.add_assign(y, &d)
+    }
+}

@@ -1,0 +1,163 @@
+//! Training data: chat JSONL (one `{"messages": [{"role", "content"}, …]}` per line,
+//! rendered with the model's chat template; by default only the assistant turns are trained
+//! on) or plain text (every token trained on, cut into sequences of `ctx` tokens). Bad input
+//! is an error naming the line.
+
+use std::path::Path;
+
+use crate::tokenizer::template::{ChatTemplate, Message};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// One training sequence: its tokens and, per token, whether it is predicted in the loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub tokens: Vec<u32>,
+    pub trained: Vec<bool>,
+}
+
+impl Example {
+    /// Per row the id the row predicts (the next token) where that token is trained on,
+    /// else -1: the `targets` of `LoraGraph::loss_and_grads`.
+    pub fn targets(&self) -> Vec<f32> {
+        (0..self.tokens.len())
+            .map(|i| match self.trained.get(i + 1) {
+                Some(true) => self.tokens[i + 1] as f32,
+                _ => -1.0,
+            })
+            .collect()
+    }
+
+    pub fn n_targets(&self) -> usize {
+        self.trained.iter().skip(1).filter(|&&t| t).count()
+    }
+}
+
+/// Reads `path`: `.jsonl` as chats, anything else as plain text.
+pub fn load(
+    path: &Path,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    ctx: usize,
+    train_on_inputs: bool,
+) -> Result<Vec<Example>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let name = path.display();
+    let examples = if path.extension().is_some_and(|e| e == "jsonl") {
+        chats(&text, tok, template, ctx, train_on_inputs)
+            .map_err(|e| Error::Train(format!("{name}: {e}")))?
+    } else {
+        plain(&text, tok, ctx)?
+    };
+    if examples.is_empty() {
+        return Err(Error::Train(format!("{name}: no training examples")));
+    }
+    Ok(examples)
+}
+
+/// Plain text, tokenized whole and cut into sequences of at most `ctx` tokens.
+pub fn plain(text: &str, tok: &Tokenizer, ctx: usize) -> Result<Vec<Example>> {
+    let ids = tok.encode(text, tok.add_bos())?;
+    Ok(ids
+        .chunks(ctx.max(2))
+        .filter(|c| c.len() >= 2)
+        .map(|c| Example {
+            tokens: c.to_vec(),
+            trained: vec![true; c.len()],
+        })
+        .collect())
+}
+
+/// Chat JSONL; each conversation must fit in `ctx` tokens.
+pub fn chats(
+    text: &str,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    ctx: usize,
+    train_on_inputs: bool,
+) -> std::result::Result<Vec<Example>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let messages = parse_messages(line).map_err(|e| format!("line {n}: {e}"))?;
+        let ex = render_chat(&messages, tok, template, train_on_inputs)
+            .map_err(|e| format!("line {n}: {e}"))?;
+        if ex.tokens.len() > ctx {
+            return Err(format!(
+                "line {n}: {} tokens, more than the context of {ctx} (raise --ctx)",
+                ex.tokens.len()
+            ));
+        }
+        if ex.n_targets() == 0 {
+            return Err(format!("line {n}: no assistant message to train on"));
+        }
+        out.push(ex);
+    }
+    Ok(out)
+}
+
+fn parse_messages(line: &str) -> std::result::Result<Vec<Message>, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let msgs = v
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .ok_or("no \"messages\" array")?;
+    msgs.iter()
+        .enumerate()
+        .map(|(j, m)| {
+            let field = |k: &str| {
+                m.get(k)
+                    .and_then(|x| x.as_str())
+                    .ok_or(format!("message {j} has no string \"{k}\""))
+            };
+            Ok(Message::new(field("role")?, field("content")?))
+        })
+        .collect()
+}
+
+/// Renders a conversation turn by turn: each prefix of the messages is rendered, and the
+/// text each message adds is tokenized on its own, trained on when it is an assistant
+/// reply (the part after the generation prompt: the reply and its end-of-turn marker).
+fn render_chat(
+    messages: &[Message],
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    train_on_inputs: bool,
+) -> Result<Example> {
+    let mut segments: Vec<(String, bool)> = Vec::new();
+    let mut prev = String::new();
+    let inconsistent = || Error::Train("the chat template renders prefixes inconsistently".into());
+    for (i, m) in messages.iter().enumerate() {
+        let full = template.render(&messages[..=i], false)?;
+        if m.role == "assistant" {
+            let prompt = template.render(&messages[..i], true)?;
+            let head = prompt
+                .strip_prefix(prev.as_str())
+                .ok_or_else(inconsistent)?;
+            let reply = full
+                .strip_prefix(prompt.as_str())
+                .ok_or_else(inconsistent)?;
+            segments.push((head.to_string(), train_on_inputs));
+            segments.push((reply.to_string(), true));
+        } else {
+            let add = full.strip_prefix(prev.as_str()).ok_or_else(inconsistent)?;
+            segments.push((add.to_string(), train_on_inputs));
+        }
+        prev = full;
+    }
+    let bos = tok.bos_text();
+    let mut ex = Example {
+        tokens: Vec::new(),
+        trained: Vec::new(),
+    };
+    for (k, (text, trained)) in segments.iter().enumerate() {
+        let add_bos = k == 0 && tok.add_bos() && (bos.is_empty() || !text.starts_with(bos));
+        let ids = tok.encode(text, add_bos)?;
+        ex.trained.extend(std::iter::repeat_n(*trained, ids.len()));
+        ex.tokens.extend(ids);
+    }
+    Ok(ex)
+}

@@ -1,0 +1,237 @@
+//! The model's forward pass on a `Tape`, with LoRA adapters, and the loss and adapter
+//! gradients of one sequence. The blocks are `model::transformer`'s, op for op (the same
+//! backend ops in the same order), with `x · Wᵀ + scale · (dropout(x) · Aᵀ) · Bᵀ` at each
+//! adapted projection. Activation memory is bounded by per-layer recomputation
+//! (checkpointing): the forward keeps only each layer's input; the backward reruns one
+//! layer at a time on a fresh tape and backpropagates through it.
+
+use super::lora::{Lora, Target};
+use super::tape::{Tape, Var};
+use crate::backend::ops::case::Rng;
+use crate::backend::{AttnParams, RopeParams, TrainBackend};
+use crate::model::transformer::{Activation, Layer};
+use crate::model::Model;
+use crate::{Error, Result};
+
+/// What one step computes: the summed loss over its target tokens and each parameter's
+/// gradient of the mean loss, by parameter id.
+pub struct StepGrads<T> {
+    pub loss_sum: f64,
+    pub n_targets: usize,
+    pub grads: Vec<Option<T>>,
+}
+
+/// A model with a LoRA adapter, ready to train on one backend.
+pub struct LoraGraph<'m, B: TrainBackend> {
+    b: &'m B,
+    model: &'m Model<B>,
+    /// `-inv_freq` of the global and local RoPE bases: the backward rotations.
+    neg_freq: [B::Tensor; 2],
+}
+
+impl<'m, B: TrainBackend> LoraGraph<'m, B> {
+    pub fn new(b: &'m B, model: &'m Model<B>) -> Result<Self> {
+        let part = model.part();
+        if !(part.embed && part.head && part.layers.start == 0) {
+            return Err(Error::Train(
+                "training needs the whole model on one device".into(),
+            ));
+        }
+        let neg = |local: bool| -> Result<B::Tensor> {
+            let f = b.read(model.inv_freq(local))?;
+            let neg: Vec<f32> = f.iter().map(|v| -v).collect();
+            b.param(1, neg.len(), &neg)
+        };
+        Ok(LoraGraph {
+            b,
+            model,
+            neg_freq: [neg(false)?, neg(true)?],
+        })
+    }
+
+    /// `x · Wᵀ`, plus the adapter of `(layer, target)` if there is one. `mask_seed` picks the
+    /// dropout mask (the same seed gives the same mask, so a recomputed layer matches).
+    #[allow(clippy::too_many_arguments)]
+    fn proj<'t>(
+        &'t self,
+        tape: &mut Tape<'t, B>,
+        x: Var,
+        w: &'t B::Weight,
+        layer: usize,
+        target: Target,
+        lora: &Lora,
+        params: &[B::Tensor],
+        mask_seed: Option<u64>,
+    ) -> Result<Var> {
+        let y = tape.matmul(x, w)?;
+        let Some(i) = lora.find(layer, target) else {
+            return Ok(y);
+        };
+        let p = lora.config.dropout;
+        let xd = match mask_seed {
+            Some(seed) if p > 0.0 => {
+                let (n, d) = self.b.shape(tape.value(x)?);
+                let mut rng = Rng::new(seed ^ ((layer as u64) << 32 | target as u64) << 8);
+                let keep = 1.0 / (1.0 - p);
+                let mask: Vec<f32> = (0..n * d)
+                    .map(|_| {
+                        if (rng.uniform() + 1.0) / 2.0 < p {
+                            0.0
+                        } else {
+                            keep
+                        }
+                    })
+                    .collect();
+                let m = tape.input(self.b.param(n, d, &mask)?, false);
+                tape.mul(x, m)?
+            }
+            _ => x,
+        };
+        let a = tape.param(2 * i, &params[2 * i])?;
+        let bm = tape.param(2 * i + 1, &params[2 * i + 1])?;
+        let h = tape.linear(xd, a)?;
+        let h = tape.linear(h, bm)?;
+        let h = tape.scale(h, lora.config.scale())?;
+        tape.add(y, h)
+    }
+
+    /// One block, as `Model::forward_layers` runs it.
+    fn layer<'t>(
+        &'t self,
+        tape: &mut Tape<'t, B>,
+        il: usize,
+        x: Var,
+        lora: &Lora,
+        params: &[B::Tensor],
+        mask_seed: Option<u64>,
+    ) -> Result<Var> {
+        let c = &self.model.config;
+        let l: &'t Layer<B> = &self.model.layers()[il];
+        let eps = c.rms_eps;
+        let proj =
+            |tape: &mut Tape<'t, B>, x, w, t| self.proj(tape, x, w, il, t, lora, params, mask_seed);
+        let cur = tape.rms_norm(x, &l.attn_norm, eps)?;
+        let mut q = proj(tape, cur, &l.attn_q, Target::Q)?;
+        let mut k = proj(tape, cur, &l.attn_k, Target::K)?;
+        let v = proj(tape, cur, &l.attn_v, Target::V)?;
+        if let (Some(qn), Some(kn)) = (&l.attn_q_norm, &l.attn_k_norm) {
+            q = tape.rms_norm(q, qn, eps)?;
+            k = tape.rms_norm(k, kn, eps)?;
+        }
+        let rope = RopeParams {
+            head_dim: c.head_dim,
+            n_rot: c.n_rot,
+            layout: c.rope_layout,
+        };
+        let local = l.spec.local_rope;
+        let (freq, neg) = (
+            self.model.inv_freq(local),
+            &self.neg_freq[usize::from(local)],
+        );
+        let q = tape.rope(q, freq, neg, rope)?;
+        let k = tape.rope(k, freq, neg, rope)?;
+        let attn = AttnParams {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            scale: c.attn_scale,
+            window: l.spec.window,
+            softcap: None,
+        };
+        let kqv = tape.attention(q, k, v, attn)?;
+        let mut out = proj(tape, kqv, &l.attn_output, Target::O)?;
+        if let Some(w) = &l.post_attention_norm {
+            out = tape.rms_norm(out, w, eps)?;
+        }
+        let x = tape.add(x, out)?;
+        let cur = tape.rms_norm(x, &l.ffn_norm, eps)?;
+        let gate = proj(tape, cur, &l.ffn_gate, Target::Gate)?;
+        let up = proj(tape, cur, &l.ffn_up, Target::Up)?;
+        let act = match l.spec.activation {
+            Activation::Silu => tape.silu_mul(gate, up)?,
+            Activation::GeluTanh => tape.gelu_mul(gate, up)?,
+        };
+        let mut out = proj(tape, act, &l.ffn_down, Target::Down)?;
+        if let Some(w) = &l.post_ffw_norm {
+            out = tape.rms_norm(out, w, eps)?;
+        }
+        tape.add(x, out)
+    }
+
+    fn clone_tensor(&self, t: &B::Tensor) -> Result<B::Tensor> {
+        let (r, c) = self.b.shape(t);
+        let mut out = self.b.tensor(r, c)?;
+        self.b.copy_rows(t, 0, &mut out, 0, r)?;
+        Ok(out)
+    }
+
+    /// The loss of `tokens` predicting `targets` (per row the next token's id, or -1 where
+    /// the row is not trained on) and the adapter gradients of the mean loss over the
+    /// targets. `mask_seed` draws the dropout masks (`None`: no dropout, as in evaluation).
+    pub fn loss_and_grads(
+        &self,
+        lora: &Lora,
+        params: &[B::Tensor],
+        tokens: &[u32],
+        targets: &[f32],
+        mask_seed: Option<u64>,
+    ) -> Result<StepGrads<B::Tensor>> {
+        let n = tokens.len();
+        let n_targets = targets.iter().filter(|&&t| t >= 0.0).count();
+        if n == 0 || targets.len() != n || n_targets == 0 {
+            return Err(Error::Train(format!(
+                "a sequence of {n} tokens with {n_targets} targets"
+            )));
+        }
+        let b = self.b;
+        // Forward, keeping only each layer's input.
+        let mut x = self.model.embed(b, tokens)?;
+        let n_layers = self.model.layers().len();
+        let mut inputs = Vec::with_capacity(n_layers);
+        for il in 0..n_layers {
+            inputs.push(self.clone_tensor(&x)?);
+            let mut tape = Tape::new(b, n)?;
+            let xv = tape.input(x, false);
+            let out = self.layer(&mut tape, il, xv, lora, params, mask_seed)?;
+            x = tape.take(out)?;
+        }
+        // The head and the loss.
+        let (norm, head) = self.model.head_weights()?;
+        let mut tape = Tape::new(b, n)?;
+        let xv = tape.input(x, true);
+        let normed = tape.rms_norm(xv, norm, self.model.config.rms_eps)?;
+        let logits = tape.matmul(normed, head)?;
+        let t = tape.input(b.param(n, 1, targets)?, false);
+        let loss = tape.cross_entropy(logits, t, 1.0 / n_targets as f32)?;
+        let loss_sum: f64 = b
+            .read(tape.value(loss)?)?
+            .iter()
+            .map(|&v| f64::from(v))
+            .sum();
+        let mut dx = tape.backward(loss, None, Some(xv))?.input;
+        // Backward, one recomputed layer at a time.
+        let mut grads: Vec<Option<B::Tensor>> = (0..params.len()).map(|_| None).collect();
+        for il in (0..n_layers).rev() {
+            let Some(dy) = dx.take() else {
+                break;
+            };
+            let input = inputs.pop().expect("one input per layer");
+            let mut tape = Tape::new(b, n)?;
+            let xv = tape.input(input, il > 0);
+            let out = self.layer(&mut tape, il, xv, lora, params, mask_seed)?;
+            let g = tape.backward(out, Some(dy), Some(xv))?;
+            dx = g.input;
+            for g in g.params {
+                match &mut grads[g.id] {
+                    Some(acc) => b.add_assign(acc, &g.grad)?,
+                    slot => *slot = Some(g.grad),
+                }
+            }
+        }
+        Ok(StepGrads {
+            loss_sum,
+            n_targets,
+            grads,
+        })
+    }
+}

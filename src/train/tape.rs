@@ -1,0 +1,478 @@
+//! `Tape`, a small reverse-mode autograd over `TrainBackend`: each op runs forward at once
+//! on the backend and records what its backward pass needs; `backward` walks the records in
+//! reverse, calling the backward ops (`backend::ops::*_bwd`, `matmul_dx`, `matmul_tt`). Frozen
+//! weights (in any block format) and rope frequencies are borrowed for the tape's lifetime;
+//! values and gradients are the tape's own tensors. A value that no trainable input reaches
+//! gets no gradient, so a frozen prefix of the graph costs nothing backward.
+
+use crate::backend::ops::attention_bwd::{AttentionBwd, Wrt};
+use crate::backend::ops::cross_entropy::CrossEntropy;
+use crate::backend::ops::elementwise::Elementwise;
+use crate::backend::ops::gelu_mul_bwd::GeluMulBwd;
+use crate::backend::ops::matmul_tt::MatmulTt;
+use crate::backend::ops::rms_norm_bwd::RmsNormBwd;
+use crate::backend::ops::silu_mul_bwd::SiluMulBwd;
+use crate::backend::{AttnParams, BatchRows, KvType, RopeParams, TrainBackend};
+use crate::{Error, Result};
+
+/// A value on the tape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Var(usize);
+
+/// What a recorded op needs backward. Inputs are `Var`s; frozen parts are borrowed.
+enum Node<'a, B: TrainBackend> {
+    /// An input: a constant, or (`param: Some`) a trainable parameter whose gradient
+    /// `backward` returns under its id.
+    Leaf,
+    /// `x · Wᵀ`, `W` frozen.
+    Matmul {
+        x: Var,
+        w: &'a B::Weight,
+    },
+    /// `x · wᵀ`, both differentiable (an adapter's dense matrices).
+    Linear {
+        x: Var,
+        w: Var,
+    },
+    RmsNorm {
+        x: Var,
+        w: &'a B::Weight,
+        eps: f32,
+    },
+    /// RoPE forward with `inv_freq`; backward rotates by `neg_freq` (its inverse).
+    Rope {
+        x: Var,
+        neg_freq: &'a B::Tensor,
+        p: RopeParams,
+    },
+    Attention {
+        q: Var,
+        k: Var,
+        v: Var,
+        p: AttnParams,
+    },
+    SiluMul {
+        gate: Var,
+        up: Var,
+    },
+    GeluMul {
+        gate: Var,
+        up: Var,
+    },
+    Add {
+        a: Var,
+        b: Var,
+    },
+    Scale {
+        x: Var,
+        s: f32,
+    },
+    /// `x ∘ m`, `m` constant (a dropout mask).
+    Mul {
+        x: Var,
+        m: Var,
+    },
+    /// Per-row losses `[n, 1]` of `logits` against `targets`; its backward seeds
+    /// `scale · (softmax - onehot)` whatever gradient arrives (it is the root).
+    CrossEntropy {
+        logits: Var,
+        targets: Var,
+        scale: f32,
+    },
+}
+
+struct Entry<'a, B: TrainBackend> {
+    node: Node<'a, B>,
+    value: Option<B::Tensor>,
+    needs_grad: bool,
+    param: Option<usize>,
+}
+
+/// The tape of one forward pass over one sequence of `n` rows (positions `0..n`).
+pub struct Tape<'a, B: TrainBackend> {
+    b: &'a B,
+    entries: Vec<Entry<'a, B>>,
+    rows: B::Rows,
+}
+
+/// A parameter's gradient, by the id given to `Tape::param`.
+pub struct ParamGrad<T> {
+    pub id: usize,
+    pub grad: T,
+}
+
+/// What `backward` returns: the parameters' gradients and the input's (if asked for).
+pub struct Grads<T> {
+    pub params: Vec<ParamGrad<T>>,
+    pub input: Option<T>,
+}
+
+impl<'a, B: TrainBackend> Tape<'a, B> {
+    pub fn new(b: &'a B, n_rows: usize) -> Result<Self> {
+        let rows = b.rows(&BatchRows::contiguous(0, n_rows)?)?;
+        Ok(Tape {
+            b,
+            entries: Vec::new(),
+            rows,
+        })
+    }
+
+    fn push(&mut self, node: Node<'a, B>, value: B::Tensor, needs_grad: bool) -> Var {
+        self.entries.push(Entry {
+            node,
+            value: Some(value),
+            needs_grad,
+            param: None,
+        });
+        Var(self.entries.len() - 1)
+    }
+
+    fn needs(&self, v: Var) -> bool {
+        self.entries[v.0].needs_grad
+    }
+
+    /// The value of `v` (until `take` moves it out).
+    pub fn value(&self, v: Var) -> Result<&B::Tensor> {
+        self.entries[v.0]
+            .value
+            .as_ref()
+            .ok_or_else(|| Error::shape("tape", format!("value {} was taken", v.0)))
+    }
+
+    /// Moves the value of `v` out of the tape (which can then not run backward through it).
+    pub fn take(&mut self, v: Var) -> Result<B::Tensor> {
+        self.entries[v.0]
+            .value
+            .take()
+            .ok_or_else(|| Error::shape("tape", format!("value {} was taken", v.0)))
+    }
+
+    fn shape(&self, v: Var) -> Result<(usize, usize)> {
+        Ok(self.b.shape(self.value(v)?))
+    }
+
+    fn zeros_like(&self, v: Var) -> Result<B::Tensor> {
+        let (r, c) = self.shape(v)?;
+        self.b.tensor(r, c)
+    }
+
+    fn clone_tensor(&self, t: &B::Tensor) -> Result<B::Tensor> {
+        let (r, c) = self.b.shape(t);
+        let mut out = self.b.tensor(r, c)?;
+        self.b.copy_rows(t, 0, &mut out, 0, r)?;
+        Ok(out)
+    }
+
+    /// An input; `needs_grad` asks for its gradient (`backward` returns it as `input_grad`).
+    pub fn input(&mut self, t: B::Tensor, needs_grad: bool) -> Var {
+        self.push(Node::Leaf, t, needs_grad)
+    }
+
+    /// A trainable parameter, copied onto the tape; its gradient comes back under `id`.
+    pub fn param(&mut self, id: usize, t: &B::Tensor) -> Result<Var> {
+        let v = self.clone_tensor(t)?;
+        let var = self.push(Node::Leaf, v, true);
+        self.entries[var.0].param = Some(id);
+        Ok(var)
+    }
+
+    /// `x · Wᵀ`, `W` frozen: the prompt kernels, as inference runs a sequence's rows.
+    pub fn matmul(&mut self, x: Var, w: &'a B::Weight) -> Result<Var> {
+        let xs = self.value(x)?;
+        let n = self.b.shape(xs).0;
+        let mut y = self.b.tensor(n, self.b.weight_shape(w).0)?;
+        self.b.matmul_rows(xs, &[w], &mut [&mut y], 0)?;
+        let g = self.needs(x);
+        Ok(self.push(Node::Matmul { x, w }, y, g))
+    }
+
+    /// `x · wᵀ` with `w` on the tape (`[out, in]`).
+    pub fn linear(&mut self, x: Var, w: Var) -> Result<Var> {
+        let (n, _) = self.shape(x)?;
+        let (n_out, _) = self.shape(w)?;
+        let mut y = self.b.tensor(n, n_out)?;
+        let op = MatmulTt {
+            trans_a: false,
+            trans_b: true,
+            accumulate: false,
+        };
+        self.b
+            .matmul_tt(self.value(x)?, self.value(w)?, op, &mut y)?;
+        let g = self.needs(x) || self.needs(w);
+        Ok(self.push(Node::Linear { x, w }, y, g))
+    }
+
+    pub fn rms_norm(&mut self, x: Var, w: &'a B::Weight, eps: f32) -> Result<Var> {
+        let mut y = self.zeros_like(x)?;
+        self.b.rms_norm(self.value(x)?, w, eps, &mut y)?;
+        let g = self.needs(x);
+        Ok(self.push(Node::RmsNorm { x, w, eps }, y, g))
+    }
+
+    /// RoPE at positions `0..n`; `neg_freq` holds `-inv_freq` (the backward rotation).
+    pub fn rope(
+        &mut self,
+        x: Var,
+        inv_freq: &'a B::Tensor,
+        neg_freq: &'a B::Tensor,
+        p: RopeParams,
+    ) -> Result<Var> {
+        let mut y = self.clone_tensor(self.value(x)?)?;
+        self.b.rope(&mut y, inv_freq, &self.rows, &p)?;
+        let g = self.needs(x);
+        Ok(self.push(Node::Rope { x, neg_freq, p }, y, g))
+    }
+
+    /// Causal attention over the sequence (through an f32 cache, the inference op).
+    pub fn attention(&mut self, q: Var, k: Var, v: Var, p: AttnParams) -> Result<Var> {
+        let (n, kv_w) = self.shape(k)?;
+        let mut kc = self.b.cache(n, kv_w, KvType::F32)?;
+        let mut vc = self.b.cache(n, kv_w, KvType::F32)?;
+        self.b.cache_write(self.value(k)?, &mut kc, &self.rows)?;
+        self.b.cache_write(self.value(v)?, &mut vc, &self.rows)?;
+        let mut y = self.zeros_like(q)?;
+        self.b
+            .attention(self.value(q)?, &kc, &vc, &self.rows, &p, &mut y)?;
+        let g = self.needs(q) || self.needs(k) || self.needs(v);
+        Ok(self.push(Node::Attention { q, k, v, p }, y, g))
+    }
+
+    pub fn silu_mul(&mut self, gate: Var, up: Var) -> Result<Var> {
+        let mut y = self.zeros_like(gate)?;
+        self.b
+            .silu_mul(self.value(gate)?, self.value(up)?, &mut y)?;
+        let g = self.needs(gate) || self.needs(up);
+        Ok(self.push(Node::SiluMul { gate, up }, y, g))
+    }
+
+    pub fn gelu_mul(&mut self, gate: Var, up: Var) -> Result<Var> {
+        let mut y = self.zeros_like(gate)?;
+        self.b
+            .gelu_mul(self.value(gate)?, self.value(up)?, &mut y)?;
+        let g = self.needs(gate) || self.needs(up);
+        Ok(self.push(Node::GeluMul { gate, up }, y, g))
+    }
+
+    pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
+        let mut y = self.clone_tensor(self.value(a)?)?;
+        self.b.add_assign(&mut y, self.value(b)?)?;
+        let g = self.needs(a) || self.needs(b);
+        Ok(self.push(Node::Add { a, b }, y, g))
+    }
+
+    pub fn scale(&mut self, x: Var, s: f32) -> Result<Var> {
+        let mut y = self.clone_tensor(self.value(x)?)?;
+        self.b.scale(&mut y, s)?;
+        let g = self.needs(x);
+        Ok(self.push(Node::Scale { x, s }, y, g))
+    }
+
+    /// `x ∘ m` with `m` a constant of the same shape.
+    pub fn mul(&mut self, x: Var, m: Var) -> Result<Var> {
+        let mut y = self.zeros_like(x)?;
+        let (xs, ms) = (self.value(x)?, self.value(m)?);
+        self.b.apply(&Elementwise::Mul, None, &[xs, ms], &mut y)?;
+        let g = self.needs(x);
+        Ok(self.push(Node::Mul { x, m }, y, g))
+    }
+
+    /// Per-row cross-entropy `[n, 1]` of `logits` against `targets` (`[n, 1]` f32 ids, -1 for
+    /// rows without a target); backward from it gives `scale ·` the gradient of their sum.
+    pub fn cross_entropy(&mut self, logits: Var, targets: Var, scale: f32) -> Result<Var> {
+        let (n, _) = self.shape(logits)?;
+        let mut y = self.b.tensor(n, 1)?;
+        let op = CrossEntropy { grad: false, scale };
+        let ins = [self.value(logits)?, self.value(targets)?];
+        self.b.apply(&op, None, &ins, &mut y)?;
+        let g = self.needs(logits);
+        let node = Node::CrossEntropy {
+            logits,
+            targets,
+            scale,
+        };
+        Ok(self.push(node, y, g))
+    }
+
+    /// Reverse pass from `root` with its gradient `seed` (`None` for a cross-entropy root).
+    /// Returns the gradients of the parameters, and of `input` if given.
+    pub fn backward(
+        mut self,
+        root: Var,
+        seed: Option<B::Tensor>,
+        input: Option<Var>,
+    ) -> Result<Grads<B::Tensor>> {
+        let mut grads: Vec<Option<B::Tensor>> = (0..self.entries.len()).map(|_| None).collect();
+        grads[root.0] = seed;
+        let mut params = Vec::new();
+        for i in (0..=root.0).rev() {
+            if !self.entries[i].needs_grad {
+                continue;
+            }
+            let dy = grads[i].take();
+            if let Some(id) = self.entries[i].param {
+                if let Some(g) = dy {
+                    params.push(ParamGrad { id, grad: g });
+                }
+                continue;
+            }
+            if Some(Var(i)) == input {
+                grads[i] = dy;
+                continue;
+            }
+            match (dy, &self.entries[i].node) {
+                (_, Node::CrossEntropy { .. }) => self.loss_backward(i, &mut grads)?,
+                (Some(dy), _) => self.node_backward(i, &dy, &mut grads)?,
+                // Nothing downstream of this value reached the root.
+                (None, _) => {}
+            }
+            // Its consumers are done: the forward value is no longer needed.
+            self.entries[i].value = None;
+        }
+        Ok(Grads {
+            params,
+            input: input.and_then(|v| grads[v.0].take()),
+        })
+    }
+
+    fn accumulate(&self, grads: &mut [Option<B::Tensor>], v: Var, g: B::Tensor) -> Result<()> {
+        match &mut grads[v.0] {
+            Some(acc) => self.b.add_assign(acc, &g),
+            slot => {
+                *slot = Some(g);
+                Ok(())
+            }
+        }
+    }
+
+    fn loss_backward(&self, i: usize, grads: &mut [Option<B::Tensor>]) -> Result<()> {
+        let Node::CrossEntropy {
+            logits,
+            targets,
+            scale,
+        } = self.entries[i].node
+        else {
+            unreachable!("called for cross-entropy nodes only");
+        };
+        let mut dz = self.zeros_like(logits)?;
+        let op = CrossEntropy { grad: true, scale };
+        let ins = [self.value(logits)?, self.value(targets)?];
+        self.b.apply(&op, None, &ins, &mut dz)?;
+        self.accumulate(grads, logits, dz)
+    }
+
+    fn node_backward(
+        &self,
+        i: usize,
+        dy: &B::Tensor,
+        grads: &mut [Option<B::Tensor>],
+    ) -> Result<()> {
+        let b = self.b;
+        match self.entries[i].node {
+            Node::Leaf => Ok(()),
+            Node::Matmul { x, w } => {
+                if self.needs(x) {
+                    let mut dx = self.zeros_like(x)?;
+                    b.matmul_dx(dy, w, false, &mut dx)?;
+                    self.accumulate(grads, x, dx)?;
+                }
+                Ok(())
+            }
+            Node::Linear { x, w } => {
+                if self.needs(x) {
+                    let mut dx = self.zeros_like(x)?;
+                    let op = MatmulTt {
+                        trans_a: false,
+                        trans_b: false,
+                        accumulate: false,
+                    };
+                    b.matmul_tt(dy, self.value(w)?, op, &mut dx)?;
+                    self.accumulate(grads, x, dx)?;
+                }
+                if self.needs(w) {
+                    let mut dw = self.zeros_like(w)?;
+                    let op = MatmulTt {
+                        trans_a: true,
+                        trans_b: false,
+                        accumulate: false,
+                    };
+                    b.matmul_tt(dy, self.value(x)?, op, &mut dw)?;
+                    self.accumulate(grads, w, dw)?;
+                }
+                Ok(())
+            }
+            Node::RmsNorm { x, w, eps } => {
+                let mut dx = self.zeros_like(x)?;
+                let op = RmsNormBwd {
+                    eps,
+                    accumulate: false,
+                };
+                b.apply(&op, Some(w), &[self.value(x)?, dy], &mut dx)?;
+                self.accumulate(grads, x, dx)
+            }
+            Node::Rope { x, neg_freq, p } => {
+                let mut dx = self.clone_tensor(dy)?;
+                b.rope(&mut dx, neg_freq, &self.rows, &p)?;
+                self.accumulate(grads, x, dx)
+            }
+            Node::Attention { q, k, v, p } => {
+                let ins = [self.value(q)?, self.value(k)?, self.value(v)?, dy];
+                for (var, wrt) in [(q, Wrt::Q), (k, Wrt::K), (v, Wrt::V)] {
+                    if !self.needs(var) {
+                        continue;
+                    }
+                    let mut d = self.zeros_like(var)?;
+                    let op = AttentionBwd {
+                        n_heads: p.n_heads,
+                        n_kv_heads: p.n_kv_heads,
+                        head_dim: p.head_dim,
+                        scale: p.scale,
+                        window: p.window,
+                        wrt,
+                        accumulate: false,
+                    };
+                    b.apply(&op, None, &ins, &mut d)?;
+                    self.accumulate(grads, var, d)?;
+                }
+                Ok(())
+            }
+            Node::SiluMul { gate, up } | Node::GeluMul { gate, up } => {
+                let silu = matches!(self.entries[i].node, Node::SiluMul { .. });
+                let ins = [self.value(gate)?, self.value(up)?, dy];
+                for (var, wrt_up) in [(gate, false), (up, true)] {
+                    if !self.needs(var) {
+                        continue;
+                    }
+                    let mut d = self.zeros_like(var)?;
+                    let accumulate = false;
+                    if silu {
+                        b.apply(&SiluMulBwd { wrt_up, accumulate }, None, &ins, &mut d)?;
+                    } else {
+                        b.apply(&GeluMulBwd { wrt_up, accumulate }, None, &ins, &mut d)?;
+                    }
+                    self.accumulate(grads, var, d)?;
+                }
+                Ok(())
+            }
+            Node::Add { a, b: c } => {
+                for var in [a, c] {
+                    if self.needs(var) {
+                        let d = self.clone_tensor(dy)?;
+                        self.accumulate(grads, var, d)?;
+                    }
+                }
+                Ok(())
+            }
+            Node::Scale { x, s } => {
+                let mut dx = self.clone_tensor(dy)?;
+                b.scale(&mut dx, s)?;
+                self.accumulate(grads, x, dx)
+            }
+            Node::Mul { x, m } => {
+                let mut dx = self.zeros_like(x)?;
+                b.apply(&Elementwise::Mul, None, &[dy, self.value(m)?], &mut dx)?;
+                self.accumulate(grads, x, dx)
+            }
+            Node::CrossEntropy { .. } => unreachable!("seeded by loss_backward"),
+        }
+    }
+}
