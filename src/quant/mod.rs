@@ -8,6 +8,8 @@ mod bf16;
 mod f16;
 mod f32;
 mod ksearch;
+#[cfg(target_arch = "x86_64")]
+mod ksearch_avx2;
 mod q4_0;
 mod q4_1;
 mod q4_k;
@@ -45,6 +47,17 @@ pub trait BlockFormat {
     const BLOCK_BYTES: usize;
     /// `block.len() == BLOCK_BYTES`, `out.len() == BLOCK_ELEMS`.
     fn dequantize_block(block: &[u8], out: &mut [f32]);
+    /// Dequantizes whole blocks, `src.len() / BLOCK_BYTES` of them, into `dst`: block after
+    /// block by default; formats whose blocks are single values override it to convert many
+    /// at once.
+    fn dequantize_blocks(src: &[u8], dst: &mut [f32]) {
+        for (block, out) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(Self::BLOCK_ELEMS))
+        {
+            Self::dequantize_block(block, out);
+        }
+    }
     /// The reference quantizer (ggml's `quantize_row_*_ref`: the same rounding, and for the
     /// K-quants the same scale search), or `None` for a format Hearth cannot produce.
     fn quantize_block(_x: &[f32], _out: &mut [u8]) -> Option<()> {
@@ -252,12 +265,7 @@ impl QuantType {
     pub fn dequantize_row(self, src: &[u8], dst: &mut [f32]) {
         with_format!(self, B => {
             debug_assert_eq!(Some(src.len()), self.row_bytes(dst.len()));
-            for (block, out) in src
-                .chunks_exact(B::BLOCK_BYTES)
-                .zip(dst.chunks_exact_mut(B::BLOCK_ELEMS))
-            {
-                B::dequantize_block(block, out);
-            }
+            B::dequantize_blocks(src, dst)
         })
     }
 
