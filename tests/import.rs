@@ -332,7 +332,7 @@ fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
     assert_eq!(files_in(&out_dir), Vec::<String>::new());
     assert!(!files_in(&src)
         .iter()
-        .any(|f| f.ends_with(".gguf") || f.starts_with(".tmp")));
+        .any(|f| f.ends_with(".gguf") || f.contains(".partial-")));
 }
 
 /// Through the CLI: an import prints its summary and exits 0; a bad one exits non-zero with
