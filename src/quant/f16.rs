@@ -44,8 +44,8 @@ unsafe fn dequantize_f16c(src: &[u8], dst: &mut [f32]) {
         _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
         i += 8;
     }
-    for k in i..n {
-        dst[k] = super::util::f16_at_f16c(src, 2 * k);
+    for (k, d) in dst[..n].iter_mut().enumerate().skip(i) {
+        *d = super::util::f16_at_f16c(src, 2 * k);
     }
 }
 
