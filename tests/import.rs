@@ -332,7 +332,7 @@ fn bad_checkpoints_are_clear_errors_and_leave_no_file() {
     assert_eq!(files_in(&out_dir), Vec::<String>::new());
     assert!(!files_in(&src)
         .iter()
-        .any(|f| f.ends_with(".gguf") || f.starts_with(".tmp")));
+        .any(|f| f.ends_with(".gguf") || f.contains(".partial-")));
 }
 
 /// Through the CLI: an import prints its summary and exits 0; a bad one exits non-zero with
@@ -375,4 +375,56 @@ fn quantize_imports_a_checkpoint_folder_through_the_cli() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("tokenizer.json"), "{stderr}");
     assert!(!bad_out.exists());
+}
+
+/// A checkpoint whose `model.safetensors` has `name` replaced by the same bytes in `shape`
+/// (or by its first rows only, when `shape` holds fewer values).
+fn with_tensor_shape(dir: &Path, name: &str, shape: &[usize]) -> PathBuf {
+    use safetensors::tensor::{serialize, SafeTensors, TensorView};
+    let src = copy_checkpoint("tiny-llama", dir);
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, TensorView)> = Vec::new();
+    for (n, v) in st.tensors() {
+        let v = if n == name {
+            let size = v.data().len() / v.shape().iter().product::<usize>();
+            let n_bytes = shape.iter().product::<usize>() * size;
+            TensorView::new(v.dtype(), shape.to_vec(), &v.data()[..n_bytes]).unwrap()
+        } else {
+            v
+        };
+        views.push((n, v));
+    }
+    let out = serialize(views, None).unwrap();
+    std::fs::write(src.join("model.safetensors"), out).unwrap();
+    src
+}
+
+/// Part 7 of issue 10, an unsupported tensor shape: a weight with three dimensions, and a
+/// projection with fewer rows than config.json implies, are each a clear error naming the
+/// tensor, and no file is left.
+#[test]
+fn issue_10_tensors_of_unsupported_shapes_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("model.gguf");
+    let name = "model.layers.0.self_attn.q_proj.weight";
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(data("import/tiny-llama/config.json")).unwrap(),
+    )
+    .unwrap();
+    let hidden = config["hidden_size"].as_u64().unwrap() as usize;
+    for (case, shape) in [
+        ("3-D", vec![hidden, hidden / 2, 2]),
+        ("short", vec![hidden - 2, hidden]),
+    ] {
+        let sub = dir.path().join(case);
+        std::fs::create_dir(&sub).unwrap();
+        let src = with_tensor_shape(&sub, name, &shape);
+        let e = import_err(&src, &out);
+        eprintln!("{case}: {e}");
+        assert!(e.contains(name) || e.contains("attn_q"), "{case}: {e}");
+        assert_eq!(files_in(&out_dir), Vec::<String>::new(), "{case}");
+    }
 }

@@ -1,4 +1,5 @@
-//! Kill tests for the store (issue 14): `hearth create` is SIGKILLed at many points of its
+//! Kill tests for the store (issue 14) and for quantization (issue 10): `hearth create`,
+//! `pull`, `quantize` and `load --quantize` are SIGKILLed at many points of their
 //! work, and after every kill the store is consistent: every manifest names only complete
 //! blobs whose bytes hash to their names, `hearth list` works, the next start removes the
 //! temp files, and the next `create` completes.
@@ -306,4 +307,132 @@ fn issue_14_a_killed_pull_never_leaves_the_store_inconsistent() {
     let loaded = store.load(&"killtest".parse().unwrap()).unwrap();
     assert_eq!(std::fs::read(&loaded.model_path).unwrap(), gguf);
     eprintln!("{killed} kills in {attempts} pulls (one pull: {full:?})");
+}
+
+/// Runs `command` once to time it, then starts it again and SIGKILLs it at fractions of that
+/// time stepping across the run until `KILL_POINTS` kills have landed mid-run, calling
+/// `check` after every kill.
+fn kill_repeatedly(mut command: impl FnMut() -> std::process::Child, mut check: impl FnMut()) {
+    let t0 = Instant::now();
+    assert!(command().wait().unwrap().success());
+    let full = t0.elapsed();
+    let (mut killed, mut attempts) = (0, 0);
+    while killed < KILL_POINTS {
+        attempts += 1;
+        assert!(
+            attempts < 8 * KILL_POINTS,
+            "only {killed} kills landed in {attempts} tries"
+        );
+        let frac = (attempts * 7 % 64) as f64 / 64.0;
+        let mut child = command();
+        std::thread::sleep(full.mul_f64(frac));
+        let exited = child.try_wait().unwrap().is_some();
+        child.kill().ok(); // SIGKILL
+        let status = child.wait().unwrap();
+        if !exited && !status.success() {
+            killed += 1;
+        }
+        check();
+    }
+    eprintln!("{killed} kills in {attempts} runs (one run: {full:?})");
+}
+
+/// `hearth quantize IN OUT` killed at any moment leaves OUT absent or complete (the bytes of
+/// an uninterrupted run), never half a file; the killed run's temp file is the only one
+/// left (each run removes those of the dead runs before it), and the next run leaves none.
+#[test]
+fn issue_10_a_killed_quantize_never_leaves_a_half_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let gguf = big_gguf(dir.path());
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("q.gguf");
+    let quantize = || {
+        let _ = std::fs::remove_file(&out);
+        hearth(&models)
+            .args(["quantize", gguf.to_str().unwrap(), out.to_str().unwrap()])
+            .args(["--type", "q4_k_m"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let temp_files = || {
+        std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".q.gguf.partial-"))
+            .count()
+    };
+    assert!(quantize().wait().unwrap().success());
+    let whole = std::fs::read(&out).unwrap();
+    let (mut n_complete, mut n_absent) = (0, 0);
+    kill_repeatedly(quantize, || {
+        match std::fs::read(&out) {
+            Ok(bytes) => {
+                assert!(bytes == whole, "a killed quantize left a different q.gguf");
+                n_complete += 1;
+            }
+            Err(_) => n_absent += 1,
+        }
+        let names: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+        assert!(temp_files() <= 1, "{} entries: {names:?}", names.len());
+    });
+    eprintln!("after the kills: q.gguf complete {n_complete} times, absent {n_absent} times");
+    assert!(n_absent > 0);
+    assert!(quantize().wait().unwrap().success());
+    assert_eq!(std::fs::read(&out).unwrap(), whole);
+    assert_eq!(
+        temp_files(),
+        0,
+        "the last run did not remove the dead runs' temp files"
+    );
+}
+
+/// `hearth load MODEL --quantize TYPE` killed at any moment leaves the store consistent
+/// (every manifest's blobs complete, temp files gone at the next start); the variant is
+/// either absent or complete, and a run left alone then writes it.
+#[test]
+fn issue_10_a_killed_load_quantize_never_leaves_the_store_inconsistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let gguf = big_gguf(dir.path());
+    let modelfile = dir.path().join("Modelfile");
+    std::fs::write(&modelfile, format!("FROM {}\n", gguf.display())).unwrap();
+    let o = hearth(&models)
+        .args(["create", "base", "-f", modelfile.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let load = || {
+        let _ = hearth(&models).args(["rm", "base:int8"]).output();
+        hearth(&models)
+            .args(["load", "base", "--quantize", "int8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut n_present = 0;
+    kill_repeatedly(load, || {
+        wait_for_writers(&models);
+        assert_consistent(&models);
+        let o = hearth(&models)
+            .args(["show", "base:int8"])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            assert!(String::from_utf8_lossy(&o.stdout).contains("Q8_0"));
+            n_present += 1;
+        }
+    });
+    eprintln!("base:int8 complete after {n_present} of the kills");
+    assert!(load().wait().unwrap().success());
+    assert_consistent(&models);
+    let o = hearth(&models)
+        .args(["show", "base:int8"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }

@@ -254,6 +254,40 @@ fn perplexity_cli_json_and_errors() {
     assert_eq!(v["kld_mean"].as_f64(), Some(0.0));
     assert_eq!(v["top1_agreement"].as_f64(), Some(1.0));
     assert!(v["kld_p99"].is_number());
+    // The same chunks on the GPU (lavapipe in CI) and on the CPU in f32: the same
+    // perplexity up to float rounding.
+    let ppl_on = |device: &[&str]| {
+        let mut args = vec![
+            "perplexity",
+            nano,
+            text_path,
+            "--ctx",
+            "64",
+            "--chunks",
+            "3",
+        ];
+        args.push("--json");
+        args.extend_from_slice(device);
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let v: Option<Value> = serde_json::from_slice(&o.stdout).ok();
+        (o.status.success(), v, err)
+    };
+    let (ok, cpu, err) = ppl_on(&["--device", "cpu", "--exact"]);
+    assert!(ok, "{err}");
+    let cpu = cpu.unwrap();
+    assert_eq!(cpu["device"], "cpu");
+    match ppl_on(&["--device", "gpu"]) {
+        (true, Some(gpu), _) => {
+            assert_eq!(gpu["device"], "gpu");
+            let (g, c) = (gpu["ppl"].as_f64().unwrap(), cpu["ppl"].as_f64().unwrap());
+            assert!((g / c - 1.0).abs() < 1e-3, "GPU {g} vs CPU {c}");
+        }
+        (_, _, err) if err.contains("no GPU adapter found") => {
+            eprintln!("skipped the GPU run: {err}")
+        }
+        (_, _, err) => panic!("perplexity --device gpu failed: {err}"),
+    }
     for (args, want) in [
         (
             vec!["perplexity", nano, text_path, "--ctx", "100000"],

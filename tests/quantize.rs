@@ -166,6 +166,23 @@ fn bad_requests_are_clear_errors_and_leave_no_file() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("missing.gguf"), "{e}");
+    // Outputs that cannot be written: under a "folder" that is a file, and (Linux) in a
+    // folder no one may create files in, not even root.
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let e = quantize::quantize_file(&copy, &not_a_dir.join("o.gguf"), Target::Q8_0, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("file"), "{e}");
+    std::fs::remove_file(&not_a_dir).unwrap();
+    #[cfg(target_os = "linux")]
+    {
+        let out = std::path::Path::new("/proc/self/o.gguf");
+        let e = quantize::quantize_file(&copy, out, Target::Q8_0, |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/proc/self"), "{e}");
+    }
     // Nothing but the copy was left behind (no temp files either).
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()

@@ -1,7 +1,7 @@
 //! `hearth perplexity MODEL FILE`: perplexity of MODEL on a text file by llama-perplexity's
-//! method (see `hearth::perplexity`), with KL divergence against `--kl-base`. Runs on the CPU
-//! with the default backend (8-bit activations and an f16 cache, as llama.cpp computes), or
-//! `--exact` (f32 activations and cache).
+//! method (see `hearth::perplexity`), with KL divergence against `--kl-base`. Runs on any
+//! device (`--device`, as `run`): by default the CPU with 8-bit activations and an f16 cache,
+//! as llama.cpp computes; `--exact` keeps activations and cache in f32.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,20 +9,21 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use hearth::backend::cpu::CpuBackend;
-use hearth::backend::KvType;
+use hearth::backend::{Backend, KvType};
+use hearth::engine::{Device, LoadOptions, WithBackend};
 use hearth::gguf::GgufFile;
 use hearth::model::{Arch, Model};
 use hearth::perplexity::{self, Report};
 use hearth::tokenizer::Tokenizer;
 
 use super::quantize::model_path;
-use super::Globals;
+use super::{Globals, PlacementArgs};
 
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
     hearth perplexity smollm2 genesis.txt --ctx 512 --chunks 20\n  \
-    hearth perplexity smollm2:int4 genesis.txt --kl-base smollm2:f16 --json")]
+    hearth perplexity smollm2:int4 genesis.txt --kl-base smollm2:f16 --json\n  \
+    hearth perplexity smollm2 genesis.txt --device gpu")]
 pub struct PerplexityArgs {
     /// A model in the store, or a GGUF file
     model: String,
@@ -40,9 +41,8 @@ pub struct PerplexityArgs {
     /// Print one JSON object (ppl, ppl_stderr, and kld_mean, kld_p99, top1_agreement with --kl-base)
     #[arg(long)]
     json: bool,
-    /// f32 activations and KV cache (slower; the default quantizes activations to 8 bits)
-    #[arg(long)]
-    exact: bool,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 pub struct PerplexityCommand {
@@ -52,11 +52,17 @@ pub struct PerplexityCommand {
     n_ctx: usize,
     chunks: Option<usize>,
     json: bool,
-    exact: bool,
+    /// Device, threads, exactness; the KV cache is f32 with `--exact`.
+    load: LoadOptions,
 }
 
 impl PerplexityArgs {
     pub fn resolve(self, globals: &Globals) -> Result<PerplexityCommand> {
+        let mut load = self.placement.resolve(globals)?;
+        load.device = load.device.resolve();
+        if load.exact {
+            load.kv_type = KvType::F32;
+        }
         let text = std::fs::read_to_string(&self.file)
             .with_context(|| format!("cannot read the text file {}", self.file.display()))?;
         Ok(PerplexityCommand {
@@ -70,12 +76,12 @@ impl PerplexityArgs {
             n_ctx: self.n_ctx,
             chunks: self.chunks,
             json: self.json,
-            exact: self.exact,
+            load,
         })
     }
 }
 
-fn load(backend: &CpuBackend, path: &PathBuf) -> Result<(GgufFile, Model<CpuBackend>)> {
+fn load<B: Backend>(backend: &B, path: &PathBuf) -> hearth::Result<(GgufFile, Model<B>)> {
     let f = GgufFile::open(path)?;
     let spec = Arch::from_gguf(&f)?.spec(&f)?;
     let model = Model::load(backend, &f, spec)?;
@@ -83,47 +89,55 @@ fn load(backend: &CpuBackend, path: &PathBuf) -> Result<(GgufFile, Model<CpuBack
 }
 
 pub fn execute(cmd: PerplexityCommand) -> Result<()> {
-    let (backend, kv_type) = match cmd.exact {
-        true => (CpuBackend::exact(), KvType::F32),
-        false => (CpuBackend::new(), KvType::F16),
-    };
-    let (gguf, model) = load(&backend, &cmd.model)?;
-    let tokenizer = Tokenizer::from_gguf(&gguf)?;
-    let base = match &cmd.kl_base {
-        Some(p) => Some(load(&backend, p)?.1),
-        None => None,
-    };
-    let ids = tokenizer.encode(&cmd.text, tokenizer.add_bos())?;
-    let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos());
-    let chunks = perplexity::chunks(&ids, cmd.n_ctx, cmd.chunks, bos)?;
-    if cmd.n_ctx > model.config.n_ctx_train.max(1) {
-        eprintln!(
-            "note: --ctx {} is longer than the model's training context {}",
-            cmd.n_ctx, model.config.n_ctx_train
-        );
-    }
-    let bar = super::progress::count_bar("perplexity", chunks.len() as u64);
-    let start = Instant::now();
-    let report = perplexity::evaluate(
-        &backend,
-        &model,
-        base.as_ref(),
-        &chunks,
-        kv_type,
-        |done, _, r| {
-            bar.set_position(done as u64);
-            let secs = start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "PPL {:.4} ({:.0} tokens/s)",
-                r.ppl,
-                (done * cmd.n_ctx) as f64 / secs
-            ));
-        },
-    )?;
-    bar.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
-    print_report(&report, &cmd, ids.len(), secs);
+    let (report, n_text_tokens, secs) = Device::open(&cmd.load, Evaluate(&cmd))?;
+    print_report(&report, &cmd, n_text_tokens, secs);
     Ok(())
+}
+
+/// The evaluation on whichever backend the device gives: (report, tokens in the text,
+/// seconds spent evaluating).
+struct Evaluate<'a>(&'a PerplexityCommand);
+
+impl WithBackend for Evaluate<'_> {
+    type Output = (Report, usize, f64);
+    fn run<B: Backend + 'static>(self, backend: B) -> hearth::Result<Self::Output> {
+        let cmd = self.0;
+        let (gguf, model) = load(&backend, &cmd.model)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let base = match &cmd.kl_base {
+            Some(p) => Some(load(&backend, p)?.1),
+            None => None,
+        };
+        let ids = tokenizer.encode(&cmd.text, tokenizer.add_bos())?;
+        let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos());
+        let chunks = perplexity::chunks(&ids, cmd.n_ctx, cmd.chunks, bos)?;
+        if cmd.n_ctx > model.config.n_ctx_train.max(1) {
+            eprintln!(
+                "note: --ctx {} is longer than the model's training context {}",
+                cmd.n_ctx, model.config.n_ctx_train
+            );
+        }
+        let bar = super::progress::count_bar("perplexity", chunks.len() as u64);
+        let start = Instant::now();
+        let report = perplexity::evaluate(
+            &backend,
+            &model,
+            base.as_ref(),
+            &chunks,
+            cmd.load.kv_type,
+            |done, _, r| {
+                bar.set_position(done as u64);
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "PPL {:.4} ({:.0} tokens/s)",
+                    r.ppl,
+                    (done * cmd.n_ctx) as f64 / secs
+                ));
+            },
+        )?;
+        bar.finish_and_clear();
+        Ok((report, ids.len(), start.elapsed().as_secs_f64()))
+    }
 }
 
 fn print_report(r: &Report, cmd: &PerplexityCommand, n_text_tokens: usize, secs: f64) {
@@ -139,7 +153,8 @@ fn print_report(r: &Report, cmd: &PerplexityCommand, n_text_tokens: usize, secs:
             "n_text_tokens": n_text_tokens,
             "seconds": secs,
             "tokens_per_second": tokens_per_s,
-            "exact": cmd.exact,
+            "exact": cmd.load.exact,
+            "device": device_name(cmd.load.device),
         });
         if let Some(kl) = &r.kl {
             v["kld_mean"] = kl.kld_mean.into();
@@ -160,5 +175,13 @@ fn print_report(r: &Report, cmd: &PerplexityCommand, n_text_tokens: usize, secs:
             kl.kld_p99,
             100.0 * kl.top1_agreement
         );
+    }
+}
+
+fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu | Device::Auto => "cpu".into(),
+        Device::Gpu(None) => "gpu".into(),
+        Device::Gpu(Some(n)) => format!("gpu:{n}"),
     }
 }

@@ -1,6 +1,8 @@
 //! The GGUF writer: collects metadata and tensors, then writes a version 3 file that the reader
 //! and the Python `gguf` package read back identically. Files are written atomically (temp
-//! file, fsync, rename), so a killed writer never leaves a half file under the final name.
+//! file, fsync, rename), so a killed writer never leaves a half file under the final name;
+//! its temp file (`.NAME.partial-*`, locked while written) is removed by the next write to
+//! the same path.
 
 use std::io::Write;
 use std::path::Path;
@@ -189,11 +191,7 @@ impl GgufWriter {
                 msg: format!("dimensions {:?} are not whole {} blocks", t.dims, t.qtype),
             })?);
         }
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+        let tmp = temp_beside(path)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp);
         let io = |e| Error::io(path, e);
         let mut pos = {
@@ -247,15 +245,58 @@ impl TensorHeader {
 
 /// Writes `bytes` to `path` through a fsynced temp file in the same directory and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = temp_beside(path)?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
+}
+
+/// The prefix of `path`'s temp files: `.NAME.partial-`.
+pub fn partial_prefix(path: &Path) -> String {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    format!(".{name}.partial-")
+}
+
+/// A new temp file beside `path` (`.NAME.partial-XXXXXX`), exclusively locked (`flock`) for
+/// as long as it is open, after removing the temp files of earlier writers of `path` that
+/// died: those whose lock anyone can take. A kill (SIGKILL, power loss) skips the cleanup
+/// that dropping the temp file does, so without this every killed conversion would leave a
+/// hidden file as large as the model. A live writer keeps its lock; the only race is the
+/// instant between another writer creating its file and locking it, which makes that
+/// writer's final rename fail with an error, never a wrong file.
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = partial_prefix(path);
+    remove_stale_partials(dir, &prefix);
+    let tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tmp.as_file().lock().map_err(|e| Error::io(tmp.path(), e))?;
+    Ok(tmp)
+}
+
+/// Removes the files in `dir` named `prefix*` that no live process holds locked. Best
+/// effort: a file that cannot be opened or removed stays.
+fn remove_stale_partials(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn pad(out: &mut Vec<u8>, alignment: u64) {

@@ -4,7 +4,7 @@
 //! arithmetic keeps ggml's order so the chosen scales follow the same search.
 
 /// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this is all zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Round to nearest, ties to even, with ggml's `nearest_int` trick for |x| ≤ 4194303: adding
 /// 1.5·2^23 lets the FPU's rounding do the work, and the integer sits in the low mantissa
@@ -162,34 +162,15 @@ pub fn quantize_k4_superblock(
     nstep: i32,
 ) -> (f32, f32, [u8; 12], [u8; 256]) {
     let mut l = [0u8; 256];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
+    let (scales, mins) = qkx2_sub_blocks(x, nmax, rmin, nstep, &mut l);
     let mut max_scale = 0f32;
     let mut max_min = 0f32;
-    let mut weights = [0f32; 32];
     for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
-        let sum_x2: f32 = xs.iter().fold(0f32, |s, v| s + v * v);
-        let av_x = (sum_x2 / 32.0).sqrt();
-        for (w, v) in weights.iter_mut().zip(xs) {
-            *w = av_x + v.abs();
+        if scales[j] > max_scale {
+            max_scale = scales[j];
         }
-        let (s, m) = make_qkx2_quants(
-            nmax,
-            xs,
-            &weights,
-            &mut l[32 * j..32 * j + 32],
-            rmin,
-            0.1,
-            nstep,
-        );
-        scales[j] = s;
-        mins[j] = m;
-        if s > max_scale {
-            max_scale = s;
-        }
-        if m > max_min {
-            max_min = m;
+        if mins[j] > max_min {
+            max_min = mins[j];
         }
     }
     let inv_scale = if max_scale > 0.0 {
@@ -228,6 +209,86 @@ pub fn quantize_k4_superblock(
     (max_scale / 63.0, max_min / 63.0, packed, l)
 }
 
+/// The eight sub-block searches of a Q4_K/Q5_K super-block: `make_qkx2_quants` with weights
+/// `rms + |x|` on each 32 values, writing their levels to `l`; returns `(scales, mins)`. Runs
+/// the eight as AVX lanes where the CPU has AVX2 (bit-identical, tested below).
+pub fn qkx2_sub_blocks(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    l: &mut [u8; 256],
+) -> ([f32; 8], [f32; 8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::util::has_avx2_fma() {
+        // SAFETY: AVX2 checked on the line above.
+        return unsafe { super::ksearch_avx2::qkx2_x8(x, nmax, rmin, nstep, l) };
+    }
+    qkx2_sub_blocks_ref(x, nmax, rmin, nstep, l)
+}
+
+/// `qkx2_sub_blocks` one sub-block after another: the reference.
+fn qkx2_sub_blocks_ref(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    l: &mut [u8; 256],
+) -> ([f32; 8], [f32; 8]) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let mut weights = [0f32; 32];
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let sum_x2: f32 = xs.iter().fold(0f32, |s, v| s + v * v);
+        let av_x = (sum_x2 / 32.0).sqrt();
+        for (w, v) in weights.iter_mut().zip(xs) {
+            *w = av_x + v.abs();
+        }
+        (scales[j], mins[j]) = make_qkx2_quants(
+            nmax,
+            xs,
+            &weights,
+            &mut l[32 * j..32 * j + 32],
+            rmin,
+            0.1,
+            nstep,
+        );
+    }
+    (scales, mins)
+}
+
+/// Q6_K's sixteen sub-block searches: `make_qx_quants` on each 16 values of the super-block
+/// `x`, writing their levels to `l`; returns the scales. AVX lanes, eight sub-blocks at a time,
+/// where the CPU has AVX2 (bit-identical, tested below).
+pub fn qx_sub_blocks(nmax: i32, x: &[f32], l: &mut [u8; 256]) -> [f32; 16] {
+    let mut scales = [0f32; 16];
+    #[cfg(target_arch = "x86_64")]
+    if super::util::has_avx2_fma() {
+        for h in 0..2 {
+            // SAFETY: AVX2 checked above.
+            let s = unsafe {
+                super::ksearch_avx2::qx_x8(nmax, &x[128 * h..128 * h + 128], &mut l[128 * h..])
+            };
+            scales[8 * h..8 * h + 8].copy_from_slice(&s);
+        }
+        return scales;
+    }
+    qx_sub_blocks_ref(nmax, x, l, &mut scales);
+    scales
+}
+
+/// `qx_sub_blocks` one sub-block after another: the reference.
+fn qx_sub_blocks_ref(nmax: i32, x: &[f32], l: &mut [u8; 256], scales: &mut [f32; 16]) {
+    for (ib, s) in scales.iter_mut().enumerate() {
+        *s = make_qx_quants(
+            nmax,
+            &x[16 * ib..16 * ib + 16],
+            &mut l[16 * ib..16 * ib + 16],
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,5 +315,78 @@ mod tests {
         assert_eq!(nearest_int(1e10), i32::MAX);
         assert_eq!(nearest_int(-1e10), i32::MIN);
         assert_eq!(nearest_int(f32::NAN), 0);
+    }
+
+    /// Super-blocks that exercise every branch of the searches: random values at several
+    /// magnitudes, flat sub-blocks (zero, negative, positive), a lone spike, exact ties,
+    /// values below the all-zero threshold, and NaN/infinity (which must not panic).
+    fn test_superblocks() -> Vec<Vec<f32>> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let mut blocks = Vec::new();
+        for scale in [1e-6f32, 0.02, 1.0, 300.0] {
+            for _ in 0..40 {
+                blocks.push((0..256).map(|_| scale * rand()).collect::<Vec<f32>>());
+            }
+        }
+        let specials: [fn(usize) -> f32; 9] = [
+            |_| 0.0,
+            |_| -3.0,
+            |_| 2.5,
+            |i| if i % 32 == 7 { 4.0 } else { 0.0 },
+            |i| (i % 5) as f32 * 0.5 - 1.0,
+            |i| (i % 3) as f32 * 1e-17,
+            |i| if i == 40 { f32::NAN } else { i as f32 },
+            |i| if i == 3 { f32::INFINITY } else { -(i as f32) },
+            |i| if i % 16 == 0 { -0.0 } else { 0.0 },
+        ];
+        for f in specials {
+            blocks.push((0..256).map(f).collect());
+            // The special pattern in some sub-blocks only, random values in the others.
+            blocks.push(
+                (0..256)
+                    .map(|i| if (i / 16) % 3 == 0 { f(i) } else { rand() })
+                    .collect(),
+            );
+        }
+        blocks
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.iter()
+            .zip(b)
+            .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+    }
+
+    /// The AVX lanes choose the reference's scales, mins and levels, bit for bit.
+    #[test]
+    fn lane_searches_equal_the_reference() {
+        if !super::super::util::has_avx2_fma() {
+            eprintln!("skipped: this CPU has no AVX2");
+            return;
+        }
+        for (k, x) in test_superblocks().iter().enumerate() {
+            for (nmax, rmin, nstep) in [(15, -1.0, 20), (31, -0.5, 15)] {
+                let (mut l_ref, mut l) = ([0u8; 256], [0u8; 256]);
+                let want = qkx2_sub_blocks_ref(x, nmax, rmin, nstep, &mut l_ref);
+                let got = qkx2_sub_blocks(x, nmax, rmin, nstep, &mut l);
+                assert!(
+                    same_bits(&want.0, &got.0) && same_bits(&want.1, &got.1),
+                    "block {k}, nmax {nmax}: {want:?} vs {got:?}"
+                );
+                assert_eq!(l_ref, l, "block {k}, nmax {nmax}");
+            }
+            let (mut l_ref, mut l) = ([0u8; 256], [0u8; 256]);
+            let mut want = [0f32; 16];
+            qx_sub_blocks_ref(32, x, &mut l_ref, &mut want);
+            let got = qx_sub_blocks(32, x, &mut l);
+            assert!(same_bits(&want, &got), "block {k}: {want:?} vs {got:?}");
+            assert_eq!(l_ref, l, "block {k}");
+        }
     }
 }

@@ -8,6 +8,8 @@ mod bf16;
 mod f16;
 mod f32;
 mod ksearch;
+#[cfg(target_arch = "x86_64")]
+mod ksearch_avx2;
 mod q4_0;
 mod q4_1;
 mod q4_k;
@@ -45,10 +47,33 @@ pub trait BlockFormat {
     const BLOCK_BYTES: usize;
     /// `block.len() == BLOCK_BYTES`, `out.len() == BLOCK_ELEMS`.
     fn dequantize_block(block: &[u8], out: &mut [f32]);
+    /// Dequantizes whole blocks, `src.len() / BLOCK_BYTES` of them, into `dst`: block after
+    /// block by default; formats whose blocks are single values override it to convert many
+    /// at once.
+    fn dequantize_blocks(src: &[u8], dst: &mut [f32]) {
+        for (block, out) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(Self::BLOCK_ELEMS))
+        {
+            Self::dequantize_block(block, out);
+        }
+    }
     /// The reference quantizer (ggml's `quantize_row_*_ref`: the same rounding, and for the
     /// K-quants the same scale search), or `None` for a format Hearth cannot produce.
     fn quantize_block(_x: &[f32], _out: &mut [u8]) -> Option<()> {
         None
+    }
+    /// Quantizes whole blocks, `x.len() / BLOCK_ELEMS` of them, into `out`: block after block
+    /// by default; formats with a SIMD quantizer override it (bit-identical to
+    /// `quantize_block`, which the tests check).
+    fn quantize_blocks(x: &[f32], out: &mut [u8]) -> Option<()> {
+        for (x, out) in x
+            .chunks_exact(Self::BLOCK_ELEMS)
+            .zip(out.chunks_exact_mut(Self::BLOCK_BYTES))
+        {
+            Self::quantize_block(x, out)?;
+        }
+        Some(())
     }
     /// `row · x` for a row of whole blocks without dequantizing the row first: the portable
     /// path (the default is the reference; some formats have a faster scalar loop).
@@ -252,12 +277,7 @@ impl QuantType {
     pub fn dequantize_row(self, src: &[u8], dst: &mut [f32]) {
         with_format!(self, B => {
             debug_assert_eq!(Some(src.len()), self.row_bytes(dst.len()));
-            for (block, out) in src
-                .chunks_exact(B::BLOCK_BYTES)
-                .zip(dst.chunks_exact_mut(B::BLOCK_ELEMS))
-            {
-                B::dequantize_block(block, out);
-            }
+            B::dequantize_blocks(src, dst)
         })
     }
 
@@ -297,13 +317,7 @@ impl QuantType {
     pub fn quantize_row(self, src: &[f32], dst: &mut [u8]) -> Option<()> {
         with_format!(self, B => {
             debug_assert_eq!(Some(dst.len()), self.row_bytes(src.len()));
-            for (x, out) in src
-                .chunks_exact(B::BLOCK_ELEMS)
-                .zip(dst.chunks_exact_mut(B::BLOCK_BYTES))
-            {
-                B::quantize_block(x, out)?;
-            }
-            Some(())
+            B::quantize_blocks(src, dst)
         })
     }
 }
@@ -415,6 +429,60 @@ mod tests {
                 n_int, 7,
                 "Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K have integer kernels"
             );
+        }
+    }
+
+    /// Every format's `quantize_row` (its SIMD quantizer where it has one) writes the bytes
+    /// of its reference `quantize_block`, on values at many magnitudes with ties, zeros,
+    /// blocks of one sign, huge and tiny values, NaN and infinity.
+    #[test]
+    fn quantize_row_equals_the_reference_block_quantizer() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let n = 256 * 24;
+        let x: Vec<f32> = (0..n)
+            .map(|i| {
+                let block = i / 32;
+                let v = rand();
+                match block % 12 {
+                    0 => 0.0,
+                    1 => v.abs() * 3.0,
+                    2 => -v.abs(),
+                    3 => (i % 7) as f32 * 0.5 - 1.5,
+                    4 => v * 1e-30,
+                    5 => v * 1e30,
+                    6 if i % 32 == 5 => f32::NAN,
+                    7 if i % 32 == 9 => f32::INFINITY,
+                    8 if i % 32 == 0 => -4.0,
+                    8 => (i % 9) as f32 * 0.5 - 2.0,
+                    _ => v * (1 + block % 5) as f32,
+                }
+            })
+            .collect();
+        for t in QuantType::ALL {
+            let bytes = t.row_bytes(n).unwrap();
+            let (mut want, mut got) = (vec![0u8; bytes], vec![0xAAu8; bytes]);
+            with_format!(t, B => {
+                for (xs, out) in x
+                    .chunks_exact(B::BLOCK_ELEMS)
+                    .zip(want.chunks_exact_mut(B::BLOCK_BYTES))
+                {
+                    B::quantize_block(xs, out).unwrap();
+                }
+            });
+            t.quantize_row(&x, &mut got).unwrap();
+            for (b, (g, w)) in got
+                .chunks(t.block_bytes())
+                .zip(want.chunks(t.block_bytes()))
+                .enumerate()
+            {
+                assert_eq!(g, w, "{t}, block {b}");
+            }
         }
     }
 

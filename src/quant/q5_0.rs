@@ -35,10 +35,68 @@ impl BlockFormat for BlockQ5_0 {
         pack_q5(x, q, &mut out[2..22]);
         Some(())
     }
+    fn quantize_blocks(x: &[f32], out: &mut [u8]) -> Option<()> {
+        #[cfg(target_arch = "x86_64")]
+        if super::util::has_avx2_fma() {
+            for (x, out) in x.chunks_exact(32).zip(out.chunks_exact_mut(22)) {
+                // SAFETY: AVX2 checked above.
+                unsafe { quantize_block_avx2(x, out) };
+            }
+            return Some(());
+        }
+        for (x, out) in x.chunks_exact(32).zip(out.chunks_exact_mut(22)) {
+            Self::quantize_block(x, out)?;
+        }
+        Some(())
+    }
     #[cfg(target_arch = "x86_64")]
     const DOT_AVX2: Option<DotKernel> = Some(dot_row_avx2);
     #[cfg(target_arch = "x86_64")]
     const Q8_AVX2: Option<Q8Kernel> = Some(dot_row_q8_avx2);
+}
+
+/// `quantize_block` with 32 values in four registers. The scale is the first value of the
+/// largest magnitude, found from the vector maximum of `|x|`; levels are clamped in f32
+/// before truncation (the same integers as truncating, then clamping, for every input,
+/// NaN included), fifth bits gathered with `movemask`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block_avx2(x: &[f32], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let sign = _mm256_set1_ps(-0.0);
+    let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(x.as_ptr().add(8 * k)));
+    let mut m = _mm256_setzero_ps();
+    for &vk in &v {
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, vk), m);
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    let amax = lanes.iter().fold(0f32, |a, &b| a.max(b));
+    // `signed_absmax` keeps +0 when every value is ±0 and otherwise the first value whose
+    // magnitude is the largest.
+    let max = if amax > 0.0 {
+        x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
+    } else {
+        0.0
+    };
+    let d = max / -16.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    put_f16(out, 0, d);
+    let mut q = [0i32; 32];
+    let mut qh = 0u32;
+    for (k, &vk) in v.iter().enumerate() {
+        let t = _mm256_add_ps(_mm256_mul_ps(vk, id), _mm256_set1_ps(16.5));
+        // max_ps returns its second operand (0) for NaN, as `as i32` gives 0.
+        let t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(31.0));
+        let qi = _mm256_cvttps_epi32(t);
+        _mm256_storeu_si256(q.as_mut_ptr().add(8 * k) as *mut __m256i, qi);
+        let bit4 = _mm256_castsi256_ps(_mm256_slli_epi32::<27>(qi));
+        qh |= (_mm256_movemask_ps(bit4) as u32) << (8 * k);
+    }
+    out[2..6].copy_from_slice(&qh.to_le_bytes());
+    for j in 0..16 {
+        out[6 + j] = ((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)) as u8;
+    }
 }
 
 /// The fifth bits are spread from the u32 into bytes with a shuffle and a bit test (as

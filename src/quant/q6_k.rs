@@ -1,7 +1,7 @@
 //! Q6_K: a 256-value super-block of sixteen 16-value sub-blocks (210 bytes: 128 bytes of low
 //! nibbles, 64 bytes of high 2-bit pairs, 16 i8 scales, f16 d): `x = d * sc * (q - 32)`.
 
-use super::ksearch::{make_qx_quants, nearest_int};
+use super::ksearch::{nearest_int, qx_sub_blocks};
 #[cfg(target_arch = "x86_64")]
 use super::q8act::lane_sums;
 use super::util::{f16_at, put_f16};
@@ -43,10 +43,9 @@ impl BlockFormat for BlockQ6K {
     /// (`make_qx_quants`, weights x²), then 8-bit scales against the largest in magnitude.
     fn quantize_block(x: &[f32], out: &mut [u8]) -> Option<()> {
         let mut l = [0u8; 256];
-        let mut scales = [0f32; 16];
+        let scales = qx_sub_blocks(32, x, &mut l);
         let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-        for (ib, s) in scales.iter_mut().enumerate() {
-            *s = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut l[16 * ib..16 * ib + 16]);
+        for s in &scales {
             if s.abs() > max_abs_scale {
                 max_abs_scale = s.abs();
                 max_scale = *s;

@@ -219,7 +219,7 @@ pub fn execute(
             msg: "not in the input file".into(),
         })?;
         let bytes = src.tensor_bytes(info);
-        convert_tensor(&bytes, t, buf);
+        convert_tensor(&bytes, t, buf)?;
         bytes_in_done += t.bytes_in as u64;
         progress(Progress {
             tensors_done: i + 1,
@@ -231,24 +231,40 @@ pub fn execute(
 }
 
 /// One tensor's data in its new format, appended to `buf`: copied when the format does not
-/// change, else dequantized to f32 and quantized, both row-parallel.
-fn convert_tensor(bytes: &[u8], t: &PlannedTensor, buf: &mut Vec<u8>) {
+/// change, else converted in tasks of about 64k values spread over rayon's threads, each
+/// dequantizing its rows into its own buffer and quantizing them from there (so the tensor is
+/// never whole in f32: less memory, and the values are still in cache when quantized).
+fn convert_tensor(bytes: &[u8], t: &PlannedTensor, buf: &mut Vec<u8>) -> Result<()> {
     use rayon::prelude::*;
     if t.from == t.to {
         buf.extend_from_slice(bytes);
-        return;
+        return Ok(());
     }
     let n_cols = t.dims[0] as usize;
-    let n_rows = t.dims[1..].iter().product::<u64>() as usize;
-    let mut values = vec![0f32; n_cols * n_rows];
-    let row_in = bytes.len() / n_rows.max(1);
-    values
-        .par_chunks_mut(n_cols.max(1))
-        .zip(bytes.par_chunks(row_in.max(1)))
-        .for_each(|(v, b)| t.from.dequantize_row(b, v));
+    let sizes = t.from.row_bytes(n_cols).zip(t.to.row_bytes(n_cols));
+    let Some((row_in, row_out)) = sizes.filter(|&(i, o)| n_cols > 0 && i > 0 && o > 0) else {
+        return Err(Error::Tensor {
+            name: t.name.clone(),
+            msg: format!(
+                "rows of {n_cols} values cannot go from {} to {}",
+                t.from, t.to
+            ),
+        });
+    };
     buf.resize(t.bytes_out, 0);
-    t.to.quantize_rows(&values, n_cols, buf)
-        .expect("every format Hearth reads has a quantizer");
+    let rows_per_task = (65536 / n_cols).max(1);
+    bytes
+        .par_chunks(rows_per_task * row_in)
+        .zip(buf.par_chunks_mut(rows_per_task * row_out))
+        .try_for_each_init(Vec::new, |values: &mut Vec<f32>, (src, dst)| {
+            values.resize(src.len() / row_in * n_cols, 0.0);
+            t.from.dequantize_row(src, values);
+            t.to.quantize_row(values, dst)
+        })
+        .ok_or_else(|| Error::Tensor {
+            name: t.name.clone(),
+            msg: format!("Hearth has no quantizer for {}", t.to),
+        })
 }
 
 /// Checks that `output` is not `input` (which the atomic rename would replace while it is
