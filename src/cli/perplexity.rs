@@ -1,7 +1,7 @@
 //! `hearth perplexity MODEL FILE`: perplexity of MODEL on a text file by llama-perplexity's
 //! method (see `hearth::perplexity`), with KL divergence against `--kl-base`. Runs on the CPU
-//! with the default backend (8-bit activations and an f16 cache, as llama.cpp computes), or
-//! `--exact` (f32 activations and cache).
+//! with the default backend (16-bit activations and an f16 cache), `--activations q8` (8 bits,
+//! as llama.cpp computes), or `--exact` (f32 activations and cache).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use hearth::backend::cpu::CpuBackend;
+use hearth::backend::cpu::{Activations, CpuBackend};
 use hearth::backend::KvType;
 use hearth::gguf::GgufFile;
 use hearth::model::{Arch, Model};
@@ -40,9 +40,13 @@ pub struct PerplexityArgs {
     /// Print one JSON object (ppl, ppl_stderr, and kld_mean, kld_p99, top1_agreement with --kl-base)
     #[arg(long)]
     json: bool,
-    /// f32 activations and KV cache (slower; the default quantizes activations to 8 bits)
-    #[arg(long)]
+    /// f32 activations and KV cache (the default quantizes decode activations to 16 bits)
+    #[arg(long, conflicts_with = "activations")]
     exact: bool,
+    /// Decode activations: q16, q8 or f32, with an f16 cache (default: $HEARTH_ACTIVATIONS,
+    /// else q16)
+    #[arg(long, value_name = "TYPE")]
+    activations: Option<String>,
 }
 
 pub struct PerplexityCommand {
@@ -53,6 +57,7 @@ pub struct PerplexityCommand {
     chunks: Option<usize>,
     json: bool,
     exact: bool,
+    activations: Activations,
 }
 
 impl PerplexityArgs {
@@ -71,6 +76,7 @@ impl PerplexityArgs {
             chunks: self.chunks,
             json: self.json,
             exact: self.exact,
+            activations: super::resolve_activations(self.activations, globals)?,
         })
     }
 }
@@ -85,7 +91,10 @@ fn load(backend: &CpuBackend, path: &PathBuf) -> Result<(GgufFile, Model<CpuBack
 pub fn execute(cmd: PerplexityCommand) -> Result<()> {
     let (backend, kv_type) = match cmd.exact {
         true => (CpuBackend::exact(), KvType::F32),
-        false => (CpuBackend::new(), KvType::F16),
+        false => (
+            CpuBackend::new().with_activations(cmd.activations),
+            KvType::F16,
+        ),
     };
     let (gguf, model) = load(&backend, &cmd.model)?;
     let tokenizer = Tokenizer::from_gguf(&gguf)?;
@@ -140,6 +149,7 @@ fn print_report(r: &Report, cmd: &PerplexityCommand, n_text_tokens: usize, secs:
             "seconds": secs,
             "tokens_per_second": tokens_per_s,
             "exact": cmd.exact,
+            "activations": if cmd.exact { "f32".to_string() } else { cmd.activations.to_string() },
         });
         if let Some(kl) = &r.kl {
             v["kld_mean"] = kl.kld_mean.into();

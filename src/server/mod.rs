@@ -4,8 +4,8 @@
 //! scheduler thread (`scheduler.rs`, continuous batching over the model's `Runner`), and turn
 //! the updates it streams back into NDJSON or SSE. Models load on first use (`models.rs`).
 
-pub mod guard;
 mod embed;
+pub mod guard;
 mod models;
 pub(crate) mod ollama;
 pub(crate) mod openai;

@@ -193,11 +193,7 @@ impl LoadedModel {
     /// Lets the model go and waits (bounded) until its scheduler thread has ended and freed
     /// the engine, which happens once no request holds the model any more.
     fn unload_and_wait(self: Arc<Self>) {
-        let rx = self
-            .exited
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let rx = self.exited.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(self);
         if let Some(rx) = rx {
             let _ = rx.recv_timeout(EXIT_WAIT);
