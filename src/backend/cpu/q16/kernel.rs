@@ -75,8 +75,12 @@ unsafe fn dot_row<U: Unpack16, M: Mac>(row: &[u8], x: &Q16Act) -> f32 {
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * x.d[i]), acc);
             off += cw * x.sum[i];
         } else {
-            let p: [__m256i; 8] =
-                std::array::from_fn(|g| M::dot(U::group(b, g), load_x(xq.add(32 * g))));
+            // A loop, not `array::from_fn`: its closure would not inherit the target features
+            // (see unpack.rs).
+            let mut p = [_mm256_setzero_si256(); 8];
+            for (g, pg) in p.iter_mut().enumerate() {
+                *pg = M::dot(U::group(b, g), load_x(xq.add(32 * g)));
+            }
             let (dw, cw) = U::scales8(b);
             let xd = _mm256_loadu_ps(x.d.as_ptr().add(8 * i));
             let xs = _mm256_loadu_ps(x.sum.as_ptr().add(8 * i));

@@ -5,6 +5,11 @@
 //!
 //! Layouts are ggml's (ggml-common.h), as the scalar dequantizers in `src/quant/` read them;
 //! the tests check every unpack against those dequantizers.
+//!
+//! No closures here or in `kernel.rs`: a closure is not inlined into the caller's
+//! `#[target_feature]` context reliably, and then every intrinsic in it becomes a call (the
+//! first version of the Q6_K unpack ran at half speed that way). Helpers are
+//! `#[inline(always)]` functions instead.
 
 use std::arch::x86_64::*;
 
@@ -33,6 +38,17 @@ pub(super) trait Unpack16 {
 #[inline(always)]
 unsafe fn widen_u8(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i))
+}
+
+#[inline(always)]
+unsafe fn widen_i8(p: *const u8) -> __m256i {
+    _mm256_cvtepi8_epi16(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// Eight bytes as eight f32.
+#[inline(always)]
+unsafe fn widen_u8_f32(p: *const u8) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
 }
 
 #[inline(always)]
@@ -96,8 +112,7 @@ impl Unpack16 for Q8_0 {
     const GROUPS: usize = 1;
     #[inline(always)]
     unsafe fn group(b: *const u8, _g: usize) -> [__m256i; 2] {
-        let at = |o: usize| _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(o) as *const __m128i));
-        [at(2), at(18)]
+        [widen_i8(b.add(2)), widen_i8(b.add(18))]
     }
     #[inline(always)]
     unsafe fn scale1(b: *const u8) -> (f32, f32) {
@@ -175,18 +190,18 @@ impl Unpack16 for Q5_1 {
 unsafe fn k_nibbles(qs: *const u8, g: usize) -> [__m256i; 2] {
     let shift = _mm_cvtsi32_si128(4 * (g % 2) as i32);
     let m4 = _mm256_set1_epi16(0xF);
-    let at = |o: usize| _mm256_and_si256(_mm256_srl_epi16(widen_u8(qs.add(o)), shift), m4);
-    [at(32 * (g / 2)), at(32 * (g / 2) + 16)]
+    let p = qs.add(32 * (g / 2));
+    [
+        _mm256_and_si256(_mm256_srl_epi16(widen_u8(p), shift), m4),
+        _mm256_and_si256(_mm256_srl_epi16(widen_u8(p.add(16)), shift), m4),
+    ]
 }
 
 /// `d·sc` and `-dmin·m` of the eight groups of a Q4_K/Q5_K block.
 #[inline(always)]
 unsafe fn k_scales(b: *const u8) -> (__m256, __m256) {
     let sm = scales_mins_k4(std::slice::from_raw_parts(b.add(4), 12));
-    let widen = |p: *const u8| {
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
-    };
-    let (sc, mn) = (widen(sm.as_ptr()), widen(sm.as_ptr().add(8)));
+    let (sc, mn) = (widen_u8_f32(sm.as_ptr()), widen_u8_f32(sm.as_ptr().add(8)));
     (
         _mm256_mul_ps(_mm256_set1_ps(f16(b, 0)), sc),
         _mm256_mul_ps(_mm256_set1_ps(-f16(b, 2)), mn),
@@ -207,6 +222,13 @@ impl Unpack16 for Q4K {
     }
 }
 
+/// Bit `shift` of 16 `qh` bytes, as 16 in 16 lanes.
+#[inline(always)]
+unsafe fn q5k_fifth_bits(qh: *const u8, shift: __m128i) -> __m256i {
+    let h = _mm256_and_si256(_mm256_srl_epi16(widen_u8(qh), shift), _mm256_set1_epi16(1));
+    _mm256_slli_epi16(h, 4)
+}
+
 pub(super) struct Q5K;
 impl Unpack16 for Q5K {
     const BLOCK_BYTES: usize = 176;
@@ -216,17 +238,37 @@ impl Unpack16 for Q5K {
     unsafe fn group(b: *const u8, g: usize) -> [__m256i; 2] {
         let [lo, hi] = k_nibbles(b.add(48), g);
         let shift = _mm_cvtsi32_si128(g as i32);
-        let bit = _mm256_set1_epi16(1);
-        let high = |o: usize| {
-            let h = _mm256_and_si256(_mm256_srl_epi16(widen_u8(b.add(16 + o)), shift), bit);
-            _mm256_slli_epi16(h, 4)
-        };
-        [_mm256_or_si256(lo, high(0)), _mm256_or_si256(hi, high(16))]
+        [
+            _mm256_or_si256(lo, q5k_fifth_bits(b.add(16), shift)),
+            _mm256_or_si256(hi, q5k_fifth_bits(b.add(32), shift)),
+        ]
     }
     #[inline(always)]
     unsafe fn scales8(b: *const u8) -> (__m256, __m256) {
         k_scales(b)
     }
+}
+
+/// 16 values of a Q6_K group: 4 bits of `ql` (from bit `lshift`), 2 of `qh` (from bit
+/// `hshift`), minus 32, times the scale `sc`.
+#[inline(always)]
+unsafe fn q6k_half(
+    ql: *const u8,
+    qh: *const u8,
+    sc: i8,
+    lshift: __m128i,
+    hshift: __m128i,
+) -> __m256i {
+    let lo = _mm256_and_si256(
+        _mm256_srl_epi16(widen_u8(ql), lshift),
+        _mm256_set1_epi16(0xF),
+    );
+    let hi = _mm256_and_si256(_mm256_srl_epi16(widen_u8(qh), hshift), _mm256_set1_epi16(3));
+    let q = _mm256_sub_epi16(
+        _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)),
+        _mm256_set1_epi16(32),
+    );
+    _mm256_mullo_epi16(q, _mm256_set1_epi16(sc as i16))
 }
 
 pub(super) struct Q6K;
@@ -246,22 +288,10 @@ impl Unpack16 for Q6K {
             _mm_cvtsi32_si128(4 * (k / 2) as i32),
             _mm_cvtsi32_si128(2 * k as i32),
         );
-        let at = |o: usize| {
-            let lo = _mm256_and_si256(
-                _mm256_srl_epi16(widen_u8(ql.add(o)), lshift),
-                _mm256_set1_epi16(0xF),
-            );
-            let hi = _mm256_and_si256(
-                _mm256_srl_epi16(widen_u8(qh.add(o)), hshift),
-                _mm256_set1_epi16(3),
-            );
-            let q = _mm256_sub_epi16(
-                _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)),
-                _mm256_set1_epi16(32),
-            );
-            _mm256_mullo_epi16(q, _mm256_set1_epi16(*sc.add(o / 16) as i16))
-        };
-        [at(0), at(16)]
+        [
+            q6k_half(ql, qh, *sc, lshift, hshift),
+            q6k_half(ql.add(16), qh.add(16), *sc.add(1), lshift, hshift),
+        ]
     }
     #[inline(always)]
     unsafe fn scales8(b: *const u8) -> (__m256, __m256) {
