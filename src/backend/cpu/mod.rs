@@ -407,9 +407,9 @@ impl Backend for CpuBackend {
             for r in r0..r_end {
                 let row = w.row_bytes(r);
                 for t in 0..n_single {
-                    let v = match (k16, xq.get(t)) {
-                        (Some(k), _) => k.dot(row, &xq16[t]),
-                        (None, Some(xq)) if int8 => w.qtype.dot_row_q8(row, xq),
+                    let v = match (k16, xq16.get(t), xq.get(t)) {
+                        (Some(k), Some(x16), _) => k.dot(row, x16),
+                        (None, _, Some(xq)) if int8 => w.qtype.dot_row_q8(row, xq),
                         _ => w.qtype.dot_row(row, x_row(t)),
                     };
                     store(t, r, v);
