@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{Activations, CpuBackend};
 use crate::backend::gpu::{GpuBackend, GpuConfig};
 use crate::backend::{Backend, KvType};
 use crate::generate::{self, GenerateStats, Runner};
@@ -68,10 +68,11 @@ impl Device {
                     .threads
                     .unwrap_or_else(crate::backend::cpu::pool::Pool::default_threads);
                 let backend = CpuBackend::with_threads(threads);
-                match opts.exact {
-                    true => w.run(backend.into_exact()),
-                    false => w.run(backend),
-                }
+                let activations = match opts.exact {
+                    true => Activations::F32,
+                    false => opts.activations,
+                };
+                w.run(backend.with_activations(activations))
             }
             Device::Gpu(adapter) => w.run(GpuBackend::new(GpuConfig {
                 adapter,
@@ -101,9 +102,11 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Element type of the KV cache (f16 unless the user asks for f32).
     pub kv_type: KvType,
-    /// CPU: keep decode activations in f32 instead of 8 bits (slower; matches an f32
-    /// reference to rounding order).
+    /// CPU: keep decode activations in f32 (matches an f32 reference to rounding order);
+    /// overrides `activations`.
     pub exact: bool,
+    /// CPU: what decode matmuls multiply weights by (16-bit integers unless asked otherwise).
+    pub activations: Activations,
     /// LoRA adapters applied in the forward pass, in order (they stack).
     pub adapters: Vec<AdapterSpec>,
 }

@@ -83,6 +83,8 @@ pub enum Error {
     UnknownDevice(String),
     #[error("unknown KV cache type {0:?}; use f16 (the default) or f32")]
     UnknownKvType(String),
+    #[error("unknown activation type {0:?}; use q16 (the default), q8 or f32")]
+    UnknownActivations(String),
     /// A KV cache type llama.cpp has that Hearth does not yet.
     #[error("KV cache type {0} is not supported yet; use f16 (the default) or f32")]
     UnsupportedKvType(String),

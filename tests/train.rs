@@ -196,7 +196,7 @@ fn all_on<B: Backend>(b: &B) {
 #[test]
 fn train_ops_are_the_gradients_of_the_forward_ops_on_cpu() {
     all_on(&CpuBackend::exact());
-    // The default (8-bit decode) backend runs the same training ops.
+    // The default (16-bit decode) backend runs the same training ops.
     all_on(&CpuBackend::new());
 }
 

@@ -38,6 +38,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use hearth::backend::cpu::Activations;
 use hearth::backend::KvType;
 use hearth::engine::{Device, LoadOptions};
 use hearth::store::Store;
@@ -117,6 +118,8 @@ pub struct Globals {
     pub kv_type: Option<String>,
     /// `HEARTH_THREADS`, likewise.
     pub threads: Option<String>,
+    /// `HEARTH_ACTIVATIONS`, likewise.
+    pub activations: Option<String>,
     /// `~/.hearth/history`, when there is a home directory.
     pub history: Option<PathBuf>,
 }
@@ -137,11 +140,13 @@ impl Globals {
         let device = var("HEARTH_DEVICE");
         let kv_type = var("HEARTH_KV_CACHE_TYPE");
         let threads = var("HEARTH_THREADS");
+        let activations = var("HEARTH_ACTIVATIONS");
         Ok(Globals {
             models_dir,
             device,
             kv_type,
             threads,
+            activations,
             history: home.map(|h| h.join("history")),
         })
     }
@@ -227,8 +232,12 @@ pub struct PlacementArgs {
     #[arg(long, value_name = "TYPE")]
     kv_cache_type: Option<String>,
     /// CPU: keep activations in f32 (slower decode, results as an f32 reference computes them)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "activations")]
     exact: bool,
+    /// CPU decode activations: q16 (integer kernels, within ~1e-4 of f32), q8 (llama.cpp's
+    /// 8 bits) or f32 (default: $HEARTH_ACTIVATIONS, else q16)
+    #[arg(long, value_name = "TYPE")]
+    activations: Option<String>,
     /// CPU threads (default: $HEARTH_THREADS, else one per core)
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
@@ -243,6 +252,7 @@ impl PlacementArgs {
                 .with_context(|| format!("device {text:?} (from --device or HEARTH_DEVICE)"))?,
             None => Device::default(),
         };
+        let activations = resolve_activations(self.activations, globals)?;
         let kv_type = match self.kv_cache_type.or_else(|| globals.kv_type.clone()) {
             Some(text) => text.parse().with_context(|| {
                 format!("KV cache type {text:?} (from --kv-cache-type or HEARTH_KV_CACHE_TYPE)")
@@ -267,9 +277,20 @@ impl PlacementArgs {
             device,
             kv_type,
             exact: self.exact,
+            activations,
             threads,
             adapters: Vec::new(),
         })
+    }
+}
+
+/// `--activations`, else `HEARTH_ACTIVATIONS`, else the default (q16).
+pub fn resolve_activations(flag: Option<String>, globals: &Globals) -> Result<Activations> {
+    match flag.or_else(|| globals.activations.clone()) {
+        Some(text) => text
+            .parse()
+            .with_context(|| format!("{text:?} (from --activations or HEARTH_ACTIVATIONS)")),
+        None => Ok(Activations::default()),
     }
 }
 

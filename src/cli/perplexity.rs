@@ -1,7 +1,8 @@
 //! `hearth perplexity MODEL FILE`: perplexity of MODEL on a text file by llama-perplexity's
 //! method (see `hearth::perplexity`), with KL divergence against `--kl-base`. Runs on any
-//! device (`--device`, as `run`): by default the CPU with 8-bit activations and an f16 cache,
-//! as llama.cpp computes; `--exact` keeps activations and cache in f32.
+//! device (`--device`, as `run`): by default the CPU with 16-bit decode activations and an f16
+//! cache; `--activations q8` computes as llama.cpp does; `--exact` keeps activations and cache
+//! in f32.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -155,6 +156,10 @@ fn print_report(r: &Report, cmd: &PerplexityCommand, n_text_tokens: usize, secs:
             "tokens_per_second": tokens_per_s,
             "exact": cmd.load.exact,
             "device": device_name(cmd.load.device),
+            "activations": match cmd.load.exact {
+                true => "f32".to_string(),
+                false => cmd.load.activations.to_string(),
+            },
         });
         if let Some(kl) = &r.kl {
             v["kld_mean"] = kl.kld_mean.into();

@@ -23,8 +23,8 @@ run together per model, default 4), HEARTH_MAX_QUEUE (requests waiting beyond th
 the least recently used idle one unloads first, also when memory is short), HEARTH_ORIGINS
 (browser origins allowed beside localhost's, comma-separated, `*` wildcards), HEARTH_API_KEY
 (when set, every request needs `Authorization: Bearer <key>`), HEARTH_MAX_BODY (request body
-limit in bytes, default 16 MiB), and HEARTH_DEVICE, HEARTH_KV_CACHE_TYPE, HEARTH_THREADS as
-for `run`.";
+limit in bytes, default 16 MiB), and HEARTH_DEVICE, HEARTH_KV_CACHE_TYPE, HEARTH_THREADS,
+HEARTH_ACTIVATIONS as for `run`.";
 
 #[derive(Args)]
 #[command(after_help = SERVE_EXAMPLES)]

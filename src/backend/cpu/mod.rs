@@ -1,11 +1,16 @@
 //! The CPU backend: f32 activations in host memory, weights read in place from the GGUF
-//! mapping and dequantized inside the matmul (decode: integer dot products against 8-bit
-//! activations where the format has them, unless `exact`). Work is split over the backend's
-//! own pool (`pool.rs`: workers spin between the ops of a decode step, then sleep).
+//! mapping and dequantized inside the matmul (decode: integer dot products against 16-bit
+//! activations where the format has them, or 8-bit, or f32: `Activations`). Work is split over
+//! the backend's own pool (`pool.rs`: workers spin between the ops of a decode step, then
+//! sleep).
 
+mod activations;
 mod cache;
 pub mod pool;
+pub mod q16;
 pub mod simd;
+
+pub use activations::Activations;
 
 pub use cache::{CacheData, CpuCache, KvValue};
 
@@ -16,6 +21,7 @@ use super::{AttnParams, Backend, BatchRows, KvType, RopeParams, WeightSource};
 use crate::gguf::TensorBytes;
 use crate::quant::{Q8Act, QuantType};
 use crate::{Error, Result};
+use q16::{Level, Q16Act};
 
 #[derive(Debug, Clone)]
 pub struct CpuTensor {
@@ -85,14 +91,15 @@ fn parallel(work: usize) -> bool {
 pub struct CpuBackend {
     pool: &'static Pool,
     n_threads: usize,
-    /// Decode matmuls quantize activations to 8 bits for the integer kernels (llama.cpp's
-    /// default); off, everything stays f32 (`exact`).
-    q8_activations: bool,
+    /// What decode matmuls multiply the weights by.
+    activations: Activations,
+    /// The instruction set the 16-bit kernels run with.
+    level: Level,
 }
 
 impl CpuBackend {
-    /// The fast backend: integer dot products for decode where the weight format has them,
-    /// on one thread per core.
+    /// The default backend: 16-bit integer dot products for decode where the weight format
+    /// has them, on one thread per core.
     pub fn new() -> Self {
         Self::with_threads(Pool::default_threads())
     }
@@ -103,7 +110,8 @@ impl CpuBackend {
         CpuBackend {
             pool,
             n_threads: pool.n_threads(),
-            q8_activations: true,
+            activations: Activations::default(),
+            level: Level::best(),
         }
     }
 
@@ -112,7 +120,26 @@ impl CpuBackend {
     }
 
     pub fn is_exact(&self) -> bool {
-        !self.q8_activations
+        self.activations == Activations::F32
+    }
+
+    pub fn activations(&self) -> Activations {
+        self.activations
+    }
+
+    /// This backend with decode activations `activations`.
+    pub fn with_activations(self, activations: Activations) -> Self {
+        CpuBackend {
+            activations,
+            ..self
+        }
+    }
+
+    /// This backend with its 16-bit kernels at `level` (tests run every level the CPU has); a
+    /// level this CPU cannot run falls back to f32 activations, never to an illegal
+    /// instruction.
+    pub fn with_level(self, level: Level) -> Self {
+        CpuBackend { level, ..self }
     }
 
     /// Activations stay f32 everywhere: results match an f32 reference to rounding order, at
@@ -140,10 +167,7 @@ impl CpuBackend {
 
     /// This backend with f32 activations everywhere (see `exact`).
     pub fn into_exact(self) -> Self {
-        CpuBackend {
-            q8_activations: false,
-            ..self
-        }
+        self.with_activations(Activations::F32)
     }
 }
 
@@ -169,10 +193,13 @@ impl Backend for CpuBackend {
         } else {
             "scalar"
         };
-        let act = if self.q8_activations {
-            "int8 decode"
-        } else {
-            "exact f32"
+        let act = match self.activations {
+            Activations::Q8 => "int8 decode".to_string(),
+            Activations::Q16 => match self.level {
+                Level::Scalar => "f32 decode (no integer kernels on this CPU)".to_string(),
+                level => format!("int16 decode, {}", level.name()),
+            },
+            Activations::F32 => "exact f32".to_string(),
         };
         format!("cpu ({} threads, {simd}, {act})", self.n_threads)
     }
@@ -336,8 +363,9 @@ impl Backend for CpuBackend {
         // each weight row once and reuse it for every token.
         let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
         // Decode rows quantized once here, shared by every task; empty when not used.
+        let act = self.activations;
         let int8_wanted =
-            n_single > 0 && self.q8_activations && ws.iter().any(|w| w.qtype.has_q8_dot());
+            n_single > 0 && act == Activations::Q8 && ws.iter().any(|w| w.qtype.has_q8_dot());
         let xq: Vec<Q8Act> = match int8_wanted {
             true => (0..n_single)
                 .map_while(|t| Q8Act::quantize(x_row(t)))
@@ -345,6 +373,18 @@ impl Backend for CpuBackend {
             false => Vec::new(),
         };
         let int8 = !xq.is_empty() && xq.len() == n_single;
+        let int16_wanted = n_single > 0
+            && act == Activations::Q16
+            && ws
+                .iter()
+                .any(|w| q16::kernel(w.qtype, self.level).is_some());
+        let xq16: Vec<Q16Act> = match int16_wanted {
+            true => (0..n_single)
+                .map_while(|t| Q16Act::quantize(x_row(t)))
+                .collect(),
+            false => Vec::new(),
+        };
+        let int16 = !xq16.is_empty() && xq16.len() == n_single;
         let out_ptrs: Vec<SyncPtr> = outs
             .iter_mut()
             .map(|o| SyncPtr(o.data.as_mut_ptr()))
@@ -367,11 +407,13 @@ impl Backend for CpuBackend {
             let store =
                 |t: usize, r: usize, v: f32| unsafe { *out_ptr.get().add(t * n_out + r) = v };
             let int8 = int8 && w.qtype.has_q8_dot();
+            let k16 = q16::kernel(w.qtype, self.level).filter(|_| int16);
             for r in r0..r_end {
                 let row = w.row_bytes(r);
                 for t in 0..n_single {
-                    let v = match xq.get(t) {
-                        Some(xq) if int8 => w.qtype.dot_row_q8(row, xq),
+                    let v = match (k16, xq16.get(t), xq.get(t)) {
+                        (Some(k), Some(x16), _) => k.dot(row, x16),
+                        (None, _, Some(xq)) if int8 => w.qtype.dot_row_q8(row, xq),
                         _ => w.qtype.dot_row(row, x_row(t)),
                     };
                     store(t, r, v);

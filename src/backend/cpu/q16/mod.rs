@@ -1,0 +1,215 @@
+//! Activations quantized to 16 bits for decode's integer dot products: the CPU default. A row
+//! of `x` becomes blocks of 32 i16 with one f32 scale each (`x ≈ d·q`, `d = max|x| / 32767`),
+//! plus `d·Σq` per block for the formats with an offset. Each value is off by at most 1/65534
+//! of its block's largest (8-bit activations: 1/254), so decode follows an f32 reference to a
+//! few 1e-5 relative while the weights are still multiplied in integers, straight from their
+//! blocks.
+//!
+//! One generic kernel (`kernel.rs`) over small per-format unpackers (`unpack.rs`); `kernel`
+//! below is the table from format and instruction-set level to a compiled entry.
+
+#[cfg(target_arch = "x86_64")]
+mod kernel;
+#[cfg(target_arch = "x86_64")]
+mod unpack;
+
+use crate::quant::QuantType;
+
+/// Values per activation block.
+pub const Q16_BLOCK: usize = 32;
+
+/// One row of activations in 16 bits.
+#[derive(Debug, Clone, Default)]
+pub struct Q16Act {
+    pub qs: Vec<i16>,
+    /// Scale of each block.
+    pub d: Vec<f32>,
+    /// `d · Σq` of each block.
+    pub sum: Vec<f32>,
+}
+
+impl Q16Act {
+    /// `None` when the row is not whole blocks.
+    pub fn quantize(x: &[f32]) -> Option<Self> {
+        if !x.len().is_multiple_of(Q16_BLOCK) {
+            return None;
+        }
+        let n_blocks = x.len() / Q16_BLOCK;
+        let mut out = Q16Act {
+            qs: vec![0; x.len()],
+            d: Vec::with_capacity(n_blocks),
+            sum: Vec::with_capacity(n_blocks),
+        };
+        for (xs, qs) in x
+            .chunks_exact(Q16_BLOCK)
+            .zip(out.qs.chunks_exact_mut(Q16_BLOCK))
+        {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 32767.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut s = 0i32;
+            for (q, &v) in qs.iter_mut().zip(xs) {
+                // Adding and removing 1.5·2^23 rounds to nearest (even) in plain f32
+                // arithmetic, which vectorizes (`round` is a library call on baseline x86-64).
+                // The clamp keeps |q| ≤ 32767, which the kernels' i32 bounds assume.
+                const MAGIC: f32 = 12582912.0;
+                let r = ((v * id + MAGIC) - MAGIC).clamp(-32767.0, 32767.0);
+                *q = r as i16;
+                s += *q as i32;
+            }
+            out.d.push(d);
+            out.sum.push(d * s as f32);
+        }
+        Some(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.qs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.qs.is_empty()
+    }
+
+    /// The values these integers stand for: what the kernels multiply by.
+    pub fn dequantize(&self) -> Vec<f32> {
+        self.qs
+            .chunks_exact(Q16_BLOCK)
+            .zip(&self.d)
+            .flat_map(|(qs, &d)| qs.iter().map(move |&q| d * q as f32))
+            .collect()
+    }
+}
+
+/// An instruction-set level the integer kernels are compiled for, best last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// No integer kernel: decode keeps f32 activations.
+    Scalar,
+    /// AVX2, FMA, F16C: `vpmaddwd`.
+    Avx2,
+    /// AVX-512 F/BW/VL + VNNI on top of AVX2: `vpdpwssd`.
+    Avx512Vnni,
+}
+
+impl Level {
+    /// Every level this CPU runs, best last (tests run each one).
+    pub fn available() -> Vec<Level> {
+        [Level::Scalar, Level::Avx2, Level::Avx512Vnni]
+            .into_iter()
+            .filter(|l| l.is_available())
+            .collect()
+    }
+
+    /// The best level this CPU runs.
+    pub fn best() -> Level {
+        Self::available().pop().unwrap_or(Level::Scalar)
+    }
+
+    pub fn is_available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::sync::OnceLock;
+            static VNNI: OnceLock<bool> = OnceLock::new();
+            match self {
+                Level::Scalar => true,
+                Level::Avx2 => crate::quant::has_avx2_fma(),
+                Level::Avx512Vnni => {
+                    crate::quant::has_avx2_fma()
+                        && *VNNI.get_or_init(|| {
+                            is_x86_feature_detected!("avx512f")
+                                && is_x86_feature_detected!("avx512bw")
+                                && is_x86_feature_detected!("avx512vl")
+                                && is_x86_feature_detected!("avx512vnni")
+                        })
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Level::Scalar
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            Level::Avx2 => "avx2",
+            Level::Avx512Vnni => "avx512-vnni",
+        }
+    }
+}
+
+/// A format's 16-bit kernel at `level`, safe to call: `None` where the format has none, the
+/// level has no integer kernels, or this CPU cannot run the level. The table of which formats
+/// have one (a row per format, as ggml's type traits): the formats stored as integers with
+/// per-block scales; F32, F16 and BF16 weights keep f32 activations.
+pub fn kernel(qtype: QuantType, level: Level) -> Option<Q16Dot> {
+    if level == Level::Scalar || !level.is_available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use kernel::{dot_row_avx2 as a, dot_row_vnni as v};
+        use unpack::*;
+        let pair: (kernel::Q16Kernel, kernel::Q16Kernel) = match qtype {
+            QuantType::Q8_0 => (a::<Q8_0>, v::<Q8_0>),
+            QuantType::Q4_0 => (a::<Q4_0>, v::<Q4_0>),
+            QuantType::Q4_1 => (a::<Q4_1>, v::<Q4_1>),
+            QuantType::Q5_0 => (a::<Q5_0>, v::<Q5_0>),
+            QuantType::Q5_1 => (a::<Q5_1>, v::<Q5_1>),
+            QuantType::Q4_K => (a::<Q4K>, v::<Q4K>),
+            QuantType::Q5_K => (a::<Q5K>, v::<Q5K>),
+            QuantType::Q6_K => (a::<Q6K>, v::<Q6K>),
+            QuantType::F32 | QuantType::F16 | QuantType::BF16 => return None,
+        };
+        let f = match level {
+            Level::Avx512Vnni => pair.1,
+            _ => pair.0,
+        };
+        Some(Q16Dot { qtype, f })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = qtype;
+        None
+    }
+}
+
+/// A kernel checked against this CPU: `dot` is safe.
+#[derive(Clone, Copy)]
+pub struct Q16Dot {
+    qtype: QuantType,
+    #[cfg(target_arch = "x86_64")]
+    f: kernel::Q16Kernel,
+}
+
+impl Q16Dot {
+    /// `row · x̂` for a row of `x.len()` values in this kernel's format.
+    ///
+    /// # Panics
+    /// If `row` is not the row of `x.len()` values: a broken caller invariant.
+    #[inline]
+    pub fn dot(&self, row: &[u8], x: &Q16Act) -> f32 {
+        assert_eq!(Some(row.len()), self.qtype.row_bytes(x.len()));
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `kernel` handed this entry out only for a level this CPU runs, and the row
+        // holds exactly the blocks of `x.len()` values (checked above), which is all the
+        // kernel reads.
+        unsafe {
+            (self.f)(row, x)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("no 16-bit kernels are built for this target")
+    }
+}
+
+/// `row · x̂` by dequantizing both: the reference the kernels are tested against.
+pub fn dot_row_by_dequant(qtype: QuantType, row: &[u8], x: &Q16Act) -> f32 {
+    let mut w = vec![0f32; x.len()];
+    qtype.dequantize_row(row, &mut w);
+    w.iter().zip(x.dequantize()).map(|(a, b)| a * b).sum()
+}
+
+#[cfg(test)]
+mod tests;
