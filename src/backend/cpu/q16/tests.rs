@@ -1,6 +1,7 @@
 //! Every 16-bit kernel, at every level this CPU runs, against the scalar reference (dequantize
 //! the row and the activations, then dot) on odd sizes, random blocks and the extremes of the
 //! integer bounds.
+#![cfg(test)]
 
 use super::*;
 
