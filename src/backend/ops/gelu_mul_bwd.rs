@@ -98,7 +98,7 @@ impl OpCase for GeluMulBwdCase {
         4.0 * (4 * self.n) as f64
     }
     fn inputs(&self, rng: &mut Rng) -> Result<CaseInputs> {
-        // Wide enough to reach both tails of the sigmoid.
+        // Wide enough to reach both tails of GELU's tanh.
         let gate = rng.values(self.n).into_iter().map(|v| 12.0 * v).collect();
         Ok(CaseInputs {
             tensors: vec![(1, self.n, gate), rng.tensor(1, self.n), rng.tensor(1, self.n)],
