@@ -3,11 +3,11 @@
 //! (`dout * gelu_tanh(gate)`), from the forward inputs and the output's gradient.
 
 use super::elementwise::gelu_tanh;
-use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
-use super::{check, same, u32_of, Access, Kernel, Shape, TensorOp};
+use super::case::KernelCase;
+use super::gated_bwd::{self, GatedBwd, GatedBwdCase};
+use super::{Access, Kernel, Shape, TensorOp};
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::gpu::params::OpParams;
-use crate::backend::Backend;
 use crate::Result;
 
 use Access::{Read as R, ReadWrite as RW};
@@ -39,10 +39,7 @@ impl TensorOp for GeluMulBwd {
     }
 
     fn check(&self, w: Option<Shape>, ins: &[Shape], out: Shape) -> Result<()> {
-        check(self.name(), w.is_none() && ins.len() == 3, || {
-            format!("{} inputs", ins.len())
-        })?;
-        ins.iter().try_for_each(|&s| same(self.name(), s, out))
+        gated_bwd::check_shapes(self.name(), w, ins, out)
     }
 
     fn cpu(
@@ -68,11 +65,19 @@ impl TensorOp for GeluMulBwd {
     }
 
     fn params(&self, _w: Option<Shape>, _ins: &[Shape], out: Shape) -> Result<OpParams> {
-        Ok(OpParams {
-            n: u32_of(self.name(), out.0 * out.1)?,
-            flags: u32::from(self.wrt_up) | u32::from(self.accumulate) << 2,
-            ..Default::default()
-        })
+        gated_bwd::params(self, out)
+    }
+}
+
+impl GatedBwd for GeluMulBwd {
+    fn new(wrt_up: bool, accumulate: bool) -> Self {
+        GeluMulBwd { wrt_up, accumulate }
+    }
+    fn wrt_up(&self) -> bool {
+        self.wrt_up
+    }
+    fn accumulate(&self) -> bool {
+        self.accumulate
     }
 }
 
@@ -84,44 +89,10 @@ pub fn gelu_tanh_grad(x: f32) -> f32 {
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct GeluMulBwdCase {
-    pub op: GeluMulBwd,
-    pub n: usize,
-}
-
-impl OpCase for GeluMulBwdCase {
-    fn max_nmse(&self) -> f64 {
-        1e-10
-    }
-    fn bytes_moved(&self) -> f64 {
-        4.0 * (4 * self.n) as f64
-    }
-    fn inputs(&self, rng: &mut Rng) -> Result<CaseInputs> {
-        // Wide enough to reach both tails of GELU's tanh.
-        let gate = rng.values(self.n).into_iter().map(|v| 12.0 * v).collect();
-        Ok(CaseInputs {
-            tensors: vec![(1, self.n, gate), rng.tensor(1, self.n), rng.tensor(1, self.n)],
-            out_init: self.op.accumulate.then(|| rng.values(self.n)),
-            ..Default::default()
-        })
-    }
-    fn out_shape(&self) -> Shape {
-        (1, self.n)
-    }
-    fn run<B: Backend>(&self, b: &B, p: &mut Parts<B>) -> Result<()> {
-        run_applied(b, &self.op, p)
-    }
-}
+pub type GeluMulBwdCase = GatedBwdCase<GeluMulBwd>;
 
 pub fn test_cases() -> Vec<KernelCase> {
-    [(false, false), (true, true)]
-        .into_iter()
-        .map(|(wrt_up, accumulate)| {
-            let op = GeluMulBwd { wrt_up, accumulate };
-            KernelCase::new(format!("{op:?} 1000"), GeluMulBwdCase { op, n: 1000 })
-        })
-        .collect()
+    gated_bwd::test_cases::<GeluMulBwd>()
 }
 
 pub fn bench_cases(_quick: bool) -> Vec<KernelCase> {

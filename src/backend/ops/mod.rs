@@ -15,6 +15,7 @@
 //!   (and its `.wgsl` file); no trait, backend or table changes.
 
 pub mod case;
+pub mod gated_bwd;
 
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::gpu::params::OpParams;

@@ -2,11 +2,11 @@
 //! gradient with respect to `gate` (`dout * up * silu'(gate)`) or to `up`
 //! (`dout * silu(gate)`), from the forward inputs and the output's gradient.
 
-use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
-use super::{check, same, u32_of, Access, Kernel, Shape, TensorOp};
+use super::case::KernelCase;
+use super::gated_bwd::{self, GatedBwd, GatedBwdCase};
+use super::{Access, Kernel, Shape, TensorOp};
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::gpu::params::OpParams;
-use crate::backend::Backend;
 use crate::Result;
 
 use Access::{Read as R, ReadWrite as RW};
@@ -38,10 +38,7 @@ impl TensorOp for SiluMulBwd {
     }
 
     fn check(&self, w: Option<Shape>, ins: &[Shape], out: Shape) -> Result<()> {
-        check(self.name(), w.is_none() && ins.len() == 3, || {
-            format!("{} inputs", ins.len())
-        })?;
-        ins.iter().try_for_each(|&s| same(self.name(), s, out))
+        gated_bwd::check_shapes(self.name(), w, ins, out)
     }
 
     fn cpu(
@@ -69,52 +66,26 @@ impl TensorOp for SiluMulBwd {
     }
 
     fn params(&self, _w: Option<Shape>, _ins: &[Shape], out: Shape) -> Result<OpParams> {
-        Ok(OpParams {
-            n: u32_of(self.name(), out.0 * out.1)?,
-            flags: u32::from(self.wrt_up) | u32::from(self.accumulate) << 2,
-            ..Default::default()
-        })
+        gated_bwd::params(self, out)
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct SiluMulBwdCase {
-    pub op: SiluMulBwd,
-    pub n: usize,
+impl GatedBwd for SiluMulBwd {
+    fn new(wrt_up: bool, accumulate: bool) -> Self {
+        SiluMulBwd { wrt_up, accumulate }
+    }
+    fn wrt_up(&self) -> bool {
+        self.wrt_up
+    }
+    fn accumulate(&self) -> bool {
+        self.accumulate
+    }
 }
 
-impl OpCase for SiluMulBwdCase {
-    fn max_nmse(&self) -> f64 {
-        1e-10
-    }
-    fn bytes_moved(&self) -> f64 {
-        4.0 * (4 * self.n) as f64
-    }
-    fn inputs(&self, rng: &mut Rng) -> Result<CaseInputs> {
-        // Wide enough to reach both tails of the sigmoid.
-        let gate = rng.values(self.n).into_iter().map(|v| 12.0 * v).collect();
-        Ok(CaseInputs {
-            tensors: vec![(1, self.n, gate), rng.tensor(1, self.n), rng.tensor(1, self.n)],
-            out_init: self.op.accumulate.then(|| rng.values(self.n)),
-            ..Default::default()
-        })
-    }
-    fn out_shape(&self) -> Shape {
-        (1, self.n)
-    }
-    fn run<B: Backend>(&self, b: &B, p: &mut Parts<B>) -> Result<()> {
-        run_applied(b, &self.op, p)
-    }
-}
+pub type SiluMulBwdCase = GatedBwdCase<SiluMulBwd>;
 
 pub fn test_cases() -> Vec<KernelCase> {
-    [(false, false), (true, true)]
-        .into_iter()
-        .map(|(wrt_up, accumulate)| {
-            let op = SiluMulBwd { wrt_up, accumulate };
-            KernelCase::new(format!("{op:?} 1000"), SiluMulBwdCase { op, n: 1000 })
-        })
-        .collect()
+    gated_bwd::test_cases::<SiluMulBwd>()
 }
 
 pub fn bench_cases(_quick: bool) -> Vec<KernelCase> {
