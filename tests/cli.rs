@@ -465,6 +465,8 @@ fn bench_model_reports_speed_load_time_and_memory() {
     }
     assert_eq!(r["samples_ts"].as_array().unwrap().len(), 1);
     assert!(r["n_threads"].as_u64().unwrap() >= 1);
+    let per_token = r["weight_bytes_per_token"].as_u64().unwrap();
+    assert!(per_token > 0 && per_token <= r["model_size"].as_u64().unwrap());
     assert_eq!(r["type_k"], "f16", "the default cache type");
     let device = r["device"].as_str().unwrap();
     // The default CPU path: 16-bit integer decode where the CPU has the kernels.
@@ -518,6 +520,24 @@ fn bench_model_reports_speed_load_time_and_memory() {
 }
 
 /// The GPU issue spells the bandwidth flag `--peak-gbs`; both spellings are accepted.
+#[test]
+fn bench_memory_reports_bandwidth() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "bench", "memory", "-t", "2", "--size", "8", "-r", "2", "--json",
+    ];
+    let o = hearth(dir.path(), &args);
+    assert_ok(&o);
+    let b: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        (b["n_threads"].as_u64(), b["bytes"].as_u64()),
+        (Some(2), Some(8 << 20))
+    );
+    assert_eq!(b["samples_gbs"].as_array().unwrap().len(), 2);
+    assert!(b["best_gbs"].as_f64().unwrap() >= b["avg_gbs"].as_f64().unwrap());
+    assert!(b["avg_gbs"].as_f64().unwrap() > 0.0);
+}
+
 #[test]
 fn bench_kernels_takes_peak_gbs_and_peak_gbps() {
     let dir = tempfile::tempdir().unwrap();

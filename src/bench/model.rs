@@ -48,6 +48,10 @@ pub struct BenchTest {
     /// Resident memory right after loading, and after this test (MiB).
     pub rss_after_load_mib: f64,
     pub rss_after_test_mib: f64,
+    /// Weight bytes a decode step reads: every tensor but the token embeddings, whose rows
+    /// are gathered, unless the head is tied to them (then they are read whole). Divided into
+    /// `hearth bench memory`'s bandwidth, the decode roofline.
+    pub weight_bytes_per_token: u64,
 }
 
 /// Resident set size of this process in MiB (Linux; 0 elsewhere).
@@ -94,6 +98,13 @@ pub fn run<B: Backend>(
             .map(|i| (i.wrapping_mul(7919).wrapping_add(13 + salt)) % n_vocab)
             .collect()
     };
+    let tied = !f.tensors().iter().any(|t| t.name == "output.weight");
+    let bytes_per_token = f
+        .tensors()
+        .iter()
+        .filter(|t| tied || t.name != "token_embd.weight")
+        .map(|t| t.n_bytes as u64)
+        .sum();
     let depths = if plan.depths.is_empty() {
         vec![0]
     } else {
@@ -157,6 +168,7 @@ pub fn run<B: Backend>(
                 load_ms: secs(load) * 1e3,
                 rss_after_load_mib,
                 rss_after_test_mib: rss_mib(),
+                weight_bytes_per_token: bytes_per_token,
             });
         }
     }

@@ -3,7 +3,8 @@
 //! tg: `-n` tokens one at a time; each after `-d` tokens already in the cache) and printed in
 //! its JSON shape with `--json`, so the figures and scripts compare directly.
 //! `hearth bench kernels` (the GPU shader benchmark) lives in `kernel_bench.rs`, `hearth bench
-//! serve` (a running server under concurrent streams) in `bench_serve.rs`.
+//! serve` (a running server under concurrent streams) in `bench_serve.rs`; `hearth bench memory`
+//! prints the streaming-read bandwidth that decode is measured against.
 
 use std::path::PathBuf;
 
@@ -34,6 +35,26 @@ enum BenchWhat {
     Kernels(super::kernel_bench::KernelsArgs),
     /// A running server's aggregate tokens/s and time to first token under 1, 4, 8 streams
     Serve(super::bench_serve::ServeBenchArgs),
+    /// Streaming-read memory bandwidth, the decode roofline (GB/s)
+    #[command(after_help = "Examples:\n  hearth bench memory -t 2\n  \
+                            hearth bench memory -t 1 --size 2048 -r 10 --json")]
+    Memory(MemoryArgs),
+}
+
+#[derive(Args)]
+pub struct MemoryArgs {
+    /// Threads reading at once (default: the CPU backend's thread count)
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// MiB read per pass; keep it far above the last-level cache
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Timed passes, after one untimed pass
+    #[arg(short = 'r', long, default_value_t = 5)]
+    reps: usize,
+    /// Print the figures as JSON
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -63,6 +84,7 @@ pub enum BenchCommand {
     Model(ModelBenchCommand),
     Kernels(super::kernel_bench::KernelsArgs),
     Serve(super::bench_serve::ServeBenchArgs),
+    Memory(MemoryArgs),
 }
 
 pub struct ModelBenchCommand {
@@ -78,6 +100,7 @@ impl BenchArgs {
             BenchWhat::Model(a) => a,
             BenchWhat::Kernels(k) => return Ok(BenchCommand::Kernels(k)),
             BenchWhat::Serve(s) => return Ok(BenchCommand::Serve(s)),
+            BenchWhat::Memory(m) => return Ok(BenchCommand::Memory(m)),
         };
         let as_path = PathBuf::from(&a.model);
         let path = if as_path.is_file() {
@@ -110,6 +133,7 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Model(m) => m,
         BenchCommand::Kernels(k) => return super::kernel_bench::execute(k),
         BenchCommand::Serve(s) => return super::bench_serve::execute(s),
+        BenchCommand::Memory(m) => return memory(m),
     };
     let tests = Device::open(&cmd.load, BenchOn(&cmd))?;
     if cmd.json {
@@ -146,6 +170,27 @@ pub fn execute(cmd: BenchCommand) -> Result<()> {
         "{} timed runs per test after one warm-up; rss after load {:.1} MiB",
         cmd.plan.reps.max(1),
         first.rss_after_load_mib
+    );
+    Ok(())
+}
+
+fn memory(a: MemoryArgs) -> Result<()> {
+    let threads = a
+        .threads
+        .unwrap_or_else(hearth::backend::cpu::pool::Pool::default_threads);
+    let b = hearth::bench::bandwidth::measure(threads, a.size, a.reps)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&b)?);
+        return Ok(());
+    }
+    println!(
+        "streaming read, {} thread(s), {} per pass ({} loads): best {:.1} GB/s, mean {:.1} GB/s over {} passes",
+        b.n_threads,
+        hearth::units::human_bytes(b.bytes),
+        b.loads,
+        b.best_gbs,
+        b.avg_gbs,
+        b.samples_gbs.len()
     );
     Ok(())
 }
