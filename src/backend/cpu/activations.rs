@@ -4,14 +4,15 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Activations of decode matmuls (prompt batches dequantize weights and stay f32 either way).
+/// Activations of the matmuls: 16 bits for every row (decode and prompt); 8 bits for decode
+/// rows only (prompt batches then dequantize weights and stay f32); or f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Activations {
     /// 8 bits per value and block scale, llama.cpp's choice: each value off by up to 1/254 of
     /// its block's largest, enough to change greedy text against an f32 reference.
     Q8,
     /// 16 bits per value and block scale (the default): integer kernels at q8's instruction
-    /// count, logits within ~1e-4 of f32.
+    /// count for decode and prompt rows alike, logits within ~1e-4 of f32.
     #[default]
     Q16,
     /// f32 everywhere: results as an f32 reference computes them, up to summation order.

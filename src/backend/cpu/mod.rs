@@ -1,11 +1,12 @@
 //! The CPU backend: f32 activations in host memory, weights read in place from the GGUF
-//! mapping and dequantized inside the matmul (decode: integer dot products against 16-bit
-//! activations where the format has them, or 8-bit, or f32: `Activations`). Work is split over
-//! the backend's own pool (`pool.rs`: workers spin between the ops of a decode step, then
-//! sleep).
+//! mapping and multiplied inside the matmul (`matmul.rs`: integer dot products against 16-bit
+//! activations where the format has them, or 8-bit for decode, or f32: `Activations`). Work
+//! is split over the backend's own pool (`pool.rs`: workers spin between the ops of a decode
+//! step, then sleep).
 
 mod activations;
 mod cache;
+mod matmul;
 pub mod pool;
 pub mod q16;
 pub mod simd;
@@ -14,14 +15,14 @@ pub use activations::Activations;
 
 pub use cache::{CacheData, CpuCache, KvValue};
 
-use pool::{with_scratch, Pool, SyncPtr};
+use pool::{with_scratch, Pool};
 
 use super::ops::{self, check, TensorOp};
 use super::{AttnParams, Backend, BatchRows, KvType, RopeParams, WeightSource};
 use crate::gguf::TensorBytes;
-use crate::quant::{Q8Act, QuantType};
+use crate::quant::QuantType;
 use crate::{Error, Result};
-use q16::{Level, Q16Act};
+use q16::Level;
 
 #[derive(Debug, Clone)]
 pub struct CpuTensor {
@@ -66,19 +67,6 @@ impl CpuWeight {
     }
 }
 
-/// Each weight is cut into this many tasks per thread: few, so that every thread streams long
-/// contiguous runs of rows (small interleaved tasks defeat the hardware prefetchers and cost a
-/// quarter of decode speed), but more than one, so a thread that starts late does not hold
-/// the others up.
-const TASKS_PER_THREAD: usize = 2;
-/// Rows of a task never go below this (a multiple of the prefill tile).
-const MIN_ROWS_PER_TASK: usize = 16;
-
-fn rows_per_task(n_rows: usize, n_threads: usize) -> usize {
-    n_rows
-        .div_ceil(n_threads.max(1) * TASKS_PER_THREAD)
-        .next_multiple_of(MIN_ROWS_PER_TASK)
-}
 /// Ops with less work than this (in multiply-adds) run on the calling thread: handing a small
 /// norm or a short-context decode attention to the pool costs more than it saves, and decode
 /// runs ~10 such ops per layer.
@@ -341,7 +329,7 @@ impl Backend for CpuBackend {
     }
 
     /// All the matmuls in one parallel region (one pool hand-off instead of one per weight),
-    /// with the decode rows quantized once for the integer kernels.
+    /// the input quantized once (`matmul.rs`).
     fn matmul_rows(
         &self,
         x: &CpuTensor,
@@ -349,93 +337,7 @@ impl Backend for CpuBackend {
         outs: &mut [&mut CpuTensor],
         n_single: usize,
     ) -> Result<()> {
-        ops::matmul::rows_shape(ws.len(), outs.len(), n_single, x.n_rows)?;
-        for (w, out) in ws.iter().zip(outs.iter()) {
-            ops::matmul::shape(
-                self.shape(x),
-                &w.name,
-                (w.n_rows, w.n_cols),
-                self.shape(out),
-            )?;
-        }
-        let (n_tok, k) = (x.n_rows, x.n_cols);
-        // Decode rows: fused dot products straight from the blocks. Prompt rows: dequantize
-        // each weight row once and reuse it for every token.
-        let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
-        // Decode rows quantized once here, shared by every task; empty when not used.
-        let act = self.activations;
-        let int8_wanted =
-            n_single > 0 && act == Activations::Q8 && ws.iter().any(|w| w.qtype.has_q8_dot());
-        let xq: Vec<Q8Act> = match int8_wanted {
-            true => (0..n_single)
-                .map_while(|t| Q8Act::quantize(x_row(t)))
-                .collect(),
-            false => Vec::new(),
-        };
-        let int8 = !xq.is_empty() && xq.len() == n_single;
-        let int16_wanted = n_single > 0
-            && act == Activations::Q16
-            && ws
-                .iter()
-                .any(|w| q16::kernel(w.qtype, self.level).is_some());
-        let xq16: Vec<Q16Act> = match int16_wanted {
-            true => (0..n_single)
-                .map_while(|t| Q16Act::quantize(x_row(t)))
-                .collect(),
-            false => Vec::new(),
-        };
-        let int16 = !xq16.is_empty() && xq16.len() == n_single;
-        let out_ptrs: Vec<SyncPtr> = outs
-            .iter_mut()
-            .map(|o| SyncPtr(o.data.as_mut_ptr()))
-            .collect();
-        // Tasks of every weight in one list: (weight, first row, rows).
-        let tasks: Vec<(usize, usize, usize)> = ws
-            .iter()
-            .enumerate()
-            .flat_map(|(i, w)| {
-                let step = rows_per_task(w.n_rows, self.n_threads);
-                (0..w.n_rows).step_by(step).map(move |r| (i, r, step))
-            })
-            .collect();
-        self.pool.run(tasks.len(), &|task| {
-            let (i, r0, step) = tasks[task];
-            let (w, out_ptr) = (ws[i], out_ptrs[i]);
-            let (n_out, r_end) = (w.n_rows, (r0 + step).min(w.n_rows));
-            // SAFETY: this task alone writes columns r0..r_end of output `i`; the index is
-            // in bounds by the shape checks above.
-            let store =
-                |t: usize, r: usize, v: f32| unsafe { *out_ptr.get().add(t * n_out + r) = v };
-            let int8 = int8 && w.qtype.has_q8_dot();
-            let k16 = q16::kernel(w.qtype, self.level).filter(|_| int16);
-            for r in r0..r_end {
-                let row = w.row_bytes(r);
-                for t in 0..n_single {
-                    let v = match (k16, xq16.get(t), xq.get(t)) {
-                        (Some(k), Some(x16), _) => k.dot(row, x16),
-                        (None, _, Some(xq)) if int8 => w.qtype.dot_row_q8(row, xq),
-                        _ => w.qtype.dot_row(row, x_row(t)),
-                    };
-                    store(t, r, v);
-                }
-            }
-            if n_single == n_tok {
-                return;
-            }
-            let prompt = &x.data[n_single * k..];
-            with_scratch(simd::TILE_ROWS * k, |buf| {
-                for rt in (r0..r_end).step_by(simd::TILE_ROWS) {
-                    let nr = simd::TILE_ROWS.min(r_end - rt);
-                    for (i, dst) in buf.chunks_exact_mut(k).take(nr).enumerate() {
-                        w.qtype.dequantize_row(w.row_bytes(rt + i), dst);
-                    }
-                    simd::tile_dot(&buf[..nr * k], prompt, k, |t, i, v| {
-                        store(n_single + t, rt + i, v)
-                    });
-                }
-            });
-        });
-        Ok(())
+        self.matmul_rows_cpu(x, ws, outs, n_single)
     }
 
     fn rope(

@@ -40,10 +40,14 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// GELU, tanh approximation (`gelu_pytorch_tanh`, what Gemma uses).
+/// GELU, tanh approximation (`gelu_pytorch_tanh`, what Gemma uses): `0.5 x (1 + tanh u)`
+/// with `u = √(2/π) (x + 0.044715 x³)`, computed as `x / (1 + e^(-2u))` (the same function:
+/// `1 + tanh u = 2 / (1 + e^(-2u))`). One `exp` instead of `tanh` (which libm builds on
+/// `expm1`): the two took 13% of Gemma 3's prefill.
 pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+    x / (1.0 + (-2.0 * u).exp())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -84,16 +88,21 @@ impl TensorOp for Elementwise {
 
     fn cpu(
         &self,
-        _cpu: &CpuBackend,
+        cpu: &CpuBackend,
         _w: Option<&CpuWeight>,
         ins: &[&CpuTensor],
         out: &mut CpuTensor,
     ) -> Result<()> {
+        // Over the pool, a row at a time: a prompt's FFN activation is millions of `exp`s.
         let gated = |f: fn(f32) -> f32, out: &mut CpuTensor| {
             let (gate, up) = (&ins[0].data, &ins[1].data);
-            for ((o, &g), &u) in out.data.iter_mut().zip(gate).zip(up) {
-                *o = f(g) * u;
-            }
+            let n_cols = out.n_cols.max(1);
+            cpu.for_each_row(16 * out.data.len(), &mut out.data, n_cols, &|i, o| {
+                let at = i * n_cols;
+                for ((o, &g), &u) in o.iter_mut().zip(&gate[at..]).zip(&up[at..]) {
+                    *o = f(g) * u;
+                }
+            });
         };
         match *self {
             Elementwise::SiluMul => gated(silu, out),

@@ -1,10 +1,14 @@
 //! The one 16-bit integer dot-product kernel, generic over the block format (`Unpack16`) and
 //! the instruction set (`Mac`): per 32-value group, 32 products of 16-bit weights and 16-bit
-//! activations summed exactly in i32 lanes (`vpmaddwd`, or `vpdpwssd` with AVX-512 VNNI), then
-//! scaled once in f32 by the weight's and the activation block's scales.
+//! activations summed exactly in i32 lanes (`vpmaddwd`, or `vpdpwssd` with AVX-512 VNNI).
+//! Groups go eight at a time (a "super-block" of 256 values: one K-quant block, or eight
+//! blocks of a one-group format): their eight exact sums are gathered into one vector and
+//! scaled there by the eight weight and activation scales, so the float work is a few vector
+//! operations per 256 products rather than per 32.
 //!
-//! The same instruction count per 32 products as the 8-bit path (`vpmaddubsw` + `vpmaddwd`),
-//! with activations 256 times finer.
+//! Each super-block is unpacked once and multiplied against up to eight activation rows; every
+//! row's sum is formed by the same operations in the same order whatever the rows beside it,
+//! so batching never changes a result (one row alone is the same kernel with `R = 1`).
 
 use std::arch::x86_64::*;
 
@@ -15,6 +19,8 @@ use crate::quant::hsum256;
 /// `Σ w·x` of one group (two halves of 16 values) as eight i32 lanes, four products each.
 pub(super) trait Mac {
     unsafe fn dot(w: [__m256i; 2], x: [__m256i; 2]) -> __m256i;
+    /// `acc + madd(a, b)`: the pairwise products of 16 i16 summed into 8 i32 lanes.
+    unsafe fn madd_acc(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
 }
 
 /// AVX2: `vpmaddwd` twice, one add.
@@ -24,16 +30,23 @@ impl Mac for Avx2 {
     unsafe fn dot(w: [__m256i; 2], x: [__m256i; 2]) -> __m256i {
         _mm256_add_epi32(_mm256_madd_epi16(w[0], x[0]), _mm256_madd_epi16(w[1], x[1]))
     }
+    #[inline(always)]
+    unsafe fn madd_acc(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+    }
 }
 
-/// AVX-512 VNNI at 256 bits (AVX512VL): two `vpdpwssd`, the add fused. 256-bit registers on
+/// AVX-512 VNNI at 256 bits (AVX512VL): `vpmaddwd`, then `vpdpwssd` with the add fused. 256-bit registers on
 /// purpose: a group is 32 values, and Zen 4 runs a 512-bit op as two 256-bit halves anyway.
 pub(super) struct Vnni;
 impl Mac for Vnni {
     #[inline(always)]
     unsafe fn dot(w: [__m256i; 2], x: [__m256i; 2]) -> __m256i {
-        let p = _mm256_dpwssd_epi32(_mm256_setzero_si256(), w[0], x[0]);
-        _mm256_dpwssd_epi32(p, w[1], x[1])
+        _mm256_dpwssd_epi32(_mm256_madd_epi16(w[0], x[0]), w[1], x[1])
+    }
+    #[inline(always)]
+    unsafe fn madd_acc(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        _mm256_dpwssd_epi32(acc, a, b)
     }
 }
 
@@ -60,48 +73,123 @@ unsafe fn load_x(xq: *const i16) -> [__m256i; 2] {
     ]
 }
 
-/// `row · x̂`: `Σ_groups (dw·dx) Σ u·q̂ + cw · (dx Σ q̂)`. The caller checks that `row` holds
-/// whole blocks of `x.len()` values and that the CPU has what `M` and the unpacking need.
+/// Groups per super-block.
+pub(super) const SB: usize = 8;
+
+/// The groups `0..n_groups` of super-block `sb` of `row` into `w` (the others stay zero), and
+/// the eight groups' weight scales and offsets (zero past `n_groups`).
 #[inline(always)]
-unsafe fn dot_row<U: Unpack16, M: Mac>(row: &[u8], x: &Q16Act) -> f32 {
-    let (mut acc, mut acc_off) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut off = 0f32;
-    for (i, b) in row.chunks_exact(U::BLOCK_BYTES).enumerate() {
-        let b = b.as_ptr();
-        let xq = x.qs.as_ptr().add(32 * U::GROUPS * i);
-        if U::GROUPS == 1 {
-            let p = M::dot(U::group(b, 0), load_x(xq));
-            let (dw, cw) = U::scale1(b);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * x.d[i]), acc);
-            off += cw * x.sum[i];
-        } else {
-            // A loop, not `array::from_fn`: its closure would not inherit the target features
-            // (see unpack.rs).
-            let mut p = [_mm256_setzero_si256(); 8];
-            for (g, pg) in p.iter_mut().enumerate() {
-                *pg = M::dot(U::group(b, g), load_x(xq.add(32 * g)));
-            }
-            let (dw, cw) = U::scales8(b);
-            let xd = _mm256_loadu_ps(x.d.as_ptr().add(8 * i));
-            let xs = _mm256_loadu_ps(x.sum.as_ptr().add(8 * i));
-            acc = _mm256_fmadd_ps(lane_sums(&p), _mm256_mul_ps(dw, xd), acc);
-            acc_off = _mm256_fmadd_ps(cw, xs, acc_off);
+pub(super) unsafe fn unpack_superblock<U: Unpack16>(
+    row: *const u8,
+    sb: usize,
+    n_groups: usize,
+    w: &mut [[__m256i; 2]; SB],
+) -> (__m256, __m256) {
+    if U::GROUPS == SB {
+        let b = row.add(sb * U::BLOCK_BYTES);
+        for (g, wg) in w.iter_mut().enumerate() {
+            *wg = U::group(b, g);
         }
+        U::scales8(b)
+    } else {
+        let b = row.add(sb * SB * U::BLOCK_BYTES);
+        let (mut dw, mut cw) = ([0f32; SB], [0f32; SB]);
+        for g in 0..n_groups {
+            let bg = b.add(g * U::BLOCK_BYTES);
+            w[g] = U::group(bg, 0);
+            (dw[g], cw[g]) = U::scale1(bg);
+        }
+        (_mm256_loadu_ps(dw.as_ptr()), _mm256_loadu_ps(cw.as_ptr()))
     }
-    hsum256(_mm256_add_ps(acc, acc_off)) + off
 }
 
-/// A kernel entry: `row · x̂` for a row of whole blocks.
-pub type Q16Kernel = unsafe fn(&[u8], &Q16Act) -> f32;
+/// One super-block (`n_groups` of its groups) against `R` activation rows, into their
+/// accumulators: `acc += (dw·dx) Σ u·q̂` and `acc_off += cw · (dx Σ q̂)`, lane `g` for group
+/// `g`.
+#[inline(always)]
+unsafe fn superblock_rows<U: Unpack16, M: Mac, const R: usize>(
+    row: *const u8,
+    xs: &[Q16Act; R],
+    sb: usize,
+    n_groups: usize,
+    acc: &mut [__m256; R],
+    acc_off: &mut [__m256; R],
+) {
+    let mut w = [[_mm256_setzero_si256(); 2]; SB];
+    let (dw, cw) = unpack_superblock::<U>(row, sb, n_groups, &mut w);
+    for r in 0..R {
+        let x = &xs[r];
+        let xq = x.qs.as_ptr().add(32 * SB * sb);
+        // A loop, not `array::from_fn`: its closure would not inherit the target features
+        // (see unpack.rs).
+        let mut p = [_mm256_setzero_si256(); SB];
+        for g in 0..n_groups {
+            p[g] = M::dot(w[g], load_x(xq.add(32 * g)));
+        }
+        // Scales and sums are padded with zeros to whole super-blocks (`Q16Act::quantize`).
+        let xd = _mm256_loadu_ps(x.d.as_ptr().add(SB * sb));
+        let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(SB * sb));
+        acc[r] = _mm256_fmadd_ps(lane_sums(&p), _mm256_mul_ps(dw, xd), acc[r]);
+        acc_off[r] = _mm256_fmadd_ps(cw, xsum, acc_off[r]);
+    }
+}
 
-/// `dot_row` compiled for AVX2 (+FMA, F16C).
+/// `row · x̂_r` for `R` activation rows at once. The caller checks that `row` holds whole
+/// blocks of each `xs[r].len()` values (all the same length), with a scale and a sum per
+/// activation block, and that the CPU has what `M` and the unpacking need.
+#[inline(always)]
+unsafe fn dot_rows<U: Unpack16, M: Mac, const R: usize>(row: &[u8], xs: &[Q16Act; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut acc_off = [_mm256_setzero_ps(); R];
+    let n_groups = xs[0].len() / 32;
+    let (n_full, tail) = (n_groups / SB, n_groups % SB);
+    for sb in 0..n_full {
+        superblock_rows::<U, M, R>(row.as_ptr(), xs, sb, SB, &mut acc, &mut acc_off);
+    }
+    if tail > 0 {
+        superblock_rows::<U, M, R>(row.as_ptr(), xs, n_full, tail, &mut acc, &mut acc_off);
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        out[r] = hsum256(_mm256_add_ps(acc[r], acc_off[r]));
+    }
+    out
+}
+
+/// `row · x̂` for each row of `xs` into `out`, in register blocks of 2 and 1 rows (more rows
+/// go to the lane kernel, `lanes.rs`).
+#[inline(always)]
+unsafe fn dot_rows_any<U: Unpack16, M: Mac>(row: &[u8], xs: &[Q16Act], out: &mut [f32]) {
+    let mut t = 0;
+    while xs.len() - t >= 2 {
+        out[t..t + 2].copy_from_slice(&dot_rows::<U, M, 2>(row, block(&xs[t..])));
+        t += 2;
+    }
+    if xs.len() > t {
+        out[t] = dot_rows::<U, M, 1>(row, block(&xs[t..]))[0];
+    }
+}
+
+/// The first `R` rows of `xs` as an array.
+#[inline(always)]
+fn block<const R: usize>(xs: &[Q16Act]) -> &[Q16Act; R] {
+    xs[..R]
+        .try_into()
+        .expect("the caller checked R rows remain")
+}
+
+/// A kernel entry: `row · x̂` for each activation row into `out` (as many), for a row of
+/// whole blocks.
+pub type Q16Kernel = unsafe fn(&[u8], &[Q16Act], &mut [f32]);
+
+/// `dot_rows` compiled for AVX2 (+FMA, F16C).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_row_avx2<U: Unpack16>(row: &[u8], x: &Q16Act) -> f32 {
-    dot_row::<U, Avx2>(row, x)
+pub(super) unsafe fn dot_rows_avx2<U: Unpack16>(row: &[u8], xs: &[Q16Act], out: &mut [f32]) {
+    dot_rows_any::<U, Avx2>(row, xs, out)
 }
 
-/// `dot_row` compiled for AVX-512 VNNI (and the AVX2 it builds on).
+/// `dot_rows` compiled for AVX-512 VNNI (and the AVX2 it builds on).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn dot_row_vnni<U: Unpack16>(row: &[u8], x: &Q16Act) -> f32 {
-    dot_row::<U, Vnni>(row, x)
+pub(super) unsafe fn dot_rows_vnni<U: Unpack16>(row: &[u8], xs: &[Q16Act], out: &mut [f32]) {
+    dot_rows_any::<U, Vnni>(row, xs, out)
 }

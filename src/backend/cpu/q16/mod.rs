@@ -10,8 +10,11 @@
 
 #[cfg(target_arch = "x86_64")]
 mod kernel;
+mod lanes;
 #[cfg(target_arch = "x86_64")]
 mod unpack;
+
+pub use lanes::{LaneScratch, Q16Lanes, LANES};
 
 use crate::quant::QuantType;
 
@@ -22,9 +25,9 @@ pub const Q16_BLOCK: usize = 32;
 #[derive(Debug, Clone, Default)]
 pub struct Q16Act {
     pub qs: Vec<i16>,
-    /// Scale of each block.
+    /// Scale of each block, then zeros to a multiple of eight blocks.
     pub d: Vec<f32>,
-    /// `d · Σq` of each block.
+    /// `d · Σq` of each block, then zeros as `d`.
     pub sum: Vec<f32>,
 }
 
@@ -60,6 +63,10 @@ impl Q16Act {
             out.d.push(d);
             out.sum.push(d * s as f32);
         }
+        // Zero blocks past the end, to whole super-blocks of eight: the kernels load eight
+        // scales at a time.
+        out.d.resize(n_blocks.next_multiple_of(8), 0.0);
+        out.sum.resize(n_blocks.next_multiple_of(8), 0.0);
         Some(out)
     }
 
@@ -150,24 +157,26 @@ pub fn kernel(qtype: QuantType, level: Level) -> Option<Q16Dot> {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        use kernel::{dot_row_avx2 as a, dot_row_vnni as v};
+        use kernel::{dot_rows_avx2 as a, dot_rows_vnni as v};
+        use lanes::{lanes_avx2 as la, lanes_vnni as lv};
         use unpack::*;
-        let pair: (kernel::Q16Kernel, kernel::Q16Kernel) = match qtype {
-            QuantType::Q8_0 => (a::<Q8_0>, v::<Q8_0>),
-            QuantType::Q4_0 => (a::<Q4_0>, v::<Q4_0>),
-            QuantType::Q4_1 => (a::<Q4_1>, v::<Q4_1>),
-            QuantType::Q5_0 => (a::<Q5_0>, v::<Q5_0>),
-            QuantType::Q5_1 => (a::<Q5_1>, v::<Q5_1>),
-            QuantType::Q4_K => (a::<Q4K>, v::<Q4K>),
-            QuantType::Q5_K => (a::<Q5K>, v::<Q5K>),
-            QuantType::Q6_K => (a::<Q6K>, v::<Q6K>),
+        type Entries = (kernel::Q16Kernel, lanes::LanesKernel);
+        let pair: (Entries, Entries) = match qtype {
+            QuantType::Q8_0 => ((a::<Q8_0>, la::<Q8_0>), (v::<Q8_0>, lv::<Q8_0>)),
+            QuantType::Q4_0 => ((a::<Q4_0>, la::<Q4_0>), (v::<Q4_0>, lv::<Q4_0>)),
+            QuantType::Q4_1 => ((a::<Q4_1>, la::<Q4_1>), (v::<Q4_1>, lv::<Q4_1>)),
+            QuantType::Q5_0 => ((a::<Q5_0>, la::<Q5_0>), (v::<Q5_0>, lv::<Q5_0>)),
+            QuantType::Q5_1 => ((a::<Q5_1>, la::<Q5_1>), (v::<Q5_1>, lv::<Q5_1>)),
+            QuantType::Q4_K => ((a::<Q4K>, la::<Q4K>), (v::<Q4K>, lv::<Q4K>)),
+            QuantType::Q5_K => ((a::<Q5K>, la::<Q5K>), (v::<Q5K>, lv::<Q5K>)),
+            QuantType::Q6_K => ((a::<Q6K>, la::<Q6K>), (v::<Q6K>, lv::<Q6K>)),
             QuantType::F32 | QuantType::F16 | QuantType::BF16 => return None,
         };
-        let f = match level {
+        let (f, lanes) = match level {
             Level::Avx512Vnni => pair.1,
             _ => pair.0,
         };
-        Some(Q16Dot { qtype, f })
+        Some(Q16Dot { qtype, f, lanes })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -182,6 +191,8 @@ pub struct Q16Dot {
     qtype: QuantType,
     #[cfg(target_arch = "x86_64")]
     f: kernel::Q16Kernel,
+    #[cfg(target_arch = "x86_64")]
+    lanes: lanes::LanesKernel,
 }
 
 impl Q16Dot {
@@ -191,16 +202,74 @@ impl Q16Dot {
     /// If `row` is not the row of `x.len()` values: a broken caller invariant.
     #[inline]
     pub fn dot(&self, row: &[u8], x: &Q16Act) -> f32 {
-        assert_eq!(Some(row.len()), self.qtype.row_bytes(x.len()));
+        let mut out = [0f32];
+        self.dot_rows(row, std::slice::from_ref(x), &mut out);
+        out[0]
+    }
+
+    /// `row · x̂` for every activation row of `xs` into `out`: the weight row is unpacked once
+    /// for up to eight activation rows. Each result is bit for bit what `dot` gives for its
+    /// row alone.
+    ///
+    /// # Panics
+    /// If `out` is not one value per row of `xs`, or `row` is not the row of each one's
+    /// values: a broken caller invariant.
+    #[inline]
+    pub fn dot_rows(&self, row: &[u8], xs: &[Q16Act], out: &mut [f32]) {
+        assert_eq!(xs.len(), out.len());
+        for x in xs {
+            let n_padded = (x.len() / Q16_BLOCK).next_multiple_of(8);
+            assert_eq!(Some(row.len()), self.qtype.row_bytes(x.len()));
+            assert!(x.d.len() == n_padded && x.sum.len() == n_padded);
+        }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `kernel` handed this entry out only for a level this CPU runs, and the row
-        // holds exactly the blocks of `x.len()` values (checked above), which is all the
-        // kernel reads.
+        // holds exactly the blocks of each row's values, with a scale and a sum per block
+        // (checked above): all the kernel reads.
         unsafe {
-            (self.f)(row, x)
+            (self.f)(row, xs, out)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("no 16-bit kernels are built for this target")
+    }
+}
+
+impl Q16Dot {
+    /// Every row of `rows` (`n_rows` whole rows of this format) against every activation row
+    /// of every chunk of `xs`: `out[row][chunk · 8 + lane]` (lanes past a chunk's rows are
+    /// zeros). Each value is bit for bit what `dot` gives for its weight row and activation
+    /// row alone. `scratch` holds the unpacked weights between calls.
+    ///
+    /// # Panics
+    /// If the chunks differ in length, `rows` is not `n_rows` rows of it, or `out` is not
+    /// `n_rows · 8 · xs.len()` values: a broken caller invariant.
+    pub fn dot_lanes(
+        &self,
+        rows: &[u8],
+        n_rows: usize,
+        xs: &[Q16Lanes],
+        scratch: &mut LaneScratch,
+        out: &mut [f32],
+    ) {
+        let n = xs.first().map_or(0, |x| x.len());
+        assert!(n > 0 && n_rows > 0 && xs.iter().all(|x| x.len() == n));
+        assert_eq!(
+            self.qtype.row_bytes(n).and_then(|b| b.checked_mul(n_rows)),
+            Some(rows.len())
+        );
+        assert_eq!(out.len(), n_rows * LANES * xs.len());
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `kernel` handed this entry out only for a level this CPU runs; the rows hold
+        // whole blocks of `n` values (checked above) and every chunk holds `n` values of eight
+        // lanes with a scale and sum per group (by construction in `Q16Lanes::new`).
+        unsafe {
+            (self.lanes)(rows, n_rows, xs, scratch, out)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = scratch;
+            unreachable!("no 16-bit kernels are built for this target")
+        }
     }
 }
 

@@ -92,8 +92,9 @@ fn every_kernel_at_every_level_matches_the_reference() {
     }
     for t in FORMATS {
         for level in &levels {
-            // Odd block counts: 1, 3, 5 and 7 blocks of the format.
-            for n_blocks in [1, 3, 5, 7] {
+            // Odd block counts, below, at and past the kernel's super-blocks of eight groups
+            // (one-group formats: a tail alone, whole super-blocks and a tail).
+            for n_blocks in [1, 3, 5, 7, 9, 19] {
                 let n = n_blocks * t.block_elems();
                 let x = activations(n);
                 let xq = Q16Act::quantize(&x).unwrap();
@@ -107,6 +108,105 @@ fn every_kernel_at_every_level_matches_the_reference() {
                     .collect();
                 if t.quantize_row(&vals, &mut smooth).is_some() {
                     check(t, *level, &smooth, &xq, &format!("{n} quantized values"));
+                }
+            }
+        }
+    }
+}
+
+/// Several activation rows at once (register blocks of 8, 4, 2 and 1) give each row bit for
+/// bit what it gives alone, and each within the reference's tolerance: batching never changes
+/// a result.
+#[test]
+fn rows_together_equal_each_row_alone() {
+    for t in FORMATS {
+        for level in Level::available()
+            .into_iter()
+            .filter(|&l| l != Level::Scalar)
+        {
+            let k = kernel(t, level).unwrap();
+            for n_blocks in [1, 3, 11] {
+                let n = n_blocks * t.block_elems();
+                let row = random_row(t, n, 7 + n_blocks as u64);
+                // 15 = 8 + 4 + 2 + 1: every block size, each row different.
+                let xs: Vec<Q16Act> = (0..15)
+                    .map(|r| {
+                        let x: Vec<f32> = activations(n + 32 * r)[32 * r..]
+                            .iter()
+                            .map(|v| v * (1.0 + r as f32 / 3.0) - 0.01 * r as f32)
+                            .collect();
+                        Q16Act::quantize(&x).unwrap()
+                    })
+                    .collect();
+                for n_rows in [1, 2, 3, 5, 8, 11, 15] {
+                    let mut got = vec![f32::NAN; n_rows];
+                    k.dot_rows(&row, &xs[..n_rows], &mut got);
+                    for (r, (x, g)) in xs.iter().zip(&got).enumerate() {
+                        let alone = k.dot(&row, x);
+                        assert_eq!(
+                            g.to_bits(),
+                            alone.to_bits(),
+                            "{t} at {}, row {r} of {n_rows}: {g} together, {alone} alone",
+                            level.name()
+                        );
+                        check(t, level, &row, x, &format!("row {r} of {n_rows}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The lane kernel (eight activation rows per vector, four weight rows at a time) gives each
+/// (weight row, activation row) bit for bit what `dot` gives it alone, whatever the chunk's
+/// other rows: for 1 to 8 rows per chunk, weight rows past a multiple of four, and
+/// super-block tails.
+#[test]
+fn lanes_equal_each_row_alone() {
+    for t in FORMATS {
+        for level in Level::available()
+            .into_iter()
+            .filter(|&l| l != Level::Scalar)
+        {
+            let k = kernel(t, level).unwrap();
+            let mut scratch = LaneScratch::default();
+            for n_blocks in [1, 3, 11] {
+                let n = n_blocks * t.block_elems();
+                let n_rows = 7;
+                let rows: Vec<u8> = (0..n_rows)
+                    .flat_map(|r| random_row(t, n, 31 * r as u64 + n_blocks as u64))
+                    .collect();
+                let row_bytes = t.row_bytes(n).unwrap();
+                let xs: Vec<Q16Act> = (0..13)
+                    .map(|r| {
+                        let x: Vec<f32> = activations(n + 32 * r)[32 * r..]
+                            .iter()
+                            .map(|v| v * (1.0 + r as f32 / 5.0) + 0.02 * r as f32)
+                            .collect();
+                        Q16Act::quantize(&x).unwrap()
+                    })
+                    .collect();
+                // Chunks of 8 and 5 rows, then one row alone.
+                let chunks = [&xs[..8], &xs[8..], &xs[3..4]];
+                let lanes: Vec<Q16Lanes> =
+                    chunks.iter().map(|c| Q16Lanes::new(c).unwrap()).collect();
+                let mut out = vec![f32::NAN; n_rows * LANES * lanes.len()];
+                k.dot_lanes(&rows, n_rows, &lanes, &mut scratch, &mut out);
+                for r in 0..n_rows {
+                    let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                    for (c, chunk) in chunks.iter().enumerate() {
+                        for lane in 0..LANES {
+                            let got = out[(r * lanes.len() + c) * LANES + lane];
+                            let want = chunk.get(lane).map_or(0.0, |x| k.dot(row, x));
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{t} at {}, {n} values, weight row {r}, chunk {c}, lane {lane}: \
+                                 {got} in lanes, {want} alone",
+                                level.name()
+                            );
+                        }
+                    }
                 }
             }
         }
