@@ -402,3 +402,40 @@ fn training_refuses_qwen2_by_name() {
     let qwen3 = load(&cpu, &import_f32("tiny-qwen3", &dir));
     assert!(LoraGraph::new(&cpu, &qwen3).is_ok());
 }
+
+/// Qwen's chat format is ChatML: the imported file's own template renders it, and a Qwen GGUF
+/// without a template falls back to Hearth's built-in ChatML, which renders the same text.
+#[test]
+fn qwen_chat_template_is_chatml_with_or_without_the_files() {
+    use hearth::gguf::GgufWriter;
+    use hearth::tokenizer::{template_for, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let own = GgufFile::open(import_f32("tiny-qwen2", &dir)).unwrap();
+    let mut w = GgufWriter::from_file(&own).unwrap();
+    w.remove("tokenizer.chat_template");
+    let bare_path = dir.path().join("no-template.gguf");
+    w.write(&bare_path).unwrap();
+    let bare = GgufFile::open(&bare_path).unwrap();
+    let messages = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "Hi"),
+        Message::new("assistant", "Hello."),
+        Message::new("user", "Again"),
+    ];
+    let want = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+                <|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nAgain<|im_end|>\n\
+                <|im_start|>assistant\n";
+    for (what, f) in [("own", &own), ("built-in", &bare)] {
+        let tok = Tokenizer::from_gguf(f).unwrap();
+        assert_eq!(tok.chat_template().is_some(), what == "own");
+        let rendered = template_for(f, &tok)
+            .unwrap()
+            .render(&messages, true)
+            .unwrap();
+        assert_eq!(rendered, want, "{what} template");
+        // The turn markers are single special tokens.
+        let ids = tok.encode(&rendered, false).unwrap();
+        let im_start = tok.token_id("<|im_start|>").unwrap();
+        assert_eq!(ids.iter().filter(|&&id| id == im_start).count(), 5);
+    }
+}
