@@ -65,6 +65,12 @@ fn llama3_renders_as_transformers() {
     check_golden("llama3");
 }
 
+/// Qwen3's published template (thinking blocks, tool calls, `messages[::-1]`, string methods).
+#[test]
+fn qwen3_renders_as_transformers() {
+    check_golden("qwen3");
+}
+
 /// The built-ins are the very texts the goldens were rendered from.
 #[test]
 fn builtins_are_the_golden_templates() {

@@ -16,6 +16,7 @@ mod model;
 mod perplexity;
 mod quant;
 mod quantize;
+mod qwen;
 mod runtime;
 mod server;
 mod server_bad;

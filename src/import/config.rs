@@ -1,6 +1,6 @@
 //! A Hugging Face `config.json` read into the GGUF hyperparameters of an architecture Hearth
 //! runs (the `{arch}.*` keys llama.cpp's `convert_hf_to_gguf.py` writes), refusing what
-//! GGUF cannot say or Hearth cannot run (biases, other activations, unknown RoPE scaling,
+//! GGUF cannot say or Hearth cannot run (MLP biases, other activations, unknown RoPE scaling,
 //! a Gemma 3 layer pattern or local RoPE base other than the ones llama.cpp hard-codes).
 //! Knows config.json keys and GGUF key names; not tensors, not tokenizers.
 
@@ -16,6 +16,10 @@ pub enum ImportArch {
     Llama,
     /// `Gemma3ForCausalLM` (text only): GGUF `gemma3`.
     Gemma3,
+    /// `Qwen2ForCausalLM` (Qwen2, Qwen2.5): GGUF `qwen2`.
+    Qwen2,
+    /// `Qwen3ForCausalLM` (dense): GGUF `qwen3`.
+    Qwen3,
 }
 
 impl ImportArch {
@@ -23,6 +27,8 @@ impl ImportArch {
         match self {
             ImportArch::Llama => "llama",
             ImportArch::Gemma3 => "gemma3",
+            ImportArch::Qwen2 => "qwen2",
+            ImportArch::Qwen3 => "qwen3",
         }
     }
 }
@@ -133,10 +139,13 @@ pub fn read(text: &str) -> Result<ImportConfig> {
     let arch = match hf_arch.as_str() {
         "LlamaForCausalLM" | "MistralForCausalLM" => ImportArch::Llama,
         "Gemma3ForCausalLM" => ImportArch::Gemma3,
+        "Qwen2ForCausalLM" => ImportArch::Qwen2,
+        "Qwen3ForCausalLM" => ImportArch::Qwen3,
         other => {
             return Err(Error::Import(format!(
                 "unsupported architecture {other:?} in config.json; Hearth imports \
-                 LlamaForCausalLM (Llama, SmolLM2), MistralForCausalLM and Gemma3ForCausalLM"
+                 LlamaForCausalLM (Llama, SmolLM2), MistralForCausalLM, Gemma3ForCausalLM, \
+                 Qwen2ForCausalLM and Qwen3ForCausalLM"
             )))
         }
     };
@@ -163,7 +172,7 @@ pub fn read(text: &str) -> Result<ImportConfig> {
         )));
     }
     let default_ctx = match arch {
-        ImportArch::Llama => None,
+        ImportArch::Llama | ImportArch::Qwen2 | ImportArch::Qwen3 => None,
         ImportArch::Gemma3 => Some(131_072),
     };
     let n_ctx = match (f.opt_count("max_position_embeddings")?, default_ctx) {
@@ -173,12 +182,14 @@ pub fn read(text: &str) -> Result<ImportConfig> {
     let rms_eps = match (f.float("rms_norm_eps")?, arch) {
         (Some(e), _) => e,
         (None, ImportArch::Gemma3) => 1e-6,
-        (None, ImportArch::Llama) => return Err(err("rms_norm_eps is missing")),
+        (None, _) => return Err(err("rms_norm_eps is missing")),
     };
+    // Qwen2's Q/K/V projections always have biases (transformers hard-codes them); no
+    // other model Hearth runs has any.
     for key in ["attention_bias", "mlp_bias"] {
-        if f.bool(key, false) {
+        if f.bool(key, false) && !(key == "attention_bias" && arch == ImportArch::Qwen2) {
             return Err(err(format!(
-                "{key} is true; Hearth's models have no biases"
+                "{key} is true; Hearth runs biases only on Qwen2's Q/K/V projections"
             )));
         }
     }
@@ -189,7 +200,7 @@ pub fn read(text: &str) -> Result<ImportConfig> {
         .and_then(Json::as_f64)
         .or(f.float("rope_theta")?)
         .unwrap_or(match arch {
-            ImportArch::Llama => 10_000.0,
+            ImportArch::Llama | ImportArch::Qwen2 | ImportArch::Qwen3 => 10_000.0,
             ImportArch::Gemma3 => 1_000_000.0,
         });
     let scaling = global
@@ -214,19 +225,31 @@ pub fn read(text: &str) -> Result<ImportConfig> {
     ];
     let mut rope_freqs = None;
     match arch {
-        ImportArch::Llama => {
+        ImportArch::Llama | ImportArch::Qwen2 | ImportArch::Qwen3 => {
             let act = f.str("hidden_act").unwrap_or("silu");
             if act != "silu" {
-                return Err(err(format!("hidden_act {act:?}; Llama models use silu")));
+                return Err(err(format!("hidden_act {act:?}; {hf_arch} uses silu")));
             }
-            metadata.push((key("vocab_size"), u32v(n_vocab)));
+            if arch == ImportArch::Llama {
+                metadata.push((key("vocab_size"), u32v(n_vocab)));
+            }
             metadata.push((key("rope.dimension_count"), u32v(head_dim)));
             if head_dim_given.is_some() {
                 metadata.push((key("attention.key_length"), u32v(head_dim)));
                 metadata.push((key("attention.value_length"), u32v(head_dim)));
             }
             if let Some(s) = scaling {
-                rope_freqs = llama_rope_scaling(s, rope_theta, head_dim, &key, &mut metadata)?;
+                rope_freqs = rope_scaling(s, rope_theta, head_dim, n_ctx, &key, &mut metadata)?;
+            }
+            // Llama 3's table is a tensor only `llama` GGUF readers look for.
+            if arch != ImportArch::Llama && rope_freqs.is_some() {
+                return Err(err(format!("llama3 RoPE scaling on {hf_arch}")));
+            }
+            // Qwen2 may name a window it does not use (`use_sliding_window: false`).
+            if arch != ImportArch::Llama && f.bool("use_sliding_window", false) {
+                return Err(err(
+                    "use_sliding_window is true; GGUF readers run Qwen with full attention",
+                ));
             }
             // transformers applies Mistral's window (where set); llama.cpp's converter drops
             // it, but Hearth reads it, so the imported model computes what transformers does.
@@ -300,12 +323,14 @@ pub fn read(text: &str) -> Result<ImportConfig> {
     })
 }
 
-/// Linear scaling becomes `rope.scaling.*` keys; Llama 3's becomes the `rope_freqs` table
-/// (convert_hf_to_gguf.py `LlamaModel.generate_extra_tensors`). Anything else is refused.
-fn llama_rope_scaling(
+/// Linear and YaRN scaling become `rope.scaling.*` keys (convert_hf_to_gguf.py
+/// `TextModel.set_gguf_parameters`); Llama 3's becomes the `rope_freqs` table
+/// (`LlamaModel.generate_extra_tensors`). Anything else is refused.
+fn rope_scaling(
     s: &serde_json::Map<String, Json>,
     base: f64,
     head_dim: usize,
+    n_ctx: usize,
     key: &dyn Fn(&str) -> String,
     metadata: &mut Vec<(String, Value)>,
 ) -> Result<Option<Vec<f32>>> {
@@ -321,6 +346,41 @@ fn llama_rope_scaling(
             let factor = num("factor", 1.0);
             metadata.push((key("rope.scaling.type"), Value::String("linear".into())));
             metadata.push((key("rope.scaling.factor"), Value::F32(factor as f32)));
+            Ok(None)
+        }
+        "yarn" => {
+            for k in ["mscale", "mscale_all_dim", "extrapolation_factor"] {
+                if s.get(k).is_some_and(|v| !v.is_null()) {
+                    return Err(err(format!("YaRN with {k} is not supported")));
+                }
+            }
+            if s.get("truncate").and_then(Json::as_bool) == Some(false) {
+                return Err(err("YaRN with truncate false is not supported"));
+            }
+            let factor = s
+                .get("factor")
+                .and_then(Json::as_f64)
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .ok_or_else(|| err("YaRN scaling without a factor"))?;
+            let orig = s
+                .get("original_max_position_embeddings")
+                .and_then(Json::as_u64)
+                .unwrap_or(n_ctx as u64);
+            metadata.push((key("rope.scaling.type"), Value::String("yarn".into())));
+            metadata.push((key("rope.scaling.factor"), Value::F32(factor as f32)));
+            metadata.push((
+                key("rope.scaling.original_context_length"),
+                Value::U32(u32::try_from(orig).map_err(|_| err("original context too long"))?),
+            ));
+            for (hf, gguf) in [
+                ("attention_factor", "rope.scaling.yarn_attn_factor"),
+                ("beta_fast", "rope.scaling.yarn_beta_fast"),
+                ("beta_slow", "rope.scaling.yarn_beta_slow"),
+            ] {
+                if let Some(v) = s.get(hf).and_then(Json::as_f64) {
+                    metadata.push((key(gguf), Value::F32(v as f32)));
+                }
+            }
             Ok(None)
         }
         "llama3" => {
@@ -349,7 +409,7 @@ fn llama_rope_scaling(
             Ok(Some(freqs))
         }
         other => Err(err(format!(
-            "RoPE scaling {other:?} is not supported (linear and llama3 are)"
+            "RoPE scaling {other:?} is not supported (linear, yarn and llama3 are)"
         ))),
     }
 }

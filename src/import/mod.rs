@@ -187,6 +187,11 @@ fn check_tensors(c: &ImportConfig, tensors: &[SourceTensor]) -> Result<()> {
         "ffn_up",
         "ffn_down",
     ];
+    match c.arch {
+        ImportArch::Qwen2 => per_layer.extend(["attn_q.bias", "attn_k.bias", "attn_v.bias"]),
+        ImportArch::Qwen3 => per_layer.extend(["attn_q_norm", "attn_k_norm"]),
+        _ => {}
+    }
     if c.arch == ImportArch::Gemma3 {
         per_layer.extend([
             "attn_q_norm",
@@ -196,7 +201,10 @@ fn check_tensors(c: &ImportConfig, tensors: &[SourceTensor]) -> Result<()> {
         ]);
     }
     for l in 0..c.n_layer {
-        required.extend(per_layer.iter().map(|t| format!("blk.{l}.{t}.weight")));
+        required.extend(per_layer.iter().map(|t| match t.ends_with(".bias") {
+            true => format!("blk.{l}.{t}"),
+            false => format!("blk.{l}.{t}.weight"),
+        }));
     }
     if let Some(missing) = required
         .iter()

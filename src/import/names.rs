@@ -1,6 +1,7 @@
 //! Hugging Face tensor names to GGUF's, with what each tensor needs on the way: Llama's Q/K
 //! rows permuted from the "rotate halves" layout transformers uses to the interleaved pairs
-//! GGUF readers rotate (convert_hf_to_gguf.py `LlamaModel.permute`), and Gemma's RMSNorm
+//! GGUF readers rotate (convert_hf_to_gguf.py `LlamaModel.permute`; Qwen and Gemma keep
+//! transformers' layout, which their NeoX RoPE rotates), and Gemma's RMSNorm
 //! weights stored as `1 + w` (its `Gemma3Model.norm_shift`). Knows names and row layouts;
 //! not files.
 
@@ -43,7 +44,12 @@ fn layer_tensor(arch: ImportArch, rest: &str) -> Option<&'static str> {
         return Some(common);
     }
     match (arch, rest) {
-        (ImportArch::Llama, "post_attention_layernorm.weight") => Some("ffn_norm"),
+        (
+            ImportArch::Llama | ImportArch::Qwen2 | ImportArch::Qwen3,
+            "post_attention_layernorm.weight",
+        ) => Some("ffn_norm"),
+        (ImportArch::Qwen3, "self_attn.q_norm.weight") => Some("attn_q_norm"),
+        (ImportArch::Qwen3, "self_attn.k_norm.weight") => Some("attn_k_norm"),
         (ImportArch::Gemma3, "post_attention_layernorm.weight") => Some("post_attention_norm"),
         (ImportArch::Gemma3, "pre_feedforward_layernorm.weight") => Some("ffn_norm"),
         (ImportArch::Gemma3, "post_feedforward_layernorm.weight") => Some("post_ffw_norm"),
@@ -83,8 +89,15 @@ pub fn map(c: &ImportConfig, hf_name: &str) -> Result<Option<Mapped>> {
                     c.n_layer
                 )));
             }
-            let t = layer_tensor(c.arch, rest).ok_or_else(unknown)?;
-            format!("blk.{layer}.{t}.weight")
+            match (c.arch, rest) {
+                (ImportArch::Qwen2, "self_attn.q_proj.bias") => format!("blk.{layer}.attn_q.bias"),
+                (ImportArch::Qwen2, "self_attn.k_proj.bias") => format!("blk.{layer}.attn_k.bias"),
+                (ImportArch::Qwen2, "self_attn.v_proj.bias") => format!("blk.{layer}.attn_v.bias"),
+                _ => {
+                    let t = layer_tensor(c.arch, rest).ok_or_else(unknown)?;
+                    format!("blk.{layer}.{t}.weight")
+                }
+            }
         }
     };
     let transform = match c.arch {

@@ -5,6 +5,8 @@ use crate::backend::RopeLayout;
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
+pub use super::rope_scaling::{RopeScaling, Yarn};
+
 /// The largest hyperparameters Hearth accepts from a file. Each is far above every released
 /// model (the largest: 126 layers, width 16 384, FFN 53 248, 128 heads, head size 256, a
 /// 262 144-token vocabulary, 10M context) and low enough that no product of them overflows
@@ -19,16 +21,6 @@ pub mod limits {
     pub const MAX_VOCAB: usize = 1 << 22;
     /// Also the largest `num_ctx` a request may ask for.
     pub const MAX_CTX: usize = 1 << 26;
-}
-
-/// RoPE frequency scaling applied to `inv_freq` at load time.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
-    None,
-    /// Positions divided by a factor (`{arch}.rope.scaling.type = linear`).
-    Linear(f32),
-    /// Per-frequency divisors from the `rope_freqs.weight` tensor (Llama 3.1+).
-    Factors(Vec<f32>),
 }
 
 #[derive(Debug, Clone)]
@@ -112,16 +104,14 @@ impl ModelConfig {
         if !(rope_base.is_finite() && rope_base > 0.0) {
             return Err(Error::Hyperparameter(format!("RoPE base {rope_base}")));
         }
-        let rope_scaling = match f.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
-            Some("linear") => {
-                let s = f.get_f32(&key("rope.scaling.factor"))?;
-                if !(s.is_finite() && s > 0.0) {
-                    return Err(Error::Hyperparameter(format!("RoPE scaling factor {s}")));
-                }
-                RopeScaling::Linear(s)
-            }
-            _ => RopeScaling::None,
-        };
+        let (rope_scaling, rope_mscale) = super::rope_scaling::read(f, arch, n_ctx_train)?;
+        if rope_mscale != 1.0 && n_rot != head_dim {
+            // The factor is folded into the attention scale below, which would scale the
+            // dims RoPE leaves alone too.
+            return Err(Error::Hyperparameter(format!(
+                "a RoPE attention factor of {rope_mscale} with {n_rot} of {head_dim} dims rotated"
+            )));
+        }
         let config = ModelConfig {
             arch_name: arch.to_string(),
             n_layers,
@@ -139,7 +129,9 @@ impl ModelConfig {
             rope_layout: RopeLayout::Interleaved,
             rope_scaling,
             sliding_window: None,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            // Queries and keys both carry RoPE's mscale (the references multiply cos and sin
+            // by it), so their product carries its square; the cache keeps unscaled keys.
+            attn_scale: rope_mscale * rope_mscale / (head_dim as f32).sqrt(),
         };
         config.check_tensors(f)?;
         Ok(config)
@@ -196,19 +188,9 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// `inv_freq[i] = 1 / base^(2i / n_rot)` with scaling folded in, in f32 as the reference
-    /// implementations compute it.
+    /// `inv_freq[i] = 1 / base^(2i / n_rot)` with scaling folded in (`rope_scaling::inv_freq`).
     pub fn inv_freq(&self, base: f32) -> Vec<f32> {
-        (0..self.n_rot / 2)
-            .map(|i| {
-                let f = 1.0 / base.powf((2 * i) as f32 / self.n_rot as f32);
-                match &self.rope_scaling {
-                    RopeScaling::None => f,
-                    RopeScaling::Linear(s) => f / s,
-                    RopeScaling::Factors(d) => f / d.get(i).copied().unwrap_or(1.0),
-                }
-            })
-            .collect()
+        super::rope_scaling::inv_freq(base, self.n_rot, &self.rope_scaling)
     }
 }
 

@@ -26,6 +26,7 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
             LayerSpec {
                 activation: Activation::GeluTanh,
                 qk_norm: true,
+                qkv_bias: false,
                 post_norms: true,
                 window: if local { config.sliding_window } else { None },
                 local_rope: local,

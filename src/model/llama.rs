@@ -34,6 +34,7 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
         .map(|_| LayerSpec {
             activation: Activation::Silu,
             qk_norm: false,
+            qkv_bias: false,
             post_norms: false,
             window,
             local_rope: false,

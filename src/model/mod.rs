@@ -8,6 +8,9 @@ pub mod config;
 mod gemma3;
 mod llama;
 pub mod plan;
+mod qwen2;
+mod qwen3;
+pub mod rope_scaling;
 pub mod transformer;
 
 pub use config::{ModelConfig, RopeScaling};
@@ -22,6 +25,10 @@ pub enum Arch {
     /// Llama 2/3, SmolLM2, Mistral: the same tensors and math.
     Llama,
     Gemma3,
+    /// Qwen2 and Qwen2.5 (Q/K/V biases).
+    Qwen2,
+    /// Qwen3 dense (Q/K norms).
+    Qwen3,
 }
 
 impl Arch {
@@ -29,6 +36,8 @@ impl Arch {
         match f.architecture()? {
             "llama" | "mistral" => Ok(Arch::Llama),
             "gemma3" => Ok(Arch::Gemma3),
+            "qwen2" => Ok(Arch::Qwen2),
+            "qwen3" => Ok(Arch::Qwen3),
             other => Err(Error::UnsupportedArch(other.to_string())),
         }
     }
@@ -38,6 +47,8 @@ impl Arch {
         match self {
             Arch::Llama => llama::spec(f),
             Arch::Gemma3 => gemma3::spec(f),
+            Arch::Qwen2 => qwen2::spec(f),
+            Arch::Qwen3 => qwen3::spec(f),
         }
     }
 }

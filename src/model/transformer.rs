@@ -3,6 +3,7 @@
 //! tensors and runs the blocks in math order. Intermediates carry llama.cpp's names
 //! (`attn_norm`, `ffn_out`) so a debug dump diffs against it.
 
+use crate::backend::ops::add_bias::AddBias;
 use crate::backend::{AttnParams, Backend, RopeParams, WeightSource};
 use crate::gguf::GgufFile;
 use crate::runtime::KvCache;
@@ -23,6 +24,8 @@ pub struct LayerSpec {
     pub activation: Activation,
     /// Per-head RMSNorm of Q and K before RoPE (`attn_q_norm`, `attn_k_norm`).
     pub qk_norm: bool,
+    /// Biases added to the Q, K and V projections (`attn_q.bias`, …; Qwen2).
+    pub qkv_bias: bool,
     /// RMSNorm of the attention and FFN outputs before the residual add
     /// (`post_attention_norm`, `post_ffw_norm`).
     pub post_norms: bool,
@@ -47,6 +50,9 @@ pub(crate) struct Layer<B: Backend> {
     pub(crate) attn_k: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
     pub(crate) attn_v: B::Weight,                      // [n_kv_heads * head_dim, n_embd]
     pub(crate) attn_output: B::Weight,                 // [n_embd, n_heads * head_dim]
+    pub(crate) attn_q_bias: Option<B::Tensor>,         // [1, n_heads * head_dim]
+    pub(crate) attn_k_bias: Option<B::Tensor>,         // [1, n_kv_heads * head_dim]
+    pub(crate) attn_v_bias: Option<B::Tensor>,         // [1, n_kv_heads * head_dim]
     pub(crate) attn_q_norm: Option<B::Weight>,         // [head_dim]
     pub(crate) attn_k_norm: Option<B::Weight>,         // [head_dim]
     pub(crate) post_attention_norm: Option<B::Weight>, // [n_embd]
@@ -145,6 +151,31 @@ fn check_dims<B: Backend>(
     weight(backend, f, name)
 }
 
+/// A 1-D tensor of `len` values (a bias) as an f32 tensor `[1, len]`: biases are added, not
+/// multiplied, so they are kept as activations are, whatever the file stores them as.
+fn bias<B: Backend>(backend: &B, f: &GgufFile, name: &str, len: usize) -> Result<B::Tensor> {
+    let info = f.tensor(name).ok_or_else(|| Error::Tensor {
+        name: name.to_string(),
+        msg: "missing from the GGUF file".into(),
+    })?;
+    if info.n_rows() != 1 || info.n_cols() != len {
+        return Err(Error::Tensor {
+            name: name.to_string(),
+            msg: format!(
+                "shape [{}, {}] where the hyperparameters give [1, {len}]",
+                info.n_rows(),
+                info.n_cols()
+            ),
+        });
+    }
+    let mut values = vec![0.0; len];
+    info.qtype
+        .dequantize_row(&f.tensor_bytes(info), &mut values);
+    let mut t = backend.tensor(1, len)?;
+    backend.write(&mut t, &values)?;
+    Ok(t)
+}
+
 impl<B: Backend> Model<B> {
     /// Loads the tensors `spec` names onto `backend`, checking every shape.
     pub fn load(backend: &B, f: &GgufFile, spec: ModelSpec) -> Result<Self> {
@@ -203,6 +234,12 @@ impl<B: Backend> Model<B> {
                 on.then(|| check_dims(backend, f, &t(n), 1, len))
                     .transpose()
             };
+            let opt_bias = |n: &str, len: usize| -> Result<Option<B::Tensor>> {
+                let name = format!("blk.{i}.{n}.bias");
+                ls.qkv_bias
+                    .then(|| bias(backend, f, &name, len))
+                    .transpose()
+            };
             layers.push(Layer {
                 spec: ls.clone(),
                 attn_norm: check_dims(backend, f, &t("attn_norm"), 1, d)?,
@@ -210,6 +247,9 @@ impl<B: Backend> Model<B> {
                 attn_k: check_dims(backend, f, &t("attn_k"), kv_dim, d)?,
                 attn_v: check_dims(backend, f, &t("attn_v"), kv_dim, d)?,
                 attn_output: check_dims(backend, f, &t("attn_output"), d, q_dim)?,
+                attn_q_bias: opt_bias("attn_q", q_dim)?,
+                attn_k_bias: opt_bias("attn_k", kv_dim)?,
+                attn_v_bias: opt_bias("attn_v", kv_dim)?,
                 attn_q_norm: opt(ls.qk_norm, "attn_q_norm", c.head_dim)?,
                 attn_k_norm: opt(ls.qk_norm, "attn_k_norm", c.head_dim)?,
                 post_attention_norm: opt(ls.post_norms, "post_attention_norm", d)?,
@@ -394,6 +434,15 @@ impl<B: Backend> Model<B> {
             lora(backend, l, Target::Q, &cur, &mut q, n_single)?;
             lora(backend, l, Target::K, &cur, &mut k, n_single)?;
             lora(backend, l, Target::V, &cur, &mut v, n_single)?;
+            for (b, y) in [
+                (&l.attn_q_bias, &mut q),
+                (&l.attn_k_bias, &mut k),
+                (&l.attn_v_bias, &mut v),
+            ] {
+                if let Some(b) = b {
+                    backend.apply(&AddBias, None, &[b], y)?;
+                }
+            }
             if let (Some(qn), Some(kn)) = (&l.attn_q_norm, &l.attn_k_norm) {
                 backend.rms_norm(&q, qn, c.rms_eps, &mut tmp_q)?;
                 backend.rms_norm(&k, kn, c.rms_eps, &mut tmp_k)?;

@@ -37,6 +37,14 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
                 "training needs the whole model on one device".into(),
             ));
         }
+        // The tape's block (`layer`) has no bias add: a model with Q/K/V biases (Qwen2)
+        // would train a different function from the one it runs.
+        if model.layers().iter().any(|l| l.spec.qkv_bias) {
+            return Err(Error::Train(format!(
+                "training does not support {} models yet (Q/K/V projection biases)",
+                model.config.arch_name
+            )));
+        }
         let neg = |local: bool| -> Result<B::Tensor> {
             let f = b.read(model.inv_freq(local))?;
             let neg: Vec<f32> = f.iter().map(|v| -v).collect();

@@ -208,4 +208,5 @@ ops! {
     RmsNormBwd(rms_norm_bwd::RmsNormBwdCase),
     CrossEntropy(cross_entropy::CrossEntropyCase),
     AttentionBwd(attention_bwd::AttentionBwdCase),
+    AddBias(add_bias::AddBiasCase),
 }
