@@ -3,6 +3,7 @@
 
 use super::config::{read_window, ModelConfig, RopeScaling};
 use super::transformer::{Activation, LayerSpec, ModelSpec};
+use crate::backend::Mask;
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -35,7 +36,7 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
             activation: Activation::Silu,
             qk_norm: false,
             post_norms: false,
-            window,
+            mask: Mask::window(window),
             local_rope: false,
         })
         .collect();
