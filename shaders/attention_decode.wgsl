@@ -2,8 +2,8 @@
 // (flash-decoding): `attn_split` gives each workgroup one (query row, head, 256-key chunk) and
 // writes that chunk's softmax statistics (max m, sum l) and its unnormalised output; then
 // `attn_combine` merges the chunks of each (row, head). Causal, grouped-query (query head h
-// reads KV head h / (n_heads / n_kv_heads)), optional sliding window and logit soft cap.
-// Assembled after a cache file (kv/*.wgsl), common/attention.wgsl (`p`, `q`, `window_start`,
+// reads KV head h / (n_heads / n_kv_heads)), optional sliding window, sinks and soft cap.
+// Assembled after a cache file (kv/*.wgsl), common/attention.wgsl (`p`, `q`, the mask,
 // `softcapped`) and a reduction file (`wg_max`, `wg_sum`, `Lanes`).
 
 // Per (row, head, split): m, l, then head_dim unnormalised output values.
@@ -28,11 +28,14 @@ fn attn_split(
     let hd = p.head_dim;
     let pos = row_pos(t);
     let kv_off = (h / (p.n_heads / p.n_kv_heads)) * hd;
-    // Keys this workgroup covers: [lo, hi], possibly empty.
-    let lo = max(window_start(pos), split * CHUNK);
-    let hi = min(pos, split * CHUNK + CHUNK - 1u);
+    // The keys this row sees, numbered 0.. (sinks first, then the window): this workgroup
+    // covers numbers [lo, end), possibly none.
+    let ns = n_sinks(pos);
+    let lw = window_start(pos);
+    let lo = split * CHUNK;
+    let end = min(n_keys(pos), lo + CHUNK);
     let part = ((wg.z * p.n_heads + h) * p.n_splits + split) * (hd + 2u);
-    if (lo > hi) {
+    if (lo >= end) {
         // Uniform: every thread of the workgroup takes this branch together.
         if (lid == 0u) {
             parts[part] = 0.0;
@@ -49,11 +52,11 @@ fn attn_split(
     workgroupBarrier();
 
     // One key per thread.
-    let j = split * CHUNK + lid;
-    let valid = j >= lo && j <= hi;
+    let i = lo + lid;
+    let valid = i < end;
     var s = -3.0e38;
     if (valid) {
-        let ko = cache_row(t, j) * p.kv_stride + kv_off;
+        let ko = cache_row(t, key_from(i, ns, lw)) * p.kv_stride + kv_off;
         var acc = 0.0;
         for (var d = 0u; d < hd; d++) {
             acc += q_s[d] * k_at(ko + d);
@@ -75,8 +78,9 @@ fn attn_split(
         let d = d0 + lid % hd;
         var acc = 0.0;
         if (g < groups && d < hd) {
-            for (var jj = lo + g; jj <= hi; jj += groups) {
-                acc += p_s[jj - split * CHUNK] * v_at(cache_row(t, jj) * p.kv_stride + kv_off + d);
+            for (var ii = lo + g; ii < end; ii += groups) {
+                let vo = cache_row(t, key_from(ii, ns, lw)) * p.kv_stride + kv_off;
+                acc += p_s[ii - lo] * v_at(vo + d);
             }
         }
         o_s[lid] = acc;

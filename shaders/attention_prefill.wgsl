@@ -5,8 +5,8 @@
 // scores never leave workgroup memory. Tile sizes follow head_dim: the query tile holds 1024
 // values and the K/V tile 2048 (BQ = 1024 / head_dim, BK = 2048 / head_dim, head_dim counted
 // as at least 64), which keeps workgroup memory under 16 KiB. Causal, grouped-query, optional
-// sliding window and logit soft cap. Assembled after a cache file (kv/*.wgsl) and
-// common/attention.wgsl (`p`, `q`, `window_start`, `softcapped`).
+// sliding window, sinks and logit soft cap. Assembled after a cache file (kv/*.wgsl) and
+// common/attention.wgsl (`p`, `q`, the mask, `softcapped`).
 
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
@@ -52,16 +52,19 @@ fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
     }
     var acc: array<f32, 4>;
 
-    // Keys any row of the tile can see.
+    // Keys any row of the tile can see, numbered 0.. as the first row's: its sinks, then
+    // from its window start (the smallest) to the last row's position.
     let lo = window_start(pos0);
+    let ns = n_sinks(pos0);
     let hi = pos0 + n_rows - 1u;
-    for (var j0 = lo; j0 <= hi; j0 += bk) {
+    let n_seen = ns + hi + 1u - lo;
+    for (var i0 = 0u; i0 < n_seen; i0 += bk) {
         workgroupBarrier();
         for (var i = lid; i < bk * hd; i += 256u) {
-            let j = j0 + i / hd;
+            let c = i0 + i / hd;
             var v = 0.0;
-            if (j <= hi) {
-                v = k_at(cache_row(t0, j) * p.kv_stride + kv_off + i % hd);
+            if (c < n_seen) {
+                v = k_at(cache_row(t0, key_from(c, ns, lo)) * p.kv_stride + kv_off + i % hd);
             }
             kv_t[i] = v;
         }
@@ -71,9 +74,9 @@ fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
             let r = i / bk;
             let c = i % bk;
             let pos = pos0 + r;
-            let j = j0 + c;
+            let j = key_from(i0 + c, ns, lo);
             var s = -3.0e38;
-            if (r < n_rows && j <= pos && j >= window_start(pos)) {
+            if (r < n_rows && i0 + c < n_seen && visible(pos, j)) {
                 var dot_qk = 0.0;
                 for (var d = 0u; d < hd; d++) {
                     dot_qk += q_t[r * hd + d] * kv_t[c * hd + d];
@@ -110,10 +113,10 @@ fn attn_prefill(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id
         }
         workgroupBarrier();
         for (var i = lid; i < bk * hd; i += 256u) {
-            let j = j0 + i / hd;
+            let c = i0 + i / hd;
             var v = 0.0;
-            if (j <= hi) {
-                v = v_at(cache_row(t0, j) * p.kv_stride + kv_off + i % hd);
+            if (c < n_seen) {
+                v = v_at(cache_row(t0, key_from(c, ns, lo)) * p.kv_stride + kv_off + i % hd);
             }
             kv_t[i] = v;
         }

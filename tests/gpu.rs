@@ -408,7 +408,7 @@ fn bad_inputs_are_errors() {
         n_kv_heads: 1,
         head_dim: 512,
         scale: 1.0,
-        window: None,
+        mask: hearth::backend::Mask::CAUSAL,
         softcap: None,
     };
     let rows = gpu.rows(&BatchRows::contiguous(0, 1).unwrap()).unwrap();

@@ -11,7 +11,9 @@ use hearth::backend::ops::case::Rng;
 use hearth::backend::ops::cross_entropy::CrossEntropy;
 use hearth::backend::ops::gelu_mul_bwd::GeluMulBwd;
 use hearth::backend::ops::rms_norm_bwd::RmsNormBwd;
-use hearth::backend::{Backend, BatchRows, RopeLayout, RopeParams, TrainBackend, WeightSource};
+use hearth::backend::{
+    Backend, BatchRows, Mask, RopeLayout, RopeParams, TrainBackend, WeightSource,
+};
 
 type F64Fn<'a> = &'a dyn Fn(&[f64]) -> f64;
 
@@ -166,19 +168,23 @@ fn attention_loss(
     n: usize,
     (h, g, hd): (usize, usize, usize),
     scale: f64,
-    window: Option<usize>,
+    (window, sinks): (Option<usize>, usize),
 ) -> f64 {
     let mut l = 0.0;
     for i in 0..n {
+        // Written out here rather than through `Mask`, so the kernels are checked against an
+        // independent statement of the mask.
         let lo = match window {
             Some(w) => (i + 1).saturating_sub(w),
             None => 0,
         };
+        let seen: Vec<usize> = (0..=i).filter(|&j| j >= lo || j < sinks).collect();
         for head in 0..h {
             let kvh = head / (h / g);
             let qi = &q[(i * h + head) * hd..][..hd];
-            let s: Vec<f64> = (lo..=i)
-                .map(|j| {
+            let s: Vec<f64> = seen
+                .iter()
+                .map(|&j| {
                     let kj = &k[(j * g + kvh) * hd..][..hd];
                     scale * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>()
                 })
@@ -187,9 +193,10 @@ fn attention_loss(
             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let sum: f64 = e.iter().sum();
             for c in 0..hd {
-                let o: f64 = (lo..=i)
+                let o: f64 = seen
+                    .iter()
                     .zip(&e)
-                    .map(|(j, p)| p / sum * v[(j * g + kvh) * hd + c])
+                    .map(|(&j, p)| p / sum * v[(j * g + kvh) * hd + c])
                     .sum();
                 l += dout[(i * h + head) * hd + c] * o;
             }
@@ -200,11 +207,13 @@ fn attention_loss(
 
 fn attention_bwd_on<B: Backend>(b: &B) {
     let mut rng = Rng::new(24);
-    for (n, h, g, hd, window) in [
-        (7, 4, 2, 5, None),
-        (9, 3, 1, 6, Some(4)),
-        (6, 2, 2, 3, None),
+    for (n, h, g, hd, window, sinks) in [
+        (7, 4, 2, 5, None, 0),
+        (9, 3, 1, 6, Some(4), 0),
+        (6, 2, 2, 3, None, 0),
+        (10, 2, 1, 4, Some(3), 2),
     ] {
+        let mask = Mask { window, sinks };
         let scale = 1.0 / (hd as f32).sqrt();
         let (q, k, v, dout) = (
             rng.values(n * h * hd),
@@ -228,7 +237,7 @@ fn attention_bwd_on<B: Backend>(b: &B) {
             n_kv_heads: g,
             head_dim: hd,
             scale,
-            window,
+            mask,
             softcap: None,
         };
         let mut out = b.tensor(n, h * hd).unwrap();
@@ -241,7 +250,16 @@ fn attention_bwd_on<B: Backend>(b: &B) {
             .sum();
         let (q64, k64, v64, d64) = (to64(&q), to64(&k), to64(&v), to64(&dout));
         let dims = (h, g, hd);
-        let ref_fwd = attention_loss(&q64, &k64, &v64, &d64, n, dims, f64::from(scale), window);
+        let ref_fwd = attention_loss(
+            &q64,
+            &k64,
+            &v64,
+            &d64,
+            n,
+            dims,
+            f64::from(scale),
+            (window, sinks),
+        );
         assert!(
             (fwd - ref_fwd).abs() < 1e-4 * ref_fwd.abs().max(1.0),
             "{fwd} vs {ref_fwd}"
@@ -262,7 +280,7 @@ fn attention_bwd_on<B: Backend>(b: &B) {
                 n_kv_heads: g,
                 head_dim: hd,
                 scale,
-                window,
+                mask,
                 wrt,
                 accumulate: false,
             };
@@ -270,9 +288,9 @@ fn attention_bwd_on<B: Backend>(b: &B) {
             let loss = |x: &[f64]| -> f64 {
                 let s = f64::from(scale);
                 match wrt {
-                    Wrt::Q => attention_loss(x, &k64, &v64, &d64, n, dims, s, window),
-                    Wrt::K => attention_loss(&q64, x, &v64, &d64, n, dims, s, window),
-                    Wrt::V => attention_loss(&q64, &k64, x, &d64, n, dims, s, window),
+                    Wrt::Q => attention_loss(x, &k64, &v64, &d64, n, dims, s, (window, sinks)),
+                    Wrt::K => attention_loss(&q64, x, &v64, &d64, n, dims, s, (window, sinks)),
+                    Wrt::V => attention_loss(&q64, &k64, x, &d64, n, dims, s, (window, sinks)),
                 }
             };
             let x = match wrt {
@@ -280,7 +298,7 @@ fn attention_bwd_on<B: Backend>(b: &B) {
                 Wrt::K => &k,
                 Wrt::V => &v,
             };
-            let what = format!("{} attention_bwd {n} {dims:?} {window:?} {wrt:?}", b.name());
+            let what = format!("{} attention_bwd {n} {dims:?} {mask:?} {wrt:?}", b.name());
             check_fd(&what, x, &b.read(&grad).unwrap(), &loss, 1, 1e-4);
         }
     }

@@ -12,6 +12,7 @@ mod hostile;
 mod http;
 mod import;
 mod kill;
+mod long_context;
 mod model;
 mod perplexity;
 mod quant;

@@ -1,7 +1,8 @@
 //! The backward pass of causal GQA attention over one dense sequence (row i = position i),
 // one thread per output value: flags bits 0-1 say which gradient (0 dq, 1 dk, 2 dv), bit 2
-// accumulates, bits 8.. hold the kv head count; rows = n, cols = heads, inner = head_dim,
-// s = scale, aux = the sliding window (0: none). A reference kernel: each thread recomputes
+// accumulates, bits 8-15 hold the kv head count and bits 16-31 the attention sinks (the first
+// positions, visible outside the window); rows = n, cols = heads, inner = head_dim, s = scale,
+// aux = the sliding window (0: none). A reference kernel: each thread recomputes
 // the softmax rows it needs. Assembled after common/op.wgsl.
 
 @group(0) @binding(2) var<storage, read> q: array<f32>;
@@ -18,7 +19,16 @@ fn lo_of(i: u32) -> u32 {
 }
 
 fn kv_heads() -> u32 {
-    return p.flags >> 8u;
+    return (p.flags >> 8u) & 255u;
+}
+
+fn sinks() -> u32 {
+    return p.flags >> 16u;
+}
+
+// Whether row i sees key j: causal, inside the window or one of the sinks.
+fn visible(i: u32, j: u32) -> bool {
+    return j <= i && (j >= lo_of(i) || j < sinks());
 }
 
 fn score(i: u32, h: u32, j: u32) -> f32 {
@@ -50,12 +60,17 @@ struct RowStats {
 
 fn row_stats(i: u32, h: u32) -> RowStats {
     var mx = -3.4e38;
-    for (var j = lo_of(i); j <= i; j++) {
-        mx = max(mx, score(i, h, j));
+    for (var j = 0u; j <= i; j++) {
+        if (visible(i, j)) {
+            mx = max(mx, score(i, h, j));
+        }
     }
     var sum = 0.0;
     var d = 0.0;
-    for (var j = lo_of(i); j <= i; j++) {
+    for (var j = 0u; j <= i; j++) {
+        if (!visible(i, j)) {
+            continue;
+        }
         let e = exp(score(i, h, j) - mx);
         sum += e;
         d += e * dprob(i, h, j);
@@ -78,7 +93,10 @@ fn attention_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         let i = idx / (hd * p.cols);
         let g = h / (p.cols / kv_heads());
         let st = row_stats(i, h);
-        for (var j = lo_of(i); j <= i; j++) {
+        for (var j = 0u; j <= i; j++) {
+            if (!visible(i, j)) {
+                continue;
+            }
             let pr = exp(score(i, h, j) - st.mx) / st.sum;
             let ds = pr * (dprob(i, h, j) - st.d);
             acc += p.s * ds * k[(j * kv_heads() + g) * hd + c];
@@ -89,8 +107,11 @@ fn attention_bwd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         let group = p.cols / kv_heads();
         for (var h = g * group; h < (g + 1u) * group; h++) {
             for (var i = j; i < p.rows; i++) {
-                if (lo_of(i) > j) {
-                    break;
+                if (!visible(i, j)) {
+                    if (j >= sinks()) {
+                        break;
+                    }
+                    continue;
                 }
                 let st = row_stats(i, h);
                 let pr = exp(score(i, h, j) - st.mx) / st.sum;

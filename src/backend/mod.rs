@@ -16,9 +16,11 @@
 pub mod batch_rows;
 pub mod cpu;
 pub mod gpu;
+pub mod mask;
 pub mod ops;
 
 pub use batch_rows::{BatchRows, SeqRows};
+pub use mask::Mask;
 pub use ops::TensorOp;
 
 use ops::elementwise::Elementwise;
@@ -150,7 +152,8 @@ impl std::str::FromStr for KvType {
 }
 
 /// Causal grouped-query attention of a batch's query rows against a paged KV cache: row `t`
-/// sees positions `..= pos[t]` of its own sequence, found through its block table.
+/// sees the positions `mask` allows among `..= pos[t]` of its own sequence, found through its
+/// block table.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnParams {
     pub n_heads: usize,
@@ -158,8 +161,8 @@ pub struct AttnParams {
     pub head_dim: usize,
     /// Multiplier of `q·k` (usually `1/sqrt(head_dim)`).
     pub scale: f32,
-    /// Sliding window: query at position `p` sees only keys at positions `> p - window`.
-    pub window: Option<usize>,
+    /// Which keys each query sees (causal; window and sinks as the layer says).
+    pub mask: Mask,
     /// Gemma 2 style soft cap of the attention logits: `cap * tanh(s / cap)`.
     pub softcap: Option<f32>,
 }

@@ -6,7 +6,7 @@
 
 use super::config::{read_window, ModelConfig};
 use super::transformer::{Activation, LayerSpec, ModelSpec};
-use crate::backend::RopeLayout;
+use crate::backend::{Mask, RopeLayout};
 use crate::gguf::GgufFile;
 use crate::Result;
 
@@ -28,7 +28,7 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
                 qk_norm: true,
                 qkv_bias: false,
                 post_norms: true,
-                window: if local { config.sliding_window } else { None },
+                mask: Mask::window(if local { config.sliding_window } else { None }),
                 local_rope: local,
             }
         })

@@ -3,6 +3,7 @@
 
 use super::config::{read_window, ModelConfig, RopeScaling};
 use super::transformer::{Activation, LayerSpec, ModelSpec};
+use crate::backend::Mask;
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -36,7 +37,7 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
             qk_norm: false,
             qkv_bias: false,
             post_norms: false,
-            window,
+            mask: Mask::window(window),
             local_rope: false,
         })
         .collect();

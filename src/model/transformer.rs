@@ -4,7 +4,7 @@
 //! (`attn_norm`, `ffn_out`) so a debug dump diffs against it.
 
 use crate::backend::ops::add_bias::AddBias;
-use crate::backend::{AttnParams, Backend, RopeParams, WeightSource};
+use crate::backend::{AttnParams, Backend, Mask, RopeParams, WeightSource};
 use crate::gguf::GgufFile;
 use crate::runtime::KvCache;
 use crate::{Error, Result};
@@ -29,7 +29,9 @@ pub struct LayerSpec {
     /// RMSNorm of the attention and FFN outputs before the residual add
     /// (`post_attention_norm`, `post_ffw_norm`).
     pub post_norms: bool,
-    pub window: Option<usize>,
+    /// Which keys this layer's attention sees: Gemma 3's local layers a sliding window,
+    /// its global ones every earlier key.
+    pub mask: Mask,
     /// Uses `rope_base_local` instead of `rope_base`.
     pub local_rope: bool,
 }
@@ -464,7 +466,7 @@ impl<B: Backend> Model<B> {
                 n_kv_heads: c.n_kv_heads,
                 head_dim: c.head_dim,
                 scale: c.attn_scale,
-                window: l.spec.window,
+                mask: l.spec.mask,
                 softcap: None,
             };
             backend.attention(&q, k_cache, v_cache, rows, &attn, &mut kqv)?;

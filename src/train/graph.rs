@@ -143,7 +143,7 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
             scale: c.attn_scale,
-            window: l.spec.window,
+            mask: l.spec.mask,
             softcap: None,
         };
         let kqv = tape.attention(q, k, v, attn)?;

@@ -426,7 +426,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                         n_kv_heads: p.n_kv_heads,
                         head_dim: p.head_dim,
                         scale: p.scale,
-                        window: p.window,
+                        mask: p.mask,
                         wrt,
                         accumulate: false,
                     };

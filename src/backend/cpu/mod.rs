@@ -5,6 +5,7 @@
 //! step, then sleep).
 
 mod activations;
+mod attention;
 mod cache;
 mod matmul;
 pub mod pool;
@@ -379,10 +380,10 @@ impl Backend for CpuBackend {
         let stride = k_cache.n_cols;
         match (&k_cache.data, &v_cache.data) {
             (CacheData::F32(k), CacheData::F32(v)) => {
-                attend(self.pool, q, k, v, stride, rows, p, out)
+                attention::attend(self.pool, q, (k, v), stride, rows, p, out)
             }
             (CacheData::F16(k), CacheData::F16(v)) => {
-                attend(self.pool, q, k, v, stride, rows, p, out)
+                attention::attend(self.pool, q, (k, v), stride, rows, p, out)
             }
             _ => unreachable!("ops::attention::shape checked that K and V share a type"),
         }
@@ -411,45 +412,4 @@ impl Backend for CpuBackend {
         )?;
         op.cpu(self, w, ins, out)
     }
-}
-
-/// Attention of every (query row, head) against caches of element type `E`: one task per
-/// head when the work is worth the pool.
-#[allow(clippy::too_many_arguments)]
-fn attend<E: KvValue>(
-    pool: &Pool,
-    q: &CpuTensor,
-    k: &[E],
-    v: &[E],
-    kv_stride: usize,
-    rows: &BatchRows,
-    p: &AttnParams,
-    out: &mut CpuTensor,
-) {
-    let hd = p.head_dim;
-    let group = p.n_heads / p.n_kv_heads;
-    let n_seen = rows.pos.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
-    let head = |idx: usize, o: &mut [f32]| {
-        let (t, h) = (idx / p.n_heads, idx % p.n_heads);
-        let qh = &q.data[t * q.n_cols + h * hd..][..hd];
-        with_scratch(n_seen, |scores| {
-            ops::attention::reference_head(
-                qh,
-                k,
-                v,
-                kv_stride,
-                (h / group) * hd,
-                |j| rows.cache_row(t, j),
-                rows.pos[t] as usize,
-                p,
-                scores,
-                o,
-                E::dot,
-                E::axpy,
-            )
-        });
-    };
-    // Work ≈ query rows × heads × keys seen × head size.
-    let par = parallel(q.n_rows * p.n_heads * n_seen * hd);
-    pool.for_each_chunk(par, &mut out.data, hd, &head);
 }

@@ -7,7 +7,7 @@ use super::ops::u32_of;
 use super::params::AttnUniform;
 use super::GpuBackend;
 use crate::backend::ops::{self, check};
-use crate::backend::{AttnParams, Backend};
+use crate::backend::{AttnParams, Backend, Mask};
 use crate::Result;
 
 /// A sequence's run of up to this many query rows takes the split-keys kernels
@@ -49,7 +49,8 @@ impl GpuBackend {
             n_heads: u32_of("attention", p.n_heads)?,
             n_kv_heads: u32_of("attention", p.n_kv_heads)?,
             head_dim: u32_of("attention", hd)?,
-            window: u32_of("attention", p.window.unwrap_or(0))?,
+            window: u32_of("attention", p.mask.window.unwrap_or(0))?,
+            sinks: u32_of("attention", p.mask.sinks)?,
             kv_stride: u32_of("attention", k_cache.n_cols)?,
             scale: p.scale,
             softcap: p.softcap.unwrap_or(0.0),
@@ -95,9 +96,14 @@ impl GpuBackend {
         out: &mut GpuTensor,
     ) -> Result<()> {
         let hd = params.head_dim as usize;
+        // Splits cover the keys each row sees (its mask's), not every earlier position.
+        let mask = Mask {
+            window: (params.window > 0).then_some(params.window as usize),
+            sinks: params.sinks as usize,
+        };
         let n_keys = rows.host.pos[first..first + n_q]
             .iter()
-            .map(|&p| p as usize + 1)
+            .map(|&p| mask.n_keys(p as usize))
             .max()
             .unwrap_or(1);
         let n_splits = n_keys.div_ceil(SPLIT_KEYS);

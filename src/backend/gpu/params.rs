@@ -90,8 +90,9 @@ uniform_struct!(
 );
 
 uniform_struct!(
-    /// common/attention.wgsl (both attention kernels); `window` and `softcap` are 0 when off;
-    /// `n_batch` and `block_size` locate rows and block tables in the rows buffer.
+    /// common/attention.wgsl (both attention kernels); `window`, `sinks` and `softcap` are 0
+    /// when off (`window` and `sinks` are the layer's `Mask`); `n_batch` and `block_size`
+    /// locate rows and block tables in the rows buffer.
     AttnUniform {
         n_q: u32,
         n_heads: u32,
@@ -105,6 +106,10 @@ uniform_struct!(
         softcap: f32,
         n_batch: u32,
         block_size: u32,
+        sinks: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 );
 

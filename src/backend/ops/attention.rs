@@ -1,9 +1,10 @@
 //! `attention`: causal grouped-query attention of a batch's query rows against a paged KV
-//! cache, each row seeing positions `..= pos` of its own sequence through its block table.
+//! cache, each row seeing the positions its `Mask` allows among `..= pos` of its own sequence
+//! through its block table.
 
 use super::case::{need, CaseInputs, KernelCase, OpCase, Parts, Rng};
 use super::{check, rows_in_cache, same, Access, Kernel, Shape};
-use crate::backend::{AttnParams, Backend, BatchRows, KvType, SeqRows};
+use crate::backend::{AttnParams, Backend, BatchRows, KvType, Mask, SeqRows};
 use crate::Result;
 
 use Access::{Read as R, ReadWrite as RW};
@@ -76,18 +77,11 @@ pub fn shape(
     same("attention", q, out)
 }
 
-/// First key position a query at `pos` may see.
-pub fn window_start(pos: usize, window: Option<usize>) -> usize {
-    match window {
-        Some(w) if w > 0 => (pos + 1).saturating_sub(w),
-        _ => 0,
-    }
-}
-
 /// The reference, one query head against the caches: `out = softmax(scale q·K) V` over the
-/// causal (and windowed) range. Position `j` of the sequence is cache row `cache_row(j)` (its
-/// block table). The caches hold any element type `E` that `dot` and `axpy` read (f32 or f16
-/// values); scores and sums stay f32. `scores` is scratch of at least `pos + 1` values.
+/// keys `p.mask` lets a query at `pos` see, in two passes over scores kept whole (the backends'
+/// kernels are tested against it). Position `j` of the sequence is cache row `cache_row(j)`
+/// (its block table). The caches hold any element type `E` that `dot` and `axpy` read (f32 or
+/// f16 values); scores and sums stay f32. `scores` is scratch of at least `pos + 1` values.
 #[allow(clippy::too_many_arguments)]
 pub fn reference_head<E>(
     q: &[f32],
@@ -104,17 +98,12 @@ pub fn reference_head<E>(
     axpy: impl Fn(f32, &[E], &mut [f32]),
 ) {
     let hd = p.head_dim;
-    let lo = window_start(pos, p.window);
-    let scores = &mut scores[lo..=pos];
+    let scores = &mut scores[..p.mask.n_keys(pos)];
     let mut max = f32::NEG_INFINITY;
-    for (j, s) in (lo..=pos).zip(scores.iter_mut()) {
+    for (j, s) in p.mask.keys(pos).zip(scores.iter_mut()) {
         let k = &k_cache[cache_row(j) * kv_stride + kv_offset..][..hd];
-        let mut v = dot(q, k) * p.scale;
-        if let Some(cap) = p.softcap {
-            v = cap * (v / cap).tanh();
-        }
-        *s = v;
-        max = max.max(v);
+        *s = softcapped(dot(q, k) * p.scale, p.softcap);
+        max = max.max(*s);
     }
     let mut sum = 0.0;
     for s in scores.iter_mut() {
@@ -122,12 +111,20 @@ pub fn reference_head<E>(
         sum += *s;
     }
     out.fill(0.0);
-    for (j, &s) in (lo..=pos).zip(scores.iter()) {
+    for (j, &s) in p.mask.keys(pos).zip(scores.iter()) {
         axpy(
             s / sum,
             &v_cache[cache_row(j) * kv_stride + kv_offset..][..hd],
             out,
         );
+    }
+}
+
+/// Gemma 2 style soft cap of an attention logit: `cap * tanh(s / cap)`.
+pub fn softcapped(s: f32, cap: Option<f32>) -> f32 {
+    match cap {
+        Some(cap) => cap * (s / cap).tanh(),
+        None => s,
     }
 }
 
@@ -144,7 +141,7 @@ pub struct AttentionCase {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub pos_start: usize,
-    pub window: Option<usize>,
+    pub mask: Mask,
     pub softcap: Option<f32>,
 }
 
@@ -160,7 +157,7 @@ impl OpCase for AttentionCase {
     fn flops(&self) -> f64 {
         // Keys seen per query row, summed over the rows.
         let seen: usize = (0..self.n_q)
-            .map(|t| (self.pos_start + t + 1).min(self.window.unwrap_or(usize::MAX).max(1)))
+            .map(|t| self.mask.n_keys(self.pos_start + t))
             .sum();
         4.0 * (seen * self.n_heads * self.head_dim) as f64
     }
@@ -204,7 +201,7 @@ impl OpCase for AttentionCase {
             n_kv_heads: self.n_kv_heads,
             head_dim: self.head_dim,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
-            window: self.window,
+            mask: self.mask,
             softcap: self.softcap,
         };
         let rows = need(&p.rows, "rows")?;
@@ -221,27 +218,39 @@ impl OpCase for AttentionCase {
 
 pub fn test_cases() -> Vec<KernelCase> {
     let mut v = Vec::new();
-    // (n_q, heads, kv heads, head_dim, pos_start, window, softcap). Up to 8 rows take the
-    // split kernel (256 keys per split), more the tiled one (BK = 2048 / max(head_dim, 64)).
-    for (n_q, n_heads, n_kv_heads, head_dim, pos_start, window, softcap) in [
-        (1, 9, 3, 64, 0, None, None),
-        (1, 9, 3, 64, 299, None, None),
-        (1, 5, 1, 80, 1000, Some(100), None),
-        (1, 4, 4, 256, 600, Some(5000), None),
-        (1, 8, 2, 64, 511, None, Some(0.5)),
-        (3, 6, 2, 32, 257, Some(3), None),
-        (8, 4, 1, 128, 40, None, None),
-        (70, 9, 3, 64, 0, None, None),
-        (33, 5, 1, 80, 40, Some(30), None),
-        (20, 4, 2, 256, 100, None, Some(0.5)),
-        (100, 6, 3, 32, 0, Some(50), None),
-        (9, 3, 3, 128, 300, Some(1000), None),
+    // (n_q, heads, kv heads, head_dim, pos_start, window, sinks, softcap). Up to 8 rows take
+    // the split kernel (256 keys per split), more the tiled one (BK = 2048 / max(head_dim,
+    // 64)); sinks with a window make the keys two runs, the split and tile edges cutting
+    // through both.
+    for (n_q, n_heads, n_kv_heads, head_dim, pos_start, window, sinks, softcap) in [
+        (1, 9, 3, 64, 0, None, 0, None),
+        (1, 9, 3, 64, 299, None, 0, None),
+        (1, 5, 1, 80, 1000, Some(100), 0, None),
+        (1, 4, 4, 256, 600, Some(5000), 0, None),
+        (1, 8, 2, 64, 511, None, 0, Some(0.5)),
+        (3, 6, 2, 32, 257, Some(3), 0, None),
+        (8, 4, 1, 128, 40, None, 0, None),
+        (70, 9, 3, 64, 0, None, 0, None),
+        (33, 5, 1, 80, 40, Some(30), 0, None),
+        (20, 4, 2, 256, 100, None, 0, Some(0.5)),
+        (100, 6, 3, 32, 0, Some(50), 0, None),
+        (9, 3, 3, 128, 300, Some(1000), 0, None),
+        (1, 5, 1, 80, 1000, Some(100), 4, None),
+        (2, 4, 2, 64, 700, Some(300), 260, None),
+        (3, 6, 2, 32, 257, Some(3), 1, Some(0.5)),
+        (33, 5, 1, 80, 40, Some(30), 3, None),
+        (100, 6, 3, 32, 0, Some(50), 37, None),
+        (20, 4, 2, 64, 90, Some(7), 70, None),
     ] {
+        let mask = Mask { window, sinks };
         let mut name = format!(
             "attention {n_q} rows {n_heads}/{n_kv_heads} heads of {head_dim} at {pos_start}"
         );
         if let Some(w) = window {
             name += &format!(" window {w}");
+        }
+        if sinks > 0 {
+            name += &format!(" sinks {sinks}");
         }
         if let Some(c) = softcap {
             name += &format!(" softcap {c}");
@@ -256,7 +265,7 @@ pub fn test_cases() -> Vec<KernelCase> {
                     n_kv_heads,
                     head_dim,
                     pos_start,
-                    window,
+                    mask,
                     softcap,
                 },
             ));
@@ -276,7 +285,7 @@ fn bench(what: &str, kv: KvType, n_q: usize, n_heads: usize, n_kv: usize, hd: us
             n_kv_heads: n_kv,
             head_dim: hd,
             pos_start: n_ctx - n_q,
-            window: None,
+            mask: Mask::CAUSAL,
             softcap: None,
         },
     )

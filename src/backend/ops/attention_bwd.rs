@@ -1,19 +1,17 @@
 //! `AttentionBwd`, the backward pass of causal grouped-query attention over one sequence held
 //! densely (training: row `i` is position `i`, no cache): from `q`, `k`, `v` (after RoPE)
 //! and the output's gradient, the gradient with respect to one of `q`, `k`, `v`. Per head,
-//! `P = softmax(scale · q kᵀ)` over `lo(i) ..= i` (a sliding window, as the forward's
-//! `window_start`), `dP = dO vᵀ`, `dS = P ∘ (dP - rowsum(P ∘ dP))`; `dq = scale · dS k`,
+//! `P = softmax(scale · q kᵀ)` over the keys `mask` lets row `i` see (as the forward), `dP = dO vᵀ`, `dS = P ∘ (dP - rowsum(P ∘ dP))`; `dq = scale · dS k`,
 //! `dk = scale · dSᵀ q`, `dv = Pᵀ dO`, the K/V gradients summed over the heads of a group.
 //! The probabilities are recomputed here from `q` and `k` rather than kept from the forward:
 //! training recomputes each layer anyway (checkpointing).
 
-use super::attention::window_start;
 use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
 use super::{check, u32_of, Access, Kernel, Shape, TensorOp};
 use crate::backend::cpu::pool::SyncPtr;
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::gpu::params::OpParams;
-use crate::backend::Backend;
+use crate::backend::{Backend, Mask};
 use crate::Result;
 
 use Access::{Read as R, ReadWrite as RW};
@@ -48,7 +46,7 @@ pub struct AttentionBwd {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
-    pub window: Option<usize>,
+    pub mask: Mask,
     pub wrt: Wrt,
     pub accumulate: bool,
 }
@@ -76,10 +74,9 @@ impl AttentionBwd {
         let g = h / (self.n_heads / self.n_kv_heads);
         let qi = &q.row(i)[h * hd..][..hd];
         let doi = &dout.row(i)[h * hd..][..hd];
-        let lo = window_start(i, self.window);
-        let scores = &mut scores[lo..=i];
+        let scores = &mut scores[..self.mask.n_keys(i)];
         let mut max = f32::NEG_INFINITY;
-        for (j, s) in (lo..=i).zip(scores.iter_mut()) {
+        for (j, s) in self.mask.keys(i).zip(scores.iter_mut()) {
             *s = dot(qi, &k.row(j)[g * hd..][..hd]) * self.scale;
             max = max.max(*s);
         }
@@ -91,11 +88,11 @@ impl AttentionBwd {
         // scores become P, then dP is computed twice (once for D, once for dS) rather than
         // kept: a second buffer per row would cost more than the dot products.
         let mut d = 0.0;
-        for (j, s) in (lo..=i).zip(scores.iter_mut()) {
+        for (j, s) in self.mask.keys(i).zip(scores.iter_mut()) {
             *s /= sum;
             d += *s * dot(doi, &v.row(j)[g * hd..][..hd]);
         }
-        for (j, &p) in (lo..=i).zip(scores.iter()) {
+        for (j, &p) in self.mask.keys(i).zip(scores.iter()) {
             let dp = dot(doi, &v.row(j)[g * hd..][..hd]);
             f(j, p, p * (dp - d));
         }
@@ -217,14 +214,20 @@ impl TensorOp for AttentionBwd {
             Wrt::V => 2,
         };
         let n_kv = u32_of(self.name(), self.n_kv_heads)?;
+        let sinks = u32_of(self.name(), self.mask.sinks)?;
+        check(self.name(), n_kv < 1 << 8 && sinks < 1 << 16, || {
+            format!(
+                "{n_kv} kv heads and {sinks} sinks: the kernel takes under 256 and 65536"
+            )
+        })?;
         Ok(OpParams {
             n: u32_of(self.name(), out.0 * out.1)?,
             rows: u32_of(self.name(), ins[0].0)?,
             cols: u32_of(self.name(), self.n_heads)?,
             inner: u32_of(self.name(), self.head_dim)?,
             s: self.scale,
-            flags: which | u32::from(self.accumulate) << 2 | n_kv << 8,
-            aux: u32_of(self.name(), self.window.unwrap_or(0))?,
+            flags: which | u32::from(self.accumulate) << 2 | n_kv << 8 | sinks << 16,
+            aux: u32_of(self.name(), self.mask.window.unwrap_or(0))?,
             ..Default::default()
         })
     }
@@ -274,19 +277,27 @@ impl OpCase for AttentionBwdCase {
 
 pub fn test_cases() -> Vec<KernelCase> {
     let mut v = Vec::new();
-    for (n, h, g, hd, window) in [(13, 4, 2, 8, None), (21, 3, 1, 16, Some(5))] {
+    for (n, h, g, hd, window, sinks) in [
+        (13, 4, 2, 8, None, 0),
+        (21, 3, 1, 16, Some(5), 0),
+        (23, 2, 1, 8, Some(4), 3),
+    ] {
+        let mask = Mask { window, sinks };
         for (wrt, accumulate) in [(Wrt::Q, false), (Wrt::K, true), (Wrt::V, false)] {
             let op = AttentionBwd {
                 n_heads: h,
                 n_kv_heads: g,
                 head_dim: hd,
                 scale: 1.0 / (hd as f32).sqrt(),
-                window,
+                mask,
                 wrt,
                 accumulate,
             };
             v.push(KernelCase::new(
-                format!("attention_bwd {n} rows {h}/{g} heads of {hd} window {window:?} {wrt:?}"),
+                format!(
+                    "attention_bwd {n} rows {h}/{g} heads of {hd} window {window:?} sinks \
+                     {sinks} {wrt:?}"
+                ),
                 AttentionBwdCase { op, n },
             ));
         }

@@ -1,0 +1,351 @@
+//! CPU attention, tiled: each (query row, head) walks the keys its mask lets it see in blocks
+//! with an online softmax (running max, sum and unnormalised output, rescaled when the max
+//! grows: FlashAttention), so its scratch is one block of scores, not one score per key.
+//!
+//! The keys are cut into chunks of `CHUNK` (numbered within the row's own keys, so the cut
+//! depends on nothing but the row); each chunk's state starts empty and the chunk states are
+//! merged in order. With few (row, head) tasks and long sequences (decode at depth) the chunks
+//! run on different pool workers (split-K) and are merged after; otherwise one task folds
+//! them in the same order. Either way a row computes the same bits, alone or in any batch,
+//! on any thread count. Reads the cache only through `KvValue`'s `dot` and `axpy`.
+
+use super::pool::{Pool, SyncPtr};
+use super::{parallel, CpuTensor, KvValue};
+use crate::backend::ops::attention::softcapped;
+use crate::backend::{AttnParams, BatchRows};
+
+/// Keys scored at once: the scratch of a (row, head), on the stack.
+const BLOCK: usize = 32;
+/// Keys per chunk: the unit of split-K and of the merge order (a multiple of `BLOCK`).
+const CHUNK: usize = 512;
+/// Split the keys over the pool only while fewer (row, head) tasks than this many per thread
+/// exist: with more, whole tasks keep every thread busy without the merge scratch.
+const SPLIT_BELOW_TASKS_PER_THREAD: usize = 2;
+
+/// Softmax statistics of some keys: the largest score `m` and `l = Σ exp(s - m)`; the output
+/// `Σ exp(s - m) v` is held beside it.
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    m: f32,
+    l: f32,
+}
+
+/// One layer's attention inputs as the CPU sees them.
+struct Job<'a, E> {
+    q: &'a CpuTensor,
+    k: &'a [E],
+    v: &'a [E],
+    kv_stride: usize,
+    rows: &'a BatchRows,
+    p: &'a AttnParams,
+}
+
+impl<E: KvValue> Job<'_, E> {
+    fn pos(&self, t: usize) -> usize {
+        self.rows.pos[t] as usize
+    }
+
+    fn n_chunks(&self, t: usize) -> usize {
+        self.p.mask.n_keys(self.pos(t)).div_ceil(CHUNK)
+    }
+
+    /// Chunk `c` of the keys row `t`, head `h` sees: its statistics, its unnormalised output
+    /// written to `acc`.
+    fn chunk(&self, t: usize, h: usize, c: usize, acc: &mut [f32]) -> Stats {
+        let p = self.p;
+        let hd = p.head_dim;
+        let pos = self.pos(t);
+        let q = &self.q.data[t * self.q.n_cols + h * hd..][..hd];
+        let kv_offset = (h / (p.n_heads / p.n_kv_heads)) * hd;
+        let at = |j: usize| self.rows.cache_row(t, j) * self.kv_stride + kv_offset;
+        let end = p.mask.n_keys(pos).min((c + 1) * CHUNK);
+        let mut st = Stats {
+            m: f32::NEG_INFINITY,
+            l: 0.0,
+        };
+        acc.fill(0.0);
+        let mut scores = [0f32; BLOCK];
+        for b0 in (c * CHUNK..end).step_by(BLOCK) {
+            let n = BLOCK.min(end - b0);
+            let mut m = st.m;
+            for (i, s) in (b0..b0 + n).zip(&mut scores) {
+                let j = p.mask.key(pos, i);
+                *s = softcapped(E::dot(q, &self.k[at(j)..][..hd]) * p.scale, p.softcap);
+                m = m.max(*s);
+            }
+            if m > st.m {
+                // The first block finds st.m = -inf: acc and l are still zero.
+                let alpha = (st.m - m).exp();
+                acc.iter_mut().for_each(|a| *a *= alpha);
+                st.l *= alpha;
+                st.m = m;
+            }
+            for (i, &s) in (b0..b0 + n).zip(&scores) {
+                let e = (s - st.m).exp();
+                st.l += e;
+                E::axpy(e, &self.v[at(p.mask.key(pos, i))..][..hd], acc);
+            }
+        }
+        st
+    }
+
+    /// Every chunk of row `t`, head `h` in order on this thread, normalised into `out`.
+    fn head(&self, t: usize, h: usize, out: &mut [f32]) {
+        let mut st = self.chunk(t, h, 0, out);
+        let n_chunks = self.n_chunks(t);
+        if n_chunks > 1 {
+            super::pool::with_scratch(self.p.head_dim, |acc| {
+                for c in 1..n_chunks {
+                    let s = self.chunk(t, h, c, acc);
+                    st = merge(st, out, s, acc);
+                }
+            });
+        }
+        normalise(st, out);
+    }
+}
+
+/// Folds the state `(b, acc_b)` into `(a, acc)`. Chunks are never empty, so both maxima are
+/// finite.
+fn merge(a: Stats, acc: &mut [f32], b: Stats, acc_b: &[f32]) -> Stats {
+    let m = a.m.max(b.m);
+    let (wa, wb) = ((a.m - m).exp(), (b.m - m).exp());
+    for (x, &y) in acc.iter_mut().zip(acc_b) {
+        *x = *x * wa + y * wb;
+    }
+    Stats {
+        m,
+        l: a.l * wa + b.l * wb,
+    }
+}
+
+fn normalise(st: Stats, out: &mut [f32]) {
+    let inv = 1.0 / st.l;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// Attention of every (query row, head) against caches of element type `E`.
+pub(super) fn attend<E: KvValue>(
+    pool: &Pool,
+    q: &CpuTensor,
+    (k, v): (&[E], &[E]),
+    kv_stride: usize,
+    rows: &BatchRows,
+    p: &AttnParams,
+    out: &mut CpuTensor,
+) {
+    let job = Job {
+        q,
+        k,
+        v,
+        kv_stride,
+        rows,
+        p,
+    };
+    match job.plan(pool.n_threads()) {
+        Plan::SplitK => split_k(pool, &job, out),
+        plan => pool.for_each_chunk(plan == Plan::Tasks, &mut out.data, p.head_dim, &|idx, o| {
+            job.head(idx / p.n_heads, idx % p.n_heads, o)
+        }),
+    }
+}
+
+/// How a layer's attention runs (the results are the same bits whichever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// On the calling thread: too little work for the pool.
+    Here,
+    /// One pool task per (row, head).
+    Tasks,
+    /// One pool task per (row, head, chunk).
+    SplitK,
+}
+
+impl<E: KvValue> Job<'_, E> {
+    fn plan(&self, n_threads: usize) -> Plan {
+        let (n_rows, p) = (self.q.n_rows, self.p);
+        let seen: usize = (0..n_rows).map(|t| p.mask.n_keys(self.pos(t))).sum();
+        // Work ≈ keys seen × heads × head size.
+        if !parallel(seen * p.n_heads * p.head_dim) {
+            return Plan::Here;
+        }
+        let max_chunks = (0..n_rows).map(|t| self.n_chunks(t)).max().unwrap_or(0);
+        let few = n_rows * p.n_heads < n_threads * SPLIT_BELOW_TASKS_PER_THREAD;
+        if few && max_chunks > 1 {
+            Plan::SplitK
+        } else {
+            Plan::Tasks
+        }
+    }
+}
+
+/// Every chunk of every (row, head) as its own pool task, into per-chunk states, then folded
+/// per (row, head) in chunk order: the same arithmetic as `Job::head`.
+fn split_k<E: KvValue>(pool: &Pool, job: &Job<'_, E>, out: &mut CpuTensor) {
+    let p = job.p;
+    let hd = p.head_dim;
+    // first[t]: index of row t's first chunk among every (row, chunk); heads follow rows.
+    let mut first = Vec::with_capacity(job.q.n_rows + 1);
+    first.push(0);
+    for t in 0..job.q.n_rows {
+        first.push(first[t] + job.n_chunks(t));
+    }
+    let n_items = first[job.q.n_rows] * p.n_heads;
+    // Per item: m, l, then the unnormalised output.
+    let stride = hd + 2;
+    let mut parts = vec![0f32; n_items * stride];
+    let ptr = SyncPtr(parts.as_mut_ptr());
+    let item = |i: usize| {
+        let (rc, h) = (i / p.n_heads, i % p.n_heads);
+        let t = first.partition_point(|&f| f <= rc) - 1;
+        // SAFETY: item i owns parts[i * stride ..][..stride] alone; `parts` outlives the run.
+        let slot = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * stride), stride) };
+        let (stats, acc) = slot.split_at_mut(2);
+        let st = job.chunk(t, h, rc - first[t], acc);
+        stats.copy_from_slice(&[st.m, st.l]);
+    };
+    pool.run(n_items, &item);
+    for (idx, o) in out.data.chunks_mut(hd).enumerate() {
+        let (t, h) = (idx / p.n_heads, idx % p.n_heads);
+        let slot = |c: usize| &parts[((first[t] + c) * p.n_heads + h) * stride..][..stride];
+        let s0 = slot(0);
+        o.copy_from_slice(&s0[2..]);
+        let mut st = Stats { m: s0[0], l: s0[1] };
+        for c in 1..job.n_chunks(t) {
+            let s = slot(c);
+            st = merge(st, o, Stats { m: s[0], l: s[1] }, &s[2..]);
+        }
+        normalise(st, o);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::ops::attention::reference_head;
+    use crate::backend::ops::case::Rng;
+    use crate::backend::{Mask, SeqRows};
+    use half::f16;
+
+    fn tensor(n_rows: usize, n_cols: usize, data: Vec<f32>) -> CpuTensor {
+        CpuTensor {
+            data,
+            n_rows,
+            n_cols,
+        }
+    }
+
+    /// One sequence of `n_q` rows ending at `pos_end`, paged in blocks of 7 listed backwards,
+    /// against `reference_head`; then the same rows computed one at a time (as decode would)
+    /// give the same bits.
+    fn check<E: KvValue>(
+        cpu: &CpuBackend,
+        (n_q, pos_end): (usize, usize),
+        (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+        mask: Mask,
+        to: impl Fn(f32) -> E,
+    ) -> Plan {
+        let mut rng = Rng::new(7);
+        let n_ctx = (pos_end + 1).next_multiple_of(7);
+        let width = n_kv_heads * head_dim;
+        let k: Vec<E> = rng.values(n_ctx * width).into_iter().map(&to).collect();
+        let v: Vec<E> = rng.values(n_ctx * width).into_iter().map(&to).collect();
+        let q = tensor(
+            n_q,
+            n_heads * head_dim,
+            rng.values(n_q * n_heads * head_dim),
+        );
+        let table: Vec<u32> = (0..(n_ctx / 7) as u32).rev().collect();
+        let seq = |pos_start, n_rows| SeqRows {
+            table: &table,
+            pos_start,
+            n_rows,
+        };
+        let rows = BatchRows::new(7, &[seq(pos_end + 1 - n_q, n_q)]).unwrap();
+        let p = AttnParams {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            mask,
+            softcap: Some(2.0),
+        };
+        let mut out = tensor(n_q, n_heads * head_dim, vec![0.0; n_q * n_heads * head_dim]);
+        attend(cpu.pool, &q, (&k, &v), width, &rows, &p, &mut out);
+        let job = Job {
+            q: &q,
+            k: &k,
+            v: &v,
+            kv_stride: width,
+            rows: &rows,
+            p: &p,
+        };
+        let plan = job.plan(cpu.pool.n_threads());
+        let mut want = vec![0f32; head_dim];
+        let mut scores = vec![0f32; pos_end + 1];
+        for t in 0..n_q {
+            for h in 0..n_heads {
+                let o = &out.data[(t * n_heads + h) * head_dim..][..head_dim];
+                reference_head(
+                    &q.data[(t * n_heads + h) * head_dim..][..head_dim],
+                    &k,
+                    &v,
+                    width,
+                    (h / (n_heads / n_kv_heads)) * head_dim,
+                    |j| rows.cache_row(t, j),
+                    rows.pos[t] as usize,
+                    &p,
+                    &mut scores,
+                    &mut want,
+                    E::dot,
+                    E::axpy,
+                );
+                for (a, b) in o.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= 2e-6,
+                        "{mask:?} row {t} head {h}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        for t in [0, n_q - 1] {
+            let one = BatchRows::new(7, &[seq(rows.pos[t] as usize, 1)]).unwrap();
+            let q1 = tensor(1, q.n_cols, q.row(t).to_vec());
+            let mut o1 = tensor(1, q.n_cols, vec![0.0; q.n_cols]);
+            attend(cpu.pool, &q1, (&k, &v), width, &one, &p, &mut o1);
+            assert_eq!(o1.data, out.row(t), "{mask:?} row {t} alone");
+        }
+        plan
+    }
+
+    #[test]
+    fn tiled_matches_the_reference_and_batching_changes_no_bit() {
+        let masks = [
+            Mask::CAUSAL,
+            Mask::window(Some(37)),
+            Mask {
+                window: Some(600),
+                sinks: 5,
+            },
+            Mask {
+                window: Some(29),
+                sinks: 530,
+            },
+        ];
+        let mut plans = Vec::new();
+        for threads in [1, 2] {
+            let cpu = CpuBackend::with_threads(threads);
+            for mask in masks {
+                // Odd sizes: partial blocks and chunks; 1300 keys make three chunks.
+                plans.push(check(&cpu, (1, 1299), (3, 1, 96), mask, |x| x));
+                plans.push(check(&cpu, (19, 1100), (4, 2, 16), mask, |x| x));
+                plans.push(check(&cpu, (5, 45), (2, 2, 8), mask, f16::from_f32));
+                plans.push(check(&cpu, (1, 1299), (2, 1, 80), mask, f16::from_f32));
+            }
+        }
+        for plan in [Plan::Here, Plan::Tasks, Plan::SplitK] {
+            assert!(plans.contains(&plan), "no case ran {plan:?}: {plans:?}");
+        }
+    }
+}
