@@ -12,6 +12,7 @@ mod hostile;
 mod http;
 mod import;
 mod kill;
+mod memory;
 mod model;
 mod perplexity;
 mod quant;
