@@ -42,7 +42,11 @@ fn the_plan_of_the_nano_model_counts_every_layer_at_the_whole_context() {
     assert_eq!((kv.n_full_layers, kv.full_tokens), (c.n_layers, 1008));
     assert_eq!(kv.total(), per * 1008 * c.n_layers as u64);
     let total = plan.total_bytes(1000, KvType::F16).unwrap();
-    assert_eq!(total, all + kv.total() + plan.scratch_bytes);
+    assert_eq!(
+        total,
+        all + kv.total() + plan.scratch_bytes + plan.host_bytes
+    );
+    assert_eq!(plan.host_bytes, c.n_vocab as u64 * 600);
     let text = plan.describe(1000, KvType::F16).unwrap();
     assert!(text.contains("weights") && text.contains("total"), "{text}");
     // Parts split the weights without losing or counting twice a tensor.
@@ -65,6 +69,7 @@ fn gemma3_sliding_layers_plan_only_their_window() {
         window: Some(512),
         scratch_bytes: 0,
         n_seqs: 1,
+        host_bytes: 0,
     };
     let kv = plan.kv(32768, KvType::F16).unwrap();
     assert_eq!(kv.full_bytes, 3 * 32768 * 1024, "96 MiB");

@@ -17,6 +17,12 @@ use crate::{Error, Result};
 /// Tokens one forward pass takes at most: the prefill chunk.
 const SCRATCH_TOKENS: u64 = PREFILL_CHUNK as u64;
 
+/// Host memory per vocabulary entry of the tokenizer and the rest of the process (the
+/// vocabulary as read from the file, the `tokenizers` model, the structured-output trie):
+/// measured as peak RSS beyond weights, cache and scratch, 154 MiB for Gemma 3's 262,144
+/// entries and 20 MiB for SmolLM2's 49,152 (BENCHMARKS.md, "Long context").
+const HOST_BYTES_PER_VOCAB_ENTRY: u64 = 600;
+
 /// Bytes of `n_values` cache values of `kv_type`: the one place the plan sizes a cache
 /// element (`None` on overflow).
 fn kv_type_bytes(n_values: u64, kv_type: KvType) -> Option<u64> {
@@ -41,6 +47,9 @@ pub struct MemoryPlan {
     pub scratch_bytes: u64,
     /// Sequences whose windowed layers' rings are held at once (`with_sequences`).
     pub n_seqs: usize,
+    /// The tokenizer and the rest of the process on the host, estimated from the vocabulary
+    /// (`HOST_BYTES_PER_VOCAB_ENTRY`); counted with the first part.
+    pub host_bytes: u64,
 }
 
 /// The KV cache of one context, by layer type.
@@ -105,6 +114,10 @@ impl MemoryPlan {
             window: layers.iter().filter_map(|l| l.window).max(),
             scratch_bytes,
             n_seqs: 1,
+            host_bytes: match part.embed {
+                true => (c.n_vocab as u64).saturating_mul(HOST_BYTES_PER_VOCAB_ENTRY),
+                false => 0,
+            },
         })
     }
 
@@ -165,12 +178,13 @@ impl MemoryPlan {
             })
     }
 
-    /// Weights, KV cache and scratch together: what the process holds at `n_ctx` once every
-    /// weight has been read.
+    /// Weights, KV cache, scratch and the host's share together: what the process holds at
+    /// `n_ctx` once every weight has been read.
     pub fn total_bytes(&self, n_ctx: usize, kv_type: KvType) -> Result<u64> {
         Ok(self
             .session_bytes(n_ctx, kv_type)?
-            .saturating_add(self.weight_bytes))
+            .saturating_add(self.weight_bytes)
+            .saturating_add(self.host_bytes))
     }
 
     /// `Err(Error::OutOfMemory)` when a session at `n_ctx` needs more than the machine's
@@ -242,6 +256,10 @@ impl MemoryPlan {
         line(
             format!("scratch ({PREFILL_CHUNK}-token batch and logits)"),
             self.scratch_bytes,
+        );
+        line(
+            "tokenizer and process (estimated from the vocabulary)".into(),
+            self.host_bytes,
         );
         line("total".into(), self.total_bytes(n_ctx, kv_type)?);
         Ok(s)
