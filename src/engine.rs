@@ -211,7 +211,7 @@ impl Engine {
         let n_ctx = opts
             .num_ctx
             .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
-        let plan = MemoryPlan::new(&config, &gguf)?;
+        let plan = MemoryPlan::new(&spec, &gguf)?;
         plan.check_fits(n_ctx, opts.kv_type)?;
         let load = LoadOptions {
             device: opts.device.resolve(),

@@ -35,7 +35,7 @@ pub fn gguf_model(data: &[u8]) {
 
 fn run_one_token(f: &GgufFile) -> crate::Result<()> {
     let spec = Arch::from_gguf(f)?.spec(f)?;
-    let plan = MemoryPlan::new(&spec.config, f)?;
+    let plan = MemoryPlan::new(&spec, f)?;
     plan.check_fits_in(FUZZ_CTX, KvType::F16, Some(MAX_FUZZ_SESSION_BYTES))?;
     let backend = CpuBackend::new();
     let model = Model::load(&backend, f, spec)?;

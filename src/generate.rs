@@ -48,6 +48,9 @@ pub trait Runner: Send {
     fn capacity(&self) -> usize;
     /// Grows the KV cache to `n_tokens` (weights stay loaded); only between requests.
     fn reserve_capacity(&mut self, n_tokens: usize) -> Result<()>;
+    /// Room for `n_seqs` sequences at once in the sliding-window layers' rings (where the
+    /// cache keeps rings); only between requests.
+    fn reserve_sequences(&mut self, n_seqs: usize) -> Result<()>;
     /// Blocks of KV cache referenced by live sequences.
     fn blocks_in_use(&self) -> usize;
     fn start(&mut self, seq: &mut Sequence);
@@ -74,6 +77,9 @@ where
     }
     fn reserve_capacity(&mut self, n_tokens: usize) -> Result<()> {
         Runtime::reserve_capacity(self, n_tokens)
+    }
+    fn reserve_sequences(&mut self, n_seqs: usize) -> Result<()> {
+        Runtime::reserve_sequences(self, n_seqs)
     }
     fn blocks_in_use(&self) -> usize {
         Runtime::blocks_in_use(self)

@@ -229,16 +229,17 @@ fn issue_14_a_context_of_four_billion_is_a_clear_error() {
 fn a_context_larger_than_memory_names_the_bytes() {
     let f = nano();
     let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
-    let plan = MemoryPlan::new(&spec.config, &f).unwrap();
+    let plan = MemoryPlan::new(&spec, &f).unwrap();
     let c = &spec.config;
     let per_token = (2 * c.n_layers * c.n_kv_heads * c.head_dim) as u64;
+    // Whole blocks of 16 tokens: 1000 positions take 1008.
     assert_eq!(
         plan.kv_bytes(1000, KvType::F16).unwrap(),
-        1000 * per_token * 2
+        1008 * per_token * 2
     );
     assert_eq!(
         plan.kv_bytes(1000, KvType::F32).unwrap(),
-        1000 * per_token * 4
+        1008 * per_token * 4
     );
     let needed = plan.session_bytes(100_000, KvType::F32).unwrap();
     plan.check_fits_in(100_000, KvType::F32, Some(needed))

@@ -13,6 +13,7 @@ mod http;
 mod import;
 mod kill;
 mod long_context;
+mod memory;
 mod model;
 mod perplexity;
 mod quant;

@@ -5,7 +5,7 @@
 #   tools/bench_cpu.sh MODEL.gguf [MODEL.gguf ...]
 #   ROUNDS=5 tools/bench_cpu.sh smollm2.gguf gemma3.gguf
 #   PROMPT=64 GEN=16 tools/bench_cpu.sh llama8b-q4_k.gguf   # smaller tests for big models
-#   DEPTH=0,4096,16384 PROMPT=512 GEN=32 tools/bench_cpu.sh gemma3.gguf   # llama-bench's -d
+#   DEPTHS=0,4096,16384 PROMPT=512 GEN=32 tools/bench_cpu.sh gemma3.gguf   # llama-bench's -d
 #
 # A model is a GGUF path (`hearth show NAME --path`-style paths from the store work too).
 # Needs: target/release/hearth (cargo build --release) and the peer's llama-bench at
@@ -24,7 +24,7 @@ llama_bench="${LLAMA_BENCH:-./peer/build/bin/llama-bench}"
 threads="${THREADS:-2}"
 prompt="${PROMPT:-512}"
 gen="${GEN:-128}"
-depth="${DEPTH:-0}"
+depth="${DEPTHS:-${DEPTH:-0}}"
 out="${OUT:-bench_cpu.jsonl}"
 : >"$out"
 

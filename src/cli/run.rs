@@ -157,6 +157,14 @@ pub fn execute(cmd: RunCommand) -> Result<()> {
     let mut chat = Chat::load(model, options, &load)?;
     chat.engine.set_format(cmd.format).context("--format")?;
     let out = Output::new(cmd.verbose);
+    if cmd.verbose {
+        let (plan, kv_type) = chat.engine.memory_plan();
+        let n_ctx = chat.options.num_ctx.unwrap_or(chat.engine.n_ctx());
+        eprint!(
+            "memory plan at {n_ctx} tokens:\n{}",
+            plan.describe(n_ctx, kv_type)?
+        );
+    }
     match (cmd.prompt, editor) {
         (Prompt::Text(text), _) if cmd.raw => chat.complete_raw(&text, &out),
         (Prompt::Text(text), _) => chat.turn(&text, &out),

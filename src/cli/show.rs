@@ -1,13 +1,15 @@
 //! `hearth show MODEL`: what a model is (architecture, size, quantization, context), and its
 //! template, parameters, system prompt and license; `--modelfile` prints a Modelfile that
-//! recreates it.
+//! recreates it; `--memory N` prints the memory plan at a context of N tokens.
 
 use std::io::Write;
 
 use anyhow::Result;
 use clap::Args;
 
+use hearth::backend::KvType;
 use hearth::gguf::GgufFile;
+use hearth::model::{Arch, MemoryPlan};
 use hearth::prompt;
 use hearth::store::{ModelInfo, ModelName, Store, StoredModel};
 
@@ -16,7 +18,7 @@ use super::{model_name, Globals};
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  hearth show smollm2\n  hearth show smollm2 --modelfile > Modelfile"
+    after_help = "Examples:\n  hearth show smollm2\n  hearth show smollm2 --modelfile > Modelfile\n  hearth show gemma3:270m --memory 32768"
 )]
 pub struct ShowArgs {
     /// Model to show
@@ -36,6 +38,13 @@ pub struct ShowArgs {
     /// Print only the system prompt
     #[arg(long, group = "part")]
     system: bool,
+    /// Print the memory plan (weights, KV cache per layer type, scratch) at a context of N
+    /// tokens
+    #[arg(long, group = "part", value_name = "N")]
+    memory: Option<usize>,
+    /// KV cache type of the memory plan (f16 or f32)
+    #[arg(long, default_value = "f16", requires = "memory")]
+    kv_cache_type: String,
 }
 
 pub enum Part {
@@ -45,6 +54,7 @@ pub enum Part {
     Template,
     Parameters,
     System,
+    Memory { n_ctx: usize, kv_type: KvType },
 }
 
 pub struct ShowCommand {
@@ -65,6 +75,12 @@ impl ShowArgs {
             Part::Parameters
         } else if self.system {
             Part::System
+        } else if let Some(n_ctx) = self.memory {
+            let kv_type = self
+                .kv_cache_type
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--kv-cache-type: {e}"))?;
+            Part::Memory { n_ctx, kv_type }
         } else {
             Part::Summary
         };
@@ -95,9 +111,23 @@ pub fn execute(cmd: ShowCommand) -> Result<()> {
         },
         Part::Parameters => columns(&parameter_rows(&model)?),
         Part::System => lines(model.system.clone().unwrap_or_default()),
+        Part::Memory { n_ctx, kv_type } => memory(&model, n_ctx, kv_type)?,
     };
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// The memory plan of the whole model on one device at `n_ctx` tokens (`model::plan`).
+fn memory(model: &StoredModel, n_ctx: usize, kv_type: KvType) -> Result<String> {
+    let gguf = GgufFile::open(&model.model_path)?;
+    let spec = Arch::from_gguf(&gguf)?.spec(&gguf)?;
+    let plan = MemoryPlan::new(&spec, &gguf)?;
+    Ok(format!(
+        "Memory plan of {} at {n_ctx} tokens (one device: the CPU maps the weights from the \
+         file, a GPU copies them):\n{}",
+        model.name,
+        plan.describe(n_ctx, kv_type)?
+    ))
 }
 
 fn lines(mut text: String) -> String {

@@ -14,7 +14,7 @@ pub mod rope_scaling;
 pub mod transformer;
 
 pub use config::{ModelConfig, RopeScaling};
-pub use plan::MemoryPlan;
+pub use plan::{KvPlan, MemoryPlan};
 pub use transformer::{ForwardBatch, Model};
 
 use crate::gguf::GgufFile;

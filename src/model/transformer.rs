@@ -77,6 +77,9 @@ pub struct ForwardBatch<'a, B: Backend> {
     pub n_single: usize,
     /// Rows whose logits are wanted; decode rows (`< n_single`) first.
     pub logit_rows: &'a [usize],
+    /// The same rows' cache slots in the sliding-window layers' rings, when the cache keeps
+    /// rings (`KvCache::ring_rows`).
+    pub ring_rows: Option<&'a B::Rows>,
 }
 
 /// Which part of a model one backend holds: a range of layers, and whether the token
@@ -363,7 +366,8 @@ impl<B: Backend> Model<B> {
     ) -> Result<B::Tensor> {
         check_batch(batch.tokens.len(), batch.logit_rows)?;
         let mut x = self.embed(backend, batch.tokens)?;
-        self.forward_layers(backend, &mut x, batch.rows, batch.n_single, cache)?;
+        let rows = (batch.rows, batch.ring_rows);
+        self.forward_layers(backend, &mut x, rows, batch.n_single, cache)?;
         self.head(backend, x, batch.logit_rows, batch.n_single)
     }
 
@@ -378,7 +382,8 @@ impl<B: Backend> Model<B> {
     ) -> Result<B::Tensor> {
         check_batch(batch.tokens.len(), batch.logit_rows)?;
         let mut x = self.embed(backend, batch.tokens)?;
-        self.forward_layers(backend, &mut x, batch.rows, batch.n_single, cache)?;
+        let rows = (batch.rows, batch.ring_rows);
+        self.forward_layers(backend, &mut x, rows, batch.n_single, cache)?;
         self.final_norm(backend, x, batch.logit_rows)
     }
 
@@ -394,13 +399,19 @@ impl<B: Backend> Model<B> {
         Ok(x)
     }
 
+    /// Each of this part's layers' sliding window (`None`: it sees the whole context).
+    pub fn windows(&self) -> Vec<Option<usize>> {
+        self.layers.iter().map(|l| l.spec.window).collect()
+    }
+
     /// This part's layers over the residual stream `x` (`[n, n_embd]`, in place); layer `i`
-    /// of the part uses layer `i` of `cache`.
+    /// of the part uses layer `i` of `cache`. `rows`: the batch's rows, and their slots in
+    /// the windowed layers' rings when the cache keeps rings.
     pub fn forward_layers(
         &self,
         backend: &B,
         x: &mut B::Tensor,
-        rows: &B::Rows,
+        (rows, ring_rows): (&B::Rows, Option<&B::Rows>),
         n_single: usize,
         cache: &mut KvCache<B>,
     ) -> Result<()> {
@@ -458,9 +469,10 @@ impl<B: Backend> Model<B> {
             };
             backend.rope(&mut q, freqs, rows, &rope)?;
             backend.rope(&mut k, freqs, rows, &rope)?;
-            let (k_cache, v_cache) = cache.layer_mut(il)?;
-            backend.cache_write(&k, k_cache, rows)?;
-            backend.cache_write(&v, v_cache, rows)?;
+            // A layer whose window keeps only a ring of blocks has its own cache rows.
+            let (k_cache, v_cache, kv_rows) = cache.layer_mut(il, rows, ring_rows)?;
+            backend.cache_write(&k, k_cache, kv_rows)?;
+            backend.cache_write(&v, v_cache, kv_rows)?;
             let attn = AttnParams {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
@@ -469,7 +481,7 @@ impl<B: Backend> Model<B> {
                 mask: l.spec.mask,
                 softcap: None,
             };
-            backend.attention(&q, k_cache, v_cache, rows, &attn, &mut kqv)?;
+            backend.attention(&q, k_cache, v_cache, kv_rows, &attn, &mut kqv)?;
             backend.matmul_rows(&kqv, &[&l.attn_output], &mut [&mut out], n_single)?;
             lora(backend, l, Target::O, &kqv, &mut out, n_single)?;
             self.residual(

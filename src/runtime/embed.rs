@@ -47,7 +47,9 @@ impl<B: Backend> Runtime<B> {
     pub fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
         let d = self.model.config.n_embd;
         let mut out = Vec::with_capacity(inputs.len());
-        for group in inputs.chunks(GROUP) {
+        // A cache with rings holds as many inputs at once as it has rings.
+        let group_len = self.cache.ring().map_or(GROUP, |r| r.n_seqs.min(GROUP));
+        for group in inputs.chunks(group_len) {
             let mut sums = vec![vec![0f64; d]; group.len()];
             self.run_hidden(group, &mut |i, pos, row| {
                 let take = match pooling {
@@ -68,11 +70,17 @@ impl<B: Backend> Runtime<B> {
     }
 
     /// Every token's final hidden state (after the output norm) for one input, computed in
-    /// one forward pass: `[tokens.len() * n_embd]`, row-major. A reference for `embed`.
+    /// one forward pass (in prefill chunks when the windowed layers keep rings):
+    /// `[tokens.len() * n_embd]`, row-major. A reference for `embed`.
     pub fn hidden_states(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let d = self.model.config.n_embd;
         let mut all = vec![0f32; tokens.len() * d];
-        let chunk = std::mem::replace(&mut self.prefill_chunk, usize::MAX);
+        // One chunk, unless the windowed layers' rings bound it.
+        let whole = match self.cache.ring() {
+            Some(_) => self.prefill_chunk,
+            None => usize::MAX,
+        };
+        let chunk = std::mem::replace(&mut self.prefill_chunk, whole);
         let result = self.run_hidden(
             std::slice::from_ref(&tokens.to_vec()),
             &mut |_, pos, row| {
@@ -134,6 +142,12 @@ impl<B: Backend> Runtime<B> {
                 })
                 .collect();
             let rows = self.backend.rows(&BatchRows::new(BLOCK_SIZE, &seq_rows)?)?;
+            let ring_seqs: Vec<_> = parts
+                .iter()
+                .zip(&seq_rows)
+                .map(|(&(i, _, _), s)| (tables[i].ring, *s))
+                .collect();
+            let ring_rows = self.cache.ring_rows(&*self.backend, &ring_seqs)?;
             let all_rows: Vec<usize> = (0..tokens.len()).collect();
             let batch = ForwardBatch {
                 tokens: &tokens,
@@ -141,6 +155,7 @@ impl<B: Backend> Runtime<B> {
                 // Every row is a prompt row: the tiled kernels, whatever the batch holds.
                 n_single: 0,
                 logit_rows: &all_rows,
+                ring_rows: ring_rows.as_ref(),
             };
             let hidden = self
                 .model

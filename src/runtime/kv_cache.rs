@@ -1,18 +1,94 @@
-//! The KV cache's memory: one pair of `[n_blocks * block_size, n_kv_heads * head_dim]`
-//! caches per layer, in the element type the user chose. Which rows belong to which sequence
-//! is the block pool's business (`blocks.rs`); this file only owns the device memory.
+//! The KV cache's memory: per layer a pair of `[n_rows, n_kv_heads * head_dim]` caches, in the
+//! element type the user chose. A layer that sees the whole context holds `n_blocks` blocks,
+//! named by the block pool (`blocks.rs`); a layer with a sliding window smaller than the
+//! context holds only a ring of blocks per sequence (`Ring`), enough for the keys its window
+//! can still reach from the newest batch, and is read through its own rows (`ring_rows`).
+//! Which rows belong to which sequence is the block pool's business; this file owns the
+//! device memory and the ring geometry.
 
-use crate::backend::{Backend, KvType};
+use crate::backend::{Backend, BatchRows, KvType, SeqRows};
 use crate::model::ModelConfig;
 use crate::{Error, Result};
 
 /// Tokens per block: a sequence's cache grows and is shared in whole blocks (vLLM's default).
 pub const BLOCK_SIZE: usize = 16;
 
+/// Blocks of a sliding-window layer one sequence needs when a batch brings at most `n_batch`
+/// of its tokens: the batch's keys are written before its queries read, and its first query
+/// reaches back `window - 1` positions, so the ring spans `window + n_batch - 1` positions,
+/// which can straddle one more block than they fill.
+pub fn ring_blocks(window: usize, n_batch: usize) -> usize {
+    (window + n_batch).saturating_sub(2) / BLOCK_SIZE + 2
+}
+
+/// How the windowed layers hold keys and values: `per_seq` blocks for each of `n_seqs`
+/// sequences; position `j` of the sequence in ring slot `s` is in block
+/// `s * per_seq + (j / BLOCK_SIZE) % per_seq`, overwriting a block its window has left.
+///
+/// **Invariant:** an attention kernel reads, for a run of rows of one sequence starting at
+/// position `p`, no key before `p + 1 - window` (`ops::attention::window_start`): older
+/// positions' ring blocks hold newer keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ring {
+    /// The largest window of the layers the ring serves.
+    pub window: usize,
+    pub per_seq: usize,
+    pub n_seqs: usize,
+}
+
+impl Ring {
+    /// The ring for layers whose largest window is `window` in a cache of `n_blocks` blocks
+    /// shared by at most `n_seqs` sequences, each batch bringing at most `n_batch` tokens of
+    /// one sequence; `None` when no layer has a window, or rings would not be smaller than
+    /// the whole cache (every layer then holds every block, and prefixes are shared).
+    pub fn plan(
+        window: Option<usize>,
+        n_blocks: usize,
+        n_batch: usize,
+        n_seqs: usize,
+    ) -> Option<Ring> {
+        let window = window?;
+        let per_seq = ring_blocks(window, n_batch);
+        let n_seqs = n_seqs.max(1);
+        (per_seq.saturating_mul(n_seqs) < n_blocks).then_some(Ring {
+            window,
+            per_seq,
+            n_seqs,
+        })
+    }
+
+    /// Blocks of one windowed layer's cache.
+    pub fn n_blocks(&self) -> usize {
+        self.per_seq * self.n_seqs
+    }
+
+    /// The block table of ring slot `slot` for a sequence of `n_blocks` logical blocks.
+    pub fn table(&self, slot: u32, n_blocks: usize) -> Vec<u32> {
+        let base = slot as usize * self.per_seq;
+        (0..n_blocks)
+            .map(|i| (base + i % self.per_seq) as u32)
+            .collect()
+    }
+
+    /// Whether a ring that was written up to position `n_written - 1` still holds every key
+    /// a sequence continuing at position `n <= n_written` reads: from `n + 1 - window` on.
+    pub fn holds(&self, n_written: usize, n: usize) -> bool {
+        if n == 0 || n_written == 0 {
+            return true;
+        }
+        let first = (n + 1).saturating_sub(self.window) / BLOCK_SIZE;
+        let last = (n_written - 1) / BLOCK_SIZE;
+        last < first + self.per_seq
+    }
+}
+
 pub struct KvCache<B: Backend> {
     k: Vec<B::Cache>,
     v: Vec<B::Cache>,
+    /// Per layer: whether it holds rings instead of the pool's blocks.
+    ringed: Vec<bool>,
     n_blocks: usize,
+    ring: Option<Ring>,
     kv_type: KvType,
 }
 
@@ -35,23 +111,51 @@ impl<B: Backend> KvCache<B> {
         n_blocks: usize,
         kv_type: KvType,
     ) -> Result<Self> {
+        Self::with_ring(
+            backend,
+            config,
+            &vec![None; n_layers],
+            n_blocks,
+            None,
+            kv_type,
+        )
+    }
+
+    /// One layer per entry of `windows` (its sliding window, if any): with `ring`, the
+    /// windowed layers hold `ring.n_blocks()` blocks, the others `n_blocks`.
+    pub fn with_ring(
+        backend: &B,
+        config: &ModelConfig,
+        windows: &[Option<usize>],
+        n_blocks: usize,
+        ring: Option<Ring>,
+        kv_type: KvType,
+    ) -> Result<Self> {
         let width = config.n_kv_heads * config.head_dim;
-        let n_rows = n_blocks.checked_mul(BLOCK_SIZE).ok_or_else(|| {
-            Error::shape(
-                "cache",
-                format!("{n_blocks} blocks of {BLOCK_SIZE} overflow"),
-            )
-        })?;
+        let rows = |n: usize| {
+            n.checked_mul(BLOCK_SIZE).ok_or_else(|| {
+                Error::shape("cache", format!("{n} blocks of {BLOCK_SIZE} overflow"))
+            })
+        };
+        let (n_rows, n_ring_rows) = (rows(n_blocks)?, rows(ring.map_or(0, |r| r.n_blocks()))?);
+        let n_layers = windows.len();
+        let ringed: Vec<bool> = windows
+            .iter()
+            .map(|w| ring.is_some_and(|r| w.is_some_and(|w| w <= r.window)))
+            .collect();
         let mut k = Vec::with_capacity(n_layers);
         let mut v = Vec::with_capacity(n_layers);
-        for _ in 0..n_layers {
-            k.push(backend.cache(n_rows, width, kv_type)?);
-            v.push(backend.cache(n_rows, width, kv_type)?);
+        for &ringed in &ringed {
+            let n = if ringed { n_ring_rows } else { n_rows };
+            k.push(backend.cache(n, width, kv_type)?);
+            v.push(backend.cache(n, width, kv_type)?);
         }
         Ok(KvCache {
             k,
             v,
+            ringed,
             n_blocks,
+            ring,
             kv_type,
         })
     }
@@ -64,11 +168,62 @@ impl<B: Backend> KvCache<B> {
         self.kv_type
     }
 
-    /// Layer `il`'s key and value caches.
-    pub fn layer_mut(&mut self, il: usize) -> Result<(&mut B::Cache, &mut B::Cache)> {
+    /// The windowed layers' rings, if they keep rings.
+    pub fn ring(&self) -> Option<Ring> {
+        self.ring
+    }
+
+    /// The rows the ringed layers use in a forward pass (`ForwardBatch::ring_rows`): the
+    /// same sequences and positions as its `BatchRows`, each with its ring slot; `None` for
+    /// a cache without rings.
+    pub fn ring_rows(
+        &self,
+        backend: &B,
+        seqs: &[(Option<u32>, SeqRows<'_>)],
+    ) -> Result<Option<B::Rows>> {
+        let Some(ring) = self.ring else {
+            return Ok(None);
+        };
+        let tables = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, (slot, s))| match slot {
+                Some(slot) => Ok(ring.table(*slot, s.table.len())),
+                None => Err(Error::shape(
+                    "cache",
+                    format!("sequence {i} of the batch has no ring slot"),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let rows: Vec<SeqRows<'_>> = seqs
+            .iter()
+            .zip(&tables)
+            .map(|((_, s), t)| SeqRows { table: t, ..*s })
+            .collect();
+        Ok(Some(backend.rows(&BatchRows::new(BLOCK_SIZE, &rows)?)?))
+    }
+
+    /// Layer `il`'s key and value caches, and the rows that name its cache slots: `rows`
+    /// (the batch's), or `ring_rows` for a ringed layer.
+    pub fn layer_mut<'a>(
+        &'a mut self,
+        il: usize,
+        rows: &'a B::Rows,
+        ring_rows: Option<&'a B::Rows>,
+    ) -> Result<(&'a mut B::Cache, &'a mut B::Cache, &'a B::Rows)> {
         let n_layers = self.k.len();
+        let rows = match (self.ringed.get(il), ring_rows) {
+            (Some(true), Some(ring_rows)) => ring_rows,
+            (Some(true), None) => {
+                return Err(Error::shape(
+                    "forward",
+                    format!("layer {il} keeps a ring and the batch has no ring rows"),
+                ))
+            }
+            _ => rows,
+        };
         match (self.k.get_mut(il), self.v.get_mut(il)) {
-            (Some(k), Some(v)) => Ok((k, v)),
+            (Some(k), Some(v)) => Ok((k, v, rows)),
             _ => Err(Error::shape(
                 "forward",
                 format!("layer {il} of a cache of {n_layers} layers"),
@@ -79,5 +234,42 @@ impl<B: Backend> KvCache<B> {
     /// Layer `il`'s key and value caches, for reading.
     pub fn layer(&self, il: usize) -> Option<(&B::Cache, &B::Cache)> {
         Some((self.k.get(il)?, self.v.get(il)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ring_holds_a_window_and_a_batch() {
+        // Gemma 3: a 512-token window and 512-token prefill chunks.
+        assert_eq!(ring_blocks(512, 512), 65);
+        assert_eq!(ring_blocks(1, 1), 2);
+        let r = Ring::plan(Some(512), 2048, 512, 1).unwrap();
+        assert_eq!((r.per_seq, r.n_blocks()), (65, 65));
+        assert_eq!(
+            Ring::plan(Some(512), 65, 512, 1),
+            None,
+            "no smaller than the cache"
+        );
+        assert_eq!(Ring::plan(None, 2048, 512, 1), None);
+        assert_eq!(r.table(1, 67)[..2], [65, 66]);
+        assert_eq!(r.table(1, 67)[65..], [65, 66]);
+    }
+
+    #[test]
+    fn a_ring_holds_a_continuation_only_while_its_window_is_unwritten() {
+        let r = Ring::plan(Some(32), 100, 16, 1).unwrap();
+        assert_eq!(r.per_seq, 4);
+        assert!(r.holds(80, 80), "continuing at the end");
+        // Block 4 (positions 64..80) was written over block 0; position 40 sees 9.. (block 0).
+        assert!(!r.holds(80, 40));
+        assert!(r.holds(64, 40), "four blocks written: none overwritten");
+        assert!(
+            r.holds(80, 60),
+            "sees 29.. (block 1): blocks 1..=4 are intact"
+        );
+        assert!(r.holds(10, 0));
     }
 }

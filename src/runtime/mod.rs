@@ -16,7 +16,7 @@ pub mod stages;
 
 pub use blocks::{BlockPool, PrefixId, ROOT};
 pub use embed::{embed_cache_need, Pooling};
-pub use kv_cache::{KvCache, BLOCK_SIZE};
+pub use kv_cache::{ring_blocks, KvCache, Ring, BLOCK_SIZE};
 pub use sequence::{BlockTable, Event, Sequence, TokenLogprob};
 pub use stages::{BackendStage, Stage, Stages};
 
@@ -46,6 +46,10 @@ pub struct Runtime<B: Backend> {
     parked: VecDeque<Parked>,
     /// Prompt tokens of one sequence per step (`PREFILL_CHUNK`; tests make it small).
     prefill_chunk: usize,
+    /// Sequences that hold a ring of the windowed layers at once (`reserve_sequences`).
+    n_seqs: usize,
+    /// Free ring slots, when the cache keeps rings (`KvCache::ring`).
+    free_rings: Vec<u32>,
 }
 
 struct Parked {
@@ -63,7 +67,8 @@ impl<B: Backend> Runtime<B> {
         kv_type: KvType,
     ) -> Result<Self> {
         let n_blocks = n_tokens.div_ceil(BLOCK_SIZE).max(1);
-        let cache = KvCache::new(&*backend, &model.config, n_blocks, kv_type)?;
+        let cache = new_cache(&*backend, &model, n_blocks, 1, kv_type)?;
+        let free_rings = free_rings(&cache);
         Ok(Runtime {
             backend,
             model,
@@ -71,12 +76,33 @@ impl<B: Backend> Runtime<B> {
             blocks: BlockPool::new(n_blocks),
             parked: VecDeque::new(),
             prefill_chunk: PREFILL_CHUNK,
+            n_seqs: 1,
+            free_rings,
         })
     }
 
-    /// Evaluates at most `n` prompt tokens of a sequence per step (at least 1).
+    /// Evaluates at most `n` prompt tokens of a sequence per step (at least 1, at most
+    /// `PREFILL_CHUNK`, which the windowed layers' rings are sized for).
     pub fn set_prefill_chunk(&mut self, n: usize) {
-        self.prefill_chunk = n.max(1);
+        self.prefill_chunk = n.clamp(1, PREFILL_CHUNK);
+    }
+
+    /// The windowed layers' rings, when the cache keeps rings for them: a sliding-window
+    /// layer then holds `ring.n_blocks()` blocks instead of every block of the context, and
+    /// prefixes are not shared between sequences (see `start`).
+    pub fn ring(&self) -> Option<Ring> {
+        self.cache.ring()
+    }
+
+    /// Makes room for `n_seqs` sequences at once in the windowed layers' rings (one by
+    /// default: the CLI's); the server asks for its parallel requests. No sequence may be
+    /// live.
+    pub fn reserve_sequences(&mut self, n_seqs: usize) -> Result<()> {
+        if n_seqs <= self.n_seqs {
+            return Ok(());
+        }
+        self.n_seqs = n_seqs;
+        self.rebuild(self.blocks.n_blocks())
     }
 
     pub fn backend(&self) -> &Arc<B> {
@@ -118,11 +144,24 @@ impl<B: Backend> Runtime<B> {
         if self.blocks.n_in_use() > 0 {
             return Err(Error::KvCacheBusy { n_tokens });
         }
-        let n_blocks = n_tokens.div_ceil(BLOCK_SIZE);
+        self.rebuild(n_tokens.div_ceil(BLOCK_SIZE))
+    }
+
+    /// A new cache of `n_blocks` blocks (and rings for `n_seqs`); nothing may be live.
+    fn rebuild(&mut self, n_blocks: usize) -> Result<()> {
+        while let Some(p) = self.parked.pop_front() {
+            self.release_table(p.table);
+        }
+        if self.blocks.n_in_use() > 0 {
+            return Err(Error::KvCacheBusy {
+                n_tokens: n_blocks * BLOCK_SIZE,
+            });
+        }
         let kv_type = self.cache.kv_type();
         // The old cache goes first, so both never hold memory at once.
         self.cache = KvCache::new(&*self.backend, &self.model.config, 0, kv_type)?;
-        self.cache = KvCache::new(&*self.backend, &self.model.config, n_blocks, kv_type)?;
+        self.cache = new_cache(&*self.backend, &self.model, n_blocks, self.n_seqs, kv_type)?;
+        self.free_rings = free_rings(&self.cache);
         self.blocks = BlockPool::new(n_blocks);
         Ok(())
     }
@@ -131,6 +170,9 @@ impl<B: Backend> Runtime<B> {
     /// the last prompt token, whose logits are needed): a finished sequence's blocks that
     /// the prompt continues, or else the cached blocks it starts with.
     pub fn start(&mut self, seq: &mut Sequence) {
+        if let Some(ring) = self.cache.ring() {
+            return self.start_ringed(seq, ring);
+        }
         let (table, n) = self.match_blocks(seq.tokens());
         let limit = seq.tokens().len() - 1;
         let best = self
@@ -148,6 +190,28 @@ impl<B: Backend> Runtime<B> {
                 }
             }
             _ => (table, n),
+        };
+        seq.table = table;
+        seq.set_cached(n);
+    }
+
+    /// `start` when the windowed layers keep rings. A ring is one sequence's and is
+    /// overwritten as it goes, so no prefix is shared between sequences (the full layers'
+    /// blocks alone would not spare computing the tokens: every layer needs them); a parked
+    /// sequence is continued only while its ring still holds the window the continuation
+    /// reads, else the prompt is computed from the start (llama.cpp does the same with SWA).
+    fn start_ringed(&mut self, seq: &mut Sequence, ring: Ring) {
+        let limit = seq.tokens().len() - 1;
+        let best = self
+            .parked
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, common_prefix(&p.tokens, seq.tokens()).min(limit)))
+            .filter(|&(i, n)| n > 0 && ring.holds(self.parked[i].tokens.len(), n))
+            .max_by_key(|&(_, n)| n);
+        let (table, n) = match best.and_then(|(i, n)| Some((self.parked.remove(i)?, n))) {
+            Some((p, n)) => self.adopt(p.table, n),
+            None => (BlockTable::default(), 0),
         };
         seq.table = table;
         seq.set_cached(n);
@@ -171,6 +235,9 @@ impl<B: Backend> Runtime<B> {
     fn release_table(&mut self, table: BlockTable) {
         for b in table.blocks {
             self.blocks.release(b);
+        }
+        if let Some(slot) = table.ring {
+            self.free_rings.push(slot);
         }
     }
 
@@ -255,11 +322,18 @@ impl<B: Backend> Runtime<B> {
             })
             .collect();
         let rows = self.backend.rows(&BatchRows::new(BLOCK_SIZE, &tables)?)?;
+        let ring_seqs: Vec<_> = parts
+            .iter()
+            .zip(&tables)
+            .map(|(&(i, _, _), t)| (seqs[i].table.ring, *t))
+            .collect();
+        let ring_rows = self.cache.ring_rows(&*self.backend, &ring_seqs)?;
         let batch = ForwardBatch {
             tokens: &tokens,
             rows: &rows,
             n_single,
             logit_rows: &logit_rows,
+            ring_rows: ring_rows.as_ref(),
         };
         let logits = self.model.forward(&self.backend, &batch, &mut self.cache)?;
         for &(i, _, n) in &parts {
@@ -307,6 +381,19 @@ impl<B: Backend> Runtime<B> {
     /// Gives `table` blocks for `n_tokens` tokens; parked follow-ups give way to running
     /// requests.
     fn reserve_table(&mut self, table: &mut BlockTable, n_tokens: usize) -> Result<()> {
+        if self.cache.ring().is_some() && table.ring.is_none() {
+            while self.free_rings.is_empty() {
+                match self.parked.pop_front() {
+                    Some(p) => self.release_table(p.table),
+                    None => {
+                        return Err(Error::KvCacheFull {
+                            capacity: self.capacity(),
+                        })
+                    }
+                }
+            }
+            table.ring = self.free_rings.pop();
+        }
         while table.blocks.len() * BLOCK_SIZE < n_tokens {
             while self.blocks.n_available() == 0 {
                 match self.parked.pop_front() {
@@ -324,6 +411,9 @@ impl<B: Backend> Runtime<B> {
 
     /// Registers `seq`'s blocks that became full, so later prompts can share them.
     fn register_full_blocks(&mut self, seq: &mut Sequence) {
+        if self.cache.ring().is_some() {
+            return;
+        }
         let n_full = seq.n_computed / BLOCK_SIZE;
         while seq.table.ids.len() < n_full {
             let i = seq.table.ids.len();
@@ -335,12 +425,35 @@ impl<B: Backend> Runtime<B> {
     }
 }
 
+/// A cache of `n_blocks` blocks for `model`, its windowed layers in rings for `n_seqs`
+/// sequences where rings are smaller.
+fn new_cache<B: Backend>(
+    backend: &B,
+    model: &Model<B>,
+    n_blocks: usize,
+    n_seqs: usize,
+    kv_type: KvType,
+) -> Result<KvCache<B>> {
+    let windows = model.windows();
+    let window = windows.iter().flatten().copied().max();
+    let ring = Ring::plan(window, n_blocks, PREFILL_CHUNK, n_seqs);
+    KvCache::with_ring(backend, &model.config, &windows, n_blocks, ring, kv_type)
+}
+
+/// Every ring slot of `cache`, popped lowest first.
+fn free_rings<B: Backend>(cache: &KvCache<B>) -> Vec<u32> {
+    let n = cache.ring().map_or(0, |r| r.n_seqs);
+    (0..n as u32).rev().collect()
+}
+
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// A cache owned by one sequence whose cache rows are its positions: the simplest way to run
-/// a model over one token stream (tests, benchmarks, perplexity).
+/// a model over one token stream (tests, benchmarks, perplexity). Its windowed layers keep a
+/// ring when that is smaller, and then a call with more than `PREFILL_CHUNK` ids runs in
+/// pieces of that size (batching never changes results).
 pub struct SoloCache<B: Backend> {
     cache: KvCache<B>,
     table: Vec<u32>,
@@ -351,6 +464,17 @@ impl<B: Backend> SoloCache<B> {
     pub fn new(backend: &B, model: &Model<B>, n_ctx: usize, kv_type: KvType) -> Result<Self> {
         let n_blocks = n_ctx.div_ceil(BLOCK_SIZE).max(1);
         Ok(SoloCache {
+            cache: new_cache(backend, model, n_blocks, 1, kv_type)?,
+            table: (0..n_blocks as u32).collect(),
+            n_past: 0,
+        })
+    }
+
+    /// `new` with every layer holding every position, windowed or not: the reference the
+    /// rings are tested against.
+    pub fn full(backend: &B, model: &Model<B>, n_ctx: usize, kv_type: KvType) -> Result<Self> {
+        let n_blocks = n_ctx.div_ceil(BLOCK_SIZE).max(1);
+        Ok(SoloCache {
             cache: KvCache::new(backend, &model.config, n_blocks, kv_type)?,
             table: (0..n_blocks as u32).collect(),
             n_past: 0,
@@ -359,6 +483,11 @@ impl<B: Backend> SoloCache<B> {
 
     pub fn n_past(&self) -> usize {
         self.n_past
+    }
+
+    /// The windowed layers' ring, if they keep one.
+    pub fn ring(&self) -> Option<Ring> {
+        self.cache.ring()
     }
 
     /// Forgets positions from `n` on.
@@ -382,20 +511,48 @@ impl<B: Backend> SoloCache<B> {
                 n_ctx: self.table.len() * BLOCK_SIZE,
             });
         }
-        let rows = backend.rows(&BatchRows::new(
-            BLOCK_SIZE,
-            &[SeqRows {
-                table: &self.table,
-                pos_start: self.n_past,
-                n_rows: n,
-            }],
-        )?)?;
+        if self.cache.ring().is_none() || n <= PREFILL_CHUNK {
+            return self.forward_chunk(model, backend, ids, n_logits);
+        }
+        // In pieces the ring holds; the wanted logits gathered from the pieces they fall in.
+        let n_logits = n_logits.clamp(1, n);
+        let mut out = backend.tensor(n_logits, model.config.n_vocab)?;
+        let mut start = 0;
+        for piece in ids.chunks(PREFILL_CHUNK) {
+            let end = start + piece.len();
+            let wanted = end.saturating_sub((n - n_logits).max(start));
+            let logits = self.forward_chunk(model, backend, piece, wanted.max(1))?;
+            if wanted > 0 {
+                let at = end - wanted - (n - n_logits);
+                backend.copy_rows(&logits, 0, &mut out, at, wanted)?;
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    fn forward_chunk(
+        &mut self,
+        model: &Model<B>,
+        backend: &B,
+        ids: &[u32],
+        n_logits: usize,
+    ) -> Result<B::Tensor> {
+        let n = ids.len();
+        let seq = SeqRows {
+            table: &self.table,
+            pos_start: self.n_past,
+            n_rows: n,
+        };
+        let rows = backend.rows(&BatchRows::new(BLOCK_SIZE, &[seq])?)?;
+        let ring_rows = self.cache.ring_rows(backend, &[(Some(0), seq)])?;
         let logit_rows: Vec<usize> = (n.saturating_sub(n_logits)..n).collect();
         let batch = ForwardBatch {
             tokens: ids,
             rows: &rows,
             n_single: usize::from(n == 1),
             logit_rows: &logit_rows,
+            ring_rows: ring_rows.as_ref(),
         };
         let logits = model.forward(backend, &batch, &mut self.cache)?;
         self.n_past += n;

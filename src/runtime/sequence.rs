@@ -42,6 +42,9 @@ pub struct BlockTable {
     pub blocks: Vec<u32>,
     /// Prefix ids of the leading full blocks registered in the pool (`blocks[..ids.len()]`).
     pub ids: Vec<PrefixId>,
+    /// The ring slot of the sliding-window layers, when the cache keeps rings for them
+    /// (`kv_cache::Ring`); given with the first block.
+    pub ring: Option<u32>,
 }
 
 pub struct Sequence {

@@ -101,7 +101,7 @@ where
             }
         };
         self.model
-            .forward_layers(b, &mut x, &device_rows, n_single, &mut self.cache)?;
+            .forward_layers(b, &mut x, (&device_rows, None), n_single, &mut self.cache)?;
         match self.model.part().head {
             true => b.read(&self.model.head(b, x, logit_rows, n_single)?),
             false => b.read(&x),

@@ -409,18 +409,12 @@ fn planned_bytes(
 ) -> crate::Result<u64> {
     let stored = store.load(name)?;
     let gguf = GgufFile::open(&stored.model_path)?;
-    let config = Arch::from_gguf(&gguf)?.spec(&gguf)?.config;
-    let plan = MemoryPlan::new(&config, &gguf)?;
+    let spec = Arch::from_gguf(&gguf)?.spec(&gguf)?;
+    let plan = MemoryPlan::new(&spec, &gguf)?.with_sequences(num_parallel);
     let n_ctx = load
         .num_ctx
-        .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
-    let kv = plan
-        .kv_bytes(n_ctx, load.kv_type)?
-        .saturating_mul(num_parallel as u64);
-    Ok(plan
-        .weight_bytes
-        .saturating_add(kv)
-        .saturating_add(plan.scratch_bytes))
+        .unwrap_or(DEFAULT_NUM_CTX.min(spec.config.n_ctx_train.max(1)));
+    plan.total_bytes(n_ctx.saturating_mul(num_parallel), load.kv_type)
 }
 
 fn load_model(

@@ -138,7 +138,8 @@ impl Scheduler {
                 let n_ctx = engine.n_ctx();
                 let reserve = engine
                     .runner()
-                    .reserve_capacity(n_ctx * limits.num_parallel);
+                    .reserve_capacity(n_ctx * limits.num_parallel)
+                    .and_then(|()| engine.runner().reserve_sequences(limits.num_parallel));
                 let loaded = reserve.and_then(|()| {
                     Ok(Loaded {
                         tokenizer: engine.tokenizer.clone(),
