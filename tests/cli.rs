@@ -530,8 +530,8 @@ fn bench_kernels_takes_peak_gbs_and_peak_gbps() {
     );
 }
 
-/// `finetune` writes a LoRA GGUF that `run --adapter` applies; bad data and a missing adapter
-/// are clear errors.
+/// `finetune` writes a LoRA GGUF (and prefix and bottleneck adapters) that `run --adapter`
+/// applies; bad data, an unknown method and a missing adapter are clear errors.
 #[test]
 fn finetune_writes_an_adapter_that_run_applies() {
     let dir = tempfile::tempdir().unwrap();
@@ -585,8 +585,29 @@ fn finetune_writes_an_adapter_that_run_applies() {
     let o = hearth(
         &models,
         &[
-            "finetune", "nano", "--data", text_s, "--out", out_s, "--method", "prefix",
+            "finetune", "nano", "--data", text_s, "--out", out_s, "--method", "dora",
         ],
     );
-    assert_error(&o, "only lora");
+    assert_error(&o, "lora, prefix or adapter");
+
+    // Prefix tuning and bottleneck adapters: trained, saved with their type, applied by run.
+    for (method, extra, ty) in [
+        ("prefix", ["--virtual-tokens", "4"], "prefix"),
+        ("adapter", ["--bottleneck", "8"], "bottleneck"),
+    ] {
+        let path = dir.path().join(format!("{method}.gguf"));
+        let p = path.to_str().unwrap();
+        let mut args = vec![
+            "finetune", "nano", "--data", text_s, "--out", p, "--ctx", "32", "--method", method,
+        ];
+        args.extend(extra);
+        let o = hearth(&models, &args);
+        assert_ok(&o);
+        let f = hearth::gguf::GgufFile::open(&path).unwrap();
+        assert_eq!(f.get_str("adapter.type").unwrap(), ty);
+        assert_ok(&run(p));
+    }
+    let prefix = dir.path().join("prefix.gguf");
+    let scaled = format!("{}:0.5", prefix.to_str().unwrap());
+    assert_error(&run(&scaled), "takes no scale");
 }

@@ -10,8 +10,9 @@ use hearth::model::{Arch, Model};
 use hearth::runtime::SoloCache;
 use hearth::tokenizer::Tokenizer;
 use hearth::train::data::{self, Example};
-use hearth::train::graph::LoraGraph;
+use hearth::train::graph::TrainGraph;
 use hearth::train::lora::{Lora, LoraConfig, LoraPair, Target};
+use hearth::train::method::Method;
 use hearth::train::optim::{AdamWConfig, Decay};
 use hearth::train::{adapter_file, train, TrainOptions};
 
@@ -58,15 +59,21 @@ fn lora_gradients_match_finite_differences_on_nano() {
     }
     let ex = example(11, c.n_vocab);
     let targets = ex.targets();
-    let graph = LoraGraph::new(&b, &model).unwrap();
+    let graph = TrainGraph::new(&b, &model).unwrap();
     let params = lora.upload(&b).unwrap();
     let g = graph
-        .loss_and_grads(&lora, &params, &ex.tokens, &targets, None)
+        .loss_and_grads(
+            &Method::from(lora.clone()),
+            &params,
+            &ex.tokens,
+            &targets,
+            None,
+        )
         .unwrap();
     let loss_at = |l: &Lora| -> f64 {
         let ps = l.upload(&b).unwrap();
         let g = graph
-            .loss_and_grads(l, &ps, &ex.tokens, &targets, None)
+            .loss_and_grads(&Method::from(l.clone()), &ps, &ex.tokens, &targets, None)
             .unwrap();
         g.loss_sum / g.n_targets as f64
     };
@@ -120,7 +127,7 @@ fn lora_training_lowers_the_loss_on_nano() {
     let examples = data::plain(&text, &tok, 32).unwrap();
     assert!(!examples.is_empty());
     let c = &model.config;
-    let mut lora = Lora::new(config(4), c, c.n_layers, 1).unwrap();
+    let lora = Lora::new(config(4), c, c.n_layers, 1).unwrap();
     let opts = TrainOptions {
         optim: AdamWConfig {
             lr: 1e-2,
@@ -131,9 +138,13 @@ fn lora_training_lowers_the_loss_on_nano() {
         grad_accum: 1,
         seed: 3,
     };
-    let before = hearth::train::eval_loss(&b, &model, &lora, &examples).unwrap();
-    let losses = train(&b, &model, &mut lora, &examples, &opts, &mut |_| true).unwrap();
-    let after = hearth::train::eval_loss(&b, &model, &lora, &examples).unwrap();
+    let mut method = Method::from(lora);
+    let before = hearth::train::eval_loss(&b, &model, &method, &examples).unwrap();
+    let losses = train(&b, &model, &mut method, &examples, &opts, &mut |_| true).unwrap();
+    let after = hearth::train::eval_loss(&b, &model, &method, &examples).unwrap();
+    let Method::Lora(lora) = method else {
+        unreachable!("trained a LoRA")
+    };
     assert!(
         after < 0.5 * before,
         "loss {before} before, {after} after; per step {losses:?}"
@@ -239,10 +250,16 @@ fn lora_gradients_match_pytorch_on_nano() {
         .map(|t| t.as_u64().unwrap() as u32)
         .collect();
     let targets = floats(&g["targets"]);
-    let graph = LoraGraph::new(&b, &model).unwrap();
+    let graph = TrainGraph::new(&b, &model).unwrap();
     let params = lora.upload(&b).unwrap();
     let out = graph
-        .loss_and_grads(&lora, &params, &tokens, &targets, None)
+        .loss_and_grads(
+            &Method::from(lora.clone()),
+            &params,
+            &tokens,
+            &targets,
+            None,
+        )
         .unwrap();
     let loss = out.loss_sum / out.n_targets as f64;
     let want = g["loss"].as_f64().unwrap();
@@ -295,13 +312,25 @@ fn lora_gradients_on_gpu_match_cpu_on_nano() {
     let targets = ex.targets();
     let cpu_params = lora.upload(&b).unwrap();
     let gpu_params = lora.upload(&gpu).unwrap();
-    let cg = LoraGraph::new(&b, &model)
+    let cg = TrainGraph::new(&b, &model)
         .unwrap()
-        .loss_and_grads(&lora, &cpu_params, &ex.tokens, &targets, None)
+        .loss_and_grads(
+            &Method::from(lora.clone()),
+            &cpu_params,
+            &ex.tokens,
+            &targets,
+            None,
+        )
         .unwrap();
-    let gg = LoraGraph::new(&gpu, &gmodel)
+    let gg = TrainGraph::new(&gpu, &gmodel)
         .unwrap()
-        .loss_and_grads(&lora, &gpu_params, &ex.tokens, &targets, None)
+        .loss_and_grads(
+            &Method::from(lora.clone()),
+            &gpu_params,
+            &ex.tokens,
+            &targets,
+            None,
+        )
         .unwrap();
     assert!((cg.loss_sum - gg.loss_sum).abs() < 1e-4 * cg.loss_sum.abs());
     for id in 0..lora.n_param_tensors() {

@@ -1,5 +1,6 @@
 //! Hearth's integration tests: one binary, one module per area (STYLE.md, ripgrep's layout).
 
+mod adapters;
 mod cli;
 mod common;
 mod engine;

@@ -129,15 +129,17 @@ impl<B: Backend> Runtime<B> {
 
     /// Starts `seq` on the cache that already holds the longest prefix of its prompt (never
     /// the last prompt token, whose logits are needed): a finished sequence's blocks that
-    /// the prompt continues, or else the cached blocks it starts with.
+    /// the prompt continues, or else the cached blocks it starts with. A model with a prefix
+    /// adapter puts its virtual tokens first.
     pub fn start(&mut self, seq: &mut Sequence) {
-        let (table, n) = self.match_blocks(seq.tokens());
-        let limit = seq.tokens().len() - 1;
+        seq.start_with_virtual(&self.model.virtual_tokens());
+        let (table, n) = self.match_blocks(seq.cache_tokens());
+        let limit = seq.cache_tokens().len() - 1;
         let best = self
             .parked
             .iter()
             .enumerate()
-            .map(|(i, p)| (i, common_prefix(&p.tokens, seq.tokens()).min(limit)))
+            .map(|(i, p)| (i, common_prefix(&p.tokens, seq.cache_tokens()).min(limit)))
             .max_by_key(|&(_, n)| n);
         let (table, n) = match best {
             Some((i, n_parked)) if n_parked > n => {
@@ -202,7 +204,7 @@ impl<B: Backend> Runtime<B> {
             return self.release_table(table);
         }
         self.parked.push_back(Parked {
-            tokens: seq.tokens()[..n].to_vec(),
+            tokens: seq.cache_tokens()[..n].to_vec(),
             table,
         });
         if self.parked.len() > MAX_PARKED {
@@ -328,7 +330,7 @@ impl<B: Backend> Runtime<B> {
         while seq.table.ids.len() < n_full {
             let i = seq.table.ids.len();
             let parent = seq.table.ids.last().copied().unwrap_or(ROOT);
-            let chunk = &seq.tokens()[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
+            let chunk = &seq.cache_tokens()[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
             let id = self.blocks.register(seq.table.blocks[i], parent, chunk);
             seq.table.ids.push(id);
         }
@@ -359,6 +361,11 @@ impl<B: Backend> SoloCache<B> {
 
     pub fn n_past(&self) -> usize {
         self.n_past
+    }
+
+    /// The cache (row `p` of each layer holds position `p`).
+    pub fn kv_cache(&self) -> &KvCache<B> {
+        &self.cache
     }
 
     /// Forgets positions from `n` on.
