@@ -88,6 +88,33 @@ fn prefix_gradients_match_finite_differences_on_nano() {
     check_gradients(&Prefix::random(&model.config, 3, 4).unwrap().into());
 }
 
+/// Through the reparameterisation MLP: the embedding's, W1's and every head's gradients.
+#[test]
+fn reparameterised_prefix_gradients_match_finite_differences_on_nano() {
+    let (_f, model, _b) = nano();
+    check_gradients(
+        &Prefix::reparameterised(&model.config, 3, 7, 4)
+            .unwrap()
+            .into(),
+    );
+}
+
+/// Folding the MLP away gives the keys and values it makes: the same loss.
+#[test]
+fn a_folded_prefix_computes_the_same_loss() {
+    let (_f, model, b) = nano();
+    let m: Method = Prefix::reparameterised(&model.config, 4, 16, 9)
+        .unwrap()
+        .into();
+    let examples = [example(12, model.config.n_vocab)];
+    let with_mlp = eval_loss(&b, &model, &m, &examples).unwrap();
+    let folded = eval_loss(&b, &model, &m.folded(), &examples).unwrap();
+    assert!(
+        (with_mlp - folded).abs() < 1e-5 * with_mlp,
+        "{with_mlp} through the MLP, {folded} folded"
+    );
+}
+
 #[test]
 fn bottleneck_gradients_match_finite_differences_on_nano() {
     let (_f, model, _b) = nano();

@@ -54,6 +54,10 @@ pub struct FinetuneArgs {
     /// (text) or from N(0, 1) values as PEFT (random)
     #[arg(long, default_value = "text")]
     prefix_init: String,
+    /// Prefix tuning: train the prefix through an MLP of this many hidden units (PEFT's
+    /// prefix_projection; folded into plain keys and values when saved; 0: off)
+    #[arg(long, default_value_t = 0)]
+    prefix_projection: usize,
     /// Bottleneck adapters: the hidden size of down and up
     #[arg(long, default_value_t = 64)]
     bottleneck: usize,
@@ -111,8 +115,15 @@ pub struct FinetuneArgs {
 /// The method chosen, checked.
 enum MethodChoice {
     Lora(LoraConfig),
-    Prefix { n_virtual: usize, from_text: bool },
-    Bottleneck { size: usize, placement: Placement },
+    Prefix {
+        n_virtual: usize,
+        from_text: bool,
+        projection: usize,
+    },
+    Bottleneck {
+        size: usize,
+        placement: Placement,
+    },
 }
 
 pub struct FinetuneCommand {
@@ -152,6 +163,7 @@ impl FinetuneArgs {
                 MethodChoice::Prefix {
                     n_virtual: self.virtual_tokens,
                     from_text,
+                    projection: self.prefix_projection,
                 }
             }
             "adapter" | "bottleneck" => {
@@ -215,9 +227,11 @@ pub fn execute(cmd: FinetuneCommand) -> Result<()> {
         &MethodChoice::Prefix {
             n_virtual,
             from_text,
+            projection,
         } => {
-            let p = match (from_text, examples.first()) {
-                (true, Some(e)) => Prefix::from_text(&backend, &model, n_virtual, &e.tokens)?,
+            let p = match (projection, from_text, examples.first()) {
+                (1.., _, _) => Prefix::reparameterised(c, n_virtual, projection, a.seed)?,
+                (0, true, Some(e)) => Prefix::from_text(&backend, &model, n_virtual, &e.tokens)?,
                 _ => Prefix::random(c, n_virtual, a.seed)?,
             };
             (p.into(), format!("prefix of {n_virtual} virtual tokens"))

@@ -35,11 +35,13 @@ fn header(arch: &str, ty: &str) -> Result<GgufWriter> {
     Ok(w)
 }
 
-/// Writes any method's adapter for a base model of architecture `arch`, atomically.
+/// Writes any method's adapter for a base model of architecture `arch`, atomically (a
+/// prefix's reparameterisation folded away).
 pub fn save_method(method: &Method, arch: &str, path: &Path) -> Result<()> {
     match method {
         Method::Lora(l) => save(l, arch, path),
         Method::Prefix(p) => {
+            let p = &p.folded();
             let mut w = header(arch, "prefix")?;
             w.set(
                 "adapter.prefix.virtual_tokens",
@@ -127,6 +129,7 @@ pub fn load_method(path: &Path) -> Result<Method> {
                 kv_dim,
                 keys,
                 values,
+                reparam: None,
                 arch,
             }))
         }

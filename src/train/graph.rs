@@ -10,6 +10,7 @@
 use super::bottleneck::Site;
 use super::lora::Target;
 use super::method::Method;
+use super::prefix::Prefix;
 use super::tape::{Tape, Var};
 use crate::backend::ops::case::Rng;
 use crate::backend::{AttnParams, RopeParams, TrainBackend};
@@ -153,8 +154,7 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
                 // backward see one causal sequence from position 0. Their outputs are cut
                 // away, so nothing flows back through them.
                 let (nv, (n, q_dim)) = (p.n_virtual, self.b.shape(tape.value(q)?));
-                let pk = tape.param(2 * il, &params[2 * il])?;
-                let pv = tape.param(2 * il + 1, &params[2 * il + 1])?;
+                let (pk, pv) = self.prefix_rows(tape, p, il, params)?;
                 let zq = tape.input(self.b.tensor(nv, q_dim)?, false);
                 let (qf, kf, vf) = (
                     tape.concat_rows(zq, q)?,
@@ -184,6 +184,34 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         }
         let out = self.bottleneck(tape, out, il, Site::Ffn, method, params)?;
         tape.add(x, out)
+    }
+
+    /// Layer `il`'s prefix key and value rows on the tape: parameters, or the output of the
+    /// reparameterisation MLP (recomputed on each layer's tape; its shared parameters'
+    /// gradients add up over the layers).
+    fn prefix_rows<'t>(
+        &'t self,
+        tape: &mut Tape<'t, B>,
+        p: &Prefix,
+        il: usize,
+        params: &[B::Tensor],
+    ) -> Result<(Var, Var)> {
+        let (k_id, v_id) = p.layer_ids(il);
+        let Some(r) = &p.reparam else {
+            return Ok((
+                tape.param(k_id, &params[k_id])?,
+                tape.param(v_id, &params[v_id])?,
+            ));
+        };
+        let e = tape.param(0, &params[0])?;
+        let w1 = tape.param(1, &params[1])?;
+        let z = tape.linear(e, w1)?;
+        let ones = vec![1.0; p.n_virtual * r.hidden];
+        let ones = tape.input(self.b.param(p.n_virtual, r.hidden, &ones)?, false);
+        let h = tape.silu_mul(z, ones)?;
+        let wk = tape.param(k_id, &params[k_id])?;
+        let wv = tape.param(v_id, &params[v_id])?;
+        Ok((tape.linear(h, wk)?, tape.linear(h, wv)?))
     }
 
     /// `h + up(silu(down(h)))` if `method` has a bottleneck adapter at `site` of `layer`.

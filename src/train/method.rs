@@ -66,7 +66,7 @@ impl Method {
     pub fn n_param_tensors(&self) -> usize {
         match self {
             Method::Lora(l) => l.n_param_tensors(),
-            Method::Prefix(p) => 2 * p.n_layers(),
+            Method::Prefix(p) => p.n_param_tensors(),
             Method::Bottleneck(b) => 2 * b.adapters.len(),
         }
     }
@@ -81,7 +81,7 @@ impl Method {
     pub fn shape(&self, id: usize) -> (usize, usize) {
         match self {
             Method::Lora(l) => l.shape(id),
-            Method::Prefix(p) => (p.n_virtual, p.kv_dim),
+            Method::Prefix(p) => p.shape(id),
             Method::Bottleneck(b) if id % 2 == 0 => (b.bottleneck, b.n_embd),
             Method::Bottleneck(b) => (b.n_embd, b.bottleneck),
         }
@@ -92,8 +92,7 @@ impl Method {
         let even = id % 2 == 0;
         match self {
             Method::Lora(l) => l.values(id),
-            Method::Prefix(p) if even => &p.keys[id / 2],
-            Method::Prefix(p) => &p.values[id / 2],
+            Method::Prefix(p) => p.values(id),
             Method::Bottleneck(b) if even => &b.adapters[id / 2].down,
             Method::Bottleneck(b) => &b.adapters[id / 2].up,
         }
@@ -103,13 +102,7 @@ impl Method {
         let even = id % 2 == 0;
         match self {
             Method::Lora(l) => l.values_mut(id),
-            Method::Prefix(p) => {
-                if even {
-                    &mut p.keys[id / 2]
-                } else {
-                    &mut p.values[id / 2]
-                }
-            }
+            Method::Prefix(p) => p.all_values_mut().swap_remove(id),
             Method::Bottleneck(b) => {
                 let a = &mut b.adapters[id / 2];
                 if even {
@@ -129,17 +122,20 @@ impl Method {
                 .iter_mut()
                 .flat_map(|p| [&mut p.a, &mut p.b])
                 .collect(),
-            Method::Prefix(p) => p
-                .keys
-                .iter_mut()
-                .zip(p.values.iter_mut())
-                .flat_map(|(k, v)| [k, v])
-                .collect(),
+            Method::Prefix(p) => p.all_values_mut(),
             Method::Bottleneck(b) => b
                 .adapters
                 .iter_mut()
                 .flat_map(|a| [&mut a.down, &mut a.up])
                 .collect(),
+        }
+    }
+
+    /// What is saved and run: a prefix's reparameterisation folded away (`Prefix::folded`).
+    pub fn folded(&self) -> Method {
+        match self {
+            Method::Prefix(p) => Method::Prefix(p.folded()),
+            m => m.clone(),
         }
     }
 

@@ -3,9 +3,10 @@
 //! before its own tokens. They sit at positions `0..n_virtual` and the sequence's tokens
 //! follow from `n_virtual` on; the keys are used as stored, not rotated (PEFT hands them to
 //! the model as a ready cache, which holds post-RoPE keys), so they carry no position.
-//! The optional reparameterisation (`reparam`: PEFT's `prefix_projection`, an MLP from a
-//! small embedding) exists only while training; what is saved is its output, the key and
-//! value rows themselves.
+//! The optional reparameterisation (`reparam`: PEFT's `prefix_projection`, an MLP from an
+//! embedding of the virtual tokens, here `silu(E · W1ᵀ) · W_lᵀ` per layer's keys and values,
+//! SiLU for PEFT's tanh and no biases: the ops the tape has) exists only while training;
+//! `folded` computes its output, the key and value rows, which is what is saved.
 
 use crate::backend::ops::case::Rng;
 use crate::backend::{Backend, KvType};
@@ -17,15 +18,29 @@ use crate::{Error, Result};
 pub const MAX_VIRTUAL: usize = 1024;
 
 /// Per layer `n_virtual` key rows and value rows `[n_virtual, kv_dim]`, host values.
-/// Parameter ids: layer `l`'s keys are `2l`, its values `2l + 1`.
+/// Parameter ids: layer `l`'s keys are `2l`, its values `2l + 1`; with `reparam`, the
+/// embedding is 0, `W1` 1, layer `l`'s key head `2 + 2l` and value head `3 + 2l`.
 #[derive(Debug, Clone)]
 pub struct Prefix {
     pub n_virtual: usize,
     pub kv_dim: usize,
+    /// Empty while `reparam` makes them.
     pub keys: Vec<Vec<f32>>,
     pub values: Vec<Vec<f32>>,
+    pub reparam: Option<Reparam>,
     /// The base model's architecture, when read from a file that names it.
     pub arch: Option<String>,
+}
+
+/// The reparameterisation MLP: `keys_l = silu(E · W1ᵀ) · K_lᵀ`, `values_l = … · V_lᵀ`.
+#[derive(Debug, Clone)]
+pub struct Reparam {
+    pub n_embd: usize,
+    pub hidden: usize,
+    pub embedding: Vec<f32>,    // [n_virtual, n_embd]
+    pub w1: Vec<f32>,           // [hidden, n_embd]
+    pub heads_k: Vec<Vec<f32>>, // per layer [kv_dim, hidden]
+    pub heads_v: Vec<Vec<f32>>, // per layer [kv_dim, hidden]
 }
 
 impl Prefix {
@@ -43,8 +58,92 @@ impl Prefix {
             kv_dim,
             keys,
             values,
+            reparam: None,
             arch: None,
         })
+    }
+
+    /// A prefix made by the reparameterisation MLP of `hidden` units: the embedding from
+    /// N(0, 1) (PEFT's `nn.Embedding`), the matrices Kaiming-uniform (`U(±1/sqrt(in))`).
+    pub fn reparameterised(
+        c: &ModelConfig,
+        n_virtual: usize,
+        hidden: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        check_n_virtual(n_virtual)?;
+        if hidden == 0 || hidden > 65536 {
+            return Err(Error::Train(format!(
+                "reparameterisation of {hidden} hidden units (1 to 65536)"
+            )));
+        }
+        let (d, kv_dim) = (c.n_embd, c.n_kv_heads * c.head_dim);
+        let mut rng = Rng::new(seed);
+        let embedding = (0..n_virtual * d).map(|_| gaussian(&mut rng)).collect();
+        let mut uniform = |n: usize, n_in: usize| -> Vec<f32> {
+            let bound = 1.0 / (n_in as f32).sqrt();
+            (0..n).map(|_| bound * rng.uniform()).collect()
+        };
+        let w1 = uniform(hidden * d, d);
+        let (heads_k, heads_v) = (0..c.n_layers)
+            .map(|_| {
+                (
+                    uniform(kv_dim * hidden, hidden),
+                    uniform(kv_dim * hidden, hidden),
+                )
+            })
+            .unzip();
+        Ok(Prefix {
+            n_virtual,
+            kv_dim,
+            keys: Vec::new(),
+            values: Vec::new(),
+            reparam: Some(Reparam {
+                n_embd: d,
+                hidden,
+                embedding,
+                w1,
+                heads_k,
+                heads_v,
+            }),
+            arch: None,
+        })
+    }
+
+    /// The prefix with the reparameterisation folded away: its key and value rows computed
+    /// (in f64) once, what a file holds and what runs.
+    pub fn folded(&self) -> Prefix {
+        let Some(r) = &self.reparam else {
+            return self.clone();
+        };
+        let (n, h, d) = (self.n_virtual, r.hidden, r.n_embd);
+        let hid: Vec<f64> = (0..n * h)
+            .map(|i| {
+                let (t, u) = (i / h, i % h);
+                let z: f64 = (0..d)
+                    .map(|j| f64::from(r.embedding[t * d + j]) * f64::from(r.w1[u * d + j]))
+                    .sum();
+                z / (1.0 + (-z).exp())
+            })
+            .collect();
+        let project = |head: &Vec<f32>| -> Vec<f32> {
+            (0..n * self.kv_dim)
+                .map(|i| {
+                    let (t, o) = (i / self.kv_dim, i % self.kv_dim);
+                    (0..h)
+                        .map(|u| hid[t * h + u] * f64::from(head[o * h + u]))
+                        .sum::<f64>() as f32
+                })
+                .collect()
+        };
+        Prefix {
+            n_virtual: n,
+            kv_dim: self.kv_dim,
+            keys: r.heads_k.iter().map(project).collect(),
+            values: r.heads_v.iter().map(project).collect(),
+            reparam: None,
+            arch: self.arch.clone(),
+        }
     }
 
     /// A prefix from given per-layer keys and values (the base model's own cache rows of
@@ -72,6 +171,7 @@ impl Prefix {
             kv_dim,
             keys,
             values,
+            reparam: None,
             arch: None,
         })
     }
@@ -111,7 +211,65 @@ impl Prefix {
     }
 
     pub fn n_layers(&self) -> usize {
-        self.keys.len()
+        match &self.reparam {
+            Some(r) => r.heads_k.len(),
+            None => self.keys.len(),
+        }
+    }
+
+    /// Parameter ids of layer `l`'s key and value rows (or of their heads).
+    pub fn layer_ids(&self, l: usize) -> (usize, usize) {
+        let first = if self.reparam.is_some() { 2 } else { 0 };
+        (first + 2 * l, first + 2 * l + 1)
+    }
+
+    pub fn n_param_tensors(&self) -> usize {
+        2 * self.n_layers() + if self.reparam.is_some() { 2 } else { 0 }
+    }
+
+    /// `(n_rows, n_cols)` of parameter `id`.
+    pub fn shape(&self, id: usize) -> (usize, usize) {
+        match &self.reparam {
+            None => (self.n_virtual, self.kv_dim),
+            Some(r) => match id {
+                0 => (self.n_virtual, r.n_embd),
+                1 => (r.hidden, r.n_embd),
+                _ => (self.kv_dim, r.hidden),
+            },
+        }
+    }
+
+    pub fn values(&self, id: usize) -> &[f32] {
+        match &self.reparam {
+            None if id % 2 == 0 => &self.keys[id / 2],
+            None => &self.values[id / 2],
+            Some(r) => match id {
+                0 => &r.embedding,
+                1 => &r.w1,
+                _ if id % 2 == 0 => &r.heads_k[id / 2 - 1],
+                _ => &r.heads_v[id / 2 - 1],
+            },
+        }
+    }
+
+    /// Every parameter's host values, by id.
+    pub fn all_values_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        match &mut self.reparam {
+            None => self
+                .keys
+                .iter_mut()
+                .zip(self.values.iter_mut())
+                .flat_map(|(k, v)| [k, v])
+                .collect(),
+            Some(r) => {
+                let mut out = vec![&mut r.embedding, &mut r.w1];
+                for (k, v) in r.heads_k.iter_mut().zip(r.heads_v.iter_mut()) {
+                    out.push(k);
+                    out.push(v);
+                }
+                out
+            }
+        }
     }
 }
 
