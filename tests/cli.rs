@@ -610,4 +610,22 @@ fn finetune_writes_an_adapter_that_run_applies() {
     let prefix = dir.path().join("prefix.gguf");
     let scaled = format!("{}:0.5", prefix.to_str().unwrap());
     assert_error(&run(&scaled), "takes no scale");
+
+    // merge: the LoRA into the weights, quantized as asked; a prefix does not merge.
+    let merged = dir.path().join("merged.gguf");
+    let m = merged.to_str().unwrap();
+    let o = hearth(
+        &models,
+        &["merge", "nano", out_s, "--out", m, "--quantize", "f16"],
+    );
+    assert_ok(&o);
+    assert!(stdout(&o).contains("14 weights merged"), "{}", stdout(&o));
+    let f = hearth::gguf::GgufFile::open(&merged).unwrap();
+    let t = f.tensor("blk.0.attn_q.weight").unwrap();
+    assert_eq!(t.qtype, hearth::quant::QuantType::F16);
+    let p = prefix.to_str().unwrap();
+    assert_error(
+        &hearth(&models, &["merge", "nano", p, "--out", m]),
+        "only LoRA",
+    );
 }

@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod import;
 mod kill;
+mod merge;
 mod model;
 mod perplexity;
 mod quant;

@@ -10,6 +10,7 @@ pub mod bottleneck;
 pub mod data;
 pub mod graph;
 pub mod lora;
+pub mod merge;
 pub mod method;
 pub mod optim;
 pub mod prefix;
