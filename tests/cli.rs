@@ -611,6 +611,40 @@ fn finetune_writes_an_adapter_that_run_applies() {
     let scaled = format!("{}:0.5", prefix.to_str().unwrap());
     assert_error(&run(&scaled), "takes no scale");
 
+    // Modelfile ADAPTER: the adapters become layers of the model and apply when it runs,
+    // as --adapter does; a file that is not an adapter is an error naming the line.
+    let bottleneck = dir.path().join("adapter.gguf");
+    let lines = format!(
+        "ADAPTER {}\nADAPTER {}\n",
+        out.display(),
+        bottleneck.display()
+    );
+    create_nano(&models, "tuned", &lines);
+    let greedy = |args: &[&str]| {
+        let mut all = vec!["run", "--raw", "-n", "6", "--temperature", "0"];
+        all.extend(args);
+        let o = hearth(&models, &all);
+        assert_ok(&o);
+        stdout(&o)
+    };
+    let b = bottleneck.to_str().unwrap();
+    assert_eq!(
+        greedy(&["tuned", "hi"]),
+        greedy(&["nano", "--adapter", out_s, "--adapter", b, "hi"])
+    );
+    let show = hearth(&models, &["show", "tuned", "--modelfile"]);
+    assert_ok(&show);
+    assert_eq!(
+        stdout(&show).matches("ADAPTER ").count(),
+        2,
+        "{}",
+        stdout(&show)
+    );
+    let mf = dir.path().join("bad.Modelfile");
+    std::fs::write(&mf, format!("FROM nano\nADAPTER {}\n", text.display())).unwrap();
+    let o = hearth(&models, &["create", "bad", "-f", mf.to_str().unwrap()]);
+    assert_error(&o, "line 2: ADAPTER");
+
     // merge: the LoRA into the weights, quantized as asked; a prefix does not merge.
     let merged = dir.path().join("merged.gguf");
     let m = merged.to_str().unwrap();
