@@ -82,14 +82,14 @@ impl Method {
         match self {
             Method::Lora(l) => l.shape(id),
             Method::Prefix(p) => p.shape(id),
-            Method::Bottleneck(b) if id % 2 == 0 => (b.bottleneck, b.n_embd),
+            Method::Bottleneck(b) if id.is_multiple_of(2) => (b.bottleneck, b.n_embd),
             Method::Bottleneck(b) => (b.n_embd, b.bottleneck),
         }
     }
 
     /// Host values of parameter `id`.
     pub fn values(&self, id: usize) -> &[f32] {
-        let even = id % 2 == 0;
+        let even = id.is_multiple_of(2);
         match self {
             Method::Lora(l) => l.values(id),
             Method::Prefix(p) => p.values(id),
@@ -99,7 +99,7 @@ impl Method {
     }
 
     pub fn values_mut(&mut self, id: usize) -> &mut Vec<f32> {
-        let even = id % 2 == 0;
+        let even = id.is_multiple_of(2);
         match self {
             Method::Lora(l) => l.values_mut(id),
             Method::Prefix(p) => p.all_values_mut().swap_remove(id),

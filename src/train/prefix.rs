@@ -241,12 +241,12 @@ impl Prefix {
 
     pub fn values(&self, id: usize) -> &[f32] {
         match &self.reparam {
-            None if id % 2 == 0 => &self.keys[id / 2],
+            None if id.is_multiple_of(2) => &self.keys[id / 2],
             None => &self.values[id / 2],
             Some(r) => match id {
                 0 => &r.embedding,
                 1 => &r.w1,
-                _ if id % 2 == 0 => &r.heads_k[id / 2 - 1],
+                _ if id.is_multiple_of(2) => &r.heads_k[id / 2 - 1],
                 _ => &r.heads_v[id / 2 - 1],
             },
         }
