@@ -607,6 +607,32 @@ fn finetune_writes_an_adapter_that_run_applies() {
         assert_eq!(f.get_str("adapter.type").unwrap(), ty);
         assert_ok(&run(p));
     }
+    // The same training on the GPU backend (lavapipe here), where there is one.
+    if hearth::backend::gpu::list_adapters().is_empty() {
+        eprintln!("skipping finetune --device gpu: no GPU adapter");
+    } else {
+        // One short sequence: lavapipe runs every kernel on the CPU.
+        let short = dir.path().join("short.txt");
+        std::fs::write(&short, "a tiny text to learn").unwrap();
+        let path = dir.path().join("gpu-lora.gguf");
+        let p = path.to_str().unwrap();
+        let args = [
+            "finetune",
+            "nano",
+            "--data",
+            short.to_str().unwrap(),
+            "--out",
+            p,
+            "--rank",
+            "2",
+            "--device",
+            "gpu",
+        ];
+        let o = hearth(&models, &args);
+        assert_ok(&o);
+        assert!(!stderr(&o).contains(", cpu ("), "{}", stderr(&o));
+        assert_ok(&run(p));
+    }
     let prefix = dir.path().join("prefix.gguf");
     let scaled = format!("{}:0.5", prefix.to_str().unwrap());
     assert_error(&run(&scaled), "takes no scale");

@@ -1,5 +1,6 @@
 //! `hearth finetune MODEL --data FILE --method lora|prefix|adapter …`: trains an adapter on
-//! the CPU with Hearth's own autograd (`hearth::train`) and saves it (LoRA as llama.cpp's
+//! the CPU or a GPU (`--device`, the same training code on either backend) with Hearth's own
+//! autograd (`hearth::train`) and saves it (LoRA as llama.cpp's
 //! LoRA GGUF, prefix and bottleneck adapters as Hearth's GGUF). A progress bar shows step,
 //! loss and tokens/s; Ctrl+C stops after the current step and saves what was trained so far.
 
@@ -10,7 +11,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use hearth::backend::cpu::CpuBackend;
+use hearth::backend::Backend;
+use hearth::engine::{Device, LoadOptions, WithBackend};
 use hearth::gguf::GgufFile;
 use hearth::model::{Arch, Model};
 use hearth::tokenizer::template::template_for;
@@ -110,6 +112,9 @@ pub struct FinetuneArgs {
     /// CPU threads (default: all cores)
     #[arg(long)]
     threads: Option<usize>,
+    /// Where to train: cpu, gpu, gpu:N (see `hearth devices`) or auto
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 /// The method chosen, checked.
@@ -128,6 +133,7 @@ enum MethodChoice {
 
 pub struct FinetuneCommand {
     model: PathBuf,
+    device: Device,
     args: FinetuneArgs,
     method: MethodChoice,
     opts: TrainOptions,
@@ -190,6 +196,7 @@ impl FinetuneArgs {
         };
         Ok(FinetuneCommand {
             model: model_path(&self.model, globals)?,
+            device: self.device.parse()?,
             args: self,
             method,
             opts,
@@ -198,15 +205,35 @@ impl FinetuneArgs {
 }
 
 pub fn execute(cmd: FinetuneCommand) -> Result<()> {
-    let a = &cmd.args;
-    let backend = match a.threads {
-        Some(n) => CpuBackend::with_threads(n.max(1)),
-        None => CpuBackend::new(),
+    let load = LoadOptions {
+        device: cmd.device,
+        threads: cmd.args.threads.map(|n| n.max(1)),
+        ..LoadOptions::default()
     };
+    Device::open(&load, Job(cmd))?
+}
+
+/// The training run, on whichever backend the device opens as.
+struct Job(FinetuneCommand);
+
+impl WithBackend for Job {
+    type Output = Result<()>;
+    fn run<B: Backend + 'static>(self, backend: B) -> hearth::Result<Result<()>>
+    where
+        B::Tensor: Send + Sync,
+        B::Weight: Send + Sync,
+        B::Cache: Send,
+    {
+        Ok(train_on(self.0, &backend))
+    }
+}
+
+fn train_on<B: Backend>(cmd: FinetuneCommand, backend: &B) -> Result<()> {
+    let a = &cmd.args;
     let f = GgufFile::open(&cmd.model)?;
     let arch = f.architecture()?.to_string();
     let spec = Arch::from_gguf(&f)?.spec(&f)?;
-    let model = Model::load(&backend, &f, spec)?;
+    let model = Model::load(backend, &f, spec)?;
     let tok = Tokenizer::from_gguf(&f)?;
     let template = template_for(&f, &tok)?;
     let examples = data::load(&a.data, &tok, &template, a.n_ctx, a.train_on_inputs)?;
@@ -231,7 +258,7 @@ pub fn execute(cmd: FinetuneCommand) -> Result<()> {
         } => {
             let p = match (projection, from_text, examples.first()) {
                 (1.., _, _) => Prefix::reparameterised(c, n_virtual, projection, a.seed)?,
-                (0, true, Some(e)) => Prefix::from_text(&backend, &model, n_virtual, &e.tokens)?,
+                (0, true, Some(e)) => Prefix::from_text(backend, &model, n_virtual, &e.tokens)?,
                 _ => Prefix::random(c, n_virtual, a.seed)?,
             };
             (p.into(), format!("prefix of {n_virtual} virtual tokens"))
@@ -246,7 +273,7 @@ pub fn execute(cmd: FinetuneCommand) -> Result<()> {
         "{} examples ({n_tokens} tokens), {what} ({} trainable parameters), {}",
         examples.len(),
         method.n_params(),
-        hearth::backend::Backend::name(&backend)
+        backend.name()
     );
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -260,7 +287,7 @@ pub fn execute(cmd: FinetuneCommand) -> Result<()> {
     let bar = count_bar("training", total as u64);
     let mut last = None;
     let losses = train::train(
-        &backend,
+        backend,
         &model,
         &mut method,
         &examples,
