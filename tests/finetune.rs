@@ -387,3 +387,41 @@ fn chat_data_trains_on_replies_and_names_bad_lines() {
     let e = data::chats(only_user, &tok, &template, 256, false).unwrap_err();
     assert!(e.contains("no assistant"), "{e}");
 }
+
+/// Prompt/completion JSONL trains on the completion and its end token; an alpaca JSON array
+/// is rendered as a chat (instruction and input as the user turn), trained on the output; a
+/// record of neither kind is an error naming its item.
+#[test]
+fn prompt_completion_and_alpaca_data() {
+    let f = GgufFile::open(test_data("nano/nano-llama.gguf")).unwrap();
+    let tok = Tokenizer::from_gguf(&f).unwrap();
+    let template = hearth::tokenizer::template::template_for(&f, &tok).unwrap();
+    let trained = |ex: &Example| -> Vec<u32> {
+        ex.tokens
+            .iter()
+            .zip(&ex.trained)
+            .filter(|(_, &t)| t)
+            .map(|(&id, _)| id)
+            .collect()
+    };
+    let pc = r#"{"prompt": "Q: two plus two?", "completion": " A: four"}"#;
+    let ex = data::chats(pc, &tok, &template, 256, false).unwrap();
+    let t = trained(&ex[0]);
+    assert_eq!(t.last().copied(), tok.eos_id());
+    assert_eq!(tok.decode(&t[..t.len() - 1]).unwrap().trim(), "A: four");
+
+    let alpaca = r#"[{"instruction": "Add the numbers.", "input": "2 and 2", "output": "four"},
+                     {"instruction": "Say hi.", "input": "", "output": "hi"}]"#;
+    let ex = data::json_array(alpaca, &tok, &template, 256, false).unwrap();
+    assert_eq!(ex.len(), 2);
+    let text = tok.decode(&trained(&ex[0])).unwrap();
+    assert!(
+        text.starts_with("four") && !text.contains("2 and 2"),
+        "{text:?}"
+    );
+    let all = tok.decode(&ex[0].tokens).unwrap();
+    assert!(all.contains("Add the numbers.\n\n2 and 2"), "{all:?}");
+
+    let e = data::json_array(r#"[{"output": "x"}]"#, &tok, &template, 256, false).unwrap_err();
+    assert!(e.contains("item 0") && e.contains("instruction"), "{e}");
+}

@@ -34,13 +34,14 @@ use super::Globals;
     hearth finetune smollm2 --data notes.txt --targets q,v --out notes-lora.gguf\n  \
     hearth finetune smollm2 --data chats.jsonl --method prefix --virtual-tokens 16 --out mybot-prefix.gguf\n  \
     hearth finetune smollm2 --data notes.txt --method adapter --bottleneck 64 --out notes-adapter.gguf\n\n\
-    Data: a .jsonl file of {\"messages\": [{\"role\": …, \"content\": …}, …]} per line (rendered \
-    with the model's chat template; the loss is on the assistant replies), or any other file \
-    as plain text (cut into --ctx tokens).")]
+    Data: a .jsonl file (one example per line) or a .json array of examples: chats \
+    {\"messages\": [{\"role\": …, \"content\": …}, …]} (rendered with the model's chat template), \
+    alpaca {\"instruction\", \"input\", \"output\"}, or {\"prompt\", \"completion\"}; the loss is on \
+    the replies and completions. Any other file is plain text (cut into --ctx tokens).")]
 pub struct FinetuneArgs {
     /// A model in the store, or a GGUF file
     model: String,
-    /// Training data: chat JSONL (.jsonl) or plain text
+    /// Training data: JSONL (.jsonl), a JSON array (.json) or plain text
     #[arg(long)]
     data: PathBuf,
     /// Where to write the adapter (llama.cpp LoRA GGUF)
