@@ -107,11 +107,12 @@ pub struct LoadOptions {
     pub exact: bool,
     /// CPU: what decode matmuls multiply weights by (16-bit integers unless asked otherwise).
     pub activations: Activations,
-    /// LoRA adapters applied in the forward pass, in order (they stack).
+    /// Adapters applied in the forward pass, in order (they stack).
     pub adapters: Vec<AdapterSpec>,
 }
 
-/// A LoRA adapter file (llama.cpp's GGUF) and the multiplier of its `alpha / rank` scale.
+/// An adapter file (llama.cpp's LoRA GGUF, or Hearth's prefix or bottleneck GGUF) and the
+/// multiplier of its output (LoRA: of its `alpha / rank` scale).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterSpec {
     pub path: std::path::PathBuf,
@@ -142,33 +143,60 @@ impl std::str::FromStr for AdapterSpec {
     }
 }
 
-/// Adds every adapter of `adapters` to `model` (checked against its architecture and shapes).
+/// Adds every adapter of `adapters` to `model` (checked against its architecture and shapes):
+/// LoRA and bottleneck adapters stack; one prefix adapter at most, which takes no scale.
 pub fn apply_adapters<B: Backend>(
     backend: &B,
     gguf: &GgufFile,
     model: &mut Model<B>,
     adapters: &[AdapterSpec],
 ) -> Result<()> {
+    use crate::train::method::Method;
     for spec in adapters {
-        let lora = crate::train::adapter_file::load(&spec.path)?;
+        let method = crate::train::adapter_file::load_method(&spec.path)?;
         let arch = gguf.architecture()?;
-        if let Some(a) = lora.arch.as_deref().filter(|&a| a != arch) {
+        let file_arch = match &method {
+            Method::Lora(l) => l.arch.as_deref(),
+            Method::Prefix(p) => p.arch.as_deref(),
+            Method::Bottleneck(b) => b.arch.as_deref(),
+        };
+        if let Some(a) = file_arch.filter(|&a| a != arch) {
             return Err(crate::Error::Train(format!(
                 "{}: an adapter for {a}, not for this {arch} model",
                 spec.path.display()
             )));
         }
-        let scale = lora.config.scale() * spec.scale;
-        for p in &lora.pairs {
-            model.add_lora(
-                backend,
-                p.layer,
-                p.target,
-                lora.config.rank,
-                &p.a,
-                &p.b,
-                scale,
-            )?;
+        match &method {
+            Method::Lora(lora) => {
+                let scale = lora.config.scale() * spec.scale;
+                for p in &lora.pairs {
+                    model.add_lora(
+                        backend,
+                        p.layer,
+                        p.target,
+                        lora.config.rank,
+                        &p.a,
+                        &p.b,
+                        scale,
+                    )?;
+                }
+            }
+            Method::Prefix(p) => {
+                if spec.scale != 1.0 {
+                    return Err(crate::Error::Train(format!(
+                        "{}: a prefix adapter takes no scale",
+                        spec.path.display()
+                    )));
+                }
+                model.set_prefix(backend, p.n_virtual, &p.keys, &p.values)?;
+            }
+            Method::Bottleneck(bn) => {
+                for a in &bn.adapters {
+                    // A scale multiplies the adapter's output (its up projection).
+                    let up: Vec<f32> = a.up.iter().map(|v| v * spec.scale).collect();
+                    model.add_bottleneck(backend, a.layer, a.site, bn.bottleneck, &a.down, &up)?;
+                }
+            }
         }
     }
     Ok(())

@@ -136,6 +136,7 @@ impl ServerModel {
                 Message::new("user", "Hi"),
                 Message::new("assistant", "Hello!"),
             ],
+            adapters: Vec::new(),
         };
         let template =
             crate::prompt::chat_template(&stored, vocab, &tokenizer).map_err(|e| e.to_string());

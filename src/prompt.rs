@@ -133,6 +133,7 @@ mod tests {
                 Message::new("user", "hi"),
                 Message::new("assistant", "hello"),
             ],
+            adapters: Vec::new(),
         }
     }
 

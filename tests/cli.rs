@@ -550,8 +550,8 @@ fn bench_kernels_takes_peak_gbs_and_peak_gbps() {
     );
 }
 
-/// `finetune` writes a LoRA GGUF that `run --adapter` applies; bad data and a missing adapter
-/// are clear errors.
+/// `finetune` writes a LoRA GGUF (and prefix and bottleneck adapters) that `run --adapter`
+/// applies; bad data, an unknown method and a missing adapter are clear errors.
 #[test]
 fn finetune_writes_an_adapter_that_run_applies() {
     let dir = tempfile::tempdir().unwrap();
@@ -605,8 +605,107 @@ fn finetune_writes_an_adapter_that_run_applies() {
     let o = hearth(
         &models,
         &[
-            "finetune", "nano", "--data", text_s, "--out", out_s, "--method", "prefix",
+            "finetune", "nano", "--data", text_s, "--out", out_s, "--method", "dora",
         ],
     );
-    assert_error(&o, "only lora");
+    assert_error(&o, "lora, prefix or adapter");
+
+    // Prefix tuning and bottleneck adapters: trained, saved with their type, applied by run.
+    for (method, extra, ty) in [
+        ("prefix", ["--virtual-tokens", "4"], "prefix"),
+        ("adapter", ["--bottleneck", "8"], "bottleneck"),
+    ] {
+        let path = dir.path().join(format!("{method}.gguf"));
+        let p = path.to_str().unwrap();
+        let mut args = vec![
+            "finetune", "nano", "--data", text_s, "--out", p, "--ctx", "32", "--method", method,
+        ];
+        args.extend(extra);
+        let o = hearth(&models, &args);
+        assert_ok(&o);
+        let f = hearth::gguf::GgufFile::open(&path).unwrap();
+        assert_eq!(f.get_str("adapter.type").unwrap(), ty);
+        assert_ok(&run(p));
+    }
+    // The same training on the GPU backend (lavapipe here), where there is one.
+    if hearth::backend::gpu::list_adapters().is_empty() {
+        eprintln!("skipping finetune --device gpu: no GPU adapter");
+    } else {
+        // One short sequence: lavapipe runs every kernel on the CPU.
+        let short = dir.path().join("short.txt");
+        std::fs::write(&short, "a tiny text to learn").unwrap();
+        let path = dir.path().join("gpu-lora.gguf");
+        let p = path.to_str().unwrap();
+        let args = [
+            "finetune",
+            "nano",
+            "--data",
+            short.to_str().unwrap(),
+            "--out",
+            p,
+            "--rank",
+            "2",
+            "--device",
+            "gpu",
+        ];
+        let o = hearth(&models, &args);
+        assert_ok(&o);
+        assert!(!stderr(&o).contains(", cpu ("), "{}", stderr(&o));
+        assert_ok(&run(p));
+    }
+    let prefix = dir.path().join("prefix.gguf");
+    let scaled = format!("{}:0.5", prefix.to_str().unwrap());
+    assert_error(&run(&scaled), "takes no scale");
+
+    // Modelfile ADAPTER: the adapters become layers of the model and apply when it runs,
+    // as --adapter does; a file that is not an adapter is an error naming the line.
+    let bottleneck = dir.path().join("adapter.gguf");
+    let lines = format!(
+        "ADAPTER {}\nADAPTER {}\n",
+        out.display(),
+        bottleneck.display()
+    );
+    create_nano(&models, "tuned", &lines);
+    let greedy = |args: &[&str]| {
+        let mut all = vec!["run", "--raw", "-n", "6", "--temperature", "0"];
+        all.extend(args);
+        let o = hearth(&models, &all);
+        assert_ok(&o);
+        stdout(&o)
+    };
+    let b = bottleneck.to_str().unwrap();
+    assert_eq!(
+        greedy(&["tuned", "hi"]),
+        greedy(&["nano", "--adapter", out_s, "--adapter", b, "hi"])
+    );
+    let show = hearth(&models, &["show", "tuned", "--modelfile"]);
+    assert_ok(&show);
+    assert_eq!(
+        stdout(&show).matches("ADAPTER ").count(),
+        2,
+        "{}",
+        stdout(&show)
+    );
+    let mf = dir.path().join("bad.Modelfile");
+    std::fs::write(&mf, format!("FROM nano\nADAPTER {}\n", text.display())).unwrap();
+    let o = hearth(&models, &["create", "bad", "-f", mf.to_str().unwrap()]);
+    assert_error(&o, "line 2: ADAPTER");
+
+    // merge: the LoRA into the weights, quantized as asked; a prefix does not merge.
+    let merged = dir.path().join("merged.gguf");
+    let m = merged.to_str().unwrap();
+    let o = hearth(
+        &models,
+        &["merge", "nano", out_s, "--out", m, "--quantize", "f16"],
+    );
+    assert_ok(&o);
+    assert!(stdout(&o).contains("14 weights merged"), "{}", stdout(&o));
+    let f = hearth::gguf::GgufFile::open(&merged).unwrap();
+    let t = f.tensor("blk.0.attn_q.weight").unwrap();
+    assert_eq!(t.qtype, hearth::quant::QuantType::F16);
+    let p = prefix.to_str().unwrap();
+    assert_error(
+        &hearth(&models, &["merge", "nano", p, "--out", m]),
+        "only LoRA",
+    );
 }

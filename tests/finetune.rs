@@ -10,8 +10,9 @@ use hearth::model::{Arch, Model};
 use hearth::runtime::SoloCache;
 use hearth::tokenizer::Tokenizer;
 use hearth::train::data::{self, Example};
-use hearth::train::graph::LoraGraph;
+use hearth::train::graph::TrainGraph;
 use hearth::train::lora::{Lora, LoraConfig, LoraPair, Target};
+use hearth::train::method::Method;
 use hearth::train::optim::{AdamWConfig, Decay};
 use hearth::train::{adapter_file, train, TrainOptions};
 
@@ -58,15 +59,21 @@ fn lora_gradients_match_finite_differences_on_nano() {
     }
     let ex = example(11, c.n_vocab);
     let targets = ex.targets();
-    let graph = LoraGraph::new(&b, &model).unwrap();
+    let graph = TrainGraph::new(&b, &model).unwrap();
     let params = lora.upload(&b).unwrap();
     let g = graph
-        .loss_and_grads(&lora, &params, &ex.tokens, &targets, None)
+        .loss_and_grads(
+            &Method::from(lora.clone()),
+            &params,
+            &ex.tokens,
+            &targets,
+            None,
+        )
         .unwrap();
     let loss_at = |l: &Lora| -> f64 {
         let ps = l.upload(&b).unwrap();
         let g = graph
-            .loss_and_grads(l, &ps, &ex.tokens, &targets, None)
+            .loss_and_grads(&Method::from(l.clone()), &ps, &ex.tokens, &targets, None)
             .unwrap();
         g.loss_sum / g.n_targets as f64
     };
@@ -120,7 +127,7 @@ fn lora_training_lowers_the_loss_on_nano() {
     let examples = data::plain(&text, &tok, 32).unwrap();
     assert!(!examples.is_empty());
     let c = &model.config;
-    let mut lora = Lora::new(config(4), c, c.n_layers, 1).unwrap();
+    let lora = Lora::new(config(4), c, c.n_layers, 1).unwrap();
     let opts = TrainOptions {
         optim: AdamWConfig {
             lr: 1e-2,
@@ -131,9 +138,13 @@ fn lora_training_lowers_the_loss_on_nano() {
         grad_accum: 1,
         seed: 3,
     };
-    let before = hearth::train::eval_loss(&b, &model, &lora, &examples).unwrap();
-    let losses = train(&b, &model, &mut lora, &examples, &opts, &mut |_| true).unwrap();
-    let after = hearth::train::eval_loss(&b, &model, &lora, &examples).unwrap();
+    let mut method = Method::from(lora);
+    let before = hearth::train::eval_loss(&b, &model, &method, &examples).unwrap();
+    let losses = train(&b, &model, &mut method, &examples, &opts, &mut |_| true).unwrap();
+    let after = hearth::train::eval_loss(&b, &model, &method, &examples).unwrap();
+    let Method::Lora(lora) = method else {
+        unreachable!("trained a LoRA")
+    };
     assert!(
         after < 0.5 * before,
         "loss {before} before, {after} after; per step {losses:?}"
@@ -239,10 +250,16 @@ fn lora_gradients_match_pytorch_on_nano() {
         .map(|t| t.as_u64().unwrap() as u32)
         .collect();
     let targets = floats(&g["targets"]);
-    let graph = LoraGraph::new(&b, &model).unwrap();
+    let graph = TrainGraph::new(&b, &model).unwrap();
     let params = lora.upload(&b).unwrap();
     let out = graph
-        .loss_and_grads(&lora, &params, &tokens, &targets, None)
+        .loss_and_grads(
+            &Method::from(lora.clone()),
+            &params,
+            &tokens,
+            &targets,
+            None,
+        )
         .unwrap();
     let loss = out.loss_sum / out.n_targets as f64;
     let want = g["loss"].as_f64().unwrap();
@@ -295,13 +312,25 @@ fn lora_gradients_on_gpu_match_cpu_on_nano() {
     let targets = ex.targets();
     let cpu_params = lora.upload(&b).unwrap();
     let gpu_params = lora.upload(&gpu).unwrap();
-    let cg = LoraGraph::new(&b, &model)
+    let cg = TrainGraph::new(&b, &model)
         .unwrap()
-        .loss_and_grads(&lora, &cpu_params, &ex.tokens, &targets, None)
+        .loss_and_grads(
+            &Method::from(lora.clone()),
+            &cpu_params,
+            &ex.tokens,
+            &targets,
+            None,
+        )
         .unwrap();
-    let gg = LoraGraph::new(&gpu, &gmodel)
+    let gg = TrainGraph::new(&gpu, &gmodel)
         .unwrap()
-        .loss_and_grads(&lora, &gpu_params, &ex.tokens, &targets, None)
+        .loss_and_grads(
+            &Method::from(lora.clone()),
+            &gpu_params,
+            &ex.tokens,
+            &targets,
+            None,
+        )
         .unwrap();
     assert!((cg.loss_sum - gg.loss_sum).abs() < 1e-4 * cg.loss_sum.abs());
     for id in 0..lora.n_param_tensors() {
@@ -357,4 +386,42 @@ fn chat_data_trains_on_replies_and_names_bad_lines() {
     let only_user = r#"{"messages": [{"role": "user", "content": "hi"}]}"#;
     let e = data::chats(only_user, &tok, &template, 256, false).unwrap_err();
     assert!(e.contains("no assistant"), "{e}");
+}
+
+/// Prompt/completion JSONL trains on the completion and its end token; an alpaca JSON array
+/// is rendered as a chat (instruction and input as the user turn), trained on the output; a
+/// record of neither kind is an error naming its item.
+#[test]
+fn prompt_completion_and_alpaca_data() {
+    let f = GgufFile::open(test_data("nano/nano-llama.gguf")).unwrap();
+    let tok = Tokenizer::from_gguf(&f).unwrap();
+    let template = hearth::tokenizer::template::template_for(&f, &tok).unwrap();
+    let trained = |ex: &Example| -> Vec<u32> {
+        ex.tokens
+            .iter()
+            .zip(&ex.trained)
+            .filter(|(_, &t)| t)
+            .map(|(&id, _)| id)
+            .collect()
+    };
+    let pc = r#"{"prompt": "Q: two plus two?", "completion": " A: four"}"#;
+    let ex = data::chats(pc, &tok, &template, 256, false).unwrap();
+    let t = trained(&ex[0]);
+    assert_eq!(t.last().copied(), tok.eos_id());
+    assert_eq!(tok.decode(&t[..t.len() - 1]).unwrap().trim(), "A: four");
+
+    let alpaca = r#"[{"instruction": "Add the numbers.", "input": "2 and 2", "output": "four"},
+                     {"instruction": "Say hi.", "input": "", "output": "hi"}]"#;
+    let ex = data::json_array(alpaca, &tok, &template, 256, false).unwrap();
+    assert_eq!(ex.len(), 2);
+    let text = tok.decode(&trained(&ex[0])).unwrap();
+    assert!(
+        text.starts_with("four") && !text.contains("2 and 2"),
+        "{text:?}"
+    );
+    let all = tok.decode(&ex[0].tokens).unwrap();
+    assert!(all.contains("Add the numbers.\n\n2 and 2"), "{all:?}");
+
+    let e = data::json_array(r#"[{"output": "x"}]"#, &tok, &template, 256, false).unwrap_err();
+    assert!(e.contains("item 0") && e.contains("instruction"), "{e}");
 }

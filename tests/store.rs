@@ -412,7 +412,7 @@ fn modelfile_parses_every_instruction() {
 fn modelfile_errors_name_the_line() {
     let cases: &[(&str, &str)] = &[
         ("FROM m\nFOO bar", "line 2: unknown instruction \"FOO\""),
-        ("FROM m\n\nADAPTER ./lora.gguf", "line 3: ADAPTER is not yet supported: fine-tuning adapters land with the fine-tuning work"),
+        ("FROM m\n\nADAPTER", "line 3: ADAPTER"),
         ("PARAMETER temperature 1", "no FROM line"),
         ("FROM a\nFROM b", "line 2: FROM is given twice (first on line 1)"),
         ("FROM m\nSYSTEM a\nSYSTEM b", "line 3: SYSTEM is given twice"),

@@ -1,5 +1,6 @@
 //! Hearth's integration tests: one binary, one module per area (STYLE.md, ripgrep's layout).
 
+mod adapters;
 mod cli;
 mod common;
 mod engine;
@@ -14,6 +15,7 @@ mod import;
 mod kill;
 mod long_context;
 mod memory;
+mod merge;
 mod model;
 mod perplexity;
 mod quant;

@@ -70,7 +70,14 @@ impl Chat {
     pub fn load(model: StoredModel, options: GenerateOptions, load: &LoadOptions) -> Result<Chat> {
         let t0 = Instant::now();
         let bar = progress::bytes_bar("loading onto the GPU");
-        let engine = Engine::load_with_progress(&model.model_path, load, &mut |done, total| {
+        // The model's own adapters (Modelfile `ADAPTER`) come first, then `--adapter`s.
+        let mut load = load.clone();
+        let stored = model.adapters.iter().map(|p| hearth::engine::AdapterSpec {
+            path: p.clone(),
+            scale: 1.0,
+        });
+        load.adapters.splice(0..0, stored);
+        let engine = Engine::load_with_progress(&model.model_path, &load, &mut |done, total| {
             // Small models load in a blink; a bar would only flicker.
             if total >= progress::LARGE_MODEL_BYTES {
                 bar.set_length(total);

@@ -1,7 +1,8 @@
-//! `hearth finetune MODEL --data FILE --method lora …`: trains a LoRA adapter on the CPU with
-//! Hearth's own autograd (`hearth::train`) and saves it as llama.cpp's LoRA GGUF. A progress
-//! bar shows step, loss and tokens/s; Ctrl+C stops after the current step and saves what was
-//! trained so far.
+//! `hearth finetune MODEL --data FILE --method lora|prefix|adapter …`: trains an adapter on
+//! the CPU or a GPU (`--device`, the same training code on either backend) with Hearth's own
+//! autograd (`hearth::train`) and saves it (LoRA as llama.cpp's
+//! LoRA GGUF, prefix and bottleneck adapters as Hearth's GGUF). A progress bar shows step,
+//! loss and tokens/s; Ctrl+C stops after the current step and saves what was trained so far.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,13 +11,17 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use hearth::backend::cpu::CpuBackend;
+use hearth::backend::Backend;
+use hearth::engine::{Device, LoadOptions, WithBackend};
 use hearth::gguf::GgufFile;
 use hearth::model::{Arch, Model};
 use hearth::tokenizer::template::template_for;
 use hearth::tokenizer::Tokenizer;
+use hearth::train::bottleneck::{Bottleneck, Placement};
 use hearth::train::lora::{Lora, LoraConfig, Target};
+use hearth::train::method::Method;
 use hearth::train::optim::{AdamWConfig, Decay};
+use hearth::train::prefix::{check_n_virtual, Prefix};
 use hearth::train::{self, adapter_file, data, TrainOptions};
 
 use super::progress::count_bar;
@@ -26,22 +31,43 @@ use super::Globals;
 #[derive(Args)]
 #[command(after_help = "Examples:\n  \
     hearth finetune smollm2 --data chats.jsonl --rank 8 --alpha 16 --epochs 2 --lr 2e-4 --out mybot-lora.gguf\n  \
-    hearth finetune smollm2 --data notes.txt --targets q,v --out notes-lora.gguf\n\n\
-    Data: a .jsonl file of {\"messages\": [{\"role\": …, \"content\": …}, …]} per line (rendered \
-    with the model's chat template; the loss is on the assistant replies), or any other file \
-    as plain text (cut into --ctx tokens).")]
+    hearth finetune smollm2 --data notes.txt --targets q,v --out notes-lora.gguf\n  \
+    hearth finetune smollm2 --data chats.jsonl --method prefix --virtual-tokens 16 --out mybot-prefix.gguf\n  \
+    hearth finetune smollm2 --data notes.txt --method adapter --bottleneck 64 --out notes-adapter.gguf\n\n\
+    Data: a .jsonl file (one example per line) or a .json array of examples: chats \
+    {\"messages\": [{\"role\": …, \"content\": …}, …]} (rendered with the model's chat template), \
+    alpaca {\"instruction\", \"input\", \"output\"}, or {\"prompt\", \"completion\"}; the loss is on \
+    the replies and completions. Any other file is plain text (cut into --ctx tokens).")]
 pub struct FinetuneArgs {
     /// A model in the store, or a GGUF file
     model: String,
-    /// Training data: chat JSONL (.jsonl) or plain text
+    /// Training data: JSONL (.jsonl), a JSON array (.json) or plain text
     #[arg(long)]
     data: PathBuf,
     /// Where to write the adapter (llama.cpp LoRA GGUF)
     #[arg(long)]
     out: PathBuf,
-    /// Fine-tuning method (lora; prefix and adapter are not implemented yet)
+    /// Fine-tuning method: lora, prefix (virtual keys and values) or adapter (bottleneck)
     #[arg(long, default_value = "lora")]
     method: String,
+    /// Prefix tuning: virtual tokens per layer
+    #[arg(long, default_value_t = 16)]
+    virtual_tokens: usize,
+    /// Prefix tuning: start from the model's own keys and values of the data's first tokens
+    /// (text) or from N(0, 1) values as PEFT (random)
+    #[arg(long, default_value = "text")]
+    prefix_init: String,
+    /// Prefix tuning: train the prefix through an MLP of this many hidden units (PEFT's
+    /// prefix_projection; folded into plain keys and values when saved; 0: off)
+    #[arg(long, default_value_t = 0)]
+    prefix_projection: usize,
+    /// Bottleneck adapters: the hidden size of down and up
+    #[arg(long, default_value_t = 64)]
+    bottleneck: usize,
+    /// Bottleneck adapters: houlsby (after attention and feed-forward) or pfeiffer (after
+    /// feed-forward only)
+    #[arg(long, default_value = "houlsby")]
+    placement: String,
     /// LoRA rank
     #[arg(long, default_value_t = 8)]
     rank: usize,
@@ -87,37 +113,75 @@ pub struct FinetuneArgs {
     /// CPU threads (default: all cores)
     #[arg(long)]
     threads: Option<usize>,
+    /// Where to train: cpu, gpu, gpu:N (see `hearth devices`) or auto
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// The method chosen, checked.
+enum MethodChoice {
+    Lora(LoraConfig),
+    Prefix {
+        n_virtual: usize,
+        from_text: bool,
+        projection: usize,
+    },
+    Bottleneck {
+        size: usize,
+        placement: Placement,
+    },
 }
 
 pub struct FinetuneCommand {
     model: PathBuf,
+    device: Device,
     args: FinetuneArgs,
-    lora: LoraConfig,
+    method: MethodChoice,
     opts: TrainOptions,
 }
 
 impl FinetuneArgs {
     pub fn resolve(self, globals: &Globals) -> Result<FinetuneCommand> {
-        if self.method != "lora" {
-            bail!(
-                "--method {}: only lora is implemented (prefix and adapter are planned)",
-                self.method
-            );
-        }
         if self.epochs == 0 || self.n_ctx < 2 {
             bail!("--epochs must be at least 1 and --ctx at least 2");
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr must be a positive number");
         }
-        let lora = LoraConfig {
-            targets: Target::parse_list(&self.targets)?,
-            rank: self.rank,
-            alpha: self.alpha,
-            dropout: self.dropout,
-            rslora: self.rslora,
+        let method = match self.method.as_str() {
+            "lora" => {
+                let lora = LoraConfig {
+                    targets: Target::parse_list(&self.targets)?,
+                    rank: self.rank,
+                    alpha: self.alpha,
+                    dropout: self.dropout,
+                    rslora: self.rslora,
+                };
+                lora.check()?;
+                MethodChoice::Lora(lora)
+            }
+            "prefix" => {
+                check_n_virtual(self.virtual_tokens)?;
+                let from_text = match self.prefix_init.as_str() {
+                    "text" => true,
+                    "random" => false,
+                    s => bail!("--prefix-init {s}: text or random"),
+                };
+                MethodChoice::Prefix {
+                    n_virtual: self.virtual_tokens,
+                    from_text,
+                    projection: self.prefix_projection,
+                }
+            }
+            "adapter" | "bottleneck" => {
+                hearth::train::bottleneck::check_size(self.bottleneck)?;
+                MethodChoice::Bottleneck {
+                    size: self.bottleneck,
+                    placement: self.placement.parse()?,
+                }
+            }
+            m => bail!("--method {m}: lora, prefix or adapter"),
         };
-        lora.check()?;
         let opts = TrainOptions {
             optim: AdamWConfig {
                 lr: self.lr,
@@ -133,41 +197,84 @@ impl FinetuneArgs {
         };
         Ok(FinetuneCommand {
             model: model_path(&self.model, globals)?,
+            device: self.device.parse()?,
             args: self,
-            lora,
+            method,
             opts,
         })
     }
 }
 
 pub fn execute(cmd: FinetuneCommand) -> Result<()> {
-    let a = &cmd.args;
-    let backend = match a.threads {
-        Some(n) => CpuBackend::with_threads(n.max(1)),
-        None => CpuBackend::new(),
+    let load = LoadOptions {
+        device: cmd.device,
+        threads: cmd.args.threads.map(|n| n.max(1)),
+        ..LoadOptions::default()
     };
+    Device::open(&load, Job(cmd))?
+}
+
+/// The training run, on whichever backend the device opens as.
+struct Job(FinetuneCommand);
+
+impl WithBackend for Job {
+    type Output = Result<()>;
+    fn run<B: Backend + 'static>(self, backend: B) -> hearth::Result<Result<()>>
+    where
+        B::Tensor: Send + Sync,
+        B::Weight: Send + Sync,
+        B::Cache: Send,
+    {
+        Ok(train_on(self.0, &backend))
+    }
+}
+
+fn train_on<B: Backend>(cmd: FinetuneCommand, backend: &B) -> Result<()> {
+    let a = &cmd.args;
     let f = GgufFile::open(&cmd.model)?;
     let arch = f.architecture()?.to_string();
     let spec = Arch::from_gguf(&f)?.spec(&f)?;
-    let model = Model::load(&backend, &f, spec)?;
+    let model = Model::load(backend, &f, spec)?;
     let tok = Tokenizer::from_gguf(&f)?;
     let template = template_for(&f, &tok)?;
     let examples = data::load(&a.data, &tok, &template, a.n_ctx, a.train_on_inputs)?;
     let c = &model.config;
-    let mut lora = Lora::new(cmd.lora.clone(), c, c.n_layers, a.seed)?;
+    let (mut method, what): (Method, String) = match &cmd.method {
+        MethodChoice::Lora(l) => (
+            Lora::new(l.clone(), c, c.n_layers, a.seed)?.into(),
+            format!(
+                "LoRA rank {} on {}",
+                l.rank,
+                l.targets
+                    .iter()
+                    .map(|t| t.gguf_name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
+        &MethodChoice::Prefix {
+            n_virtual,
+            from_text,
+            projection,
+        } => {
+            let p = match (projection, from_text, examples.first()) {
+                (1.., _, _) => Prefix::reparameterised(c, n_virtual, projection, a.seed)?,
+                (0, true, Some(e)) => Prefix::from_text(backend, &model, n_virtual, &e.tokens)?,
+                _ => Prefix::random(c, n_virtual, a.seed)?,
+            };
+            (p.into(), format!("prefix of {n_virtual} virtual tokens"))
+        }
+        &MethodChoice::Bottleneck { size, placement } => (
+            Bottleneck::new(c, size, placement, a.seed)?.into(),
+            format!("bottleneck adapters of {size} ({placement:?})"),
+        ),
+    };
     let n_tokens: usize = examples.iter().map(|e| e.tokens.len()).sum();
     eprintln!(
-        "{} examples ({n_tokens} tokens), LoRA rank {} on {} ({} trainable parameters), {}",
+        "{} examples ({n_tokens} tokens), {what} ({} trainable parameters), {}",
         examples.len(),
-        cmd.lora.rank,
-        cmd.lora
-            .targets
-            .iter()
-            .map(|t| t.gguf_name())
-            .collect::<Vec<_>>()
-            .join(","),
-        lora.n_params(),
-        hearth::backend::Backend::name(&backend)
+        method.n_params(),
+        backend.name()
     );
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -181,9 +288,9 @@ pub fn execute(cmd: FinetuneCommand) -> Result<()> {
     let bar = count_bar("training", total as u64);
     let mut last = None;
     let losses = train::train(
-        &backend,
+        backend,
         &model,
-        &mut lora,
+        &mut method,
         &examples,
         &cmd.opts,
         &mut |p| {
@@ -207,7 +314,7 @@ pub fn execute(cmd: FinetuneCommand) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
-    adapter_file::save(&lora, &arch, &a.out)
+    adapter_file::save_method(&method, &arch, &a.out)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     if let Some(p) = last {
         eprintln!(

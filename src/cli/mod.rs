@@ -17,6 +17,7 @@ mod format;
 mod kernel_bench;
 mod list;
 mod load;
+mod merge;
 mod params;
 mod perplexity;
 mod progress;
@@ -104,8 +105,10 @@ enum Command {
     Load(load::LoadArgs),
     /// Perplexity of a model on a text (llama-perplexity's method), KL divergence vs a base
     Perplexity(perplexity::PerplexityArgs),
-    /// Train a LoRA adapter on your data (chat JSONL or text); saves a llama.cpp LoRA GGUF
+    /// Train an adapter (LoRA, prefix, bottleneck) on your data (chat JSONL or text)
     Finetune(finetune::FinetuneArgs),
+    /// Merge LoRA adapters into a model's weights (optionally quantized)
+    Merge(merge::MergeArgs),
 }
 
 /// What the environment says, read once: where the store is, the default device, where the
@@ -210,6 +213,7 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Load(args) => load::execute(args.resolve(globals)?),
         Command::Perplexity(args) => perplexity::execute(args.resolve(globals)?),
         Command::Finetune(args) => finetune::execute(args.resolve(globals)?),
+        Command::Merge(args) => merge::execute(args.resolve(globals)?),
     }
 }
 

@@ -1,7 +1,10 @@
-//! LoRA deltas applied in the forward pass (`hearth run --adapter`): for an adapted
-//! projection `y = x · Wᵀ`, `y += scale · (x · Aᵀ) · Bᵀ` with `A [r, in]` and `B [out, r]`
-//! resident as f32 weights beside the frozen base (which is never rewritten). `Target` names
-//! the seven projections an adapter can touch; training (`train::lora`) uses the same names.
+//! Adapters applied in the forward pass (`hearth run --adapter`), resident as f32 weights
+//! beside the frozen base (which is never rewritten). LoRA: for an adapted projection
+//! `y = x · Wᵀ`, `y += scale · (x · Aᵀ) · Bᵀ` with `A [r, in]` and `B [out, r]`; `Target`
+//! names the seven projections it can touch. Bottleneck: `h += up(silu(down(h)))` after a
+//! sub-block (`Site`). A prefix's virtual keys and values are `VirtualKv`, written into the
+//! cache by `Model::forward` for the virtual tokens a sequence starts with. Training
+//! (`train::`) uses the same names.
 
 use crate::backend::{Backend, WeightSource};
 use crate::{Error, Result};
@@ -160,4 +163,94 @@ impl<B: Backend> LoraDelta<B> {
         backend.scale(&mut d, self.scale)?;
         backend.add_assign(y, &d)
     }
+}
+
+/// Where a bottleneck adapter sits: after the attention or the feed-forward sub-block's
+/// output (and its post-norm), before the residual add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    Attn,
+    Ffn,
+}
+
+impl Site {
+    /// Its name in Hearth's adapter GGUF (`blk.N.<name>_adapter_down.weight`).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Site::Attn => "attn",
+            Site::Ffn => "ffn",
+        }
+    }
+
+    pub fn from_gguf_name(name: &str) -> Option<Site> {
+        [Site::Attn, Site::Ffn]
+            .into_iter()
+            .find(|s| s.gguf_name() == name)
+    }
+}
+
+/// One bottleneck adapter at `site` of a layer: `down [bottleneck, n_embd]`,
+/// `up [n_embd, bottleneck]`.
+pub(crate) struct BottleneckDelta<B: Backend> {
+    pub(crate) site: Site,
+    down: B::Weight,
+    up: B::Weight,
+}
+
+impl<B: Backend> BottleneckDelta<B> {
+    pub(crate) fn new(
+        backend: &B,
+        c: &ModelConfig,
+        layer: usize,
+        site: Site,
+        bottleneck: usize,
+        down: &[f32],
+        up: &[f32],
+    ) -> Result<Self> {
+        let d = c.n_embd;
+        let name = format!("blk.{layer}.{}_adapter", site.gguf_name());
+        if bottleneck == 0 || down.len() != bottleneck * d || up.len() != d * bottleneck {
+            return Err(Error::Train(format!(
+                "{name}: {} and {} values for a bottleneck of {bottleneck} on {d} \
+                 (an adapter made for another model?)",
+                down.len(),
+                up.len()
+            )));
+        }
+        let w = |suffix: &str, r, c, v| {
+            backend.load_weight(&WeightSource::from_f32(
+                &format!("{name}_{suffix}.weight"),
+                r,
+                c,
+                v,
+            )?)
+        };
+        Ok(BottleneckDelta {
+            site,
+            down: w("down", bottleneck, d, down)?,
+            up: w("up", d, bottleneck, up)?,
+        })
+    }
+
+    /// `h += up(silu(down(h)))`, the first `n_single` rows as decode rows.
+    pub(crate) fn apply(&self, backend: &B, h: &mut B::Tensor, n_single: usize) -> Result<()> {
+        let n = backend.shape(h).0;
+        let bn = backend.weight_shape(&self.down).0;
+        let mut z = backend.tensor(n, bn)?;
+        backend.matmul_rows(h, &[&self.down], &mut [&mut z], n_single)?;
+        let mut ones = backend.tensor(n, bn)?;
+        backend.write(&mut ones, &vec![1.0; n * bn])?;
+        let mut a = backend.tensor(n, bn)?;
+        backend.silu_mul(&z, &ones, &mut a)?;
+        let mut u = backend.tensor(n, backend.weight_shape(&self.up).0)?;
+        backend.matmul_rows(&a, &[&self.up], &mut [&mut u], n_single)?;
+        backend.add_assign(h, &u)
+    }
+}
+
+/// A prefix's virtual keys and values for one layer, `[n_virtual, kv_dim]` each: the rows a
+/// virtual token's position holds in the cache (keys as stored, not rotated).
+pub(crate) struct VirtualKv<B: Backend> {
+    pub(crate) keys: B::Tensor,
+    pub(crate) values: B::Tensor,
 }

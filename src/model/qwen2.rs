@@ -5,7 +5,7 @@
 
 use super::config::ModelConfig;
 use super::transformer::{Activation, LayerSpec, ModelSpec};
-use crate::backend::RopeLayout;
+use crate::backend::{Mask, RopeLayout};
 use crate::gguf::GgufFile;
 use crate::Result;
 
@@ -18,7 +18,7 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
             qk_norm: false,
             qkv_bias: true,
             post_norms: false,
-            window: None,
+            mask: Mask::CAUSAL,
             local_rope: false,
         })
         .collect();

@@ -4,7 +4,7 @@
 
 use super::config::ModelConfig;
 use super::transformer::{Activation, LayerSpec, ModelSpec};
-use crate::backend::RopeLayout;
+use crate::backend::{Mask, RopeLayout};
 use crate::gguf::GgufFile;
 use crate::Result;
 
@@ -17,7 +17,7 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
             qk_norm: true,
             qkv_bias: false,
             post_norms: false,
-            window: None,
+            mask: Mask::CAUSAL,
             local_rope: false,
         })
         .collect();

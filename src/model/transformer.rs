@@ -9,7 +9,7 @@ use crate::gguf::GgufFile;
 use crate::runtime::KvCache;
 use crate::{Error, Result};
 
-use super::adapter::{LoraDelta, Target};
+use super::adapter::{BottleneckDelta, LoraDelta, Site, Target, VirtualKv};
 use super::config::ModelConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,10 @@ pub(crate) struct Layer<B: Backend> {
     pub(crate) post_ffw_norm: Option<B::Weight>,       // [n_embd]
     /// LoRA deltas of `run --adapter` (none unless adapters were added).
     lora: Vec<LoraDelta<B>>,
+    /// Bottleneck adapters of `run --adapter`.
+    bottleneck: Vec<BottleneckDelta<B>>,
+    /// A prefix adapter's virtual keys and values for this layer.
+    prefix: Option<VirtualKv<B>>,
 }
 
 /// One forward pass's input: tokens of many sequences and where each row sits.
@@ -116,6 +120,8 @@ pub struct Model<B: Backend> {
     layers: Vec<Layer<B>>,
     inv_freq: B::Tensor,       // [1, n_rot / 2]
     inv_freq_local: B::Tensor, // [1, n_rot / 2]
+    /// Virtual tokens of a prefix adapter (0 without one); see `virtual_tokens`.
+    n_virtual: usize,
 }
 
 fn weight<B: Backend>(backend: &B, f: &GgufFile, name: &str) -> Result<B::Weight> {
@@ -264,6 +270,8 @@ impl<B: Backend> Model<B> {
                 ffn_down: check_dims(backend, f, &t("ffn_down"), d, c.n_ff)?,
                 post_ffw_norm: opt(ls.post_norms, "post_ffw_norm", d)?,
                 lora: Vec::new(),
+                bottleneck: Vec::new(),
+                prefix: None,
             });
             done += layer_bytes(i);
             progress(done, total);
@@ -297,6 +305,7 @@ impl<B: Backend> Model<B> {
             inv_freq_local: freq_tensor(c.rope_base_local.unwrap_or(c.rope_base))?,
             embd_scale: spec.embd_scale,
             config: spec.config,
+            n_virtual: 0,
         })
     }
 
@@ -318,18 +327,84 @@ impl<B: Backend> Model<B> {
         b: &[f32],
         scale: f32,
     ) -> Result<()> {
+        let delta = LoraDelta::new(backend, &self.config, layer, target, rank, a, b, scale)?;
+        self.layer_mut(layer)?.lora.push(delta);
+        Ok(())
+    }
+
+    /// Adds a bottleneck adapter at `site` of layer `layer` (`h += up(silu(down(h)))`,
+    /// `down` row-major `[bottleneck, n_embd]`, `up` `[n_embd, bottleneck]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_bottleneck(
+        &mut self,
+        backend: &B,
+        layer: usize,
+        site: Site,
+        bottleneck: usize,
+        down: &[f32],
+        up: &[f32],
+    ) -> Result<()> {
+        let delta = BottleneckDelta::new(backend, &self.config, layer, site, bottleneck, down, up)?;
+        self.layer_mut(layer)?.bottleneck.push(delta);
+        Ok(())
+    }
+
+    /// Sets a prefix adapter: per layer of the model, `n_virtual` key rows and value rows
+    /// (`[n_virtual, kv_dim]`, keys as the cache holds them, not rotated). Sequences then
+    /// start with `virtual_tokens()`.
+    pub fn set_prefix(
+        &mut self,
+        backend: &B,
+        n_virtual: usize,
+        keys: &[Vec<f32>],
+        values: &[Vec<f32>],
+    ) -> Result<()> {
+        let c = &self.config;
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        let ok = |v: &[Vec<f32>]| {
+            v.len() == c.n_layers && v.iter().all(|r| r.len() == n_virtual * kv_dim)
+        };
+        if self.n_virtual != 0 || n_virtual == 0 || !ok(keys) || !ok(values) {
+            return Err(Error::Train(format!(
+                "a prefix adapter needs {} layers of [{n_virtual}, {kv_dim}] keys and values, \
+                 and one prefix at most (an adapter made for another model?)",
+                c.n_layers
+            )));
+        }
+        for il in self.part.layers.clone() {
+            let t = |v: &[f32]| -> Result<B::Tensor> {
+                let mut t = backend.tensor(n_virtual, kv_dim)?;
+                backend.write(&mut t, v)?;
+                Ok(t)
+            };
+            let kv = VirtualKv {
+                keys: t(&keys[il])?,
+                values: t(&values[il])?,
+            };
+            self.layer_mut(il)?.prefix = Some(kv);
+        }
+        self.n_virtual = n_virtual;
+        Ok(())
+    }
+
+    /// The ids a sequence starts with when the model has a prefix adapter: `n_vocab + j` for
+    /// virtual token `j` (none without one). They take the first positions of the context;
+    /// the forward pass puts the prefix's keys and values in their cache rows.
+    pub fn virtual_tokens(&self) -> Vec<u32> {
+        let n_vocab = self.config.n_vocab as u32;
+        (0..self.n_virtual as u32).map(|j| n_vocab + j).collect()
+    }
+
+    fn layer_mut(&mut self, layer: usize) -> Result<&mut Layer<B>> {
         let first = self.part.layers.start;
-        let Some(l) = layer
+        layer
             .checked_sub(first)
             .and_then(|i| self.layers.get_mut(i))
-        else {
-            return Err(Error::Train(format!(
-                "adapter for layer {layer}, which this model (part) does not have"
-            )));
-        };
-        let delta = LoraDelta::new(backend, &self.config, layer, target, rank, a, b, scale)?;
-        l.lora.push(delta);
-        Ok(())
+            .ok_or_else(|| {
+                Error::Train(format!(
+                    "adapter for layer {layer}, which this model (part) does not have"
+                ))
+            })
     }
 
     /// This part's layers (training runs them on its tape).
@@ -365,9 +440,9 @@ impl<B: Backend> Model<B> {
         cache: &mut KvCache<B>,
     ) -> Result<B::Tensor> {
         check_batch(batch.tokens.len(), batch.logit_rows)?;
-        let mut x = self.embed(backend, batch.tokens)?;
+        let (mut x, virt) = self.embed_virtual(backend, batch.tokens)?;
         let rows = (batch.rows, batch.ring_rows);
-        self.forward_layers(backend, &mut x, rows, batch.n_single, cache)?;
+        self.run_layers(backend, &mut x, rows, batch.n_single, cache, &virt)?;
         self.head(backend, x, batch.logit_rows, batch.n_single)
     }
 
@@ -381,9 +456,9 @@ impl<B: Backend> Model<B> {
         cache: &mut KvCache<B>,
     ) -> Result<B::Tensor> {
         check_batch(batch.tokens.len(), batch.logit_rows)?;
-        let mut x = self.embed(backend, batch.tokens)?;
+        let (mut x, virt) = self.embed_virtual(backend, batch.tokens)?;
         let rows = (batch.rows, batch.ring_rows);
-        self.forward_layers(backend, &mut x, rows, batch.n_single, cache)?;
+        self.run_layers(backend, &mut x, rows, batch.n_single, cache, &virt)?;
         self.final_norm(backend, x, batch.logit_rows)
     }
 
@@ -401,7 +476,36 @@ impl<B: Backend> Model<B> {
 
     /// Each of this part's layers' sliding window (`None`: it sees the whole context).
     pub fn windows(&self) -> Vec<Option<usize>> {
-        self.layers.iter().map(|l| l.spec.window).collect()
+        self.layers.iter().map(|l| l.spec.mask.window).collect()
+    }
+
+    /// `embed`, where a virtual token (`virtual_tokens`) embeds as token 0 (its keys and
+    /// values are replaced, and nothing reads its residual row), and the runs of virtual
+    /// tokens: `(row, virtual index, length)`.
+    fn embed_virtual(&self, backend: &B, ids: &[u32]) -> Result<(B::Tensor, Vec<VirtualRun>)> {
+        if self.n_virtual == 0 {
+            return Ok((self.embed(backend, ids)?, Vec::new()));
+        }
+        let n_vocab = self.config.n_vocab;
+        let mut runs: Vec<VirtualRun> = Vec::new();
+        let mut real = ids.to_vec();
+        for (row, id) in real.iter_mut().enumerate() {
+            let Some(j) = (*id as usize).checked_sub(n_vocab) else {
+                continue;
+            };
+            if j >= self.n_virtual {
+                return Err(Error::shape(
+                    "forward",
+                    format!("token {id} past the vocabulary and the prefix's virtual tokens"),
+                ));
+            }
+            *id = 0;
+            match runs.last_mut() {
+                Some(r) if r.row + r.len == row && r.j + r.len == j => r.len += 1,
+                _ => runs.push(VirtualRun { row, j, len: 1 }),
+            }
+        }
+        Ok((self.embed(backend, &real)?, runs))
     }
 
     /// This part's layers over the residual stream `x` (`[n, n_embd]`, in place); layer `i`
@@ -414,6 +518,20 @@ impl<B: Backend> Model<B> {
         (rows, ring_rows): (&B::Rows, Option<&B::Rows>),
         n_single: usize,
         cache: &mut KvCache<B>,
+    ) -> Result<()> {
+        self.run_layers(backend, x, (rows, ring_rows), n_single, cache, &[])
+    }
+
+    /// `forward_layers`, with the keys and values of the rows of `virt` replaced by the
+    /// prefix's before they are cached.
+    fn run_layers(
+        &self,
+        backend: &B,
+        x: &mut B::Tensor,
+        (rows, ring_rows): (&B::Rows, Option<&B::Rows>),
+        n_single: usize,
+        cache: &mut KvCache<B>,
+        virt: &[VirtualRun],
     ) -> Result<()> {
         let c = &self.config;
         let n = backend.shape(x).0;
@@ -469,6 +587,12 @@ impl<B: Backend> Model<B> {
             };
             backend.rope(&mut q, freqs, rows, &rope)?;
             backend.rope(&mut k, freqs, rows, &rope)?;
+            if let Some(p) = l.prefix.as_ref().filter(|_| !virt.is_empty()) {
+                for r in virt {
+                    backend.copy_rows(&p.keys, r.j, &mut k, r.row, r.len)?;
+                    backend.copy_rows(&p.values, r.j, &mut v, r.row, r.len)?;
+                }
+            }
             // A layer whose window keeps only a ring of blocks has its own cache rows.
             let (k_cache, v_cache, kv_rows) = cache.layer_mut(il, rows, ring_rows)?;
             backend.cache_write(&k, k_cache, kv_rows)?;
@@ -487,9 +611,10 @@ impl<B: Backend> Model<B> {
             self.residual(
                 backend,
                 x,
-                &out,
+                &mut out,
                 l.post_attention_norm.as_ref(),
                 &mut out_normed,
+                (l, Site::Attn, n_single),
             )?;
 
             // Feed-forward.
@@ -508,7 +633,14 @@ impl<B: Backend> Model<B> {
             }
             backend.matmul_rows(&act, &[&l.ffn_down], &mut [&mut out], n_single)?;
             lora(backend, l, Target::Down, &act, &mut out, n_single)?;
-            self.residual(backend, x, &out, l.post_ffw_norm.as_ref(), &mut out_normed)?;
+            self.residual(
+                backend,
+                x,
+                &mut out,
+                l.post_ffw_norm.as_ref(),
+                &mut out_normed,
+                (l, Site::Ffn, n_single),
+            )?;
         }
         Ok(())
     }
@@ -555,23 +687,36 @@ impl<B: Backend> Model<B> {
         Ok(normed)
     }
 
-    /// `x += norm(out)` or `x += out`.
+    /// `x += h` with `h = norm(out)` or `out`, after the bottleneck adapters of the site
+    /// (`h += up(silu(down(h)))`, none without adapters).
     fn residual(
         &self,
         backend: &B,
         x: &mut B::Tensor,
-        out: &B::Tensor,
+        out: &mut B::Tensor,
         post_norm: Option<&B::Weight>,
         scratch: &mut B::Tensor,
+        (l, site, n_single): (&Layer<B>, Site, usize),
     ) -> Result<()> {
-        match post_norm {
+        let h = match post_norm {
             Some(w) => {
                 backend.rms_norm(out, w, self.config.rms_eps, scratch)?;
-                backend.add_assign(x, scratch)
+                scratch
             }
-            None => backend.add_assign(x, out),
+            None => out,
+        };
+        for d in l.bottleneck.iter().filter(|d| d.site == site) {
+            d.apply(backend, h, n_single)?;
         }
+        backend.add_assign(x, h)
     }
+}
+
+/// A run of virtual tokens in a batch: rows `row..row + len` hold virtual tokens `j..j + len`.
+struct VirtualRun {
+    row: usize,
+    j: usize,
+    len: usize,
 }
 
 /// Adds the LoRA deltas of `target` in layer `l` to `y = x · Wᵀ` (nothing without adapters).

@@ -234,7 +234,7 @@ pub fn execute(
 /// change, else converted in tasks of about 64k values spread over rayon's threads, each
 /// dequantizing its rows into its own buffer and quantizing them from there (so the tensor is
 /// never whole in f32: less memory, and the values are still in cache when quantized).
-fn convert_tensor(bytes: &[u8], t: &PlannedTensor, buf: &mut Vec<u8>) -> Result<()> {
+pub(crate) fn convert_tensor(bytes: &[u8], t: &PlannedTensor, buf: &mut Vec<u8>) -> Result<()> {
     use rayon::prelude::*;
     if t.from == t.to {
         buf.extend_from_slice(bytes);

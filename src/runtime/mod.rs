@@ -168,18 +168,20 @@ impl<B: Backend> Runtime<B> {
 
     /// Starts `seq` on the cache that already holds the longest prefix of its prompt (never
     /// the last prompt token, whose logits are needed): a finished sequence's blocks that
-    /// the prompt continues, or else the cached blocks it starts with.
+    /// the prompt continues, or else the cached blocks it starts with. A model with a prefix
+    /// adapter puts its virtual tokens first.
     pub fn start(&mut self, seq: &mut Sequence) {
+        seq.start_with_virtual(&self.model.virtual_tokens());
         if let Some(ring) = self.cache.ring() {
             return self.start_ringed(seq, ring);
         }
-        let (table, n) = self.match_blocks(seq.tokens());
-        let limit = seq.tokens().len() - 1;
+        let (table, n) = self.match_blocks(seq.cache_tokens());
+        let limit = seq.cache_tokens().len() - 1;
         let best = self
             .parked
             .iter()
             .enumerate()
-            .map(|(i, p)| (i, common_prefix(&p.tokens, seq.tokens()).min(limit)))
+            .map(|(i, p)| (i, common_prefix(&p.tokens, seq.cache_tokens()).min(limit)))
             .max_by_key(|&(_, n)| n);
         let (table, n) = match best {
             Some((i, n_parked)) if n_parked > n => {
@@ -201,12 +203,12 @@ impl<B: Backend> Runtime<B> {
     /// sequence is continued only while its ring still holds the window the continuation
     /// reads, else the prompt is computed from the start (llama.cpp does the same with SWA).
     fn start_ringed(&mut self, seq: &mut Sequence, ring: Ring) {
-        let limit = seq.tokens().len() - 1;
+        let limit = seq.cache_tokens().len() - 1;
         let best = self
             .parked
             .iter()
             .enumerate()
-            .map(|(i, p)| (i, common_prefix(&p.tokens, seq.tokens()).min(limit)))
+            .map(|(i, p)| (i, common_prefix(&p.tokens, seq.cache_tokens()).min(limit)))
             .filter(|&(i, n)| n > 0 && ring.holds(self.parked[i].tokens.len(), n))
             .max_by_key(|&(_, n)| n);
         let (table, n) = match best.and_then(|(i, n)| Some((self.parked.remove(i)?, n))) {
@@ -269,7 +271,7 @@ impl<B: Backend> Runtime<B> {
             return self.release_table(table);
         }
         self.parked.push_back(Parked {
-            tokens: seq.tokens()[..n].to_vec(),
+            tokens: seq.cache_tokens()[..n].to_vec(),
             table,
         });
         if self.parked.len() > MAX_PARKED {
@@ -418,7 +420,7 @@ impl<B: Backend> Runtime<B> {
         while seq.table.ids.len() < n_full {
             let i = seq.table.ids.len();
             let parent = seq.table.ids.last().copied().unwrap_or(ROOT);
-            let chunk = &seq.tokens()[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
+            let chunk = &seq.cache_tokens()[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
             let id = self.blocks.register(seq.table.blocks[i], parent, chunk);
             seq.table.ids.push(id);
         }
@@ -488,6 +490,11 @@ impl<B: Backend> SoloCache<B> {
     /// The windowed layers' ring, if they keep one.
     pub fn ring(&self) -> Option<Ring> {
         self.cache.ring()
+    }
+
+    /// The cache (row `p` of each layer holds position `p`).
+    pub fn kv_cache(&self) -> &KvCache<B> {
+        &self.cache
     }
 
     /// Forgets positions from `n` on.

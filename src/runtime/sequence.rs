@@ -49,8 +49,12 @@ pub struct BlockTable {
 
 pub struct Sequence {
     tokenizer: Arc<Tokenizer>,
-    /// The prompt, then every accepted token.
+    /// A prefix adapter's virtual tokens (`Model::virtual_tokens`), the prompt, then every
+    /// accepted token.
     tokens: Vec<u32>,
+    /// Leading virtual tokens in `tokens` (0 without a prefix adapter).
+    n_virtual: usize,
+    /// Tokens up to the end of the prompt, virtual ones included.
     n_prompt: usize,
     /// Leading tokens whose keys and values are in the cache.
     pub(super) n_computed: usize,
@@ -104,6 +108,7 @@ impl Sequence {
             tokenizer,
             n_prompt: prompt.len(),
             tokens: prompt,
+            n_virtual: 0,
             n_computed: 0,
             table: BlockTable::default(),
             n_cached: 0,
@@ -141,8 +146,26 @@ impl Sequence {
         self.last_logprob.take()
     }
 
+    /// The prompt and the accepted tokens.
     pub fn tokens(&self) -> &[u32] {
+        &self.tokens[self.n_virtual..]
+    }
+
+    /// Every token whose keys and values the cache holds or will hold, virtual ones first.
+    pub(super) fn cache_tokens(&self) -> &[u32] {
         &self.tokens
+    }
+
+    /// Puts a prefix adapter's virtual tokens before the prompt (once, before anything of
+    /// the sequence is cached). They count against `n_ctx`: a prompt they push past it fails
+    /// at its first step (`PromptTooLong`).
+    pub(super) fn start_with_virtual(&mut self, ids: &[u32]) {
+        if self.n_virtual > 0 || self.n_computed > 0 {
+            return;
+        }
+        self.tokens.splice(0..0, ids.iter().copied());
+        self.n_virtual = ids.len();
+        self.n_prompt += ids.len();
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -181,7 +204,7 @@ impl Sequence {
         if let Some(c) = &mut self.constraint {
             c.mask(logits)?;
         }
-        let token = self.sampler.sample(logits, &self.tokens);
+        let token = self.sampler.sample(logits, &self.tokens[self.n_virtual..]);
         self.last_logprob = raw.map(|(top, raw)| logprob(&raw, token, top));
         Ok(token)
     }
@@ -259,8 +282,8 @@ impl Sequence {
         let now = Instant::now();
         let prompt_done = self.prompt_done.unwrap_or(now);
         GenerateStats {
-            prompt_tokens: self.n_prompt,
-            cached_tokens: self.n_cached,
+            prompt_tokens: self.n_prompt - self.n_virtual,
+            cached_tokens: self.n_cached.saturating_sub(self.n_virtual),
             prompt_eval: prompt_done.duration_since(self.started),
             eval_tokens: self.n_gen,
             eval: now.saturating_duration_since(prompt_done),

@@ -426,6 +426,13 @@ fn load_model(
     memory: u64,
 ) -> crate::Result<LoadedModel> {
     let stored = store.load(name)?;
+    let mut load = load;
+    // The model's adapters (Modelfile `ADAPTER`).
+    load.adapters
+        .extend(stored.adapters.iter().map(|p| crate::engine::AdapterSpec {
+            path: p.clone(),
+            scale: 1.0,
+        }));
     let (scheduler, loaded) = Scheduler::spawn(stored.model_path.clone(), load, limits)?;
     let template = crate::prompt::chat_template(&stored, &loaded.gguf, &loaded.tokenizer)
         .map_err(|e| e.to_string());

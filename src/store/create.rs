@@ -1,7 +1,8 @@
 //! `create`: builds a model from a parsed Modelfile. `FROM` names either a model already in
 //! the store (its layers are inherited, the Modelfile's instructions override them) or a GGUF
-//! file, which is validated and streamed through the hasher into a new blob. The manifest is
-//! written last.
+//! file, which is validated and streamed through the hasher into a new blob. `ADAPTER` files
+//! (checked to be adapters for the model's architecture) become adapter layers, after the
+//! base model's own. The manifest is written last.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use indicatif::ProgressBar;
 
 use super::manifest::{Layer, LayerKind, Manifest};
 use super::{copy_with_progress, hash_file, params_to_json, Digest, ModelInfo, StoredModel};
-use super::{ModelName, Modelfile, Store};
+use super::{AdapterLine, ModelName, Modelfile, Store};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
 
@@ -77,7 +78,21 @@ impl Store {
             }
         };
 
+        let model_arch = {
+            let path = match &base {
+                Some(b) => b.model_path.clone(),
+                None => gguf_path(modelfile, base_dir)?,
+            };
+            let f = GgufFile::open(&path)?;
+            f.architecture()?.to_string()
+        };
         let mut layers = vec![model_layer];
+        if let Some(b) = &base {
+            layers.extend(b.manifest.layers_of(LayerKind::Adapter).cloned());
+        }
+        for a in &modelfile.adapters {
+            layers.push(self.import_adapter(a, base_dir, &model_arch)?);
+        }
         let inherited = |f: fn(&StoredModel) -> Option<String>| base.as_ref().and_then(f);
         let template = modelfile
             .template
@@ -129,6 +144,33 @@ impl Store {
         let manifest = Manifest::new(config, layers);
         self.write_manifest(name, &manifest)?;
         Ok(Digest::of(&manifest.to_bytes()))
+    }
+
+    /// Checks an `ADAPTER` file (an adapter GGUF for `arch`) and stores it as a blob.
+    fn import_adapter(&self, a: &AdapterLine, base_dir: &Path, arch: &str) -> Result<Layer> {
+        let path: PathBuf = base_dir.join(&a.path).components().collect();
+        let bad = |m: String| {
+            Error::Store(format!(
+                "Modelfile line {}: ADAPTER {}: {m}",
+                a.line, a.path
+            ))
+        };
+        if !path.is_file() {
+            return Err(bad(format!("there is no file {}", path.display())));
+        }
+        crate::train::adapter_file::load_method(&path).map_err(|e| bad(e.to_string()))?;
+        let f = GgufFile::open(&path).map_err(|e| bad(e.to_string()))?;
+        if let Some(other) = f.architecture().ok().filter(|&x| x != arch) {
+            return Err(bad(format!(
+                "an adapter for {other}, not for this {arch} model"
+            )));
+        }
+        drop(f);
+        let mut file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut writer = self.blob_writer()?;
+        copy_with_progress(&mut file, &mut writer, &mut |_| {}).map_err(|e| Error::io(&path, e))?;
+        let (digest, size) = writer.finish(None)?;
+        Ok(Layer::new(LayerKind::Adapter, digest, size))
     }
 
     fn text_layer(&self, kind: LayerKind, text: &str) -> Result<Layer> {

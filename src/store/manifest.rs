@@ -27,16 +27,20 @@ pub enum LayerKind {
     License,
     /// Conversation to start from, a JSON array of `{"role", "content"}`.
     Messages,
+    /// An adapter GGUF (`ADAPTER`: LoRA, prefix or bottleneck) applied when the model runs;
+    /// a model may have several, applied in order.
+    Adapter,
 }
 
 impl LayerKind {
-    pub const ALL: [LayerKind; 6] = [
+    pub const ALL: [LayerKind; 7] = [
         LayerKind::Model,
         LayerKind::Template,
         LayerKind::Params,
         LayerKind::System,
         LayerKind::License,
         LayerKind::Messages,
+        LayerKind::Adapter,
     ];
 
     pub fn media_type(self) -> &'static str {
@@ -47,6 +51,7 @@ impl LayerKind {
             LayerKind::System => "application/vnd.hearth.image.system",
             LayerKind::License => "application/vnd.hearth.image.license",
             LayerKind::Messages => "application/vnd.hearth.image.messages",
+            LayerKind::Adapter => "application/vnd.hearth.image.adapter",
         }
     }
 

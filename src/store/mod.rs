@@ -34,7 +34,7 @@ pub use builtin::{
 };
 pub use info::ModelInfo;
 pub use manifest::{Layer, LayerKind, Manifest, ModelConfigBlob};
-pub use modelfile::{Modelfile, Parameter, ROLES};
+pub use modelfile::{AdapterLine, Modelfile, Parameter, ROLES};
 pub use name::{ModelName, DEFAULT_TAG};
 pub use pull::{extract_wheel_members, PullConfig};
 pub use verify::{BlobCheck, BlobProblem, VerifyReport};
@@ -79,6 +79,8 @@ pub struct StoredModel {
     pub parameters: Vec<(String, String)>,
     pub licenses: Vec<String>,
     pub messages: Vec<Message>,
+    /// Adapter blobs (`ADAPTER`), applied in order when the model runs.
+    pub adapters: Vec<PathBuf>,
 }
 
 impl StoredModel {
@@ -100,6 +102,14 @@ impl StoredModel {
             system: self.system.clone(),
             licenses: self.licenses.clone(),
             messages: self.messages.clone(),
+            adapters: self
+                .adapters
+                .iter()
+                .map(|p| AdapterLine {
+                    line: 0,
+                    path: p.display().to_string(),
+                })
+                .collect(),
         }
     }
 }
@@ -273,6 +283,10 @@ impl Store {
             licenses: text(LayerKind::License)?,
             parameters,
             messages,
+            adapters: manifest
+                .layers_of(LayerKind::Adapter)
+                .map(|l| self.blob_path(&l.digest))
+                .collect(),
             manifest,
         })
     }

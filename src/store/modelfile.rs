@@ -1,5 +1,5 @@
 //! The Modelfile: Ollama's recipe for a model (`FROM`, `PARAMETER`, `TEMPLATE`, `SYSTEM`,
-//! `LICENSE`, `MESSAGE`), parsed with line numbers so every error points at its line, and
+//! `LICENSE`, `MESSAGE`, `ADAPTER`), parsed with line numbers so every error points at its line, and
 //! rendered back (`hearth show --modelfile`) in a form that parses to the same thing.
 //!
 //! Syntax: one instruction per line (case-insensitive), `#` starts a comment line; a value is
@@ -32,6 +32,15 @@ pub struct Modelfile {
     pub system: Option<String>,
     pub licenses: Vec<String>,
     pub messages: Vec<Message>,
+    /// `ADAPTER` paths (relative to the Modelfile's directory), in order.
+    pub adapters: Vec<AdapterLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterLine {
+    /// 1-based line of the `ADAPTER` instruction.
+    pub line: usize,
+    pub path: String,
 }
 
 fn line_error(line: usize, msg: impl std::fmt::Display) -> Error {
@@ -115,18 +124,18 @@ impl Modelfile {
                     mf.messages.push(Message::new(role, content));
                 }
                 "ADAPTER" => {
-                    return Err(line_error(
-                        line_no,
-                        "ADAPTER is not yet supported: fine-tuning adapters land with the \
-                         fine-tuning work",
-                    ))
+                    let path = value(rest, &lines, &mut idx, line_no, "ADAPTER")?;
+                    mf.adapters.push(AdapterLine {
+                        line: line_no,
+                        path,
+                    });
                 }
                 _ => {
                     return Err(line_error(
                         line_no,
                         format!(
                             "unknown instruction {word:?}; a Modelfile uses FROM, PARAMETER, \
-                             TEMPLATE, SYSTEM, LICENSE, MESSAGE (and `#` for comments)"
+                             TEMPLATE, SYSTEM, LICENSE, MESSAGE, ADAPTER (and `#` for comments)"
                         ),
                     ))
                 }
@@ -160,6 +169,9 @@ impl Modelfile {
         }
         for m in &self.messages {
             out += &format!("MESSAGE {} {}\n", m.role, quote(&m.content));
+        }
+        for a in &self.adapters {
+            out += &format!("ADAPTER {}\n", quote(&a.path));
         }
         out
     }

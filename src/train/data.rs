@@ -1,7 +1,10 @@
-//! Training data: chat JSONL (one `{"messages": [{"role", "content"}, …]}` per line,
-//! rendered with the model's chat template; by default only the assistant turns are trained
-//! on) or plain text (every token trained on, cut into sequences of `ctx` tokens). Bad input
-//! is an error naming the line.
+//! Training data: JSONL (one example per line) or a JSON array (`.json`, as alpaca data
+//! comes), each example a chat `{"messages": [{"role", "content"}, …]}` rendered with the
+//! model's chat template, an alpaca record `{"instruction", "input", "output"}` (rendered as
+//! a user turn and the assistant's reply), or `{"prompt", "completion"}` (raw text, the
+//! completion followed by the end-of-sequence token); by default only the replies and
+//! completions are trained on. Anything else is plain text (every token trained on, cut into
+//! sequences of `ctx` tokens). Bad input is an error naming the line or item.
 
 use std::path::Path;
 
@@ -33,7 +36,7 @@ impl Example {
     }
 }
 
-/// Reads `path`: `.jsonl` as chats, anything else as plain text.
+/// Reads `path`: `.jsonl` and `.json` as examples, anything else as plain text.
 pub fn load(
     path: &Path,
     tok: &Tokenizer,
@@ -43,8 +46,12 @@ pub fn load(
 ) -> Result<Vec<Example>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let name = path.display();
-    let examples = if path.extension().is_some_and(|e| e == "jsonl") {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let examples = if ext == "jsonl" {
         chats(&text, tok, template, ctx, train_on_inputs)
+            .map_err(|e| Error::Train(format!("{name}: {e}")))?
+    } else if ext == "json" {
+        json_array(&text, tok, template, ctx, train_on_inputs)
             .map_err(|e| Error::Train(format!("{name}: {e}")))?
     } else {
         plain(&text, tok, ctx)?
@@ -68,7 +75,7 @@ pub fn plain(text: &str, tok: &Tokenizer, ctx: usize) -> Result<Vec<Example>> {
         .collect())
 }
 
-/// Chat JSONL; each conversation must fit in `ctx` tokens.
+/// JSONL, one example per line; each must fit in `ctx` tokens.
 pub fn chats(
     text: &str,
     tok: &Tokenizer,
@@ -82,25 +89,104 @@ pub fn chats(
         if line.trim().is_empty() {
             continue;
         }
-        let messages = parse_messages(line).map_err(|e| format!("line {n}: {e}"))?;
-        let ex = render_chat(&messages, tok, template, train_on_inputs)
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("line {n}: not JSON: {e}"))?;
+        let ex = example(&v, tok, template, ctx, train_on_inputs)
             .map_err(|e| format!("line {n}: {e}"))?;
-        if ex.tokens.len() > ctx {
-            return Err(format!(
-                "line {n}: {} tokens, more than the context of {ctx} (raise --ctx)",
-                ex.tokens.len()
-            ));
-        }
-        if ex.n_targets() == 0 {
-            return Err(format!("line {n}: no assistant message to train on"));
-        }
         out.push(ex);
     }
     Ok(out)
 }
 
-fn parse_messages(line: &str) -> std::result::Result<Vec<Message>, String> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+/// A JSON array of examples (alpaca's files); each must fit in `ctx` tokens.
+pub fn json_array(
+    text: &str,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    ctx: usize,
+    train_on_inputs: bool,
+) -> std::result::Result<Vec<Example>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let items = v.as_array().ok_or("not a JSON array of examples")?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            example(v, tok, template, ctx, train_on_inputs).map_err(|e| format!("item {i}: {e}"))
+        })
+        .collect()
+}
+
+/// One example of any JSON form, checked against `ctx` and for something to train on.
+fn example(
+    v: &serde_json::Value,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    ctx: usize,
+    train_on_inputs: bool,
+) -> std::result::Result<Example, String> {
+    let text = |k: &str| -> std::result::Result<Option<&str>, String> {
+        match v.get(k) {
+            None => Ok(None),
+            Some(x) => x
+                .as_str()
+                .map(Some)
+                .ok_or(format!("\"{k}\" is not a string")),
+        }
+    };
+    let ex = if v.get("messages").is_some() {
+        let messages = parse_messages(v)?;
+        render_chat(&messages, tok, template, train_on_inputs).map_err(|e| e.to_string())?
+    } else if let (Some(instruction), Some(output)) = (text("instruction")?, text("output")?) {
+        let user = match text("input")?.filter(|s| !s.is_empty()) {
+            Some(input) => format!("{instruction}\n\n{input}"),
+            None => instruction.to_string(),
+        };
+        let messages = [
+            Message::new("user", user),
+            Message::new("assistant", output),
+        ];
+        render_chat(&messages, tok, template, train_on_inputs).map_err(|e| e.to_string())?
+    } else if let (Some(prompt), Some(completion)) = (text("prompt")?, text("completion")?) {
+        prompt_completion(prompt, completion, tok, train_on_inputs).map_err(|e| e.to_string())?
+    } else {
+        return Err(
+            "not an example: give \"messages\", \"instruction\" and \"output\" (alpaca), \
+             or \"prompt\" and \"completion\""
+                .into(),
+        );
+    };
+    if ex.tokens.len() > ctx {
+        return Err(format!(
+            "{} tokens, more than the context of {ctx} (raise --ctx)",
+            ex.tokens.len()
+        ));
+    }
+    if ex.n_targets() == 0 {
+        return Err("no assistant message or completion to train on".into());
+    }
+    Ok(ex)
+}
+
+/// A raw prompt and its completion, the completion ended by the end-of-sequence token.
+fn prompt_completion(
+    prompt: &str,
+    completion: &str,
+    tok: &Tokenizer,
+    train_on_inputs: bool,
+) -> Result<Example> {
+    let p = tok.encode(prompt, tok.add_bos())?;
+    let mut c = tok.encode(completion, false)?;
+    c.extend(tok.eos_id());
+    let mut trained = vec![train_on_inputs; p.len()];
+    trained.extend(std::iter::repeat_n(true, c.len()));
+    Ok(Example {
+        tokens: p.into_iter().chain(c).collect(),
+        trained,
+    })
+}
+
+fn parse_messages(v: &serde_json::Value) -> std::result::Result<Vec<Message>, String> {
     let msgs = v
         .get("messages")
         .and_then(|m| m.as_array())

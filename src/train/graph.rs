@@ -1,11 +1,16 @@
-//! The model's forward pass on a `Tape`, with LoRA adapters, and the loss and adapter
-//! gradients of one sequence. The blocks are `model::transformer`'s, op for op (the same
-//! backend ops in the same order), with `x · Wᵀ + scale · (dropout(x) · Aᵀ) · Bᵀ` at each
-//! adapted projection. Activation memory is bounded by per-layer recomputation
-//! (checkpointing): the forward keeps only each layer's input; the backward reruns one
-//! layer at a time on a fresh tape and backpropagates through it.
+//! The model's forward pass on a `Tape`, with the method's adapters, and the loss and
+//! adapter gradients of one sequence. The blocks are `model::transformer`'s, op for op (the
+//! same backend ops in the same order), with `x · Wᵀ + scale · (dropout(x) · Aᵀ) · Bᵀ` at
+//! each LoRA-adapted projection, a prefix's key and value rows before the sequence's own in
+//! attention (the sequence at positions `n_virtual..`), or `h + up(silu(down(h)))` after a
+//! sub-block with a bottleneck adapter. Activation memory is bounded by per-layer
+//! recomputation (checkpointing): the forward keeps only each layer's input; the backward
+//! reruns one layer at a time on a fresh tape and backpropagates through it.
 
-use super::lora::{Lora, Target};
+use super::bottleneck::Site;
+use super::lora::Target;
+use super::method::Method;
+use super::prefix::Prefix;
 use super::tape::{Tape, Var};
 use crate::backend::ops::case::Rng;
 use crate::backend::{AttnParams, RopeParams, TrainBackend};
@@ -21,15 +26,15 @@ pub struct StepGrads<T> {
     pub grads: Vec<Option<T>>,
 }
 
-/// A model with a LoRA adapter, ready to train on one backend.
-pub struct LoraGraph<'m, B: TrainBackend> {
+/// A model with adapters, ready to train on one backend.
+pub struct TrainGraph<'m, B: TrainBackend> {
     b: &'m B,
     model: &'m Model<B>,
     /// `-inv_freq` of the global and local RoPE bases: the backward rotations.
     neg_freq: [B::Tensor; 2],
 }
 
-impl<'m, B: TrainBackend> LoraGraph<'m, B> {
+impl<'m, B: TrainBackend> TrainGraph<'m, B> {
     pub fn new(b: &'m B, model: &'m Model<B>) -> Result<Self> {
         let part = model.part();
         if !(part.embed && part.head && part.layers.start == 0) {
@@ -50,7 +55,7 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
             let neg: Vec<f32> = f.iter().map(|v| -v).collect();
             b.param(1, neg.len(), &neg)
         };
-        Ok(LoraGraph {
+        Ok(TrainGraph {
             b,
             model,
             neg_freq: [neg(false)?, neg(true)?],
@@ -67,12 +72,15 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
         w: &'t B::Weight,
         layer: usize,
         target: Target,
-        lora: &Lora,
+        method: &Method,
         params: &[B::Tensor],
         mask_seed: Option<u64>,
     ) -> Result<Var> {
         let y = tape.matmul(x, w)?;
-        let Some(i) = lora.find(layer, target) else {
+        let Some((lora, i)) = method
+            .lora()
+            .and_then(|l| Some((l, l.find(layer, target)?)))
+        else {
             return Ok(y);
         };
         let p = lora.config.dropout;
@@ -109,15 +117,16 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
         tape: &mut Tape<'t, B>,
         il: usize,
         x: Var,
-        lora: &Lora,
+        method: &Method,
         params: &[B::Tensor],
         mask_seed: Option<u64>,
     ) -> Result<Var> {
         let c = &self.model.config;
         let l: &'t Layer<B> = &self.model.layers()[il];
         let eps = c.rms_eps;
-        let proj =
-            |tape: &mut Tape<'t, B>, x, w, t| self.proj(tape, x, w, il, t, lora, params, mask_seed);
+        let proj = |tape: &mut Tape<'t, B>, x, w, t| {
+            self.proj(tape, x, w, il, t, method, params, mask_seed)
+        };
         let cur = tape.rms_norm(x, &l.attn_norm, eps)?;
         let mut q = proj(tape, cur, &l.attn_q, Target::Q)?;
         let mut k = proj(tape, cur, &l.attn_k, Target::K)?;
@@ -146,11 +155,29 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
             mask: l.spec.mask,
             softcap: None,
         };
-        let kqv = tape.attention(q, k, v, attn)?;
+        let kqv = match method.prefix() {
+            None => tape.attention(q, k, v, attn)?,
+            Some(p) => {
+                // The prefix rows go first; zero query rows pad them so the attention and its
+                // backward see one causal sequence from position 0. Their outputs are cut
+                // away, so nothing flows back through them.
+                let (nv, (n, q_dim)) = (p.n_virtual, self.b.shape(tape.value(q)?));
+                let (pk, pv) = self.prefix_rows(tape, p, il, params)?;
+                let zq = tape.input(self.b.tensor(nv, q_dim)?, false);
+                let (qf, kf, vf) = (
+                    tape.concat_rows(zq, q)?,
+                    tape.concat_rows(pk, k)?,
+                    tape.concat_rows(pv, v)?,
+                );
+                let out = tape.attention(qf, kf, vf, attn)?;
+                tape.slice_rows(out, nv, n)?
+            }
+        };
         let mut out = proj(tape, kqv, &l.attn_output, Target::O)?;
         if let Some(w) = &l.post_attention_norm {
             out = tape.rms_norm(out, w, eps)?;
         }
+        let out = self.bottleneck(tape, out, il, Site::Attn, method, params)?;
         let x = tape.add(x, out)?;
         let cur = tape.rms_norm(x, &l.ffn_norm, eps)?;
         let gate = proj(tape, cur, &l.ffn_gate, Target::Gate)?;
@@ -163,7 +190,64 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
         if let Some(w) = &l.post_ffw_norm {
             out = tape.rms_norm(out, w, eps)?;
         }
+        let out = self.bottleneck(tape, out, il, Site::Ffn, method, params)?;
         tape.add(x, out)
+    }
+
+    /// Layer `il`'s prefix key and value rows on the tape: parameters, or the output of the
+    /// reparameterisation MLP (recomputed on each layer's tape; its shared parameters'
+    /// gradients add up over the layers).
+    fn prefix_rows<'t>(
+        &'t self,
+        tape: &mut Tape<'t, B>,
+        p: &Prefix,
+        il: usize,
+        params: &[B::Tensor],
+    ) -> Result<(Var, Var)> {
+        let (k_id, v_id) = p.layer_ids(il);
+        let Some(r) = &p.reparam else {
+            return Ok((
+                tape.param(k_id, &params[k_id])?,
+                tape.param(v_id, &params[v_id])?,
+            ));
+        };
+        let e = tape.param(0, &params[0])?;
+        let w1 = tape.param(1, &params[1])?;
+        let z = tape.linear(e, w1)?;
+        let ones = vec![1.0; p.n_virtual * r.hidden];
+        let ones = tape.input(self.b.param(p.n_virtual, r.hidden, &ones)?, false);
+        let h = tape.silu_mul(z, ones)?;
+        let wk = tape.param(k_id, &params[k_id])?;
+        let wv = tape.param(v_id, &params[v_id])?;
+        Ok((tape.linear(h, wk)?, tape.linear(h, wv)?))
+    }
+
+    /// `h + up(silu(down(h)))` if `method` has a bottleneck adapter at `site` of `layer`.
+    fn bottleneck<'t>(
+        &'t self,
+        tape: &mut Tape<'t, B>,
+        h: Var,
+        layer: usize,
+        site: Site,
+        method: &Method,
+        params: &[B::Tensor],
+    ) -> Result<Var> {
+        let Some((bn, i)) = method
+            .bottleneck()
+            .and_then(|b| Some((b, b.find(layer, site)?)))
+        else {
+            return Ok(h);
+        };
+        let n = self.b.shape(tape.value(h)?).0;
+        let down = tape.param(2 * i, &params[2 * i])?;
+        let up = tape.param(2 * i + 1, &params[2 * i + 1])?;
+        let z = tape.linear(h, down)?;
+        // SiLU as `silu(z) · 1`: the gated op and its backward serve.
+        let ones = vec![1.0; n * bn.bottleneck];
+        let ones = tape.input(self.b.param(n, bn.bottleneck, &ones)?, false);
+        let a = tape.silu_mul(z, ones)?;
+        let u = tape.linear(a, up)?;
+        tape.add(h, u)
     }
 
     fn clone_tensor(&self, t: &B::Tensor) -> Result<B::Tensor> {
@@ -178,7 +262,7 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
     /// targets. `mask_seed` draws the dropout masks (`None`: no dropout, as in evaluation).
     pub fn loss_and_grads(
         &self,
-        lora: &Lora,
+        method: &Method,
         params: &[B::Tensor],
         tokens: &[u32],
         targets: &[f32],
@@ -192,15 +276,17 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
             )));
         }
         let b = self.b;
+        // A prefix's rows take positions `0..n_virtual`; the sequence follows.
+        let pos = method.prefix().map_or(0, |p| p.n_virtual);
         // Forward, keeping only each layer's input.
         let mut x = self.model.embed(b, tokens)?;
         let n_layers = self.model.layers().len();
         let mut inputs = Vec::with_capacity(n_layers);
         for il in 0..n_layers {
             inputs.push(self.clone_tensor(&x)?);
-            let mut tape = Tape::new(b, n)?;
+            let mut tape = Tape::at(b, pos, n)?;
             let xv = tape.input(x, false);
-            let out = self.layer(&mut tape, il, xv, lora, params, mask_seed)?;
+            let out = self.layer(&mut tape, il, xv, method, params, mask_seed)?;
             x = tape.take(out)?;
         }
         // The head and the loss.
@@ -224,9 +310,9 @@ impl<'m, B: TrainBackend> LoraGraph<'m, B> {
                 break;
             };
             let input = inputs.pop().expect("one input per layer");
-            let mut tape = Tape::new(b, n)?;
+            let mut tape = Tape::at(b, pos, n)?;
             let xv = tape.input(input, il > 0);
-            let out = self.layer(&mut tape, il, xv, lora, params, mask_seed)?;
+            let out = self.layer(&mut tape, il, xv, method, params, mask_seed)?;
             let g = tape.backward(out, Some(dy), Some(xv))?;
             dx = g.input;
             for g in g.params {

@@ -1,14 +1,19 @@
 //! Fine-tuning on Hearth's own autograd: `tape` (reverse mode over `TrainBackend`), `graph`
-//! (the model's blocks on the tape, with adapters and per-layer recomputation), `lora` (the
-//! adapters), `optim` (AdamW and the schedule), `data` (chat JSONL and plain text),
-//! `adapter_file` (llama.cpp's LoRA GGUF). `train` is the loop. The base model stays frozen
-//! and in its stored block format; only the adapters' f32 matrices change.
+//! (the model's blocks on the tape, with adapters and per-layer recomputation), the methods
+//! (`lora`, `prefix`, `bottleneck`, one view of their parameters in `method`), `optim`
+//! (AdamW and the schedule), `data` (chat JSONL and plain text), `adapter_file` (llama.cpp's
+//! LoRA GGUF, Hearth's prefix and bottleneck GGUF). `train` is the loop. The base model
+//! stays frozen and in its stored block format; only the adapters' f32 matrices change.
 
 pub mod adapter_file;
+pub mod bottleneck;
 pub mod data;
 pub mod graph;
 pub mod lora;
+pub mod merge;
+pub mod method;
 pub mod optim;
+pub mod prefix;
 pub mod tape;
 
 use std::time::Instant;
@@ -19,8 +24,8 @@ use crate::model::Model;
 use crate::Result;
 
 use data::Example;
-use graph::LoraGraph;
-use lora::Lora;
+use graph::TrainGraph;
+use method::Method;
 use optim::{AdamW, AdamWConfig};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,20 +57,20 @@ pub fn total_steps(n_examples: usize, opts: &TrainOptions) -> usize {
     opts.epochs * n_examples.div_ceil(opts.grad_accum.max(1))
 }
 
-/// Trains `lora` on `examples` for `opts.epochs`, calling `on_step` after every optimizer
+/// Trains `method`'s parameters on `examples` for `opts.epochs`, calling `on_step` after every optimizer
 /// step (return false from it to stop early, e.g. on Ctrl+C). Returns the loss of each step.
 pub fn train<B: TrainBackend>(
     b: &B,
     model: &Model<B>,
-    lora: &mut Lora,
+    method: &mut Method,
     examples: &[Example],
     opts: &TrainOptions,
     on_step: &mut dyn FnMut(&Progress) -> bool,
 ) -> Result<Vec<f32>> {
-    let graph = LoraGraph::new(b, model)?;
-    let mut params = lora.upload(b)?;
-    let n_tensors = lora.n_param_tensors();
-    let sizes: Vec<usize> = (0..n_tensors).map(|id| lora.values(id).len()).collect();
+    let graph = TrainGraph::new(b, model)?;
+    let mut params = method.upload(b)?;
+    let n_tensors = method.n_param_tensors();
+    let sizes: Vec<usize> = (0..n_tensors).map(|id| method.values(id).len()).collect();
     let mut adam = AdamW::new(opts.optim.clone(), sizes.iter().copied());
     let accum = opts.grad_accum.max(1);
     let total = total_steps(examples.len(), opts);
@@ -85,9 +90,9 @@ pub fn train<B: TrainBackend>(
             let (mut loss_sum, mut n_targets) = (0.0, 0);
             for &e in chunk {
                 let ex = &examples[e];
-                let mask_seed = (lora.config.dropout > 0.0).then(|| rng.next_u64());
+                let mask_seed = (method.dropout() > 0.0).then(|| rng.next_u64());
                 let g =
-                    graph.loss_and_grads(lora, &params, &ex.tokens, &ex.targets(), mask_seed)?;
+                    graph.loss_and_grads(method, &params, &ex.tokens, &ex.targets(), mask_seed)?;
                 loss_sum += g.loss_sum;
                 n_targets += g.n_targets;
                 n_tokens += ex.tokens.len();
@@ -106,14 +111,10 @@ pub fn train<B: TrainBackend>(
             let k = 1.0 / chunk.len() as f32;
             grads.iter_mut().flatten().for_each(|g| *g *= k);
             let lr = opts.optim.lr_at(step, total);
-            let mut values: Vec<&mut Vec<f32>> = Vec::with_capacity(n_tensors);
-            for p in lora.pairs.iter_mut() {
-                values.push(&mut p.a);
-                values.push(&mut p.b);
-            }
+            let mut values = method.all_values_mut();
             let grad_norm = adam.step(&mut values, &grads, lr);
             for (id, t) in params.iter_mut().enumerate() {
-                b.write(t, lora.values(id))?;
+                b.write(t, method.values(id))?;
             }
             let loss = (loss_sum / n_targets.max(1) as f64) as f32;
             losses.push(loss);
@@ -135,18 +136,18 @@ pub fn train<B: TrainBackend>(
     Ok(losses)
 }
 
-/// The mean loss of `examples` under `lora` (no dropout): evaluation.
+/// The mean loss of `examples` under `method` (no dropout): evaluation.
 pub fn eval_loss<B: TrainBackend>(
     b: &B,
     model: &Model<B>,
-    lora: &Lora,
+    method: &Method,
     examples: &[Example],
 ) -> Result<f32> {
-    let graph = LoraGraph::new(b, model)?;
-    let params = lora.upload(b)?;
+    let graph = TrainGraph::new(b, model)?;
+    let params = method.upload(b)?;
     let (mut sum, mut n) = (0.0, 0);
     for ex in examples {
-        let g = graph.loss_and_grads(lora, &params, &ex.tokens, &ex.targets(), None)?;
+        let g = graph.loss_and_grads(method, &params, &ex.tokens, &ex.targets(), None)?;
         sum += g.loss_sum;
         n += g.n_targets;
     }

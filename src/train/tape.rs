@@ -67,6 +67,16 @@ enum Node<'a, B: TrainBackend> {
         x: Var,
         s: f32,
     },
+    /// `[a; b]`: the rows of `b` after those of `a`.
+    Concat {
+        a: Var,
+        b: Var,
+    },
+    /// Rows `start..start + n` of `x`.
+    Slice {
+        x: Var,
+        start: usize,
+    },
     /// `x ∘ m`, `m` constant (a dropout mask).
     Mul {
         x: Var,
@@ -88,11 +98,13 @@ struct Entry<'a, B: TrainBackend> {
     param: Option<usize>,
 }
 
-/// The tape of one forward pass over one sequence of `n` rows (positions `0..n`).
+/// The tape of one forward pass over one sequence of `n` rows (positions `pos_start..`, what
+/// RoPE rotates by; 0 unless a prefix comes first).
 pub struct Tape<'a, B: TrainBackend> {
     b: &'a B,
     entries: Vec<Entry<'a, B>>,
     rows: B::Rows,
+    pos_start: usize,
 }
 
 /// A parameter's gradient, by the id given to `Tape::param`.
@@ -109,11 +121,17 @@ pub struct Grads<T> {
 
 impl<'a, B: TrainBackend> Tape<'a, B> {
     pub fn new(b: &'a B, n_rows: usize) -> Result<Self> {
-        let rows = b.rows(&BatchRows::contiguous(0, n_rows)?)?;
+        Self::at(b, 0, n_rows)
+    }
+
+    /// A tape whose `n_rows` rows sit at positions `pos_start..pos_start + n_rows`.
+    pub fn at(b: &'a B, pos_start: usize, n_rows: usize) -> Result<Self> {
+        let rows = b.rows(&BatchRows::contiguous(pos_start, n_rows)?)?;
         Ok(Tape {
             b,
             entries: Vec::new(),
             rows,
+            pos_start,
         })
     }
 
@@ -209,7 +227,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         Ok(self.push(Node::RmsNorm { x, w, eps }, y, g))
     }
 
-    /// RoPE at positions `0..n`; `neg_freq` holds `-inv_freq` (the backward rotation).
+    /// RoPE at the tape's positions; `neg_freq` holds `-inv_freq` (the backward rotation).
     pub fn rope(
         &mut self,
         x: Var,
@@ -223,16 +241,24 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         Ok(self.push(Node::Rope { x, neg_freq, p }, y, g))
     }
 
-    /// Causal attention over the sequence (through an f32 cache, the inference op).
+    /// Causal attention over `n` rows at positions `0..n`, whatever the tape's positions
+    /// (through an f32 cache, the inference op).
     pub fn attention(&mut self, q: Var, k: Var, v: Var, p: AttnParams) -> Result<Var> {
         let (n, kv_w) = self.shape(k)?;
+        let own;
+        let rows = if self.pos_start == 0 && self.b.rows_host(&self.rows).n_rows() == n {
+            &self.rows
+        } else {
+            own = self.b.rows(&BatchRows::contiguous(0, n)?)?;
+            &own
+        };
         let mut kc = self.b.cache(n, kv_w, KvType::F32)?;
         let mut vc = self.b.cache(n, kv_w, KvType::F32)?;
-        self.b.cache_write(self.value(k)?, &mut kc, &self.rows)?;
-        self.b.cache_write(self.value(v)?, &mut vc, &self.rows)?;
+        self.b.cache_write(self.value(k)?, &mut kc, rows)?;
+        self.b.cache_write(self.value(v)?, &mut vc, rows)?;
         let mut y = self.zeros_like(q)?;
         self.b
-            .attention(self.value(q)?, &kc, &vc, &self.rows, &p, &mut y)?;
+            .attention(self.value(q)?, &kc, &vc, rows, &p, &mut y)?;
         let g = self.needs(q) || self.needs(k) || self.needs(v);
         Ok(self.push(Node::Attention { q, k, v, p }, y, g))
     }
@@ -265,6 +291,37 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         self.b.scale(&mut y, s)?;
         let g = self.needs(x);
         Ok(self.push(Node::Scale { x, s }, y, g))
+    }
+
+    /// `[a; b]`, the rows of `b` after those of `a` (the same width).
+    pub fn concat_rows(&mut self, a: Var, b: Var) -> Result<Var> {
+        let ((ra, ca), (rb, cb)) = (self.shape(a)?, self.shape(b)?);
+        if ca != cb {
+            return Err(Error::shape(
+                "concat_rows",
+                format!("[{ra}, {ca}] and [{rb}, {cb}]"),
+            ));
+        }
+        let mut y = self.b.tensor(ra + rb, ca)?;
+        self.b.copy_rows(self.value(a)?, 0, &mut y, 0, ra)?;
+        self.b.copy_rows(self.value(b)?, 0, &mut y, ra, rb)?;
+        let g = self.needs(a) || self.needs(b);
+        Ok(self.push(Node::Concat { a, b }, y, g))
+    }
+
+    /// Rows `start..start + n` of `x`.
+    pub fn slice_rows(&mut self, x: Var, start: usize, n: usize) -> Result<Var> {
+        let (r, c) = self.shape(x)?;
+        if start + n > r {
+            return Err(Error::shape(
+                "slice_rows",
+                format!("rows {start}..{} of {r}", start + n),
+            ));
+        }
+        let mut y = self.b.tensor(n, c)?;
+        self.b.copy_rows(self.value(x)?, start, &mut y, 0, n)?;
+        let g = self.needs(x);
+        Ok(self.push(Node::Slice { x, start }, y, g))
     }
 
     /// `x ∘ m` with `m` a constant of the same shape.
@@ -465,6 +522,23 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
             Node::Scale { x, s } => {
                 let mut dx = self.clone_tensor(dy)?;
                 b.scale(&mut dx, s)?;
+                self.accumulate(grads, x, dx)
+            }
+            Node::Concat { a, b: c } => {
+                let ra = self.shape(a)?.0;
+                for (var, start) in [(a, 0), (c, ra)] {
+                    if self.needs(var) {
+                        let (r, _) = self.shape(var)?;
+                        let mut d = self.zeros_like(var)?;
+                        b.copy_rows(dy, start, &mut d, 0, r)?;
+                        self.accumulate(grads, var, d)?;
+                    }
+                }
+                Ok(())
+            }
+            Node::Slice { x, start } => {
+                let mut dx = self.zeros_like(x)?;
+                b.copy_rows(dy, 0, &mut dx, start, b.shape(dy).0)?;
                 self.accumulate(grads, x, dx)
             }
             Node::Mul { x, m } => {

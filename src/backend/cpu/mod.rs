@@ -16,7 +16,7 @@ pub use activations::Activations;
 
 pub use cache::{CacheData, CpuCache, KvValue};
 
-use pool::{with_scratch, Pool};
+use pool::Pool;
 
 use super::ops::{self, check, TensorOp};
 use super::{AttnParams, Backend, BatchRows, KvType, RopeParams, WeightSource};
