@@ -393,14 +393,14 @@ fn unsupported_rope_scaling_is_a_clear_error() {
 /// function; Qwen3's blocks (Q/K norms) are ones it runs.
 #[test]
 fn training_refuses_qwen2_by_name() {
-    use hearth::train::graph::LoraGraph;
+    use hearth::train::graph::TrainGraph;
     let dir = tempfile::tempdir().unwrap();
     let cpu = CpuBackend::exact();
     let qwen2 = load(&cpu, &import_f32("tiny-qwen2", &dir));
-    let err = LoraGraph::new(&cpu, &qwen2).err().unwrap().to_string();
+    let err = TrainGraph::new(&cpu, &qwen2).err().unwrap().to_string();
     assert!(err.contains("qwen2") && err.contains("biases"), "{err}");
     let qwen3 = load(&cpu, &import_f32("tiny-qwen3", &dir));
-    assert!(LoraGraph::new(&cpu, &qwen3).is_ok());
+    assert!(TrainGraph::new(&cpu, &qwen3).is_ok());
 }
 
 /// Qwen's chat format is ChatML: the imported file's own template renders it, and a Qwen GGUF
