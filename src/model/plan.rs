@@ -63,13 +63,18 @@ impl MemoryPlan {
         })
     }
 
+    /// K and V bytes of one token over all layers, as `KvType::row_bytes` sizes a row (a
+    /// block type's scales included).
     pub fn kv_bytes_per_token(&self, kv_type: KvType) -> Result<u64> {
-        self.kv_values_per_token
-            .checked_mul(kv_type.bytes_per_value() as u64)
-            .ok_or_else(|| Error::TooLarge {
-                what: "the KV cache".into(),
-                msg: "bytes per token overflow 64 bits".into(),
-            })
+        let n = usize::try_from(self.kv_values_per_token).map_err(|_| Error::TooLarge {
+            what: "the KV cache".into(),
+            msg: "values per token overflow the address space".into(),
+        })?;
+        kv_type.row_bytes(n).map(|b| b as u64).ok_or_else(|| {
+            Error::UnsupportedKvType(format!(
+                "{kv_type}: the {n} K and V values of a token are not whole {kv_type} blocks"
+            ))
+        })
     }
 
     /// The KV cache of `n_ctx` positions, checked against `limits::MAX_CTX`.

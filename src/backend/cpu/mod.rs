@@ -6,6 +6,7 @@
 
 mod activations;
 mod cache;
+mod kv_blocks;
 pub mod pool;
 pub mod q16;
 pub mod simd;
@@ -287,6 +288,12 @@ impl Backend for CpuBackend {
         n_ctx
             .checked_mul(width)
             .ok_or_else(|| Error::shape("cache", format!("[{n_ctx}, {width}] overflows")))?;
+        ty.row_bytes(width).ok_or_else(|| {
+            Error::shape(
+                "cache",
+                format!("rows of {width} values are not whole {ty} blocks"),
+            )
+        })?;
         Ok(CpuCache::zeros(n_ctx, width, ty))
     }
 
@@ -482,6 +489,12 @@ impl Backend for CpuBackend {
             (CacheData::F16(k), CacheData::F16(v)) => {
                 attend(self.pool, q, k, v, stride, rows, p, out)
             }
+            (CacheData::Q8_0(k), CacheData::Q8_0(v)) => {
+                attend(self.pool, q, k, v, stride, rows, p, out)
+            }
+            (CacheData::Q4_0(k), CacheData::Q4_0(v)) => {
+                attend(self.pool, q, k, v, stride, rows, p, out)
+            }
             _ => unreachable!("ops::attention::shape checked that K and V share a type"),
         }
         Ok(())
@@ -512,7 +525,9 @@ impl Backend for CpuBackend {
 }
 
 /// Attention of every (query row, head) against caches of element type `E`: one task per
-/// head when the work is worth the pool.
+/// head when the work is worth the pool. `kv_stride` counts values; the caches are indexed
+/// in elements of `E::VALUES` values (`ops::attention::shape` checked that a head is whole
+/// elements).
 #[allow(clippy::too_many_arguments)]
 fn attend<E: KvValue>(
     pool: &Pool,
@@ -535,8 +550,9 @@ fn attend<E: KvValue>(
                 qh,
                 k,
                 v,
-                kv_stride,
-                (h / group) * hd,
+                kv_stride / E::VALUES,
+                (h / group) * hd / E::VALUES,
+                hd / E::VALUES,
                 |j| rows.cache_row(t, j),
                 rows.pos[t] as usize,
                 p,

@@ -196,9 +196,14 @@ impl Backend for GpuBackend {
             ty != KvType::F16 || width.is_multiple_of(2),
             || format!("an f16 cache needs rows of even length, not {width}; use f32"),
         )?;
+        let row = ty.row_bytes(width).ok_or_else(|| {
+            Error::shape(
+                "cache",
+                format!("rows of {width} values are not whole {ty} blocks"),
+            )
+        })?;
         let bytes = n_ctx
-            .checked_mul(width)
-            .and_then(|n| n.checked_mul(ty.bytes_per_value()))
+            .checked_mul(row)
             .ok_or_else(|| Error::shape("cache", format!("[{n_ctx}, {width}] overflows")))?;
         let (buf, recycled) = pooled_buffer(
             &self.ctx,
@@ -248,9 +253,12 @@ impl Backend for GpuBackend {
             return Ok(());
         }
         // f16 rows are even (checked at creation), so pairs never straddle rows.
+        // Block caches: one thread per block ("words" are blocks there).
         let (kernel, row_words) = match cache.kv_type {
             KvType::F32 => (&ops::cache_write::KV_WRITE_F32, cache.n_cols),
             KvType::F16 => (&ops::cache_write::KV_WRITE_F16, cache.n_cols / 2),
+            KvType::Q8_0 => (&ops::cache_write::KV_WRITE_Q8_0, cache.n_cols / 32),
+            KvType::Q4_0 => (&ops::cache_write::KV_WRITE_Q4_0, cache.n_cols / 32),
         };
         let n_words = src.n_rows * row_words;
         let params = KvWriteParams {
@@ -274,14 +282,13 @@ impl Backend for GpuBackend {
             self.flush()?;
             return Ok(Vec::new());
         }
-        let bytes = self.read_bytes(c.buffer(), 0, c.bytes_of(n).next_multiple_of(4))?;
-        Ok(match c.kv_type {
-            KvType::F32 => bytemuck::pod_collect_to_vec(&bytes[..n * 4]),
-            KvType::F16 => bytes[..n * 2]
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        })
+        let n_bytes = c.bytes_of(n) as usize;
+        let bytes = self.read_bytes(c.buffer(), 0, (n_bytes as u64).next_multiple_of(4))?;
+        let mut out = vec![0.0; n];
+        c.kv_type
+            .qtype()
+            .dequantize_row(&bytes[..n_bytes], &mut out);
+        Ok(out)
     }
 
     fn embed(&self, table: &GpuWeight, ids: &[u32], out: &mut GpuTensor) -> Result<()> {
