@@ -88,6 +88,9 @@ pub enum Error {
     /// A KV cache type this model's shapes cannot use (the message says why).
     #[error("KV cache type {0}")]
     UnsupportedKvType(String),
+    /// Options that cannot work together or with this context (the message says why).
+    #[error("options: {0}")]
+    BadOption(String),
     #[error("the prompt is empty; give some text to answer or to continue")]
     EmptyPrompt,
     /// A perplexity run that cannot measure what it was given (text, context, base model).

@@ -245,6 +245,16 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// The whole cache widened to f32; ends any pending device work.
     fn cache_read(&self, c: &Self::Cache) -> Result<Vec<f32>>;
+    /// The context shift's move (`ops::cache_shift`): row `moves[i].0` to row `moves[i].1`,
+    /// keys (`rope`: the layer's inverse frequencies and RoPE parameters) rotated to position
+    /// `+ delta`, values copied. No destination may be another move's source.
+    fn cache_shift(
+        &self,
+        cache: &mut Self::Cache,
+        moves: &[(u32, u32)],
+        rope: Option<(&Self::Tensor, &RopeParams)>,
+        delta: i32,
+    ) -> Result<()>;
 
     // --- forward ops --------------------------------------------------------------------------
     /// `out[i] = table[ids[i]]`, dequantized.

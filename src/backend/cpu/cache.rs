@@ -87,6 +87,20 @@ impl CpuCache {
         }
     }
 
+    /// Copies row `src` onto row `dst` as stored (bytes, no conversion).
+    pub fn copy_row(&mut self, src: usize, dst: usize) {
+        fn copy<T: Copy>(d: &mut [T], n: usize, src: usize, dst: usize) {
+            d.copy_within(src * n..(src + 1) * n, dst * n);
+        }
+        let n = self.n_cols;
+        match &mut self.data {
+            CacheData::F32(d) => copy(d, n, src, dst),
+            CacheData::F16(d) => copy(d, n, src, dst),
+            CacheData::Q8_0(d) => copy(d, n / 32, src, dst),
+            CacheData::Q4_0(d) => copy(d, n / 32, src, dst),
+        }
+    }
+
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.n_rows * self.n_cols];
         self.load(0, &mut out);

@@ -322,6 +322,32 @@ impl Backend for CpuBackend {
         Ok(c.to_f32())
     }
 
+    fn cache_shift(
+        &self,
+        cache: &mut CpuCache,
+        moves: &[(u32, u32)],
+        rope: Option<(&CpuTensor, &RopeParams)>,
+        delta: i32,
+    ) -> Result<()> {
+        let ty = cache.kv_type();
+        let shape = self.cache_shape(cache);
+        ops::cache_shift::shape(shape, ty, moves, rope.map(|(f, p)| (f.data.len(), p)))?;
+        let mut row = vec![0f32; cache.n_cols];
+        for &(src, dst) in moves {
+            let (src, dst) = (src as usize, dst as usize);
+            match rope {
+                Some((freq, p)) => {
+                    cache.load(src * cache.n_cols, &mut row);
+                    ops::cache_shift::rotate_row(&mut row, &freq.data, delta, p);
+                    cache.store(dst * cache.n_cols, &row);
+                }
+                None if src != dst => cache.copy_row(src, dst),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
         ops::embed::shape((table.n_rows, table.n_cols), ids, self.shape(out))?;
         for (&id, o) in ids.iter().zip(out.data.chunks_exact_mut(table.n_cols)) {

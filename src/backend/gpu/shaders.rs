@@ -87,6 +87,10 @@ pub static FILES: &[(&str, &str)] = &[
         "quant/q6_k.wgsl",
         include_str!("../../../shaders/quant/q6_k.wgsl"),
     ),
+    (
+        "common/kv_blocks.wgsl",
+        include_str!("../../../shaders/common/kv_blocks.wgsl"),
+    ),
     ("kv/f32.wgsl", include_str!("../../../shaders/kv/f32.wgsl")),
     ("kv/f16.wgsl", include_str!("../../../shaders/kv/f16.wgsl")),
     (

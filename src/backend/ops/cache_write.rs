@@ -33,6 +33,7 @@ pub const KV_WRITE_Q8_0: Kernel = Kernel {
     file: "kv_write_blocks.wgsl",
     source: include_str!("../../../shaders/kv_write_blocks.wgsl"),
     entry: "kv_write_q8_0",
+    headers: &["common/kv_blocks.wgsl"],
     ..KV_WRITE_F32
 };
 
