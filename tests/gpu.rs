@@ -281,17 +281,18 @@ fn kernels_match_cpu_without_subgroups() {
     });
 }
 
-/// The block caches' cases (write and attention) alone: the quick check of the Q8_0/Q4_0
-/// cache files and write kernel (`kernels_match_cpu` runs them with the rest).
+/// The block caches' cases (write, attention, shift) and every shift case alone: the quick
+/// check of the Q8_0/Q4_0 cache files and kernels and of kv_shift.wgsl (`kernels_match_cpu`
+/// runs them with the rest).
 #[test]
-fn block_kv_caches_match_cpu() {
+fn block_kv_caches_and_shifts_match_cpu() {
     if let Some(gpu) = gpu(GpuConfig::default()) {
         let cases = test_cases();
         check_cases(
             &gpu,
-            cases
-                .iter()
-                .filter(|c| c.name.contains("q8_0") || c.name.contains("q4_0")),
+            cases.iter().filter(|c| {
+                c.name.contains("q8_0") || c.name.contains("q4_0") || c.name.contains("cache_shift")
+            }),
         );
     }
 }
