@@ -158,6 +158,26 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// SmolLM2's cache (30 layers, 3 KV heads of 64): 11,520 K and V values a token.
+    #[test]
+    fn kv_bytes_follow_the_cache_type() {
+        let plan = MemoryPlan {
+            weight_bytes: 0,
+            kv_values_per_token: 11_520,
+            scratch_bytes: 0,
+        };
+        let per_token = |t| plan.kv_bytes_per_token(t).unwrap();
+        assert_eq!(per_token(KvType::F32), 46_080);
+        assert_eq!(per_token(KvType::F16), 23_040);
+        assert_eq!(per_token(KvType::Q8_0), 360 * 34);
+        assert_eq!(per_token(KvType::Q4_0), 360 * 18);
+        let odd = MemoryPlan {
+            kv_values_per_token: 40,
+            ..plan
+        };
+        assert!(odd.kv_bytes_per_token(KvType::Q8_0).is_err());
+    }
+
     #[test]
     fn mem_available_is_parsed_in_bytes() {
         let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   22000000 kB\n";
