@@ -96,7 +96,7 @@ unsafe fn lane8(q: std::arch::x86_64::__m256i, k: usize) -> std::arch::x86_64::_
     } else {
         _mm256_extracti128_si256(q, 1)
     };
-    let bytes = if k % 2 == 0 {
+    let bytes = if k.is_multiple_of(2) {
         half
     } else {
         _mm_srli_si128(half, 8)
@@ -141,7 +141,7 @@ mod tests {
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as u32 * 2654435761 ^ seed) % 2000) as f32 / 1000.0 - 1.0)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
             .collect()
     }
 
