@@ -239,6 +239,7 @@ impl Engine {
         let n_ctx = opts
             .num_ctx
             .unwrap_or(DEFAULT_NUM_CTX.min(config.n_ctx_train.max(1)));
+        opts.kv_type.check_head_dim(config.head_dim)?;
         let plan = MemoryPlan::new(&spec, &gguf)?;
         plan.check_fits(n_ctx, opts.kv_type)?;
         let load = LoadOptions {

@@ -81,13 +81,16 @@ pub enum Error {
     Gpu(String),
     #[error("unknown device {0:?}; use cpu, gpu, gpu:N (see `hearth devices`) or auto")]
     UnknownDevice(String),
-    #[error("unknown KV cache type {0:?}; use f16 (the default) or f32")]
+    #[error("unknown KV cache type {0:?}; use f16 (the default), f32, q8_0 or q4_0")]
     UnknownKvType(String),
     #[error("unknown activation type {0:?}; use q16 (the default), q8 or f32")]
     UnknownActivations(String),
-    /// A KV cache type llama.cpp has that Hearth does not yet.
-    #[error("KV cache type {0} is not supported yet; use f16 (the default) or f32")]
+    /// A KV cache type this model's shapes cannot use (the message says why).
+    #[error("KV cache type {0}")]
     UnsupportedKvType(String),
+    /// Options that cannot work together or with this context (the message says why).
+    #[error("options: {0}")]
+    BadOption(String),
     #[error("the prompt is empty; give some text to answer or to continue")]
     EmptyPrompt,
     /// A perplexity run that cannot measure what it was given (text, context, base model).

@@ -18,6 +18,14 @@ pub struct GenerateOptions {
     pub num_ctx: Option<usize>,
     /// Prompt tokens kept when a full context shifts; `None`: the engine's default.
     pub num_keep: Option<usize>,
+    /// Generation past `num_ctx` by context shift (keep `num_keep`, drop the oldest half of
+    /// the rest); off: a full context ends the answer.
+    pub context_shift: bool,
+    /// StreamingLLM past `num_ctx`: the first `attention_sinks` tokens and the last
+    /// `sliding_window` stay in the cache, those between are evicted as it fills (both or
+    /// neither).
+    pub attention_sinks: Option<usize>,
+    pub sliding_window: Option<usize>,
 }
 
 /// How `hearth run` offers a parameter on its command line.
@@ -101,7 +109,7 @@ pub const PARAMETERS: &[ParameterSpec] = &[
         name: "num_keep",
         help: "Prompt tokens kept when a full context shifts",
         value_name: "N",
-        flag: Flag::None,
+        flag: Flag::Long,
         kind: ValueKind::Number,
         repeated: false,
         set: |o, v| {
@@ -109,6 +117,52 @@ pub const PARAMETERS: &[ParameterSpec] = &[
             Ok(())
         },
         get: |o| shown(o.num_keep),
+    },
+    ParameterSpec {
+        name: "context_shift",
+        help: "Go past num_ctx by dropping the oldest half of the tokens after num_keep",
+        value_name: "BOOL",
+        flag: Flag::None,
+        kind: ValueKind::Text,
+        repeated: false,
+        set: |o, v| {
+            o.context_shift = match v {
+                "true" => true,
+                "false" => false,
+                _ => return Err("expected true or false"),
+            };
+            Ok(())
+        },
+        get: |o| match o.context_shift {
+            true => vec!["true".into()],
+            false => Vec::new(),
+        },
+    },
+    ParameterSpec {
+        name: "attention_sinks",
+        help: "StreamingLLM: tokens kept at the start past num_ctx (with sliding_window)",
+        value_name: "N",
+        flag: Flag::Long,
+        kind: ValueKind::Number,
+        repeated: false,
+        set: |o, v| {
+            o.attention_sinks = Some(number(v, "expected a whole number of tokens, 0 or more")?);
+            Ok(())
+        },
+        get: |o| shown(o.attention_sinks),
+    },
+    ParameterSpec {
+        name: "sliding_window",
+        help: "StreamingLLM: latest tokens kept past num_ctx (with attention_sinks)",
+        value_name: "N",
+        flag: Flag::Long,
+        kind: ValueKind::Number,
+        repeated: false,
+        set: |o, v| {
+            o.sliding_window = Some(number(v, "expected a whole number of tokens, 1 or more")?);
+            Ok(())
+        },
+        get: |o| shown(o.sliding_window),
     },
     ParameterSpec {
         name: "temperature",
@@ -387,6 +441,9 @@ mod tests {
             ("num_ctx", "2048"),
             ("num_predict", "64"),
             ("num_keep", "4"),
+            ("context_shift", "true"),
+            ("attention_sinks", "4"),
+            ("sliding_window", "256"),
             ("temperature", "0.25"),
             ("top_k", "7"),
             ("top_p", "0.5"),

@@ -190,13 +190,15 @@ pub fn report(scores: &[TokenScore], n_chunks: usize) -> Report {
 }
 
 /// Scores every chunk of `ids` with `model` (and `base`, for KL divergence), calling
-/// `progress(chunks_done, n_chunks, running)` after each chunk.
+/// `progress(chunks_done, n_chunks, running)` after each chunk. `kv_types`: the cache types
+/// of the model and of the base (the same model with another cache type measures what that
+/// cache type costs).
 pub fn evaluate<B: Backend>(
     backend: &B,
     model: &Model<B>,
     base: Option<&Model<B>>,
     chunks: &[Vec<u32>],
-    kv_type: KvType,
+    kv_types: (KvType, KvType),
     mut progress: impl FnMut(usize, usize, &Report),
 ) -> Result<Report> {
     let n_vocab = model.config.n_vocab;
@@ -211,9 +213,9 @@ pub fn evaluate<B: Backend>(
     let mut scores = Vec::new();
     for (c, chunk) in chunks.iter().enumerate() {
         let rows = n_scored_rows(chunk.len());
-        let logits = chunk_logits(backend, model, chunk, rows, kv_type)?;
+        let logits = chunk_logits(backend, model, chunk, rows, kv_types.0)?;
         let base_logits = match base {
-            Some(b) => Some(chunk_logits(backend, b, chunk, rows, kv_type)?),
+            Some(b) => Some(chunk_logits(backend, b, chunk, rows, kv_types.1)?),
             None => None,
         };
         scores.extend(score_chunk(chunk, &logits, base_logits.as_deref(), n_vocab));

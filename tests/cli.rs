@@ -351,8 +351,8 @@ fn run_rejects_unknown_models_bad_flags_and_devices() {
     assert_error(&o, "HEARTH_DEVICE");
     assert_error(&hearth(&models, &["run", "nano"]), "no prompt");
     assert_error(
-        &hearth(&models, &["run", "nano", "--kv-cache-type", "q8_0", "hi"]),
-        "not supported yet; use f16",
+        &hearth(&models, &["run", "nano", "--kv-cache-type", "q5_0", "hi"]),
+        "use f16 (the default), f32, q8_0 or q4_0",
     );
     let o = Command::new(env!("CARGO_BIN_EXE_hearth"))
         .args(["run", "nano", "hi"])

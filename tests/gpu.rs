@@ -281,6 +281,22 @@ fn kernels_match_cpu_without_subgroups() {
     });
 }
 
+/// The block caches' cases (write, attention, shift) and every shift case alone: the quick
+/// check of the Q8_0/Q4_0 cache files and kernels and of kv_shift.wgsl (`kernels_match_cpu`
+/// runs them with the rest).
+#[test]
+fn block_kv_caches_and_shifts_match_cpu() {
+    if let Some(gpu) = gpu(GpuConfig::default()) {
+        let cases = test_cases();
+        check_cases(
+            &gpu,
+            cases.iter().filter(|c| {
+                c.name.contains("q8_0") || c.name.contains("q4_0") || c.name.contains("cache_shift")
+            }),
+        );
+    }
+}
+
 #[test]
 fn weights_split_over_several_bindings() {
     // 1 KiB bindings: a 37 x 160 Q4_0 table (100-byte rows) spans 4 buffers.
@@ -558,6 +574,8 @@ fn model_bench_runs_on_the_gpu() {
 fn nano_llama_decodes_as_on_cpu() {
     same_greedy_tokens(&data("nano/nano-llama.gguf"), KvType::F32);
     same_greedy_tokens(&data("nano/nano-llama.gguf"), KvType::F16);
+    same_greedy_tokens(&data("nano/nano-llama.gguf"), KvType::Q8_0);
+    same_greedy_tokens(&data("nano/nano-llama.gguf"), KvType::Q4_0);
 }
 
 #[test]

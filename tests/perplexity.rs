@@ -119,7 +119,7 @@ fn evaluate_matches_a_hand_computation() {
         &model,
         Some(&base),
         &chunks,
-        KvType::F32,
+        (KvType::F32, KvType::F32),
         |d, n, _| {
             calls += 1;
             assert!(d <= n);
@@ -187,7 +187,7 @@ fn a_model_against_itself_has_zero_divergence() {
         &model,
         Some(&model),
         &chunks,
-        KvType::F32,
+        (KvType::F32, KvType::F32),
         |_, _, _| {},
     )
     .unwrap();

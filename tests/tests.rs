@@ -30,6 +30,7 @@ mod server_ops;
 mod server_python;
 mod server_tools;
 mod server_ws;
+mod shift;
 mod stages;
 mod store;
 mod templates;

@@ -101,20 +101,28 @@ pub struct RopeParams {
 
 /// Element type of a KV cache (Ollama's `OLLAMA_KV_CACHE_TYPE`, llama.cpp's `--cache-type-k`).
 /// F16 halves the cache's memory and the bytes attention reads; F32 keeps keys and values
-/// exactly as the projections computed them.
+/// exactly as the projections computed them; Q8_0 and Q4_0 store each head's row in ggml's
+/// blocks of 32 values (`crate::quant`), quantized as they are written, so a head's width
+/// must be a multiple of 32 (`check_head_dim`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum KvType {
     #[default]
     F16,
     F32,
+    Q8_0,
+    Q4_0,
 }
 
 impl KvType {
+    pub const ALL: [KvType; 4] = [KvType::F16, KvType::F32, KvType::Q8_0, KvType::Q4_0];
+
     /// The storage type of one value: the block format a kernel reads the cache in.
     pub fn qtype(self) -> QuantType {
         match self {
             KvType::F16 => QuantType::F16,
             KvType::F32 => QuantType::F32,
+            KvType::Q8_0 => QuantType::Q8_0,
+            KvType::Q4_0 => QuantType::Q4_0,
         }
     }
 
@@ -122,13 +130,34 @@ impl KvType {
         match self {
             KvType::F16 => "f16",
             KvType::F32 => "f32",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
         }
     }
 
-    pub fn bytes_per_value(self) -> usize {
-        match self {
-            KvType::F16 => 2,
-            KvType::F32 => 4,
+    /// Bytes of a cache row of `n` values (the one size rule every backend and the memory
+    /// plan use), or `None` when `n` is not a whole number of blocks or overflows.
+    pub fn row_bytes(self, n: usize) -> Option<usize> {
+        self.qtype().row_bytes(n)
+    }
+
+    /// Average bytes per value, for traffic estimates (blocks carry their scale).
+    pub fn bytes_per_value(self) -> f64 {
+        let q = self.qtype();
+        q.block_bytes() as f64 / q.block_elems() as f64
+    }
+
+    /// A quantized cache keeps each head's values in whole blocks, so the head width must be
+    /// a multiple of the block.
+    pub fn check_head_dim(self, head_dim: usize) -> Result<()> {
+        let block = self.qtype().block_elems();
+        if head_dim.is_multiple_of(block) {
+            Ok(())
+        } else {
+            Err(crate::Error::UnsupportedKvType(format!(
+                "{self}: a {self} KV cache needs heads whose width is a multiple of {block}, \
+                 and this model's heads have {head_dim} values; use f16"
+            )))
         }
     }
 }
@@ -142,12 +171,10 @@ impl std::fmt::Display for KvType {
 impl std::str::FromStr for KvType {
     type Err = crate::Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "f16" => Ok(KvType::F16),
-            "f32" => Ok(KvType::F32),
-            "q8_0" | "q4_0" => Err(crate::Error::UnsupportedKvType(s.to_string())),
-            _ => Err(crate::Error::UnknownKvType(s.to_string())),
-        }
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| crate::Error::UnknownKvType(s.to_string()))
     }
 }
 
@@ -221,6 +248,16 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// The whole cache widened to f32; ends any pending device work.
     fn cache_read(&self, c: &Self::Cache) -> Result<Vec<f32>>;
+    /// The context shift's move (`ops::cache_shift`): row `moves[i].0` to row `moves[i].1`,
+    /// keys (`rope`: the layer's inverse frequencies and RoPE parameters) rotated to position
+    /// `+ delta`, values copied. No destination may be another move's source.
+    fn cache_shift(
+        &self,
+        cache: &mut Self::Cache,
+        moves: &[(u32, u32)],
+        rope: Option<(&Self::Tensor, &RopeParams)>,
+        delta: i32,
+    ) -> Result<()>;
 
     // --- forward ops --------------------------------------------------------------------------
     /// `out[i] = table[ids[i]]`, dequantized.

@@ -232,7 +232,7 @@ pub struct PlacementArgs {
     /// Device: cpu, gpu, gpu:N or auto (default: $HEARTH_DEVICE, else cpu)
     #[arg(long)]
     device: Option<String>,
-    /// KV cache element type: f16 or f32 (default: $HEARTH_KV_CACHE_TYPE, else f16)
+    /// KV cache element type: f16, f32, q8_0 or q4_0 (default: $HEARTH_KV_CACHE_TYPE, else f16)
     #[arg(long, value_name = "TYPE")]
     kv_cache_type: Option<String>,
     /// CPU: keep activations in f32 (slower decode, results as an f32 reference computes them)

@@ -24,7 +24,9 @@ use super::{Globals, PlacementArgs};
 #[command(after_help = "Examples:\n  \
     hearth perplexity smollm2 genesis.txt --ctx 512 --chunks 20\n  \
     hearth perplexity smollm2:int4 genesis.txt --kl-base smollm2:f16 --json\n  \
-    hearth perplexity smollm2 genesis.txt --device gpu")]
+    hearth perplexity smollm2 genesis.txt --device gpu\n  \
+    hearth perplexity smollm2 long.txt --ctx 4096 --kv-cache-type q8_0 --kl-base smollm2 \
+    --kl-base-kv-cache-type f16")]
 pub struct PerplexityArgs {
     /// A model in the store, or a GGUF file
     model: String,
@@ -39,6 +41,10 @@ pub struct PerplexityArgs {
     /// Also report KL divergence and top-1 agreement against this model's distributions
     #[arg(long, value_name = "MODEL")]
     kl_base: Option<String>,
+    /// The KV cache type of the --kl-base model (default: the --kv-cache-type), so that one
+    /// model against itself measures what a cache type costs
+    #[arg(long, value_name = "TYPE", requires = "kl_base")]
+    kl_base_kv_cache_type: Option<String>,
     /// Print one JSON object (ppl, ppl_stderr, and kld_mean, kld_p99, top1_agreement with --kl-base)
     #[arg(long)]
     json: bool,
@@ -55,6 +61,8 @@ pub struct PerplexityCommand {
     json: bool,
     /// Device, threads, exactness; the KV cache is f32 with `--exact`.
     load: LoadOptions,
+    /// The base model's KV cache type.
+    base_kv_type: KvType,
 }
 
 impl PerplexityArgs {
@@ -64,6 +72,12 @@ impl PerplexityArgs {
         if load.exact {
             load.kv_type = KvType::F32;
         }
+        let base_kv_type = match &self.kl_base_kv_cache_type {
+            Some(t) => t
+                .parse()
+                .with_context(|| format!("--kl-base-kv-cache-type {t:?}"))?,
+            None => load.kv_type,
+        };
         let text = std::fs::read_to_string(&self.file)
             .with_context(|| format!("cannot read the text file {}", self.file.display()))?;
         Ok(PerplexityCommand {
@@ -78,6 +92,7 @@ impl PerplexityArgs {
             chunks: self.chunks,
             json: self.json,
             load,
+            base_kv_type,
         })
     }
 }
@@ -125,7 +140,7 @@ impl WithBackend for Evaluate<'_> {
             &model,
             base.as_ref(),
             &chunks,
-            cmd.load.kv_type,
+            (cmd.load.kv_type, cmd.base_kv_type),
             |done, _, r| {
                 bar.set_position(done as u64);
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
@@ -156,6 +171,7 @@ fn print_report(r: &Report, cmd: &PerplexityCommand, n_text_tokens: usize, secs:
             "tokens_per_second": tokens_per_s,
             "exact": cmd.load.exact,
             "device": device_name(cmd.load.device),
+            "kv_cache_type": cmd.load.kv_type.to_string(),
             "activations": match cmd.load.exact {
                 true => "f32".to_string(),
                 false => cmd.load.activations.to_string(),

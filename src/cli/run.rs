@@ -25,6 +25,10 @@ Examples:
   echo \"Once upon a time\" | hearth run smollm2 --raw  complete text, no chat template
   hearth run smollm2 --verbose \"Hi\"                   timings on stderr
   hearth run smollm2 --format json \"A cat as JSON\"      the answer always parses as JSON
+  hearth run smollm2 --num-ctx 512 --context-shift --num-keep 64 -n 2000 --raw \"…\"
+                                                      generate past num_ctx (context shift)
+  hearth run smollm2 --attention-sinks 4 --sliding-window 256 --num-ctx 512 --raw \"…\"
+                                                      StreamingLLM: sinks + the latest tokens
 
 The device comes from --device, else $HEARTH_DEVICE, else the CPU; the KV cache type from
 --kv-cache-type, else $HEARTH_KV_CACHE_TYPE, else f16.";
@@ -41,6 +45,10 @@ pub struct RunArgs {
     raw: bool,
     #[command(flatten)]
     parameters: ParameterFlags,
+    /// Go past num_ctx: when the context is full, keep the first --num-keep tokens, drop
+    /// the oldest half of the rest and go on (the parameter context_shift)
+    #[arg(long)]
+    context_shift: bool,
     /// Print timings (load, prompt eval, eval) on stderr
     #[arg(long)]
     verbose: bool,
@@ -77,7 +85,10 @@ pub struct RunCommand {
 
 impl RunArgs {
     pub fn resolve(self, globals: &Globals) -> Result<RunCommand> {
-        let overrides = self.parameters.0;
+        let mut overrides = self.parameters.0;
+        if self.context_shift {
+            overrides.push(("context_shift".into(), "true".into()));
+        }
         // Checked now, so a bad flag fails before the model loads.
         let mut check = GenerateOptions::default();
         for (name, value) in &overrides {

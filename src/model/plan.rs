@@ -23,10 +23,18 @@ const SCRATCH_TOKENS: u64 = PREFILL_CHUNK as u64;
 /// entries and 20 MiB for SmolLM2's 49,152 (BENCHMARKS.md, "Long context").
 const HOST_BYTES_PER_VOCAB_ENTRY: u64 = 600;
 
-/// Bytes of `n_values` cache values of `kv_type`: the one place the plan sizes a cache
-/// element (`None` on overflow).
-fn kv_type_bytes(n_values: u64, kv_type: KvType) -> Option<u64> {
-    n_values.checked_mul(kv_type.bytes_per_value() as u64)
+/// Bytes of a row of `n_values` cache values of `kv_type`, as `KvType::row_bytes` sizes it (a
+/// block type's scales included): the one place the plan sizes cache elements.
+fn kv_row_bytes(n_values: u64, kv_type: KvType) -> Result<u64> {
+    let n = usize::try_from(n_values).map_err(|_| Error::TooLarge {
+        what: "the KV cache".into(),
+        msg: "values per token overflow the address space".into(),
+    })?;
+    kv_type.row_bytes(n).map(|b| b as u64).ok_or_else(|| {
+        Error::UnsupportedKvType(format!(
+            "{kv_type}: the {n} K and V values of a token's layer are not whole {kv_type} blocks"
+        ))
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,7 +156,7 @@ impl MemoryPlan {
             Some(ring) => (ring.n_blocks() * BLOCK_SIZE) as u64,
             None => full_tokens,
         };
-        let per = kv_type_bytes(self.kv_values_per_token_layer, kv_type).ok_or_else(overflow)?;
+        let per = kv_row_bytes(self.kv_values_per_token_layer, kv_type)?;
         let n_full_layers = self.n_layers - self.n_window_layers;
         let bytes =
             |layers: usize, tokens: u64| per.checked_mul(tokens)?.checked_mul(layers as u64);
@@ -321,6 +329,17 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SmolLM2's cache (30 layers, 3 KV heads of 64): 11,520 K and V values a token.
+    #[test]
+    fn kv_bytes_follow_the_cache_type() {
+        let per_token = |t| kv_row_bytes(11_520, t).unwrap();
+        assert_eq!(per_token(KvType::F32), 46_080);
+        assert_eq!(per_token(KvType::F16), 23_040);
+        assert_eq!(per_token(KvType::Q8_0), 360 * 34);
+        assert_eq!(per_token(KvType::Q4_0), 360 * 18);
+        assert!(kv_row_bytes(40, KvType::Q8_0).is_err());
+    }
 
     #[test]
     fn mem_available_is_parsed_in_bytes() {

@@ -508,6 +508,31 @@ impl<B: Backend> Model<B> {
         Ok((self.embed(backend, &real)?, runs))
     }
 
+    /// The context shift of this part's layers (`Backend::cache_shift`): cache rows moved
+    /// as `moves` says, every layer's keys rotated by `delta` positions with that layer's
+    /// RoPE frequencies, values copied.
+    pub fn shift_cache(
+        &self,
+        backend: &B,
+        cache: &mut KvCache<B>,
+        moves: &[(u32, u32)],
+        delta: i32,
+    ) -> Result<()> {
+        let c = &self.config;
+        let rope = RopeParams {
+            head_dim: c.head_dim,
+            n_rot: c.n_rot,
+            layout: c.rope_layout,
+        };
+        for (il, l) in self.layers.iter().enumerate() {
+            let (k_cache, v_cache) = cache.shift_layer_mut(il)?;
+            let freqs = self.inv_freq(l.spec.local_rope);
+            backend.cache_shift(k_cache, moves, Some((freqs, &rope)), delta)?;
+            backend.cache_shift(v_cache, moves, None, 0)?;
+        }
+        Ok(())
+    }
+
     /// This part's layers over the residual stream `x` (`[n, n_embd]`, in place); layer `i`
     /// of the part uses layer `i` of `cache`. `rows`: the batch's rows, and their slots in
     /// the windowed layers' rings when the cache keeps rings.

@@ -231,6 +231,22 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
+    /// Layer `il`'s key and value caches addressed by block table alone, for a context shift,
+    /// which a cache with rings does not take (`Runtime::shift` refuses it first).
+    pub fn shift_layer_mut(&mut self, il: usize) -> Result<(&mut B::Cache, &mut B::Cache)> {
+        let n_layers = self.k.len();
+        if self.ring.is_some() {
+            return Err(Error::shape("cache_shift", "a cache with sliding-window rings"));
+        }
+        match (self.k.get_mut(il), self.v.get_mut(il)) {
+            (Some(k), Some(v)) => Ok((k, v)),
+            _ => Err(Error::shape(
+                "cache_shift",
+                format!("layer {il} of a cache of {n_layers} layers"),
+            )),
+        }
+    }
+
     /// Layer `il`'s key and value caches, for reading.
     pub fn layer(&self, il: usize) -> Option<(&B::Cache, &B::Cache)> {
         Some((self.k.get(il)?, self.v.get(il)?))

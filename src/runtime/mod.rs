@@ -17,7 +17,7 @@ pub mod stages;
 pub use blocks::{BlockPool, PrefixId, ROOT};
 pub use embed::{embed_cache_need, Pooling};
 pub use kv_cache::{ring_blocks, KvCache, Ring, BLOCK_SIZE};
-pub use sequence::{BlockTable, Event, Sequence, TokenLogprob};
+pub use sequence::{BlockTable, Event, Overflow, Sequence, TokenLogprob, DEFAULT_NUM_KEEP};
 pub use stages::{BackendStage, Stage, Stages};
 
 use std::collections::{HashMap, VecDeque};
@@ -266,7 +266,7 @@ impl<B: Backend> Runtime<B> {
     /// `parked`), full ones also stay shareable with any later prompt.
     pub fn finish(&mut self, seq: &mut Sequence) {
         let table = std::mem::take(&mut seq.table);
-        let n = seq.n_computed.min(table.blocks.len() * BLOCK_SIZE);
+        let n = seq.n_exact().min(table.blocks.len() * BLOCK_SIZE);
         if n == 0 {
             return self.release_table(table);
         }
@@ -300,6 +300,11 @@ impl<B: Backend> Runtime<B> {
         for &i in &order {
             let seq = &mut *seqs[i];
             let n = seq.pending().len().min(self.prefill_chunk);
+            if seq.n_computed + n > seq.n_ctx() {
+                if let Some((keep, drop)) = seq.overflow().plan(seq.n_computed, BLOCK_SIZE) {
+                    self.shift(seq, keep, drop)?;
+                }
+            }
             self.reserve_blocks(seq, seq.n_computed + n)?;
             if seq.is_decoding() && n == 1 {
                 n_single += 1;
@@ -369,6 +374,101 @@ impl<B: Backend> Runtime<B> {
         Ok(events)
     }
 
+    /// A full sequence's context shift (`Overflow::plan`): the cache rows of tokens
+    /// `keep..keep + drop` are evicted and every later row moves `drop` positions down, its
+    /// keys rotated there in place (`Model::shift_cache`; `drop` is whole blocks, so a row
+    /// keeps its place in a block and only the block holding `keep` takes rows from
+    /// another). Blocks the sequence shares are copied first, as it is about to change them,
+    /// and every changed block leaves the prefix cache.
+    fn shift(&mut self, seq: &mut Sequence, keep: usize, drop: usize) -> Result<()> {
+        if let Some(ring) = self.cache.ring() {
+            return Err(Error::BadOption(format!(
+                "a context shift with sliding-window layers on rings of blocks is not supported; \
+                 run with a num_ctx of at most {} (where the windowed layers keep every position) \
+                 or without --context-shift / --attention-sinks",
+                ring.per_seq * BLOCK_SIZE
+            )));
+        }
+        let bs = BLOCK_SIZE;
+        let n_past = seq.n_computed;
+        let old = std::mem::take(&mut seq.table.blocks);
+        let (k_blk, r, d_blk) = (keep / bs, keep % bs, drop / bs);
+        let slot = |b: u32, i: usize| b * bs as u32 + i as u32;
+        let mut table: Vec<u32> = old[..k_blk].to_vec();
+        // Rotated by -drop (keys) and plain copies (a shared block's kept rows).
+        let (mut rotate, mut copy) = (Vec::new(), Vec::new());
+        // Dropped after the moves: no block being read may be handed out before.
+        let mut release = Vec::new();
+        let mut result = Ok(());
+        // The blocks that will hold positions `k_blk * bs ..` after the shift, with the
+        // old block their rows `from..` come from.
+        let mut targets: Vec<(u32, u32, usize)> = Vec::new();
+        let tail_start = if r != 0 {
+            targets.push((old[k_blk], old[k_blk + d_blk], r));
+            release.extend_from_slice(&old[k_blk + 1..=k_blk + d_blk]);
+            k_blk + d_blk + 1
+        } else {
+            release.extend_from_slice(&old[k_blk..k_blk + d_blk]);
+            k_blk + d_blk
+        };
+        targets.extend(old[tail_start..].iter().map(|&b| (b, b, 0)));
+        for (j, &(held, src, from)) in targets.iter().enumerate() {
+            let dst = if self.blocks.make_private(held) {
+                held
+            } else {
+                match self.allocate_block() {
+                    Ok(nb) => {
+                        copy.extend((0..from).map(|i| (slot(held, i), slot(nb, i))));
+                        release.push(held);
+                        nb
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        held
+                    }
+                }
+            };
+            // Rows of positions the sequence has computed only.
+            let first_pos = (k_blk + j) * bs;
+            let n_rows = n_past
+                .saturating_sub(drop)
+                .saturating_sub(first_pos)
+                .min(bs);
+            rotate.extend((from..n_rows).map(|i| (slot(src, i), slot(dst, i))));
+            table.push(dst);
+        }
+        let moved = result.and_then(|()| {
+            if !copy.is_empty() {
+                self.model
+                    .shift_cache(&self.backend, &mut self.cache, &copy, 0)?;
+            }
+            let delta = i32::try_from(drop)
+                .map_err(|_| Error::shape("cache_shift", format!("a shift of {drop}")))?;
+            self.model
+                .shift_cache(&self.backend, &mut self.cache, &rotate, -delta)
+        });
+        for b in release {
+            self.blocks.release(b);
+        }
+        seq.table.blocks = table;
+        seq.table.ids.truncate(k_blk);
+        seq.drop_tokens(keep, drop);
+        moved
+    }
+
+    /// One free block, parked follow-ups giving way.
+    fn allocate_block(&mut self) -> Result<u32> {
+        while self.blocks.n_available() == 0 {
+            match self.parked.pop_front() {
+                Some(p) => self.release_table(p.table),
+                None => break,
+            }
+        }
+        self.blocks.allocate().ok_or(Error::KvCacheFull {
+            capacity: self.capacity(),
+        })
+    }
+
     /// Gives `seq` blocks for its first `n_tokens` tokens.
     fn reserve_blocks(&mut self, seq: &mut Sequence, n_tokens: usize) -> Result<()> {
         if n_tokens > seq.n_ctx() {
@@ -411,12 +511,13 @@ impl<B: Backend> Runtime<B> {
         Ok(())
     }
 
-    /// Registers `seq`'s blocks that became full, so later prompts can share them.
+    /// Registers `seq`'s blocks that became full, so later prompts can share them (not the
+    /// blocks after a shift's kept tokens: their rows saw evicted tokens).
     fn register_full_blocks(&mut self, seq: &mut Sequence) {
         if self.cache.ring().is_some() {
             return;
         }
-        let n_full = seq.n_computed / BLOCK_SIZE;
+        let n_full = seq.n_exact() / BLOCK_SIZE;
         while seq.table.ids.len() < n_full {
             let i = seq.table.ids.len();
             let parent = seq.table.ids.last().copied().unwrap_or(ROOT);

@@ -36,6 +36,75 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
+/// What a sequence does when its context is full: end the answer (the default), or make room
+/// by evicting tokens from its cache, always explicitly asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    Stop,
+    /// Context shift: keep the first `keep` tokens, drop the oldest half of the rest.
+    Shift {
+        keep: usize,
+    },
+    /// StreamingLLM: keep the first `sinks` tokens and the last `window`.
+    Sinks {
+        sinks: usize,
+        window: usize,
+    },
+}
+
+/// Ollama's default `num_keep`.
+pub const DEFAULT_NUM_KEEP: usize = 4;
+
+impl Overflow {
+    /// The policy `opts` asks for, checked against a context of `n_ctx` tokens: every
+    /// eviction drops at least one whole block of `block` tokens.
+    pub fn from_options(opts: &GenerateOptions, n_ctx: usize, block: usize) -> Result<Self> {
+        let bad = |msg: String| Err(Error::BadOption(msg));
+        let policy = match (opts.context_shift, opts.attention_sinks, opts.sliding_window) {
+            (false, None, None) => return Ok(Overflow::Stop),
+            (true, None, None) => {
+                let keep = opts.num_keep.unwrap_or(DEFAULT_NUM_KEEP);
+                if keep + 2 * block > n_ctx {
+                    return bad(format!(
+                        "context shift keeps num_keep {keep} tokens and drops half of the rest                          in blocks of {block}: num_ctx {n_ctx} needs to be at least {}",
+                        keep + 2 * block
+                    ));
+                }
+                Overflow::Shift { keep }
+            }
+            (false, Some(sinks), Some(window)) => {
+                if window == 0 || sinks + window + block > n_ctx {
+                    return bad(format!(
+                        "attention_sinks {sinks} and sliding_window {window} leave no block of                          {block} tokens to evict in num_ctx {n_ctx}; the window must be 1 or                          more and sinks + window + {block} at most num_ctx"
+                    ));
+                }
+                Overflow::Sinks { sinks, window }
+            }
+            (true, _, _) => {
+                return bad("context_shift and attention sinks are two ways past num_ctx;                             choose one"
+                    .into())
+            }
+            _ => {
+                return bad("attention_sinks and sliding_window go together; set both".into())
+            }
+        };
+        Ok(policy)
+    }
+
+    /// `(keep, discard)` for a full cache of `n_past` tokens: the first `keep` stay, the
+    /// `discard` after them go (a whole number of `block`s, so kept rows keep their place
+    /// in their blocks), `None` when this sequence stops instead.
+    pub fn plan(self, n_past: usize, block: usize) -> Option<(usize, usize)> {
+        let (keep, drop) = match self {
+            Overflow::Stop => return None,
+            Overflow::Shift { keep } => (keep, n_past.saturating_sub(keep) / 2),
+            Overflow::Sinks { sinks, window } => (sinks, n_past.saturating_sub(sinks + window)),
+        };
+        let drop = drop / block * block;
+        (drop > 0 && keep + drop < n_past).then_some((keep, drop))
+    }
+}
+
 /// A sequence's blocks of the KV cache, in position order.
 #[derive(Debug, Default)]
 pub struct BlockTable {
@@ -69,6 +138,13 @@ pub struct Sequence {
     stop: StopMatcher,
     num_predict: Option<usize>,
     n_ctx: usize,
+    overflow: Overflow,
+    /// Tokens evicted from the cache (and from `tokens`) by shifts.
+    n_dropped: usize,
+    /// Leading tokens whose keys and values are what a fresh evaluation of `tokens` would
+    /// give: all of them until a shift, then the kept ones only (what follows saw evicted
+    /// tokens). Only these may enter the prefix cache or a parked follow-up.
+    n_exact: usize,
     n_gen: usize,
     done: Option<DoneReason>,
     started: Instant,
@@ -99,6 +175,7 @@ impl Sequence {
             });
         }
         tokenizer.check_ids(&prompt)?;
+        let overflow = Overflow::from_options(opts, n_ctx, super::BLOCK_SIZE)?;
         let s = &opts.sampler;
         let plain_greedy = s.is_greedy()
             && s.repeat_penalty == 1.0
@@ -118,6 +195,9 @@ impl Sequence {
             stop: StopMatcher::new(&opts.stop),
             num_predict: opts.num_predict,
             n_ctx,
+            overflow,
+            n_dropped: 0,
+            n_exact: usize::MAX,
             n_gen: 0,
             done: None,
             started: Instant::now(),
@@ -189,7 +269,26 @@ impl Sequence {
     /// Whether the next forward pass feeds this sequence one generated token (a decode row)
     /// rather than prompt tokens.
     pub fn is_decoding(&self) -> bool {
-        self.n_computed >= self.n_prompt
+        self.n_computed + self.n_dropped >= self.n_prompt
+    }
+
+    pub fn overflow(&self) -> Overflow {
+        self.overflow
+    }
+
+    /// Leading tokens whose cache entries a fresh evaluation would reproduce (see
+    /// `n_exact`): what may be shared with other prompts.
+    pub fn n_exact(&self) -> usize {
+        self.n_exact.min(self.n_computed)
+    }
+
+    /// Forgets `tokens[keep..keep + drop]`, whose cache rows a shift evicted; the tokens
+    /// after them move down to their new positions.
+    pub(super) fn drop_tokens(&mut self, keep: usize, drop: usize) {
+        self.tokens.drain(keep..keep + drop);
+        self.n_computed -= drop;
+        self.n_dropped += drop;
+        self.n_exact = self.n_exact.min(keep);
     }
 
     pub(super) fn set_cached(&mut self, n: usize) {
@@ -250,7 +349,8 @@ impl Sequence {
                 done: self.done,
             });
         }
-        if self.tokens.len() >= self.n_ctx || self.num_predict.is_some_and(|n| self.n_gen >= n) {
+        let full = self.tokens.len() >= self.n_ctx && self.overflow == Overflow::Stop;
+        if full || self.num_predict.is_some_and(|n| self.n_gen >= n) {
             return Ok(self.finish(text, Some(token), DoneReason::Length));
         }
         Ok(Event {

@@ -56,8 +56,11 @@ impl<E: KvValue> Job<'_, E> {
         let hd = p.head_dim;
         let pos = self.pos(t);
         let q = &self.q.data[t * self.q.n_cols + h * hd..][..hd];
-        let kv_offset = (h / (p.n_heads / p.n_kv_heads)) * hd;
-        let at = |j: usize| self.rows.cache_row(t, j) * self.kv_stride + kv_offset;
+        // The caches are indexed in elements of `E::VALUES` values (ops::attention::shape
+        // checked that a head is whole elements).
+        let (stride, len) = (self.kv_stride / E::VALUES, hd / E::VALUES);
+        let kv_offset = (h / (p.n_heads / p.n_kv_heads)) * len;
+        let at = |j: usize| self.rows.cache_row(t, j) * stride + kv_offset;
         let end = p.mask.n_keys(pos).min((c + 1) * CHUNK);
         let mut st = Stats {
             m: f32::NEG_INFINITY,
@@ -70,7 +73,7 @@ impl<E: KvValue> Job<'_, E> {
             let mut m = st.m;
             for (i, s) in (b0..b0 + n).zip(&mut scores) {
                 let j = p.mask.key(pos, i);
-                *s = softcapped(E::dot(q, &self.k[at(j)..][..hd]) * p.scale, p.softcap);
+                *s = softcapped(E::dot(q, &self.k[at(j)..][..len]) * p.scale, p.softcap);
                 m = m.max(*s);
             }
             if m > st.m {
@@ -83,7 +86,7 @@ impl<E: KvValue> Job<'_, E> {
             for (i, &s) in (b0..b0 + n).zip(&scores) {
                 let e = (s - st.m).exp();
                 st.l += e;
-                E::axpy(e, &self.v[at(p.mask.key(pos, i))..][..hd], acc);
+                E::axpy(e, &self.v[at(p.mask.key(pos, i))..][..len], acc);
             }
         }
         st
@@ -293,6 +296,7 @@ mod tests {
                     &v,
                     width,
                     (h / (n_heads / n_kv_heads)) * head_dim,
+                    head_dim,
                     |j| rows.cache_row(t, j),
                     rows.pos[t] as usize,
                     &p,

@@ -7,6 +7,7 @@
 mod activations;
 mod attention;
 mod cache;
+mod kv_blocks;
 mod matmul;
 pub mod pool;
 pub mod q16;
@@ -276,6 +277,12 @@ impl Backend for CpuBackend {
         n_ctx
             .checked_mul(width)
             .ok_or_else(|| Error::shape("cache", format!("[{n_ctx}, {width}] overflows")))?;
+        ty.row_bytes(width).ok_or_else(|| {
+            Error::shape(
+                "cache",
+                format!("rows of {width} values are not whole {ty} blocks"),
+            )
+        })?;
         Ok(CpuCache::zeros(n_ctx, width, ty))
     }
 
@@ -302,6 +309,32 @@ impl Backend for CpuBackend {
 
     fn cache_read(&self, c: &CpuCache) -> Result<Vec<f32>> {
         Ok(c.to_f32())
+    }
+
+    fn cache_shift(
+        &self,
+        cache: &mut CpuCache,
+        moves: &[(u32, u32)],
+        rope: Option<(&CpuTensor, &RopeParams)>,
+        delta: i32,
+    ) -> Result<()> {
+        let ty = cache.kv_type();
+        let shape = self.cache_shape(cache);
+        ops::cache_shift::shape(shape, ty, moves, rope.map(|(f, p)| (f.data.len(), p)))?;
+        let mut row = vec![0f32; cache.n_cols];
+        for &(src, dst) in moves {
+            let (src, dst) = (src as usize, dst as usize);
+            match rope {
+                Some((freq, p)) => {
+                    cache.load(src * cache.n_cols, &mut row);
+                    ops::cache_shift::rotate_row(&mut row, &freq.data, delta, p);
+                    cache.store(dst * cache.n_cols, &row);
+                }
+                None if src != dst => cache.copy_row(src, dst),
+                None => {}
+            }
+        }
+        Ok(())
     }
 
     fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut CpuTensor) -> Result<()> {
@@ -383,6 +416,12 @@ impl Backend for CpuBackend {
                 attention::attend(self.pool, q, (k, v), stride, rows, p, out)
             }
             (CacheData::F16(k), CacheData::F16(v)) => {
+                attention::attend(self.pool, q, (k, v), stride, rows, p, out)
+            }
+            (CacheData::Q8_0(k), CacheData::Q8_0(v)) => {
+                attention::attend(self.pool, q, (k, v), stride, rows, p, out)
+            }
+            (CacheData::Q4_0(k), CacheData::Q4_0(v)) => {
                 attention::attend(self.pool, q, (k, v), stride, rows, p, out)
             }
             _ => unreachable!("ops::attention::shape checked that K and V share a type"),

@@ -96,7 +96,8 @@ impl GpuTensor {
 }
 
 /// One layer's keys or values: a `[n_rows, n_cols]` matrix of `kv_type` values (f16: two per
-/// word, rows of even length so a row never starts inside a word).
+/// word, rows of even length so a row never starts inside a word; Q8_0/Q4_0: the CPU's
+/// blocks back to back, rows of whole blocks, which may start inside a word).
 pub struct GpuCache {
     pub(crate) buf: PooledBuffer,
     pub n_rows: usize,
@@ -108,9 +109,11 @@ impl GpuCache {
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buf.buffer()
     }
-    /// Bytes of `n` values.
+    /// Bytes of `n` values (whole rows, so whole blocks: checked when the cache was made).
     pub fn bytes_of(&self, n: usize) -> u64 {
-        (n * self.kv_type.bytes_per_value()) as u64
+        self.kv_type
+            .row_bytes(n)
+            .expect("cache rows are whole blocks") as u64
     }
 }
 

@@ -4,7 +4,9 @@
 use super::memory::{
     buffer_size, pooled_buffer, upload_weight, GpuCache, GpuRows, GpuTensor, GpuWeight,
 };
-use super::params::{ArgmaxParams, EmbedParams, KvWriteParams, MatParams, NormParams, RopeUniform};
+use super::params::{
+    ArgmaxParams, EmbedParams, KvShiftParams, KvWriteParams, MatParams, NormParams, RopeUniform,
+};
 use super::shaders::{Kernel, PipelineKey};
 use super::GpuBackend;
 use crate::backend::ops::{self, check, TensorOp, OP_INPUT_BINDINGS, OP_OUTPUT_BINDING};
@@ -196,9 +198,14 @@ impl Backend for GpuBackend {
             ty != KvType::F16 || width.is_multiple_of(2),
             || format!("an f16 cache needs rows of even length, not {width}; use f32"),
         )?;
+        let row = ty.row_bytes(width).ok_or_else(|| {
+            Error::shape(
+                "cache",
+                format!("rows of {width} values are not whole {ty} blocks"),
+            )
+        })?;
         let bytes = n_ctx
-            .checked_mul(width)
-            .and_then(|n| n.checked_mul(ty.bytes_per_value()))
+            .checked_mul(row)
             .ok_or_else(|| Error::shape("cache", format!("[{n_ctx}, {width}] overflows")))?;
         let (buf, recycled) = pooled_buffer(
             &self.ctx,
@@ -248,9 +255,12 @@ impl Backend for GpuBackend {
             return Ok(());
         }
         // f16 rows are even (checked at creation), so pairs never straddle rows.
+        // Block caches: one thread per block ("words" are blocks there).
         let (kernel, row_words) = match cache.kv_type {
             KvType::F32 => (&ops::cache_write::KV_WRITE_F32, cache.n_cols),
             KvType::F16 => (&ops::cache_write::KV_WRITE_F16, cache.n_cols / 2),
+            KvType::Q8_0 => (&ops::cache_write::KV_WRITE_Q8_0, cache.n_cols / 32),
+            KvType::Q4_0 => (&ops::cache_write::KV_WRITE_Q4_0, cache.n_cols / 32),
         };
         let n_words = src.n_rows * row_words;
         let params = KvWriteParams {
@@ -274,14 +284,93 @@ impl Backend for GpuBackend {
             self.flush()?;
             return Ok(Vec::new());
         }
-        let bytes = self.read_bytes(c.buffer(), 0, c.bytes_of(n).next_multiple_of(4))?;
-        Ok(match c.kv_type {
-            KvType::F32 => bytemuck::pod_collect_to_vec(&bytes[..n * 4]),
-            KvType::F16 => bytes[..n * 2]
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        })
+        let n_bytes = c.bytes_of(n) as usize;
+        let bytes = self.read_bytes(c.buffer(), 0, (n_bytes as u64).next_multiple_of(4))?;
+        let mut out = vec![0.0; n];
+        c.kv_type
+            .qtype()
+            .dequantize_row(&bytes[..n_bytes], &mut out);
+        Ok(out)
+    }
+
+    fn cache_shift(
+        &self,
+        cache: &mut GpuCache,
+        moves: &[(u32, u32)],
+        rope: Option<(&GpuTensor, &crate::backend::RopeParams)>,
+        delta: i32,
+    ) -> Result<()> {
+        let shape = self.cache_shape(cache);
+        ops::cache_shift::shape(shape, cache.kv_type, moves, rope.map(|(f, p)| (f.len(), p)))?;
+        let moves: Vec<(u32, u32)> = match rope {
+            Some(_) => moves.to_vec(),
+            None => moves.iter().copied().filter(|m| m.0 != m.1).collect(),
+        };
+        if moves.is_empty() || cache.n_cols == 0 {
+            return Ok(());
+        }
+        // Keys move head by head; a copy (values) in the largest pieces of whole blocks
+        // (whole words for f16) that fit a thread: f16 rows are even, block rows whole
+        // blocks, so some piece always divides the row.
+        let block = match cache.kv_type {
+            KvType::F32 => 1,
+            KvType::F16 => 2,
+            KvType::Q8_0 | KvType::Q4_0 => 32,
+        };
+        let head_dim = match rope {
+            Some((_, p)) => p.head_dim,
+            None => [256, 128, 64, 32, 16, 8, 4, 2, 1]
+                .into_iter()
+                .find(|&d| d % block == 0 && cache.n_cols.is_multiple_of(d))
+                .unwrap_or(cache.n_cols),
+        };
+        check(
+            "cache_shift",
+            head_dim <= ops::cache_shift::MAX_HEAD_DIM,
+            || {
+                format!(
+                    "heads of {head_dim} values (a GPU thread moves at most {})",
+                    ops::cache_shift::MAX_HEAD_DIM
+                )
+            },
+        )?;
+        let kernel = match cache.kv_type {
+            KvType::F32 => &ops::cache_shift::SHIFT_F32,
+            KvType::F16 => &ops::cache_shift::SHIFT_F16,
+            KvType::Q8_0 => &ops::cache_shift::SHIFT_Q8_0,
+            KvType::Q4_0 => &ops::cache_shift::SHIFT_Q4_0,
+        };
+        let words: Vec<u32> = moves.iter().flat_map(|&(s, d)| [s, d]).collect();
+        let (moves_buf, _) = pooled_buffer(
+            &self.ctx,
+            &self.pool,
+            "cache moves",
+            buffer_size(words.len()),
+        )?;
+        self.write_bytes(moves_buf.buffer(), bytemuck::cast_slice(&words))?;
+        let (freq_buf, n_rot, neox) = match rope {
+            Some((f, p)) => (f.buffer(), p.n_rot, p.layout == RopeLayout::Neox),
+            // Bound but unread: `rotate` is 0.
+            None => (moves_buf.buffer(), 0, false),
+        };
+        let params = KvShiftParams {
+            n_moves: u32_of("cache_shift", moves.len())?,
+            row_values: u32_of("cache_shift", cache.n_cols)?,
+            head_dim: u32_of("cache_shift", head_dim)?,
+            n_rot: u32_of("cache_shift", n_rot)?,
+            neox: u32::from(neox),
+            rotate: u32::from(rope.is_some()),
+            delta: delta as f32,
+            ..Default::default()
+        };
+        let n_jobs = moves.len() * (cache.n_cols / head_dim);
+        let (gx, gy) = self.ctx.grid(u32_of("cache_shift", n_jobs.div_ceil(WG))?);
+        self.dispatch(
+            self.key(kernel, None),
+            &params,
+            &[(1, cache.buffer()), (2, freq_buf), (3, moves_buf.buffer())],
+            (gx, gy, 1),
+        )
     }
 
     fn embed(&self, table: &GpuWeight, ids: &[u32], out: &mut GpuTensor) -> Result<()> {

@@ -148,8 +148,22 @@ uniform_struct!(
     }
 );
 
+uniform_struct!(
+    /// kv_shift.wgsl.
+    KvShiftParams {
+        n_moves: u32,
+        row_values: u32,
+        head_dim: u32,
+        n_rot: u32,
+        neox: u32,
+        rotate: u32,
+        delta: f32,
+        _pad0: u32,
+    }
+);
+
 /// Every uniform struct, for the layout test.
-pub const ALL_LAYOUTS: [UniformLayout; 8] = [
+pub const ALL_LAYOUTS: [UniformLayout; 9] = [
     MatParams::LAYOUT,
     EmbedParams::LAYOUT,
     NormParams::LAYOUT,
@@ -158,4 +172,5 @@ pub const ALL_LAYOUTS: [UniformLayout; 8] = [
     OpParams::LAYOUT,
     ArgmaxParams::LAYOUT,
     KvWriteParams::LAYOUT,
+    KvShiftParams::LAYOUT,
 ];

@@ -87,8 +87,20 @@ pub static FILES: &[(&str, &str)] = &[
         "quant/q6_k.wgsl",
         include_str!("../../../shaders/quant/q6_k.wgsl"),
     ),
+    (
+        "common/kv_blocks.wgsl",
+        include_str!("../../../shaders/common/kv_blocks.wgsl"),
+    ),
     ("kv/f32.wgsl", include_str!("../../../shaders/kv/f32.wgsl")),
     ("kv/f16.wgsl", include_str!("../../../shaders/kv/f16.wgsl")),
+    (
+        "kv/q8_0.wgsl",
+        include_str!("../../../shaders/kv/q8_0.wgsl"),
+    ),
+    (
+        "kv/q4_0.wgsl",
+        include_str!("../../../shaders/kv/q4_0.wgsl"),
+    ),
     (
         "common/op.wgsl",
         include_str!("../../../shaders/common/op.wgsl"),
@@ -96,7 +108,12 @@ pub static FILES: &[(&str, &str)] = &[
 ];
 
 /// The cache file of each KV cache type: one row per type, each file defining `k_at`, `v_at`.
-static KV_FILES: &[(KvType, &str)] = &[(KvType::F32, "kv/f32.wgsl"), (KvType::F16, "kv/f16.wgsl")];
+static KV_FILES: &[(KvType, &str)] = &[
+    (KvType::F32, "kv/f32.wgsl"),
+    (KvType::F16, "kv/f16.wgsl"),
+    (KvType::Q8_0, "kv/q8_0.wgsl"),
+    (KvType::Q4_0, "kv/q4_0.wgsl"),
+];
 
 /// The block-format file of each quant type: one row per type, each file defining `deq8`.
 static QUANT_FILES: &[(QuantType, &str)] = &[
@@ -155,7 +172,7 @@ impl ShaderFeatures {
 pub struct PipelineKey {
     pub kernel: &'static Kernel,
     /// The weight's block format, for kernels that read weights; the cache's element type
-    /// (F32 or F16), for kernels that read a KV cache.
+    /// (`KvType::qtype`), for kernels that read a KV cache.
     pub quant: Option<QuantType>,
     pub features: ShaderFeatures,
 }

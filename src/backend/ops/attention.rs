@@ -59,6 +59,7 @@ pub fn shape(
     check("attention", kv_types.0 == kv_types.1, || {
         format!("K cache {} but V cache {}", kv_types.0, kv_types.1)
     })?;
+    kv_types.0.check_head_dim(hd)?;
     check(
         "attention",
         p.n_kv_heads > 0
@@ -81,7 +82,8 @@ pub fn shape(
 /// keys `p.mask` lets a query at `pos` see, in two passes over scores kept whole (the backends'
 /// kernels are tested against it). Position `j` of the sequence is cache row `cache_row(j)`
 /// (its block table). The caches hold any element type `E` that `dot` and `axpy` read (f32 or
-/// f16 values); scores and sums stay f32. `scores` is scratch of at least `pos + 1` values.
+/// f16 values, or blocks of them); `kv_stride`, `kv_offset` and `kv_len` (a head's row) count
+/// elements. Scores and sums stay f32. `scores` is scratch of at least `pos + 1` values.
 #[allow(clippy::too_many_arguments)]
 pub fn reference_head<E>(
     q: &[f32],
@@ -89,6 +91,7 @@ pub fn reference_head<E>(
     v_cache: &[E],
     kv_stride: usize,
     kv_offset: usize,
+    kv_len: usize,
     cache_row: impl Fn(usize) -> usize,
     pos: usize,
     p: &AttnParams,
@@ -97,11 +100,10 @@ pub fn reference_head<E>(
     dot: impl Fn(&[f32], &[E]) -> f32,
     axpy: impl Fn(f32, &[E], &mut [f32]),
 ) {
-    let hd = p.head_dim;
     let scores = &mut scores[..p.mask.n_keys(pos)];
     let mut max = f32::NEG_INFINITY;
     for (j, s) in p.mask.keys(pos).zip(scores.iter_mut()) {
-        let k = &k_cache[cache_row(j) * kv_stride + kv_offset..][..hd];
+        let k = &k_cache[cache_row(j) * kv_stride + kv_offset..][..kv_len];
         *s = softcapped(dot(q, k) * p.scale, p.softcap);
         max = max.max(*s);
     }
@@ -114,7 +116,7 @@ pub fn reference_head<E>(
     for (j, &s) in p.mask.keys(pos).zip(scores.iter()) {
         axpy(
             s / sum,
-            &v_cache[cache_row(j) * kv_stride + kv_offset..][..hd],
+            &v_cache[cache_row(j) * kv_stride + kv_offset..][..kv_len],
             out,
         );
     }
@@ -152,7 +154,7 @@ impl OpCase for AttentionCase {
     fn bytes_moved(&self) -> f64 {
         let cache = 2 * (self.pos_start + self.n_q) * self.n_kv_heads * self.head_dim;
         let q_out = 2 * self.n_q * self.n_heads * self.head_dim;
-        (cache * self.kv.bytes_per_value() + 4 * q_out) as f64
+        cache as f64 * self.kv.bytes_per_value() + (4 * q_out) as f64
     }
     fn flops(&self) -> f64 {
         // Keys seen per query row, summed over the rows.
@@ -166,11 +168,16 @@ impl OpCase for AttentionCase {
         let mut tensors = vec![rng.tensor(self.n_q, self.n_heads * self.head_dim)];
         for _ in 0..2 {
             let (r, c, mut v) = rng.tensor(n_ctx, self.n_kv_heads * self.head_dim);
-            // Exact halves, so every backend's cache holds the same values whichever way its
-            // conversion rounds: the case tests attention, not the write.
-            if self.kv == KvType::F16 {
-                v.iter_mut()
-                    .for_each(|x| *x = half::f16::from_f32(*x).to_f32());
+            // Values the cache type holds exactly (halves, or dequantized blocks, which
+            // quantize back to the same blocks), so every backend's cache holds the same
+            // values whichever way its conversion rounds: the case tests attention, not the
+            // write.
+            if self.kv != KvType::F32 {
+                let qt = self.kv.qtype();
+                let mut bytes = vec![0u8; qt.row_bytes(v.len()).unwrap_or(0)];
+                qt.quantize_rows(&v, c, &mut bytes)
+                    .ok_or_else(|| crate::Error::shape("attention case", "unquantizable"))?;
+                qt.dequantize_row(&bytes, &mut v);
             }
             tensors.push((r, c, v));
         }
@@ -255,7 +262,10 @@ pub fn test_cases() -> Vec<KernelCase> {
         if let Some(c) = softcap {
             name += &format!(" softcap {c}");
         }
-        for kv in [KvType::F32, KvType::F16] {
+        for kv in KvType::ALL {
+            if kv.check_head_dim(head_dim).is_err() {
+                continue;
+            }
             v.push(KernelCase::new(
                 format!("{name} {kv} cache"),
                 AttentionCase {
@@ -305,7 +315,7 @@ pub fn bench_cases(quick: bool) -> Vec<KernelCase> {
         &[512, 4096, 32_768]
     };
     for &n_ctx in contexts {
-        for kv in [KvType::F16, KvType::F32] {
+        for kv in KvType::ALL {
             v.push(bench("llama8b", kv, 1, 32, 8, 128, n_ctx));
         }
     }

@@ -1,5 +1,6 @@
 //! `cache_write`: row `t` of new keys or values into cache row `rows.slot[t]` (a scatter into
-//! the sequences' blocks), converted to the cache's type (f16: rounded to nearest even).
+//! the sequences' blocks), converted to the cache's type (f16: rounded to nearest even; Q8_0
+//! and Q4_0: each 32 values quantized as `crate::quant`'s reference quantizers do).
 
 use super::case::{need, CaseInputs, KernelCase, OpCase, Parts, Rng};
 use super::{check, rows_in_cache, Access, Kernel, Shape};
@@ -26,7 +27,23 @@ pub const KV_WRITE_F16: Kernel = Kernel {
     ..KV_WRITE_F32
 };
 
-pub const KERNELS: &[&Kernel] = &[&KV_WRITE_F32, &KV_WRITE_F16];
+/// One block of 32 values per thread, quantized as `BlockQ8_0::quantize_block`; blocks share
+/// words with their neighbours, so the kernel writes through atomics.
+pub const KV_WRITE_Q8_0: Kernel = Kernel {
+    file: "kv_write_blocks.wgsl",
+    source: include_str!("../../../shaders/kv_write_blocks.wgsl"),
+    entry: "kv_write_q8_0",
+    headers: &["common/kv_blocks.wgsl"],
+    ..KV_WRITE_F32
+};
+
+/// One block of 32 values per thread, quantized as `BlockQ4_0::quantize_block`.
+pub const KV_WRITE_Q4_0: Kernel = Kernel {
+    entry: "kv_write_q4_0",
+    ..KV_WRITE_Q8_0
+};
+
+pub const KERNELS: &[&Kernel] = &[&KV_WRITE_F32, &KV_WRITE_F16, &KV_WRITE_Q8_0, &KV_WRITE_Q4_0];
 
 pub fn shape(src: Shape, cache: Shape, rows: &BatchRows) -> Result<()> {
     check("cache_write", src.1 == cache.1, || {
@@ -54,10 +71,13 @@ impl OpCase for CacheWriteCase {
             // (2^-10 relative) per value.
             KvType::F16 => 1e-6,
             KvType::F32 => 1e-12,
+            // The scale's f16 rounding and `1 / d` may differ by an ulp on a GPU: a value
+            // at a rounding tie can land one step over (rare in random data).
+            KvType::Q8_0 | KvType::Q4_0 => 1e-5,
         }
     }
     fn bytes_moved(&self) -> f64 {
-        ((4 + self.kv.bytes_per_value()) * self.n_rows * self.n_cols) as f64
+        (4.0 + self.kv.bytes_per_value()) * (self.n_rows * self.n_cols) as f64
     }
     fn inputs(&self, rng: &mut Rng) -> Result<CaseInputs> {
         Ok(CaseInputs {
@@ -91,8 +111,11 @@ impl OpCase for CacheWriteCase {
 
 pub fn test_cases() -> Vec<KernelCase> {
     let mut v = Vec::new();
-    for kv in [KvType::F32, KvType::F16] {
-        for (n_rows, n_cols) in [(1, 192), (70, 384), (3, 2)] {
+    for kv in KvType::ALL {
+        for (n_rows, n_cols) in [(1, 192), (70, 384), (3, 2), (5, 32)] {
+            if kv.row_bytes(n_cols).is_none() {
+                continue;
+            }
             v.push(KernelCase::new(
                 format!("cache_write {kv} {n_rows}x{n_cols}"),
                 CacheWriteCase { kv, n_rows, n_cols },

@@ -197,6 +197,7 @@ ops! {
     Rope(rope::RopeCase),
     Attention(attention::AttentionCase),
     CacheWrite(cache_write::CacheWriteCase),
+    CacheShift(cache_shift::CacheShiftCase),
     CopyRows(copy_rows::CopyRowsCase),
     Argmax(argmax::ArgmaxCase),
     Elementwise(elementwise::EltCase),
