@@ -95,6 +95,7 @@ fn reference(
         let batch = ForwardBatch {
             tokens: ids,
             rows: &rows,
+            ring_rows: None,
             n_single: usize::from(ids.len() == 1),
             logit_rows: &[ids.len() - 1],
         };
