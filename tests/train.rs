@@ -25,8 +25,8 @@ fn rel_err(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(1e-30)
 }
 
-/// `<dy, x · Wᵀ> = <dy · W, x>` for a weight in every block format, on `b`.
-fn matmul_dx_is_the_adjoint_of_matmul_on<B: Backend>(b: &B) {
+/// `<dy, x · Wᵀ> = <dy · W, x>` for a weight in every block format, on `b`, to relative `tol`.
+fn matmul_dx_is_the_adjoint_of_matmul_on<B: Backend>(b: &B, tol: f64) {
     let mut rng = Rng::new(11);
     for qtype in QuantType::ALL {
         let n_in = match qtype.block_elems() {
@@ -48,7 +48,7 @@ fn matmul_dx_is_the_adjoint_of_matmul_on<B: Backend>(b: &B) {
         let lhs = dot(&dy, &b.read(&y).unwrap());
         let rhs = dot(&b.read(&dx).unwrap(), &x);
         assert!(
-            rel_err(lhs, rhs) < 1e-5,
+            rel_err(lhs, rhs) < tol,
             "{} {qtype}: <dy, x·Wᵀ> = {lhs} but <dy·W, x> = {rhs}",
             b.name()
         );
@@ -186,8 +186,9 @@ fn silu_mul_bwd_matches_finite_differences_on<B: Backend>(b: &B) {
     }
 }
 
-fn all_on<B: Backend>(b: &B) {
-    matmul_dx_is_the_adjoint_of_matmul_on(b);
+/// `adjoint_tol`: how closely the forward matmul is `x · Wᵀ` in f32 (see the callers).
+fn all_on<B: Backend>(b: &B, adjoint_tol: f64) {
+    matmul_dx_is_the_adjoint_of_matmul_on(b, adjoint_tol);
     matmul_tt_forms_are_consistent_on(b);
     sums_are_sums_on(b);
     silu_mul_bwd_matches_finite_differences_on(b);
@@ -195,9 +196,12 @@ fn all_on<B: Backend>(b: &B) {
 
 #[test]
 fn train_ops_are_the_gradients_of_the_forward_ops_on_cpu() {
-    all_on(&CpuBackend::exact());
-    // The default (16-bit decode) backend runs the same training ops.
-    all_on(&CpuBackend::new());
+    all_on(&CpuBackend::exact(), 1e-5);
+    // The default backend runs the same training ops, but its forward matmul rounds x to 16-bit
+    // integers per block of 32 (≤ 2⁻¹⁵ of the block's largest value each), so the identity holds
+    // to that rounding, summed where terms cancel: measured up to 2.8e-4 (Q4_K). A wrong
+    // gradient is off by O(1).
+    all_on(&CpuBackend::new(), 1e-3);
 }
 
 #[test]
@@ -206,5 +210,5 @@ fn train_ops_are_the_gradients_of_the_forward_ops_on_gpu() {
         eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     }
-    all_on(&GpuBackend::new(GpuConfig::default()).unwrap());
+    all_on(&GpuBackend::new(GpuConfig::default()).unwrap(), 1e-5);
 }

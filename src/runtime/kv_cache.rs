@@ -236,7 +236,10 @@ impl<B: Backend> KvCache<B> {
     pub fn shift_layer_mut(&mut self, il: usize) -> Result<(&mut B::Cache, &mut B::Cache)> {
         let n_layers = self.k.len();
         if self.ring.is_some() {
-            return Err(Error::shape("cache_shift", "a cache with sliding-window rings"));
+            return Err(Error::shape(
+                "cache_shift",
+                "a cache with sliding-window rings",
+            ));
         }
         match (self.k.get_mut(il), self.v.get_mut(il)) {
             (Some(k), Some(v)) => Ok((k, v)),
