@@ -26,6 +26,12 @@ impl Mask {
         Mask { window, sinks: 0 }
     }
 
+    /// The window a cache may cut this layer's keys to (a ring of blocks): none when the
+    /// layer sees every key, or keeps sinks, whose old keys a ring would overwrite.
+    pub fn ring_window(&self) -> Option<usize> {
+        self.window.filter(|&w| w > 0 && self.sinks == 0)
+    }
+
     /// First key of the window of a query at `pos`.
     pub fn window_start(&self, pos: usize) -> usize {
         match self.window {

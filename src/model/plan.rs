@@ -118,8 +118,11 @@ impl MemoryPlan {
             weight_bytes,
             kv_values_per_token_layer: 2 * kv_dim,
             n_layers: layers.len(),
-            n_window_layers: layers.iter().filter(|l| l.mask.window.is_some()).count(),
-            window: layers.iter().filter_map(|l| l.mask.window).max(),
+            n_window_layers: layers
+                .iter()
+                .filter(|l| l.mask.ring_window().is_some())
+                .count(),
+            window: layers.iter().filter_map(|l| l.mask.ring_window()).max(),
             scratch_bytes,
             n_seqs: 1,
             host_bytes: match part.embed {

@@ -474,9 +474,12 @@ impl<B: Backend> Model<B> {
         Ok(x)
     }
 
-    /// Each of this part's layers' sliding window (`None`: it sees the whole context).
+    /// Each of this part's layers' window a ring may cut its cache to (`Mask::ring_window`).
     pub fn windows(&self) -> Vec<Option<usize>> {
-        self.layers.iter().map(|l| l.spec.mask.window).collect()
+        self.layers
+            .iter()
+            .map(|l| l.spec.mask.ring_window())
+            .collect()
     }
 
     /// `embed`, where a virtual token (`virtual_tokens`) embeds as token 0 (its keys and

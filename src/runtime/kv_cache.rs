@@ -26,7 +26,8 @@ pub fn ring_blocks(window: usize, n_batch: usize) -> usize {
 /// `s * per_seq + (j / BLOCK_SIZE) % per_seq`, overwriting a block its window has left.
 ///
 /// **Invariant:** an attention kernel reads, for a run of rows of one sequence starting at
-/// position `p`, no key before `p + 1 - window` (`ops::attention::window_start`): older
+/// position `p`, no key before `p + 1 - window` (`Mask::window_start`; a mask with sinks would
+/// read older keys, so a layer with sinks keeps no ring: `Mask::ring_window`): older
 /// positions' ring blocks hold newer keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ring {

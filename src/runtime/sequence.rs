@@ -60,13 +60,18 @@ impl Overflow {
     /// eviction drops at least one whole block of `block` tokens.
     pub fn from_options(opts: &GenerateOptions, n_ctx: usize, block: usize) -> Result<Self> {
         let bad = |msg: String| Err(Error::BadOption(msg));
-        let policy = match (opts.context_shift, opts.attention_sinks, opts.sliding_window) {
+        let policy = match (
+            opts.context_shift,
+            opts.attention_sinks,
+            opts.sliding_window,
+        ) {
             (false, None, None) => return Ok(Overflow::Stop),
             (true, None, None) => {
                 let keep = opts.num_keep.unwrap_or(DEFAULT_NUM_KEEP);
                 if keep + 2 * block > n_ctx {
                     return bad(format!(
-                        "context shift keeps num_keep {keep} tokens and drops half of the rest                          in blocks of {block}: num_ctx {n_ctx} needs to be at least {}",
+                        "context shift keeps num_keep {keep} tokens and drops half of the rest in blocks of \
+                         {block}: num_ctx {n_ctx} needs to be at least {}",
                         keep + 2 * block
                     ));
                 }
@@ -75,18 +80,19 @@ impl Overflow {
             (false, Some(sinks), Some(window)) => {
                 if window == 0 || sinks + window + block > n_ctx {
                     return bad(format!(
-                        "attention_sinks {sinks} and sliding_window {window} leave no block of                          {block} tokens to evict in num_ctx {n_ctx}; the window must be 1 or                          more and sinks + window + {block} at most num_ctx"
+                        "attention_sinks {sinks} and sliding_window {window} leave no block of {block} tokens \
+                         to evict in num_ctx {n_ctx}; the window must be 1 or more and sinks + window + {block} at most num_ctx"
                     ));
                 }
                 Overflow::Sinks { sinks, window }
             }
             (true, _, _) => {
-                return bad("context_shift and attention sinks are two ways past num_ctx;                             choose one"
-                    .into())
+                return bad(
+                    "context_shift and attention sinks are two ways past num_ctx; choose one"
+                        .into(),
+                )
             }
-            _ => {
-                return bad("attention_sinks and sliding_window go together; set both".into())
-            }
+            _ => return bad("attention_sinks and sliding_window go together; set both".into()),
         };
         Ok(policy)
     }
