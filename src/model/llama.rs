@@ -31,19 +31,13 @@ pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
     }
     let window = read_window(f, &arch)?;
     config.sliding_window = window;
-    let layers = (0..config.n_layers)
-        .map(|_| LayerSpec {
-            activation: Activation::Silu,
-            qk_norm: false,
-            qkv_bias: false,
-            post_norms: false,
-            mask: Mask::window(window),
-            local_rope: false,
-        })
-        .collect();
-    Ok(ModelSpec {
-        config,
-        layers,
-        embd_scale: None,
-    })
+    let layer = LayerSpec {
+        activation: Activation::Silu,
+        qk_norm: false,
+        qkv_bias: false,
+        post_norms: false,
+        mask: Mask::window(window),
+        local_rope: false,
+    };
+    Ok(ModelSpec::uniform(config, layer))
 }

@@ -11,19 +11,13 @@ use crate::Result;
 pub fn spec(f: &GgufFile) -> Result<ModelSpec> {
     let mut config = ModelConfig::read_common(f, "qwen3")?;
     config.rope_layout = RopeLayout::Neox;
-    let layers = (0..config.n_layers)
-        .map(|_| LayerSpec {
-            activation: Activation::Silu,
-            qk_norm: true,
-            qkv_bias: false,
-            post_norms: false,
-            mask: Mask::CAUSAL,
-            local_rope: false,
-        })
-        .collect();
-    Ok(ModelSpec {
-        config,
-        layers,
-        embd_scale: None,
-    })
+    let layer = LayerSpec {
+        activation: Activation::Silu,
+        qk_norm: true,
+        qkv_bias: false,
+        post_norms: false,
+        mask: Mask::CAUSAL,
+        local_rope: false,
+    };
+    Ok(ModelSpec::uniform(config, layer))
 }

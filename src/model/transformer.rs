@@ -44,6 +44,17 @@ pub struct ModelSpec {
     pub embd_scale: Option<f32>,
 }
 
+impl ModelSpec {
+    /// A model whose every layer is `layer`, embeddings unscaled (Llama, Qwen2, Qwen3).
+    pub fn uniform(config: ModelConfig, layer: LayerSpec) -> ModelSpec {
+        ModelSpec {
+            layers: vec![layer; config.n_layers],
+            config,
+            embd_scale: None,
+        }
+    }
+}
+
 /// One block's weights; `train/` reads them to run the same block on its tape.
 pub(crate) struct Layer<B: Backend> {
     pub(crate) spec: LayerSpec,
