@@ -3,7 +3,9 @@
 //! dropped); when the model adds BOS, each chunk's first token is replaced by BOS; each chunk
 //! is evaluated from an empty cache and only its second half is scored (positions `n_ctx/2 ..
 //! n_ctx-1` predicting the next token, `n_ctx/2 - 1` tokens a chunk), so every scored token
-//! sees at least `n_ctx/2` tokens of context.
+//! sees at least `n_ctx/2` tokens of context. Strided windows (`strided`) score instead the
+//! last `stride` tokens of windows that slide by `stride` from a fixed first scored token, so
+//! runs at two contexts score exactly the same tokens, each with as much context as it has.
 //!
 //! PPL = exp(mean NLL), with llama.cpp's standard error `PPL · sqrt((E[nll²] − E[nll]²) /
 //! (N − 1))`. Against a base model's distributions on the same tokens: mean KL(base ‖ model),
@@ -29,14 +31,37 @@ pub fn chunk_logits<B: Backend>(
     backend.read(&cache.forward(model, backend, ids, n_logits)?)
 }
 
-/// The ids of each chunk as evaluated: `ids` cut into `n_ctx` pieces (at most `max_chunks`),
-/// the first token of each replaced by `bos` when given.
+/// One evaluated window: its token ids (evaluated from an empty cache) and how many of its
+/// last tokens are scored, each predicted by the row before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub ids: Vec<u32>,
+    pub n_scored: usize,
+}
+
+impl Window {
+    /// Logit rows the window needs: one per scored token, plus the last position's (which
+    /// predicts past the window and is returned with the rest).
+    pub fn n_logit_rows(&self) -> usize {
+        self.n_scored + 1
+    }
+}
+
+fn with_bos(mut ids: Vec<u32>, bos: Option<u32>) -> Vec<u32> {
+    if let (Some(bos), Some(first)) = (bos, ids.first_mut()) {
+        *first = bos;
+    }
+    ids
+}
+
+/// llama-perplexity's chunks: `ids` cut into `n_ctx` pieces (at most `max_chunks`), the first
+/// token of each replaced by `bos` when given, the second half of each scored.
 pub fn chunks(
     ids: &[u32],
     n_ctx: usize,
     max_chunks: Option<usize>,
     bos: Option<u32>,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Vec<Window>> {
     if n_ctx < 4 {
         return Err(Error::Perplexity(format!(
             "a context of {n_ctx} tokens is too small (at least 4)"
@@ -51,20 +76,54 @@ pub fn chunks(
         )));
     }
     Ok((0..n_chunks)
-        .map(|c| {
-            let mut chunk = ids[c * n_ctx..(c + 1) * n_ctx].to_vec();
-            if let Some(bos) = bos {
-                chunk[0] = bos;
-            }
-            chunk
+        .map(|c| Window {
+            ids: with_bos(ids[c * n_ctx..(c + 1) * n_ctx].to_vec(), bos),
+            n_scored: n_ctx - 1 - n_ctx / 2,
         })
         .collect())
 }
 
-/// How many logit rows a chunk needs: positions `n_ctx/2 ..` (the last one predicts nothing
-/// but is returned with the rest).
-pub fn n_scored_rows(n_ctx: usize) -> usize {
-    n_ctx - n_ctx / 2
+/// Strided windows: window `k` ends at token `score_from + (k + 1)·stride` (exclusive),
+/// holds up to `n_ctx` tokens before that, first one replaced by `bos`, and scores its last
+/// `stride` tokens; so the scored tokens are `score_from ..` in order, whatever `n_ctx` is.
+/// `score_from` defaults to `n_ctx − stride` (the first window is whole).
+pub fn strided(
+    ids: &[u32],
+    n_ctx: usize,
+    stride: usize,
+    score_from: Option<usize>,
+    max_windows: Option<usize>,
+    bos: Option<u32>,
+) -> Result<Vec<Window>> {
+    if stride == 0 || stride >= n_ctx {
+        return Err(Error::Perplexity(format!(
+            "a stride of {stride} tokens must be at least 1 and below the context ({n_ctx})"
+        )));
+    }
+    let from = score_from.unwrap_or(n_ctx - stride);
+    if from == 0 {
+        return Err(Error::Perplexity(
+            "the first scored token must be at least 1 (token 0 has nothing before it)".into(),
+        ));
+    }
+    let n = (ids.len().saturating_sub(from) / stride).min(max_windows.unwrap_or(usize::MAX));
+    if n == 0 {
+        return Err(Error::Perplexity(format!(
+            "the text has {} tokens; scoring from token {from} in steps of {stride} needs at \
+             least {}: use a longer text, a smaller --score-from or a smaller --stride",
+            ids.len(),
+            from + stride
+        )));
+    }
+    Ok((0..n)
+        .map(|k| {
+            let end = from + (k + 1) * stride;
+            Window {
+                ids: with_bos(ids[end.saturating_sub(n_ctx)..end].to_vec(), bos),
+                n_scored: stride,
+            }
+        })
+        .collect())
 }
 
 /// `log Σ exp(row)`, in f64 around the max.
@@ -96,16 +155,17 @@ pub struct TokenScore {
     pub kl: Option<(f64, bool)>,
 }
 
-/// Scores one chunk from its logit rows (`n_scored_rows` of them, positions `n_ctx/2 ..`),
-/// and the base model's rows for the same positions when comparing.
-pub fn score_chunk(
-    chunk: &[u32],
+/// Scores one window from its logit rows (`n_logit_rows` of them, the window's last), and
+/// the base model's rows for the same positions when comparing.
+pub fn score_window(
+    window: &Window,
     logits: &[f32],
     base: Option<&[f32]>,
     n_vocab: usize,
 ) -> Vec<TokenScore> {
-    let first = chunk.len() / 2;
-    let n = chunk.len() - 1 - first;
+    let chunk = &window.ids;
+    let n = window.n_scored;
+    let first = chunk.len() - 1 - n;
     (0..n)
         .map(|j| {
             let row = &logits[j * n_vocab..(j + 1) * n_vocab];
@@ -197,7 +257,7 @@ pub fn evaluate<B: Backend>(
     backend: &B,
     model: &Model<B>,
     base: Option<&Model<B>>,
-    chunks: &[Vec<u32>],
+    chunks: &[Window],
     kv_types: (KvType, KvType),
     mut progress: impl FnMut(usize, usize, &Report),
 ) -> Result<Report> {
@@ -212,13 +272,18 @@ pub fn evaluate<B: Backend>(
     }
     let mut scores = Vec::new();
     for (c, chunk) in chunks.iter().enumerate() {
-        let rows = n_scored_rows(chunk.len());
-        let logits = chunk_logits(backend, model, chunk, rows, kv_types.0)?;
+        let rows = chunk.n_logit_rows();
+        let logits = chunk_logits(backend, model, &chunk.ids, rows, kv_types.0)?;
         let base_logits = match base {
-            Some(b) => Some(chunk_logits(backend, b, chunk, rows, kv_types.1)?),
+            Some(b) => Some(chunk_logits(backend, b, &chunk.ids, rows, kv_types.1)?),
             None => None,
         };
-        scores.extend(score_chunk(chunk, &logits, base_logits.as_deref(), n_vocab));
+        scores.extend(score_window(
+            chunk,
+            &logits,
+            base_logits.as_deref(),
+            n_vocab,
+        ));
         progress(c + 1, chunks.len(), &report(&scores, c + 1));
     }
     Ok(report(&scores, chunks.len()))

@@ -74,20 +74,99 @@ fn chunks_follow_llama_perplexity() {
     let ids: Vec<u32> = (0..1000).collect();
     let c = perplexity::chunks(&ids, 256, None, None).unwrap();
     assert_eq!(c.len(), 3, "the partial last chunk is dropped");
-    assert_eq!(c[1], (256..512).collect::<Vec<u32>>());
+    assert_eq!(c[1].ids, (256..512).collect::<Vec<u32>>());
+    assert_eq!(
+        c[1].n_scored, 127,
+        "the second half predicts its next tokens"
+    );
     let c = perplexity::chunks(&ids, 256, Some(2), Some(7)).unwrap();
     assert_eq!(c.len(), 2);
     assert_eq!(
-        (c[0][0], c[0][1], c[1][0], c[1][1]),
+        (c[0].ids[0], c[0].ids[1], c[1].ids[0], c[1].ids[1]),
         (7, 1, 7, 257),
         "BOS replaces each first token"
     );
-    assert_eq!(perplexity::n_scored_rows(512), 256);
+    assert_eq!(c[0].n_logit_rows(), 128);
     let e = perplexity::chunks(&ids, 2000, None, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("fewer than one chunk"), "{e}");
     assert!(perplexity::chunks(&ids, 2, None, None).is_err());
+}
+
+/// Strided windows end `stride` apart from the first scored token whatever the context, so
+/// two contexts score the same tokens; each holds up to `n_ctx` tokens before its end.
+#[test]
+fn strided_windows_score_the_same_tokens_at_any_context() {
+    let ids: Vec<u32> = (0..1000).collect();
+    let scored = |w: &[perplexity::Window]| -> Vec<u32> {
+        w.iter()
+            .flat_map(|w| w.ids[w.ids.len() - w.n_scored..].to_vec())
+            .collect()
+    };
+    let small = perplexity::strided(&ids, 64, 16, Some(300), None, None).unwrap();
+    let large = perplexity::strided(&ids, 512, 16, Some(300), None, None).unwrap();
+    assert_eq!(small.len(), 43, "(1000 - 300) / 16 whole windows");
+    assert_eq!(scored(&small), (300..988).collect::<Vec<u32>>());
+    assert_eq!(scored(&small), scored(&large));
+    assert_eq!(small[0].ids, (252..316).collect::<Vec<u32>>());
+    assert_eq!(
+        large[0].ids,
+        (0..316).collect::<Vec<u32>>(),
+        "clipped at the text's start"
+    );
+    let w = perplexity::strided(&ids, 64, 16, None, Some(2), Some(7)).unwrap();
+    assert_eq!(
+        (w.len(), w[0].ids.len(), w[0].ids[0], w[1].ids[1]),
+        (2, 64, 7, 17)
+    );
+    for bad in [
+        perplexity::strided(&ids, 64, 64, None, None, None),
+        perplexity::strided(&ids, 64, 0, None, None, None),
+        perplexity::strided(&ids, 64, 16, Some(0), None, None),
+        perplexity::strided(&ids, 64, 16, Some(990), None, None),
+    ] {
+        assert!(bad.is_err());
+    }
+}
+
+/// With a context longer than the text, every strided window starts at token 0, so its scores
+/// are those of one causal pass over the whole text at the scored positions.
+#[test]
+fn strided_scores_match_one_whole_pass() {
+    let (backend, model) = load(&data("nano/nano-llama.gguf"));
+    let n_vocab = model.config.n_vocab;
+    let ids: Vec<u32> = (0..200u32)
+        .map(|i| (i * 7919 + 13) % n_vocab as u32)
+        .collect();
+    let windows = perplexity::strided(&ids, 256, 30, Some(50), None, None).unwrap();
+    let got = perplexity::evaluate(
+        &backend,
+        &model,
+        None,
+        &windows,
+        (KvType::F32, KvType::F32),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let all = perplexity::chunk_logits(&backend, &model, &ids, ids.len(), KvType::F32).unwrap();
+    let nll: Vec<f64> = (49..199)
+        .map(|pos| {
+            let row = &all[pos * n_vocab..(pos + 1) * n_vocab];
+            let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let z: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+            m + z.ln() - row[ids[pos + 1] as usize] as f64
+        })
+        .collect();
+    assert_eq!(got.n_tokens, 150);
+    let want = (nll.iter().sum::<f64>() / 150.0).exp();
+    // The windows and the whole pass run different batch shapes through the same f32 kernels:
+    // only float summation order differs.
+    assert!(
+        (got.ppl - want).abs() < 1e-4 * want,
+        "{} vs {want}",
+        got.ppl
+    );
 }
 
 /// PPL, its standard error and the KL figures from `evaluate` against the same quantities
@@ -136,6 +215,7 @@ fn evaluate_matches_a_hand_computation() {
     };
     let top = |row: &[f64]| (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b });
     for chunk in &chunks {
+        let chunk = &chunk.ids;
         let all = perplexity::chunk_logits(&backend, &model, chunk, n_ctx, KvType::F32).unwrap();
         let all_b = perplexity::chunk_logits(&backend, &base, chunk, n_ctx, KvType::F32).unwrap();
         for pos in n_ctx / 2..n_ctx - 1 {
@@ -203,13 +283,16 @@ fn a_model_against_itself_has_zero_divergence() {
 #[test]
 fn score_chunk_on_known_rows() {
     let n_vocab = 4;
-    let chunk = [0u32, 1, 2, 3];
+    let chunk = perplexity::Window {
+        ids: vec![0, 1, 2, 3],
+        n_scored: 1,
+    };
     // Rows for positions 2 and 3; position 2 predicts token 3.
     let logits = [0.0f32, 0.0, 0.0, 1000.0, 0.0, 0.0, 0.0, 0.0];
-    let s = perplexity::score_chunk(&chunk, &logits, None, n_vocab);
+    let s = perplexity::score_window(&chunk, &logits, None, n_vocab);
     assert_eq!(s, vec![TokenScore { nll: 0.0, kl: None }]);
     let uniform = [0.0f32; 8];
-    let s = perplexity::score_chunk(&chunk, &uniform, None, n_vocab);
+    let s = perplexity::score_window(&chunk, &uniform, None, n_vocab);
     assert!((s[0].nll - 4f64.ln()).abs() < 1e-12);
 }
 

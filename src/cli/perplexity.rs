@@ -25,6 +25,7 @@ use super::{Globals, PlacementArgs};
     hearth perplexity smollm2 genesis.txt --ctx 512 --chunks 20\n  \
     hearth perplexity smollm2:int4 genesis.txt --kl-base smollm2:f16 --json\n  \
     hearth perplexity smollm2 genesis.txt --device gpu\n  \
+    hearth perplexity gemma3:270m genesis.txt --ctx 4096 --stride 512 --score-from 4096\n  \
     hearth perplexity smollm2 long.txt --ctx 4096 --kv-cache-type q8_0 --kl-base smollm2 \
     --kl-base-kv-cache-type f16")]
 pub struct PerplexityArgs {
@@ -38,6 +39,14 @@ pub struct PerplexityArgs {
     /// Score at most this many chunks (default: all whole chunks of the text)
     #[arg(long)]
     chunks: Option<usize>,
+    /// Score the last N tokens of windows of --ctx tokens that slide by N (each scored token
+    /// sees at least ctx − N tokens before it) instead of the second half of whole chunks
+    #[arg(long, value_name = "N")]
+    stride: Option<usize>,
+    /// With --stride: the first scored token (default ctx − stride). The same value at two
+    /// --ctx sizes scores the same tokens, so their perplexities compare like for like
+    #[arg(long, value_name = "TOKEN", requires = "stride")]
+    score_from: Option<usize>,
     /// Also report KL divergence and top-1 agreement against this model's distributions
     #[arg(long, value_name = "MODEL")]
     kl_base: Option<String>,
@@ -58,6 +67,8 @@ pub struct PerplexityCommand {
     text: String,
     n_ctx: usize,
     chunks: Option<usize>,
+    stride: Option<usize>,
+    score_from: Option<usize>,
     json: bool,
     /// Device, threads, exactness; the KV cache is f32 with `--exact`.
     load: LoadOptions,
@@ -90,6 +101,8 @@ impl PerplexityArgs {
             text,
             n_ctx: self.n_ctx,
             chunks: self.chunks,
+            stride: self.stride,
+            score_from: self.score_from,
             json: self.json,
             load,
             base_kv_type,
@@ -126,7 +139,12 @@ impl WithBackend for Evaluate<'_> {
         };
         let ids = tokenizer.encode(&cmd.text, tokenizer.add_bos())?;
         let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos());
-        let chunks = perplexity::chunks(&ids, cmd.n_ctx, cmd.chunks, bos)?;
+        let chunks = match cmd.stride {
+            Some(stride) => {
+                perplexity::strided(&ids, cmd.n_ctx, stride, cmd.score_from, cmd.chunks, bos)?
+            }
+            None => perplexity::chunks(&ids, cmd.n_ctx, cmd.chunks, bos)?,
+        };
         if cmd.n_ctx > model.config.n_ctx_train.max(1) {
             eprintln!(
                 "note: --ctx {} is longer than the model's training context {}",
@@ -167,6 +185,8 @@ fn print_report(r: &Report, cmd: &PerplexityCommand, n_text_tokens: usize, secs:
             "n_chunks": r.n_chunks,
             "n_scored_tokens": r.n_tokens,
             "n_text_tokens": n_text_tokens,
+            "stride": cmd.stride,
+            "score_from": cmd.stride.map(|s| cmd.score_from.unwrap_or(cmd.n_ctx - s)),
             "seconds": secs,
             "tokens_per_second": tokens_per_s,
             "exact": cmd.load.exact,
@@ -186,8 +206,19 @@ fn print_report(r: &Report, cmd: &PerplexityCommand, n_text_tokens: usize, secs:
         return;
     }
     println!(
-        "PPL = {:.4} ± {:.4} ({} chunks of {}, {} scored tokens, {:.1} s, {:.0} tokens/s)",
-        r.ppl, r.ppl_stderr, r.n_chunks, cmd.n_ctx, r.n_tokens, secs, tokens_per_s
+        "PPL = {:.4} ± {:.4} ({} {} of {}, {} scored tokens, {:.1} s, {:.0} tokens/s)",
+        r.ppl,
+        r.ppl_stderr,
+        r.n_chunks,
+        if cmd.stride.is_some() {
+            "windows"
+        } else {
+            "chunks"
+        },
+        cmd.n_ctx,
+        r.n_tokens,
+        secs,
+        tokens_per_s
     );
     if let Some(kl) = &r.kl {
         println!(
