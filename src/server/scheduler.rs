@@ -64,11 +64,14 @@ pub struct EmbedRequest {
 
 /// What the scheduler thread is handed.
 enum Job {
-    Generate(Request),
+    Generate(Box<Request>),
     Embed(EmbedRequest),
     /// Registers a LoRA set with the runner (between two steps) and answers its id.
     AddLora(LoraJob),
 }
+
+/// The LoRA sets a runner holds, by the adapter files they were read from.
+type LoraSets = Arc<std::sync::Mutex<Vec<(Vec<AdapterSpec>, AdapterSet)>>>;
 
 type LoraJob = (
     Vec<(crate::train::lora::Lora, f32)>,
@@ -118,7 +121,7 @@ pub struct Scheduler {
     limits: Limits,
     pub stats: Arc<Stats>,
     /// The LoRA sets added to the runner, by the adapter files they were read from.
-    lora_sets: Arc<std::sync::Mutex<Vec<(Vec<AdapterSpec>, AdapterSet)>>>,
+    lora_sets: LoraSets,
     /// Set when the server shuts down: running and waiting requests end with an error.
     stop: Arc<AtomicBool>,
 }
@@ -194,7 +197,7 @@ impl Scheduler {
 
     /// Queues `request`; `Err(QueueFull)` when the queue is full (nothing was queued).
     pub fn submit(&self, request: Request) -> std::result::Result<(), QueueFull> {
-        self.submit_job(Job::Generate(request))
+        self.submit_job(Job::Generate(Box::new(request)))
     }
 
     /// The LoRA set of the adapter files `specs` (for an `arch` model) on this model's
@@ -256,7 +259,11 @@ impl Scheduler {
         // Wakes the thread if it waits for work, so it sees the flag (counted as any
         // request, and ended as one).
         self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
-        if self.requests.send(Job::Generate(Request::wake())).is_err() {
+        if self
+            .requests
+            .send(Job::Generate(Box::new(Request::wake())))
+            .is_err()
+        {
             self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -380,7 +387,7 @@ fn take(
     embeds: &mut VecDeque<EmbedRequest>,
 ) {
     match job {
-        Job::Generate(r) => waiting.push_back(r),
+        Job::Generate(r) => waiting.push_back(*r),
         Job::Embed(e) => embeds.push_back(e),
         Job::AddLora((adapters, reply)) => {
             let _ = reply.send(runner.add_lora_set(&adapters));
