@@ -153,20 +153,7 @@ pub fn apply_adapters<B: Backend>(
 ) -> Result<()> {
     use crate::train::method::Method;
     for spec in adapters {
-        let method = crate::train::adapter_file::load_method(&spec.path)?;
-        let arch = gguf.architecture()?;
-        let file_arch = match &method {
-            Method::Lora(l) => l.arch.as_deref(),
-            Method::Prefix(p) => p.arch.as_deref(),
-            Method::Bottleneck(b) => b.arch.as_deref(),
-        };
-        if let Some(a) = file_arch.filter(|&a| a != arch) {
-            return Err(crate::Error::Train(format!(
-                "{}: an adapter for {a}, not for this {arch} model",
-                spec.path.display()
-            )));
-        }
-        match &method {
+        match &load_adapter(gguf.architecture()?, spec)? {
             Method::Lora(lora) => {
                 let scale = lora.config.scale() * spec.scale;
                 for p in &lora.pairs {
@@ -200,6 +187,50 @@ pub fn apply_adapters<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// Reads the adapter file `spec` names and checks it is for an `arch` model.
+fn load_adapter(arch: &str, spec: &AdapterSpec) -> Result<crate::train::method::Method> {
+    use crate::train::method::Method;
+    let method = crate::train::adapter_file::load_method(&spec.path)?;
+    let file_arch = match &method {
+        Method::Lora(l) => l.arch.as_deref(),
+        Method::Prefix(p) => p.arch.as_deref(),
+        Method::Bottleneck(b) => b.arch.as_deref(),
+    };
+    if let Some(a) = file_arch.filter(|&a| a != arch) {
+        return Err(crate::Error::Train(format!(
+            "{}: an adapter for {a}, not for this {arch} model",
+            spec.path.display()
+        )));
+    }
+    Ok(method)
+}
+
+/// Reads LoRA adapters for an `arch` model as a `Runner::add_lora_set` takes them (each with
+/// its `spec.scale`). A prefix or bottleneck adapter is refused: it changes every sequence of
+/// an engine, so it is loaded into one of its own (`LoadOptions::adapters`).
+pub fn load_lora_set(
+    arch: &str,
+    specs: &[AdapterSpec],
+) -> Result<Vec<(crate::train::lora::Lora, f32)>> {
+    specs
+        .iter()
+        .map(|spec| match load_adapter(arch, spec)? {
+            crate::train::method::Method::Lora(l) => Ok((l, spec.scale)),
+            _ => Err(crate::Error::Train(format!(
+                "{}: only LoRA adapters can be chosen per sequence; a prefix or bottleneck \
+                 adapter needs an engine of its own (load it with the model)",
+                spec.path.display()
+            ))),
+        })
+        .collect()
+}
+
+/// Whether the adapter file at `path` is a LoRA (reads its metadata only).
+pub fn is_lora_file(path: &Path) -> Result<bool> {
+    let f = GgufFile::open(path)?;
+    Ok(f.get_str("adapter.type").is_ok_and(|t| t == "lora"))
 }
 
 pub struct Engine {

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::runtime::{Event, Pooling, Runtime, Sequence};
+use crate::runtime::{AdapterSet, Event, Pooling, Runtime, Sequence};
+use crate::train::lora::Lora;
 use crate::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +57,16 @@ pub trait Runner: Send {
     fn start(&mut self, seq: &mut Sequence);
     fn step(&mut self, seqs: &mut [&mut Sequence]) -> Result<Vec<(usize, Event)>>;
     fn finish(&mut self, seq: &mut Sequence);
-    /// One L2-normalised embedding per input (`Runtime::embed`); only between steps.
-    fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>>;
+    /// One L2-normalised embedding per input, run with the LoRA set `adapter`
+    /// (`Runtime::embed_with`); only between steps.
+    fn embed(
+        &mut self,
+        adapter: AdapterSet,
+        inputs: &[Vec<u32>],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>>;
+    /// A LoRA set sequences may choose (`Runtime::add_lora_set`).
+    fn add_lora_set(&mut self, adapters: &[(Lora, f32)]) -> Result<AdapterSet>;
 }
 
 impl<B: Backend + 'static> Runner for Runtime<B>
@@ -93,8 +102,16 @@ where
     fn finish(&mut self, seq: &mut Sequence) {
         Runtime::finish(self, seq)
     }
-    fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
-        Runtime::embed(self, inputs, pooling)
+    fn embed(
+        &mut self,
+        adapter: AdapterSet,
+        inputs: &[Vec<u32>],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>> {
+        Runtime::embed_with(self, adapter, inputs, pooling)
+    }
+    fn add_lora_set(&mut self, adapters: &[(Lora, f32)]) -> Result<AdapterSet> {
+        Runtime::add_lora_set(self, adapters)
     }
 }
 

@@ -127,3 +127,45 @@ fn official_python_clients_work_unchanged() {
     };
     assert!(status.success(), "{status}");
 }
+
+/// The `ollama` client uploads a LoRA file (`create_blob`) and makes an adapter model from it
+/// (`create(from_=..., adapters=...)`), which then answers differently from its base.
+#[test]
+fn the_python_client_creates_an_adapter_model_from_an_uploaded_blob() {
+    let Some(python) = venv_python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    http::store_with(&models, &["nano"]);
+    let lora = super::server_adapters::nano_lora(dir.path(), "mybot-lora.gguf", 5);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .arg("serve")
+        .env("HEARTH_MODELS", &models)
+        .env("HEARTH_HOST", &addr)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _server = Server(child);
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(sock).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/server/adapters.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{addr}"))
+        .arg("nano")
+        .arg(&lora)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ok: "), "{stdout}");
+}

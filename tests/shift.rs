@@ -98,6 +98,7 @@ fn reference(
             ring_rows: None,
             n_single: usize::from(ids.len() == 1),
             logit_rows: &[ids.len() - 1],
+            lora: &[],
         };
         let logits = m.forward(b, &batch, cache).unwrap();
         b.argmax(&logits).unwrap()[0]

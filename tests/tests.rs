@@ -23,6 +23,7 @@ mod quantize;
 mod qwen;
 mod runtime;
 mod server;
+mod server_adapters;
 mod server_bad;
 mod server_embed;
 mod server_gen;

@@ -6,6 +6,8 @@
 //! cache by `Model::forward` for the virtual tokens a sequence starts with. Training
 //! (`train::`) uses the same names.
 
+use std::ops::Range;
+
 use crate::backend::{Backend, WeightSource};
 use crate::{Error, Result};
 
@@ -147,6 +149,50 @@ impl<B: Backend> LoraDelta<B> {
         })
     }
 
+    /// `apply` on the rows `runs` of `x` and `y` only (ascending, disjoint): they are gathered,
+    /// multiplied as a batch of their own (a row's result does not depend on the other rows,
+    /// `Backend::matmul_rows`; decode rows stay first) and added back in place.
+    fn apply_rows(
+        &self,
+        backend: &B,
+        x: &B::Tensor,
+        y: &mut B::Tensor,
+        n_single: usize,
+        runs: &[Range<usize>],
+    ) -> Result<()> {
+        let n = backend.shape(x).0;
+        if let [only] = runs {
+            if *only == (0..n) {
+                return self.apply(backend, x, y, n_single);
+            }
+        }
+        let m: usize = runs.iter().map(|r| r.len()).sum();
+        if m == 0 {
+            return Ok(());
+        }
+        let gather = |t: &B::Tensor| -> Result<B::Tensor> {
+            let mut g = backend.tensor(m, backend.shape(t).1)?;
+            let mut at = 0;
+            for r in runs {
+                backend.copy_rows(t, r.start, &mut g, at, r.len())?;
+                at += r.len();
+            }
+            Ok(g)
+        };
+        let (xs, mut ys) = (gather(x)?, gather(y)?);
+        let n_single_rows = runs
+            .iter()
+            .map(|r| r.end.min(n_single).saturating_sub(r.start))
+            .sum();
+        self.apply(backend, &xs, &mut ys, n_single_rows)?;
+        let mut at = 0;
+        for r in runs {
+            backend.copy_rows(&ys, at, y, r.start, r.len())?;
+            at += r.len();
+        }
+        Ok(())
+    }
+
     /// `y += scale · (x · Aᵀ) · Bᵀ`, the first `n_single` rows as decode rows.
     pub(crate) fn apply(
         &self,
@@ -162,6 +208,82 @@ impl<B: Backend> LoraDelta<B> {
         backend.matmul_rows(&h, &[&self.b], &mut [&mut d], n_single)?;
         backend.scale(&mut d, self.scale)?;
         backend.add_assign(y, &d)
+    }
+}
+
+/// LoRA adapters a runtime holds for the sequences that choose them (the server's models
+/// made with `ADAPTER` over one base): per layer of the model, its deltas. A batch applies a
+/// set only to its sequences' rows (`RowLora`); the base matmuls stay shared. Prefix and
+/// bottleneck adapters have no such form: they change a whole engine (`Model::set_prefix`,
+/// `add_bottleneck`).
+pub struct LoraSet<B: Backend> {
+    layers: Vec<Vec<LoraDelta<B>>>,
+}
+
+impl<B: Backend> LoraSet<B> {
+    /// An empty set for a model of config `c`.
+    pub fn new(c: &ModelConfig) -> Self {
+        LoraSet {
+            layers: (0..c.n_layers).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Adds a delta, as `Model::add_lora` does to the whole model.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        backend: &B,
+        c: &ModelConfig,
+        layer: usize,
+        target: Target,
+        rank: usize,
+        a: &[f32],
+        b: &[f32],
+        scale: f32,
+    ) -> Result<()> {
+        let delta = LoraDelta::new(backend, c, layer, target, rank, a, b, scale)?;
+        let slot = self.layers.get_mut(layer).ok_or_else(|| {
+            Error::Train(format!(
+                "adapter for layer {layer} of a model of {} layers",
+                c.n_layers
+            ))
+        })?;
+        slot.push(delta);
+        Ok(())
+    }
+}
+
+/// One `LoraSet` and the rows of a batch it applies to (ascending, disjoint runs).
+pub struct RowLora<'a, B: Backend> {
+    pub set: &'a LoraSet<B>,
+    pub rows: Vec<Range<usize>>,
+}
+
+/// The LoRA of one layer in one forward pass: the model's own deltas, on every row, and the
+/// batch's per-sequence sets, on their rows.
+pub(crate) struct LayerLora<'a, B: Backend> {
+    pub(crate) backend: &'a B,
+    /// The layer's number in the whole model.
+    pub(crate) layer: usize,
+    pub(crate) own: &'a [LoraDelta<B>],
+    pub(crate) sets: &'a [RowLora<'a, B>],
+    pub(crate) n_single: usize,
+}
+
+impl<B: Backend> LayerLora<'_, B> {
+    /// Adds every delta on `target` to `y = x · Wᵀ` (nothing without adapters).
+    pub(crate) fn apply(&self, target: Target, x: &B::Tensor, y: &mut B::Tensor) -> Result<()> {
+        let (b, n_single) = (self.backend, self.n_single);
+        for d in self.own.iter().filter(|d| d.target == target) {
+            d.apply(b, x, y, n_single)?;
+        }
+        for s in self.sets {
+            let deltas = s.set.layers.get(self.layer).map_or(&[][..], Vec::as_slice);
+            for d in deltas.iter().filter(|d| d.target == target) {
+                d.apply_rows(b, x, y, n_single, &s.rows)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@ use crate::gguf::GgufFile;
 use crate::runtime::KvCache;
 use crate::{Error, Result};
 
-use super::adapter::{BottleneckDelta, LoraDelta, Site, Target, VirtualKv};
+use super::adapter::{BottleneckDelta, LayerLora, LoraDelta, RowLora, Site, Target, VirtualKv};
 use super::config::ModelConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +95,8 @@ pub struct ForwardBatch<'a, B: Backend> {
     /// The same rows' cache slots in the sliding-window layers' rings, when the cache keeps
     /// rings (`KvCache::ring_rows`).
     pub ring_rows: Option<&'a B::Rows>,
+    /// Per-sequence LoRA: each set and its sequences' rows (none: the model alone).
+    pub lora: &'a [RowLora<'a, B>],
 }
 
 /// Which part of a model one backend holds: a range of layers, and whether the token
@@ -453,7 +455,8 @@ impl<B: Backend> Model<B> {
         check_batch(batch.tokens.len(), batch.logit_rows)?;
         let (mut x, virt) = self.embed_virtual(backend, batch.tokens)?;
         let rows = (batch.rows, batch.ring_rows);
-        self.run_layers(backend, &mut x, rows, batch.n_single, cache, &virt)?;
+        let extra = (&virt[..], batch.lora);
+        self.run_layers(backend, &mut x, rows, batch.n_single, cache, extra)?;
         self.head(backend, x, batch.logit_rows, batch.n_single)
     }
 
@@ -469,7 +472,8 @@ impl<B: Backend> Model<B> {
         check_batch(batch.tokens.len(), batch.logit_rows)?;
         let (mut x, virt) = self.embed_virtual(backend, batch.tokens)?;
         let rows = (batch.rows, batch.ring_rows);
-        self.run_layers(backend, &mut x, rows, batch.n_single, cache, &virt)?;
+        let extra = (&virt[..], batch.lora);
+        self.run_layers(backend, &mut x, rows, batch.n_single, cache, extra)?;
         self.final_norm(backend, x, batch.logit_rows)
     }
 
@@ -558,11 +562,11 @@ impl<B: Backend> Model<B> {
         n_single: usize,
         cache: &mut KvCache<B>,
     ) -> Result<()> {
-        self.run_layers(backend, x, (rows, ring_rows), n_single, cache, &[])
+        self.run_layers(backend, x, (rows, ring_rows), n_single, cache, (&[], &[]))
     }
 
     /// `forward_layers`, with the keys and values of the rows of `virt` replaced by the
-    /// prefix's before they are cached.
+    /// prefix's before they are cached, and the per-sequence LoRA `sets` on their rows.
     fn run_layers(
         &self,
         backend: &B,
@@ -570,7 +574,7 @@ impl<B: Backend> Model<B> {
         (rows, ring_rows): (&B::Rows, Option<&B::Rows>),
         n_single: usize,
         cache: &mut KvCache<B>,
-        virt: &[VirtualRun],
+        (virt, sets): (&[VirtualRun], &[RowLora<'_, B>]),
     ) -> Result<()> {
         let c = &self.config;
         let n = backend.shape(x).0;
@@ -593,6 +597,13 @@ impl<B: Backend> Model<B> {
             layout: c.rope_layout,
         };
         for (il, l) in self.layers.iter().enumerate() {
+            let lora = LayerLora {
+                backend,
+                layer: self.part.layers.start + il,
+                own: &l.lora,
+                sets,
+                n_single,
+            };
             // Attention.
             backend.rms_norm(x, &l.attn_norm, c.rms_eps, &mut cur)?;
             backend.matmul_rows(
@@ -601,9 +612,9 @@ impl<B: Backend> Model<B> {
                 &mut [&mut q, &mut k, &mut v],
                 n_single,
             )?;
-            lora(backend, l, Target::Q, &cur, &mut q, n_single)?;
-            lora(backend, l, Target::K, &cur, &mut k, n_single)?;
-            lora(backend, l, Target::V, &cur, &mut v, n_single)?;
+            lora.apply(Target::Q, &cur, &mut q)?;
+            lora.apply(Target::K, &cur, &mut k)?;
+            lora.apply(Target::V, &cur, &mut v)?;
             for (b, y) in [
                 (&l.attn_q_bias, &mut q),
                 (&l.attn_k_bias, &mut k),
@@ -646,7 +657,7 @@ impl<B: Backend> Model<B> {
             };
             backend.attention(&q, k_cache, v_cache, kv_rows, &attn, &mut kqv)?;
             backend.matmul_rows(&kqv, &[&l.attn_output], &mut [&mut out], n_single)?;
-            lora(backend, l, Target::O, &kqv, &mut out, n_single)?;
+            lora.apply(Target::O, &kqv, &mut out)?;
             self.residual(
                 backend,
                 x,
@@ -664,14 +675,14 @@ impl<B: Backend> Model<B> {
                 &mut [&mut gate, &mut up],
                 n_single,
             )?;
-            lora(backend, l, Target::Gate, &cur, &mut gate, n_single)?;
-            lora(backend, l, Target::Up, &cur, &mut up, n_single)?;
+            lora.apply(Target::Gate, &cur, &mut gate)?;
+            lora.apply(Target::Up, &cur, &mut up)?;
             match l.spec.activation {
                 Activation::Silu => backend.silu_mul(&gate, &up, &mut act)?,
                 Activation::GeluTanh => backend.gelu_mul(&gate, &up, &mut act)?,
             }
             backend.matmul_rows(&act, &[&l.ffn_down], &mut [&mut out], n_single)?;
-            lora(backend, l, Target::Down, &act, &mut out, n_single)?;
+            lora.apply(Target::Down, &act, &mut out)?;
             self.residual(
                 backend,
                 x,
@@ -756,21 +767,6 @@ struct VirtualRun {
     row: usize,
     j: usize,
     len: usize,
-}
-
-/// Adds the LoRA deltas of `target` in layer `l` to `y = x · Wᵀ` (nothing without adapters).
-fn lora<B: Backend>(
-    backend: &B,
-    l: &Layer<B>,
-    target: Target,
-    x: &B::Tensor,
-    y: &mut B::Tensor,
-    n_single: usize,
-) -> Result<()> {
-    for d in l.lora.iter().filter(|d| d.target == target) {
-        d.apply(backend, x, y, n_single)?;
-    }
-    Ok(())
 }
 
 /// A batch of `n` rows asking logits of `logit_rows`: at least one, each a row of the batch.

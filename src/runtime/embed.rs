@@ -8,7 +8,7 @@ use crate::gguf::GgufFile;
 use crate::model::ForwardBatch;
 use crate::{Error, Result};
 
-use super::{BlockTable, Runtime, BLOCK_SIZE};
+use super::{AdapterSet, BlockTable, Runtime, BLOCK_SIZE};
 
 /// How the token vectors of an input become one vector (`<arch>.pooling_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,13 +45,23 @@ impl<B: Backend> Runtime<B> {
     /// One L2-normalised vector per input (each non-empty and within the cache), pooled
     /// with `pooling`. Inputs go `GROUP` at a time, each read in prompt chunks.
     pub fn embed(&mut self, inputs: &[Vec<u32>], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
+        self.embed_with(AdapterSet::NONE, inputs, pooling)
+    }
+
+    /// `embed`, run with the LoRA set `adapter` (`add_lora_set`).
+    pub fn embed_with(
+        &mut self,
+        adapter: AdapterSet,
+        inputs: &[Vec<u32>],
+        pooling: Pooling,
+    ) -> Result<Vec<Vec<f32>>> {
         let d = self.model.config.n_embd;
         let mut out = Vec::with_capacity(inputs.len());
         // A cache with rings holds as many inputs at once as it has rings.
         let group_len = self.cache.ring().map_or(GROUP, |r| r.n_seqs.min(GROUP));
         for group in inputs.chunks(group_len) {
             let mut sums = vec![vec![0f64; d]; group.len()];
-            self.run_hidden(group, &mut |i, pos, row| {
+            self.run_hidden(adapter, group, &mut |i, pos, row| {
                 let take = match pooling {
                     Pooling::Mean => true,
                     Pooling::Cls => pos == 0,
@@ -82,6 +92,7 @@ impl<B: Backend> Runtime<B> {
         };
         let chunk = std::mem::replace(&mut self.prefill_chunk, whole);
         let result = self.run_hidden(
+            AdapterSet::NONE,
             std::slice::from_ref(&tokens.to_vec()),
             &mut |_, pos, row| {
                 all[pos * d..(pos + 1) * d].copy_from_slice(row);
@@ -95,6 +106,7 @@ impl<B: Backend> Runtime<B> {
     /// each token's hidden state to `on_row(input, position, row)`.
     fn run_hidden(
         &mut self,
+        adapter: AdapterSet,
         inputs: &[Vec<u32>],
         on_row: &mut dyn FnMut(usize, usize, &[f32]),
     ) -> Result<()> {
@@ -105,7 +117,7 @@ impl<B: Backend> Runtime<B> {
             });
         }
         let mut tables: Vec<BlockTable> = inputs.iter().map(|_| BlockTable::default()).collect();
-        let result = self.run_hidden_in(inputs, &mut tables, on_row);
+        let result = self.run_hidden_in(adapter, inputs, &mut tables, on_row);
         for t in tables {
             self.release_table(t);
         }
@@ -114,6 +126,7 @@ impl<B: Backend> Runtime<B> {
 
     fn run_hidden_in(
         &mut self,
+        adapter: AdapterSet,
         inputs: &[Vec<u32>],
         tables: &mut [BlockTable],
         on_row: &mut dyn FnMut(usize, usize, &[f32]),
@@ -149,6 +162,7 @@ impl<B: Backend> Runtime<B> {
                 .collect();
             let ring_rows = self.cache.ring_rows(&*self.backend, &ring_seqs)?;
             let all_rows: Vec<usize> = (0..tokens.len()).collect();
+            let lora = super::row_lora(&self.lora_sets, [(adapter, tokens.len())].into_iter())?;
             let batch = ForwardBatch {
                 tokens: &tokens,
                 rows: &rows,
@@ -156,6 +170,7 @@ impl<B: Backend> Runtime<B> {
                 n_single: 0,
                 logit_rows: &all_rows,
                 ring_rows: ring_rows.as_ref(),
+                lora: &lora,
             };
             let hidden = self
                 .model

@@ -17,14 +17,18 @@ pub mod stages;
 pub use blocks::{BlockPool, PrefixId, ROOT};
 pub use embed::{embed_cache_need, Pooling};
 pub use kv_cache::{ring_blocks, KvCache, Ring, BLOCK_SIZE};
-pub use sequence::{BlockTable, Event, Overflow, Sequence, TokenLogprob, DEFAULT_NUM_KEEP};
+pub use sequence::{
+    AdapterSet, BlockTable, Event, Overflow, Sequence, TokenLogprob, DEFAULT_NUM_KEEP,
+};
 pub use stages::{BackendStage, Stage, Stages};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::backend::{Backend, BatchRows, KvType, SeqRows};
+use crate::model::adapter::{LoraSet, RowLora};
 use crate::model::{ForwardBatch, Model};
+use crate::train::lora::Lora;
 use crate::{Error, Result};
 
 /// Prompt tokens of one sequence evaluated per forward pass: bounds a step's activations and
@@ -50,9 +54,12 @@ pub struct Runtime<B: Backend> {
     n_seqs: usize,
     /// Free ring slots, when the cache keeps rings (`KvCache::ring`).
     free_rings: Vec<u32>,
+    /// LoRA sets sequences may choose: set `n` is `lora_sets[n - 1]` (`add_lora_set`).
+    lora_sets: Vec<LoraSet<B>>,
 }
 
 struct Parked {
+    adapter: AdapterSet,
     /// The tokens whose keys and values the blocks hold.
     tokens: Vec<u32>,
     table: BlockTable,
@@ -78,6 +85,7 @@ impl<B: Backend> Runtime<B> {
             prefill_chunk: PREFILL_CHUNK,
             n_seqs: 1,
             free_rings,
+            lora_sets: Vec::new(),
         })
     }
 
@@ -103,6 +111,24 @@ impl<B: Backend> Runtime<B> {
         }
         self.n_seqs = n_seqs;
         self.rebuild(self.blocks.n_blocks())
+    }
+
+    /// Makes `adapters` (LoRA, each with its multiplier of `alpha / rank`) a set that
+    /// sequences can choose (`Sequence::set_adapter`): the base weights stay shared, and a
+    /// batch applies the set's deltas to its sequences' rows only. Sets stay for the
+    /// runtime's life.
+    pub fn add_lora_set(&mut self, adapters: &[(Lora, f32)]) -> Result<AdapterSet> {
+        let c = &self.model.config;
+        let mut set = LoraSet::new(c);
+        for (lora, scale) in adapters {
+            let (rank, scale) = (lora.config.rank, lora.config.scale() * scale);
+            for p in &lora.pairs {
+                let b = &*self.backend;
+                set.add(b, c, p.layer, p.target, rank, &p.a, &p.b, scale)?;
+            }
+        }
+        self.lora_sets.push(set);
+        Ok(AdapterSet(self.lora_sets.len() as u32))
     }
 
     pub fn backend(&self) -> &Arc<B> {
@@ -175,12 +201,13 @@ impl<B: Backend> Runtime<B> {
         if let Some(ring) = self.cache.ring() {
             return self.start_ringed(seq, ring);
         }
-        let (table, n) = self.match_blocks(seq.cache_tokens());
+        let (table, n) = self.match_blocks(seq.cache_tokens(), seq.adapter());
         let limit = seq.cache_tokens().len() - 1;
         let best = self
             .parked
             .iter()
             .enumerate()
+            .filter(|(_, p)| p.adapter == seq.adapter())
             .map(|(i, p)| (i, common_prefix(&p.tokens, seq.cache_tokens()).min(limit)))
             .max_by_key(|&(_, n)| n);
         let (table, n) = match best {
@@ -208,6 +235,7 @@ impl<B: Backend> Runtime<B> {
             .parked
             .iter()
             .enumerate()
+            .filter(|(_, p)| p.adapter == seq.adapter())
             .map(|(i, p)| (i, common_prefix(&p.tokens, seq.cache_tokens()).min(limit)))
             .filter(|&(i, n)| n > 0 && ring.holds(self.parked[i].tokens.len(), n))
             .max_by_key(|&(_, n)| n);
@@ -243,10 +271,11 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
-    /// References the cached whole blocks `tokens` starts with (never its last token).
-    fn match_blocks(&mut self, tokens: &[u32]) -> (BlockTable, usize) {
+    /// References the cached whole blocks `tokens` starts with (never its last token) that
+    /// were computed with the LoRA set `adapter`.
+    fn match_blocks(&mut self, tokens: &[u32], adapter: AdapterSet) -> (BlockTable, usize) {
         let shareable = (tokens.len() - 1) / BLOCK_SIZE;
-        let mut parent = ROOT;
+        let mut parent = root(adapter);
         let mut table = BlockTable::default();
         for chunk in tokens.chunks_exact(BLOCK_SIZE).take(shareable) {
             match self.blocks.lookup(parent, chunk) {
@@ -271,6 +300,7 @@ impl<B: Backend> Runtime<B> {
             return self.release_table(table);
         }
         self.parked.push_back(Parked {
+            adapter: seq.adapter(),
             tokens: seq.cache_tokens()[..n].to_vec(),
             table,
         });
@@ -289,7 +319,11 @@ impl<B: Backend> Runtime<B> {
         let mut order: Vec<usize> = (0..seqs.len())
             .filter(|&i| seqs[i].done().is_none() && !seqs[i].pending().is_empty())
             .collect();
-        order.sort_by_key(|&i| !(seqs[i].is_decoding() && seqs[i].pending().len() == 1));
+        // Each LoRA set's rows together within each kind (fewer runs to gather).
+        order.sort_by_key(|&i| {
+            let single = seqs[i].is_decoding() && seqs[i].pending().len() == 1;
+            (!single, seqs[i].adapter())
+        });
         if order.is_empty() {
             return Ok(Vec::new());
         }
@@ -335,12 +369,15 @@ impl<B: Backend> Runtime<B> {
             .map(|(&(i, _, _), t)| (seqs[i].table.ring, *t))
             .collect();
         let ring_rows = self.cache.ring_rows(&*self.backend, &ring_seqs)?;
+        let sets = parts.iter().map(|&(i, _, n)| (seqs[i].adapter(), n));
+        let lora = row_lora(&self.lora_sets, sets)?;
         let batch = ForwardBatch {
             tokens: &tokens,
             rows: &rows,
             n_single,
             logit_rows: &logit_rows,
             ring_rows: ring_rows.as_ref(),
+            lora: &lora,
         };
         let logits = self.model.forward(&self.backend, &batch, &mut self.cache)?;
         for &(i, _, n) in &parts {
@@ -520,7 +557,8 @@ impl<B: Backend> Runtime<B> {
         let n_full = seq.n_exact() / BLOCK_SIZE;
         while seq.table.ids.len() < n_full {
             let i = seq.table.ids.len();
-            let parent = seq.table.ids.last().copied().unwrap_or(ROOT);
+            let parent = seq.table.ids.last().copied();
+            let parent = parent.unwrap_or_else(|| root(seq.adapter()));
             let chunk = &seq.cache_tokens()[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE];
             let id = self.blocks.register(seq.table.blocks[i], parent, chunk);
             seq.table.ids.push(id);
@@ -547,6 +585,49 @@ fn new_cache<B: Backend>(
 fn free_rings<B: Backend>(cache: &KvCache<B>) -> Vec<u32> {
     let n = cache.ring().map_or(0, |r| r.n_seqs);
     (0..n as u32).rev().collect()
+}
+
+/// The prefix id a LoRA set's cached blocks chain from: `ROOT` for the model as loaded, else
+/// the set's own, counting down from the top (registered ids count up from 1), so sequences
+/// of different sets never share a block.
+fn root(adapter: AdapterSet) -> PrefixId {
+    match adapter.0 {
+        0 => ROOT,
+        n => PrefixId::MAX - PrefixId::from(n),
+    }
+}
+
+/// The batch rows of each LoRA set, from each part's `(set, row count)` in batch order.
+fn row_lora<B: Backend>(
+    lora_sets: &[LoraSet<B>],
+    parts: impl Iterator<Item = (AdapterSet, usize)>,
+) -> Result<Vec<RowLora<'_, B>>> {
+    let mut out: Vec<RowLora<'_, B>> = Vec::new();
+    let mut at = 0;
+    for (adapter, n) in parts {
+        let rows = at..at + n;
+        at += n;
+        let Some(k) = (adapter.0 as usize).checked_sub(1) else {
+            continue;
+        };
+        let set = lora_sets.get(k).ok_or_else(|| {
+            Error::shape(
+                "step",
+                format!("LoRA set {k} of a runtime holding {}", lora_sets.len()),
+            )
+        })?;
+        match out.iter_mut().find(|r| std::ptr::eq(r.set, set)) {
+            Some(r) => match r.rows.last_mut() {
+                Some(last) if last.end == rows.start => last.end = rows.end,
+                _ => r.rows.push(rows),
+            },
+            None => out.push(RowLora {
+                set,
+                rows: vec![rows],
+            }),
+        }
+    }
+    Ok(out)
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -661,6 +742,7 @@ impl<B: Backend> SoloCache<B> {
             n_single: usize::from(n == 1),
             logit_rows: &logit_rows,
             ring_rows: ring_rows.as_ref(),
+            lora: &[],
         };
         let logits = model.forward(backend, &batch, &mut self.cache)?;
         self.n_past += n;

@@ -15,6 +15,16 @@ use crate::{Error, Result};
 
 use super::blocks::PrefixId;
 
+/// Which of a runtime's LoRA sets a sequence runs with (`Runtime::add_lora_set`); `NONE`:
+/// the model as loaded. Sequences of different sets share a batch and the base weights, but
+/// never cached blocks (their keys and values differ).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdapterSet(pub u32);
+
+impl AdapterSet {
+    pub const NONE: AdapterSet = AdapterSet(0);
+}
+
 /// What accepting one token gave: text to show now (possibly empty while a character or a
 /// possible stop string is held back), and whether the sequence has ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,6 +170,7 @@ pub struct Sequence {
     /// Report log-probabilities, with this many alternatives per token.
     logprobs: Option<usize>,
     last_logprob: Option<TokenLogprob>,
+    adapter: AdapterSet,
 }
 
 impl Sequence {
@@ -211,7 +222,17 @@ impl Sequence {
             constraint: None,
             logprobs: None,
             last_logprob: None,
+            adapter: AdapterSet::NONE,
         })
+    }
+
+    /// Runs the sequence with the runtime's LoRA set `adapter` (before `Runtime::start`).
+    pub fn set_adapter(&mut self, adapter: AdapterSet) {
+        self.adapter = adapter;
+    }
+
+    pub fn adapter(&self) -> AdapterSet {
+        self.adapter
     }
 
     /// Masks each next token by `constraint` (its logits must then come to the host).

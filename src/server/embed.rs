@@ -76,6 +76,7 @@ async fn embed(
         .submit_embed(EmbedRequest {
             inputs: ids,
             pooling: model.pooling,
+            adapter: model.adapter,
             reply,
         })
         .map_err(|QueueFull| ApiError::queue_full())?;

@@ -194,7 +194,9 @@ pub async fn guard(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > g.max_body as u64) {
+    // A blob upload streams to disk through the hasher: no cap (Ollama has none).
+    let capped = !path.starts_with("/api/blobs/");
+    if capped && declared.is_some_and(|n| n > g.max_body as u64) {
         if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
             drain(req.into_body()).await;
         }

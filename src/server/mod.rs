@@ -142,6 +142,10 @@ fn router(state: Arc<AppState>, guard: Guard) -> Router {
         .route("/api/create", post(store_routes::create))
         .route("/api/copy", post(store_routes::copy))
         .route("/api/delete", delete(store_routes::delete))
+        .route(
+            "/api/blobs/{digest}",
+            post(store_routes::blob_upload).head(store_routes::blob_exists),
+        )
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(guard),

@@ -4,18 +4,26 @@
 //! negative: forever). At most `max_loaded` stay at once, and a load that the memory plan says
 //! does not fit first unloads idle models, least recently used first, measuring the memory
 //! again after each. Loads happen one at a time, off the async threads.
+//!
+//! An engine (one scheduler thread, one runtime) serves every loaded model of the same GGUF
+//! whose adapters are LoRA only: the base model and the models made from it with `ADAPTER`
+//! share its weights and its batches, each request running with its model's LoRA set
+//! (`Scheduler::lora_set`). A model with a prefix or bottleneck adapter gets an engine of its
+//! own. Limits and memory count engines, not names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::engine::{LoadOptions, DEFAULT_NUM_CTX};
+use crate::engine::{AdapterSpec, LoadOptions, DEFAULT_NUM_CTX};
 use crate::gguf::GgufFile;
 use crate::model::{Arch, MemoryPlan};
-use crate::runtime::Pooling;
+use crate::runtime::{AdapterSet, Pooling};
 use crate::store::{ModelInfo, ModelName, Store, StoredModel};
 use crate::structured::Grammars;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
@@ -142,9 +150,16 @@ pub struct LoadedModel {
     pub grammars: Grammars,
     /// How embeddings pool token vectors (`<arch>.pooling_type`).
     pub pooling: Pooling,
+    /// The engine it runs on (one scheduler thread), shared with the other names of it.
+    pub engine: u64,
+    /// The LoRA set its requests run with (`NONE` for the base model).
+    pub adapter: AdapterSet,
+    /// The GGUF of an engine that other models of it may join (its adapters are per-request
+    /// LoRA sets); `None` when adapters were loaded into the engine itself.
+    base: Option<PathBuf>,
     life: StdMutex<Life>,
     /// Disconnects when the scheduler thread has ended (taken by whoever unloads it).
-    exited: StdMutex<Option<std::sync::mpsc::Receiver<()>>>,
+    exited: Arc<StdMutex<Option<std::sync::mpsc::Receiver<()>>>>,
 }
 
 struct Life {
@@ -190,18 +205,80 @@ impl LoadedModel {
             .last_used
     }
 
-    /// Lets the model go and waits (bounded) until its scheduler thread has ended and freed
-    /// the engine, which happens once no request holds the model any more.
-    fn unload_and_wait(self: Arc<Self>) {
-        let rx = self.exited.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(self);
-        if let Some(rx) = rx {
-            let _ = rx.recv_timeout(EXIT_WAIT);
-        }
+    /// Another model of this engine (the same GGUF, `stored`'s adapters as its LoRA set):
+    /// shares the scheduler, the weights and the batches.
+    fn join(&self, stored: StoredModel, keep_alive: KeepAlive) -> crate::Result<LoadedModel> {
+        let t0 = Instant::now();
+        let gguf = GgufFile::open(&stored.model_path)?;
+        let adapter = self
+            .scheduler
+            .lora_set(gguf.architecture()?, &adapter_specs(&stored))?;
+        let template = crate::prompt::chat_template(&stored, &gguf, &self.tokenizer)
+            .map_err(|e| e.to_string());
+        Ok(LoadedModel {
+            info: ModelInfo::from_gguf(&gguf)?,
+            grammars: Grammars::new(self.tokenizer.clone()),
+            pooling: self.pooling,
+            tokenizer: self.tokenizer.clone(),
+            template,
+            scheduler: self.scheduler.clone(),
+            n_ctx: self.n_ctx,
+            device: self.device.clone(),
+            load_time: t0.elapsed(),
+            loaded_at: SystemTime::now(),
+            memory: self.memory,
+            engine: self.engine,
+            adapter,
+            base: self.base.clone(),
+            life: StdMutex::new(Life::new(keep_alive)),
+            exited: self.exited.clone(),
+            stored,
+        })
     }
 }
 
+/// Lets the models of one engine go and waits (bounded) until its scheduler thread has ended
+/// and freed the engine, which happens once no request holds any of them any more.
+fn unload_and_wait(models: Vec<Arc<LoadedModel>>) {
+    let rx = models
+        .first()
+        .and_then(|m| m.exited.lock().unwrap_or_else(|e| e.into_inner()).take());
+    drop(models);
+    if let Some(rx) = rx {
+        let _ = rx.recv_timeout(EXIT_WAIT);
+    }
+}
+
+/// A stored model's adapter files, as the engine reads them.
+fn adapter_specs(stored: &StoredModel) -> Vec<AdapterSpec> {
+    let spec = |p: &PathBuf| AdapterSpec {
+        path: p.clone(),
+        scale: 1.0,
+    };
+    stored.adapters.iter().map(spec).collect()
+}
+
+/// Runs `work` off the async threads; its error is a 500.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("the loading task failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
 impl Life {
+    fn new(keep_alive: KeepAlive) -> Life {
+        let mut life = Life {
+            keep_alive,
+            expires_at: None,
+            last_used: Instant::now(),
+        };
+        life.renew();
+        life
+    }
+
     fn renew(&mut self) {
         self.expires_at = match self.keep_alive {
             KeepAlive::Forever => None,
@@ -216,6 +293,8 @@ pub struct Models {
     limits: Limits,
     lifetime: Lifetime,
     loaded: Mutex<BTreeMap<String, Arc<LoadedModel>>>,
+    /// The id of the next engine loaded.
+    next_engine: AtomicU64,
 }
 
 impl Models {
@@ -226,6 +305,7 @@ impl Models {
             limits,
             lifetime,
             loaded: Mutex::new(BTreeMap::new()),
+            next_engine: AtomicU64::new(1),
         }
     }
 
@@ -252,32 +332,40 @@ impl Models {
         if !self.store.exists(&parsed) {
             return Err(ApiError::not_found(name));
         }
-        let store =
-            Store::open(self.store.root()).map_err(|e| ApiError::internal(e.to_string()))?;
-        let need = {
-            let (root, parsed, load) = (
-                self.store.root().to_path_buf(),
-                parsed.clone(),
-                self.load.clone(),
-            );
-            let n = self.limits.num_parallel;
-            tokio::task::spawn_blocking(move || {
-                planned_bytes(&Store::open(root)?, &parsed, &load, n)
-            })
-            .await
-            .map_err(|e| ApiError::internal(format!("the planning task failed: {e}")))?
-            .map_err(|e| ApiError::internal(e.to_string()))?
-        };
-        self.make_room(&mut loaded, need).await?;
-        let load = self.load.clone();
-        let limits = self.limits;
-        let lifetime = self.lifetime;
-        let model = tokio::task::spawn_blocking(move || {
-            load_model(&store, &parsed, load, limits, lifetime.keep_alive, need)
+        let root = self.store.root().to_path_buf();
+        let (stored, base) = blocking(move || {
+            let stored = Store::open(root)?.load(&parsed)?;
+            let mut lora_only = true;
+            for path in &stored.adapters {
+                lora_only &= crate::engine::is_lora_file(path)?;
+            }
+            let base = lora_only.then(|| stored.model_path.clone());
+            Ok((stored, base))
         })
-        .await
-        .map_err(|e| ApiError::internal(format!("the loading task failed: {e}")))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .await?;
+        let keep_alive = self.lifetime.keep_alive;
+        let host = base
+            .as_ref()
+            .and_then(|b| loaded.values().find(|m| m.base.as_ref() == Some(b)));
+        let model = match host.cloned() {
+            Some(host) => blocking(move || host.join(stored, keep_alive)).await?,
+            None => {
+                let need = {
+                    let (stored, load) = (stored.clone(), self.load.clone());
+                    let n = self.limits.num_parallel;
+                    blocking(move || planned_bytes(&stored, &load, n)).await?
+                };
+                self.make_room(&mut loaded, need).await?;
+                let (load, limits) = (self.load.clone(), self.limits);
+                let engine = self.next_engine.fetch_add(1, Ordering::SeqCst);
+                let new = NewEngine {
+                    id: engine,
+                    base,
+                    memory: need,
+                };
+                blocking(move || load_model(stored, load, limits, keep_alive, new)).await?
+            }
+        };
         let model = Arc::new(model);
         loaded.insert(key, model.clone());
         Ok((model, true))
@@ -291,16 +379,18 @@ impl Models {
         need: u64,
     ) -> Result<(), ApiError> {
         loop {
-            let full = loaded.len() >= self.lifetime.max_loaded.max(1);
+            let engines: BTreeSet<u64> = loaded.values().map(|m| m.engine).collect();
+            let full = engines.len() >= self.lifetime.max_loaded.max(1);
             let short = !self.fits(loaded, need);
             if !full && !short {
                 return Ok(());
             }
+            // Every name of the least recently used idle engine goes.
             let victim = loaded
-                .iter()
-                .filter(|(_, m)| m.idle())
-                .min_by_key(|(_, m)| m.last_used())
-                .map(|(k, _)| k.clone());
+                .values()
+                .filter(|m| m.idle())
+                .min_by_key(|m| m.last_used())
+                .map(|m| m.engine);
             let Some(victim) = victim else {
                 if full {
                     return Err(ApiError {
@@ -308,25 +398,30 @@ impl Models {
                         message: format!(
                             "server busy: {} models are loaded and all are serving requests \
                              (HEARTH_MAX_LOADED_MODELS)",
-                            loaded.len()
+                            engines.len()
                         ),
                     });
                 }
                 // Nothing to unload: the engine's own check decides, with its clear error.
                 return Ok(());
             };
-            if let Some(m) = loaded.remove(&victim) {
-                tokio::task::spawn_blocking(move || m.unload_and_wait())
-                    .await
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
-            }
+            let names: Vec<String> = loaded
+                .iter()
+                .filter(|(_, m)| m.engine == victim)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let gone: Vec<_> = names.iter().filter_map(|k| loaded.remove(k)).collect();
+            tokio::task::spawn_blocking(move || unload_and_wait(gone))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
         }
     }
 
     /// Whether `need` more bytes fit: in the budget beside the loaded models' plans, and in
     /// the memory the machine has available now.
     fn fits(&self, loaded: &BTreeMap<String, Arc<LoadedModel>>, need: u64) -> bool {
-        let used: u64 = loaded.values().map(|m| m.memory).sum();
+        let engines: BTreeMap<u64, u64> = loaded.values().map(|m| (m.engine, m.memory)).collect();
+        let used: u64 = engines.values().sum();
         let in_budget = self
             .lifetime
             .memory_budget
@@ -402,12 +497,10 @@ pub(crate) async fn reap(state: Arc<AppState>) {
 /// The bytes the memory plan gives `name` at the context the engine will pick, with room for
 /// every parallel request.
 fn planned_bytes(
-    store: &Store,
-    name: &ModelName,
+    stored: &StoredModel,
     load: &LoadOptions,
     num_parallel: usize,
 ) -> crate::Result<u64> {
-    let stored = store.load(name)?;
     let gguf = GgufFile::open(&stored.model_path)?;
     let spec = Arch::from_gguf(&gguf)?.spec(&gguf)?;
     let plan = MemoryPlan::new(&spec, &gguf)?.with_sequences(num_parallel);
@@ -417,31 +510,35 @@ fn planned_bytes(
     plan.total_bytes(n_ctx.saturating_mul(num_parallel), load.kv_type)
 }
 
+/// Who a new engine is: its id, the GGUF other models may join it on (`LoadedModel::base`),
+/// the bytes its plan gives it.
+struct NewEngine {
+    id: u64,
+    base: Option<PathBuf>,
+    memory: u64,
+}
+
+/// Loads `stored` on an engine of its own: its adapters as the engine's LoRA set when the
+/// engine may be shared (`new.base`), else loaded into the engine.
 fn load_model(
-    store: &Store,
-    name: &ModelName,
+    stored: StoredModel,
     load: LoadOptions,
     limits: Limits,
     keep_alive: KeepAlive,
-    memory: u64,
+    new: NewEngine,
 ) -> crate::Result<LoadedModel> {
-    let stored = store.load(name)?;
     let mut load = load;
-    // The model's adapters (Modelfile `ADAPTER`).
-    load.adapters
-        .extend(stored.adapters.iter().map(|p| crate::engine::AdapterSpec {
-            path: p.clone(),
-            scale: 1.0,
-        }));
+    let specs = adapter_specs(&stored);
+    if new.base.is_none() {
+        load.adapters.extend(specs.iter().cloned());
+    }
     let (scheduler, loaded) = Scheduler::spawn(stored.model_path.clone(), load, limits)?;
+    let adapter = match new.base {
+        Some(_) => scheduler.lora_set(loaded.gguf.architecture()?, &specs)?,
+        None => AdapterSet::NONE,
+    };
     let template = crate::prompt::chat_template(&stored, &loaded.gguf, &loaded.tokenizer)
         .map_err(|e| e.to_string());
-    let mut life = Life {
-        keep_alive,
-        expires_at: None,
-        last_used: Instant::now(),
-    };
-    life.renew();
     Ok(LoadedModel {
         info: ModelInfo::from_gguf(&loaded.gguf)?,
         grammars: Grammars::new(loaded.tokenizer.clone()),
@@ -453,9 +550,12 @@ fn load_model(
         device: loaded.device,
         load_time: loaded.load_time,
         loaded_at: SystemTime::now(),
-        memory,
-        life: StdMutex::new(life),
-        exited: StdMutex::new(Some(loaded.exited)),
+        memory: new.memory,
+        engine: new.id,
+        adapter,
+        base: new.base,
+        life: StdMutex::new(Life::new(keep_alive)),
+        exited: Arc::new(StdMutex::new(Some(loaded.exited))),
         stored,
     })
 }

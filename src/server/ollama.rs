@@ -579,6 +579,8 @@ pub async fn ps(State(state): State<Arc<AppState>>) -> ApiResult {
             "context_length": m.n_ctx,
             "hearth": {
                 "device": m.device,
+                "engine": m.engine,
+                "adapter": m.adapter.0,
                 "loaded_at": rfc3339(m.loaded_at),
                 "running": s.running.load(Ordering::SeqCst),
                 "in_flight": s.in_flight.load(Ordering::SeqCst),

@@ -215,6 +215,7 @@ pub fn submit(p: &Prepared) -> Result<UnboundedReceiver<Update>, ApiError> {
             sink,
             constraint,
             logprobs: p.logprobs,
+            adapter: p.model.adapter,
         })
         .map_err(|QueueFull| ApiError::queue_full())?;
     Ok(rx)

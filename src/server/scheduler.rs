@@ -13,12 +13,12 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend::KvType;
-use crate::engine::{Engine, LoadOptions};
+use crate::engine::{AdapterSpec, Engine, LoadOptions};
 use crate::generate::{GenerateStats, Runner};
 use crate::gguf::GgufFile;
 use crate::model::MemoryPlan;
 use crate::options::GenerateOptions;
-use crate::runtime::{embed_cache_need, Pooling, Sequence, TokenLogprob};
+use crate::runtime::{embed_cache_need, AdapterSet, Pooling, Sequence, TokenLogprob};
 use crate::structured::TokenConstraint;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -50,20 +50,33 @@ pub struct Request {
     pub constraint: Option<Box<dyn TokenConstraint>>,
     /// Report each token's log-probability with this many alternatives.
     pub logprobs: Option<usize>,
+    /// The LoRA set of the model the request names (`Scheduler::add_lora_set`).
+    pub adapter: AdapterSet,
 }
 
 /// An embedding request: token ids of each input (already within the context).
 pub struct EmbedRequest {
     pub inputs: Vec<Vec<u32>>,
     pub pooling: Pooling,
+    pub adapter: AdapterSet,
     pub reply: tokio::sync::oneshot::Sender<std::result::Result<Vec<Vec<f32>>, String>>,
 }
 
 /// What the scheduler thread is handed.
 enum Job {
-    Generate(Request),
+    Generate(Box<Request>),
     Embed(EmbedRequest),
+    /// Registers a LoRA set with the runner (between two steps) and answers its id.
+    AddLora(LoraJob),
 }
+
+/// The LoRA sets a runner holds, by the adapter files they were read from.
+type LoraSets = Arc<std::sync::Mutex<Vec<(Vec<AdapterSpec>, AdapterSet)>>>;
+
+type LoraJob = (
+    Vec<(crate::train::lora::Lora, f32)>,
+    mpsc::Sender<Result<AdapterSet>>,
+);
 
 /// Counters the scheduler keeps current, for `/api/ps` and the tests.
 #[derive(Debug, Default)]
@@ -107,6 +120,8 @@ pub struct Scheduler {
     requests: mpsc::Sender<Job>,
     limits: Limits,
     pub stats: Arc<Stats>,
+    /// The LoRA sets added to the runner, by the adapter files they were read from.
+    lora_sets: LoraSets,
     /// Set when the server shuts down: running and waiting requests end with an error.
     stop: Arc<AtomicBool>,
 }
@@ -173,6 +188,7 @@ impl Scheduler {
                 requests,
                 limits,
                 stats,
+                lora_sets: Arc::default(),
                 stop,
             },
             loaded,
@@ -181,7 +197,31 @@ impl Scheduler {
 
     /// Queues `request`; `Err(QueueFull)` when the queue is full (nothing was queued).
     pub fn submit(&self, request: Request) -> std::result::Result<(), QueueFull> {
-        self.submit_job(Job::Generate(request))
+        self.submit_job(Job::Generate(Box::new(request)))
+    }
+
+    /// The LoRA set of the adapter files `specs` (for an `arch` model) on this model's
+    /// runner, which requests name by the id returned (`Request::adapter`): the base weights
+    /// and the batch stay shared. The first ask reads the files and blocks until the
+    /// scheduler thread has added the set (between two steps); later asks for the same files
+    /// get the same set.
+    pub fn lora_set(&self, arch: &str, specs: &[AdapterSpec]) -> Result<AdapterSet> {
+        if specs.is_empty() {
+            return Ok(AdapterSet::NONE);
+        }
+        let mut sets = self.lora_sets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, set)) = sets.iter().find(|(s, _)| s == specs) {
+            return Ok(*set);
+        }
+        let adapters = crate::engine::load_lora_set(arch, specs)?;
+        let (tx, rx) = mpsc::channel();
+        let gone = || Error::Store("the model's scheduler has stopped".into());
+        self.requests
+            .send(Job::AddLora((adapters, tx)))
+            .map_err(|_| gone())?;
+        let set = rx.recv().map_err(|_| gone())??;
+        sets.push((specs.to_vec(), set));
+        Ok(set)
     }
 
     /// Queues an embedding request; it runs between two steps of the batch.
@@ -219,7 +259,11 @@ impl Scheduler {
         // Wakes the thread if it waits for work, so it sees the flag (counted as any
         // request, and ended as one).
         self.stats.in_flight.fetch_add(1, Ordering::SeqCst);
-        if self.requests.send(Job::Generate(Request::wake())).is_err() {
+        if self
+            .requests
+            .send(Job::Generate(Box::new(Request::wake())))
+            .is_err()
+        {
             self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -236,6 +280,7 @@ impl Request {
             sink,
             constraint: None,
             logprobs: None,
+            adapter: AdapterSet::NONE,
         }
     }
 }
@@ -276,13 +321,13 @@ fn serve(
     loop {
         if live.is_empty() && waiting.is_empty() && embeds.is_empty() {
             match inbox.recv() {
-                Ok(job) => take(job, &mut waiting, &mut embeds),
+                Ok(job) => take(runner, job, &mut waiting, &mut embeds),
                 Err(_) => return,
             }
         }
         while open {
             match inbox.try_recv() {
-                Ok(job) => take(job, &mut waiting, &mut embeds),
+                Ok(job) => take(runner, job, &mut waiting, &mut embeds),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
@@ -335,10 +380,18 @@ fn serve(
     }
 }
 
-fn take(job: Job, waiting: &mut VecDeque<Request>, embeds: &mut VecDeque<EmbedRequest>) {
+fn take(
+    runner: &mut dyn Runner,
+    job: Job,
+    waiting: &mut VecDeque<Request>,
+    embeds: &mut VecDeque<EmbedRequest>,
+) {
     match job {
-        Job::Generate(r) => waiting.push_back(r),
+        Job::Generate(r) => waiting.push_back(*r),
         Job::Embed(e) => embeds.push_back(e),
+        Job::AddLora((adapters, reply)) => {
+            let _ = reply.send(runner.add_lora_set(&adapters));
+        }
     }
 }
 
@@ -389,6 +442,7 @@ fn admit(
                 if let Some(top) = r.logprobs {
                     seq.set_logprobs(top);
                 }
+                seq.set_adapter(r.adapter);
                 runner.start(&mut seq);
                 live.push(Live { seq, sink: r.sink });
             }
@@ -446,7 +500,7 @@ fn run_embeds(
             stats.disconnected.fetch_add(1, Ordering::SeqCst);
             continue;
         }
-        let mut result = runner.embed(&e.inputs, e.pooling);
+        let mut result = runner.embed(e.adapter, &e.inputs, e.pooling);
         if matches!(result, Err(Error::KvCacheFull { .. })) {
             if !idle {
                 return;
@@ -456,7 +510,7 @@ fn run_embeds(
                 .plan
                 .check_fits(need, shared.kv_type)
                 .and_then(|()| runner.reserve_capacity(need))
-                .and_then(|()| runner.embed(&e.inputs, e.pooling));
+                .and_then(|()| runner.embed(e.adapter, &e.inputs, e.pooling));
         }
         if let Some(e) = embeds.pop_front() {
             let _ = e.reply.send(result.map_err(|e| e.to_string()));

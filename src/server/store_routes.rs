@@ -1,9 +1,11 @@
 //! Ollama's routes that change the store: `/api/pull` (a built-in model, progress as an
 //! NDJSON stream of `status` lines with `total`/`completed`), `/api/create` (Ollama's current
 //! body: `from` or `files`, `template`, `system`, `parameters`, `messages`, `license`,
-//! `quantize`), `/api/copy` and `DELETE /api/delete`. Everything goes through the store's own
-//! code, so names obey its rules and a model appears only once whole. No field names a path:
-//! `from` is a model in the store, `files` names blobs already in it.
+//! `quantize`, and `adapters`: LoRA files applied per request on the base's engine),
+//! `/api/copy`, `DELETE /api/delete`, and `HEAD`/`POST /api/blobs/{digest}` (a file uploaded
+//! into the store, kept only if its sha256 is the digest named). Everything goes through the
+//! store's own code, so names obey its rules and a model appears only once whole. No field
+//! names a path: `from` is a model in the store, `files` and `adapters` name blobs in it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -12,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -25,7 +27,7 @@ use tokio_stream::StreamExt;
 
 use crate::gguf::GgufFile;
 use crate::quantize::{self, Target};
-use crate::store::{builtin, Digest, ModelName, Modelfile, Store, BUILTIN_MODELS};
+use crate::store::{builtin, AdapterLine, Digest, ModelName, Modelfile, Store, BUILTIN_MODELS};
 use crate::tokenizer::Message;
 
 use super::request::{option_pairs, parse_body};
@@ -196,9 +198,6 @@ fn modelfile(state: &AppState, body: &CreateBody) -> Result<Modelfile, ApiError>
              `template`, `system`, `parameters` and `messages`",
         ));
     }
-    if !body.adapters.is_empty() {
-        return Err(ApiError::bad_request("adapters are not supported"));
-    }
     let from = match (&body.from, body.files.len()) {
         (_, 0) => {
             let from = body
@@ -248,6 +247,14 @@ fn modelfile(state: &AppState, body: &CreateBody) -> Result<Modelfile, ApiError>
             value,
         });
     }
+    // Adapter blobs by their absolute paths in the store (checked when the model is made).
+    for (file, digest) in &body.adapters {
+        let path = blob_of(&state.models.store, file, digest)?;
+        mf.adapters.push(AdapterLine {
+            line: 0,
+            path: path.to_string_lossy().into_owned(),
+        });
+    }
     mf.messages = body
         .messages
         .iter()
@@ -264,9 +271,16 @@ fn blob_file(store: &Store, files: &BTreeMap<String, String>) -> Result<PathBuf,
         .iter()
         .next()
         .ok_or_else(|| ApiError::bad_request("no files"))?;
+    blob_of(store, file, digest)
+}
+
+/// The path of the GGUF blob that `files` or `adapters` names as `file: digest`; it must be in
+/// the store (`POST /api/blobs/{digest}` puts it there).
+fn blob_of(store: &Store, file: &str, digest: &str) -> Result<PathBuf, ApiError> {
     if !file.to_ascii_lowercase().ends_with(".gguf") {
         return Err(ApiError::bad_request(format!(
-            "file {file:?}: Hearth creates models from GGUF files only"
+            "file {file:?}: Hearth creates models and adapters from GGUF files only \
+             (`hearth finetune` writes adapters as GGUF)"
         )));
     }
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
@@ -364,4 +378,68 @@ pub async fn delete(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResul
     state.models.forget(&name).await;
     with_store(&state, move |store| store.remove(&name)).await?;
     Ok(StatusCode::OK.into_response())
+}
+
+fn parse_digest(text: &str) -> Result<Digest, ApiError> {
+    text.parse()
+        .map_err(|e: crate::Error| ApiError::bad_request(e.to_string()))
+}
+
+/// `HEAD /api/blobs/{digest}`: 200 when the store holds the blob, else 404 (a client checks
+/// before it uploads).
+pub async fn blob_exists(
+    State(state): State<Arc<AppState>>,
+    UrlPath(digest): UrlPath<String>,
+) -> ApiResult {
+    let digest = parse_digest(&digest)?;
+    match state.models.store.blob_path(&digest).is_file() {
+        true => Ok(StatusCode::OK.into_response()),
+        false => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: format!("blob {digest} is not in the store"),
+        }),
+    }
+}
+
+/// `POST /api/blobs/{digest}`: the body streams through the hasher into a temp file in the
+/// store's blob directory, which is fsynced and renamed to the blob only when its sha256 is
+/// `digest` (else 400 and nothing is kept). 201 Created, as Ollama answers. Not held to the
+/// body cap (`guard.rs`): the bytes go to disk, never to memory.
+pub async fn blob_upload(
+    State(state): State<Arc<AppState>>,
+    UrlPath(digest): UrlPath<String>,
+    body: Body,
+) -> ApiResult {
+    use std::io::Write;
+    let digest = parse_digest(&digest)?;
+    let mut writer = state.models.store.blob_writer().map_err(internal)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let writing = tokio::task::spawn_blocking(move || -> crate::Result<Option<Digest>> {
+        while let Some(chunk) = rx.blocking_recv() {
+            writer
+                .write_all(&chunk)
+                .map_err(|e| crate::Error::io("an uploaded blob", e))?;
+        }
+        let got = writer.digest();
+        if got != digest {
+            return Ok(Some(got));
+        }
+        writer.finish(Some(&digest))?;
+        Ok(None)
+    });
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        // A broken upload drops the sender early: the temp file is deleted, nothing kept.
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if tx.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    match writing.await.map_err(internal)?.map_err(internal)? {
+        None => Ok(StatusCode::CREATED.into_response()),
+        Some(got) => Err(ApiError::bad_request(format!(
+            "digest mismatch: the body's sha256 is {got}, not {digest} (nothing was stored)"
+        ))),
+    }
 }
