@@ -230,8 +230,9 @@ fn hearth() -> Command {
     c
 }
 
-/// A run long enough for signals to land mid-way (a few seconds), one thread so every run
-/// does its arithmetic in the same order.
+/// A run long enough for signals to land mid-way (120 steps, two epochs, so a resume crosses
+/// into an epoch whose order it draws itself), one thread so every run does its arithmetic
+/// in the same order.
 fn finetune_args(dir: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let text = dir.join("text.txt");
     if !text.exists() {
@@ -253,7 +254,7 @@ fn finetune_args(dir: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
         "--ctx",
         "16",
         "--epochs",
-        "6",
+        "2",
         "--dropout",
         "0.1",
         "--grad-accum",
