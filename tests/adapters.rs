@@ -30,10 +30,10 @@ fn nano() -> (GgufFile, Model<CpuBackend>, CpuBackend) {
 
 fn example(n: usize, vocab: usize) -> Example {
     let mut rng = Rng::new(5);
-    Example {
-        tokens: (0..n).map(|_| rng.below(vocab) as u32).collect(),
-        trained: vec![true; n],
-    }
+    Example::new(
+        (0..n).map(|_| rng.below(vocab) as u32).collect(),
+        vec![true; n],
+    )
 }
 
 /// Each parameter tensor's two largest gradient entries against `(L(p + h) - L(p - h)) / 2h`

@@ -40,10 +40,7 @@ fn config(rank: usize) -> LoraConfig {
 fn example(n: usize, vocab: usize) -> Example {
     let mut rng = Rng::new(5);
     let tokens: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
-    Example {
-        trained: vec![true; n],
-        tokens,
-    }
+    Example::new(tokens, vec![true; n])
 }
 
 /// Every adapter matrix's gradient (B made non-zero first, else A's would be 0) against

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod engine;
 mod finetune;
+mod finetune_loop;
 mod fuzz;
 mod gguf;
 mod gpu;

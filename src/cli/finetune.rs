@@ -2,7 +2,8 @@
 //! the CPU or a GPU (`--device`, the same training code on either backend) with Hearth's own
 //! autograd (`hearth::train`) and saves it (LoRA as llama.cpp's
 //! LoRA GGUF, prefix and bottleneck adapters as Hearth's GGUF). A progress bar shows step,
-//! loss and tokens/s; Ctrl+C stops after the current step and saves what was trained so far.
+//! loss, tokens/s and ETA; Ctrl+C stops after the current step, saves a checkpoint
+//! (`--resume` continues it) and the adapter trained so far.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,13 +19,14 @@ use hearth::model::{Arch, Model};
 use hearth::tokenizer::template::template_for;
 use hearth::tokenizer::Tokenizer;
 use hearth::train::bottleneck::{Bottleneck, Placement};
+use hearth::train::checkpoint::{model_fingerprint, Checkpoint, Fingerprint};
 use hearth::train::lora::{Lora, LoraConfig, Target};
 use hearth::train::method::Method;
 use hearth::train::optim::{AdamWConfig, Decay};
 use hearth::train::prefix::{check_n_virtual, Prefix};
-use hearth::train::{self, adapter_file, data, TrainOptions};
+use hearth::train::{self, adapter_file, data, CheckpointPlan, RunPlan, TrainOptions};
 
-use super::progress::count_bar;
+use super::progress::train_bar;
 use super::quantize::model_path;
 use super::Globals;
 
@@ -116,6 +118,28 @@ pub struct FinetuneArgs {
     /// Where to train: cpu, gpu, gpu:N (see `hearth devices`) or auto
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Pack several short examples into each sequence of up to --ctx tokens (each still
+    /// attends only to itself)
+    #[arg(long)]
+    pack: bool,
+    /// Hold out this fraction of the examples (chosen by --seed) to measure the loss on
+    #[arg(long, default_value_t = 0.0)]
+    val_split: f32,
+    /// Validation data (any --data format) instead of a split
+    #[arg(long)]
+    val_data: Option<PathBuf>,
+    /// Measure the validation loss every N steps (0: only at the end)
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Save a checkpoint every N steps (0: only on Ctrl+C)
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// The checkpoint file (default: the --out path with .ckpt added)
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Continue the run saved in the checkpoint (same model, data and options)
+    #[arg(long)]
+    resume: bool,
 }
 
 /// The method chosen, checked.
@@ -147,6 +171,12 @@ impl FinetuneArgs {
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.val_split) {
+            bail!("--val-split must be a fraction in [0, 1), e.g. 0.1");
+        }
+        if self.val_split > 0.0 && self.val_data.is_some() {
+            bail!("give --val-split or --val-data, not both");
         }
         let method = match self.method.as_str() {
             "lora" => {
@@ -238,6 +268,13 @@ fn train_on<B: Backend>(cmd: FinetuneCommand, backend: &B) -> Result<()> {
     let tok = Tokenizer::from_gguf(&f)?;
     let template = template_for(&f, &tok)?;
     let examples = data::load(&a.data, &tok, &template, a.n_ctx, a.train_on_inputs)?;
+    let (examples, val) = match &a.val_data {
+        Some(path) => {
+            let val = data::load(path, &tok, &template, a.n_ctx, a.train_on_inputs)?;
+            (examples, val)
+        }
+        None => data::split(examples, a.val_split, a.seed)?,
+    };
     let c = &model.config;
     let (mut method, what): (Method, String) = match &cmd.method {
         MethodChoice::Lora(l) => (
@@ -270,12 +307,50 @@ fn train_on<B: Backend>(cmd: FinetuneCommand, backend: &B) -> Result<()> {
         ),
     };
     let n_tokens: usize = examples.iter().map(|e| e.tokens.len()).sum();
+    let n_examples = examples.len();
+    let examples = if a.pack {
+        data::pack(&examples, a.n_ctx)
+    } else {
+        examples
+    };
+    let packed = match a.pack {
+        true => format!(" packed into {} sequences", examples.len()),
+        false => String::new(),
+    };
+    let held_out = match val.len() {
+        0 => String::new(),
+        n => format!(", {n} held out for validation"),
+    };
     eprintln!(
-        "{} examples ({n_tokens} tokens), {what} ({} trainable parameters), {}",
-        examples.len(),
+        "{n_examples} examples ({n_tokens} tokens){packed}{held_out}, {what} ({} trainable \
+         parameters), {}",
         method.n_params(),
         backend.name()
     );
+    let ckpt_path = a.checkpoint.clone().unwrap_or_else(|| {
+        let mut p = a.out.clone().into_os_string();
+        p.push(".ckpt");
+        PathBuf::from(p)
+    });
+    let fingerprint = Fingerprint::of(model_fingerprint(&f), &examples, &cmd.opts, &method);
+    let resume = match a.resume {
+        false => None,
+        true if !ckpt_path.exists() => bail!(
+            "no checkpoint at {}: run without --resume to start, or name it with --checkpoint",
+            ckpt_path.display()
+        ),
+        true => Some(Checkpoint::load(&ckpt_path)?),
+    };
+    let plan = RunPlan {
+        val: &val,
+        eval_every: a.eval_every,
+        checkpoint: Some(CheckpointPlan {
+            path: ckpt_path.clone(),
+            every: a.checkpoint_every,
+            fingerprint,
+        }),
+        resume,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // A second Ctrl+C while the step finishes ends the process as usual.
@@ -285,18 +360,20 @@ fn train_on<B: Backend>(cmd: FinetuneCommand, backend: &B) -> Result<()> {
         }
     });
     let total = train::total_steps(examples.len(), &cmd.opts);
-    let bar = count_bar("training", total as u64);
+    let bar = train_bar(total as u64);
     let mut last = None;
-    let losses = train::train(
+    let outcome = train::train_with(
         backend,
         &model,
         &mut method,
         &examples,
         &cmd.opts,
+        plan,
         &mut |p| {
             bar.set_position(p.step as u64);
+            let eta = duration(p.eta_s);
             bar.set_message(format!(
-                "epoch {} loss {:.4} lr {:.2e} {:.0} tok/s",
+                "epoch {} loss {:.4} lr {:.2e} {:.0} tok/s ETA {eta}",
                 p.epoch + 1,
                 p.loss,
                 p.lr,
@@ -305,9 +382,12 @@ fn train_on<B: Backend>(cmd: FinetuneCommand, backend: &B) -> Result<()> {
             // A hidden bar (stderr not a terminal: a log) gets a line per step instead.
             if bar.is_hidden() {
                 eprintln!(
-                    "step {}/{} loss {:.4} {:.0} tok/s",
+                    "step {}/{} loss {:.4} {:.0} tok/s ETA {eta}",
                     p.step, p.total_steps, p.loss, p.tokens_per_s
                 );
+            }
+            if let Some(v) = p.eval_loss {
+                bar.suspend(|| eprintln!("step {}: validation loss {v:.4}", p.step));
             }
             last = Some(*p);
             !stop.load(Ordering::SeqCst)
@@ -316,15 +396,41 @@ fn train_on<B: Backend>(cmd: FinetuneCommand, backend: &B) -> Result<()> {
     bar.finish_and_clear();
     adapter_file::save_method(&method, &arch, &a.out)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
+    let losses = &outcome.losses;
     if let Some(p) = last {
         eprintln!(
-            "{} steps, loss {:.4} → {:.4}, {:.0} tokens/s; adapter written to {}",
-            losses.len(),
+            "steps {}..{} of {}, loss {:.4} → {:.4}, {:.0} tokens/s; adapter written to {}",
+            outcome.first_step + 1,
+            p.step,
+            p.total_steps,
             losses.first().copied().unwrap_or(f32::NAN),
             p.loss,
             p.tokens_per_s,
             a.out.display()
         );
     }
+    if let Some(v) = outcome.eval_loss {
+        eprintln!("validation loss {v:.4} ({} examples)", val.len());
+    }
+    if outcome.stopped {
+        eprintln!(
+            "stopped: checkpoint saved to {}; continue with the same command and --resume",
+            ckpt_path.display()
+        );
+    } else if ckpt_path.exists() {
+        // The run is complete: its adapter supersedes the checkpoint.
+        std::fs::remove_file(&ckpt_path)
+            .with_context(|| format!("cannot remove {}", ckpt_path.display()))?;
+    }
     Ok(())
+}
+
+/// `1h02m`, `3m05s`, `12s`: a countdown, to the second.
+fn duration(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec:02}s"),
+        (h, min, _) => format!("{h}h{min:02}m"),
+    }
 }

@@ -28,3 +28,13 @@ pub fn count_bar(label: &str, len: u64) -> ProgressBar {
     bar.set_message(label.to_string());
     bar
 }
+
+/// The training bar: steps done of `len`; the message carries loss, speed and the ETA the
+/// loop computes (steps left × mean step time).
+pub fn train_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{wide_bar} {pos}/{len} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -4,36 +4,117 @@
 //! a user turn and the assistant's reply), or `{"prompt", "completion"}` (raw text, the
 //! completion followed by the end-of-sequence token); by default only the replies and
 //! completions are trained on. Anything else is plain text (every token trained on, cut into
-//! sequences of `ctx` tokens). Bad input is an error naming the line or item.
+//! sequences of `ctx` tokens). Bad input is an error naming the line or item. `pack` joins
+//! short examples into longer sequences; `split` holds out a seeded validation set.
 
 use std::path::Path;
 
+use crate::backend::ops::case::Rng;
 use crate::tokenizer::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 /// One training sequence: its tokens and, per token, whether it is predicted in the loss.
+/// A packed sequence (`pack`) holds several examples back to back; `segments` gives their
+/// lengths, and no token of one predicts or attends to a token of another.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
     pub tokens: Vec<u32>,
     pub trained: Vec<bool>,
+    /// The lengths of the examples packed into this sequence (one: `[tokens.len()]`).
+    pub segments: Vec<usize>,
 }
 
 impl Example {
-    /// Per row the id the row predicts (the next token) where that token is trained on,
-    /// else -1: the `targets` of `LoraGraph::loss_and_grads`.
+    /// One unpacked example.
+    pub fn new(tokens: Vec<u32>, trained: Vec<bool>) -> Self {
+        let segments = vec![tokens.len()];
+        Example {
+            tokens,
+            trained,
+            segments,
+        }
+    }
+
+    /// Per row the id the row predicts (the next token of its own example) where that token
+    /// is trained on, else -1: the `targets` of `TrainGraph::loss_and_grads`.
     pub fn targets(&self) -> Vec<f32> {
-        (0..self.tokens.len())
-            .map(|i| match self.trained.get(i + 1) {
-                Some(true) => self.tokens[i + 1] as f32,
-                _ => -1.0,
-            })
-            .collect()
+        let mut out = Vec::with_capacity(self.tokens.len());
+        let mut start = 0;
+        for &len in &self.segments {
+            for i in start..start + len {
+                let next_trained = i + 1 < start + len && self.trained[i + 1];
+                out.push(if next_trained {
+                    self.tokens[i + 1] as f32
+                } else {
+                    -1.0
+                });
+            }
+            start += len;
+        }
+        out
     }
 
     pub fn n_targets(&self) -> usize {
-        self.trained.iter().skip(1).filter(|&&t| t).count()
+        self.targets().iter().filter(|&&t| t >= 0.0).count()
     }
+}
+
+/// Packs `examples` in their order into sequences of at most `ctx` tokens: each example
+/// joins the current sequence while it fits, else starts the next one (`--pack`). Fewer,
+/// longer sequences fill the matrix kernels better; attention stays within each example.
+pub fn pack(examples: &[Example], ctx: usize) -> Vec<Example> {
+    let mut out: Vec<Example> = Vec::new();
+    for ex in examples {
+        match out.last_mut() {
+            Some(p) if p.tokens.len() + ex.tokens.len() <= ctx => {
+                p.tokens.extend_from_slice(&ex.tokens);
+                p.trained.extend_from_slice(&ex.trained);
+                p.segments.extend_from_slice(&ex.segments);
+            }
+            _ => out.push(ex.clone()),
+        }
+    }
+    out
+}
+
+/// Splits off a validation set of `round(fraction · n)` examples (at least one when the
+/// fraction is above 0), chosen by `seed`: the same seed and data give the same split. The
+/// rest, in their original order, are for training.
+pub fn split(
+    examples: Vec<Example>,
+    fraction: f32,
+    seed: u64,
+) -> Result<(Vec<Example>, Vec<Example>)> {
+    if !(0.0..1.0).contains(&fraction) {
+        return Err(Error::Train(format!(
+            "a validation fraction of {fraction}: give one in [0, 1), e.g. 0.1"
+        )));
+    }
+    let n = examples.len();
+    let n_val = ((fraction as f64 * n as f64).round() as usize).max(usize::from(fraction > 0.0));
+    if n_val == 0 {
+        return Ok((examples, Vec::new()));
+    }
+    if n_val >= n {
+        return Err(Error::Train(format!(
+            "{n} examples leave none to train on after a validation split of {fraction}: \
+             give more data or a smaller --val-split"
+        )));
+    }
+    // Its own stream, so the split does not shift the run's order and dropout draws.
+    let mut rng = Rng::new(seed ^ 0x7661_6c69_6461_7465);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let mut is_val = vec![false; n];
+    order[..n_val].iter().for_each(|&i| is_val[i] = true);
+    let (val, train): (Vec<_>, Vec<_>) = examples.into_iter().zip(is_val).partition(|(_, v)| *v);
+    Ok((
+        train.into_iter().map(|(e, _)| e).collect(),
+        val.into_iter().map(|(e, _)| e).collect(),
+    ))
 }
 
 /// Reads `path`: `.jsonl` and `.json` as examples, anything else as plain text.
@@ -68,10 +149,7 @@ pub fn plain(text: &str, tok: &Tokenizer, ctx: usize) -> Result<Vec<Example>> {
     Ok(ids
         .chunks(ctx.max(2))
         .filter(|c| c.len() >= 2)
-        .map(|c| Example {
-            tokens: c.to_vec(),
-            trained: vec![true; c.len()],
-        })
+        .map(|c| Example::new(c.to_vec(), vec![true; c.len()]))
         .collect())
 }
 
@@ -180,10 +258,7 @@ fn prompt_completion(
     c.extend(tok.eos_id());
     let mut trained = vec![train_on_inputs; p.len()];
     trained.extend(std::iter::repeat_n(true, c.len()));
-    Ok(Example {
-        tokens: p.into_iter().chain(c).collect(),
-        trained,
-    })
+    Ok(Example::new(p.into_iter().chain(c).collect(), trained))
 }
 
 fn parse_messages(v: &serde_json::Value) -> std::result::Result<Vec<Message>, String> {
@@ -235,15 +310,12 @@ fn render_chat(
         prev = full;
     }
     let bos = tok.bos_text();
-    let mut ex = Example {
-        tokens: Vec::new(),
-        trained: Vec::new(),
-    };
+    let (mut tokens, mut flags) = (Vec::new(), Vec::new());
     for (k, (text, trained)) in segments.iter().enumerate() {
         let add_bos = k == 0 && tok.add_bos() && (bos.is_empty() || !text.starts_with(bos));
         let ids = tok.encode(text, add_bos)?;
-        ex.trained.extend(std::iter::repeat_n(*trained, ids.len()));
-        ex.tokens.extend(ids);
+        flags.extend(std::iter::repeat_n(*trained, ids.len()));
+        tokens.extend(ids);
     }
-    Ok(ex)
+    Ok(Example::new(tokens, flags))
 }

@@ -5,7 +5,8 @@
 //! attention (the sequence at positions `n_virtual..`), or `h + up(silu(down(h)))` after a
 //! sub-block with a bottleneck adapter. Activation memory is bounded by per-layer
 //! recomputation (checkpointing): the forward keeps only each layer's input; the backward
-//! reruns one layer at a time on a fresh tape and backpropagates through it.
+//! reruns one layer at a time on a fresh tape and backpropagates through it. A packed
+//! sequence (`data::pack`) runs attention per example, so examples never see each other.
 
 use super::bottleneck::Site;
 use super::lora::Target;
@@ -112,6 +113,7 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
     }
 
     /// One block, as `Model::forward_layers` runs it.
+    #[allow(clippy::too_many_arguments)]
     fn layer<'t>(
         &'t self,
         tape: &mut Tape<'t, B>,
@@ -120,6 +122,7 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         method: &Method,
         params: &[B::Tensor],
         mask_seed: Option<u64>,
+        segments: &[usize],
     ) -> Result<Var> {
         let c = &self.model.config;
         let l: &'t Layer<B> = &self.model.layers()[il];
@@ -155,24 +158,7 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
             mask: l.spec.mask,
             softcap: None,
         };
-        let kqv = match method.prefix() {
-            None => tape.attention(q, k, v, attn)?,
-            Some(p) => {
-                // The prefix rows go first; zero query rows pad them so the attention and its
-                // backward see one causal sequence from position 0. Their outputs are cut
-                // away, so nothing flows back through them.
-                let (nv, (n, q_dim)) = (p.n_virtual, self.b.shape(tape.value(q)?));
-                let (pk, pv) = self.prefix_rows(tape, p, il, params)?;
-                let zq = tape.input(self.b.tensor(nv, q_dim)?, false);
-                let (qf, kf, vf) = (
-                    tape.concat_rows(zq, q)?,
-                    tape.concat_rows(pk, k)?,
-                    tape.concat_rows(pv, v)?,
-                );
-                let out = tape.attention(qf, kf, vf, attn)?;
-                tape.slice_rows(out, nv, n)?
-            }
-        };
+        let kqv = self.attend(tape, [q, k, v], attn, il, method, params, segments)?;
         let mut out = proj(tape, kqv, &l.attn_output, Target::O)?;
         if let Some(w) = &l.post_attention_norm {
             out = tape.rms_norm(out, w, eps)?;
@@ -192,6 +178,59 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         }
         let out = self.bottleneck(tape, out, il, Site::Ffn, method, params)?;
         tape.add(x, out)
+    }
+
+    /// Causal attention within each of the packed examples `segments` (their rows sliced
+    /// out, attended over alone and joined again: no example sees another's keys), after
+    /// the layer's prefix rows if the method has a prefix.
+    #[allow(clippy::too_many_arguments)]
+    fn attend<'t>(
+        &'t self,
+        tape: &mut Tape<'t, B>,
+        [q, k, v]: [Var; 3],
+        attn: AttnParams,
+        il: usize,
+        method: &Method,
+        params: &[B::Tensor],
+        segments: &[usize],
+    ) -> Result<Var> {
+        let mut out: Option<Var> = None;
+        let mut start = 0;
+        for &len in segments {
+            let (qs, ks, vs) = if segments.len() == 1 {
+                (q, k, v)
+            } else {
+                (
+                    tape.slice_rows(q, start, len)?,
+                    tape.slice_rows(k, start, len)?,
+                    tape.slice_rows(v, start, len)?,
+                )
+            };
+            start += len;
+            let o = match method.prefix() {
+                None => tape.attention(qs, ks, vs, attn)?,
+                Some(p) => {
+                    // The prefix rows go first; zero query rows pad them so the attention and
+                    // its backward see one causal sequence from position 0. Their outputs are
+                    // cut away, so nothing flows back through them.
+                    let (nv, q_dim) = (p.n_virtual, self.b.shape(tape.value(q)?).1);
+                    let (pk, pv) = self.prefix_rows(tape, p, il, params)?;
+                    let zq = tape.input(self.b.tensor(nv, q_dim)?, false);
+                    let (qf, kf, vf) = (
+                        tape.concat_rows(zq, qs)?,
+                        tape.concat_rows(pk, ks)?,
+                        tape.concat_rows(pv, vs)?,
+                    );
+                    let o = tape.attention(qf, kf, vf, attn)?;
+                    tape.slice_rows(o, nv, len)?
+                }
+            };
+            out = Some(match out {
+                None => o,
+                Some(prev) => tape.concat_rows(prev, o)?,
+            });
+        }
+        out.ok_or_else(|| Error::Train("a sequence of no examples".into()))
     }
 
     /// Layer `il`'s prefix key and value rows on the tape: parameters, or the output of the
@@ -268,11 +307,33 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         targets: &[f32],
         mask_seed: Option<u64>,
     ) -> Result<StepGrads<B::Tensor>> {
+        let whole = [tokens.len()];
+        self.packed_loss_and_grads(method, params, tokens, targets, mask_seed, &whole)
+    }
+
+    /// `loss_and_grads` of several examples packed into one sequence, `segments` their
+    /// lengths: each attends only within itself and restarts its positions (`data::pack`).
+    /// The loss sum is the sum of the examples' own; the gradient is of the mean over all
+    /// their targets.
+    pub fn packed_loss_and_grads(
+        &self,
+        method: &Method,
+        params: &[B::Tensor],
+        tokens: &[u32],
+        targets: &[f32],
+        mask_seed: Option<u64>,
+        segments: &[usize],
+    ) -> Result<StepGrads<B::Tensor>> {
         let n = tokens.len();
         let n_targets = targets.iter().filter(|&&t| t >= 0.0).count();
         if n == 0 || targets.len() != n || n_targets == 0 {
             return Err(Error::Train(format!(
                 "a sequence of {n} tokens with {n_targets} targets"
+            )));
+        }
+        if segments.iter().sum::<usize>() != n || segments.contains(&0) {
+            return Err(Error::Train(format!(
+                "segments {segments:?} do not cover a sequence of {n} tokens"
             )));
         }
         let b = self.b;
@@ -284,9 +345,9 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         let mut inputs = Vec::with_capacity(n_layers);
         for il in 0..n_layers {
             inputs.push(self.clone_tensor(&x)?);
-            let mut tape = Tape::at(b, pos, n)?;
+            let mut tape = Tape::packed(b, pos, segments)?;
             let xv = tape.input(x, false);
-            let out = self.layer(&mut tape, il, xv, method, params, mask_seed)?;
+            let out = self.layer(&mut tape, il, xv, method, params, mask_seed, segments)?;
             x = tape.take(out)?;
         }
         // The head and the loss.
@@ -310,9 +371,9 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
                 break;
             };
             let input = inputs.pop().expect("one input per layer");
-            let mut tape = Tape::at(b, pos, n)?;
+            let mut tape = Tape::packed(b, pos, segments)?;
             let xv = tape.input(input, il > 0);
-            let out = self.layer(&mut tape, il, xv, method, params, mask_seed)?;
+            let out = self.layer(&mut tape, il, xv, method, params, mask_seed, segments)?;
             let g = tape.backward(out, Some(dy), Some(xv))?;
             dx = g.input;
             for g in g.params {

@@ -88,6 +88,25 @@ impl AdamW {
         }
     }
 
+    /// The step count and the first and second moments, per parameter tensor (checkpoints).
+    pub fn state(&self) -> (i32, &[Vec<f32>], &[Vec<f32>]) {
+        (self.t, &self.m, &self.v)
+    }
+
+    /// Puts back a state `state` returned; the moments must have this optimizer's sizes.
+    pub fn restore(&mut self, t: i32, m: Vec<Vec<f32>>, v: Vec<Vec<f32>>) -> Result<()> {
+        let sizes = |x: &[Vec<f32>]| x.iter().map(Vec::len).collect::<Vec<_>>();
+        if sizes(&m) != sizes(&self.m) || sizes(&v) != sizes(&self.v) || t < 0 {
+            return Err(Error::Train(format!(
+                "optimizer moments of sizes {:?} for parameters of sizes {:?}",
+                sizes(&m),
+                sizes(&self.m)
+            )));
+        }
+        (self.t, self.m, self.v) = (t, m, v);
+        Ok(())
+    }
+
     /// The global L2 norm of the gradients.
     pub fn grad_norm(grads: &[Vec<f32>]) -> f32 {
         let ss: f64 = grads

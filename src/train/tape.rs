@@ -12,7 +12,7 @@ use crate::backend::ops::gelu_mul_bwd::GeluMulBwd;
 use crate::backend::ops::matmul_tt::MatmulTt;
 use crate::backend::ops::rms_norm_bwd::RmsNormBwd;
 use crate::backend::ops::silu_mul_bwd::SiluMulBwd;
-use crate::backend::{AttnParams, BatchRows, KvType, RopeParams, TrainBackend};
+use crate::backend::{AttnParams, BatchRows, KvType, RopeParams, SeqRows, TrainBackend};
 use crate::{Error, Result};
 
 /// A value on the tape.
@@ -127,6 +127,34 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
     /// A tape whose `n_rows` rows sit at positions `pos_start..pos_start + n_rows`.
     pub fn at(b: &'a B, pos_start: usize, n_rows: usize) -> Result<Self> {
         let rows = b.rows(&BatchRows::contiguous(pos_start, n_rows)?)?;
+        Ok(Tape {
+            b,
+            entries: Vec::new(),
+            rows,
+            pos_start,
+        })
+    }
+
+    /// A tape over several examples packed back to back (`segments` their lengths), each at
+    /// positions `pos_start..`: RoPE rotates each from `pos_start` again. Attention must be
+    /// run per example (`attention` on each one's rows), as `TrainGraph` does.
+    pub fn packed(b: &'a B, pos_start: usize, segments: &[usize]) -> Result<Self> {
+        let longest = segments.iter().copied().max().unwrap_or(0);
+        let tables: Vec<[u32; 1]> = (0..segments.len())
+            .map(|s| u32::try_from(s).map(|s| [s]))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::shape("tape", format!("{} segments", segments.len())))?;
+        let seqs: Vec<SeqRows<'_>> = segments
+            .iter()
+            .zip(&tables)
+            .map(|(&n_rows, table)| SeqRows {
+                table,
+                pos_start,
+                n_rows,
+            })
+            .collect();
+        // One cache block per example: only the positions matter to RoPE.
+        let rows = b.rows(&BatchRows::new((pos_start + longest).max(1), &seqs)?)?;
         Ok(Tape {
             b,
             entries: Vec::new(),
