@@ -24,8 +24,8 @@ mod util;
 
 /// The Q4_K/Q5_K scale unpacking, shared with the CPU backend's 16-bit kernels.
 pub(crate) use q4_k::scales_mins_k4;
-/// CPU feature check and register helpers shared with the CPU backend's f32 kernels.
-pub(crate) use util::has_avx2_fma;
+/// Register helpers shared with the CPU backend's f32 kernels (which pick their path with
+/// `Level`).
 #[cfg(target_arch = "x86_64")]
 pub(crate) use util::{f16_at_f16c, hsum256};
 
