@@ -67,6 +67,11 @@ impl Device {
                 let threads = opts
                     .threads
                     .unwrap_or_else(crate::backend::cpu::pool::Pool::default_threads);
+                // A forced level is process-wide (attention and the other ops read it too);
+                // a level this CPU lacks is an error here, before any kernel runs.
+                if let Some(level) = opts.cpu_level {
+                    crate::quant::Level::force(level)?;
+                }
                 let backend = CpuBackend::with_threads(threads);
                 let activations = match opts.exact {
                     true => Activations::F32,
@@ -107,6 +112,9 @@ pub struct LoadOptions {
     pub exact: bool,
     /// CPU: what decode matmuls multiply weights by (16-bit integers unless asked otherwise).
     pub activations: Activations,
+    /// CPU: the instruction-set ceiling every kernel runs under (`None`: the best this CPU
+    /// has); one this CPU lacks is an error when the device opens.
+    pub cpu_level: Option<crate::quant::Level>,
     /// Adapters applied in the forward pass, in order (they stack).
     pub adapters: Vec<AdapterSpec>,
 }

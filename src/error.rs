@@ -85,6 +85,15 @@ pub enum Error {
     UnknownKvType(String),
     #[error("unknown activation type {0:?}; use q16 (the default), q8 or f32")]
     UnknownActivations(String),
+    #[error("unknown CPU level {0:?}; use scalar, avx2 or avx512 (or leave it unset for the best this CPU has)")]
+    UnknownCpuLevel(String),
+    /// A forced CPU level this CPU cannot run (the message names the missing features).
+    #[error("CPU level {level} needs {missing}, which this CPU lacks; use one of {runnable} (HEARTH_CPU_LEVEL, --cpu-level), or leave it unset for the best")]
+    CpuLevelMissing {
+        level: &'static str,
+        missing: String,
+        runnable: String,
+    },
     /// A KV cache type this model's shapes cannot use (the message says why).
     #[error("KV cache type {0}")]
     UnsupportedKvType(String),

@@ -8,6 +8,7 @@ use clap::Args;
 use hearth::backend::cpu::CpuBackend;
 use hearth::backend::gpu::list_adapters;
 use hearth::backend::Backend;
+use hearth::quant::Level;
 
 #[derive(Args)]
 pub struct DevicesArgs {
@@ -16,15 +17,19 @@ pub struct DevicesArgs {
     pub json: bool,
 }
 
-pub fn execute(args: DevicesArgs) -> Result<()> {
+pub fn execute(args: DevicesArgs, globals: &super::Globals) -> Result<()> {
+    if let Some(level) = super::resolve_cpu_level(None, globals)? {
+        Level::force(level)?;
+    }
     let cpu = CpuBackend::new().name();
+    let levels: Vec<&str> = Level::runnable().iter().map(|l| l.name()).collect();
     let gpus = list_adapters();
     if args.json {
-        let v = serde_json::json!({ "cpu": cpu, "gpus": gpus });
+        let v = serde_json::json!({ "cpu": cpu, "cpu_levels": levels, "gpus": gpus });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("cpu     {cpu}");
+    println!("cpu     {cpu}; levels this CPU runs: {}", levels.join(", "));
     if gpus.is_empty() {
         println!(
             "no GPU adapter found (a Vulkan driver is needed; mesa-vulkan-drivers provides \

@@ -42,6 +42,7 @@ use clap::{Parser, Subcommand};
 use hearth::backend::cpu::Activations;
 use hearth::backend::KvType;
 use hearth::engine::{Device, LoadOptions};
+use hearth::quant::Level;
 use hearth::store::Store;
 
 const EXAMPLES: &str = "\
@@ -123,6 +124,8 @@ pub struct Globals {
     pub threads: Option<String>,
     /// `HEARTH_ACTIVATIONS`, likewise.
     pub activations: Option<String>,
+    /// `HEARTH_CPU_LEVEL`, likewise.
+    pub cpu_level: Option<String>,
     /// `~/.hearth/history`, when there is a home directory.
     pub history: Option<PathBuf>,
 }
@@ -144,12 +147,14 @@ impl Globals {
         let kv_type = var("HEARTH_KV_CACHE_TYPE");
         let threads = var("HEARTH_THREADS");
         let activations = var("HEARTH_ACTIVATIONS");
+        let cpu_level = var("HEARTH_CPU_LEVEL");
         Ok(Globals {
             models_dir,
             device,
             kv_type,
             threads,
             activations,
+            cpu_level,
             history: home.map(|h| h.join("history")),
         })
     }
@@ -207,7 +212,7 @@ fn dispatch(command: Command, globals: &Globals) -> Result<()> {
         Command::Create(args) => create::execute(args.resolve(globals)?),
         Command::Tokenize(args) => tokenize::execute(args.resolve(globals)?),
         Command::Verify(args) => verify::execute(args.resolve(globals)?),
-        Command::Devices(args) => devices::execute(args),
+        Command::Devices(args) => devices::execute(args, globals),
         Command::Bench(args) => bench::execute(args.resolve(globals)?),
         Command::Quantize(args) => quantize::execute(args.resolve(globals)?),
         Command::Load(args) => load::execute(args.resolve(globals)?),
@@ -245,6 +250,10 @@ pub struct PlacementArgs {
     /// CPU threads (default: $HEARTH_THREADS, else one per core)
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
+    /// CPU instruction set every kernel runs with: scalar, avx2 or avx512 (default:
+    /// $HEARTH_CPU_LEVEL, else the best this CPU has)
+    #[arg(long, value_name = "LEVEL")]
+    cpu_level: Option<String>,
 }
 
 impl PlacementArgs {
@@ -276,12 +285,14 @@ impl PlacementArgs {
         if threads == Some(0) {
             anyhow::bail!("--threads must be at least 1");
         }
+        let cpu_level = resolve_cpu_level(self.cpu_level, globals)?;
         Ok(LoadOptions {
             num_ctx: None,
             device,
             kv_type,
             exact: self.exact,
             activations,
+            cpu_level,
             threads,
             adapters: Vec::new(),
         })
@@ -296,6 +307,17 @@ pub fn resolve_activations(flag: Option<String>, globals: &Globals) -> Result<Ac
             .with_context(|| format!("{text:?} (from --activations or HEARTH_ACTIVATIONS)")),
         None => Ok(Activations::default()),
     }
+}
+
+/// `--cpu-level`, else `HEARTH_CPU_LEVEL`, else none (the best this CPU has). A level this
+/// CPU lacks is refused when the device opens, with the features it misses.
+pub fn resolve_cpu_level(flag: Option<String>, globals: &Globals) -> Result<Option<Level>> {
+    flag.or_else(|| globals.cpu_level.clone())
+        .map(|text| {
+            text.parse()
+                .with_context(|| format!("{text:?} (from --cpu-level or HEARTH_CPU_LEVEL)"))
+        })
+        .transpose()
 }
 
 /// Parses a model name argument with a message that says what a name looks like.

@@ -169,6 +169,7 @@ pub fn execute(cmd: RunCommand) -> Result<()> {
     chat.engine.set_format(cmd.format).context("--format")?;
     let out = Output::new(cmd.verbose);
     if cmd.verbose {
+        eprintln!("device: {}", chat.engine.device_name());
         let (plan, kv_type) = chat.engine.memory_plan();
         let n_ctx = chat.options.num_ctx.unwrap_or(chat.engine.n_ctx());
         eprint!(

@@ -10,6 +10,7 @@ mod f32;
 mod ksearch;
 #[cfg(target_arch = "x86_64")]
 mod ksearch_avx2;
+mod level;
 mod q4_0;
 mod q4_1;
 mod q4_k;
@@ -23,14 +24,15 @@ mod util;
 
 /// The Q4_K/Q5_K scale unpacking, shared with the CPU backend's 16-bit kernels.
 pub(crate) use q4_k::scales_mins_k4;
-/// CPU feature check and register helpers shared with the CPU backend's f32 kernels.
-pub(crate) use util::has_avx2_fma;
+/// Register helpers shared with the CPU backend's f32 kernels (which pick their path with
+/// `Level`).
 #[cfg(target_arch = "x86_64")]
 pub(crate) use util::{f16_at_f16c, hsum256};
 
 pub use bf16::BlockBF16;
 pub use f16::BlockF16;
 pub use f32::BlockF32;
+pub use level::Level;
 pub use q4_0::BlockQ4_0;
 pub use q4_1::BlockQ4_1;
 pub use q4_k::BlockQ4K;
@@ -283,13 +285,19 @@ impl QuantType {
         })
     }
 
-    /// `row · x` where `row` holds `x.len()` values in this format.
+    /// `row · x` where `row` holds `x.len()` values in this format, at the active level.
     pub fn dot_row(self, row: &[u8], x: &[f32]) -> f32 {
+        self.dot_row_at(Level::active(), row, x)
+    }
+
+    /// `dot_row` with the kernel of `level` (the reference below AVX2 or where this CPU
+    /// lacks the level).
+    pub fn dot_row_at(self, level: Level, row: &[u8], x: &[f32]) -> f32 {
         with_format!(self, B => {
             debug_assert_eq!(Some(row.len()), self.row_bytes(x.len()));
             match B::DOT_AVX2 {
                 // SAFETY: the kernels need AVX2, FMA and F16C, checked here.
-                Some(kernel) if has_avx2_fma() => unsafe { kernel(row, x) },
+                Some(kernel) if level.avx2() => unsafe { kernel(row, x) },
                 _ => B::dot_row(row, x),
             }
         })
@@ -298,17 +306,27 @@ impl QuantType {
     /// Whether decode should quantize activations for this format: it has an integer kernel
     /// and this CPU can run it.
     pub fn has_q8_dot(self) -> bool {
-        has_avx2_fma() && with_format!(self, B => B::Q8_AVX2.is_some())
+        self.has_q8_dot_at(Level::active())
+    }
+
+    /// `has_q8_dot` at `level`.
+    pub fn has_q8_dot_at(self, level: Level) -> bool {
+        level.avx2() && with_format!(self, B => B::Q8_AVX2.is_some())
     }
 
     /// `row · x̂` for 8-bit activations `x̂` of `row`'s length: the format's integer kernel, or
     /// the reference where there is none.
     pub fn dot_row_q8(self, row: &[u8], x: &Q8Act) -> f32 {
+        self.dot_row_q8_at(Level::active(), row, x)
+    }
+
+    /// `dot_row_q8` with the kernel of `level`.
+    pub fn dot_row_q8_at(self, level: Level, row: &[u8], x: &Q8Act) -> f32 {
         with_format!(self, B => {
             debug_assert_eq!(Some(row.len()), self.row_bytes(x.len()));
             match B::Q8_AVX2 {
                 // SAFETY: the kernels need AVX2, FMA and F16C, checked here.
-                Some(kernel) if has_avx2_fma() => unsafe { kernel(row, x) },
+                Some(kernel) if level.avx2() => unsafe { kernel(row, x) },
                 _ => dot_row_q8_by_dequant::<B>(row, x),
             }
         })
@@ -377,60 +395,68 @@ mod tests {
         row
     }
 
-    /// Every format's `dot_row` (fused SIMD where it has one) against dequantize-then-dot.
+    /// Every format's `dot_row` (fused SIMD where it has one) at every level this CPU runs
+    /// against dequantize-then-dot, on rows of an odd number of blocks (seven). Tolerance:
+    /// 1e-5 of the sum of |products| — the kernels only reassociate the f32 sums (eight or
+    /// more partial sums, each ~50 additions at 6e-8 relative each).
     #[test]
     fn dot_row_matches_dequantized_dot() {
-        let n = 512;
-        let x: Vec<f32> = (0..n)
-            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
-            .collect();
-        for t in QuantType::ALL {
-            let row = test_row(t, n);
-            let mut deq = vec![0f32; n];
-            t.dequantize_row(&row, &mut deq);
-            let want: f32 = deq.iter().zip(&x).map(|(a, b)| a * b).sum();
-            let scale: f32 = deq.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
-            let got = t.dot_row(&row, &x);
-            assert!(
-                (got - want).abs() <= 1e-5 * scale + 1e-6,
-                "{t}: {got} vs {want}"
-            );
+        for level in Level::available() {
+            for t in QuantType::ALL {
+                let n = t.block_elems() * 7;
+                let x: Vec<f32> = (0..n)
+                    .map(|i| ((i * 31 % 97) as f32 - 48.0) / 40.0)
+                    .collect();
+                let row = test_row(t, n);
+                let mut deq = vec![0f32; n];
+                t.dequantize_row(&row, &mut deq);
+                let want: f32 = deq.iter().zip(&x).map(|(a, b)| a * b).sum();
+                let scale: f32 = deq.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                let got = t.dot_row_at(level, &row, &x);
+                assert!(
+                    (got - want).abs() <= 1e-5 * scale + 1e-6,
+                    "{t} at {level}: {got} vs {want}"
+                );
+            }
         }
     }
 
-    /// Every integer kernel against the dequantized row times the activations' 8-bit values:
-    /// the integer sums are exact, so only the float scaling's order differs.
+    /// Every integer kernel, at every level this CPU runs, against the dequantized row times
+    /// the activations' 8-bit values on rows of an odd number of blocks: the integer sums are
+    /// exact, so only the float scaling's order differs (tolerance as `dot_row`'s).
     #[test]
     fn dot_row_q8_matches_dequantized_dot() {
-        let n = 768;
-        // Blocks of very different magnitudes, and one all-zero block.
-        let x: Vec<f32> = (0..n)
-            .map(|i| {
-                let mag = [1.0, 30.0, 0.01, 0.0, 4.0, 0.5][(i / 32) % 6];
-                mag * (((i * 31 % 97) as f32 - 48.0) / 40.0)
-            })
-            .collect();
-        let xq = Q8Act::quantize(&x).unwrap();
-        let mut n_int = 0;
-        for t in QuantType::ALL {
-            let row = test_row(t, n);
-            let want = dot_row_q8_by_dequant_of(t, &row, &xq);
-            let mut deq = vec![0f32; n];
-            t.dequantize_row(&row, &mut deq);
-            let xv = xq.dequantize();
-            let scale: f32 = deq.iter().zip(&xv).map(|(a, b)| (a * b).abs()).sum();
-            let got = t.dot_row_q8(&row, &xq);
-            assert!(
-                (got - want).abs() <= 1e-5 * scale + 1e-6,
-                "{t}: {got} vs {want}"
-            );
-            n_int += t.has_q8_dot() as usize;
-        }
-        if has_avx2_fma() {
-            assert_eq!(
-                n_int, 7,
-                "Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K have integer kernels"
-            );
+        for level in Level::available() {
+            let mut n_int = 0;
+            for t in QuantType::ALL {
+                let n = t.block_elems().max(32) * 7;
+                // Blocks of very different magnitudes, and one all-zero block.
+                let x: Vec<f32> = (0..n)
+                    .map(|i| {
+                        let mag = [1.0, 30.0, 0.01, 0.0, 4.0, 0.5][(i / 32) % 6];
+                        mag * (((i * 31 % 97) as f32 - 48.0) / 40.0)
+                    })
+                    .collect();
+                let xq = Q8Act::quantize(&x).unwrap();
+                let row = test_row(t, n);
+                let want = dot_row_q8_by_dequant_of(t, &row, &xq);
+                let mut deq = vec![0f32; n];
+                t.dequantize_row(&row, &mut deq);
+                let xv = xq.dequantize();
+                let scale: f32 = deq.iter().zip(&xv).map(|(a, b)| (a * b).abs()).sum();
+                let got = t.dot_row_q8_at(level, &row, &xq);
+                assert!(
+                    (got - want).abs() <= 1e-5 * scale + 1e-6,
+                    "{t} at {level}: {got} vs {want}"
+                );
+                n_int += t.has_q8_dot_at(level) as usize;
+            }
+            if level.avx2() {
+                assert_eq!(
+                    n_int, 8,
+                    "Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K have integer kernels"
+                );
+            }
         }
     }
 

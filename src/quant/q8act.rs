@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn lane_sums_adds_each_vector() {
         use std::arch::x86_64::*;
-        if !crate::quant::has_avx2_fma() {
+        if !crate::quant::util::has_avx2_fma() {
             return;
         }
         let vals: Vec<[i32; 8]> = (0..8)

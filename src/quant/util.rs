@@ -55,22 +55,11 @@ pub fn pack_q5(x: &[f32], q: impl Fn(f32) -> u32, out: &mut [u8]) {
     out[..4].copy_from_slice(&qh.to_le_bytes());
 }
 
-/// True when the AVX2+FMA(+F16C) kernels may run (checked once).
-#[cfg(target_arch = "x86_64")]
+/// True when the AVX2+FMA(+F16C) kernels may run: this CPU has them and the active level
+/// (`Level::active`, which a user may force lower) includes them.
 #[inline]
 pub fn has_avx2_fma() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    })
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub fn has_avx2_fma() -> bool {
-    false
+    super::Level::active().avx2()
 }
 
 /// f16 bits at `b[i..i + 2]` to f32 with the F16C instruction (exact, like `half`'s software

@@ -4,7 +4,7 @@
 //! scalar references (dequantize with `crate::quant`, then plain f32 arithmetic) it is tested
 //! against. The block size in bytes (`BB`) picks the format.
 
-use crate::quant::{BlockFormat, BlockQ4_0, BlockQ8_0};
+use crate::quant::{BlockFormat, BlockQ4_0, BlockQ8_0, Level};
 
 /// A Q8_0 block: an f16 scale, then 32 i8 values.
 pub type Q8Block = [u8; 34];
@@ -45,9 +45,15 @@ pub fn axpy_scalar<const BB: usize>(w: f32, v: &[[u8; BB]], out: &mut [f32]) {
 /// `q · k` over one head's blocks (`q.len() == 32 * k.len()`).
 #[inline]
 pub fn dot<const BB: usize>(q: &[f32], k: &[[u8; BB]]) -> f32 {
+    dot_at(Level::active(), q, k)
+}
+
+/// `dot` with the best path of `level`.
+#[inline]
+pub fn dot_at<const BB: usize>(level: Level, q: &[f32], k: &[[u8; BB]]) -> f32 {
     debug_assert_eq!(q.len(), 32 * k.len());
     #[cfg(target_arch = "x86_64")]
-    if crate::quant::has_avx2_fma() {
+    if level.avx2() {
         // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
         return unsafe { dot_avx2(q, k) };
     }
@@ -57,9 +63,15 @@ pub fn dot<const BB: usize>(q: &[f32], k: &[[u8; BB]]) -> f32 {
 /// `out += w v` over one head's blocks (`out.len() == 32 * v.len()`).
 #[inline]
 pub fn axpy<const BB: usize>(w: f32, v: &[[u8; BB]], out: &mut [f32]) {
+    axpy_at(Level::active(), w, v, out)
+}
+
+/// `axpy` with the best path of `level`.
+#[inline]
+pub fn axpy_at<const BB: usize>(level: Level, w: f32, v: &[[u8; BB]], out: &mut [f32]) {
     debug_assert_eq!(out.len(), 32 * v.len());
     #[cfg(target_arch = "x86_64")]
-    if crate::quant::has_avx2_fma() {
+    if level.avx2() {
         // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
         return unsafe { axpy_avx2(w, v, out) };
     }
@@ -154,31 +166,31 @@ mod tests {
             .collect()
     }
 
-    /// The kernels against the references, and the references against the format's own
-    /// dequantizer, for a head of 128 values.
+    /// The kernels at every level against the references, and the references against the
+    /// format's own dequantizer, for heads of odd block counts (1, 3, 5) and of 128 values.
+    /// Tolerances: 1e-4 relative for the dot (f32 sums reassociated over ≤ 160 terms of
+    /// magnitude ≤ 1), 1e-5 absolute for each axpy value (one FMA against a multiply-add).
     fn check<const BB: usize>(qt: QuantType) {
-        let (q, k) = (values(128, 1), values(128, 7));
-        let kb = blocks::<BB>(qt, &k);
-        let mut deq = vec![0f32; 128];
-        qt.dequantize_row(kb.as_flattened(), &mut deq);
-        let want = super::super::simd::dot_scalar(&q, &deq);
-        let (got, reference) = (dot(&q, &kb), dot_scalar(&q, &kb));
-        assert!(
-            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-            "{qt} dot {got} vs {want}"
-        );
-        assert!((reference - want).abs() <= 1e-4 * want.abs().max(1.0));
-        let mut out = values(128, 3);
-        let mut out_ref = out.clone();
-        axpy(0.37, &kb, &mut out);
-        axpy_scalar(0.37, &kb, &mut out_ref);
-        for ((o, r), (x, d)) in out
-            .iter()
-            .zip(&out_ref)
-            .zip(values(128, 3).iter().zip(&deq))
-        {
-            assert!((o - r).abs() <= 1e-5, "{qt} axpy {o} vs {r}");
-            assert!((r - (x + 0.37 * d)).abs() <= 1e-6);
+        for (level, n) in crate::backend::cpu::simd::levels_by([32, 96, 128, 160]) {
+            let (q, k) = (values(n, 1), values(n, 7));
+            let kb = blocks::<BB>(qt, &k);
+            let mut deq = vec![0f32; n];
+            qt.dequantize_row(kb.as_flattened(), &mut deq);
+            let want = super::super::simd::dot_scalar(&q, &deq);
+            let (got, reference) = (dot_at(level, &q, &kb), dot_scalar(&q, &kb));
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{qt} {level} n={n} dot {got} vs {want}"
+            );
+            assert!((reference - want).abs() <= 1e-4 * want.abs().max(1.0));
+            let mut out = values(n, 3);
+            let mut out_ref = out.clone();
+            axpy_at(level, 0.37, &kb, &mut out);
+            axpy_scalar(0.37, &kb, &mut out_ref);
+            for ((o, r), (x, d)) in out.iter().zip(&out_ref).zip(values(n, 3).iter().zip(&deq)) {
+                assert!((o - r).abs() <= 1e-5, "{qt} {level} n={n} axpy {o} vs {r}");
+                assert!((r - (x + 0.37 * d)).abs() <= 1e-6);
+            }
         }
     }
 

@@ -35,6 +35,15 @@ const LANES_MIN_ROWS: usize = 4;
 /// L1/L2 while every chunk of input rows passes.
 const LANES_WEIGHT_ROWS: usize = 16;
 
+/// What a matmul keeps between calls, so that a decode step allocates nothing once its
+/// buffers have grown: the input rows in 16 bits, the task list, the output pointers.
+#[derive(Default)]
+pub(super) struct MatmulScratch {
+    xq16: Vec<Q16Act>,
+    tasks: Vec<(usize, usize, usize)>,
+    out_ptrs: Vec<SyncPtr>,
+}
+
 impl CpuBackend {
     /// `Backend::matmul_rows` on the CPU.
     pub(super) fn matmul_rows_cpu(
@@ -53,12 +62,18 @@ impl CpuBackend {
                 self.shape(out),
             )?;
         }
+        // The backend's buffers; a second caller running at the same time (two runtimes on
+        // one backend) takes fresh ones rather than waiting.
+        let mut shared = self.scratch.try_lock().ok();
+        let mut own = MatmulScratch::default();
+        let scratch = shared.as_deref_mut().unwrap_or(&mut own);
         let (n_tok, k) = (x.n_rows, x.n_cols);
         let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
         // Inputs quantized once here, shared by every task; empty when not used.
         let act = self.activations;
-        let int8_wanted =
-            n_single > 0 && act == Activations::Q8 && ws.iter().any(|w| w.qtype.has_q8_dot());
+        let int8_wanted = n_single > 0
+            && act == Activations::Q8
+            && ws.iter().any(|w| w.qtype.has_q8_dot_at(self.level));
         let xq: Vec<Q8Act> = match int8_wanted {
             true => (0..n_single)
                 .map_while(|t| Q8Act::quantize(x_row(t)))
@@ -73,13 +88,18 @@ impl CpuBackend {
             && ws
                 .iter()
                 .any(|w| q16::kernel(w.qtype, self.level).is_some());
-        let xq16: Vec<Q16Act> = match int16_wanted {
-            true => (0..n_tok)
-                .map_while(|t| Q16Act::quantize(x_row(t)))
-                .collect(),
-            false => Vec::new(),
+        if int16_wanted && scratch.xq16.len() < n_tok {
+            scratch.xq16.resize_with(n_tok, Q16Act::default);
+        }
+        let int16 = int16_wanted
+            && scratch.xq16[..n_tok]
+                .iter_mut()
+                .enumerate()
+                .all(|(t, q)| q.quantize_from(x_row(t)));
+        let xq16: &[Q16Act] = match int16 {
+            true => &scratch.xq16[..n_tok],
+            false => &[],
         };
-        let int16 = !xq16.is_empty() && xq16.len() == n_tok;
         // Chunks of eight rows side by side for the lane kernel; rows past the last chunk of
         // at least four go row by row.
         let lanes: Vec<Q16Lanes> = match int16 {
@@ -91,19 +111,18 @@ impl CpuBackend {
             false => Vec::new(),
         };
         let n_lane_tok = lanes.iter().map(|c| c.n_rows()).sum::<usize>();
-        let out_ptrs: Vec<SyncPtr> = outs
-            .iter_mut()
-            .map(|o| SyncPtr(o.data.as_mut_ptr()))
-            .collect();
+        let out_ptrs = &mut scratch.out_ptrs;
+        out_ptrs.clear();
+        out_ptrs.extend(outs.iter_mut().map(|o| SyncPtr(o.data.as_mut_ptr())));
+        let out_ptrs = &*out_ptrs;
         // Tasks of every weight in one list: (weight, first row, rows).
-        let tasks: Vec<(usize, usize, usize)> = ws
-            .iter()
-            .enumerate()
-            .flat_map(|(i, w)| {
-                let step = rows_per_task(w.n_rows, self.n_threads);
-                (0..w.n_rows).step_by(step).map(move |r| (i, r, step))
-            })
-            .collect();
+        let tasks = &mut scratch.tasks;
+        tasks.clear();
+        tasks.extend(ws.iter().enumerate().flat_map(|(i, w)| {
+            let step = rows_per_task(w.n_rows, self.n_threads);
+            (0..w.n_rows).step_by(step).map(move |r| (i, r, step))
+        }));
+        let tasks = &*tasks;
         self.pool.run(tasks.len(), &|task| {
             let (i, r0, step) = tasks[task];
             let (w, out_ptr) = (ws[i], out_ptrs[i]);
@@ -144,13 +163,13 @@ impl CpuBackend {
                 }
                 return;
             }
-            let int8 = int8 && w.qtype.has_q8_dot();
+            let int8 = int8 && w.qtype.has_q8_dot_at(self.level);
             for r in r0..r_end {
                 let row = w.row_bytes(r);
                 for t in 0..n_single {
                     let v = match xq.get(t) {
-                        Some(xq) if int8 => w.qtype.dot_row_q8(row, xq),
-                        _ => w.qtype.dot_row(row, x_row(t)),
+                        Some(xq) if int8 => w.qtype.dot_row_q8_at(self.level, row, xq),
+                        _ => w.qtype.dot_row_at(self.level, row, x_row(t)),
                     };
                     store(t, r, v);
                 }
@@ -166,7 +185,7 @@ impl CpuBackend {
                     for (i, dst) in buf.chunks_exact_mut(k).take(nr).enumerate() {
                         w.qtype.dequantize_row(w.row_bytes(rt + i), dst);
                     }
-                    simd::tile_dot(&buf[..nr * k], prompt, k, |t, i, v| {
+                    simd::tile_dot_at(self.level, &buf[..nr * k], prompt, k, |t, i, v| {
                         store(n_single + t, rt + i, v)
                     });
                 }

@@ -83,8 +83,10 @@ pub struct CpuBackend {
     n_threads: usize,
     /// What decode matmuls multiply the weights by.
     activations: Activations,
-    /// The instruction set the 16-bit kernels run with.
+    /// The instruction set the matmul kernels run with.
     level: Level,
+    /// The matmul's buffers, kept between calls (decode allocates nothing once warm).
+    scratch: std::sync::Mutex<matmul::MatmulScratch>,
 }
 
 impl CpuBackend {
@@ -102,6 +104,7 @@ impl CpuBackend {
             n_threads: pool.n_threads(),
             activations: Activations::default(),
             level: Level::best(),
+            scratch: Default::default(),
         }
     }
 
@@ -125,11 +128,20 @@ impl CpuBackend {
         }
     }
 
-    /// This backend with its 16-bit kernels at `level` (tests run every level the CPU has); a
-    /// level this CPU cannot run falls back to f32 activations, never to an illegal
-    /// instruction.
+    /// This backend with its matmul kernels at `level` (tests run every level the CPU has),
+    /// capped at `Level::active`: a level this CPU cannot run, or above a forced ceiling,
+    /// runs as the best below it, never as an illegal instruction. Attention and the other
+    /// ops follow the process-wide `Level::active` (`Level::force`).
     pub fn with_level(self, level: Level) -> Self {
-        CpuBackend { level, ..self }
+        CpuBackend {
+            level: level.min(Level::active()),
+            ..self
+        }
+    }
+
+    /// The instruction-set level the matmul kernels run at.
+    pub fn level(&self) -> Level {
+        self.level
     }
 
     /// Activations stay f32 everywhere: results match an f32 reference to rounding order, at
@@ -178,20 +190,15 @@ impl Backend for CpuBackend {
     const DECODE_MAX_ROWS: usize = 3;
 
     fn name(&self) -> String {
-        let simd = if simd::has_avx2_fma() {
-            "avx2+fma"
-        } else {
-            "scalar"
+        let act = match (self.activations, self.level) {
+            (Activations::Q8, Level::Scalar) | (Activations::Q16, Level::Scalar) => {
+                "f32 activations (no integer kernels at this level)"
+            }
+            (Activations::Q8, _) => "int8 decode",
+            (Activations::Q16, _) => "int16 activations",
+            (Activations::F32, _) => "exact f32",
         };
-        let act = match self.activations {
-            Activations::Q8 => "int8 decode".to_string(),
-            Activations::Q16 => match self.level {
-                Level::Scalar => "f32 decode (no integer kernels on this CPU)".to_string(),
-                level => format!("int16 decode, {}", level.name()),
-            },
-            Activations::F32 => "exact f32".to_string(),
-        };
-        format!("cpu ({} threads, {simd}, {act})", self.n_threads)
+        format!("cpu ({} threads, {}, {act})", self.n_threads, self.level)
     }
 
     fn load_weight(&self, src: &WeightSource) -> Result<CpuWeight> {
@@ -443,10 +450,18 @@ impl Backend for CpuBackend {
         ins: &[&CpuTensor],
         out: &mut CpuTensor,
     ) -> Result<()> {
-        let shapes: Vec<_> = ins.iter().map(|t| (t.n_rows, t.n_cols)).collect();
+        // The shapes on the stack: decode applies element-wise ops every layer, and no op
+        // takes more inputs than this.
+        let mut shapes = [(0, 0); 8];
+        check("apply", ins.len() <= shapes.len(), || {
+            format!("{} inputs", ins.len())
+        })?;
+        for (s, t) in shapes.iter_mut().zip(ins) {
+            *s = (t.n_rows, t.n_cols);
+        }
         op.check(
             w.map(|w| (w.n_rows, w.n_cols)),
-            &shapes,
+            &shapes[..ins.len()],
             (out.n_rows, out.n_cols),
         )?;
         op.cpu(self, w, ins, out)

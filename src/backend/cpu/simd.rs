@@ -2,6 +2,7 @@
 //! cache rows, each with an AVX2+FMA(+F16C) path chosen at run time and a scalar path that is
 //! the reference for it.
 
+use crate::quant::Level;
 use half::f16;
 
 /// Plain dot product in index order: the reference the SIMD path is tested against.
@@ -9,13 +10,19 @@ pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `a · b` with the fastest path this CPU supports.
+/// `a · b` with the fastest path the active level allows.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    dot_at(Level::active(), a, b)
+}
+
+/// `a · b` with the best path of `level` (tests run every level).
+#[inline]
+pub fn dot_at(level: Level, a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma() {
+        if level.avx2() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { dot_avx2(a, b) };
         }
@@ -31,10 +38,16 @@ pub fn dot_f16_scalar(a: &[f32], b: &[f16]) -> f32 {
 /// `a · b` with `b` in f16.
 #[inline]
 pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    dot_f16_at(Level::active(), a, b)
+}
+
+/// `dot_f16` with the best path of `level`.
+#[inline]
+pub fn dot_f16_at(level: Level, a: &[f32], b: &[f16]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma() {
+        if level.avx2() {
             // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
             return unsafe { dot_f16_avx2(a, b) };
         }
@@ -61,10 +74,16 @@ pub fn axpy_f16_scalar(w: f32, x: &[f16], out: &mut [f32]) {
 /// `out += w * x` with `x` in f16.
 #[inline]
 pub fn axpy_f16(w: f32, x: &[f16], out: &mut [f32]) {
+    axpy_f16_at(Level::active(), w, x, out)
+}
+
+/// `axpy_f16` with the best path of `level`.
+#[inline]
+pub fn axpy_f16_at(level: Level, w: f32, x: &[f16], out: &mut [f32]) {
     debug_assert_eq!(x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if has_avx2_fma() {
+        if level.avx2() {
             // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
             return unsafe { axpy_f16_avx2(w, x, out) };
         }
@@ -81,11 +100,22 @@ pub const TILE_ROWS: usize = 4;
 /// Every output is summed in the same order whatever the other tokens are (an odd last token
 /// goes through the same tile, paired with itself), so a token's result never depends on
 /// the batch it is in.
-pub fn tile_dot(w: &[f32], x: &[f32], k: usize, mut out: impl FnMut(usize, usize, f32)) {
+pub fn tile_dot(w: &[f32], x: &[f32], k: usize, out: impl FnMut(usize, usize, f32)) {
+    tile_dot_at(Level::active(), w, x, k, out)
+}
+
+/// `tile_dot` with the best path of `level`.
+pub fn tile_dot_at(
+    level: Level,
+    w: &[f32],
+    x: &[f32],
+    k: usize,
+    mut out: impl FnMut(usize, usize, f32),
+) {
     let (nr, n_tok) = (w.len() / k, x.len() / k);
     let mut t = 0;
     #[cfg(target_arch = "x86_64")]
-    if nr == TILE_ROWS && has_avx2_fma() {
+    if nr == TILE_ROWS && level.avx2() {
         while t < n_tok {
             let x0 = &x[t * k..(t + 1) * k];
             let x1 = if t + 1 < n_tok {
@@ -107,7 +137,11 @@ pub fn tile_dot(w: &[f32], x: &[f32], k: usize, mut out: impl FnMut(usize, usize
     }
     for t in t..n_tok {
         for j in 0..nr {
-            out(t, j, dot(&w[j * k..(j + 1) * k], &x[t * k..(t + 1) * k]));
+            out(
+                t,
+                j,
+                dot_at(level, &w[j * k..(j + 1) * k], &x[t * k..(t + 1) * k]),
+            );
         }
     }
 }
@@ -143,8 +177,6 @@ unsafe fn dot_4x2_avx2(w: &[f32], x0: &[f32], x1: &[f32], k: usize) -> [[f32; 2]
     }
     res
 }
-
-pub(crate) use crate::quant::has_avx2_fma;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -236,53 +268,70 @@ unsafe fn axpy_f16_avx2(w: f32, x: &[f16], out: &mut [f32]) {
     }
 }
 
+/// Every case at every level kernels may run at: what each kernel test loops over.
+#[cfg(test)]
+pub(crate) fn levels_by<T: Copy>(cases: impl IntoIterator<Item = T>) -> Vec<(Level, T)> {
+    let cases: Vec<T> = cases.into_iter().collect();
+    Level::available()
+        .into_iter()
+        .flat_map(|l| cases.iter().map(move |&c| (l, c)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn simd_dot_matches_scalar_on_odd_lengths() {
-        for n in [0, 1, 7, 8, 31, 32, 33, 100, 576, 1537] {
+        for (level, n) in levels_by([0, 1, 7, 8, 31, 32, 33, 100, 576, 1537]) {
             let a: Vec<f32> = (0..n)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
             let b: Vec<f32> = (0..n)
                 .map(|i| ((i * 53 % 89) as f32 - 44.0) / 30.0)
                 .collect();
-            let (r, s) = (dot_scalar(&a, &b), dot(&a, &b));
+            let (r, s) = (dot_scalar(&a, &b), dot_at(level, &a, &b));
             // Reassociation only: relative error bounded by n * eps of the absolute sum.
             let bound = 1e-6 * a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum::<f32>() + 1e-6;
-            assert!((r - s).abs() <= bound, "n={n}: {r} vs {s}");
+            assert!((r - s).abs() <= bound, "{level} n={n}: {r} vs {s}");
         }
     }
 
     #[test]
     fn f16_dot_and_axpy_match_scalar_on_odd_lengths() {
-        for n in [0, 1, 7, 8, 15, 16, 17, 64, 100, 256] {
+        for (level, n) in levels_by([0, 1, 7, 8, 15, 16, 17, 64, 100, 256]) {
             let a: Vec<f32> = (0..n)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
                 .collect();
             let b: Vec<f16> = (0..n)
                 .map(|i| f16::from_f32(((i * 53 % 89) as f32 - 44.0) / 30.0))
                 .collect();
-            let (r, s) = (dot_f16_scalar(&a, &b), dot_f16(&a, &b));
+            let (r, s) = (dot_f16_scalar(&a, &b), dot_f16_at(level, &a, &b));
             let abs: f32 = a.iter().zip(&b).map(|(x, y)| (x * y.to_f32()).abs()).sum();
-            assert!((r - s).abs() <= 1e-6 * abs + 1e-6, "dot n={n}: {r} vs {s}");
+            assert!(
+                (r - s).abs() <= 1e-6 * abs + 1e-6,
+                "{level} dot n={n}: {r} vs {s}"
+            );
 
             let mut want = a.clone();
             let mut got = a.clone();
             axpy_f16_scalar(0.3, &b, &mut want);
-            axpy_f16(0.3, &b, &mut got);
+            axpy_f16_at(level, 0.3, &b, &mut got);
             for (i, (x, y)) in want.iter().zip(&got).enumerate() {
                 // One fused multiply-add against a multiply then an add: one rounding apart.
-                assert!((x - y).abs() <= 1e-6 * (1.0 + x.abs()), "axpy n={n} [{i}]");
+                assert!(
+                    (x - y).abs() <= 1e-6 * (1.0 + x.abs()),
+                    "{level} axpy n={n} [{i}]"
+                );
             }
         }
     }
 
     #[test]
     fn tile_dot_matches_scalar_dots() {
-        for (nr, n_tok, k) in [(4, 5, 37), (4, 2, 64), (3, 4, 16), (1, 1, 9), (4, 1, 576)] {
+        let shapes = [(4, 5, 37), (4, 2, 64), (3, 4, 16), (1, 1, 9), (4, 1, 576)];
+        for (level, (nr, n_tok, k)) in levels_by(shapes) {
             let w: Vec<f32> = (0..nr * k)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
                 .collect();
@@ -290,11 +339,11 @@ mod tests {
                 .map(|i| ((i * 7 % 31) as f32 - 15.0) / 9.0)
                 .collect();
             let mut seen = vec![false; nr * n_tok];
-            tile_dot(&w, &x, k, |t, j, v| {
+            tile_dot_at(level, &w, &x, k, |t, j, v| {
                 let r = dot_scalar(&w[j * k..(j + 1) * k], &x[t * k..(t + 1) * k]);
                 assert!(
                     (r - v).abs() <= 1e-4 * (1.0 + r.abs()),
-                    "{nr}x{n_tok}x{k} at ({t},{j})"
+                    "{level} {nr}x{n_tok}x{k} at ({t},{j})"
                 );
                 seen[t * nr + j] = true;
             });

@@ -16,6 +16,7 @@ mod unpack;
 
 pub use lanes::{LaneScratch, Q16Lanes, LANES};
 
+pub use crate::quant::Level;
 use crate::quant::QuantType;
 
 /// Values per activation block.
@@ -34,15 +35,23 @@ pub struct Q16Act {
 impl Q16Act {
     /// `None` when the row is not whole blocks.
     pub fn quantize(x: &[f32]) -> Option<Self> {
+        let mut out = Q16Act::default();
+        out.quantize_from(x).then_some(out)
+    }
+
+    /// `x` quantized into this row's buffers (no allocation once they have grown to the
+    /// row's size: decode reuses one per input row); false, and the row left empty, when `x`
+    /// is not whole blocks.
+    pub fn quantize_from(&mut self, x: &[f32]) -> bool {
+        let out = self;
+        out.qs.clear();
+        out.d.clear();
+        out.sum.clear();
         if !x.len().is_multiple_of(Q16_BLOCK) {
-            return None;
+            return false;
         }
         let n_blocks = x.len() / Q16_BLOCK;
-        let mut out = Q16Act {
-            qs: vec![0; x.len()],
-            d: Vec::with_capacity(n_blocks),
-            sum: Vec::with_capacity(n_blocks),
-        };
+        out.qs.resize(x.len(), 0);
         for (xs, qs) in x
             .chunks_exact(Q16_BLOCK)
             .zip(out.qs.chunks_exact_mut(Q16_BLOCK))
@@ -67,7 +76,7 @@ impl Q16Act {
         // scales at a time.
         out.d.resize(n_blocks.next_multiple_of(8), 0.0);
         out.sum.resize(n_blocks.next_multiple_of(8), 0.0);
-        Some(out)
+        true
     }
 
     pub fn len(&self) -> usize {
@@ -85,65 +94,6 @@ impl Q16Act {
             .zip(&self.d)
             .flat_map(|(qs, &d)| qs.iter().map(move |&q| d * q as f32))
             .collect()
-    }
-}
-
-/// An instruction-set level the integer kernels are compiled for, best last.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    /// No integer kernel: decode keeps f32 activations.
-    Scalar,
-    /// AVX2, FMA, F16C: `vpmaddwd`.
-    Avx2,
-    /// AVX-512 F/BW/VL + VNNI on top of AVX2: `vpdpwssd`.
-    Avx512Vnni,
-}
-
-impl Level {
-    /// Every level this CPU runs, best last (tests run each one).
-    pub fn available() -> Vec<Level> {
-        [Level::Scalar, Level::Avx2, Level::Avx512Vnni]
-            .into_iter()
-            .filter(|l| l.is_available())
-            .collect()
-    }
-
-    /// The best level this CPU runs.
-    pub fn best() -> Level {
-        Self::available().pop().unwrap_or(Level::Scalar)
-    }
-
-    pub fn is_available(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::sync::OnceLock;
-            static VNNI: OnceLock<bool> = OnceLock::new();
-            match self {
-                Level::Scalar => true,
-                Level::Avx2 => crate::quant::has_avx2_fma(),
-                Level::Avx512Vnni => {
-                    crate::quant::has_avx2_fma()
-                        && *VNNI.get_or_init(|| {
-                            is_x86_feature_detected!("avx512f")
-                                && is_x86_feature_detected!("avx512bw")
-                                && is_x86_feature_detected!("avx512vl")
-                                && is_x86_feature_detected!("avx512vnni")
-                        })
-                }
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            self == Level::Scalar
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Scalar => "scalar",
-            Level::Avx2 => "avx2",
-            Level::Avx512Vnni => "avx512-vnni",
-        }
     }
 }
 
