@@ -3,10 +3,11 @@
 //! prefixes), and `Runtime::step`, which runs one forward pass over a batch of tokens from
 //! every active `Sequence` (`sequence.rs`) and feeds each the token sampled for it.
 //!
-//! A step takes, per active sequence, either its one pending generated token (a decode row)
-//! or the next chunk of its prompt; decode rows come first in the batch. Which kernel a row
-//! goes through depends only on its own sequence (see `Backend::matmul_rows`), so a sequence
-//! computes the same tokens alone or beside others.
+//! A step takes every decode row (a sequence's one pending generated token), then chunks of
+//! prompts, oldest first, within a budget of prompt tokens (see `step` for why); decode rows
+//! come first in the batch. Which kernel a row goes through depends only on its own sequence (see
+//! `Backend::matmul_rows`), so a sequence computes the same tokens alone or beside others,
+//! whichever step reads its prompt.
 
 mod blocks;
 mod embed;
@@ -34,6 +35,11 @@ use crate::{Error, Result};
 /// Prompt tokens of one sequence evaluated per forward pass: bounds a step's activations and
 /// keeps other sequences' streams moving while a long prompt is read.
 pub const PREFILL_CHUNK: usize = 512;
+
+/// Prompt tokens a step reads beside decode rows, all prompts together: a step with other
+/// sequences' tokens in it stays within a few decode steps' time (128 rows ≈ 0.4 s for
+/// SmolLM2 on 2 cores), so their streams slow down while prompts are read, never stall.
+pub const DECODE_STEP_PROMPT_TOKENS: usize = 128;
 
 /// Finished sequences whose cache is kept for a follow-up (the next turn of a chat).
 const MAX_PARKED: usize = 4;
@@ -311,19 +317,44 @@ impl<B: Backend> Runtime<B> {
         }
     }
 
-    /// One forward pass over every live sequence in `seqs`: a chunk of each one's pending
-    /// tokens; each sequence whose pending tokens are all in the cache afterwards gets its
-    /// next token sampled and accepted. Returns `(index into seqs, event)` in batch order.
+    /// One forward pass over live sequences in `seqs`: every decode row, then prompt chunks,
+    /// oldest prompt first, within a budget of prompt tokens per step (`PREFILL_CHUNK` when no
+    /// sequence decodes, `DECODE_STEP_PROMPT_TOKENS` when some do; at most `prefill_chunk` of
+    /// any one prompt); each sequence whose pending tokens are all in the cache afterwards
+    /// gets its next token sampled and accepted. Returns `(index into seqs, event)` in batch
+    /// order.
+    ///
+    /// Why this budget: a burst of prompts on an idle model is read together (nobody's stream
+    /// waits on it, and the burst's last first token, which needs every one of its prompts
+    /// read whatever the order, comes soonest); a prompt arriving while others decode waits
+    /// for at most the step in flight (their rows and at most the budget of other prompts),
+    /// and running streams keep getting a token every step however long the prompt.
     pub fn step(&mut self, seqs: &mut [&mut Sequence]) -> Result<Vec<(usize, Event)>> {
-        // Decode rows first, then prompt chunks (see `ForwardBatch::n_single`).
-        let mut order: Vec<usize> = (0..seqs.len())
-            .filter(|&i| seqs[i].done().is_none() && !seqs[i].pending().is_empty())
+        let live = |s: &Sequence| s.done().is_none() && !s.pending().is_empty();
+        let decode_row = |s: &Sequence| s.is_decoding() && s.pending().len() == 1;
+        // (sequence, tokens this step): decode rows first (see `ForwardBatch::n_single`).
+        let mut order: Vec<(usize, usize)> = (0..seqs.len())
+            .filter(|&i| live(seqs[i]) && decode_row(seqs[i]))
+            .map(|i| (i, 1))
             .collect();
-        // Each LoRA set's rows together within each kind (fewer runs to gather).
-        order.sort_by_key(|&i| {
-            let single = seqs[i].is_decoding() && seqs[i].pending().len() == 1;
-            (!single, seqs[i].adapter())
-        });
+        // Each LoRA set's decode rows together (fewer runs to gather).
+        order.sort_by_key(|&(i, _)| seqs[i].adapter());
+        let mut budget = match order.is_empty() {
+            true => PREFILL_CHUNK,
+            false => DECODE_STEP_PROMPT_TOKENS,
+        };
+        let mut prompts: Vec<usize> = (0..seqs.len())
+            .filter(|&i| live(seqs[i]) && !decode_row(seqs[i]))
+            .collect();
+        prompts.sort_by_key(|&i| (seqs[i].started(), i));
+        for i in prompts {
+            let n = seqs[i].pending().len().min(self.prefill_chunk).min(budget);
+            if n == 0 {
+                break;
+            }
+            budget -= n;
+            order.push((i, n));
+        }
         if order.is_empty() {
             return Ok(Vec::new());
         }
@@ -331,9 +362,8 @@ impl<B: Backend> Runtime<B> {
         let mut parts = Vec::with_capacity(order.len());
         let mut logit_rows = Vec::new();
         let mut n_single = 0;
-        for &i in &order {
+        for &(i, n) in &order {
             let seq = &mut *seqs[i];
-            let n = seq.pending().len().min(self.prefill_chunk);
             if seq.n_computed + n > seq.n_ctx() {
                 if let Some((keep, drop)) = seq.overflow().plan(seq.n_computed, BLOCK_SIZE) {
                     self.shift(seq, keep, drop)?;

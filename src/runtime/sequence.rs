@@ -418,6 +418,11 @@ impl Sequence {
         }
     }
 
+    /// When the request started: the runtime reads prompts oldest first.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Time since the request started.
     pub fn age(&self) -> Duration {
         self.started.elapsed()
