@@ -111,7 +111,8 @@ pub struct LoadOptions {
     pub adapters: Vec<AdapterSpec>,
 }
 
-/// An adapter file (llama.cpp's LoRA GGUF, or Hearth's prefix or bottleneck GGUF) and the
+/// An adapter (llama.cpp's LoRA GGUF, Hearth's prefix or bottleneck GGUF, or a PEFT LoRA
+/// folder) and the
 /// multiplier of its output (LoRA: of its `alpha / rank` scale).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterSpec {
@@ -153,7 +154,7 @@ pub fn apply_adapters<B: Backend>(
 ) -> Result<()> {
     use crate::train::method::Method;
     for spec in adapters {
-        let method = crate::train::adapter_file::load_method(&spec.path)?;
+        let method = crate::train::adapter_file::load_for_model(&spec.path, &model.config)?;
         let arch = gguf.architecture()?;
         let file_arch = match &method {
             Method::Lora(l) => l.arch.as_deref(),

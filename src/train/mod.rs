@@ -2,7 +2,7 @@
 //! (the model's blocks on the tape, with adapters and per-layer recomputation), the methods
 //! (`lora`, `prefix`, `bottleneck`, one view of their parameters in `method`), `optim`
 //! (AdamW and the schedule), `data` (chat JSONL and plain text), `adapter_file` (llama.cpp's
-//! LoRA GGUF, Hearth's prefix and bottleneck GGUF). `train` is the loop. The base model
+//! LoRA GGUF, Hearth's prefix and bottleneck GGUF), `peft` (PEFT's LoRA folder). `train` is the loop. The base model
 //! stays frozen and in its stored block format; only the adapters' f32 matrices change.
 
 pub mod adapter_file;
@@ -13,6 +13,7 @@ pub mod lora;
 pub mod merge;
 pub mod method;
 pub mod optim;
+pub mod peft;
 pub mod prefix;
 pub mod tape;
 
