@@ -119,7 +119,8 @@ pub struct LoadOptions {
     pub adapters: Vec<AdapterSpec>,
 }
 
-/// An adapter file (llama.cpp's LoRA GGUF, or Hearth's prefix or bottleneck GGUF) and the
+/// An adapter (llama.cpp's LoRA GGUF, Hearth's prefix or bottleneck GGUF, or a PEFT LoRA
+/// folder) and the
 /// multiplier of its output (LoRA: of its `alpha / rank` scale).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterSpec {
@@ -161,7 +162,7 @@ pub fn apply_adapters<B: Backend>(
 ) -> Result<()> {
     use crate::train::method::Method;
     for spec in adapters {
-        match &load_adapter(gguf.architecture()?, spec)? {
+        match &load_adapter(gguf.architecture()?, &model.config, spec)? {
             Method::Lora(lora) => {
                 let scale = lora.config.scale() * spec.scale;
                 for p in &lora.pairs {
@@ -198,9 +199,13 @@ pub fn apply_adapters<B: Backend>(
 }
 
 /// Reads the adapter file `spec` names and checks it is for an `arch` model.
-fn load_adapter(arch: &str, spec: &AdapterSpec) -> Result<crate::train::method::Method> {
+fn load_adapter(
+    arch: &str,
+    config: &crate::model::ModelConfig,
+    spec: &AdapterSpec,
+) -> Result<crate::train::method::Method> {
     use crate::train::method::Method;
-    let method = crate::train::adapter_file::load_method(&spec.path)?;
+    let method = crate::train::adapter_file::load_for_model(&spec.path, config)?;
     let file_arch = match &method {
         Method::Lora(l) => l.arch.as_deref(),
         Method::Prefix(p) => p.arch.as_deref(),
@@ -215,16 +220,18 @@ fn load_adapter(arch: &str, spec: &AdapterSpec) -> Result<crate::train::method::
     Ok(method)
 }
 
-/// Reads LoRA adapters for an `arch` model as a `Runner::add_lora_set` takes them (each with
+/// Reads LoRA adapters for the model of `gguf` as a `Runner::add_lora_set` takes them (each with
 /// its `spec.scale`). A prefix or bottleneck adapter is refused: it changes every sequence of
 /// an engine, so it is loaded into one of its own (`LoadOptions::adapters`).
 pub fn load_lora_set(
-    arch: &str,
+    gguf: &GgufFile,
     specs: &[AdapterSpec],
 ) -> Result<Vec<(crate::train::lora::Lora, f32)>> {
+    let arch = gguf.architecture()?;
+    let config = crate::model::Arch::from_gguf(gguf)?.spec(gguf)?.config;
     specs
         .iter()
-        .map(|spec| match load_adapter(arch, spec)? {
+        .map(|spec| match load_adapter(arch, &config, spec)? {
             crate::train::method::Method::Lora(l) => Ok((l, spec.scale)),
             _ => Err(crate::Error::Train(format!(
                 "{}: only LoRA adapters can be chosen per sequence; a prefix or bottleneck \

@@ -709,3 +709,41 @@ fn finetune_writes_an_adapter_that_run_applies() {
         "only LoRA",
     );
 }
+
+/// `finetune --out DIR` (or `--format peft`) writes a PEFT folder that `run --adapter DIR`
+/// applies; `--format peft` for a prefix is a clear error.
+#[test]
+fn finetune_writes_a_peft_folder_that_run_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    create_nano(&models, "nano", "");
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "a tiny text to learn, ".repeat(20)).unwrap();
+    let out = dir.path().join("lora-peft");
+    let (text_s, out_s) = (text.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "finetune", "nano", "--data", text_s, "--out", out_s, "--rank", "2", "--ctx", "32",
+    ];
+    assert_ok(&hearth(&models, &args));
+    assert!(out.join("adapter_model.safetensors").is_file());
+    let config = std::fs::read_to_string(out.join("adapter_config.json")).unwrap();
+    assert!(config.contains("\"peft_type\": \"LORA\""), "{config}");
+    let args = [
+        "run",
+        "nano",
+        "--raw",
+        "-n",
+        "4",
+        "--temperature",
+        "0",
+        "--adapter",
+        out_s,
+        "hi",
+    ];
+    assert_ok(&hearth(&models, &args));
+    let args = [
+        "finetune", "nano", "--data", text_s, "--out", out_s, "--method", "prefix", "--format",
+        "peft",
+    ];
+    assert_error(&hearth(&models, &args), "LoRA adapters only");
+}

@@ -18,6 +18,7 @@ mod long_context;
 mod memory;
 mod merge;
 mod model;
+mod peft;
 mod perplexity;
 mod quant;
 mod quantize;

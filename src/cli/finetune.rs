@@ -1,7 +1,7 @@
 //! `hearth finetune MODEL --data FILE --method lora|prefix|adapter …`: trains an adapter on
 //! the CPU or a GPU (`--device`, the same training code on either backend) with Hearth's own
-//! autograd (`hearth::train`) and saves it (LoRA as llama.cpp's
-//! LoRA GGUF, prefix and bottleneck adapters as Hearth's GGUF). A progress bar shows step,
+//! autograd (`hearth::train`) and saves it (LoRA as llama.cpp's LoRA GGUF or as a PEFT
+//! folder, prefix and bottleneck adapters as Hearth's GGUF). A progress bar shows step,
 //! loss, tokens/s and ETA; Ctrl+C stops after the current step, saves a checkpoint
 //! (`--resume` continues it) and the adapter trained so far.
 
@@ -24,7 +24,7 @@ use hearth::train::lora::{Lora, LoraConfig, Target};
 use hearth::train::method::Method;
 use hearth::train::optim::{AdamWConfig, Decay};
 use hearth::train::prefix::{check_n_virtual, Prefix};
-use hearth::train::{self, adapter_file, data, CheckpointPlan, RunPlan, TrainOptions};
+use hearth::train::{self, adapter_file, data, peft, CheckpointPlan, RunPlan, TrainOptions};
 
 use super::progress::train_bar;
 use super::quantize::model_path;
@@ -34,6 +34,7 @@ use super::Globals;
 #[command(after_help = "Examples:\n  \
     hearth finetune smollm2 --data chats.jsonl --rank 8 --alpha 16 --epochs 2 --lr 2e-4 --out mybot-lora.gguf\n  \
     hearth finetune smollm2 --data notes.txt --targets q,v --out notes-lora.gguf\n  \
+    hearth finetune smollm2 --data chats.jsonl --out mybot-peft/     (a PEFT folder)\n  \
     hearth finetune smollm2 --data chats.jsonl --method prefix --virtual-tokens 16 --out mybot-prefix.gguf\n  \
     hearth finetune smollm2 --data notes.txt --method adapter --bottleneck 64 --out notes-adapter.gguf\n\n\
     Data: a .jsonl file (one example per line) or a .json array of examples: chats \
@@ -46,9 +47,14 @@ pub struct FinetuneArgs {
     /// Training data: JSONL (.jsonl), a JSON array (.json) or plain text
     #[arg(long)]
     data: PathBuf,
-    /// Where to write the adapter (llama.cpp LoRA GGUF)
+    /// Where to write the adapter: a .gguf file, or a folder for --format peft
     #[arg(long)]
     out: PathBuf,
+    /// LoRA file format: gguf (llama.cpp's adapter), peft (a folder with
+    /// adapter_model.safetensors and adapter_config.json) or auto (gguf when --out ends in
+    /// .gguf, else peft)
+    #[arg(long, default_value = "auto")]
+    format: String,
     /// Fine-tuning method: lora, prefix (virtual keys and values) or adapter (bottleneck)
     #[arg(long, default_value = "lora")]
     method: String,
@@ -158,6 +164,8 @@ enum MethodChoice {
 
 pub struct FinetuneCommand {
     model: PathBuf,
+    /// Save the LoRA as a PEFT folder rather than a GGUF file.
+    peft: bool,
     device: Device,
     args: FinetuneArgs,
     method: MethodChoice,
@@ -212,6 +220,23 @@ impl FinetuneArgs {
             }
             m => bail!("--method {m}: lora, prefix or adapter"),
         };
+        let peft = match self.format.as_str() {
+            "gguf" => false,
+            "peft" => true,
+            // Only LoRA has a PEFT form: other methods always write GGUF.
+            "auto" => {
+                matches!(method, MethodChoice::Lora(_))
+                    && self.out.extension().is_none_or(|e| e != "gguf")
+            }
+            f => bail!("--format {f}: gguf, peft or auto"),
+        };
+        if peft && !matches!(method, MethodChoice::Lora(_)) {
+            bail!(
+                "--format peft saves LoRA adapters only; give --out a .gguf name for a {} \
+                 adapter",
+                self.method
+            );
+        }
         let opts = TrainOptions {
             optim: AdamWConfig {
                 lr: self.lr,
@@ -228,6 +253,7 @@ impl FinetuneArgs {
         Ok(FinetuneCommand {
             model: model_path(&self.model, globals)?,
             device: self.device.parse()?,
+            peft,
             args: self,
             method,
             opts,
@@ -394,12 +420,18 @@ fn train_on<B: Backend>(cmd: FinetuneCommand, backend: &B) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
-    adapter_file::save_method(&method, &arch, &a.out)
-        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    match &method {
+        Method::Lora(l) if cmd.peft => {
+            let base = f.get_str("general.name").unwrap_or(&a.model);
+            peft::save(l, &model.config, base, &a.out)
+        }
+        m => adapter_file::save_method(m, &arch, &a.out),
+    }
+    .with_context(|| format!("cannot write {}", a.out.display()))?;
     let losses = &outcome.losses;
     if let Some(p) = last {
         eprintln!(
-            "steps {}..{} of {}, loss {:.4} → {:.4}, {:.0} tokens/s; adapter written to {}",
+            "steps {}..{} of {}, loss {:.4} → {:.4}, {:.1} tokens/s; adapter written to {}",
             outcome.first_step + 1,
             p.step,
             p.total_steps,

@@ -9,6 +9,7 @@ use clap::Args;
 
 use hearth::engine::AdapterSpec;
 use hearth::gguf::GgufFile;
+use hearth::model::Arch;
 use hearth::quantize::{self, Target};
 use hearth::train::{adapter_file, merge, method::Method};
 
@@ -25,7 +26,7 @@ use super::Globals;
 pub struct MergeArgs {
     /// The base model: a model in the store or a GGUF file
     base: String,
-    /// LoRA adapters (llama.cpp GGUF), each PATH or PATH:SCALE
+    /// LoRA adapters (llama.cpp GGUF or a PEFT folder), each PATH or PATH:SCALE
     #[arg(required = true)]
     adapters: Vec<String>,
     /// Where to write the merged model
@@ -62,9 +63,11 @@ impl MergeArgs {
 
 pub fn execute(cmd: MergeCommand) -> Result<()> {
     quantize::check_paths(&cmd.base, &cmd.out)?;
+    let src = GgufFile::open(&cmd.base)?;
+    let config = Arch::from_gguf(&src)?.spec(&src)?.config;
     let mut loras = Vec::new();
     for spec in &cmd.adapters {
-        match adapter_file::load_method(&spec.path)? {
+        match adapter_file::load_for_model(&spec.path, &config)? {
             Method::Lora(l) => loras.push((l, spec.scale)),
             _ => bail!(
                 "{}: only LoRA adapters merge into weights (a prefix or bottleneck adapter \
@@ -73,7 +76,6 @@ pub fn execute(cmd: MergeCommand) -> Result<()> {
             ),
         }
     }
-    let src = GgufFile::open(&cmd.base)?;
     let start = Instant::now();
     let bar = count_bar("merging", src.tensors().len() as u64);
     let merged = merge::merge_lora(&src, &loras, cmd.target, &cmd.out, |done, _| {

@@ -55,8 +55,9 @@ pub struct RunArgs {
     /// Constrain the answer to JSON: `json` (any object) or a JSON schema (as JSON text)
     #[arg(long, value_name = "json|SCHEMA")]
     format: Option<String>,
-    /// Apply a LoRA adapter (llama.cpp GGUF, e.g. from `hearth finetune`), its scale
-    /// multiplied by SCALE (default 1); repeat to stack several
+    /// Apply an adapter: a GGUF adapter file (e.g. from `hearth finetune`) or a PEFT LoRA
+    /// folder (or its adapter_model.safetensors), its scale multiplied by SCALE (default 1);
+    /// repeat to stack several
     #[arg(long = "adapter", value_name = "PATH[:SCALE]")]
     adapters: Vec<String>,
     #[command(flatten)]
@@ -100,8 +101,11 @@ impl RunArgs {
         let mut load = self.placement.resolve(globals)?;
         for a in &self.adapters {
             let spec: hearth::engine::AdapterSpec = a.parse()?;
-            if !spec.path.is_file() {
-                bail!("--adapter {a}: no such file {}", spec.path.display());
+            if !spec.path.exists() {
+                bail!(
+                    "--adapter {a}: no such file or folder {}",
+                    spec.path.display()
+                );
             }
             load.adapters.push(spec);
         }

@@ -102,6 +102,17 @@ impl Checkpoint {
         Ok(ckpt)
     }
 
+    /// One safetensors file on its own (a PEFT adapter's `adapter_model.safetensors`).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let mut ckpt = Checkpoint {
+            shards: Vec::new(),
+            files: Vec::new(),
+            tensors: BTreeMap::new(),
+        };
+        ckpt.add_shard(path)?;
+        Ok(ckpt)
+    }
+
     fn add_shard(&mut self, path: &Path) -> Result<()> {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the mapping is read-only and lives as long as `self`; a checkpoint changed

@@ -12,15 +12,14 @@ mod vocab;
 
 use std::path::{Path, PathBuf};
 
-pub use checkpoint::SourceDtype;
+pub use checkpoint::{Checkpoint, SourceDtype};
 pub use config::{ImportArch, ImportConfig};
-pub use names::permute_rope_rows;
+pub use names::{permute_rope_rows, unpermute_rope_rows};
 
 use crate::gguf::{GgufWriter, TensorHeader, Value};
 use crate::quant::QuantType;
 use crate::quantize::{self, InputTensor, Plan, Progress, Target, QUANTIZATION_VERSION};
 use crate::{Error, Result};
-use checkpoint::Checkpoint;
 use names::Transform;
 
 pub const CONFIG_FILE: &str = "config.json";

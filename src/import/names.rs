@@ -141,6 +141,16 @@ pub fn apply(t: Transform, name: &str, values: &mut Vec<f32>, n_cols: usize) -> 
 /// half of the head rotates against the second) moves to `2i + j` (GGUF: pairs of adjacent
 /// rows rotate together). `None` when the rows do not split into heads of an even size.
 pub fn permute_rope_rows(values: &[f32], n_cols: usize, n_head: usize) -> Option<Vec<f32>> {
+    move_rope_rows(values, n_cols, n_head, true)
+}
+
+/// The inverse of `permute_rope_rows`: GGUF's interleaved rows back to transformers' halves
+/// (what an adapter saved for transformers needs).
+pub fn unpermute_rope_rows(values: &[f32], n_cols: usize, n_head: usize) -> Option<Vec<f32>> {
+    move_rope_rows(values, n_cols, n_head, false)
+}
+
+fn move_rope_rows(values: &[f32], n_cols: usize, n_head: usize, to_gguf: bool) -> Option<Vec<f32>> {
     if n_cols == 0 || n_head == 0 || !values.len().is_multiple_of(n_cols) {
         return None;
     }
@@ -154,8 +164,9 @@ pub fn permute_rope_rows(values: &[f32], n_cols: usize, n_head: usize) -> Option
     for h in 0..n_head {
         for j in 0..2 {
             for i in 0..half {
-                let src = h * head_dim + j * half + i;
-                let dst = h * head_dim + 2 * i + j;
+                let hf = h * head_dim + j * half + i;
+                let gguf = h * head_dim + 2 * i + j;
+                let (src, dst) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
                 out[dst * n_cols..(dst + 1) * n_cols]
                     .copy_from_slice(&values[src * n_cols..(src + 1) * n_cols]);
             }
@@ -177,5 +188,6 @@ mod tests {
         // Head 0: rows 0..3 are the first halves, 3..6 the second: pairs (0,3), (1,4), (2,5).
         assert_eq!(out, vec![0., 3., 1., 4., 2., 5., 6., 9., 7., 10., 8., 11.]);
         assert!(permute_rope_rows(&rows, n_cols, 4).is_none());
+        assert_eq!(unpermute_rope_rows(&out, n_cols, n_head).unwrap(), rows);
     }
 }

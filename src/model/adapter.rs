@@ -49,6 +49,26 @@ impl Target {
         }
     }
 
+    /// transformers' module within a decoder layer (`self_attn.q_proj`): the names PEFT's
+    /// `target_modules` and tensor names use (Llama, Qwen and Gemma share them).
+    pub fn hf_module(self) -> &'static str {
+        match self {
+            Target::Q => "self_attn.q_proj",
+            Target::K => "self_attn.k_proj",
+            Target::V => "self_attn.v_proj",
+            Target::O => "self_attn.o_proj",
+            Target::Gate => "mlp.gate_proj",
+            Target::Up => "mlp.up_proj",
+            Target::Down => "mlp.down_proj",
+        }
+    }
+
+    /// The last part of `hf_module` (`q_proj`), PEFT's `target_modules` entry.
+    pub fn hf_name(self) -> &'static str {
+        let m = self.hf_module();
+        &m[m.find('.').map_or(0, |i| i + 1)..]
+    }
+
     /// The target whose `gguf_name` is `name`.
     pub fn from_gguf_name(name: &str) -> Option<Target> {
         Target::ALL.into_iter().find(|t| t.gguf_name() == name)

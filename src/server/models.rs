@@ -212,7 +212,7 @@ impl LoadedModel {
         let gguf = GgufFile::open(&stored.model_path)?;
         let adapter = self
             .scheduler
-            .lora_set(gguf.architecture()?, &adapter_specs(&stored))?;
+            .lora_set(&gguf, &adapter_specs(&stored))?;
         let template = crate::prompt::chat_template(&stored, &gguf, &self.tokenizer)
             .map_err(|e| e.to_string());
         Ok(LoadedModel {
@@ -534,7 +534,7 @@ fn load_model(
     }
     let (scheduler, loaded) = Scheduler::spawn(stored.model_path.clone(), load, limits)?;
     let adapter = match new.base {
-        Some(_) => scheduler.lora_set(loaded.gguf.architecture()?, &specs)?,
+        Some(_) => scheduler.lora_set(&loaded.gguf, &specs)?,
         None => AdapterSet::NONE,
     };
     let template = crate::prompt::chat_template(&stored, &loaded.gguf, &loaded.tokenizer)

@@ -200,12 +200,12 @@ impl Scheduler {
         self.submit_job(Job::Generate(Box::new(request)))
     }
 
-    /// The LoRA set of the adapter files `specs` (for an `arch` model) on this model's
+    /// The LoRA set of the adapter files `specs` (for the model of `gguf`) on this model's
     /// runner, which requests name by the id returned (`Request::adapter`): the base weights
     /// and the batch stay shared. The first ask reads the files and blocks until the
     /// scheduler thread has added the set (between two steps); later asks for the same files
     /// get the same set.
-    pub fn lora_set(&self, arch: &str, specs: &[AdapterSpec]) -> Result<AdapterSet> {
+    pub fn lora_set(&self, gguf: &GgufFile, specs: &[AdapterSpec]) -> Result<AdapterSet> {
         if specs.is_empty() {
             return Ok(AdapterSet::NONE);
         }
@@ -213,7 +213,7 @@ impl Scheduler {
         if let Some((_, set)) = sets.iter().find(|(s, _)| s == specs) {
             return Ok(*set);
         }
-        let adapters = crate::engine::load_lora_set(arch, specs)?;
+        let adapters = crate::engine::load_lora_set(gguf, specs)?;
         let (tx, rx) = mpsc::channel();
         let gone = || Error::Store("the model's scheduler has stopped".into());
         self.requests

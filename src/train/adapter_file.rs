@@ -92,7 +92,16 @@ pub fn save_method(method: &Method, arch: &str, path: &Path) -> Result<()> {
     }
 }
 
-/// Reads an adapter file of any method (`adapter.type` says which).
+/// Reads an adapter of any method and format for a model of config `c`: a PEFT LoRA folder
+/// or `adapter_model.safetensors` (`super::peft`), else a GGUF adapter file.
+pub fn load_for_model(path: &Path, c: &crate::model::ModelConfig) -> Result<Method> {
+    if super::peft::is_peft(path) {
+        return Ok(Method::Lora(super::peft::load(path, c)?));
+    }
+    load_method(path)
+}
+
+/// Reads an adapter GGUF file of any method (`adapter.type` says which).
 pub fn load_method(path: &Path) -> Result<Method> {
     let f = GgufFile::open(path)?;
     let bad = |m: String| Error::Train(format!("{}: {m}", path.display()));

@@ -3,8 +3,9 @@
 //! (`lora`, `prefix`, `bottleneck`, one view of their parameters in `method`), `optim`
 //! (AdamW and the schedule), `data` (chat JSONL and plain text, packing, the validation
 //! split), `checkpoint` (a run's state, to resume), `adapter_file` (llama.cpp's LoRA GGUF,
-//! Hearth's prefix and bottleneck GGUF). `train` is the loop. The base model stays frozen
-//! and in its stored block format; only the adapters' f32 matrices change.
+//! Hearth's prefix and bottleneck GGUF), `peft` (PEFT's LoRA folder). `train` is the loop.
+//! The base model stays frozen and in its stored block format; only the adapters' f32
+//! matrices change.
 
 pub mod adapter_file;
 pub mod bottleneck;
@@ -15,6 +16,7 @@ pub mod lora;
 pub mod merge;
 pub mod method;
 pub mod optim;
+pub mod peft;
 pub mod prefix;
 pub mod tape;
 
