@@ -1,13 +1,15 @@
 //! CPU attention, tiled: each (query row, head) walks the keys its mask lets it see in blocks
 //! with an online softmax (running max, sum and unnormalised output, rescaled when the max
 //! grows: FlashAttention), so its scratch is one block of scores, not one score per key.
+//! The query heads that share a KV head (GQA) walk together: each block's key and value rows
+//! are loaded once for all of them (`KvValue::scores`, `KvValue::weighted_sum`, `heads.rs`).
 //!
 //! The keys are cut into chunks of `CHUNK` (numbered within the row's own keys, so the cut
 //! depends on nothing but the row); each chunk's state starts empty and the chunk states are
-//! merged in order. With few (row, head) tasks and long sequences (decode at depth) the chunks
-//! run on different pool workers (split-K) and are merged after; otherwise one task folds
-//! them in the same order. Either way a row computes the same bits, alone or in any batch,
-//! on any thread count. Reads the cache only through `KvValue`'s `dot` and `axpy`.
+//! merged in order. With few tasks and long sequences (decode at depth) the chunks run on
+//! different pool workers (split-K) and are merged after; otherwise one task folds them in
+//! the same order. Either way, and whichever heads a task takes together, a row computes the
+//! same bits, alone or in any batch, on any thread count.
 
 use super::pool::{Pool, SyncPtr};
 use super::{parallel, CpuTensor, KvValue};
@@ -18,9 +20,12 @@ use crate::backend::{AttnParams, BatchRows};
 const BLOCK: usize = 32;
 /// Keys per chunk: the unit of split-K and of the merge order (a multiple of `BLOCK`).
 const CHUNK: usize = 512;
-/// Split the keys over the pool only while fewer (row, head) tasks than this many per thread
-/// exist: with more, whole tasks keep every thread busy without the merge scratch.
+/// Split the keys over the pool only while fewer tasks than this many per thread exist: with
+/// more, whole tasks keep every thread busy without the merge scratch.
 const SPLIT_BELOW_TASKS_PER_THREAD: usize = 2;
+/// Most query heads of one KV head computed together (a task's "span"): they share every key
+/// and value load (`heads.rs`); their scores sit on the stack.
+const MAX_SPAN: usize = 8;
 
 /// Softmax statistics of some keys: the largest score `m` and `l = Σ exp(s - m)`; the output
 /// `Σ exp(s - m) v` is held beside it.
@@ -28,6 +33,13 @@ const SPLIT_BELOW_TASKS_PER_THREAD: usize = 2;
 struct Stats {
     m: f32,
     l: f32,
+}
+
+impl Stats {
+    const EMPTY: Stats = Stats {
+        m: f32::NEG_INFINITY,
+        l: 0.0,
+    };
 }
 
 /// One layer's attention inputs as the CPU sees them.
@@ -49,62 +61,88 @@ impl<E: KvValue> Job<'_, E> {
         self.p.mask.n_keys(self.pos(t)).div_ceil(CHUNK)
     }
 
-    /// Chunk `c` of the keys row `t`, head `h` sees: its statistics, its unnormalised output
-    /// written to `acc`.
-    fn chunk(&self, t: usize, h: usize, c: usize, acc: &mut [f32]) -> Stats {
+    /// Query heads per KV head.
+    fn group(&self) -> usize {
+        self.p.n_heads / self.p.n_kv_heads
+    }
+
+    /// Chunk `c` of the keys row `t` sees, for the `st.len()` heads from `h0` (one KV head's):
+    /// their statistics into `st`, their unnormalised outputs (heads one after another) into
+    /// `acc`. Each head's values are the same bits whichever heads are beside it.
+    fn chunk(&self, t: usize, h0: usize, c: usize, acc: &mut [f32], st: &mut [Stats]) {
         let p = self.p;
-        let hd = p.head_dim;
+        let (hd, span) = (p.head_dim, st.len());
         let pos = self.pos(t);
-        let q = &self.q.data[t * self.q.n_cols + h * hd..][..hd];
+        let q = &self.q.data[t * self.q.n_cols + h0 * hd..][..span * hd];
         // The caches are indexed in elements of `E::VALUES` values (ops::attention::shape
         // checked that a head is whole elements).
         let (stride, len) = (self.kv_stride / E::VALUES, hd / E::VALUES);
-        let kv_offset = (h / (p.n_heads / p.n_kv_heads)) * len;
-        let at = |j: usize| self.rows.cache_row(t, j) * stride + kv_offset;
+        let kv_offset = (h0 / self.group()) * len;
         let end = p.mask.n_keys(pos).min((c + 1) * CHUNK);
-        let mut st = Stats {
-            m: f32::NEG_INFINITY,
-            l: 0.0,
-        };
+        st.fill(Stats::EMPTY);
         acc.fill(0.0);
-        let mut scores = [0f32; BLOCK];
+        let mut scores = [0f32; MAX_SPAN * BLOCK];
+        let scores = &mut scores[..span * BLOCK];
+        let mut at = [0usize; BLOCK];
         for b0 in (c * CHUNK..end).step_by(BLOCK) {
             let n = BLOCK.min(end - b0);
-            let mut m = st.m;
-            for (i, s) in (b0..b0 + n).zip(&mut scores) {
-                let j = p.mask.key(pos, i);
-                *s = softcapped(E::dot(q, &self.k[at(j)..][..len]) * p.scale, p.softcap);
-                m = m.max(*s);
+            for (i, a) in (b0..b0 + n).zip(&mut at) {
+                *a = self.rows.cache_row(t, p.mask.key(pos, i)) * stride + kv_offset;
             }
-            if m > st.m {
-                // The first block finds st.m = -inf: acc and l are still zero.
-                let alpha = (st.m - m).exp();
-                acc.iter_mut().for_each(|a| *a *= alpha);
-                st.l *= alpha;
-                st.m = m;
+            let at = &at[..n];
+            E::scores(q, self.k, at, len, scores, BLOCK);
+            for (h, (s_h, st)) in scores
+                .chunks_exact_mut(BLOCK)
+                .zip(st.iter_mut())
+                .enumerate()
+            {
+                let s_h = &mut s_h[..n];
+                let mut m = st.m;
+                for s in s_h.iter_mut() {
+                    *s = softcapped(*s * p.scale, p.softcap);
+                    m = m.max(*s);
+                }
+                if m > st.m {
+                    // The first block finds st.m = -inf: acc and l are still zero.
+                    let alpha = (st.m - m).exp();
+                    acc[h * hd..][..hd].iter_mut().for_each(|a| *a *= alpha);
+                    st.l *= alpha;
+                    st.m = m;
+                }
+                // Scores become their weights.
+                for s in s_h.iter_mut() {
+                    *s = (*s - st.m).exp();
+                    st.l += *s;
+                }
             }
-            for (i, &s) in (b0..b0 + n).zip(&scores) {
-                let e = (s - st.m).exp();
-                st.l += e;
-                E::axpy(e, &self.v[at(p.mask.key(pos, i))..][..len], acc);
-            }
+            E::weighted_sum(scores, BLOCK, self.v, at, len, acc);
         }
-        st
     }
 
-    /// Every chunk of row `t`, head `h` in order on this thread, normalised into `out`.
-    fn head(&self, t: usize, h: usize, out: &mut [f32]) {
-        let mut st = self.chunk(t, h, 0, out);
+    /// Every chunk of row `t` for the heads from `h0` that `out` holds, in order on this
+    /// thread, normalised into `out`.
+    fn heads(&self, t: usize, h0: usize, out: &mut [f32]) {
+        let hd = self.p.head_dim;
+        let span = out.len() / hd;
+        let mut st = [Stats::EMPTY; MAX_SPAN];
+        let st = &mut st[..span];
+        self.chunk(t, h0, 0, out, st);
         let n_chunks = self.n_chunks(t);
         if n_chunks > 1 {
-            super::pool::with_scratch(self.p.head_dim, |acc| {
+            super::pool::with_scratch(span * hd, |acc| {
+                let mut sc = [Stats::EMPTY; MAX_SPAN];
+                let sc = &mut sc[..span];
                 for c in 1..n_chunks {
-                    let s = self.chunk(t, h, c, acc);
-                    st = merge(st, out, s, acc);
+                    self.chunk(t, h0, c, acc, sc);
+                    for (h, (a, b)) in st.iter_mut().zip(sc.iter()).enumerate() {
+                        *a = merge(*a, &mut out[h * hd..][..hd], *b, &acc[h * hd..][..hd]);
+                    }
                 }
             });
         }
-        normalise(st, out);
+        for (o, st) in out.chunks_exact_mut(hd).zip(st.iter()) {
+            normalise(*st, o);
+        }
     }
 }
 
@@ -145,11 +183,16 @@ pub(super) fn attend<E: KvValue>(
         rows,
         p,
     };
-    match job.plan(pool.n_threads()) {
-        Plan::SplitK => split_k(pool, &job, out),
-        plan => pool.for_each_chunk(plan == Plan::Tasks, &mut out.data, p.head_dim, &|idx, o| {
-            job.head(idx / p.n_heads, idx % p.n_heads, o)
-        }),
+    let (plan, span) = job.plan(pool.n_threads());
+    let n_spans = p.n_heads / span;
+    match plan {
+        Plan::SplitK => split_k(pool, &job, span, out),
+        plan => pool.for_each_chunk(
+            plan == Plan::Tasks,
+            &mut out.data,
+            span * p.head_dim,
+            &|idx, o| job.heads(idx / n_spans, (idx % n_spans) * span, o),
+        ),
     }
 }
 
@@ -158,56 +201,79 @@ pub(super) fn attend<E: KvValue>(
 enum Plan {
     /// On the calling thread: too little work for the pool.
     Here,
-    /// One pool task per (row, head).
+    /// One pool task per (row, span of heads).
     Tasks,
-    /// One pool task per (row, head, chunk).
+    /// One pool task per (row, span of heads, chunk).
     SplitK,
 }
 
 impl<E: KvValue> Job<'_, E> {
-    fn plan(&self, n_threads: usize) -> Plan {
+    /// The plan, and the heads each task takes together: a divisor of the group, so a span
+    /// never crosses KV heads.
+    fn plan(&self, n_threads: usize) -> (Plan, usize) {
         let (n_rows, p) = (self.q.n_rows, self.p);
+        let spans: Vec<usize> = (1..=MAX_SPAN.min(self.group()))
+            .rev()
+            .filter(|d| self.group().is_multiple_of(*d))
+            .collect();
+        let widest = spans[0];
         let seen: usize = (0..n_rows).map(|t| p.mask.n_keys(self.pos(t))).sum();
         // Work ≈ keys seen × heads × head size.
         if !parallel(seen * p.n_heads * p.head_dim) {
-            return Plan::Here;
+            return (Plan::Here, widest);
         }
         let max_chunks = (0..n_rows).map(|t| self.n_chunks(t)).max().unwrap_or(0);
-        let few = n_rows * p.n_heads < n_threads * SPLIT_BELOW_TASKS_PER_THREAD;
-        if few && max_chunks > 1 {
-            Plan::SplitK
-        } else {
-            Plan::Tasks
+        let tasks = |span: usize| n_rows * p.n_heads / span;
+        if tasks(widest) < n_threads * SPLIT_BELOW_TASKS_PER_THREAD && max_chunks > 1 {
+            return (Plan::SplitK, widest);
         }
+        // The widest span that still gives every thread a task.
+        let span = spans
+            .iter()
+            .copied()
+            .find(|&s| tasks(s) >= n_threads)
+            .unwrap_or(1);
+        (Plan::Tasks, span)
     }
 }
 
-/// Every chunk of every (row, head) as its own pool task, into per-chunk states, then folded
-/// per (row, head) in chunk order: the same arithmetic as `Job::head`.
-fn split_k<E: KvValue>(pool: &Pool, job: &Job<'_, E>, out: &mut CpuTensor) {
+/// Every chunk of every (row, span) as its own pool task, into per-head chunk states, then
+/// folded per (row, head) in chunk order: the same arithmetic as `Job::heads`.
+fn split_k<E: KvValue>(pool: &Pool, job: &Job<'_, E>, span: usize, out: &mut CpuTensor) {
     let p = job.p;
     let hd = p.head_dim;
+    let n_spans = p.n_heads / span;
     // first[t]: index of row t's first chunk among every (row, chunk); heads follow rows.
     let mut first = Vec::with_capacity(job.q.n_rows + 1);
     first.push(0);
     for t in 0..job.q.n_rows {
         first.push(first[t] + job.n_chunks(t));
     }
-    let n_items = first[job.q.n_rows] * p.n_heads;
-    // Per item: m, l, then the unnormalised output.
+    // Per (row chunk, head): m, l, then the unnormalised output.
     let stride = hd + 2;
-    let mut parts = vec![0f32; n_items * stride];
+    let mut parts = vec![0f32; first[job.q.n_rows] * p.n_heads * stride];
     let ptr = SyncPtr(parts.as_mut_ptr());
     let item = |i: usize| {
-        let (rc, h) = (i / p.n_heads, i % p.n_heads);
+        let (rc, h0) = (i / n_spans, (i % n_spans) * span);
         let t = first.partition_point(|&f| f <= rc) - 1;
-        // SAFETY: item i owns parts[i * stride ..][..stride] alone; `parts` outlives the run.
-        let slot = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(i * stride), stride) };
-        let (stats, acc) = slot.split_at_mut(2);
-        let st = job.chunk(t, h, rc - first[t], acc);
-        stats.copy_from_slice(&[st.m, st.l]);
+        let mut st = [Stats::EMPTY; MAX_SPAN];
+        let st = &mut st[..span];
+        super::pool::with_scratch(span * hd, |acc| {
+            job.chunk(t, h0, rc - first[t], acc, st);
+            for (h, st) in st.iter().enumerate() {
+                // SAFETY: item i alone owns the slots of heads h0..h0 + span of row chunk rc;
+                // `parts` outlives the run.
+                let slot = unsafe {
+                    let at = (rc * p.n_heads + h0 + h) * stride;
+                    std::slice::from_raw_parts_mut(ptr.get().add(at), stride)
+                };
+                slot[0] = st.m;
+                slot[1] = st.l;
+                slot[2..].copy_from_slice(&acc[h * hd..][..hd]);
+            }
+        });
     };
-    pool.run(n_items, &item);
+    pool.run(first[job.q.n_rows] * n_spans, &item);
     for (idx, o) in out.data.chunks_mut(hd).enumerate() {
         let (t, h) = (idx / p.n_heads, idx % p.n_heads);
         let slot = |c: usize| &parts[((first[t] + c) * p.n_heads + h) * stride..][..stride];
@@ -284,7 +350,7 @@ mod tests {
             rows: &rows,
             p: &p,
         };
-        let plan = job.plan(cpu.pool.n_threads());
+        let plan = job.plan(cpu.pool.n_threads()).0;
         let mut want = vec![0f32; head_dim];
         let mut scores = vec![0f32; pos_end + 1];
         for t in 0..n_q {
@@ -346,6 +412,10 @@ mod tests {
                 plans.push(check(&cpu, (19, 1100), (4, 2, 16), mask, |x| x));
                 plans.push(check(&cpu, (5, 45), (2, 2, 8), mask, f16::from_f32));
                 plans.push(check(&cpu, (1, 1299), (2, 1, 80), mask, f16::from_f32));
+                // Gemma 3's group of four query heads per KV head, and a head not a
+                // multiple of 16 values.
+                plans.push(check(&cpu, (3, 700), (4, 1, 64), mask, f16::from_f32));
+                plans.push(check(&cpu, (2, 90), (8, 2, 24), mask, |x| x));
             }
         }
         for plan in [Plan::Here, Plan::Tasks, Plan::SplitK] {

@@ -5,6 +5,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::heads;
 use super::kv_blocks::{self, Q4Block, Q8Block};
 use super::simd;
 use crate::backend::KvType;
@@ -115,6 +116,24 @@ pub trait KvValue: Copy + Send + Sync {
     const VALUES: usize = 1;
     fn dot(q: &[f32], k: &[Self]) -> f32;
     fn axpy(w: f32, v: &[Self], out: &mut [f32]);
+
+    /// `out[h * stride + j] = q_h · k[at[j]..]` for the heads of `q` (one per `stride` of
+    /// `out`, `len` elements each) that share these keys (`heads.rs`).
+    fn scores(q: &[f32], k: &[Self], at: &[usize], len: usize, out: &mut [f32], stride: usize) {
+        heads::scores_each(q, k, at, len, out, stride, Self::dot)
+    }
+
+    /// `acc_h += Σ_j e[h * stride + j] · v[at[j]..]`, keys in order, for the heads of `acc`.
+    fn weighted_sum(
+        e: &[f32],
+        stride: usize,
+        v: &[Self],
+        at: &[usize],
+        len: usize,
+        acc: &mut [f32],
+    ) {
+        heads::weighted_sum_each(e, stride, v, at, len, acc, Self::axpy)
+    }
 }
 
 impl KvValue for f32 {
@@ -124,6 +143,19 @@ impl KvValue for f32 {
     fn axpy(w: f32, v: &[f32], out: &mut [f32]) {
         simd::axpy(w, v, out)
     }
+    fn scores(q: &[f32], k: &[f32], at: &[usize], _len: usize, out: &mut [f32], stride: usize) {
+        heads::scores(q, k, at, out, stride)
+    }
+    fn weighted_sum(
+        e: &[f32],
+        stride: usize,
+        v: &[f32],
+        at: &[usize],
+        _len: usize,
+        acc: &mut [f32],
+    ) {
+        heads::weighted_sum(e, stride, v, at, acc)
+    }
 }
 
 impl KvValue for f16 {
@@ -132,6 +164,19 @@ impl KvValue for f16 {
     }
     fn axpy(w: f32, v: &[f16], out: &mut [f32]) {
         simd::axpy_f16(w, v, out)
+    }
+    fn scores(q: &[f32], k: &[f16], at: &[usize], _len: usize, out: &mut [f32], stride: usize) {
+        heads::scores(q, k, at, out, stride)
+    }
+    fn weighted_sum(
+        e: &[f32],
+        stride: usize,
+        v: &[f16],
+        at: &[usize],
+        _len: usize,
+        acc: &mut [f32],
+    ) {
+        heads::weighted_sum(e, stride, v, at, acc)
     }
 }
 

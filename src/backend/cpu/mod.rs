@@ -7,6 +7,7 @@
 mod activations;
 mod attention;
 mod cache;
+mod heads;
 mod kv_blocks;
 mod matmul;
 pub mod pool;
