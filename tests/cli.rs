@@ -471,7 +471,7 @@ fn bench_model_reports_speed_load_time_and_memory() {
     let device = r["device"].as_str().unwrap();
     // The default CPU path: 16-bit integer decode where the CPU has the kernels.
     assert!(
-        device.contains("int16 decode") || device.contains("no integer kernels"),
+        device.contains("int16 activations") || device.contains("f32 activations"),
         "the default CPU path: {device}"
     );
     let o = hearth(

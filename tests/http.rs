@@ -50,6 +50,17 @@ pub fn start(names: &[&str], configure: impl FnOnce(&mut Config)) -> Fixture {
     serve(store, dir, configure)
 }
 
+/// A server over a store holding each name's own GGUF: models of one GGUF share one engine,
+/// so tests of what happens per engine (limits, eviction) need different files.
+pub fn start_engines(models: &[(&str, &Path)], configure: impl FnOnce(&mut Config)) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("models");
+    for (name, gguf) in models {
+        store_of(&root, gguf, &[name], "SYSTEM Be brief.\n");
+    }
+    serve(Store::open(&root).unwrap(), dir, configure)
+}
+
 /// A server over a store holding nano under each name with the Modelfile lines beside it
 /// (after `FROM`).
 pub fn start_modelfiles(models: &[(&str, &str)]) -> Fixture {

@@ -221,7 +221,7 @@ fn hearth_follows_pefts_loss_curve() {
                 .map(|t| t.as_u64().unwrap() as u32)
                 .collect();
             let trained = (0..tokens.len()).map(|i| i >= n_prompt).collect();
-            Example { tokens, trained }
+            Example::new(tokens, trained)
         })
         .collect();
     let steps = g["steps"].as_u64().unwrap() as usize;

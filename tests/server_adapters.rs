@@ -101,8 +101,8 @@ fn a_lora_set_on_its_rows_gives_the_tokens_of_the_adapter_loaded_into_the_model(
         scale: 1.0,
     };
     let mut shared = runtime(&[]);
-    let set_a = shared.add_lora_set(&load_lora_set("llama", &[spec(&a)]).unwrap());
-    let set_b = shared.add_lora_set(&load_lora_set("llama", &[spec(&b)]).unwrap());
+    let set_a = shared.add_lora_set(&load_lora_set(&f, &[spec(&a)]).unwrap());
+    let set_b = shared.add_lora_set(&load_lora_set(&f, &[spec(&b)]).unwrap());
     let (none, set_a, set_b) = (AdapterSet::NONE, set_a.unwrap(), set_b.unwrap());
     let n_vocab = tok.n_vocab() as u32;
     // Pairs of the same prompt under different sets: they must never share cached blocks.

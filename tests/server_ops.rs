@@ -184,7 +184,22 @@ fn keep_alive_unloads_and_hearth_ps_and_stop_talk_to_the_server() {
 
 #[test]
 fn models_past_the_limit_or_the_memory_budget_evict_the_least_recently_used() {
-    let f = http::start(&["a", "b", "c"], |c| {
+    // Three engines: nano, the Llama 3 nano and nano in Q8_0 (models of one GGUF would share
+    // one engine, and limits count engines).
+    let tmp = tempfile::tempdir().unwrap();
+    let q8 = tmp.path().join("nano-q8_0.gguf");
+    hearth::quantize::quantize_file(
+        &http::nano_gguf(),
+        &q8,
+        hearth::quantize::Target::Q8_0,
+        |_| {},
+    )
+    .unwrap();
+    let (nano, llama3) = (
+        http::nano_gguf(),
+        crate::common::data("nano/nano-llama3.gguf"),
+    );
+    let f = http::start_engines(&[("a", &nano), ("b", &llama3), ("c", &q8)], |c| {
         c.lifetime = Lifetime {
             max_loaded: 2,
             ..Lifetime::default()
@@ -199,12 +214,21 @@ fn models_past_the_limit_or_the_memory_budget_evict_the_least_recently_used() {
         ["a:latest", "c:latest"],
         "b was used least recently"
     );
-    let size = f.ps()[0]["size"].as_u64().unwrap();
+    let size = |name: &str| {
+        f.ps()
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["size"].as_u64())
+            .unwrap()
+    };
+    let (sa, sc) = (size("a:latest"), size("c:latest"));
 
-    // A budget for one and a half models: each load unloads the other.
-    let f = http::start(&["a", "b"], |c| {
+    // A budget for the larger and half the smaller: each alone fits, not both; each load
+    // unloads the other.
+    let budget = sa.max(sc) + sa.min(sc) / 2;
+    let f = http::start_engines(&[("a", &nano), ("b", &q8)], |c| {
         c.lifetime = Lifetime {
-            memory_budget: Some(size * 3 / 2),
+            memory_budget: Some(budget),
             keep_alive: KeepAlive::Forever,
             ..Lifetime::default()
         }
@@ -214,7 +238,7 @@ fn models_past_the_limit_or_the_memory_budget_evict_the_least_recently_used() {
     assert_eq!(names(&f), ["b:latest"]);
 
     // A model that is serving is not unloaded: the new one waits for room (503 now).
-    let f = http::start(&["a", "b"], |c| {
+    let f = http::start_engines(&[("a", &nano), ("b", &q8)], |c| {
         c.lifetime = Lifetime {
             max_loaded: 1,
             ..Lifetime::default()

@@ -171,8 +171,10 @@ fn tools_and_suffix_reach_the_template() {
         .json();
     let tok = Tokenizer::from_gguf(&GgufFile::open(nano_gguf()).unwrap()).unwrap();
     let context: Vec<u32> = serde_json::from_value(v["context"].clone()).unwrap();
-    let n_prompt = v["prompt_eval_count"].as_u64().unwrap() as usize;
-    let prompt = tok.decode(&context[..n_prompt]).unwrap();
+    // The answer's tokens end the context; `prompt_eval_count` counts only the prompt tokens
+    // not already cached (this engine also served "toolbox", whose prompt began the same).
+    let n_answer = v["eval_count"].as_u64().unwrap() as usize;
+    let prompt = tok.decode(&context[..context.len() - n_answer]).unwrap();
     assert!(
         prompt.ends_with("<PRE>def f(x):<SUF>return y<MID>"),
         "{prompt:?}"

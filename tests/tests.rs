@@ -6,6 +6,7 @@ mod common;
 mod engine;
 mod finetune;
 mod finetune_loop;
+mod finetune_smollm2;
 mod fuzz;
 mod gguf;
 mod gpu;

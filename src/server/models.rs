@@ -210,9 +210,7 @@ impl LoadedModel {
     fn join(&self, stored: StoredModel, keep_alive: KeepAlive) -> crate::Result<LoadedModel> {
         let t0 = Instant::now();
         let gguf = GgufFile::open(&stored.model_path)?;
-        let adapter = self
-            .scheduler
-            .lora_set(&gguf, &adapter_specs(&stored))?;
+        let adapter = self.scheduler.lora_set(&gguf, &adapter_specs(&stored))?;
         let template = crate::prompt::chat_template(&stored, &gguf, &self.tokenizer)
             .map_err(|e| e.to_string());
         Ok(LoadedModel {

@@ -212,11 +212,14 @@ impl<E: KvValue> Job<'_, E> {
     /// never crosses KV heads.
     fn plan(&self, n_threads: usize) -> (Plan, usize) {
         let (n_rows, p) = (self.q.n_rows, self.p);
-        let spans: Vec<usize> = (1..=MAX_SPAN.min(self.group()))
-            .rev()
-            .filter(|d| self.group().is_multiple_of(*d))
-            .collect();
-        let widest = spans[0];
+        // Widest first; an iterator, not a list: the decode path allocates nothing.
+        let group = self.group();
+        let spans = || {
+            (1..=MAX_SPAN.min(group))
+                .rev()
+                .filter(move |d| group.is_multiple_of(*d))
+        };
+        let widest = spans().next().unwrap_or(1);
         let seen: usize = (0..n_rows).map(|t| p.mask.n_keys(self.pos(t))).sum();
         // Work ≈ keys seen × heads × head size.
         if !parallel(seen * p.n_heads * p.head_dim) {
@@ -228,11 +231,7 @@ impl<E: KvValue> Job<'_, E> {
             return (Plan::SplitK, widest);
         }
         // The widest span that still gives every thread a task.
-        let span = spans
-            .iter()
-            .copied()
-            .find(|&s| tasks(s) >= n_threads)
-            .unwrap_or(1);
+        let span = spans().find(|&s| tasks(s) >= n_threads).unwrap_or(1);
         (Plan::Tasks, span)
     }
 }
