@@ -54,8 +54,9 @@ for ((i = 1; i <= rounds; i++)); do
   /usr/bin/time -v "$hearth" finetune "$model" --data "$work/text.txt" --out "$work/lora.gguf" \
     --rank 8 --alpha 16 --targets all --ctx "$seq" --lr 2e-4 --schedule constant \
     --max-grad-norm 0 --threads "$threads" 2>"$work/hearth.err" >/dev/null
-  tps=$(sed -n 's/.* steps, loss .*, \([0-9.]*\) tokens\/s;.*/\1/p' "$work/hearth.err")
-  steps=$(sed -n 's/^\([0-9]*\) steps, loss.*/\1/p' "$work/hearth.err")
+  # The summary line: "steps 1..N of N, loss A → B, T tokens/s; adapter written to …".
+  tps=$(sed -n 's/^steps .*, \([0-9.]*\) tokens\/s; adapter.*/\1/p' "$work/hearth.err")
+  steps=$(sed -n 's/^steps [0-9]*\.\.\([0-9]*\) of .*/\1/p' "$work/hearth.err")
   tokens=$(sed -n 's/^[0-9]* examples (\([0-9]*\) tokens).*/\1/p' "$work/hearth.err")
   echo "{\"engine\":\"hearth\",\"round\":$i,\"steps\":$steps,\"tokens\":$tokens,\"tokens_per_s\":$tps,\"cpu_s\":$(cpu_s "$work/hearth.err"),\"peak_rss_mb\":$(peak_mb "$work/hearth.err")}" | tee -a "$out" >&2
   /usr/bin/time -v "$python" tools/bench_finetune_peft.py --gguf "$gguf" --ids "$work/ids.json" \
