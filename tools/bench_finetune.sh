@@ -17,7 +17,7 @@
 # wall time says little, so CPU seconds per 1000 training tokens are reported too (Hearth: the
 # whole process's user + system time, its load being a memory map; PyTorch: the training loop's
 # process time, its fp32 load excluded).
-# Needs target/release/hearth and $PYTHON (default /work/venv-torch/bin/python) with torch,
+# Needs target/release/hearth and $PYTHON (default python3; e.g. a venv) with torch,
 # transformers, accelerate, gguf and peft (tools/requirements.txt). Prints a Markdown table
 # (medians over the rounds); raw lines go to $OUT (default bench_finetune.jsonl).
 set -euo pipefail
@@ -35,7 +35,7 @@ EOF
 )
 rounds="${ROUNDS:-2}"
 hearth="${HEARTH:-./target/release/hearth}"
-python="${PYTHON:-/work/venv-torch/bin/python}"
+python="${PYTHON:-python3}"
 threads="${THREADS:-2}"
 seq="${SEQ:-256}"
 bytes="${BYTES:-6000}"

@@ -137,19 +137,40 @@ pub(crate) fn scales_mins_k4(scales: &[u8]) -> [u8; 16] {
     out
 }
 
-/// Q4_K · 8-bit activations: each 32-value sub-block lines up with one activation block, so
-/// `Σ (d·sc·q - dmin·m) x̂ = d·sc·dx Σ q·qx - dmin·m · (dx Σ qx)` per sub-block. The eight
-/// integer sums of a block are gathered into one vector and scaled together.
+/// Q4_K · 8-bit activations (`dot_row_q8_k4` with the nibbles as they are).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
     use std::arch::x86_64::*;
     let m4 = _mm256_set1_epi8(0xF);
+    dot_row_q8_k4(row, x, 144, |b, c| {
+        let bytes = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * c) as *const __m256i);
+        let lo = _mm256_and_si256(bytes, m4);
+        (lo, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4))
+    })
+}
+
+/// The 8-bit-activation kernel of the K-quants with 4-bit scales and mins (Q4_K, Q5_K): each
+/// 32-value sub-block lines up with one activation block, so `Σ (d·sc·q - dmin·m) x̂ =
+/// d·sc·dx Σ q·qx - dmin·m · (dx Σ qx)` per sub-block; the eight integer sums of a super-block
+/// (`block_bytes` long) are gathered into one vector and scaled together. `quants(b, c)` gives
+/// the unsigned values (0..31 at most, so pairs of byte products cannot saturate) of
+/// sub-blocks `2c` and `2c + 1` of super-block `b`; it is all a format adds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn dot_row_q8_k4(
+    row: &[u8],
+    x: &Q8Act,
+    block_bytes: usize,
+    quants: impl Fn(&[u8], usize) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i),
+) -> f32 {
+    use std::arch::x86_64::*;
     let widen = |p: *const u8| {
         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
     };
     let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for (i, b) in row.chunks_exact(144).enumerate() {
+    for (i, b) in row.chunks_exact(block_bytes).enumerate() {
         let sm = scales_mins_k4(&b[4..16]);
         let (sc, mn) = (widen(sm.as_ptr()), widen(sm.as_ptr().add(8)));
         let xd = _mm256_loadu_ps(x.d.as_ptr().add(8 * i));
@@ -157,9 +178,7 @@ unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
         let xq = x.qs.as_ptr().add(256 * i);
         let mut p = [_mm256_setzero_si256(); 8];
         for c in 0..4 {
-            let bytes = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * c) as *const __m256i);
-            let lo = _mm256_and_si256(bytes, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
+            let (lo, hi) = quants(b, c);
             let q0 = _mm256_loadu_si256(xq.add(64 * c) as *const __m256i);
             let q1 = _mm256_loadu_si256(xq.add(64 * c + 32) as *const __m256i);
             p[2 * c] = dot_u8_i8(lo, q0);

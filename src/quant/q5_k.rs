@@ -3,12 +3,8 @@
 
 use super::ksearch::quantize_k4_superblock;
 #[cfg(target_arch = "x86_64")]
-use super::q4_k::scales_mins_k4;
-#[cfg(target_arch = "x86_64")]
-use super::q8act::{dot_u8_i8, lane_sums};
+use super::q4_k::dot_row_q8_k4;
 use super::util::{f16_at, put_f16, scale_min_k4};
-#[cfg(target_arch = "x86_64")]
-use super::util::{f16_at_f16c, hsum256};
 use super::{BlockFormat, QuantType};
 #[cfg(target_arch = "x86_64")]
 use super::{Q8Act, Q8Kernel};
@@ -70,51 +66,28 @@ impl BlockFormat for BlockQ5K {
     const Q8_AVX2: Option<Q8Kernel> = Some(dot_row_q8_avx2);
 }
 
-/// Q5_K · 8-bit activations, Q4_K's kernel with the fifth bit: sub-block `2c` takes bit `2c`
-/// of each `qh` byte as its 16s, `2c + 1` bit `2c + 1`. Values stay 0..31, so the
-/// unsigned-by-signed byte products (pairs ≤ 2·31·127) cannot saturate. Whole super-blocks at
-/// once: the eight sub-block sums are scaled in one vector, the mins by the activation sums.
+/// Q5_K · 8-bit activations: Q4_K's kernel (`dot_row_q8_k4`) with the fifth bit: sub-block
+/// `2c` takes bit `2c` of each `qh` byte as its 16s, `2c + 1` bit `2c + 1` (values 0..31).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_q8_avx2(row: &[u8], x: &Q8Act) -> f32 {
     use std::arch::x86_64::*;
     let m4 = _mm256_set1_epi8(0xF);
     let m1 = _mm256_set1_epi8(1);
-    let widen = |p: *const u8| {
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)))
-    };
-    let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for (i, b) in row.chunks_exact(176).enumerate() {
-        let sm = scales_mins_k4(&b[4..16]);
-        let (sc, mn) = (widen(sm.as_ptr()), widen(sm.as_ptr().add(8)));
-        let xd = _mm256_loadu_ps(x.d.as_ptr().add(8 * i));
-        let xs = _mm256_loadu_ps(x.sum.as_ptr().add(8 * i));
-        let xq = x.qs.as_ptr().add(256 * i);
+    dot_row_q8_k4(row, x, 176, |b, c| {
         let qh = _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i);
-        let mut p = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            let bytes = _mm256_loadu_si256(b.as_ptr().add(48 + 32 * c) as *const __m256i);
-            // Bit `s` of each byte to bit 4: a 16-bit shift then a per-byte mask keeps every
-            // byte's own bit (s < 8).
-            let high = |s: i32| {
-                let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s)), m1);
-                _mm256_slli_epi16(bit, 4)
-            };
-            let lo = _mm256_or_si256(_mm256_and_si256(bytes, m4), high(2 * c as i32));
-            let hi = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4),
-                high(2 * c as i32 + 1),
-            );
-            let q0 = _mm256_loadu_si256(xq.add(64 * c) as *const __m256i);
-            let q1 = _mm256_loadu_si256(xq.add(64 * c + 32) as *const __m256i);
-            p[2 * c] = dot_u8_i8(lo, q0);
-            p[2 * c + 1] = dot_u8_i8(hi, q1);
-        }
-        let sums = _mm256_cvtepi32_ps(lane_sums(&p));
-        let scale = _mm256_mul_ps(_mm256_set1_ps(f16_at_f16c(b, 0)), _mm256_mul_ps(sc, xd));
-        acc = _mm256_fmadd_ps(scale, sums, acc);
-        let min = _mm256_mul_ps(_mm256_set1_ps(f16_at_f16c(b, 2)), mn);
-        acc_min = _mm256_fmadd_ps(min, xs, acc_min);
-    }
-    hsum256(_mm256_sub_ps(acc, acc_min))
+        let bytes = _mm256_loadu_si256(b.as_ptr().add(48 + 32 * c) as *const __m256i);
+        // Bit `s` of each byte to bit 4: a 16-bit shift then a per-byte mask keeps every
+        // byte's own bit (s < 8).
+        let high = |s: i32| {
+            let bit = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s)), m1);
+            _mm256_slli_epi16(bit, 4)
+        };
+        let lo = _mm256_or_si256(_mm256_and_si256(bytes, m4), high(2 * c as i32));
+        let hi = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4),
+            high(2 * c as i32 + 1),
+        );
+        (lo, hi)
+    })
 }
