@@ -306,6 +306,12 @@ pub trait Backend: Send + Sync {
         outs: &mut [&mut Self::Tensor],
         n_single: usize,
     ) -> Result<()>;
+    /// `Wᵀ` as a weight this backend's `matmul` reads at full speed, for training: the input
+    /// gradient `dy · W` is then the forward product `dy · (Wᵀ)ᵀ`. `None` where `matmul_dx`
+    /// over `W` itself is the better path (float weights, a backend without a fast form).
+    fn transpose_weight(&self, _w: &Self::Weight) -> Result<Option<Self::Weight>> {
+        Ok(None)
+    }
     /// Rotates each head of `x` (`[n, n_heads * head_dim]`) in place, row `t` by the angle
     /// of position `rows.pos[t]`.
     fn rope(

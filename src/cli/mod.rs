@@ -240,7 +240,8 @@ pub struct PlacementArgs {
     /// KV cache element type: f16, f32, q8_0 or q4_0 (default: $HEARTH_KV_CACHE_TYPE, else f16)
     #[arg(long, value_name = "TYPE")]
     kv_cache_type: Option<String>,
-    /// CPU: keep activations in f32 (slower decode, results as an f32 reference computes them)
+    /// CPU: keep activations in f32 (slower decode, results as an f32 reference computes them;
+    /// training: exact input gradients through quantized weights, not 8-bit transposes)
     #[arg(long, conflicts_with = "activations")]
     exact: bool,
     /// CPU decode activations: q16 (integer kernels, within ~1e-4 of f32), q8 (llama.cpp's

@@ -20,6 +20,7 @@ mod q5_k;
 mod q6_k;
 mod q8_0;
 mod q8act;
+mod transpose;
 mod util;
 
 /// The Q4_K/Q5_K scale unpacking, shared with the CPU backend's 16-bit kernels.
@@ -42,6 +43,7 @@ pub use q5_k::BlockQ5K;
 pub use q6_k::BlockQ6K;
 pub use q8_0::BlockQ8_0;
 pub use q8act::{Q8Act, Q8_BLOCK};
+pub use transpose::transpose_q8_0;
 
 /// One block format: `BLOCK_ELEMS` values stored in `BLOCK_BYTES` bytes, laid out exactly as
 /// ggml stores them (ggml-common.h), so GGUF tensor data is used in place.

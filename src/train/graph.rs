@@ -33,10 +33,49 @@ pub struct TrainGraph<'m, B: TrainBackend> {
     model: &'m Model<B>,
     /// `-inv_freq` of the global and local RoPE bases: the backward rotations.
     neg_freq: [B::Tensor; 2],
+    /// `Wᵀ` of each layer's projections (by `Target`) and of the head, where the backend
+    /// makes them (`Backend::transpose_weight`): the input gradients' weights.
+    transposed: Vec<[Option<B::Weight>; 7]>,
+    head_t: Option<B::Weight>,
+}
+
+/// Layer `l`'s frozen weight of projection `t`.
+fn frozen<B: TrainBackend>(l: &Layer<B>, t: Target) -> &B::Weight {
+    match t {
+        Target::Q => &l.attn_q,
+        Target::K => &l.attn_k,
+        Target::V => &l.attn_v,
+        Target::O => &l.attn_output,
+        Target::Gate => &l.ffn_gate,
+        Target::Up => &l.ffn_up,
+        Target::Down => &l.ffn_down,
+    }
 }
 
 impl<'m, B: TrainBackend> TrainGraph<'m, B> {
+    /// Input gradients through quantized weights use their transposes in 8 bits where the
+    /// backend makes them (`quant::transpose_q8_0`: forward-speed integer kernels, each
+    /// weight within half a step of 1/127 of its block); `exact_gradients` keeps them exact.
     pub fn new(b: &'m B, model: &'m Model<B>) -> Result<Self> {
+        let mut g = Self::exact_gradients(b, model)?;
+        g.transposed = model
+            .layers()
+            .iter()
+            .map(|l| {
+                let mut ts: [Option<B::Weight>; 7] = Default::default();
+                for (slot, t) in ts.iter_mut().zip(Target::ALL) {
+                    *slot = b.transpose_weight(frozen(l, t))?;
+                }
+                Ok(ts)
+            })
+            .collect::<Result<_>>()?;
+        g.head_t = b.transpose_weight(model.head_weights()?.1)?;
+        Ok(g)
+    }
+
+    /// A graph whose input gradients through frozen weights are `matmul_dx`'s f32 sums over
+    /// the stored blocks.
+    pub fn exact_gradients(b: &'m B, model: &'m Model<B>) -> Result<Self> {
         let part = model.part();
         if !(part.embed && part.head && part.layers.start == 0) {
             return Err(Error::Train(
@@ -60,6 +99,8 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
             b,
             model,
             neg_freq: [neg(false)?, neg(true)?],
+            transposed: Vec::new(),
+            head_t: None,
         })
     }
 
@@ -77,7 +118,11 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         params: &[B::Tensor],
         mask_seed: Option<u64>,
     ) -> Result<Var> {
-        let y = tape.matmul(x, w)?;
+        let wt = self
+            .transposed
+            .get(layer)
+            .and_then(|ts| ts[target as usize].as_ref());
+        let y = tape.matmul(x, w, wt)?;
         let Some((lora, i)) = method
             .lora()
             .and_then(|l| Some((l, l.find(layer, target)?)))
@@ -355,7 +400,7 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         let mut tape = Tape::new(b, n)?;
         let xv = tape.input(x, true);
         let normed = tape.rms_norm(xv, norm, self.model.config.rms_eps)?;
-        let logits = tape.matmul(normed, head)?;
+        let logits = tape.matmul(normed, head, self.head_t.as_ref())?;
         let t = tape.input(b.param(n, 1, targets)?, false);
         let loss = tape.cross_entropy(logits, t, 1.0 / n_targets as f32)?;
         let loss_sum: f64 = b

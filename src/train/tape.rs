@@ -24,10 +24,11 @@ enum Node<'a, B: TrainBackend> {
     /// An input: a constant, or (`param: Some`) a trainable parameter whose gradient
     /// `backward` returns under its id.
     Leaf,
-    /// `x · Wᵀ`, `W` frozen.
+    /// `x · Wᵀ`, `W` frozen; `wt`, if there is one, is `Wᵀ` for the backward product.
     Matmul {
         x: Var,
         w: &'a B::Weight,
+        wt: Option<&'a B::Weight>,
     },
     /// `x · wᵀ`, both differentiable (an adapter's dense matrices).
     Linear {
@@ -222,14 +223,16 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         Ok(var)
     }
 
-    /// `x · Wᵀ`, `W` frozen: the prompt kernels, as inference runs a sequence's rows.
-    pub fn matmul(&mut self, x: Var, w: &'a B::Weight) -> Result<Var> {
+    /// `x · Wᵀ`, `W` frozen: the prompt kernels, as inference runs a sequence's rows. With
+    /// `wt` (`Backend::transpose_weight` of `W`), the input gradient is the forward matmul
+    /// `dy · (Wᵀ)ᵀ`; without, `matmul_dx` over `W`.
+    pub fn matmul(&mut self, x: Var, w: &'a B::Weight, wt: Option<&'a B::Weight>) -> Result<Var> {
         let xs = self.value(x)?;
         let n = self.b.shape(xs).0;
         let mut y = self.b.tensor(n, self.b.weight_shape(w).0)?;
         self.b.matmul_rows(xs, &[w], &mut [&mut y], 0)?;
         let g = self.needs(x);
-        Ok(self.push(Node::Matmul { x, w }, y, g))
+        Ok(self.push(Node::Matmul { x, w, wt }, y, g))
     }
 
     /// `x · wᵀ` with `w` on the tape (`[out, in]`).
@@ -454,10 +457,13 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         let b = self.b;
         match self.entries[i].node {
             Node::Leaf => Ok(()),
-            Node::Matmul { x, w } => {
+            Node::Matmul { x, w, wt } => {
                 if self.needs(x) {
                     let mut dx = self.zeros_like(x)?;
-                    b.matmul_dx(dy, w, false, &mut dx)?;
+                    match wt {
+                        Some(wt) => b.matmul_rows(dy, &[wt], &mut [&mut dx], 0)?,
+                        None => b.matmul_dx(dy, w, false, &mut dx)?,
+                    }
                     self.accumulate(grads, x, dx)?;
                 }
                 Ok(())

@@ -202,6 +202,25 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads, {}, {act})", self.n_threads, self.level)
     }
 
+    /// Block-quantized weights whose rows are whole Q8_0 blocks, when the integer kernels
+    /// run (`quant::transpose_q8_0`); float weights and the exact mode keep `matmul_dx`'s
+    /// exact f32 sums.
+    fn transpose_weight(&self, w: &CpuWeight) -> Result<Option<CpuWeight>> {
+        if w.qtype.block_elems() == 1
+            || self.activations == Activations::F32
+            || self.level == Level::Scalar
+        {
+            return Ok(None);
+        }
+        let Some(bytes) = crate::quant::transpose_q8_0(w.qtype, &w.bytes, w.n_rows, w.n_cols)
+        else {
+            return Ok(None);
+        };
+        let name = format!("{}ᵀ", w.name);
+        let src = WeightSource::from_bytes(&name, QuantType::Q8_0, w.n_cols, w.n_rows, bytes)?;
+        self.load_weight(&src).map(Some)
+    }
+
     fn load_weight(&self, src: &WeightSource) -> Result<CpuWeight> {
         let row_bytes = src
             .qtype
