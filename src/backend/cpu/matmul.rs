@@ -8,7 +8,7 @@
 //! dequantized weights.
 
 use super::pool::{with_scratch, SyncPtr};
-use super::q16::{self, LaneScratch, Q16Act, Q16Lanes, LANES};
+use super::q16::{self, LaneScratch, Q16Act, Q16Lanes, LANES, WIDE_LANES};
 use super::{simd, Activations, CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::{ops, Backend};
 use crate::quant::Q8Act;
@@ -126,13 +126,24 @@ impl CpuBackend {
             true => &scratch.xq16[..n_tok],
             false => &[],
         };
-        // Chunks of eight rows side by side for the lane kernel; rows past the last chunk of
-        // at least four go row by row.
+        // Chunks of eight rows side by side for the lane kernel (sixteen for a prompt where the
+        // kernels have 512-bit vectors); rows past the last chunk of at least four go row by
+        // row.
+        let wide = n_tok >= WIDE_LANES
+            && ws
+                .iter()
+                .filter_map(|w| q16::kernel(w.qtype, self.level))
+                .all(|k| k.wide());
+        let width = if wide { WIDE_LANES } else { LANES };
+        let chunk = |c: &[Q16Act]| match wide {
+            true => Q16Lanes::wide(c),
+            false => Q16Lanes::new(c),
+        };
         let lanes: Vec<Q16Lanes> = match int16 {
             true => xq16
-                .chunks(LANES)
+                .chunks(width)
                 .take_while(|c| c.len() >= LANES_MIN_ROWS)
-                .filter_map(Q16Lanes::new)
+                .filter_map(chunk)
                 .collect(),
             false => Vec::new(),
         };
@@ -160,7 +171,7 @@ impl CpuBackend {
             if let Some(k16) = q16::kernel(w.qtype, self.level).filter(|_| int16) {
                 if !lanes.is_empty() {
                     let mut scratch = LaneScratch::default();
-                    let stride = lanes.len() * LANES;
+                    let stride = lanes.len() * width;
                     let mut vals = vec![0f32; LANES_WEIGHT_ROWS * stride];
                     for rb in (r0..r_end).step_by(LANES_WEIGHT_ROWS) {
                         let nr = LANES_WEIGHT_ROWS.min(r_end - rb);

@@ -1,9 +1,9 @@
 //! The 16-bit kernel for batches (prompt rows, and the decode rows of many sequences): up to
-//! eight activation rows side by side, one per lane of a vector, so that one `vpdpwssd`
-//! multiplies a broadcast pair of weights by the same pair of all eight rows, and no sum ever
-//! needs reducing across lanes. Weight rows are unpacked to i16 once per block of rows and
-//! reused for every chunk of eight activation rows; four weight rows share each activation
-//! load.
+//! eight activation rows side by side, one per lane of a 256-bit vector (sixteen in 512 bits
+//! with AVX-512, for prompts), so that one `vpdpwssd` multiplies a broadcast pair of weights
+//! by the same pair of every row, and no sum ever needs reducing across lanes. Weight rows are
+//! unpacked to i16 once per block of rows and reused for every chunk of activation rows; four
+//! weight rows share each activation load. One kernel, generic over the vector (`Width`).
 //!
 //! Every lane computes exactly what `kernel.rs` computes for its row alone: the same exact
 //! integer sums per group (split into the same two halves), scaled and accumulated by the
@@ -14,49 +14,64 @@
 use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
-use super::kernel::{unpack_superblock, Avx2, Mac, Vnni, SB};
+use super::kernel::{dpwssd512, unpack_superblock, Avx2, Mac, Vnni, SB};
 #[cfg(target_arch = "x86_64")]
 use super::unpack::Unpack16;
 use super::Q16Act;
 
 /// Lanes of a chunk: activation rows multiplied together.
 pub const LANES: usize = 8;
+/// Lanes of a wide chunk (`Q16Lanes::wide`): a 512-bit vector's.
+pub const WIDE_LANES: usize = 16;
 
-/// Up to eight rows of 16-bit activations interleaved by pairs: for group `g` and pair `k` of
-/// its 32 values, the eight rows' pairs side by side (one vector); then each group's eight
-/// scales and sums. Missing rows are zeros.
+/// Up to eight (or sixteen) rows of 16-bit activations interleaved by pairs: for group `g`
+/// and pair `k` of its 32 values, the rows' pairs side by side (one vector); then each
+/// group's scales and sums, one per lane. Missing rows are zeros.
 #[derive(Debug, Clone, Default)]
 pub struct Q16Lanes {
     n_rows: usize,
     n_values: usize,
+    width: usize,
     qs: Vec<i16>,
     d: Vec<f32>,
     sum: Vec<f32>,
 }
 
 impl Q16Lanes {
-    /// `xs` side by side; `None` unless there are 1 to 8 rows, all of one length.
+    /// `xs` side by side in eight lanes; `None` unless there are 1 to 8 rows, all of one
+    /// length.
     pub fn new(xs: &[Q16Act]) -> Option<Self> {
+        Self::with_width(xs, LANES)
+    }
+
+    /// `xs` side by side in sixteen lanes, for the 512-bit kernel (`Q16Dot::wide`); `None`
+    /// unless there are 1 to 16 rows, all of one length.
+    pub fn wide(xs: &[Q16Act]) -> Option<Self> {
+        Self::with_width(xs, WIDE_LANES)
+    }
+
+    fn with_width(xs: &[Q16Act], width: usize) -> Option<Self> {
         let n = xs.first()?.len();
-        if xs.len() > LANES || xs.iter().any(|x| x.len() != n) {
+        if xs.len() > width || xs.iter().any(|x| x.len() != n) {
             return None;
         }
         let n_groups = n / 32;
         let mut out = Q16Lanes {
             n_rows: xs.len(),
             n_values: n,
-            qs: vec![0; n * LANES],
-            d: vec![0.0; n_groups * LANES],
-            sum: vec![0.0; n_groups * LANES],
+            width,
+            qs: vec![0; n * width],
+            d: vec![0.0; n_groups * width],
+            sum: vec![0.0; n_groups * width],
         };
         for (t, x) in xs.iter().enumerate() {
             for (pair, v) in x.qs.chunks_exact(2).enumerate() {
-                let at = (pair * LANES + t) * 2;
+                let at = (pair * width + t) * 2;
                 out.qs[at..at + 2].copy_from_slice(v);
             }
             for g in 0..n_groups {
-                out.d[g * LANES + t] = x.d[g];
-                out.sum[g * LANES + t] = x.sum[g];
+                out.d[g * width + t] = x.d[g];
+                out.sum[g * width + t] = x.sum[g];
             }
         }
         Some(out)
@@ -64,6 +79,11 @@ impl Q16Lanes {
 
     pub fn n_rows(&self) -> usize {
         self.n_rows
+    }
+
+    /// Lanes of this chunk (8 or 16), whatever its rows.
+    pub fn width(&self) -> usize {
+        self.width
     }
 
     /// Values per row.
@@ -116,87 +136,220 @@ unsafe fn unpack_rows<U: Unpack16>(rows: &[u8], n_rows: usize, n: usize, s: &mut
 }
 
 #[cfg(target_arch = "x86_64")]
+/// A vector of lanes, one activation row each, and the few operations the kernel does on it.
+pub(super) trait Width {
+    const N: usize;
+    type I: Copy;
+    type F: Copy;
+    unsafe fn zero_i() -> Self::I;
+    unsafe fn zero_f() -> Self::F;
+    unsafe fn load_i(p: *const i16) -> Self::I;
+    /// `acc + Σ` of the pairwise products of `w` (one pair, in every lane) and `x`.
+    unsafe fn madd_acc(acc: Self::I, w: i32, x: Self::I) -> Self::I;
+    unsafe fn load_f(p: *const f32) -> Self::F;
+    unsafe fn set1_f(v: f32) -> Self::F;
+    unsafe fn cvt(v: Self::I) -> Self::F;
+    unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+    /// `a · b + c`, fused.
+    unsafe fn fmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    unsafe fn store_f(p: *mut f32, v: Self::F);
+}
+
+#[cfg(target_arch = "x86_64")]
+/// Eight lanes in 256 bits, the products by `M` (AVX2 or AVX-512 VNNI).
+pub(super) struct W256<M>(std::marker::PhantomData<M>);
+
+#[cfg(target_arch = "x86_64")]
+impl<M: Mac> Width for W256<M> {
+    const N: usize = LANES;
+    type I = __m256i;
+    type F = __m256;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load_i(p: *const i16) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
+    #[inline(always)]
+    unsafe fn madd_acc(acc: __m256i, w: i32, x: __m256i) -> __m256i {
+        M::madd_acc(acc, _mm256_set1_epi32(w), x)
+    }
+    #[inline(always)]
+    unsafe fn load_f(p: *const f32) -> __m256 {
+        _mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn set1_f(v: f32) -> __m256 {
+        _mm256_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn cvt(v: __m256i) -> __m256 {
+        _mm256_cvtepi32_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        _mm256_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn store_f(p: *mut f32, v: __m256) {
+        _mm256_storeu_ps(p, v)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// Sixteen lanes in 512 bits with AVX-512 VNNI: twice the products per instruction of
+/// `W256`, for chunks of prompt rows.
+pub(super) struct W512;
+
+#[cfg(target_arch = "x86_64")]
+impl Width for W512 {
+    const N: usize = WIDE_LANES;
+    type I = __m512i;
+    type F = __m512;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m512i {
+        _mm512_setzero_si512()
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn load_i(p: *const i16) -> __m512i {
+        _mm512_loadu_si512(p as *const __m512i)
+    }
+    #[inline(always)]
+    unsafe fn madd_acc(acc: __m512i, w: i32, x: __m512i) -> __m512i {
+        dpwssd512(acc, _mm512_set1_epi32(w), x)
+    }
+    #[inline(always)]
+    unsafe fn load_f(p: *const f32) -> __m512 {
+        _mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn set1_f(v: f32) -> __m512 {
+        _mm512_set1_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn cvt(v: __m512i) -> __m512 {
+        _mm512_cvtepi32_ps(v)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        _mm512_mul_ps(a, b)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn store_f(p: *mut f32, v: __m512) {
+        _mm512_storeu_ps(p, v)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 /// Pairs `k0..k0 + 4` of a group: each weight row's pair broadcast and multiplied by the same
-/// pair of the eight lanes, into `acc`. `wq` is the group in the first row, rows `n` apart.
+/// pair of every lane, into `acc`. `wq` is the group in the first row, rows `n` apart.
 #[inline(always)]
-unsafe fn pairs<M: Mac, const RT: usize>(
+unsafe fn pairs<W: Width, const RT: usize>(
     xq: *const i16,
     wq: *const i16,
     n: usize,
     k0: usize,
-    acc: &mut [__m256i; RT],
+    acc: &mut [W::I; RT],
 ) {
     for k in k0..k0 + 4 {
-        let xv = _mm256_loadu_si256(xq.add(k * 2 * LANES) as *const __m256i);
+        let xv = W::load_i(xq.add(k * 2 * W::N));
         for (r, a) in acc.iter_mut().enumerate() {
             let wp = wq.add(r * n + 2 * k) as *const i32;
-            *a = M::madd_acc(*a, _mm256_set1_epi32(wp.read_unaligned()), xv);
+            *a = W::madd_acc(*a, wp.read_unaligned(), xv);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-/// `RT` unpacked weight rows (`r0..r0 + RT` of the scratch) against the eight lanes of `x`.
+/// `RT` unpacked weight rows (`r0..r0 + RT` of the scratch) against the lanes of `x`: row
+/// `r`'s results at `out[r · stride..][..W::N]`.
 #[inline(always)]
-unsafe fn rows_by_lanes<M: Mac, const RT: usize>(
+unsafe fn rows_by_lanes<W: Width, const RT: usize>(
     s: &LaneScratch,
     r0: usize,
     x: &Q16Lanes,
-) -> [[f32; LANES]; RT] {
+    out: *mut f32,
+    stride: usize,
+) {
     let n = x.n_values;
     let n_groups = n / 32;
     let n_sb = n_groups.div_ceil(SB);
     // Eight float accumulators per row: the lanes of `kernel.rs`'s accumulator (group index
     // modulo eight), each now a vector over the activation rows.
-    let mut acc = [[_mm256_setzero_ps(); SB]; RT];
-    let mut acc_off = [[_mm256_setzero_ps(); SB]; RT];
+    let mut acc = [[W::zero_f(); SB]; RT];
+    let mut acc_off = [[W::zero_f(); SB]; RT];
     for g in 0..n_groups {
         // The halves `kernel::lane_sums` converts apart: values 0..8 and 16..24 (pairs 0..4
         // and 8..12), then 8..16 and 24..32.
-        let mut lo = [_mm256_setzero_si256(); RT];
-        let mut hi = [_mm256_setzero_si256(); RT];
-        let xq = x.qs.as_ptr().add(g * 32 * LANES);
+        let mut lo = [W::zero_i(); RT];
+        let mut hi = [W::zero_i(); RT];
+        let xq = x.qs.as_ptr().add(g * 32 * W::N);
         let wq = s.wq.as_ptr().add(r0 * n + g * 32);
         // Four calls rather than one loop with a branch on `k`: the compiler then unrolls
         // each into straight-line code with the accumulators in registers.
-        pairs::<M, RT>(xq, wq, n, 0, &mut lo);
-        pairs::<M, RT>(xq, wq, n, 4, &mut hi);
-        pairs::<M, RT>(xq, wq, n, 8, &mut lo);
-        pairs::<M, RT>(xq, wq, n, 12, &mut hi);
-        let xd = _mm256_loadu_ps(x.d.as_ptr().add(g * LANES));
-        let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(g * LANES));
+        pairs::<W, RT>(xq, wq, n, 0, &mut lo);
+        pairs::<W, RT>(xq, wq, n, 4, &mut hi);
+        pairs::<W, RT>(xq, wq, n, 8, &mut lo);
+        pairs::<W, RT>(xq, wq, n, 12, &mut hi);
+        let xd = W::load_f(x.d.as_ptr().add(g * W::N));
+        let xsum = W::load_f(x.sum.as_ptr().add(g * W::N));
         let (sb, lane) = (g / SB, g % SB);
         for r in 0..RT {
             let at = ((r0 + r) * n_sb + sb) * SB + lane;
-            let dw = _mm256_set1_ps(*s.dw.get_unchecked(at));
-            let cw = _mm256_set1_ps(*s.cw.get_unchecked(at));
-            let sums = _mm256_add_ps(_mm256_cvtepi32_ps(lo[r]), _mm256_cvtepi32_ps(hi[r]));
-            acc[r][lane] = _mm256_fmadd_ps(sums, _mm256_mul_ps(dw, xd), acc[r][lane]);
-            acc_off[r][lane] = _mm256_fmadd_ps(cw, xsum, acc_off[r][lane]);
+            let dw = W::set1_f(*s.dw.get_unchecked(at));
+            let cw = W::set1_f(*s.cw.get_unchecked(at));
+            let sums = W::add(W::cvt(lo[r]), W::cvt(hi[r]));
+            acc[r][lane] = W::fmadd(sums, W::mul(dw, xd), acc[r][lane]);
+            acc_off[r][lane] = W::fmadd(cw, xsum, acc_off[r][lane]);
         }
     }
-    let mut out = [[0f32; LANES]; RT];
     for r in 0..RT {
         // A loop, not `array::from_fn`: its closure would not inherit the target features
         // (see unpack.rs).
-        let mut v = [_mm256_setzero_ps(); SB];
+        let mut v = [W::zero_f(); SB];
         for (g, vg) in v.iter_mut().enumerate() {
-            *vg = _mm256_add_ps(acc[r][g], acc_off[r][g]);
+            *vg = W::add(acc[r][g], acc_off[r][g]);
         }
         // `hsum256`'s order, lane by lane: ((v4 + v0) + (v6 + v2)) + ((v5 + v1) + (v7 + v3)).
-        let even = _mm256_add_ps(_mm256_add_ps(v[4], v[0]), _mm256_add_ps(v[6], v[2]));
-        let odd = _mm256_add_ps(_mm256_add_ps(v[5], v[1]), _mm256_add_ps(v[7], v[3]));
-        _mm256_storeu_ps(out[r].as_mut_ptr(), _mm256_add_ps(even, odd));
+        let even = W::add(W::add(v[4], v[0]), W::add(v[6], v[2]));
+        let odd = W::add(W::add(v[5], v[1]), W::add(v[7], v[3]));
+        W::store_f(out.add(r * stride), W::add(even, odd));
     }
-    out
 }
 
 #[cfg(target_arch = "x86_64")]
 /// Every weight row of `rows` (`n_rows` whole rows) against every chunk of `xs`: `out[row]
-/// [chunk · 8 + lane]`. The caller checks the shapes and that the CPU has what `M` and the
-/// unpacking need.
+/// [chunk · W::N + lane]`. The caller checks the shapes, that every chunk has `W::N` lanes
+/// and that the CPU has what `W` and the unpacking need.
 #[inline(always)]
-unsafe fn lanes<U: Unpack16, M: Mac>(
+unsafe fn lanes<U: Unpack16, W: Width>(
     rows: &[u8],
     n_rows: usize,
     xs: &[Q16Lanes],
@@ -205,19 +358,15 @@ unsafe fn lanes<U: Unpack16, M: Mac>(
 ) {
     let n = xs[0].n_values;
     unpack_rows::<U>(rows, n_rows, n, s);
-    let stride = xs.len() * LANES;
+    let stride = xs.len() * W::N;
     for (c, x) in xs.iter().enumerate() {
         let mut r = 0;
         while n_rows - r >= 4 {
-            let v = rows_by_lanes::<M, 4>(s, r, x);
-            for (i, lanes) in v.iter().enumerate() {
-                out[(r + i) * stride + c * LANES..][..LANES].copy_from_slice(lanes);
-            }
+            rows_by_lanes::<W, 4>(s, r, x, out.as_mut_ptr().add(r * stride + c * W::N), stride);
             r += 4;
         }
         while r < n_rows {
-            let v = rows_by_lanes::<M, 1>(s, r, x);
-            out[r * stride + c * LANES..][..LANES].copy_from_slice(&v[0]);
+            rows_by_lanes::<W, 1>(s, r, x, out.as_mut_ptr().add(r * stride + c * W::N), stride);
             r += 1;
         }
     }
@@ -237,11 +386,12 @@ pub(super) unsafe fn lanes_avx2<U: Unpack16>(
     s: &mut LaneScratch,
     out: &mut [f32],
 ) {
-    lanes::<U, Avx2>(rows, n_rows, xs, s, out)
+    lanes::<U, W256<Avx2>>(rows, n_rows, xs, s, out)
 }
 
 #[cfg(target_arch = "x86_64")]
-/// `lanes` compiled for AVX-512 VNNI (and the AVX2 it builds on).
+/// `lanes` compiled for AVX-512 VNNI (and the AVX2 it builds on): 512-bit vectors for wide
+/// chunks, 256-bit for the others.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn lanes_vnni<U: Unpack16>(
     rows: &[u8],
@@ -250,5 +400,8 @@ pub(super) unsafe fn lanes_vnni<U: Unpack16>(
     s: &mut LaneScratch,
     out: &mut [f32],
 ) {
-    lanes::<U, Vnni>(rows, n_rows, xs, s, out)
+    match xs[0].width {
+        WIDE_LANES => lanes::<U, W512>(rows, n_rows, xs, s, out),
+        _ => lanes::<U, W256<Vnni>>(rows, n_rows, xs, s, out),
+    }
 }

@@ -14,7 +14,7 @@ mod lanes;
 #[cfg(target_arch = "x86_64")]
 mod unpack;
 
-pub use lanes::{LaneScratch, Q16Lanes, LANES};
+pub use lanes::{LaneScratch, Q16Lanes, LANES, WIDE_LANES};
 
 pub use crate::quant::Level;
 use crate::quant::QuantType;
@@ -122,11 +122,14 @@ pub fn kernel(qtype: QuantType, level: Level) -> Option<Q16Dot> {
             QuantType::Q6_K => ((a::<Q6K>, la::<Q6K>), (v::<Q6K>, lv::<Q6K>)),
             QuantType::F32 | QuantType::F16 | QuantType::BF16 => return None,
         };
-        let (f, lanes) = match level {
-            Level::Avx512Vnni => pair.1,
-            _ => pair.0,
-        };
-        Some(Q16Dot { qtype, f, lanes })
+        let wide = level == Level::Avx512Vnni;
+        let (f, lanes) = if wide { pair.1 } else { pair.0 };
+        Some(Q16Dot {
+            qtype,
+            wide,
+            f,
+            lanes,
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -139,6 +142,8 @@ pub fn kernel(qtype: QuantType, level: Level) -> Option<Q16Dot> {
 #[derive(Clone, Copy)]
 pub struct Q16Dot {
     qtype: QuantType,
+    /// Takes wide chunks (`Q16Lanes::wide`) too.
+    wide: bool,
     #[cfg(target_arch = "x86_64")]
     f: kernel::Q16Kernel,
     #[cfg(target_arch = "x86_64")]
@@ -146,6 +151,11 @@ pub struct Q16Dot {
 }
 
 impl Q16Dot {
+    /// Whether `dot_lanes` takes chunks of sixteen rows (`Q16Lanes::wide`): 512-bit vectors.
+    pub fn wide(&self) -> bool {
+        self.wide
+    }
+
     /// `row · x̂` for a row of `x.len()` values in this kernel's format.
     ///
     /// # Panics
@@ -186,13 +196,14 @@ impl Q16Dot {
 
 impl Q16Dot {
     /// Every row of `rows` (`n_rows` whole rows of this format) against every activation row
-    /// of every chunk of `xs`: `out[row][chunk · 8 + lane]` (lanes past a chunk's rows are
+    /// of every chunk of `xs`: `out[row][chunk · width + lane]` (lanes past a chunk's rows are
     /// zeros). Each value is bit for bit what `dot` gives for its weight row and activation
     /// row alone. `scratch` holds the unpacked weights between calls.
     ///
     /// # Panics
-    /// If the chunks differ in length, `rows` is not `n_rows` rows of it, or `out` is not
-    /// `n_rows · 8 · xs.len()` values: a broken caller invariant.
+    /// If the chunks differ in length or width, a chunk is wide and this kernel is not
+    /// (`wide`), `rows` is not `n_rows` rows of it, or `out` is not `n_rows · width ·
+    /// xs.len()` values: a broken caller invariant.
     pub fn dot_lanes(
         &self,
         rows: &[u8],
@@ -202,16 +213,19 @@ impl Q16Dot {
         out: &mut [f32],
     ) {
         let n = xs.first().map_or(0, |x| x.len());
-        assert!(n > 0 && n_rows > 0 && xs.iter().all(|x| x.len() == n));
+        let width = xs.first().map_or(LANES, |x| x.width());
+        assert!(n > 0 && n_rows > 0 && xs.iter().all(|x| x.len() == n && x.width() == width));
+        assert!(width == LANES || (width == WIDE_LANES && self.wide));
         assert_eq!(
             self.qtype.row_bytes(n).and_then(|b| b.checked_mul(n_rows)),
             Some(rows.len())
         );
-        assert_eq!(out.len(), n_rows * LANES * xs.len());
+        assert_eq!(out.len(), n_rows * width * xs.len());
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `kernel` handed this entry out only for a level this CPU runs; the rows hold
-        // whole blocks of `n` values (checked above) and every chunk holds `n` values of eight
-        // lanes with a scale and sum per group (by construction in `Q16Lanes::new`).
+        // whole blocks of `n` values (checked above) and every chunk holds `n` values of its
+        // lanes with a scale and sum per group (by construction in `Q16Lanes::with_width`),
+        // all chunks of one width, wide only for the VNNI entry (checked above).
         unsafe {
             (self.lanes)(rows, n_rows, xs, scratch, out)
         }

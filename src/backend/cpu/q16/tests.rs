@@ -157,10 +157,10 @@ fn rows_together_equal_each_row_alone() {
     }
 }
 
-/// The lane kernel (eight activation rows per vector, four weight rows at a time) gives each
-/// (weight row, activation row) bit for bit what `dot` gives it alone, whatever the chunk's
-/// other rows: for 1 to 8 rows per chunk, weight rows past a multiple of four, and
-/// super-block tails.
+/// The lane kernel (eight activation rows per vector, or sixteen where the level has 512-bit
+/// vectors; four weight rows at a time) gives each (weight row, activation row) bit for bit
+/// what `dot` gives it alone, whatever the chunk's other rows: for 1 to 16 rows per chunk,
+/// weight rows past a multiple of four, and super-block tails.
 #[test]
 fn lanes_equal_each_row_alone() {
     for t in FORMATS {
@@ -177,7 +177,7 @@ fn lanes_equal_each_row_alone() {
                     .flat_map(|r| random_row(t, n, 31 * r as u64 + n_blocks as u64))
                     .collect();
                 let row_bytes = t.row_bytes(n).unwrap();
-                let xs: Vec<Q16Act> = (0..13)
+                let xs: Vec<Q16Act> = (0..21)
                     .map(|r| {
                         let x: Vec<f32> = activations(n + 32 * r)[32 * r..]
                             .iter()
@@ -186,25 +186,35 @@ fn lanes_equal_each_row_alone() {
                         Q16Act::quantize(&x).unwrap()
                     })
                     .collect();
-                // Chunks of 8 and 5 rows, then one row alone.
-                let chunks = [&xs[..8], &xs[8..], &xs[3..4]];
-                let lanes: Vec<Q16Lanes> =
-                    chunks.iter().map(|c| Q16Lanes::new(c).unwrap()).collect();
-                let mut out = vec![f32::NAN; n_rows * LANES * lanes.len()];
-                k.dot_lanes(&rows, n_rows, &lanes, &mut scratch, &mut out);
-                for r in 0..n_rows {
-                    let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-                    for (c, chunk) in chunks.iter().enumerate() {
-                        for lane in 0..LANES {
-                            let got = out[(r * lanes.len() + c) * LANES + lane];
-                            let want = chunk.get(lane).map_or(0.0, |x| k.dot(row, x));
-                            assert_eq!(
-                                got.to_bits(),
-                                want.to_bits(),
-                                "{t} at {}, {n} values, weight row {r}, chunk {c}, lane {lane}: \
-                                 {got} in lanes, {want} alone",
-                                level.name()
-                            );
+                // Chunks of 8 and 5 rows, then one row alone; wide: 16 and 5, then one.
+                let narrow = [&xs[..8], &xs[8..13], &xs[3..4]];
+                let wide = [&xs[..16], &xs[16..], &xs[3..4]];
+                let mut shapes = vec![(LANES, narrow)];
+                if k.wide() {
+                    shapes.push((WIDE_LANES, wide));
+                }
+                for (width, chunks) in shapes {
+                    let make = |c: &&[Q16Act]| match width {
+                        LANES => Q16Lanes::new(c).unwrap(),
+                        _ => Q16Lanes::wide(c).unwrap(),
+                    };
+                    let lanes: Vec<Q16Lanes> = chunks.iter().map(make).collect();
+                    let mut out = vec![f32::NAN; n_rows * width * lanes.len()];
+                    k.dot_lanes(&rows, n_rows, &lanes, &mut scratch, &mut out);
+                    for r in 0..n_rows {
+                        let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                        for (c, chunk) in chunks.iter().enumerate() {
+                            for lane in 0..width {
+                                let got = out[(r * lanes.len() + c) * width + lane];
+                                let want = chunk.get(lane).map_or(0.0, |x| k.dot(row, x));
+                                assert_eq!(
+                                    got.to_bits(),
+                                    want.to_bits(),
+                                    "{t} at {}, {n} values, weight row {r}, chunk {c} of \
+                                     width {width}, lane {lane}: {got} in lanes, {want} alone",
+                                    level.name()
+                                );
+                            }
                         }
                     }
                 }
