@@ -7,8 +7,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// An instruction-set level, best last. Each kernel uses the best path it has at or below the
-/// level: the 16-bit integer kernels have all three, the f32, f16 and 8-bit kernels an AVX2
-/// path that `Avx512Vnni` runs too.
+/// level: the 16-bit integer kernels and the f32 tile products (`backend::cpu::gemm`) have all
+/// three, the other f32, f16 and 8-bit kernels an AVX2 path that `Avx512Vnni` runs too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     /// Plain Rust (what the compiler vectorizes for the baseline target): the references.
@@ -94,6 +94,13 @@ impl Level {
     #[inline]
     pub fn avx2(self) -> bool {
         self >= Level::Avx2 && Self::detected() >= Level::Avx2
+    }
+
+    /// Whether code at this level may take an AVX-512 (F, BW, VL, VNNI) path: the level
+    /// includes it and this CPU has it.
+    #[inline]
+    pub fn avx512(self) -> bool {
+        self >= Level::Avx512Vnni && Self::detected() >= Level::Avx512Vnni
     }
 
     pub fn name(self) -> &'static str {

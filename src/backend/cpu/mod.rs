@@ -6,7 +6,9 @@
 
 mod activations;
 mod attention;
+pub(crate) mod attention_bwd;
 mod cache;
+pub mod gemm;
 mod heads;
 mod kv_blocks;
 mod matmul;

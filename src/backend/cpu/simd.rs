@@ -1,6 +1,6 @@
-//! Vector kernels of the CPU backend: the f32 dot product, and the dot and `axpy` over f16
-//! cache rows, each with an AVX2+FMA(+F16C) path chosen at run time and a scalar path that is
-//! the reference for it.
+//! Vector kernels of the CPU backend: the f32 dot product, the dot and `axpy` over f16
+//! cache rows and softmax's exponentials, each with a SIMD path chosen at run time (AVX2+FMA
+//! (+F16C), and AVX-512 for the exponentials) and a scalar path that is the reference for it.
 
 use crate::quant::Level;
 use half::f16;
@@ -268,6 +268,143 @@ unsafe fn axpy_f16_avx2(w: f32, x: &[f16], out: &mut [f32]) {
     }
 }
 
+/// `xs[i] = exp(scale · xs[i] - max)` in index order with the standard library's `exp`, and
+/// their sum: the reference for `exp_sum_at`.
+pub fn exp_sum_scalar(xs: &mut [f32], scale: f32, max: f32) -> f32 {
+    let mut sum = 0.0;
+    for x in xs {
+        *x = (*x * scale - max).exp();
+        sum += *x;
+    }
+    sum
+}
+
+/// `xs[i] = exp(scale · xs[i] - max)` and their sum (softmax's numerator and denominator) with
+/// the best path of `level`. The SIMD paths evaluate Cephes' `expf` polynomial (a few ulps)
+/// in every lane, the tail through masks, so a value never depends on where it sits in `xs`;
+/// arguments are clamped to [-87.3, 88], where `exp` is a normal f32.
+pub fn exp_sum_at(level: Level, xs: &mut [f32], scale: f32, max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level.avx512() {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { exp_sum_avx512(xs, scale, max) };
+        }
+        if level.avx2() {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { exp_sum_avx2(xs, scale, max) };
+        }
+    }
+    exp_sum_scalar(xs, scale, max)
+}
+
+/// Cephes' `expf` coefficients: `exp(r) ≈ 1 + r + r² · P(r)` on `|r| ≤ ln 2 / 2`, P of
+/// degree 5 (highest first), after `x = n ln 2 + r` with ln 2 in two parts.
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// The arguments' range: `exp` of either end, and `2^n` of its `n`, is a normal f32.
+const EXP_MIN: f32 = -87.3;
+const EXP_MAX: f32 = 88.0;
+
+/// `exp` in each lane; the same operations as `exp_avx2`, so the two agree bit for bit.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN)),
+        _mm512_set1_ps(EXP_MAX),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
+    // 2^n from its bits: n + 127 in the exponent field.
+    let n = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(n)))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN)),
+        _mm256_set1_ps(EXP_MAX),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for c in &EXP_POLY[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
+    }
+    let y = _mm256_add_ps(
+        _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let n = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(n)))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_sum_avx512(xs: &mut [f32], scale: f32, max: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let (p, n) = (xs.as_mut_ptr(), xs.len());
+    let (sv, mv) = (_mm512_set1_ps(scale), _mm512_set1_ps(max));
+    let mut sum = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let m = ((1u32 << (n - i).min(16)) - 1) as __mmask16;
+        let e = exp_avx512(_mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, p.add(i)), sv, mv));
+        _mm512_mask_storeu_ps(p.add(i), m, e);
+        sum = _mm512_mask_add_ps(sum, m, sum, e);
+        i += 16;
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_sum_avx2(xs: &mut [f32], scale: f32, max: f32) -> f32 {
+    use crate::quant::hsum256;
+    use std::arch::x86_64::*;
+    let (p, n) = (xs.as_mut_ptr(), xs.len());
+    let (sv, mv) = (_mm256_set1_ps(scale), _mm256_set1_ps(max));
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut sum = _mm256_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let m = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - i).min(8) as i32), lane);
+        let e = exp_avx2(_mm256_fmsub_ps(_mm256_maskload_ps(p.add(i), m), sv, mv));
+        _mm256_maskstore_ps(p.add(i), m, e);
+        sum = _mm256_add_ps(sum, _mm256_and_ps(e, _mm256_castsi256_ps(m)));
+        i += 8;
+    }
+    hsum256(sum)
+}
+
 /// Every case at every level kernels may run at: what each kernel test loops over.
 #[cfg(test)]
 pub(crate) fn levels_by<T: Copy>(cases: impl IntoIterator<Item = T>) -> Vec<(Level, T)> {
@@ -348,6 +485,36 @@ mod tests {
                 seen[t * nr + j] = true;
             });
             assert!(seen.iter().all(|&s| s), "every output written");
+        }
+    }
+
+    #[test]
+    fn simd_exp_matches_the_standard_library() {
+        for (level, n) in levels_by([0, 1, 7, 8, 15, 16, 17, 33, 100, 257]) {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 90.0) * 0.7)
+                .collect();
+            let (mut want, mut got) = (xs.clone(), xs.clone());
+            let (s1, s2) = (
+                exp_sum_scalar(&mut want, 0.9, 1.5),
+                exp_sum_at(level, &mut got, 0.9, 1.5),
+            );
+            for (i, (x, y)) in want.iter().zip(&got).enumerate() {
+                // A few ulps of the polynomial, and the argument's rounding (one fused step
+                // against a multiply then a subtract), relative to it. Arguments below -87.3
+                // are clamped: both results are then under 1e-37.
+                let arg = (xs[i] * 0.9).abs() + 1.5;
+                let ok = (x - y).abs() <= (4e-7 + 2e-7 * arg) * x.abs() || x.max(*y) < 1e-37;
+                assert!(
+                    ok,
+                    "{level} n={n} [{i}] exp({}): {x} vs {y}",
+                    xs[i] * 0.9 - 1.5
+                );
+            }
+            assert!(
+                (s1 - s2).abs() <= 1e-6 * s1.abs(),
+                "{level} n={n} sum {s1} vs {s2}"
+            );
         }
     }
 }

@@ -4,7 +4,9 @@
 //! `P = softmax(scale · q kᵀ)` over the keys `mask` lets row `i` see (as the forward), `dP = dO vᵀ`, `dS = P ∘ (dP - rowsum(P ∘ dP))`; `dq = scale · dS k`,
 //! `dk = scale · dSᵀ q`, `dv = Pᵀ dO`, the K/V gradients summed over the heads of a group.
 //! The probabilities are recomputed here from `q` and `k` rather than kept from the forward:
-//! training recomputes each layer anyway (checkpointing).
+//! training recomputes each layer anyway (checkpointing). The CPU runs them by blocks of rows
+//! through register-tiled products (`backend::cpu::attention_bwd`); `reference`, a softmax
+//! row and scalar dots per query row and head, is what that path is tested against.
 
 use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
 use super::{check, u32_of, Access, Kernel, Shape, TensorOp};
@@ -12,6 +14,7 @@ use crate::backend::cpu::pool::SyncPtr;
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::gpu::params::OpParams;
 use crate::backend::{Backend, Mask};
+use crate::quant::Level;
 use crate::Result;
 
 use Access::{Read as R, ReadWrite as RW};
@@ -97,52 +100,10 @@ impl AttentionBwd {
             f(j, p, p * (dp - d));
         }
     }
-}
 
-impl TensorOp for AttentionBwd {
-    fn name(&self) -> &'static str {
-        "attention_bwd"
-    }
-
-    fn check(&self, w: Option<Shape>, ins: &[Shape], out: Shape) -> Result<()> {
-        let (None, &[q, k, v, dout]) = (w, ins) else {
-            return Err(crate::Error::shape(
-                self.name(),
-                format!("needs q, k, v and dout, not {} inputs", ins.len()),
-            ));
-        };
-        let (h, g, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let want = match self.wrt {
-            Wrt::Q => q,
-            Wrt::K | Wrt::V => k,
-        };
-        check(
-            self.name(),
-            hd > 0
-                && g > 0
-                && h.is_multiple_of(g)
-                && q == (q.0, h * hd)
-                && k == (q.0, g * hd)
-                && v == k
-                && dout == q
-                && out == want,
-            || {
-                format!(
-                    "q [{}, {}] k [{}, {}] v [{}, {}] dout [{}, {}] out [{}, {}] for {h} heads, \
-                     {g} kv heads of {hd}",
-                    q.0, q.1, k.0, k.1, v.0, v.1, dout.0, dout.1, out.0, out.1
-                )
-            },
-        )
-    }
-
-    fn cpu(
-        &self,
-        cpu: &CpuBackend,
-        _w: Option<&CpuWeight>,
-        ins: &[&CpuTensor],
-        out: &mut CpuTensor,
-    ) -> Result<()> {
+    /// The reference the CPU path (`backend::cpu::attention_bwd`) is tested against: per
+    /// query row and head, the softmax row recomputed and every product a scalar dot.
+    pub fn reference(&self, cpu: &CpuBackend, ins: &[&CpuTensor], out: &mut CpuTensor) {
         let (q, k, v, dout) = (ins[0], ins[1], ins[2], ins[3]);
         let (n, hd) = (q.n_rows, self.head_dim);
         let group = self.n_heads / self.n_kv_heads;
@@ -200,6 +161,58 @@ impl TensorOp for AttentionBwd {
                 }
             }
         }
+    }
+}
+
+impl TensorOp for AttentionBwd {
+    fn name(&self) -> &'static str {
+        "attention_bwd"
+    }
+
+    fn check(&self, w: Option<Shape>, ins: &[Shape], out: Shape) -> Result<()> {
+        let (None, &[q, k, v, dout]) = (w, ins) else {
+            return Err(crate::Error::shape(
+                self.name(),
+                format!("needs q, k, v and dout, not {} inputs", ins.len()),
+            ));
+        };
+        let (h, g, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let want = match self.wrt {
+            Wrt::Q => q,
+            Wrt::K | Wrt::V => k,
+        };
+        check(
+            self.name(),
+            hd > 0
+                && g > 0
+                && h.is_multiple_of(g)
+                && q == (q.0, h * hd)
+                && k == (q.0, g * hd)
+                && v == k
+                && dout == q
+                && out == want,
+            || {
+                format!(
+                    "q [{}, {}] k [{}, {}] v [{}, {}] dout [{}, {}] out [{}, {}] for {h} heads, \
+                     {g} kv heads of {hd}",
+                    q.0, q.1, k.0, k.1, v.0, v.1, dout.0, dout.1, out.0, out.1
+                )
+            },
+        )
+    }
+
+    fn cpu(
+        &self,
+        cpu: &CpuBackend,
+        _w: Option<&CpuWeight>,
+        ins: &[&CpuTensor],
+        out: &mut CpuTensor,
+    ) -> Result<()> {
+        if !self.accumulate {
+            out.data.fill(0.0);
+        }
+        let ins = [ins[0], ins[1], ins[2], ins[3]];
+        crate::backend::cpu::attention_bwd::attention_bwd(self, cpu, Level::active(), ins, out);
         Ok(())
     }
 
