@@ -4,6 +4,7 @@
 
 use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
 use super::{check, u32_of, Access, Kernel, Shape, TensorOp};
+use crate::backend::cpu::gemm::{gemm_at, Rows, Strided};
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::gpu::params::OpParams;
 use crate::backend::Backend;
@@ -78,11 +79,11 @@ impl TensorOp for MatmulTt {
         let (a, b) = (ins[0], ins[1]);
         let (_, k, m) = self.dims((a.n_rows, a.n_cols), (b.n_rows, b.n_cols));
         let n = out.n_rows;
-        let a_at = |i: usize, kk: usize| match self.trans_a {
-            true => a.data[kk * n + i],
-            false => a.data[i * k + kk],
-        };
-        // B as `[k, m]` rows, so each output row is a sum of scaled B rows (vectorizable).
+        if n == 0 || m == 0 {
+            return Ok(());
+        }
+        // A' read in place through its strides; B' as `[k, m]` rows (a copy when transposed).
+        let (a_rs, a_cs) = if self.trans_a { (1, n) } else { (k, 1) };
         let b_rows: std::borrow::Cow<'_, [f32]> = match self.trans_b {
             true => {
                 let mut t = vec![0f32; k * m];
@@ -95,21 +96,22 @@ impl TensorOp for MatmulTt {
             }
             false => std::borrow::Cow::Borrowed(&b.data),
         };
-        cpu.for_each_row(n * m * k, &mut out.data, m, &|i, row| {
-            // Each value is summed over kk in order from 0, as the kernel sums, so the
-            // result does not depend on the loop order.
-            crate::backend::cpu::pool::with_scratch(m, |acc| {
-                acc.fill(0.0);
-                for kk in 0..k {
-                    let x = a_at(i, kk);
-                    for (o, &v) in acc.iter_mut().zip(&b_rows[kk * m..(kk + 1) * m]) {
-                        *o += x * v;
-                    }
-                }
-                for (o, &v) in row.iter_mut().zip(acc.iter()) {
-                    *o = if self.accumulate { *o + v } else { v };
-                }
-            })
+        // Blocks of output rows over the pool: every output is one chain of multiply-adds
+        // over kk in order whatever the block (`gemm`), so the split never changes a bit.
+        let block = n.div_ceil(4 * cpu.n_threads()).next_multiple_of(8).max(8);
+        let level = cpu.level();
+        cpu.for_each_row(n * m * k, &mut out.data, block * m, &|i, c| {
+            let i0 = i * block;
+            let a = Strided {
+                data: &a.data[i0 * a_rs..],
+                rs: a_rs,
+                cs: a_cs,
+            };
+            let b = Rows {
+                data: &b_rows,
+                rs: m,
+            };
+            gemm_at(level, (c.len() / m, m, k), a, b, c, m, self.accumulate);
         });
         Ok(())
     }
