@@ -10,7 +10,7 @@ use hearth::model::{Arch, Model};
 use hearth::runtime::SoloCache;
 use hearth::tokenizer::Tokenizer;
 use hearth::train::data::{self, Example};
-use hearth::train::graph::TrainGraph;
+use hearth::train::graph::{TrainGraph, DEFAULT_ACTIVATION_BUDGET};
 use hearth::train::lora::{Lora, LoraConfig, LoraPair, Target};
 use hearth::train::method::Method;
 use hearth::train::optim::{AdamWConfig, Decay};
@@ -134,6 +134,7 @@ fn lora_training_lowers_the_loss_on_nano() {
         epochs: 8,
         grad_accum: 1,
         seed: 3,
+        activation_budget: DEFAULT_ACTIVATION_BUDGET,
     };
     let mut method = Method::from(lora);
     let before = hearth::train::eval_loss(&b, &model, &method, &examples).unwrap();

@@ -12,6 +12,7 @@ use hearth::gguf::GgufFile;
 use hearth::model::{Arch, Model};
 use hearth::runtime::SoloCache;
 use hearth::train::data::Example;
+use hearth::train::graph::DEFAULT_ACTIVATION_BUDGET;
 use hearth::train::method::Method;
 use hearth::train::optim::{AdamWConfig, Decay};
 use hearth::train::{peft, train, TrainOptions};
@@ -237,6 +238,7 @@ fn hearth_follows_pefts_loss_curve() {
         epochs: steps,
         grad_accum: examples.len(),
         seed: 0,
+        activation_budget: DEFAULT_ACTIVATION_BUDGET,
     };
     let mut method = Method::Lora(lora);
     let mut norms = Vec::new();

@@ -106,6 +106,11 @@ pub struct FinetuneArgs {
     /// Clip the global gradient norm to this (0: off)
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f32,
+    /// Activations kept from the forward for the backward pass, e.g. 500M or 2G: layers past
+    /// it are recomputed (checkpointing); 0 recomputes every layer (least memory, about a
+    /// third more compute)
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = hearth::units::parse_bytes)]
+    activation_memory: u64,
     /// Sequences averaged into one optimizer step
     #[arg(long, default_value_t = 1)]
     grad_accum: usize,
@@ -249,6 +254,7 @@ impl FinetuneArgs {
             epochs: self.epochs,
             grad_accum: self.grad_accum.max(1),
             seed: self.seed,
+            activation_budget: usize::try_from(self.activation_memory).unwrap_or(usize::MAX),
         };
         Ok(FinetuneCommand {
             model: model_path(&self.model, globals)?,

@@ -4,8 +4,9 @@
 //! each LoRA-adapted projection, a prefix's key and value rows before the sequence's own in
 //! attention (the sequence at positions `n_virtual..`), or `h + up(silu(down(h)))` after a
 //! sub-block with a bottleneck adapter. Activation memory is bounded by per-layer
-//! recomputation (checkpointing): the forward keeps only each layer's input; the backward
-//! reruns one layer at a time on a fresh tape and backpropagates through it. A packed
+//! recomputation (checkpointing): layers whose values fit in the graph's activation budget
+//! keep their tapes for the backward pass; past it, the forward keeps only a layer's input and
+//! the backward reruns that layer on a fresh tape and backpropagates through it. A packed
 //! sequence (`data::pack`) runs attention per example, so examples never see each other.
 
 use super::bottleneck::Site;
@@ -37,7 +38,19 @@ pub struct TrainGraph<'m, B: TrainBackend> {
     /// makes them (`Backend::transpose_weight`): the input gradients' weights.
     transposed: Vec<[Option<B::Weight>; 7]>,
     head_t: Option<B::Weight>,
+    /// Bytes of layer tapes a step may keep rather than recompute (`set_activation_budget`).
+    activation_budget: usize,
 }
+
+/// What the forward pass leaves a layer for its backward: its whole tape (input and output
+/// vars), or only its input, to be recomputed.
+enum Saved<'t, B: TrainBackend> {
+    Tape(Tape<'t, B>, Var, Var),
+    Input(B::Tensor),
+}
+
+/// `TrainGraph`'s default activation budget: 1 GB (the CLI's `--activation-memory 1G`).
+pub const DEFAULT_ACTIVATION_BUDGET: usize = 1_000_000_000;
 
 /// Layer `l`'s frozen weight of projection `t`.
 fn frozen<B: TrainBackend>(l: &Layer<B>, t: Target) -> &B::Weight {
@@ -101,7 +114,15 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
             neg_freq: [neg(false)?, neg(true)?],
             transposed: Vec::new(),
             head_t: None,
+            activation_budget: DEFAULT_ACTIVATION_BUDGET,
         })
+    }
+
+    /// Layer tapes up to `bytes` in all are kept from the forward for the backward; the
+    /// layers past it are recomputed (0: every layer, the least memory). The result is the
+    /// same either way, bit for bit.
+    pub fn set_activation_budget(&mut self, bytes: usize) {
+        self.activation_budget = bytes;
     }
 
     /// `x · Wᵀ`, plus the adapter of `(layer, target)` if there is one. `mask_seed` picks the
@@ -369,6 +390,35 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         mask_seed: Option<u64>,
         segments: &[usize],
     ) -> Result<StepGrads<B::Tensor>> {
+        self.run(method, params, tokens, targets, mask_seed, segments, true)
+    }
+
+    /// The summed loss and the number of targets of `packed_loss_and_grads`, without the
+    /// backward pass (evaluation: no dropout, nothing kept).
+    pub fn packed_loss(
+        &self,
+        method: &Method,
+        params: &[B::Tensor],
+        tokens: &[u32],
+        targets: &[f32],
+        segments: &[usize],
+    ) -> Result<(f64, usize)> {
+        let g = self.run(method, params, tokens, targets, None, segments, false)?;
+        Ok((g.loss_sum, g.n_targets))
+    }
+
+    /// The loss, and with `want_grads` the gradients (`grads` all `None` without).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        method: &Method,
+        params: &[B::Tensor],
+        tokens: &[u32],
+        targets: &[f32],
+        mask_seed: Option<u64>,
+        segments: &[usize],
+        want_grads: bool,
+    ) -> Result<StepGrads<B::Tensor>> {
         let n = tokens.len();
         let n_targets = targets.iter().filter(|&&t| t >= 0.0).count();
         if n == 0 || targets.len() != n || n_targets == 0 {
@@ -384,16 +434,31 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         let b = self.b;
         // A prefix's rows take positions `0..n_virtual`; the sequence follows.
         let pos = method.prefix().map_or(0, |p| p.n_virtual);
-        // Forward, keeping only each layer's input.
+        // Forward. A layer keeps its tape while the kept tapes fit the budget (judged by the
+        // layer before: the layers are alike), else only its input.
         let mut x = self.model.embed(b, tokens)?;
         let n_layers = self.model.layers().len();
-        let mut inputs = Vec::with_capacity(n_layers);
+        let mut saved: Vec<Saved<'_, B>> = Vec::with_capacity(n_layers);
+        let (mut kept, mut last) = (0usize, 0usize);
         for il in 0..n_layers {
-            inputs.push(self.clone_tensor(&x)?);
+            let keep = kept + last <= self.activation_budget && self.activation_budget > 0;
+            let input = (want_grads && !keep)
+                .then(|| self.clone_tensor(&x))
+                .transpose()?;
             let mut tape = Tape::packed(b, pos, segments)?;
-            let xv = tape.input(x, false);
+            let xv = tape.input(x, keep && il > 0);
             let out = self.layer(&mut tape, il, xv, method, params, mask_seed, segments)?;
-            x = tape.take(out)?;
+            x = self.clone_tensor(tape.value(out)?)?;
+            match input {
+                _ if !want_grads => {}
+                None => {
+                    tape.release_unneeded();
+                    last = tape.bytes();
+                    kept += last;
+                    saved.push(Saved::Tape(tape, xv, out));
+                }
+                Some(input) => saved.push(Saved::Input(input)),
+            }
         }
         // The head and the loss.
         let (norm, head) = self.model.head_weights()?;
@@ -408,18 +473,29 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
             .iter()
             .map(|&v| f64::from(v))
             .sum();
-        let mut dx = tape.backward(loss, None, Some(xv))?.input;
-        // Backward, one recomputed layer at a time.
         let mut grads: Vec<Option<B::Tensor>> = (0..params.len()).map(|_| None).collect();
+        if !want_grads {
+            return Ok(StepGrads {
+                loss_sum,
+                n_targets,
+                grads,
+            });
+        }
+        let mut dx = tape.backward(loss, None, Some(xv))?.input;
+        // Backward, one layer at a time: through its kept tape, or a recomputed one.
         for il in (0..n_layers).rev() {
             let Some(dy) = dx.take() else {
                 break;
             };
-            let input = inputs.pop().expect("one input per layer");
-            let mut tape = Tape::packed(b, pos, segments)?;
-            let xv = tape.input(input, il > 0);
-            let out = self.layer(&mut tape, il, xv, method, params, mask_seed, segments)?;
-            let g = tape.backward(out, Some(dy), Some(xv))?;
+            let g = match saved.pop().expect("one saved layer per layer") {
+                Saved::Tape(tape, xv, out) => tape.backward(out, Some(dy), Some(xv))?,
+                Saved::Input(input) => {
+                    let mut tape = Tape::packed(b, pos, segments)?;
+                    let xv = tape.input(input, il > 0);
+                    let out = self.layer(&mut tape, il, xv, method, params, mask_seed, segments)?;
+                    tape.backward(out, Some(dy), Some(xv))?
+                }
+            };
             dx = g.input;
             for g in g.params {
                 match &mut grads[g.id] {

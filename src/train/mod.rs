@@ -42,6 +42,9 @@ pub struct TrainOptions {
     pub grad_accum: usize,
     /// Seeds the example order and the dropout masks (the adapter's init has its own).
     pub seed: u64,
+    /// Bytes of layer activations a step keeps for its backward pass rather than recomputing
+    /// (`TrainGraph::set_activation_budget`; `graph::DEFAULT_ACTIVATION_BUDGET`).
+    pub activation_budget: usize,
 }
 
 /// What else a run does besides training (`RunPlan::default()`: nothing).
@@ -128,7 +131,8 @@ pub fn train_with<B: TrainBackend>(
     plan: RunPlan<'_>,
     on_step: &mut dyn FnMut(&Progress) -> bool,
 ) -> Result<Outcome> {
-    let graph = TrainGraph::new(b, model)?;
+    let mut graph = TrainGraph::new(b, model)?;
+    graph.set_activation_budget(opts.activation_budget);
     let n_tensors = method.n_param_tensors();
     let sizes: Vec<usize> = (0..n_tensors).map(|id| method.values(id).len()).collect();
     let mut adam = AdamW::new(opts.optim.clone(), sizes.iter().copied());
@@ -317,16 +321,10 @@ fn mean_loss<B: TrainBackend>(
 ) -> Result<f32> {
     let (mut sum, mut n) = (0.0, 0);
     for ex in examples {
-        let g = graph.packed_loss_and_grads(
-            method,
-            params,
-            &ex.tokens,
-            &ex.targets(),
-            None,
-            &ex.segments,
-        )?;
-        sum += g.loss_sum;
-        n += g.n_targets;
+        let (loss_sum, n_targets) =
+            graph.packed_loss(method, params, &ex.tokens, &ex.targets(), &ex.segments)?;
+        sum += loss_sum;
+        n += n_targets;
     }
     Ok((sum / n.max(1) as f64) as f32)
 }
@@ -338,7 +336,8 @@ pub fn eval_loss<B: TrainBackend>(
     method: &Method,
     examples: &[Example],
 ) -> Result<f32> {
-    let graph = TrainGraph::new(b, model)?;
+    // The forward only: no transposed weights to make.
+    let graph = TrainGraph::exact_gradients(b, model)?;
     let params = method.upload(b)?;
     mean_loss(&graph, method, &params, examples)
 }

@@ -95,6 +95,8 @@ enum Node<'a, B: TrainBackend> {
 struct Entry<'a, B: TrainBackend> {
     node: Node<'a, B>,
     value: Option<B::Tensor>,
+    /// The value's shape, which outlives it (`release_unneeded`).
+    shape: (usize, usize),
     needs_grad: bool,
     param: Option<usize>,
 }
@@ -167,6 +169,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
     fn push(&mut self, node: Node<'a, B>, value: B::Tensor, needs_grad: bool) -> Var {
         self.entries.push(Entry {
             node,
+            shape: self.b.shape(&value),
             value: Some(value),
             needs_grad,
             param: None,
@@ -194,8 +197,60 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
             .ok_or_else(|| Error::shape("tape", format!("value {} was taken", v.0)))
     }
 
+    /// Bytes of the values the tape holds (f32 each): what keeping it for the backward costs.
+    pub fn bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .filter_map(|e| e.value.as_ref())
+            .map(|v| {
+                let (r, c) = self.b.shape(v);
+                r * c * 4
+            })
+            .sum()
+    }
+
     fn shape(&self, v: Var) -> Result<(usize, usize)> {
-        Ok(self.b.shape(self.value(v)?))
+        Ok(self.entries[v.0].shape)
+    }
+
+    /// Drops every value the backward pass will not read (a matmul's input, a sum, a scaled
+    /// copy: about two thirds of a layer's), so a tape kept from the forward for the backward
+    /// holds only what the gradients need. Values read later through `value` are gone.
+    pub fn release_unneeded(&mut self) {
+        let mut needed = vec![false; self.entries.len()];
+        for e in self.entries.iter().filter(|e| e.needs_grad) {
+            let needs = |v: Var| self.entries[v.0].needs_grad;
+            let read: &[Var] = match e.node {
+                Node::Linear { x, w } => match (needs(x), needs(w)) {
+                    (true, true) => &[x, w],
+                    (true, false) => &[w],
+                    (false, true) => &[x],
+                    (false, false) => &[],
+                },
+                Node::RmsNorm { x, .. } => &[x],
+                Node::Attention { q, k, v, .. } => &[q, k, v],
+                Node::SiluMul { gate, up } | Node::GeluMul { gate, up } => &[gate, up],
+                Node::Mul { m, .. } => &[m],
+                Node::CrossEntropy {
+                    logits, targets, ..
+                } => &[logits, targets],
+                Node::Leaf
+                | Node::Matmul { .. }
+                | Node::Rope { .. }
+                | Node::Add { .. }
+                | Node::Scale { .. }
+                | Node::Concat { .. }
+                | Node::Slice { .. } => &[],
+            };
+            for v in read {
+                needed[v.0] = true;
+            }
+        }
+        for (e, needed) in self.entries.iter_mut().zip(needed) {
+            if !needed {
+                e.value = None;
+            }
+        }
     }
 
     fn zeros_like(&self, v: Var) -> Result<B::Tensor> {
