@@ -215,7 +215,7 @@ fn train_ops_are_the_gradients_of_the_forward_ops_on_gpu() {
 
 /// The default CPU backend's transposed weights (`Backend::transpose_weight`, what training's
 /// input gradients go through) give `dy · W` as `matmul_dx` does, to the 8-bit rounding of
-/// `Wᵀ`: each weight is within half a step of 1/127 of its block of 32, an rms error of a few
+/// `Wᵀ`: each weight is within about half a step of 1/127 of its block of 32, an rms error of a few
 /// tenths of a percent of the weights' rms for these uniform weights, and the gradient is off
 /// by about as much (measured 0.34–0.39% rms); a wrong transpose is off by O(1). Float weights and the exact
 /// backend have none (their gradients stay exact), nor do weights whose rows are not whole

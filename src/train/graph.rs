@@ -68,7 +68,8 @@ fn frozen<B: TrainBackend>(l: &Layer<B>, t: Target) -> &B::Weight {
 impl<'m, B: TrainBackend> TrainGraph<'m, B> {
     /// Input gradients through quantized weights use their transposes in 8 bits where the
     /// backend makes them (`quant::transpose_q8_0`: forward-speed integer kernels, each
-    /// weight within half a step of 1/127 of its block); `exact_gradients` keeps them exact.
+    /// weight within about half a step of 1/127 of its block); `exact_gradients` keeps them
+    /// exact.
     pub fn new(b: &'m B, model: &'m Model<B>) -> Result<Self> {
         let mut g = Self::exact_gradients(b, model)?;
         g.transposed = model
