@@ -503,6 +503,8 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         self.accumulate(grads, logits, dz)
     }
 
+    /// The values each arm reads (`value`) are what `release_unneeded` keeps: change both
+    /// together.
     fn node_backward(
         &self,
         i: usize,
