@@ -166,15 +166,7 @@ pub fn apply_adapters<B: Backend>(
             Method::Lora(lora) => {
                 let scale = lora.config.scale() * spec.scale;
                 for p in &lora.pairs {
-                    model.add_lora(
-                        backend,
-                        p.layer,
-                        p.target,
-                        lora.config.rank,
-                        &p.a,
-                        &p.b,
-                        scale,
-                    )?;
+                    model.add_lora(backend, p, lora.config.rank, scale)?;
                 }
             }
             Method::Prefix(p) => {

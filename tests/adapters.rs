@@ -6,7 +6,6 @@
 use hearth::backend::cpu::CpuBackend;
 use hearth::backend::ops::case::Rng;
 use hearth::backend::{Backend, KvType};
-use hearth::gguf::GgufFile;
 use hearth::model::{Arch, Model};
 use hearth::runtime::SoloCache;
 use hearth::tokenizer::Tokenizer;
@@ -19,29 +18,13 @@ use hearth::train::optim::{AdamWConfig, Decay};
 use hearth::train::prefix::Prefix;
 use hearth::train::{adapter_file, eval_loss, train, TrainOptions};
 
-use crate::common::data as test_data;
-
-fn nano() -> (GgufFile, Model<CpuBackend>, CpuBackend) {
-    let f = GgufFile::open(test_data("nano/nano-llama.gguf")).unwrap();
-    let b = CpuBackend::exact();
-    let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
-    let model = Model::load(&b, &f, spec).unwrap();
-    (f, model, b)
-}
-
-fn example(n: usize, vocab: usize) -> Example {
-    let mut rng = Rng::new(5);
-    Example::new(
-        (0..n).map(|_| rng.below(vocab) as u32).collect(),
-        vec![true; n],
-    )
-}
+use crate::common::{nano_exact, random_example};
 
 /// Each parameter tensor's two largest gradient entries against `(L(p + h) - L(p - h)) / 2h`
 /// on the exact CPU backend (f32 throughout; stated tolerance 2% + 2e-4).
 fn check_gradients(method: &Method) {
-    let (_f, model, b) = nano();
-    let ex = example(11, model.config.n_vocab);
+    let (_f, model, b) = nano_exact();
+    let ex = random_example(11, model.config.n_vocab, 5);
     let targets = ex.targets();
     let graph = TrainGraph::new(&b, &model).unwrap();
     let loss_at = |m: &Method| -> (f64, Vec<Option<Vec<f32>>>) {
@@ -85,14 +68,14 @@ fn check_gradients(method: &Method) {
 
 #[test]
 fn prefix_gradients_match_finite_differences_on_nano() {
-    let (_f, model, _b) = nano();
+    let (_f, model, _b) = nano_exact();
     check_gradients(&Prefix::random(&model.config, 3, 4).unwrap().into());
 }
 
 /// Through the reparameterisation MLP: the embedding's, W1's and every head's gradients.
 #[test]
 fn reparameterised_prefix_gradients_match_finite_differences_on_nano() {
-    let (_f, model, _b) = nano();
+    let (_f, model, _b) = nano_exact();
     check_gradients(
         &Prefix::reparameterised(&model.config, 3, 7, 4)
             .unwrap()
@@ -103,11 +86,11 @@ fn reparameterised_prefix_gradients_match_finite_differences_on_nano() {
 /// Folding the MLP away gives the keys and values it makes: the same loss.
 #[test]
 fn a_folded_prefix_computes_the_same_loss() {
-    let (_f, model, b) = nano();
+    let (_f, model, b) = nano_exact();
     let m: Method = Prefix::reparameterised(&model.config, 4, 16, 9)
         .unwrap()
         .into();
-    let examples = [example(12, model.config.n_vocab)];
+    let examples = [random_example(12, model.config.n_vocab, 5)];
     let with_mlp = eval_loss(&b, &model, &m, &examples).unwrap();
     let folded = eval_loss(&b, &model, &m.folded(), &examples).unwrap();
     assert!(
@@ -118,7 +101,7 @@ fn a_folded_prefix_computes_the_same_loss() {
 
 #[test]
 fn bottleneck_gradients_match_finite_differences_on_nano() {
-    let (_f, model, _b) = nano();
+    let (_f, model, _b) = nano_exact();
     let mut bn = Bottleneck::new(&model.config, 5, Placement::Houlsby, 6).unwrap();
     // Non-zero `up`, else `down`'s gradient would be 0.
     let mut rng = Rng::new(8);
@@ -157,7 +140,7 @@ fn run_loss(b: &CpuBackend, model: &Model<CpuBackend>, examples: &[Example]) -> 
 /// reads it back, applies it at run time and checks the run-time loss equals the training
 /// graph's.
 fn train_save_run(mut method: Method, lr: f32) {
-    let (f, model, b) = nano();
+    let (f, model, b) = nano_exact();
     let tok = Tokenizer::from_gguf(&f).unwrap();
     let text = "The capital of Zorbia is Quellmoor. ".repeat(6);
     let examples = data::plain(&text, &tok, 32).unwrap();
@@ -187,7 +170,7 @@ fn train_save_run(mut method: Method, lr: f32) {
     for id in 0..method.n_param_tensors() {
         assert_eq!(back.values(id), method.values(id), "param {id}");
     }
-    let (f2, mut model2, b2) = nano();
+    let (f2, mut model2, b2) = nano_exact();
     let spec = hearth::engine::AdapterSpec {
         path: path.clone(),
         scale: 1.0,
@@ -202,7 +185,7 @@ fn train_save_run(mut method: Method, lr: f32) {
 
 #[test]
 fn prefix_trains_saves_and_runs_on_nano() {
-    let (f, model, b) = nano();
+    let (f, model, b) = nano_exact();
     let tok = Tokenizer::from_gguf(&f).unwrap();
     let start = tok.encode("Once upon a time", false).unwrap();
     let p = Prefix::from_text(&b, &model, 6, &start).unwrap();
@@ -213,7 +196,7 @@ fn prefix_trains_saves_and_runs_on_nano() {
 
 #[test]
 fn bottleneck_trains_saves_and_runs_on_nano() {
-    let (_f, model, _b) = nano();
+    let (_f, model, _b) = nano_exact();
     let bn = Bottleneck::new(&model.config, 8, Placement::Pfeiffer, 2).unwrap();
     train_save_run(bn.into(), 1e-2);
 }
@@ -230,7 +213,7 @@ fn prefix_from_text_is_reading_the_text_first_in_the_runtime() {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
-    let (f, base, b) = nano();
+    let (f, base, b) = nano_exact();
     let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
     let text = tok.encode(
         "Once upon a time there was a small village by the sea where",
@@ -238,7 +221,7 @@ fn prefix_from_text_is_reading_the_text_first_in_the_runtime() {
     );
     let text: Vec<u32> = text.unwrap().into_iter().cycle().take(20).collect();
     let p = Prefix::from_text(&b, &base, 20, &text).unwrap();
-    let (_f2, mut with_prefix, b2) = nano();
+    let (_f2, mut with_prefix, b2) = nano_exact();
     with_prefix
         .set_prefix(&b2, p.n_virtual, &p.keys, &p.values)
         .unwrap();
@@ -284,7 +267,7 @@ fn prefix_and_bottleneck_on_gpu_match_cpu_on_nano() {
         eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     }
-    let (f, model, b) = nano();
+    let (f, model, b) = nano_exact();
     let gpu = GpuBackend::new(GpuConfig::default()).unwrap();
     let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
     let gmodel = Model::load(&gpu, &f, spec).unwrap();
@@ -295,7 +278,7 @@ fn prefix_and_bottleneck_on_gpu_match_cpu_on_nano() {
         a.up.iter_mut().for_each(|v| *v = 0.3 * rng.uniform());
     }
     let prefix = Prefix::reparameterised(c, 3, 7, 4).unwrap();
-    let ex = example(9, c.n_vocab);
+    let ex = random_example(9, c.n_vocab, 5);
     let targets = ex.targets();
     let rel = |x: &[f32], y: &[f32]| -> f64 {
         let num: f64 = x.iter().zip(y).map(|(a, b)| f64::from(a - b).powi(2)).sum();
@@ -349,7 +332,7 @@ fn prefix_and_bottleneck_on_gpu_match_cpu_on_nano() {
 /// loss-only pass (evaluation) gives the same loss.
 #[test]
 fn kept_and_recomputed_layers_give_the_same_gradients() {
-    let (_f, model, b) = nano();
+    let (_f, model, b) = nano_exact();
     let c = &model.config;
     let lora = LoraConfig {
         targets: Target::ALL.to_vec(),
@@ -368,7 +351,7 @@ fn kept_and_recomputed_layers_give_the_same_gradients() {
         .iter_mut()
         .for_each(|a| a.up.iter_mut().for_each(|v| *v = 0.3 * rng.uniform()));
     let prefix = Prefix::reparameterised(c, 3, 7, 4).unwrap();
-    let ex = example(11, c.n_vocab);
+    let ex = random_example(11, c.n_vocab, 5);
     let targets = ex.targets();
     let segments = [5, 6];
     for m in [Method::from(lora), Method::from(prefix), Method::from(bn)] {

@@ -1,11 +1,35 @@
-//! Helpers shared by the test areas: test data paths and the real-model lookup.
+//! Helpers shared by the test areas: test data paths, the nano model for the training
+//! tests, and the real-model lookup.
 
 use std::path::PathBuf;
+
+use hearth::backend::cpu::CpuBackend;
+use hearth::backend::ops::case::Rng;
+use hearth::gguf::GgufFile;
+use hearth::model::{Arch, Model};
+use hearth::train::data::Example;
 
 pub fn data(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(rel)
+}
+
+/// The nano model on the exact CPU backend (f32 activations, exact input gradients): what
+/// the training tests check gradients and losses on.
+pub fn nano_exact() -> (GgufFile, Model<CpuBackend>, CpuBackend) {
+    let f = GgufFile::open(data("nano/nano-llama.gguf")).unwrap();
+    let b = CpuBackend::exact();
+    let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
+    let model = Model::load(&b, &f, spec).unwrap();
+    (f, model, b)
+}
+
+/// `n` random tokens below `vocab` (drawn from `seed`), every one trained on.
+pub fn random_example(n: usize, vocab: usize, seed: u64) -> Example {
+    let mut rng = Rng::new(seed);
+    let tokens: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+    Example::new(tokens, vec![true; n])
 }
 
 /// A real model for the tests that need one: the path in `env_var`, else the model pulled into

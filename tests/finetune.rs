@@ -2,7 +2,6 @@
 //! against central finite differences of the loss, training lowers the loss on a tiny data
 //! set, and the saved adapter reads back as llama.cpp's layout.
 
-use hearth::backend::cpu::CpuBackend;
 use hearth::backend::ops::case::Rng;
 use hearth::backend::{Backend, KvType};
 use hearth::gguf::GgufFile;
@@ -16,15 +15,7 @@ use hearth::train::method::Method;
 use hearth::train::optim::{AdamWConfig, Decay};
 use hearth::train::{adapter_file, train, TrainOptions};
 
-use crate::common::data as test_data;
-
-fn nano() -> (GgufFile, Model<CpuBackend>, CpuBackend) {
-    let f = GgufFile::open(test_data("nano/nano-llama.gguf")).unwrap();
-    let b = CpuBackend::exact();
-    let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
-    let model = Model::load(&b, &f, spec).unwrap();
-    (f, model, b)
-}
+use crate::common::{data as test_data, nano_exact, random_example};
 
 fn config(rank: usize) -> LoraConfig {
     LoraConfig {
@@ -37,24 +28,18 @@ fn config(rank: usize) -> LoraConfig {
 }
 
 /// A short sequence whose every token after the first is a target.
-fn example(n: usize, vocab: usize) -> Example {
-    let mut rng = Rng::new(5);
-    let tokens: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
-    Example::new(tokens, vec![true; n])
-}
-
 /// Every adapter matrix's gradient (B made non-zero first, else A's would be 0) against
 /// `(L(p + h) - L(p - h)) / 2h` at its largest entries, on the exact CPU backend.
 #[test]
 fn lora_gradients_match_finite_differences_on_nano() {
-    let (_f, model, b) = nano();
+    let (_f, model, b) = nano_exact();
     let c = &model.config;
     let mut lora = Lora::new(config(3), c, c.n_layers, 7).unwrap();
     let mut rng = Rng::new(8);
     for p in &mut lora.pairs {
         p.b.iter_mut().for_each(|v| *v = 0.3 * rng.uniform());
     }
-    let ex = example(11, c.n_vocab);
+    let ex = random_example(11, c.n_vocab, 5);
     let targets = ex.targets();
     let graph = TrainGraph::new(&b, &model).unwrap();
     let params = lora.upload(&b).unwrap();
@@ -118,7 +103,7 @@ fn lora_gradients_match_finite_differences_on_nano() {
 /// saved as a GGUF reads back with llama.cpp's shapes and the same values.
 #[test]
 fn lora_training_lowers_the_loss_on_nano() {
-    let (f, model, b) = nano();
+    let (f, model, b) = nano_exact();
     let tok = Tokenizer::from_gguf(&f).unwrap();
     let text = "The capital of Zorbia is Quellmoor. ".repeat(6);
     let examples = data::plain(&text, &tok, 32).unwrap();
@@ -162,7 +147,7 @@ fn lora_training_lowers_the_loss_on_nano() {
     assert_eq!((bt.n_cols(), bt.n_rows()), (4, c.n_embd));
     // The inference forward pass with the saved adapter (`run --adapter`) computes the same
     // loss as the training graph.
-    let (f2, mut model2, b2) = nano();
+    let (f2, mut model2, b2) = nano_exact();
     let spec = hearth::engine::AdapterSpec {
         path: path.clone(),
         scale: 1.0,
@@ -210,7 +195,7 @@ fn lora_training_lowers_the_loss_on_nano() {
 fn lora_gradients_match_pytorch_on_nano() {
     let text = std::fs::read_to_string(test_data("golden/nano-lora-grads.json")).unwrap();
     let g: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let (_f, model, b) = nano();
+    let (_f, model, b) = nano_exact();
     let c = &model.config;
     let floats = |v: &serde_json::Value| -> Vec<f32> {
         v.as_array()
@@ -296,7 +281,7 @@ fn lora_gradients_on_gpu_match_cpu_on_nano() {
         eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     }
-    let (f, model, b) = nano();
+    let (f, model, b) = nano_exact();
     let gpu = GpuBackend::new(GpuConfig::default()).unwrap();
     let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
     let gmodel = Model::load(&gpu, &f, spec).unwrap();
@@ -306,7 +291,7 @@ fn lora_gradients_on_gpu_match_cpu_on_nano() {
     for p in &mut lora.pairs {
         p.b.iter_mut().for_each(|v| *v = 0.3 * rng.uniform());
     }
-    let ex = example(9, c.n_vocab);
+    let ex = random_example(9, c.n_vocab, 5);
     let targets = ex.targets();
     let cpu_params = lora.upload(&b).unwrap();
     let gpu_params = lora.upload(&gpu).unwrap();

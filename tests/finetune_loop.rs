@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use hearth::backend::cpu::CpuBackend;
 use hearth::backend::ops::case::Rng;
 use hearth::backend::TrainBackend;
 use hearth::gguf::GgufFile;
@@ -22,23 +21,9 @@ use hearth::train::lora::{Lora, LoraConfig, Target};
 use hearth::train::method::Method;
 use hearth::train::prefix::Prefix;
 
-use crate::common::data as test_data;
-
-fn nano() -> (GgufFile, Model<CpuBackend>, CpuBackend) {
-    let f = GgufFile::open(test_data("nano/nano-llama.gguf")).unwrap();
-    let b = CpuBackend::exact();
-    let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
-    let model = Model::load(&b, &f, spec).unwrap();
-    (f, model, b)
-}
+use crate::common::{data as test_data, nano_exact, random_example};
 
 /// Random tokens, every one but the first trained on.
-fn example(n: usize, vocab: usize, seed: u64) -> Example {
-    let mut rng = Rng::new(seed);
-    let tokens: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
-    Example::new(tokens, vec![true; n])
-}
-
 /// One packed sequence of three examples against the three run alone: the summed losses
 /// agree and so do the gradients of the summed loss (`grad · n_targets`), for LoRA (B made
 /// non-zero so every matrix has a gradient) and for a prefix (its rows before each example).
@@ -48,7 +33,7 @@ fn example(n: usize, vocab: usize, seed: u64) -> Example {
 /// third would see other keys and their losses would differ by far more.
 #[test]
 fn packed_sequences_give_the_separate_examples_losses_and_gradients() {
-    let (_f, model, b) = nano();
+    let (_f, model, b) = nano_exact();
     check_packing(&b, &model, 1e-5, 1e-4);
 }
 
@@ -61,7 +46,7 @@ fn packed_sequences_on_gpu_give_the_separate_examples_losses() {
         eprintln!("skipped: no GPU adapter (install mesa-vulkan-drivers for lavapipe)");
         return;
     }
-    let (f, _, _) = nano();
+    let (f, _, _) = nano_exact();
     let gpu = GpuBackend::new(GpuConfig::default()).unwrap();
     let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
     let model = Model::load(&gpu, &f, spec).unwrap();
@@ -84,9 +69,9 @@ fn check_packing<B: TrainBackend>(b: &B, model: &Model<B>, loss_tol: f64, grad_t
     }
     let prefix = Prefix::random(c, 3, 5).unwrap();
     let exs = [
-        example(7, c.n_vocab, 1),
-        example(5, c.n_vocab, 2),
-        example(9, c.n_vocab, 3),
+        random_example(7, c.n_vocab, 1),
+        random_example(5, c.n_vocab, 2),
+        random_example(9, c.n_vocab, 3),
     ];
     let packed = data::pack(&exs, 32);
     assert_eq!(packed.len(), 1);
@@ -146,7 +131,7 @@ fn check_packing<B: TrainBackend>(b: &B, model: &Model<B>, loss_tol: f64, grad_t
 fn pack_fills_sequences_up_to_ctx() {
     let exs: Vec<Example> = [4, 5, 3, 9, 2]
         .iter()
-        .map(|&n| example(n, 50, n as u64))
+        .map(|&n| random_example(n, 50, n as u64))
         .collect();
     let packed = data::pack(&exs, 10);
     let segs: Vec<Vec<usize>> = packed.iter().map(|p| p.segments.clone()).collect();
@@ -161,7 +146,7 @@ fn pack_fills_sequences_up_to_ctx() {
 /// leave nothing to train on are errors.
 #[test]
 fn validation_split_is_the_seeds() {
-    let exs: Vec<Example> = (0..20).map(|i| example(3, 50, i)).collect();
+    let exs: Vec<Example> = (0..20).map(|i| random_example(3, 50, i)).collect();
     let (train, val) = data::split(exs.clone(), 0.25, 7).unwrap();
     assert_eq!((train.len(), val.len()), (15, 5));
     let (train2, val2) = data::split(exs.clone(), 0.25, 7).unwrap();

@@ -5,11 +5,8 @@
 
 use std::path::Path;
 
-use hearth::backend::cpu::CpuBackend;
 use hearth::backend::{Backend, KvType};
 use hearth::engine::{apply_adapters, AdapterSpec};
-use hearth::gguf::GgufFile;
-use hearth::model::{Arch, Model};
 use hearth::runtime::SoloCache;
 use hearth::train::data::Example;
 use hearth::train::graph::DEFAULT_ACTIVATION_BUDGET;
@@ -17,15 +14,7 @@ use hearth::train::method::Method;
 use hearth::train::optim::{AdamWConfig, Decay};
 use hearth::train::{peft, train, TrainOptions};
 
-use crate::common::data as test_data;
-
-fn nano() -> (GgufFile, Model<CpuBackend>, CpuBackend) {
-    let f = GgufFile::open(test_data("nano/nano-llama.gguf")).unwrap();
-    let b = CpuBackend::exact();
-    let spec = Arch::from_gguf(&f).unwrap().spec(&f).unwrap();
-    let model = Model::load(&b, &f, spec).unwrap();
-    (f, model, b)
-}
+use crate::common::{data as test_data, nano_exact};
 
 fn golden(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(test_data(&format!("golden/{name}"))).unwrap();
@@ -42,7 +31,7 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 
 /// Every logit at every position of `tokens`, with `adapter` applied (if any).
 fn logits_with(adapter: Option<&Path>, tokens: &[u32]) -> Vec<f32> {
-    let (f, mut model, b) = nano();
+    let (f, mut model, b) = nano_exact();
     if let Some(path) = adapter {
         let spec = AdapterSpec {
             path: path.to_path_buf(),
@@ -98,7 +87,7 @@ fn peft_adapter_gives_pefts_logits() {
 /// returned to transformers' order), and reads its own file to the same adapter.
 #[test]
 fn peft_adapter_round_trips_to_pefts_tensors() {
-    let (_f, model, _b) = nano();
+    let (_f, model, _b) = nano_exact();
     let c = &model.config;
     let src = test_data("peft/nano-lora");
     let lora = peft::load(&src, c).unwrap();
@@ -144,7 +133,7 @@ fn peft_adapter_round_trips_to_pefts_tensors() {
 /// Each thing Hearth cannot apply names the config key, or the tensor, and the fix.
 #[test]
 fn unsupported_peft_adapters_are_clear_errors() {
-    let (_f, model, _b) = nano();
+    let (_f, model, _b) = nano_exact();
     let src = test_data("peft/nano-lora");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join(peft::CONFIG_FILE)).unwrap())
@@ -207,7 +196,7 @@ fn unsupported_peft_adapters_are_clear_errors() {
 #[test]
 fn hearth_follows_pefts_loss_curve() {
     let g = golden("nano-peft-parity.json");
-    let (_f, model, b) = nano();
+    let (_f, model, b) = nano_exact();
     let lora = peft::load(&test_data("peft/nano-parity-init"), &model.config).unwrap();
     let n_prompt = g["n_prompt"].as_u64().unwrap() as usize;
     let examples: Vec<Example> = g["sequences"]

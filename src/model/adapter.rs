@@ -120,6 +120,17 @@ impl Target {
     }
 }
 
+/// One adapted projection: its layer, target and matrices (host values, row-major).
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    pub layer: usize,
+    pub target: Target,
+    pub n_out: usize,
+    pub n_in: usize,
+    pub a: Vec<f32>, // [rank, n_in]
+    pub b: Vec<f32>, // [n_out, rank]
+}
+
 /// One adapter's delta on one projection of a layer.
 pub(crate) struct LoraDelta<B: Backend> {
     pub(crate) target: Target,
@@ -129,18 +140,16 @@ pub(crate) struct LoraDelta<B: Backend> {
 }
 
 impl<B: Backend> LoraDelta<B> {
-    /// Checks the shapes against the model and makes the matrices resident.
-    #[allow(clippy::too_many_arguments)]
+    /// `pair` (of `rank`) scaled by `scale`: checks the shapes against the model and makes
+    /// the matrices resident.
     pub(crate) fn new(
         backend: &B,
         c: &ModelConfig,
-        layer: usize,
-        target: Target,
+        pair: &LoraPair,
         rank: usize,
-        a: &[f32],
-        b: &[f32],
         scale: f32,
     ) -> Result<Self> {
+        let (layer, target, a, b) = (pair.layer, pair.target, &pair.a, &pair.b);
         let (n_out, n_in) = target.dims(c);
         let name = format!("blk.{layer}.{}.weight", target.gguf_name());
         if rank == 0 || a.len() != rank * n_in || b.len() != n_out * rank {
@@ -249,19 +258,16 @@ impl<B: Backend> LoraSet<B> {
     }
 
     /// Adds a delta, as `Model::add_lora` does to the whole model.
-    #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
         backend: &B,
         c: &ModelConfig,
-        layer: usize,
-        target: Target,
+        pair: &LoraPair,
         rank: usize,
-        a: &[f32],
-        b: &[f32],
         scale: f32,
     ) -> Result<()> {
-        let delta = LoraDelta::new(backend, c, layer, target, rank, a, b, scale)?;
+        let layer = pair.layer;
+        let delta = LoraDelta::new(backend, c, pair, rank, scale)?;
         let slot = self.layers.get_mut(layer).ok_or_else(|| {
             Error::Train(format!(
                 "adapter for layer {layer} of a model of {} layers",

@@ -9,7 +9,9 @@ use crate::gguf::GgufFile;
 use crate::runtime::KvCache;
 use crate::{Error, Result};
 
-use super::adapter::{BottleneckDelta, LayerLora, LoraDelta, RowLora, Site, Target, VirtualKv};
+use super::adapter::{
+    BottleneckDelta, LayerLora, LoraDelta, LoraPair, RowLora, Site, Target, VirtualKv,
+};
 use super::config::ModelConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,21 @@ pub(crate) struct Layer<B: Backend> {
     bottleneck: Vec<BottleneckDelta<B>>,
     /// A prefix adapter's virtual keys and values for this layer.
     prefix: Option<VirtualKv<B>>,
+}
+
+impl<B: Backend> Layer<B> {
+    /// The frozen weight of projection `t`.
+    pub(crate) fn projection(&self, t: Target) -> &B::Weight {
+        match t {
+            Target::Q => &self.attn_q,
+            Target::K => &self.attn_k,
+            Target::V => &self.attn_v,
+            Target::O => &self.attn_output,
+            Target::Gate => &self.ffn_gate,
+            Target::Up => &self.ffn_up,
+            Target::Down => &self.ffn_down,
+        }
+    }
 }
 
 /// One forward pass's input: tokens of many sequences and where each row sits.
@@ -327,21 +344,17 @@ impl<B: Backend> Model<B> {
         &self.part
     }
 
-    /// Adds a LoRA delta to `target` of layer `layer` (`y += scale · (x · Aᵀ) · Bᵀ`, `a`
-    /// row-major `[rank, in]`, `b` `[out, rank]`); several adapters stack.
-    #[allow(clippy::too_many_arguments)]
+    /// Adds `pair`'s LoRA delta to its projection (`y += scale · (x · Aᵀ) · Bᵀ`, `A`
+    /// row-major `[rank, in]`, `B` `[out, rank]`); several adapters stack.
     pub fn add_lora(
         &mut self,
         backend: &B,
-        layer: usize,
-        target: Target,
+        pair: &LoraPair,
         rank: usize,
-        a: &[f32],
-        b: &[f32],
         scale: f32,
     ) -> Result<()> {
-        let delta = LoraDelta::new(backend, &self.config, layer, target, rank, a, b, scale)?;
-        self.layer_mut(layer)?.lora.push(delta);
+        let delta = LoraDelta::new(backend, &self.config, pair, rank, scale)?;
+        self.layer_mut(pair.layer)?.lora.push(delta);
         Ok(())
     }
 

@@ -129,8 +129,7 @@ impl<B: Backend> Runtime<B> {
         for (lora, scale) in adapters {
             let (rank, scale) = (lora.config.rank, lora.config.scale() * scale);
             for p in &lora.pairs {
-                let b = &*self.backend;
-                set.add(b, c, p.layer, p.target, rank, &p.a, &p.b, scale)?;
+                set.add(&*self.backend, c, p, rank, scale)?;
             }
         }
         self.lora_sets.push(set);

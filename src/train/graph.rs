@@ -52,19 +52,6 @@ enum Saved<'t, B: TrainBackend> {
 /// `TrainGraph`'s default activation budget: 1 GB (the CLI's `--activation-memory 1G`).
 pub const DEFAULT_ACTIVATION_BUDGET: usize = 1_000_000_000;
 
-/// Layer `l`'s frozen weight of projection `t`.
-fn frozen<B: TrainBackend>(l: &Layer<B>, t: Target) -> &B::Weight {
-    match t {
-        Target::Q => &l.attn_q,
-        Target::K => &l.attn_k,
-        Target::V => &l.attn_v,
-        Target::O => &l.attn_output,
-        Target::Gate => &l.ffn_gate,
-        Target::Up => &l.ffn_up,
-        Target::Down => &l.ffn_down,
-    }
-}
-
 impl<'m, B: TrainBackend> TrainGraph<'m, B> {
     /// Input gradients through quantized weights use their transposes in 8 bits where the
     /// backend makes them (`quant::transpose_q8_0`: forward-speed integer kernels, each
@@ -78,7 +65,7 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
             .map(|l| {
                 let mut ts: [Option<B::Weight>; 7] = Default::default();
                 for (slot, t) in ts.iter_mut().zip(Target::ALL) {
-                    *slot = b.transpose_weight(frozen(l, t))?;
+                    *slot = b.transpose_weight(l.projection(t))?;
                 }
                 Ok(ts)
             })

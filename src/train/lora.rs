@@ -10,7 +10,7 @@ use crate::backend::TrainBackend;
 use crate::model::ModelConfig;
 use crate::{Error, Result};
 
-pub use crate::model::adapter::Target;
+pub use crate::model::adapter::{LoraPair, Target};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
@@ -50,17 +50,6 @@ impl LoraConfig {
         }
         Ok(())
     }
-}
-
-/// One adapted projection: its layer, target and matrices (host values, row-major).
-#[derive(Debug, Clone)]
-pub struct LoraPair {
-    pub layer: usize,
-    pub target: Target,
-    pub n_out: usize,
-    pub n_in: usize,
-    pub a: Vec<f32>, // [rank, n_in]
-    pub b: Vec<f32>, // [n_out, rank]
 }
 
 /// Every adapted projection of a model. Parameter ids: pair `i`'s A is `2i`, its B `2i + 1`.

@@ -201,11 +201,8 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
     pub fn bytes(&self) -> usize {
         self.entries
             .iter()
-            .filter_map(|e| e.value.as_ref())
-            .map(|v| {
-                let (r, c) = self.b.shape(v);
-                r * c * 4
-            })
+            .filter(|e| e.value.is_some())
+            .map(|e| e.shape.0 * e.shape.1 * 4)
             .sum()
     }
 
