@@ -11,6 +11,7 @@ use std::ops::Range;
 use crate::backend::{Backend, WeightSource};
 use crate::{Error, Result};
 
+use super::transformer::Layer;
 use super::ModelConfig;
 
 /// A projection an adapter can target, by its GGUF tensor name.
@@ -117,6 +118,21 @@ impl Target {
             return Err(Error::Train("no LoRA targets given".into()));
         }
         Ok(v)
+    }
+}
+
+impl<B: Backend> Layer<B> {
+    /// The frozen weight of projection `t`: what an adapter on `t` adapts.
+    pub(crate) fn projection(&self, t: Target) -> &B::Weight {
+        match t {
+            Target::Q => &self.attn_q,
+            Target::K => &self.attn_k,
+            Target::V => &self.attn_v,
+            Target::O => &self.attn_output,
+            Target::Gate => &self.ffn_gate,
+            Target::Up => &self.ffn_up,
+            Target::Down => &self.ffn_down,
+        }
     }
 }
 

@@ -84,21 +84,6 @@ pub(crate) struct Layer<B: Backend> {
     prefix: Option<VirtualKv<B>>,
 }
 
-impl<B: Backend> Layer<B> {
-    /// The frozen weight of projection `t`.
-    pub(crate) fn projection(&self, t: Target) -> &B::Weight {
-        match t {
-            Target::Q => &self.attn_q,
-            Target::K => &self.attn_k,
-            Target::V => &self.attn_v,
-            Target::O => &self.attn_output,
-            Target::Gate => &self.ffn_gate,
-            Target::Up => &self.ffn_up,
-            Target::Down => &self.ffn_down,
-        }
-    }
-}
-
 /// One forward pass's input: tokens of many sequences and where each row sits.
 pub struct ForwardBatch<'a, B: Backend> {
     pub tokens: &'a [u32],
