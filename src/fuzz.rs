@@ -219,7 +219,7 @@ pub fn server_json(model: &ServerModel, data: &[u8]) -> usize {
 /// Small valid inputs for each target, made from the nano models' metadata: every target's
 /// corpus starts from files that get past parsing.
 pub mod seeds {
-    use crate::gguf::{GgufFile, GgufWriter, Value};
+    use crate::gguf::{Array, GgufFile, GgufWriter, Value};
     use crate::quant::QuantType;
     use crate::Result;
 
@@ -335,34 +335,25 @@ pub mod seeds {
         let tokens: Vec<String> = f
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())
-            .unwrap_or_default()
-            .iter()
-            .take(max_tokens)
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect();
+            .and_then(Array::strings)
+            .map(|p| p.iter().take(max_tokens).map(str::to_string).collect())
+            .unwrap_or_default();
         let kept: std::collections::HashSet<&str> = tokens.iter().map(String::as_str).collect();
         for (k, v) in f.metadata() {
             if !k.starts_with("tokenizer.") && k != "general.architecture" {
                 continue;
             }
             let value = match (k, v) {
-                ("tokenizer.ggml.merges", Value::Array(t, items)) => Value::Array(
-                    *t,
-                    items
-                        .iter()
-                        .filter(|m| {
-                            let Some((a, b)) = m.as_str().and_then(|m| m.split_once(' ')) else {
-                                return false;
-                            };
-                            kept.contains(a)
-                                && kept.contains(b)
-                                && kept.contains(&*(a.to_string() + b))
-                        })
-                        .cloned()
-                        .collect(),
-                ),
-                (_, Value::Array(t, items)) if items.len() > max_tokens => {
-                    Value::Array(*t, items[..max_tokens].to_vec())
+                ("tokenizer.ggml.merges", Value::Array(Array::Strings(merges))) => {
+                    Value::Array(Array::from_strings(merges.iter().filter(|m| {
+                        let Some((a, b)) = m.split_once(' ') else {
+                            return false;
+                        };
+                        kept.contains(a) && kept.contains(b) && kept.contains(&*(a.to_string() + b))
+                    })))
+                }
+                (_, Value::Array(a)) if a.len() > max_tokens => {
+                    Value::Array(a.truncated(max_tokens))
                 }
                 (k, v) if k.ends_with("_token_id") => match v.as_u64() {
                     Some(id) if id as usize >= tokens.len() => continue,

@@ -11,6 +11,7 @@ pub mod gguf;
 pub mod import;
 pub mod model;
 pub mod options;
+pub mod packed;
 pub mod perplexity;
 pub mod prompt;
 pub mod quant;

@@ -362,8 +362,10 @@ fn a_runaway_template_in_a_modelfile_is_a_clear_error_from_hearth_run() {
 
 #[test]
 fn metadata_arrays_past_the_limit_are_a_clear_error() {
-    use hearth::gguf::{ValueType, MAX_METADATA_VALUES};
-    let array = |n: u64| Value::Array(ValueType::U8, vec![Value::U8(7); n as usize]);
+    use hearth::gguf::{Array, ValueType, MAX_METADATA_VALUES};
+    let array = |n: u64| {
+        Value::Array(Array::from_values(ValueType::U8, vec![Value::U8(7); n as usize]).unwrap())
+    };
     let mut w = GgufWriter::new();
     w.set("a", array(MAX_METADATA_VALUES / 2)).unwrap();
     w.set("b", array(MAX_METADATA_VALUES / 2)).unwrap();

@@ -2,7 +2,7 @@
 //! SmolLM2, Gemma 3 and Llama 3 (goldens from tools/make_template_goldens.py), the built-in
 //! templates, the choice of template for a GGUF, and templates that must fail cleanly.
 
-use hearth::gguf::{GgufFile, GgufWriter, Value, ValueType};
+use hearth::gguf::{Array, GgufFile, GgufWriter, Value, ValueType};
 use hearth::tokenizer::{builtin_template, template_for, ChatTemplate, Message, Tokenizer};
 use hearth::Error;
 use serde::Deserialize;
@@ -102,8 +102,11 @@ fn chatml_is_the_fallback() {
     let mut w = GgufWriter::new();
     let strings = |items: &[&str]| {
         Value::Array(
-            ValueType::String,
-            items.iter().map(|s| Value::String(s.to_string())).collect(),
+            Array::from_values(
+                ValueType::String,
+                items.iter().map(|s| Value::String(s.to_string())),
+            )
+            .unwrap(),
         )
     };
     w.set("general.architecture", Value::String("mistery".into()))

@@ -3,7 +3,7 @@
 //! tools/make_tokenizer_goldens.py and tools/make_qwen_tokenizer_goldens.py), end-of-generation
 //! tokens, and files that must be refused.
 
-use hearth::gguf::{GgufFile, GgufWriter, Value, ValueType};
+use hearth::gguf::{Array, GgufFile, GgufWriter, Value, ValueType};
 use hearth::tokenizer::Tokenizer;
 use hearth::Error;
 use serde::Deserialize;
@@ -251,16 +251,16 @@ fn real_smollm2_gguf_matches_vocab_only_copy() {
 
 fn strings(items: &[&str]) -> Value {
     Value::Array(
-        ValueType::String,
-        items.iter().map(|s| Value::String(s.to_string())).collect(),
+        Array::from_values(
+            ValueType::String,
+            items.iter().map(|s| Value::String(s.to_string())),
+        )
+        .unwrap(),
     )
 }
 
 fn ints(items: &[i32]) -> Value {
-    Value::Array(
-        ValueType::I32,
-        items.iter().map(|&i| Value::I32(i)).collect(),
-    )
+    Value::Array(Array::from_values(ValueType::I32, items.iter().map(|&i| Value::I32(i))).unwrap())
 }
 
 /// A small byte-level vocabulary: "a", "b", "ab" and a control token.
@@ -328,7 +328,7 @@ fn missing_or_unknown_tokenizer_is_an_error() {
     expect_error(&with("tokenizer.ggml.tokens", Some(strings(&[]))), "empty");
     expect_error(
         &with("tokenizer.ggml.tokens", Some(ints(&[1, 2, 3, 4]))),
-        "not a string",
+        "not an array of strings",
     );
 }
 
@@ -382,11 +382,13 @@ fn odd_sentencepiece_vocabularies_do_not_panic() {
         (
             "tokenizer.ggml.scores",
             Value::Array(
-                ValueType::F32,
-                [0.0, 0.0, -1.0, -2.0, f32::NAN, -0.5, 0.0, 0.0]
-                    .into_iter()
-                    .map(Value::F32)
-                    .collect(),
+                Array::from_values(
+                    ValueType::F32,
+                    [0.0, 0.0, -1.0, -2.0, f32::NAN, -0.5, 0.0, 0.0]
+                        .into_iter()
+                        .map(Value::F32),
+                )
+                .unwrap(),
             ),
         ),
         ("tokenizer.ggml.token_type", ints(&[2, 3, 1, 1, 1, 1, 1, 6])),

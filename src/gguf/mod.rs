@@ -1,12 +1,14 @@
 //! GGUF: the file format models come in (spec: ggml's docs/gguf.md). `reader` parses and
-//! bounds-checks a mapped file, `writer` produces one, `value` holds metadata values. Nothing
+//! bounds-checks a mapped file, `writer` produces one, `value` holds metadata values and `array` their arrays. Nothing
 //! here knows about models or backends; `TensorInfo` is the typed edge where ggml type ids
 //! become `QuantType`.
 
+mod array;
 mod reader;
 mod value;
 mod writer;
 
+pub use array::Array;
 pub use reader::{GgufFile, TensorBytes, MAX_METADATA_VALUES};
 pub use value::{Value, ValueType};
 pub use writer::{write_atomic, GgufWriter, TensorHeader};

@@ -8,8 +8,10 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::array::Array;
 use super::value::{Value, ValueType};
 use super::{TensorInfo, DEFAULT_ALIGNMENT, MAGIC};
+use crate::packed::PackedStrings;
 use crate::quant::QuantType;
 use crate::{Error, Result};
 
@@ -18,8 +20,8 @@ use crate::{Error, Result};
 const MAX_ARRAY_DEPTH: usize = 4;
 /// Array elements accepted over all metadata arrays together. The largest real vocabularies
 /// take about 10^6 (Gemma 3: 262 144 tokens, scores and types); the bound keeps a file of
-/// one-byte elements from making the reader hold 32 bytes of `Value` for each (4 Mi values:
-/// at most 128 MiB). Raise it here if a real model needs more.
+/// empty strings or nested arrays from making the reader hold 8 to 48 bytes of index for
+/// each (4 Mi values: at most 192 MiB). Raise it here if a real model needs more.
 pub const MAX_METADATA_VALUES: u64 = 1 << 22;
 /// ggml's GGML_MAX_DIMS.
 const MAX_DIMS: u32 = 4;
@@ -321,12 +323,6 @@ impl<'a> Cursor<'a> {
     fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
         Ok(self.take(N)?.try_into().expect("take returned N bytes"))
     }
-    fn u8(&mut self) -> Result<u8> {
-        Ok(self.array::<1>()?[0])
-    }
-    fn u16(&mut self) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array()?))
     }
@@ -361,45 +357,60 @@ impl<'a> Cursor<'a> {
 
     fn value(&mut self, ty: ValueType, depth: usize) -> Result<Value> {
         Ok(match ty {
-            ValueType::U8 => Value::U8(self.u8()?),
-            ValueType::I8 => Value::I8(self.u8()? as i8),
-            ValueType::U16 => Value::U16(self.u16()?),
-            ValueType::I16 => Value::I16(self.u16()? as i16),
-            ValueType::U32 => Value::U32(self.u32()?),
-            ValueType::I32 => Value::I32(self.u32()? as i32),
-            ValueType::F32 => Value::F32(f32::from_bits(self.u32()?)),
-            ValueType::U64 => Value::U64(self.u64()?),
-            ValueType::I64 => Value::I64(self.u64()? as i64),
-            ValueType::F64 => Value::F64(f64::from_bits(self.u64()?)),
-            ValueType::Bool => match self.u8()? {
-                0 => Value::Bool(false),
-                1 => Value::Bool(true),
-                b => return Err(Error::Gguf(format!("bool value {b} is neither 0 nor 1"))),
-            },
             // Vocabulary strings are not always valid UTF-8 in the wild; keep what can be read.
             ValueType::String => {
                 Value::String(String::from_utf8_lossy(self.len_prefixed()?).into_owned())
             }
-            ValueType::Array => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(Error::Gguf(format!(
-                        "arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
-                    )));
-                }
-                let elem = self.value_type()?;
-                let n = self.u64()?;
-                self.check_count(n, elem.min_size() as u64, "array elements")?;
-                self.values_left = self.values_left.checked_sub(n).ok_or_else(|| {
-                    Error::Gguf(format!(
-                        "metadata arrays hold more than {MAX_METADATA_VALUES} values in all \
-                         (Hearth's limit)"
-                    ))
-                })?;
-                let mut v = Vec::with_capacity(n as usize);
+            ValueType::Array => Value::Array(self.array_value(depth)?),
+            scalar => {
+                let at = self.pos;
+                let b = self.take(scalar.min_size())?;
+                Value::from_scalar(scalar, b).ok_or_else(|| bad_bool(b, at))?
+            }
+        })
+    }
+
+    fn array_value(&mut self, depth: usize) -> Result<Array> {
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(Error::Gguf(format!(
+                "arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
+            )));
+        }
+        let elem = self.value_type()?;
+        let n = self.u64()?;
+        self.check_count(n, elem.min_size() as u64, "array elements")?;
+        self.values_left = self.values_left.checked_sub(n).ok_or_else(|| {
+            Error::Gguf(format!(
+                "metadata arrays hold more than {MAX_METADATA_VALUES} values in all \
+                 (Hearth's limit)"
+            ))
+        })?;
+        Ok(match elem {
+            ValueType::String => {
+                let mut strings = PackedStrings::default();
                 for _ in 0..n {
-                    v.push(self.value(elem, depth + 1)?);
+                    strings.push(&String::from_utf8_lossy(self.len_prefixed()?));
                 }
-                Value::Array(elem, v)
+                Array::Strings(strings)
+            }
+            ValueType::Array => Array::Arrays(
+                (0..n)
+                    .map(|_| self.array_value(depth + 1))
+                    .collect::<Result<_>>()?,
+            ),
+            scalar => {
+                let at = self.pos;
+                // check_count bounded n * size by the bytes left.
+                let bytes = self.take(n as usize * scalar.min_size())?;
+                if scalar == ValueType::Bool {
+                    if let Some(i) = bytes.iter().position(|&b| b > 1) {
+                        return Err(bad_bool(&bytes[i..=i], at + i));
+                    }
+                }
+                Array::Scalars {
+                    elem: scalar,
+                    bytes: bytes.to_vec(),
+                }
             }
         })
     }
@@ -447,4 +458,11 @@ impl<'a> Cursor<'a> {
             n_bytes,
         })
     }
+}
+
+fn bad_bool(b: &[u8], at: usize) -> Error {
+    Error::Gguf(format!(
+        "bool value {} at byte {at} is neither 0 nor 1",
+        b.first().copied().unwrap_or_default()
+    ))
 }

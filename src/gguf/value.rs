@@ -1,4 +1,6 @@
-//! GGUF metadata values: the thirteen value types, including nested arrays.
+//! GGUF metadata values: the thirteen value types (arrays are `array::Array`).
+
+use super::array::Array;
 
 /// GGUF value type ids (gguf.md `gguf_metadata_value_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +66,7 @@ pub enum Value {
     F32(f32),
     Bool(bool),
     String(String),
-    /// Element type and elements; every element has that type (nested arrays included).
-    Array(ValueType, Vec<Value>),
+    Array(Array),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -137,10 +138,55 @@ impl Value {
         }
     }
 
-    pub fn as_array(&self) -> Option<&[Value]> {
+    pub fn as_array(&self) -> Option<&Array> {
         match self {
-            Value::Array(_, v) => Some(v),
+            Value::Array(a) => Some(a),
             _ => None,
+        }
+    }
+
+    /// A scalar from its little-endian bytes (`ty.min_size()` of them); `None` for strings,
+    /// arrays and a bool byte other than 0 or 1.
+    pub(super) fn from_scalar(ty: ValueType, b: &[u8]) -> Option<Value> {
+        fn le<const N: usize>(b: &[u8]) -> Option<[u8; N]> {
+            b.try_into().ok()
+        }
+        Some(match ty {
+            ValueType::U8 => Value::U8(*b.first()?),
+            ValueType::I8 => Value::I8(*b.first()? as i8),
+            ValueType::U16 => Value::U16(u16::from_le_bytes(le(b)?)),
+            ValueType::I16 => Value::I16(i16::from_le_bytes(le(b)?)),
+            ValueType::U32 => Value::U32(u32::from_le_bytes(le(b)?)),
+            ValueType::I32 => Value::I32(i32::from_le_bytes(le(b)?)),
+            ValueType::F32 => Value::F32(f32::from_le_bytes(le(b)?)),
+            ValueType::U64 => Value::U64(u64::from_le_bytes(le(b)?)),
+            ValueType::I64 => Value::I64(i64::from_le_bytes(le(b)?)),
+            ValueType::F64 => Value::F64(f64::from_le_bytes(le(b)?)),
+            ValueType::Bool => match b.first()? {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                _ => return None,
+            },
+            ValueType::String | ValueType::Array => return None,
+        })
+    }
+
+    /// Appends a scalar's little-endian bytes (what `from_scalar` reads); strings and arrays
+    /// append nothing.
+    pub(super) fn put_scalar(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::U8(x) => out.push(*x),
+            Value::I8(x) => out.push(*x as u8),
+            Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::Bool(x) => out.push(*x as u8),
+            Value::String(_) | Value::Array(_) => {}
         }
     }
 }
@@ -161,10 +207,10 @@ impl std::fmt::Display for Value {
             Value::U64(v) => write!(f, "{v}"),
             Value::I64(v) => write!(f, "{v}"),
             Value::F64(v) => write!(f, "{v}"),
-            Value::Array(t, v) if v.len() > 8 => write!(f, "[{t:?}; {}]", v.len()),
-            Value::Array(_, v) => {
+            Value::Array(a) if a.len() > 8 => write!(f, "[{:?}; {}]", a.elem_type(), a.len()),
+            Value::Array(a) => {
                 f.write_str("[")?;
-                for (i, x) in v.iter().enumerate() {
+                for (i, x) in a.iter().enumerate() {
                     if i > 0 {
                         f.write_str(", ")?;
                     }

@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use super::array::Array;
 use super::value::Value;
 use super::{DEFAULT_ALIGNMENT, MAGIC};
 use crate::quant::QuantType;
@@ -311,25 +312,18 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 fn put_value(out: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::U8(x) => out.push(*x),
-        Value::I8(x) => out.push(*x as u8),
-        Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
-        Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
-        Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
-        Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
-        Value::Bool(x) => out.push(*x as u8),
         Value::String(s) => put_str(out, s),
-        Value::Array(t, items) => {
-            out.extend_from_slice(&(*t as u32).to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for item in items {
-                debug_assert_eq!(item.value_type(), *t, "array elements share one type");
-                put_value(out, item);
-            }
-        }
+        Value::Array(a) => put_array(out, a),
+        scalar => scalar.put_scalar(out),
+    }
+}
+
+fn put_array(out: &mut Vec<u8>, a: &Array) {
+    out.extend_from_slice(&(a.elem_type() as u32).to_le_bytes());
+    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    match a {
+        Array::Strings(p) => p.iter().for_each(|s| put_str(out, s)),
+        Array::Scalars { bytes, .. } => out.extend_from_slice(bytes),
+        Array::Arrays(items) => items.iter().for_each(|inner| put_array(out, inner)),
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde_json::Value as Json;
 
-use crate::gguf::{Value, ValueType};
+use crate::gguf::{Array, Value, ValueType};
 use crate::{Error, Result};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -163,7 +163,7 @@ pub fn convert(
         out.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
         out.push(("tokenizer.ggml.pre".into(), Value::String(pre.into())));
         push_tokens(&mut out, &tokens, &types, None);
-        let merges: Vec<Value> = merges
+        let merges: Vec<String> = merges
             .iter()
             .map(|(a, b)| {
                 if a.contains(' ') || b.contains(' ') {
@@ -174,12 +174,12 @@ pub fn convert(
                         ),
                     ));
                 }
-                Ok(Value::String(format!("{a} {b}")))
+                Ok(format!("{a} {b}"))
             })
             .collect::<Result<_>>()?;
         out.push((
             "tokenizer.ggml.merges".into(),
-            Value::Array(ValueType::String, merges),
+            Value::Array(Array::from_strings(merges.iter().map(String::as_str))),
         ));
     } else if byte_fallback {
         let mut types = types;
@@ -258,23 +258,19 @@ fn push_tokens(
     types: &[i32],
     scores: Option<Vec<f32>>,
 ) {
-    let strings = tokens.iter().map(|t| Value::String(t.clone())).collect();
+    let array = |elem, values: Vec<Value>| {
+        Value::Array(Array::from_values(elem, values).expect("values of one type"))
+    };
     out.push((
         "tokenizer.ggml.tokens".into(),
-        Value::Array(ValueType::String, strings),
+        Value::Array(Array::from_strings(tokens.iter().map(String::as_str))),
     ));
     if let Some(scores) = scores {
         let s = scores.into_iter().map(Value::F32).collect();
-        out.push((
-            "tokenizer.ggml.scores".into(),
-            Value::Array(ValueType::F32, s),
-        ));
+        out.push(("tokenizer.ggml.scores".into(), array(ValueType::F32, s)));
     }
     let t = types.iter().map(|&t| Value::I32(t)).collect();
-    out.push((
-        "tokenizer.ggml.token_type".into(),
-        Value::Array(ValueType::I32, t),
-    ));
+    out.push(("tokenizer.ggml.token_type".into(), array(ValueType::I32, t)));
 }
 
 /// `model.merges`, as `"a b"` strings (older files) or `["a", "b"]` pairs.

@@ -19,9 +19,9 @@ const SCRATCH_TOKENS: u64 = PREFILL_CHUNK as u64;
 
 /// Host memory per vocabulary entry of the tokenizer and the rest of the process (the
 /// vocabulary as read from the file, the `tokenizers` model, the structured-output trie):
-/// measured as peak RSS beyond weights, cache and scratch, 154 MiB for Gemma 3's 262,144
-/// entries and 20 MiB for SmolLM2's 49,152 (BENCHMARKS.md, "Long context").
-const HOST_BYTES_PER_VOCAB_ENTRY: u64 = 600;
+/// measured as peak RSS beyond weights, cache and scratch, 103 MiB for Gemma 3's 262,144
+/// entries and 13 MiB for SmolLM2's 49,152 (BENCHMARKS.md, "Session 7").
+const HOST_BYTES_PER_VOCAB_ENTRY: u64 = 400;
 
 /// Bytes of a row of `n_values` cache values of `kv_type`, as `KvType::row_bytes` sizes it (a
 /// block type's scales included): the one place the plan sizes cache elements.

@@ -3,14 +3,15 @@
 //! `llm_tokenizer_bpe`), each piece is spelled in GPT-2's byte alphabet, then merged by the
 //! file's merges. Knows the pre-tokenizer table; not GGUF parsing, not special tokens.
 
-use tokenizers::models::bpe::{BpeBuilder, Vocab};
+use tokenizers::models::bpe::BpeBuilder;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use super::vocab::GgufVocab;
-use super::TokenizerParts;
+use super::{vocab_map, TokenizerParts};
+use crate::packed::PackedStrings;
 use crate::{Error, Result};
 
 /// GPT-2's pattern as llama.cpp writes it (without the trailing `|\s+`: text no alternative
@@ -73,23 +74,22 @@ pub fn byte_to_char() -> [char; 256] {
 
 /// Token text as the BPE model sees it: already in the byte alphabet (what converters write),
 /// or respelled byte by byte when a token holds characters outside it, as transformers does.
-pub fn model_spelling(tokens: &[String]) -> Vec<String> {
+pub fn model_spelling(tokens: &PackedStrings) -> PackedStrings {
     let table = byte_to_char();
     let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
-    tokens
-        .iter()
-        .map(|t| {
-            if t.chars().all(|c| alphabet.contains(&c)) {
-                t.clone()
-            } else {
-                t.bytes().map(|b| table[b as usize]).collect()
-            }
-        })
-        .collect()
+    let mut out = PackedStrings::default();
+    for t in tokens.iter() {
+        if t.chars().all(|c| alphabet.contains(&c)) {
+            out.push(t);
+        } else {
+            out.push(&t.bytes().map(|b| table[b as usize]).collect::<String>());
+        }
+    }
+    out
 }
 
 /// The pipeline for a byte-level vocabulary; `spelled` is `model_spelling(&v.tokens)`.
-pub fn build(v: &GgufVocab, spelled: &[String]) -> Result<TokenizerParts> {
+pub fn build(v: &GgufVocab, spelled: &PackedStrings) -> Result<TokenizerParts> {
     let spec = pre_tokenizer_spec(&v.pre).ok_or_else(|| {
         Error::Tokenizer(format!(
             "unsupported pre-tokenizer {:?} (tokenizer.ggml.pre); Hearth supports default, \
@@ -105,10 +105,7 @@ pub fn build(v: &GgufVocab, spelled: &[String]) -> Result<TokenizerParts> {
     }
 
     // Later duplicates win, as in the Python dict transformers builds.
-    let mut vocab = Vocab::with_capacity(spelled.len());
-    for (id, t) in spelled.iter().enumerate() {
-        vocab.insert(t.clone(), id as u32);
-    }
+    let vocab = vocab_map(spelled);
     let mut merges = Vec::with_capacity(v.merges.len());
     for (i, m) in v.merges.iter().enumerate() {
         let mut parts = m.split(' ');

@@ -19,6 +19,7 @@ use tokenizers::{
 };
 
 use crate::gguf::GgufFile;
+use crate::packed::{PackedBytes, PackedStrings};
 use crate::{Error, Result};
 use vocab::{GgufVocab, TokenType, VocabKind};
 
@@ -56,7 +57,7 @@ const END_OF_GENERATION_TEXTS: &[&str] = &[
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Token texts as the GGUF file spells them.
-    tokens: Vec<String>,
+    tokens: PackedStrings,
     bos_id: Option<u32>,
     eos_id: Option<u32>,
     add_bos: bool,
@@ -66,7 +67,7 @@ pub struct Tokenizer {
     architecture: String,
     /// Each token's bytes as it appears in text; special tokens are `0xFF` then their text
     /// (the convention of `llguidance`'s token trie, which builds on these).
-    bytes: Vec<Vec<u8>>,
+    bytes: PackedBytes,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -118,14 +119,14 @@ impl Tokenizer {
         let model = inner.get_model();
         let mut control = Vec::new();
         let mut user_defined = Vec::new();
-        for (id, (text, ty)) in v.tokens.iter().zip(&v.types).enumerate() {
+        for ((text, spelled), ty) in v.tokens.iter().zip(spelled.iter()).zip(&v.types) {
             let in_model = model.token_to_id(text).is_some();
             match ty {
-                TokenType::Control | TokenType::Unknown if in_model && spelled[id] == *text => {
-                    control.push(AddedToken::from(text.clone(), true).normalized(false))
+                TokenType::Control | TokenType::Unknown if in_model && spelled == text => {
+                    control.push(AddedToken::from(text, true).normalized(false))
                 }
                 TokenType::UserDefined if in_model => {
-                    user_defined.push(AddedToken::from(text.clone(), false).normalized(false))
+                    user_defined.push(AddedToken::from(text, false).normalized(false))
                 }
                 _ => {}
             }
@@ -219,13 +220,13 @@ impl Tokenizer {
     /// The token's text as the GGUF vocabulary spells it (byte-level vocabularies in GPT-2's
     /// byte alphabet, SentencePiece ones with `▁` for spaces).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        self.tokens.get(id as usize)
     }
 
     /// The bytes token `id` stands for in text; a special (control) token is `0xFF` then its
     /// text, so it can never be mistaken for text.
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
-        self.bytes.get(id as usize).map(Vec::as_slice)
+        self.bytes.get(id as usize)
     }
 
     /// The id of a token spelled exactly `text` in the GGUF vocabulary.
@@ -274,39 +275,53 @@ impl Tokenizer {
 /// byte alphabet back to bytes; SentencePiece ones turn `▁` into a space and `<0xNN>` into
 /// the byte. End-of-generation tokens count as special whatever their type says, so text
 /// constraints never take one for text.
-fn token_bytes(v: &GgufVocab, end_of_generation: &HashSet<u32>) -> Vec<Vec<u8>> {
+fn token_bytes(v: &GgufVocab, end_of_generation: &HashSet<u32>) -> PackedBytes {
     let from_char: std::collections::HashMap<char, u8> = byte_level::byte_to_char()
         .iter()
         .enumerate()
         .map(|(b, &c)| (c, b as u8))
         .collect();
-    v.tokens
-        .iter()
-        .zip(&v.types)
-        .enumerate()
-        .map(|(id, (text, ty))| match (ty, v.kind) {
-            _ if end_of_generation.contains(&(id as u32)) => special(text),
-            (TokenType::Control | TokenType::Unknown | TokenType::Unused, _) => special(text),
-            (_, VocabKind::ByteLevelBpe) => text
-                .chars()
-                .map(|c| from_char.get(&c).copied())
-                .collect::<Option<Vec<u8>>>()
-                // A token outside the alphabet was respelled byte by byte (model_spelling).
-                .unwrap_or_else(|| text.as_bytes().to_vec()),
-            (TokenType::Byte, VocabKind::SentencePiece) => text
-                .strip_prefix("<0x")
-                .and_then(|h| h.strip_suffix('>'))
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]),
-            (_, VocabKind::SentencePiece) => text.replace('\u{2581}', " ").into_bytes(),
-        })
-        .collect()
+    let mut out = PackedBytes::default();
+    let mut special = Vec::new();
+    for (id, (text, ty)) in v.tokens.iter().zip(&v.types).enumerate() {
+        let plain = match (ty, v.kind) {
+            _ if end_of_generation.contains(&(id as u32)) => None,
+            (TokenType::Control | TokenType::Unknown | TokenType::Unused, _) => None,
+            (_, VocabKind::ByteLevelBpe) => Some(
+                text.chars()
+                    .map(|c| from_char.get(&c).copied())
+                    .collect::<Option<Vec<u8>>>()
+                    // A token outside the alphabet was respelled byte by byte (model_spelling).
+                    .unwrap_or_else(|| text.as_bytes().to_vec()),
+            ),
+            (TokenType::Byte, VocabKind::SentencePiece) => Some(
+                text.strip_prefix("<0x")
+                    .and_then(|h| h.strip_suffix('>'))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]),
+            ),
+            (_, VocabKind::SentencePiece) => Some(text.replace('\u{2581}', " ").into_bytes()),
+        };
+        match plain {
+            Some(bytes) => out.push(&bytes),
+            None => {
+                special.clear();
+                special.push(0xFF);
+                special.extend_from_slice(text.as_bytes());
+                out.push(&special);
+            }
+        }
+    }
+    out
 }
 
-fn special(text: &str) -> Vec<u8> {
-    let mut b = vec![0xFF];
-    b.extend_from_slice(text.as_bytes());
-    b
+/// The model's vocabulary map from its spelling of each token (`tokenizers` wants owned keys).
+fn vocab_map(spelled: &PackedStrings) -> tokenizers::models::bpe::Vocab {
+    let mut vocab = tokenizers::models::bpe::Vocab::with_capacity(spelled.len());
+    for (id, t) in spelled.iter().enumerate() {
+        vocab.insert(t.to_string(), id as u32);
+    }
+    vocab
 }
 
 fn end_of_generation_ids(v: &GgufVocab) -> HashSet<u32> {
@@ -315,7 +330,7 @@ fn end_of_generation_ids(v: &GgufVocab) -> HashSet<u32> {
         .flatten()
         .collect();
     for (id, text) in v.tokens.iter().enumerate() {
-        if END_OF_GENERATION_TEXTS.contains(&text.as_str()) {
+        if END_OF_GENERATION_TEXTS.contains(&text) {
             ids.insert(id as u32);
         }
     }

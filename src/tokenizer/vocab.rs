@@ -3,7 +3,8 @@
 //! builders after this never index out of bounds on a hostile file. Knows GGUF key names, not
 //! the `tokenizers` crate.
 
-use crate::gguf::{GgufFile, Value};
+use crate::gguf::{Array, GgufFile, Value};
+use crate::packed::PackedStrings;
 use crate::{Error, Result};
 
 /// llama.cpp's `llama_token_type` values, as stored in `tokenizer.ggml.token_type`.
@@ -48,13 +49,13 @@ pub struct GgufVocab {
     /// `tokenizer.ggml.pre`, empty when absent.
     pub pre: String,
     pub architecture: String,
-    pub tokens: Vec<String>,
+    pub tokens: PackedStrings,
     /// One per token; zeros when the file has none.
     pub scores: Vec<f32>,
     /// One per token; `Normal` when the file has none.
     pub types: Vec<TokenType>,
     /// `"left right"` pairs, best first (byte-level BPE only).
-    pub merges: Vec<String>,
+    pub merges: PackedStrings,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
     pub eot_id: Option<u32>,
@@ -229,26 +230,19 @@ impl GgufVocab {
 }
 
 /// A string array, or `None` when the key is absent.
-fn string_array(f: &GgufFile, key: &str) -> Result<Option<Vec<String>>> {
+fn string_array(f: &GgufFile, key: &str) -> Result<Option<PackedStrings>> {
     let Some(v) = f.get(key) else {
         return Ok(None);
     };
-    let items = v
-        .as_array()
-        .ok_or_else(|| Error::Tokenizer(format!("{key} is {v}, not an array of strings")))?;
-    items
-        .iter()
-        .map(|x| {
-            x.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| Error::Tokenizer(format!("{key} holds {x}, not a string")))
-        })
-        .collect::<Result<Vec<_>>>()
+    v.as_array()
+        .and_then(Array::strings)
+        .cloned()
         .map(Some)
+        .ok_or_else(|| Error::Tokenizer(format!("{key} is {v}, not an array of strings")))
 }
 
 /// An array that must hold exactly one entry per token.
-fn per_token_array<'a>(v: &'a Value, key: &str, n_vocab: usize) -> Result<&'a [Value]> {
+fn per_token_array<'a>(v: &'a Value, key: &str, n_vocab: usize) -> Result<&'a Array> {
     let items = v
         .as_array()
         .ok_or_else(|| Error::Tokenizer(format!("{key} is {v}, not an array")))?;
