@@ -12,9 +12,11 @@
 //! same bits, alone or in any batch, on any thread count.
 
 use super::pool::{Pool, SyncPtr};
+use super::simd::exp_sum_at;
 use super::{parallel, CpuTensor, KvValue};
 use crate::backend::ops::attention::softcapped;
 use crate::backend::{AttnParams, BatchRows};
+use crate::quant::Level;
 
 /// Keys scored at once: the scratch of a (row, head), on the stack.
 const BLOCK: usize = 32;
@@ -84,6 +86,7 @@ impl<E: KvValue> Job<'_, E> {
         let mut scores = [0f32; MAX_SPAN * BLOCK];
         let scores = &mut scores[..span * BLOCK];
         let mut at = [0usize; BLOCK];
+        let level = Level::active();
         for b0 in (c * CHUNK..end).step_by(BLOCK) {
             let n = BLOCK.min(end - b0);
             for (i, a) in (b0..b0 + n).zip(&mut at) {
@@ -109,11 +112,9 @@ impl<E: KvValue> Job<'_, E> {
                     st.l *= alpha;
                     st.m = m;
                 }
-                // Scores become their weights.
-                for s in s_h.iter_mut() {
-                    *s = (*s - st.m).exp();
-                    st.l += *s;
-                }
+                // Scores become their weights, `exp` in vector lanes (a lane's value does not
+                // depend on its place, and a block's keys depend only on the row).
+                st.l += exp_sum_at(level, s_h, 1.0, st.m);
             }
             E::weighted_sum(scores, BLOCK, self.v, at, len, acc);
         }
