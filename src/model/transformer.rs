@@ -525,13 +525,15 @@ impl<B: Backend> Model<B> {
     }
 
     /// The context shift of this part's layers (`Backend::cache_shift`): cache rows moved
-    /// as `moves` says, every layer's keys rotated by `delta` positions with that layer's
+    /// as `moves` says (`ring_moves` in the layers that keep rings, whose rows are the
+    /// rings' blocks), every layer's keys rotated by `delta` positions with that layer's
     /// RoPE frequencies, values copied.
     pub fn shift_cache(
         &self,
         backend: &B,
         cache: &mut KvCache<B>,
         moves: &[(u32, u32)],
+        ring_moves: &[(u32, u32)],
         delta: i32,
     ) -> Result<()> {
         let c = &self.config;
@@ -541,7 +543,11 @@ impl<B: Backend> Model<B> {
             layout: c.rope_layout,
         };
         for (il, l) in self.layers.iter().enumerate() {
-            let (k_cache, v_cache) = cache.shift_layer_mut(il)?;
+            let (k_cache, v_cache, ringed) = cache.shift_layer_mut(il)?;
+            let moves = if ringed { ring_moves } else { moves };
+            if moves.is_empty() {
+                continue;
+            }
             let freqs = self.inv_freq(l.spec.local_rope);
             backend.cache_shift(k_cache, moves, Some((freqs, &rope)), delta)?;
             backend.cache_shift(v_cache, moves, None, 0)?;

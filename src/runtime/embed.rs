@@ -158,7 +158,7 @@ impl<B: Backend> Runtime<B> {
             let ring_seqs: Vec<_> = parts
                 .iter()
                 .zip(&seq_rows)
-                .map(|(&(i, _, _), s)| (tables[i].ring, *s))
+                .map(|(&(i, _, _), s)| (tables[i].ring.as_ref(), *s))
                 .collect();
             let ring_rows = self.cache.ring_rows(&*self.backend, &ring_seqs)?;
             let all_rows: Vec<usize> = (0..tokens.len()).collect();

@@ -22,8 +22,9 @@ pub fn ring_blocks(window: usize, n_batch: usize) -> usize {
 }
 
 /// How the windowed layers hold keys and values: `per_seq` blocks for each of `n_seqs`
-/// sequences; position `j` of the sequence in ring slot `s` is in block
-/// `s * per_seq + (j / BLOCK_SIZE) % per_seq`, overwriting a block its window has left.
+/// sequences; ring slot `s` owns blocks `s * per_seq ..`, and position `j` of the sequence
+/// holding it is in block `blocks[(j / BLOCK_SIZE) % per_seq]` of its `RingSlot`,
+/// overwriting a block its window has left.
 ///
 /// **Invariant:** an attention kernel reads, for a run of rows of one sequence starting at
 /// position `p`, no key before `p + 1 - window` (`Mask::window_start`; a mask with sinks would
@@ -63,12 +64,20 @@ impl Ring {
         self.per_seq * self.n_seqs
     }
 
-    /// The block table of ring slot `slot` for a sequence of `n_blocks` logical blocks.
-    pub fn table(&self, slot: u32, n_blocks: usize) -> Vec<u32> {
+    /// Ring slot `slot` as a sequence first takes it: its blocks in order, every position
+    /// still to be written.
+    pub fn slot(&self, slot: u32) -> RingSlot {
         let base = slot as usize * self.per_seq;
-        (0..n_blocks)
-            .map(|i| (base + i % self.per_seq) as u32)
-            .collect()
+        RingSlot {
+            slot,
+            blocks: (base..base + self.per_seq).map(|b| b as u32).collect(),
+            floor: 0,
+        }
+    }
+
+    /// The block table of `ring` for a sequence of `n_blocks` logical blocks.
+    pub fn table(&self, ring: &RingSlot, n_blocks: usize) -> Vec<u32> {
+        ring.blocks.iter().copied().cycle().take(n_blocks).collect()
     }
 
     /// Whether a ring that was written up to position `n_written - 1` still holds every key
@@ -81,6 +90,19 @@ impl Ring {
         let last = (n_written - 1) / BLOCK_SIZE;
         last < first + self.per_seq
     }
+}
+
+/// One sequence's ring: its slot, and which of the slot's blocks holds each residue of the
+/// sequence's logical blocks (`blocks[b % per_seq]` holds logical block `b`). The blocks are
+/// in slot order until a context shift renames them, so that the keys it keeps stay where
+/// they are under their new positions (`Runtime::shift`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingSlot {
+    pub slot: u32,
+    pub blocks: Vec<u32>,
+    /// The ring holds no key of a position before this one: a context shift keeps only what
+    /// the window reads from the sequence's new end on.
+    pub floor: usize,
 }
 
 pub struct KvCache<B: Backend> {
@@ -180,7 +202,7 @@ impl<B: Backend> KvCache<B> {
     pub fn ring_rows(
         &self,
         backend: &B,
-        seqs: &[(Option<u32>, SeqRows<'_>)],
+        seqs: &[(Option<&RingSlot>, SeqRows<'_>)],
     ) -> Result<Option<B::Rows>> {
         let Some(ring) = self.ring else {
             return Ok(None);
@@ -189,7 +211,17 @@ impl<B: Backend> KvCache<B> {
             .iter()
             .enumerate()
             .map(|(i, (slot, s))| match slot {
-                Some(slot) => Ok(ring.table(*slot, s.table.len())),
+                Some(slot) if slot.blocks.len() == ring.per_seq => {
+                    Ok(ring.table(slot, s.table.len()))
+                }
+                Some(slot) => Err(Error::shape(
+                    "cache",
+                    format!(
+                        "sequence {i} of the batch has a ring of {} blocks, the cache's hold {}",
+                        slot.blocks.len(),
+                        ring.per_seq
+                    ),
+                )),
                 None => Err(Error::shape(
                     "cache",
                     format!("sequence {i} of the batch has no ring slot"),
@@ -232,18 +264,13 @@ impl<B: Backend> KvCache<B> {
         }
     }
 
-    /// Layer `il`'s key and value caches addressed by block table alone, for a context shift,
-    /// which a cache with rings does not take (`Runtime::shift` refuses it first).
-    pub fn shift_layer_mut(&mut self, il: usize) -> Result<(&mut B::Cache, &mut B::Cache)> {
+    /// Layer `il`'s key and value caches for a context shift, and whether the layer keeps
+    /// rings (its rows are then the rings' blocks, not the pool's).
+    pub fn shift_layer_mut(&mut self, il: usize) -> Result<(&mut B::Cache, &mut B::Cache, bool)> {
         let n_layers = self.k.len();
-        if self.ring.is_some() {
-            return Err(Error::shape(
-                "cache_shift",
-                "a cache with sliding-window rings",
-            ));
-        }
+        let ringed = self.ringed.get(il).copied().unwrap_or(false);
         match (self.k.get_mut(il), self.v.get_mut(il)) {
-            (Some(k), Some(v)) => Ok((k, v)),
+            (Some(k), Some(v)) => Ok((k, v, ringed)),
             _ => Err(Error::shape(
                 "cache_shift",
                 format!("layer {il} of a cache of {n_layers} layers"),
@@ -274,8 +301,9 @@ mod tests {
             "no smaller than the cache"
         );
         assert_eq!(Ring::plan(None, 2048, 512, 1), None);
-        assert_eq!(r.table(1, 67)[..2], [65, 66]);
-        assert_eq!(r.table(1, 67)[65..], [65, 66]);
+        let r2 = Ring::plan(Some(512), 2048, 512, 2).unwrap();
+        assert_eq!(r2.table(&r2.slot(1), 67)[..2], [65, 66]);
+        assert_eq!(r2.table(&r2.slot(1), 67)[65..], [65, 66]);
     }
 
     #[test]

@@ -13,11 +13,12 @@ mod blocks;
 mod embed;
 mod kv_cache;
 mod sequence;
+mod shift;
 pub mod stages;
 
 pub use blocks::{BlockPool, PrefixId, ROOT};
 pub use embed::{embed_cache_need, Pooling};
-pub use kv_cache::{ring_blocks, KvCache, Ring, BLOCK_SIZE};
+pub use kv_cache::{ring_blocks, KvCache, Ring, RingSlot, BLOCK_SIZE};
 pub use sequence::{
     AdapterSet, BlockTable, Event, Overflow, Sequence, TokenLogprob, DEFAULT_NUM_KEEP,
 };
@@ -271,8 +272,8 @@ impl<B: Backend> Runtime<B> {
         for b in table.blocks {
             self.blocks.release(b);
         }
-        if let Some(slot) = table.ring {
-            self.free_rings.push(slot);
+        if let Some(ring) = table.ring {
+            self.free_rings.push(ring.slot);
         }
     }
 
@@ -297,11 +298,12 @@ impl<B: Backend> Runtime<B> {
     }
 
     /// Ends `seq`'s hold on the cache: its blocks are kept for a follow-up prompt (see
-    /// `parked`), full ones also stay shareable with any later prompt.
+    /// `parked`), full ones also stay shareable with any later prompt. A shifted sequence's
+    /// ring is not: it no longer holds the window of its kept tokens (see `shift`).
     pub fn finish(&mut self, seq: &mut Sequence) {
         let table = std::mem::take(&mut seq.table);
         let n = seq.n_exact().min(table.blocks.len() * BLOCK_SIZE);
-        if n == 0 {
+        if n == 0 || (table.ring.is_some() && seq.was_shifted()) {
             return self.release_table(table);
         }
         self.parked.push_back(Parked {
@@ -395,7 +397,7 @@ impl<B: Backend> Runtime<B> {
         let ring_seqs: Vec<_> = parts
             .iter()
             .zip(&tables)
-            .map(|(&(i, _, _), t)| (seqs[i].table.ring, *t))
+            .map(|(&(i, _, _), t)| (seqs[i].table.ring.as_ref(), *t))
             .collect();
         let ring_rows = self.cache.ring_rows(&*self.backend, &ring_seqs)?;
         let sets = parts.iter().map(|&(i, _, n)| (seqs[i].adapter(), n));
@@ -440,88 +442,6 @@ impl<B: Backend> Runtime<B> {
         Ok(events)
     }
 
-    /// A full sequence's context shift (`Overflow::plan`): the cache rows of tokens
-    /// `keep..keep + drop` are evicted and every later row moves `drop` positions down, its
-    /// keys rotated there in place (`Model::shift_cache`; `drop` is whole blocks, so a row
-    /// keeps its place in a block and only the block holding `keep` takes rows from
-    /// another). Blocks the sequence shares are copied first, as it is about to change them,
-    /// and every changed block leaves the prefix cache.
-    fn shift(&mut self, seq: &mut Sequence, keep: usize, drop: usize) -> Result<()> {
-        if let Some(ring) = self.cache.ring() {
-            return Err(Error::BadOption(format!(
-                "a context shift with sliding-window layers on rings of blocks is not supported; \
-                 run with a num_ctx of at most {} (where the windowed layers keep every position) \
-                 or without --context-shift / --attention-sinks",
-                ring.per_seq * BLOCK_SIZE
-            )));
-        }
-        let bs = BLOCK_SIZE;
-        let n_past = seq.n_computed;
-        let old = std::mem::take(&mut seq.table.blocks);
-        let (k_blk, r, d_blk) = (keep / bs, keep % bs, drop / bs);
-        let slot = |b: u32, i: usize| b * bs as u32 + i as u32;
-        let mut table: Vec<u32> = old[..k_blk].to_vec();
-        // Rotated by -drop (keys) and plain copies (a shared block's kept rows).
-        let (mut rotate, mut copy) = (Vec::new(), Vec::new());
-        // Dropped after the moves: no block being read may be handed out before.
-        let mut release = Vec::new();
-        let mut result = Ok(());
-        // The blocks that will hold positions `k_blk * bs ..` after the shift, with the
-        // old block their rows `from..` come from.
-        let mut targets: Vec<(u32, u32, usize)> = Vec::new();
-        let tail_start = if r != 0 {
-            targets.push((old[k_blk], old[k_blk + d_blk], r));
-            release.extend_from_slice(&old[k_blk + 1..=k_blk + d_blk]);
-            k_blk + d_blk + 1
-        } else {
-            release.extend_from_slice(&old[k_blk..k_blk + d_blk]);
-            k_blk + d_blk
-        };
-        targets.extend(old[tail_start..].iter().map(|&b| (b, b, 0)));
-        for (j, &(held, src, from)) in targets.iter().enumerate() {
-            let dst = if self.blocks.make_private(held) {
-                held
-            } else {
-                match self.allocate_block() {
-                    Ok(nb) => {
-                        copy.extend((0..from).map(|i| (slot(held, i), slot(nb, i))));
-                        release.push(held);
-                        nb
-                    }
-                    Err(e) => {
-                        result = Err(e);
-                        held
-                    }
-                }
-            };
-            // Rows of positions the sequence has computed only.
-            let first_pos = (k_blk + j) * bs;
-            let n_rows = n_past
-                .saturating_sub(drop)
-                .saturating_sub(first_pos)
-                .min(bs);
-            rotate.extend((from..n_rows).map(|i| (slot(src, i), slot(dst, i))));
-            table.push(dst);
-        }
-        let moved = result.and_then(|()| {
-            if !copy.is_empty() {
-                self.model
-                    .shift_cache(&self.backend, &mut self.cache, &copy, 0)?;
-            }
-            let delta = i32::try_from(drop)
-                .map_err(|_| Error::shape("cache_shift", format!("a shift of {drop}")))?;
-            self.model
-                .shift_cache(&self.backend, &mut self.cache, &rotate, -delta)
-        });
-        for b in release {
-            self.blocks.release(b);
-        }
-        seq.table.blocks = table;
-        seq.table.ids.truncate(k_blk);
-        seq.drop_tokens(keep, drop);
-        moved
-    }
-
     /// One free block, parked follow-ups giving way.
     fn allocate_block(&mut self) -> Result<u32> {
         while self.blocks.n_available() == 0 {
@@ -549,7 +469,7 @@ impl<B: Backend> Runtime<B> {
     /// Gives `table` blocks for `n_tokens` tokens; parked follow-ups give way to running
     /// requests.
     fn reserve_table(&mut self, table: &mut BlockTable, n_tokens: usize) -> Result<()> {
-        if self.cache.ring().is_some() && table.ring.is_none() {
+        if let Some(ring) = self.cache.ring().filter(|_| table.ring.is_none()) {
             while self.free_rings.is_empty() {
                 match self.parked.pop_front() {
                     Some(p) => self.release_table(p.table),
@@ -560,7 +480,7 @@ impl<B: Backend> Runtime<B> {
                     }
                 }
             }
-            table.ring = self.free_rings.pop();
+            table.ring = self.free_rings.pop().map(|slot| ring.slot(slot));
         }
         while table.blocks.len() * BLOCK_SIZE < n_tokens {
             while self.blocks.n_available() == 0 {
@@ -670,14 +590,17 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 pub struct SoloCache<B: Backend> {
     cache: KvCache<B>,
     table: Vec<u32>,
+    ring: Option<RingSlot>,
     n_past: usize,
 }
 
 impl<B: Backend> SoloCache<B> {
     pub fn new(backend: &B, model: &Model<B>, n_ctx: usize, kv_type: KvType) -> Result<Self> {
         let n_blocks = n_ctx.div_ceil(BLOCK_SIZE).max(1);
+        let cache = new_cache(backend, model, n_blocks, 1, kv_type)?;
         Ok(SoloCache {
-            cache: new_cache(backend, model, n_blocks, 1, kv_type)?,
+            ring: cache.ring().map(|r| r.slot(0)),
+            cache,
             table: (0..n_blocks as u32).collect(),
             n_past: 0,
         })
@@ -690,6 +613,7 @@ impl<B: Backend> SoloCache<B> {
         Ok(SoloCache {
             cache: KvCache::new(backend, &model.config, n_blocks, kv_type)?,
             table: (0..n_blocks as u32).collect(),
+            ring: None,
             n_past: 0,
         })
     }
@@ -763,7 +687,9 @@ impl<B: Backend> SoloCache<B> {
             n_rows: n,
         };
         let rows = backend.rows(&BatchRows::new(BLOCK_SIZE, &[seq])?)?;
-        let ring_rows = self.cache.ring_rows(backend, &[(Some(0), seq)])?;
+        let ring_rows = self
+            .cache
+            .ring_rows(backend, &[(self.ring.as_ref(), seq)])?;
         let logit_rows: Vec<usize> = (n.saturating_sub(n_logits)..n).collect();
         let batch = ForwardBatch {
             tokens: ids,

@@ -14,6 +14,7 @@ use crate::tokenizer::{DecodeState, Tokenizer};
 use crate::{Error, Result};
 
 use super::blocks::PrefixId;
+use super::kv_cache::RingSlot;
 
 /// Which of a runtime's LoRA sets a sequence runs with (`Runtime::add_lora_set`); `NONE`:
 /// the model as loaded. Sequences of different sets share a batch and the base weights, but
@@ -127,9 +128,9 @@ pub struct BlockTable {
     pub blocks: Vec<u32>,
     /// Prefix ids of the leading full blocks registered in the pool (`blocks[..ids.len()]`).
     pub ids: Vec<PrefixId>,
-    /// The ring slot of the sliding-window layers, when the cache keeps rings for them
+    /// The ring of the sliding-window layers, when the cache keeps rings for them
     /// (`kv_cache::Ring`); given with the first block.
-    pub ring: Option<u32>,
+    pub ring: Option<RingSlot>,
 }
 
 pub struct Sequence {
@@ -307,6 +308,11 @@ impl Sequence {
     /// `n_exact`): what may be shared with other prompts.
     pub fn n_exact(&self) -> usize {
         self.n_exact.min(self.n_computed)
+    }
+
+    /// Whether a context shift has evicted tokens of this sequence.
+    pub(super) fn was_shifted(&self) -> bool {
+        self.n_dropped > 0
     }
 
     /// Forgets `tokens[keep..keep + drop]`, whose cache rows a shift evicted; the tokens
