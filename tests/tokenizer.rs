@@ -206,6 +206,53 @@ fn stream_decoder_splits_characters_across_byte_tokens() {
     }
 }
 
+/// Sampled text can spell any bytes: runs of byte tokens that are not UTF-8, between pieces,
+/// regroup their replacement characters as later bytes arrive. The stream decoder goes on
+/// (what it emitted stands) instead of failing the answer, and text that is valid again
+/// after such a run comes out whole.
+#[test]
+fn stream_decoder_survives_bytes_that_are_not_utf8() {
+    for name in ["gemma3", "llama3"] {
+        let (tok, _) = load(name);
+        let bytes: Vec<u32> = (0..=255u8)
+            .filter_map(|b| tok.token_id(&format!("<0x{b:02X}>")))
+            .collect();
+        let pieces: Vec<u32> = ["▁the", "▁a", "ing", "▁of", "Ġthe", "Ġa", "ing"]
+            .iter()
+            .filter_map(|t| tok.token_id(t))
+            .collect();
+        let mut seed = 0x9E37_79B9u32;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as usize % n
+        };
+        for _ in 0..300 {
+            let mut ids = Vec::new();
+            for _ in 0..24 {
+                match next(3) {
+                    0 if !pieces.is_empty() => ids.push(pieces[next(pieces.len())]),
+                    _ if !bytes.is_empty() => ids.push(bytes[next(bytes.len())]),
+                    _ => {}
+                }
+            }
+            let tail = tok.encode(" done", false).expect("encode");
+            ids.extend(&tail);
+            let mut dec = tok.stream_decoder();
+            let mut out = String::new();
+            for &id in &ids {
+                out.push_str(
+                    &dec.push(id)
+                        .unwrap_or_else(|e| panic!("{name} {ids:?}: {e}")),
+                );
+            }
+            out.push_str(&dec.finish());
+            assert!(out.ends_with("done"), "{name} {ids:?}: {out:?}");
+        }
+    }
+}
+
 /// A stream cut in the middle of a character shows it as U+FFFD only at `finish`, as
 /// `decode` of the same ids does.
 #[test]

@@ -340,7 +340,8 @@ fn end_of_generation_ids(v: &GgufVocab) -> HashSet<u32> {
 /// Turns ids pushed one at a time into text as soon as it is complete: a character split
 /// across byte tokens comes out whole once its last byte arrives, and words keep the spaces
 /// that decoding the whole sequence gives them. Concatenating every `push` and `finish` gives
-/// `Tokenizer::decode` of all the ids.
+/// `Tokenizer::decode` of all the ids (but after byte tokens that are not UTF-8, whose
+/// replacement characters can regroup once more bytes arrive: what was emitted stands).
 pub struct StreamDecoder<'a> {
     tokenizer: &'a Tokenizer,
     state: DecodeState,
@@ -374,16 +375,50 @@ impl DecodeState {
     /// `StreamDecoder::push`.
     pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
         tokenizer.check_ids(&[id])?;
-        let out = tokenizers::step_decode_stream(
+        let step = tokenizers::step_decode_stream(
             &tokenizer.inner,
             vec![id],
             false,
             &mut self.ids,
             &mut self.prefix,
             &mut self.prefix_idx,
-        )
-        .map_err(|e| tokenizers_error("stream decode", e))?;
-        Ok(out.unwrap_or_default())
+        );
+        match step {
+            Ok(out) => Ok(out.unwrap_or_default()),
+            Err(e) => match e.downcast::<tokenizers::DecodeStreamError>() {
+                Ok(invalid) => self.restart(tokenizer, *invalid),
+                Err(e) => Err(tokenizers_error("stream decode", e)),
+            },
+        }
+    }
+
+    /// After `tokenizers` finds that the text so far no longer starts with what was already
+    /// emitted: byte tokens that are not UTF-8 (sampled text can spell any bytes) decode to
+    /// replacement characters that regroup once later bytes join them. What was emitted
+    /// stays emitted; the rest of the new text follows, and decoding goes on from here as
+    /// after any emitted piece.
+    fn restart(
+        &mut self,
+        tokenizer: &Tokenizer,
+        invalid: tokenizers::DecodeStreamError,
+    ) -> Result<String> {
+        let tokenizers::DecodeStreamError::InvalidPrefix { actual_string, .. } = invalid;
+        let common = self
+            .prefix
+            .char_indices()
+            .zip(actual_string.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(self.prefix.len().min(actual_string.len()), |((i, _), _)| i);
+        let text = actual_string.get(common..).unwrap_or_default().to_string();
+        // `step_decode_stream` has already appended `id`.
+        let settled = self.prefix_idx.min(self.ids.len());
+        self.ids.drain(..settled);
+        self.prefix = tokenizer
+            .inner
+            .decode(&self.ids, false)
+            .map_err(|e| tokenizers_error("stream decode", e))?;
+        self.prefix_idx = self.ids.len();
+        Ok(text)
     }
 
     /// `StreamDecoder::finish`.

@@ -527,7 +527,14 @@ mod tests {
     use crate::backend::ops::case::Rng;
 
     fn check<E: Wide8 + std::fmt::Debug>(to: impl Fn(f32) -> E) {
-        let shapes = [(4, 256, 32), (3, 24, 7), (1, 8, 1), (5, 40, 31), (2, 12, 5), (4, 72, 9)];
+        let shapes = [
+            (4, 256, 32),
+            (3, 24, 7),
+            (1, 8, 1),
+            (5, 40, 31),
+            (2, 12, 5),
+            (4, 72, 9),
+        ];
         for (level, (n_heads, hd, n_keys)) in crate::backend::cpu::simd::levels_by(shapes) {
             let mut rng = Rng::new(3);
             let stride = 32;
