@@ -210,7 +210,6 @@ unsafe fn dots_2keys<E: Wide8, const H: usize>(
     k0: *const E,
     k1: *const E,
 ) -> [[f32; 2]; H] {
-    use crate::quant::hsum256;
     use std::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; H];
     let mut i = 0;
@@ -225,15 +224,31 @@ unsafe fn dots_2keys<E: Wide8, const H: usize>(
     }
     let mut out = [[0f32; 2]; H];
     for h in 0..H {
-        let (mut s0, mut s1) = (hsum256(acc[h][0]), hsum256(acc[h][1]));
-        for ii in i..hd {
-            let qv = *q.add(h * hd + ii);
-            s0 += qv * (*k0.add(ii)).to_f32();
-            s1 += qv * (*k1.add(ii)).to_f32();
-        }
-        out[h] = [s0, s1];
+        out[h] = two_sums(acc[h], q.add(h * hd), i, hd, k0, k1);
     }
     out
+}
+
+/// One head's scores of two keys: their eight-lane sums over values `..i`, then the
+/// products past `i` one at a time.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn two_sums<E: Wide8>(
+    sums: [std::arch::x86_64::__m256; 2],
+    qh: *const f32,
+    i: usize,
+    hd: usize,
+    k0: *const E,
+    k1: *const E,
+) -> [f32; 2] {
+    use crate::quant::hsum256;
+    let (mut s0, mut s1) = (hsum256(sums[0]), hsum256(sums[1]));
+    for ii in i..hd {
+        let qv = *qh.add(ii);
+        s0 += qv * (*k0.add(ii)).to_f32();
+        s1 += qv * (*k1.add(ii)).to_f32();
+    }
+    [s0, s1]
 }
 
 /// `dots_2keys` with each head's two eight-lane sums in the halves of one 512-bit vector:
@@ -246,7 +261,6 @@ unsafe fn dots_2keys_zmm<E: Wide8, const H: usize>(
     k0: *const E,
     k1: *const E,
 ) -> [[f32; 2]; H] {
-    use crate::quant::hsum256;
     use std::arch::x86_64::*;
     let mut acc = [_mm512_setzero_ps(); H];
     let mut i = 0;
@@ -263,13 +277,7 @@ unsafe fn dots_2keys_zmm<E: Wide8, const H: usize>(
     for h in 0..H {
         let lo = _mm512_castps512_ps256(acc[h]);
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[h])));
-        let (mut s0, mut s1) = (hsum256(lo), hsum256(hi));
-        for ii in i..hd {
-            let qv = *q.add(h * hd + ii);
-            s0 += qv * (*k0.add(ii)).to_f32();
-            s1 += qv * (*k1.add(ii)).to_f32();
-        }
-        out[h] = [s0, s1];
+        out[h] = two_sums([lo, hi], q.add(h * hd), i, hd, k0, k1);
     }
     out
 }
