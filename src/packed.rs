@@ -73,11 +73,6 @@ impl<B: PackedBuf> Packed<B> {
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &B::Item> + Clone + '_ {
         (0..self.len()).map(|i| self.get(i).expect("index below len"))
     }
-
-    /// Bytes held on the heap, for memory estimates.
-    pub fn heap_bytes(&self) -> usize {
-        self.buf.byte_len() + self.ends.len() * std::mem::size_of::<usize>()
-    }
 }
 
 impl<'a, B: PackedBuf<Item = str>> FromIterator<&'a str> for Packed<B> {
