@@ -35,6 +35,10 @@ const LANES_MIN_ROWS: usize = 4;
 /// L1/L2 while every chunk of input rows passes.
 const LANES_WEIGHT_ROWS: usize = 16;
 
+/// Weight rows per call of the per-row kernel: enough that the call's checks cost nothing
+/// beside its work, few enough that a run stays in L1 for a second chunk of input rows.
+const RUN_ROWS: usize = 32;
+
 /// What a matmul keeps between calls, so that a decode step allocates nothing once its
 /// buffers have grown: the input rows in 16 bits, the task list, the output pointers.
 #[derive(Default)]
@@ -186,15 +190,20 @@ impl CpuBackend {
                         }
                     }
                 }
+                // The rest (a decode step's rows) in runs of rows, each run against every
+                // chunk of up to eight input rows while it is in cache.
                 let rest = &xq16[n_lane_tok..];
-                let mut vals = [0f32; LANES];
-                for r in r0..r_end {
-                    let row = w.row_bytes(r);
+                let mut vals = [0f32; RUN_ROWS * LANES];
+                for rb in (r0..r_end).step_by(RUN_ROWS) {
+                    let nr = RUN_ROWS.min(r_end - rb);
+                    let bytes = &w.bytes[rb * w.row_bytes..(rb + nr) * w.row_bytes];
                     for (t0, xs) in rest.chunks(LANES).enumerate() {
-                        let vals = &mut vals[..xs.len()];
-                        k16.dot_rows(row, xs, vals);
-                        for (j, &v) in vals.iter().enumerate() {
-                            store(n_lane_tok + t0 * LANES + j, r, v);
+                        let vals = &mut vals[..nr * xs.len()];
+                        k16.dot_run(bytes, xs, vals);
+                        for (i, vs) in vals.chunks_exact(xs.len()).enumerate() {
+                            for (j, &v) in vs.iter().enumerate() {
+                                store(n_lane_tok + t0 * LANES + j, rb + i, v);
+                            }
                         }
                     }
                 }

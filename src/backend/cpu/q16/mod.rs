@@ -107,7 +107,7 @@ pub fn kernel(qtype: QuantType, level: Level) -> Option<Q16Dot> {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        use kernel::{dot_rows_avx2 as a, dot_rows_vnni as v};
+        use kernel::{dot_run_avx2 as a, dot_run_vnni as v};
         use lanes::{lanes_avx2 as la, lanes_vnni as lv};
         use unpack::*;
         type Entries = (kernel::Q16Kernel, lanes::LanesKernel);
@@ -177,17 +177,35 @@ impl Q16Dot {
     #[inline]
     pub fn dot_rows(&self, row: &[u8], xs: &[Q16Act], out: &mut [f32]) {
         assert_eq!(xs.len(), out.len());
-        for x in xs {
-            let n_padded = (x.len() / Q16_BLOCK).next_multiple_of(8);
-            assert_eq!(Some(row.len()), self.qtype.row_bytes(x.len()));
-            assert!(x.d.len() == n_padded && x.sum.len() == n_padded);
-        }
+        self.dot_run(row, xs, out)
+    }
+
+    /// Every row of `rows` (whole rows of this format, one after the other) against every
+    /// activation row of `xs`: `out[r · xs.len() + t]`, as many rows as `out` holds results
+    /// for. Each result is bit for bit what `dot` gives for its rows alone.
+    ///
+    /// # Panics
+    /// If the activation rows differ in length, `rows` is not `out.len() / xs.len()` rows of
+    /// that length, or `out` is not whole rows of results: a broken caller invariant.
+    pub fn dot_run(&self, rows: &[u8], xs: &[Q16Act], out: &mut [f32]) {
+        let n = xs.first().map_or(0, |x| x.len());
+        let n_padded = (n / Q16_BLOCK).next_multiple_of(8);
+        assert!(xs
+            .iter()
+            .all(|x| x.len() == n && x.d.len() == n_padded && x.sum.len() == n_padded));
+        assert!(!xs.is_empty() && out.len().is_multiple_of(xs.len()));
+        let row_bytes = self.qtype.row_bytes(n).filter(|&b| b > 0);
+        let row_bytes = row_bytes.expect("activation rows of whole blocks");
+        assert_eq!(
+            Some(rows.len()),
+            (out.len() / xs.len()).checked_mul(row_bytes)
+        );
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `kernel` handed this entry out only for a level this CPU runs, and the row
-        // holds exactly the blocks of each row's values, with a scale and a sum per block
-        // (checked above): all the kernel reads.
+        // SAFETY: `kernel` handed this entry out only for a level this CPU runs, and `rows`
+        // holds exactly the blocks of `out.len() / xs.len()` rows of the activation rows'
+        // length, each with a scale and a sum per block (checked above): all the kernel reads.
         unsafe {
-            (self.f)(row, xs, out)
+            (self.f)(rows, row_bytes, xs, out)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("no 16-bit kernels are built for this target")

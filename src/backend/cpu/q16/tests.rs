@@ -157,6 +157,46 @@ fn rows_together_equal_each_row_alone() {
     }
 }
 
+/// A run of weight rows in one call (what decode uses) gives each row's results alone, for
+/// one activation row and for several.
+#[test]
+fn a_run_of_rows_equals_each_row_alone() {
+    for t in FORMATS {
+        for level in Level::available()
+            .into_iter()
+            .filter(|&l| l != Level::Scalar)
+        {
+            let k = kernel(t, level).unwrap();
+            for n_blocks in [1, 3, 11] {
+                let n = n_blocks * t.block_elems();
+                let rows: Vec<Vec<u8>> = (0..5).map(|r| random_row(t, n, 40 + r)).collect();
+                let xs: Vec<Q16Act> = (0..3)
+                    .map(|r| {
+                        let x: Vec<f32> =
+                            activations(n).iter().map(|v| v * (r + 1) as f32).collect();
+                        Q16Act::quantize(&x).unwrap()
+                    })
+                    .collect();
+                for n_x in [1, 3] {
+                    let mut got = vec![f32::NAN; rows.len() * n_x];
+                    k.dot_run(&rows.concat(), &xs[..n_x], &mut got);
+                    for (r, row) in rows.iter().enumerate() {
+                        for (j, x) in xs[..n_x].iter().enumerate() {
+                            let (g, alone) = (got[r * n_x + j], k.dot(row, x));
+                            assert_eq!(
+                                g.to_bits(),
+                                alone.to_bits(),
+                                "{t} at {}, row {r}, x {j}",
+                                level.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The lane kernel (eight activation rows per vector, or sixteen where the level has 512-bit
 /// vectors; four weight rows at a time) gives each (weight row, activation row) bit for bit
 /// what `dot` gives it alone, whatever the chunk's other rows: for 1 to 16 rows per chunk,
