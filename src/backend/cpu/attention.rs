@@ -25,6 +25,9 @@ const CHUNK: usize = 512;
 /// Split the keys over the pool only while fewer tasks than this many per thread exist: with
 /// more, whole tasks keep every thread busy without the merge scratch.
 const SPLIT_BELOW_TASKS_PER_THREAD: usize = 2;
+/// Query rows up to which a layer's keys are prefetched (`Job::chunk`): a decode step's, for
+/// up to this many sequences.
+const STREAM_ROWS: usize = 16;
 /// Most query heads of one KV head computed together (a task's "span"): they share every key
 /// and value load (`heads.rs`); their scores sit on the stack.
 const MAX_SPAN: usize = 8;
@@ -42,6 +45,27 @@ impl Stats {
         m: f32::NEG_INFINITY,
         l: 0.0,
     };
+}
+
+/// Asks the cache for the rows of `len` elements starting at each of `at`: a hint that never
+/// faults, whatever the addresses.
+#[inline(always)]
+fn prefetch_rows<E>(data: &[E], at: &[usize], len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = len * std::mem::size_of::<E>();
+        for &a in at {
+            let row = data.as_ptr().wrapping_add(a) as *const i8;
+            for line in (0..bytes).step_by(64) {
+                // SAFETY: a prefetch reads nothing the program sees and cannot fault; SSE is
+                // part of every x86-64.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(line)) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, at, len);
 }
 
 /// One layer's attention inputs as the CPU sees them.
@@ -85,15 +109,29 @@ impl<E: KvValue> Job<'_, E> {
         acc.fill(0.0);
         let mut scores = [0f32; MAX_SPAN * BLOCK];
         let scores = &mut scores[..span * BLOCK];
-        let mut at = [0usize; BLOCK];
         let level = Level::active();
-        for b0 in (c * CHUNK..end).step_by(BLOCK) {
-            let n = BLOCK.min(end - b0);
-            for (i, a) in (b0..b0 + n).zip(&mut at) {
+        // Where block `b0`'s keys and values start in the caches.
+        let rows_of = |b0: usize, at: &mut [usize; BLOCK]| {
+            let n = BLOCK.min(end.saturating_sub(b0));
+            for (i, a) in (b0..b0 + n).zip(at.iter_mut()) {
                 *a = self.rows.cache_row(t, p.mask.key(pos, i)) * stride + kv_offset;
             }
-            let at = &at[..n];
-            E::scores(q, self.k, at, len, scores, BLOCK);
+            n
+        };
+        // Decode rows read each key once, from memory: the next block's rows are asked for
+        // while this block is computed (decode at depth streams the cache). A prompt's rows
+        // share their keys, which stay in cache, and the hints would only cost.
+        let stream = self.q.n_rows <= STREAM_ROWS;
+        let (mut at, mut next) = ([0usize; BLOCK], [0usize; BLOCK]);
+        let mut n = rows_of(c * CHUNK, &mut at);
+        for b0 in (c * CHUNK..end).step_by(BLOCK) {
+            let n_next = rows_of(b0 + BLOCK, &mut next);
+            if stream {
+                prefetch_rows(self.k, &next[..n_next], len);
+                prefetch_rows(self.v, &next[..n_next], len);
+            }
+            let rows = &at[..n];
+            E::scores(q, self.k, rows, len, scores, BLOCK);
             for (h, (s_h, st)) in scores
                 .chunks_exact_mut(BLOCK)
                 .zip(st.iter_mut())
@@ -116,7 +154,8 @@ impl<E: KvValue> Job<'_, E> {
                 // depend on its place, and a block's keys depend only on the row).
                 st.l += exp_sum_at(level, s_h, 1.0, st.m);
             }
-            E::weighted_sum(scores, BLOCK, self.v, at, len, acc);
+            E::weighted_sum(scores, BLOCK, self.v, rows, len, acc);
+            (at, next, n) = (next, at, n_next);
         }
     }
 
