@@ -118,6 +118,7 @@ unsafe fn dot_row_avx2(row: &[u8], x: &[f32]) -> f32 {
 /// The eight 6-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K block, unpacked
 /// from its 12 scale bytes with word operations (ggml's `utmp` trick; the same values as
 /// `scale_min_k4` for j = 0..8).
+#[inline(always)]
 pub(crate) fn scales_mins_k4(scales: &[u8]) -> [u8; 16] {
     const K1: u32 = 0x3f3f_3f3f;
     const K2: u32 = 0x0f0f_0f0f;
