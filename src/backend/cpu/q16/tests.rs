@@ -50,6 +50,16 @@ fn random_row(t: QuantType, n: usize, seed: u64) -> Vec<u8> {
     row
 }
 
+/// Every format's kernel at every integer level this CPU runs.
+fn kernels() -> impl Iterator<Item = (QuantType, Level, Q16Dot)> {
+    FORMATS.into_iter().flat_map(|t| {
+        Level::available()
+            .into_iter()
+            .filter(|&l| l != Level::Scalar)
+            .map(move |level| (t, level, kernel(t, level).unwrap()))
+    })
+}
+
 /// Activations with blocks of very different magnitudes, an all-zero block and sign changes.
 fn activations(n: usize) -> Vec<f32> {
     (0..n)
@@ -119,38 +129,32 @@ fn every_kernel_at_every_level_matches_the_reference() {
 /// a result.
 #[test]
 fn rows_together_equal_each_row_alone() {
-    for t in FORMATS {
-        for level in Level::available()
-            .into_iter()
-            .filter(|&l| l != Level::Scalar)
-        {
-            let k = kernel(t, level).unwrap();
-            for n_blocks in [1, 3, 11] {
-                let n = n_blocks * t.block_elems();
-                let row = random_row(t, n, 7 + n_blocks as u64);
-                // 15 = 8 + 4 + 2 + 1: every block size, each row different.
-                let xs: Vec<Q16Act> = (0..15)
-                    .map(|r| {
-                        let x: Vec<f32> = activations(n + 32 * r)[32 * r..]
-                            .iter()
-                            .map(|v| v * (1.0 + r as f32 / 3.0) - 0.01 * r as f32)
-                            .collect();
-                        Q16Act::quantize(&x).unwrap()
-                    })
-                    .collect();
-                for n_rows in [1, 2, 3, 5, 8, 11, 15] {
-                    let mut got = vec![f32::NAN; n_rows];
-                    k.dot_rows(&row, &xs[..n_rows], &mut got);
-                    for (r, (x, g)) in xs.iter().zip(&got).enumerate() {
-                        let alone = k.dot(&row, x);
-                        assert_eq!(
-                            g.to_bits(),
-                            alone.to_bits(),
-                            "{t} at {}, row {r} of {n_rows}: {g} together, {alone} alone",
-                            level.name()
-                        );
-                        check(t, level, &row, x, &format!("row {r} of {n_rows}"));
-                    }
+    for (t, level, k) in kernels() {
+        for n_blocks in [1, 3, 11] {
+            let n = n_blocks * t.block_elems();
+            let row = random_row(t, n, 7 + n_blocks as u64);
+            // 15 = 8 + 4 + 2 + 1: every block size, each row different.
+            let xs: Vec<Q16Act> = (0..15)
+                .map(|r| {
+                    let x: Vec<f32> = activations(n + 32 * r)[32 * r..]
+                        .iter()
+                        .map(|v| v * (1.0 + r as f32 / 3.0) - 0.01 * r as f32)
+                        .collect();
+                    Q16Act::quantize(&x).unwrap()
+                })
+                .collect();
+            for n_rows in [1, 2, 3, 5, 8, 11, 15] {
+                let mut got = vec![f32::NAN; n_rows];
+                k.dot_rows(&row, &xs[..n_rows], &mut got);
+                for (r, (x, g)) in xs.iter().zip(&got).enumerate() {
+                    let alone = k.dot(&row, x);
+                    assert_eq!(
+                        g.to_bits(),
+                        alone.to_bits(),
+                        "{t} at {}, row {r} of {n_rows}: {g} together, {alone} alone",
+                        level.name()
+                    );
+                    check(t, level, &row, x, &format!("row {r} of {n_rows}"));
                 }
             }
         }
@@ -161,35 +165,28 @@ fn rows_together_equal_each_row_alone() {
 /// one activation row and for several.
 #[test]
 fn a_run_of_rows_equals_each_row_alone() {
-    for t in FORMATS {
-        for level in Level::available()
-            .into_iter()
-            .filter(|&l| l != Level::Scalar)
-        {
-            let k = kernel(t, level).unwrap();
-            for n_blocks in [1, 3, 11] {
-                let n = n_blocks * t.block_elems();
-                let rows: Vec<Vec<u8>> = (0..5).map(|r| random_row(t, n, 40 + r)).collect();
-                let xs: Vec<Q16Act> = (0..3)
-                    .map(|r| {
-                        let x: Vec<f32> =
-                            activations(n).iter().map(|v| v * (r + 1) as f32).collect();
-                        Q16Act::quantize(&x).unwrap()
-                    })
-                    .collect();
-                for n_x in [1, 3] {
-                    let mut got = vec![f32::NAN; rows.len() * n_x];
-                    k.dot_run(&rows.concat(), &xs[..n_x], &mut got);
-                    for (r, row) in rows.iter().enumerate() {
-                        for (j, x) in xs[..n_x].iter().enumerate() {
-                            let (g, alone) = (got[r * n_x + j], k.dot(row, x));
-                            assert_eq!(
-                                g.to_bits(),
-                                alone.to_bits(),
-                                "{t} at {}, row {r}, x {j}",
-                                level.name()
-                            );
-                        }
+    for (t, level, k) in kernels() {
+        for n_blocks in [1, 3, 11] {
+            let n = n_blocks * t.block_elems();
+            let rows: Vec<Vec<u8>> = (0..5).map(|r| random_row(t, n, 40 + r)).collect();
+            let xs: Vec<Q16Act> = (0..3)
+                .map(|r| {
+                    let x: Vec<f32> = activations(n).iter().map(|v| v * (r + 1) as f32).collect();
+                    Q16Act::quantize(&x).unwrap()
+                })
+                .collect();
+            for n_x in [1, 3] {
+                let mut got = vec![f32::NAN; rows.len() * n_x];
+                k.dot_run(&rows.concat(), &xs[..n_x], &mut got);
+                for (r, row) in rows.iter().enumerate() {
+                    for (j, x) in xs[..n_x].iter().enumerate() {
+                        let (g, alone) = (got[r * n_x + j], k.dot(row, x));
+                        assert_eq!(
+                            g.to_bits(),
+                            alone.to_bits(),
+                            "{t} at {}, row {r}, x {j}",
+                            level.name()
+                        );
                     }
                 }
             }
@@ -203,58 +200,52 @@ fn a_run_of_rows_equals_each_row_alone() {
 /// weight rows past a multiple of four, and super-block tails.
 #[test]
 fn lanes_equal_each_row_alone() {
-    for t in FORMATS {
-        for level in Level::available()
-            .into_iter()
-            .filter(|&l| l != Level::Scalar)
-        {
-            let k = kernel(t, level).unwrap();
-            let mut scratch = LaneScratch::default();
-            for n_blocks in [1, 3, 11] {
-                let n = n_blocks * t.block_elems();
-                let n_rows = 7;
-                let rows: Vec<u8> = (0..n_rows)
-                    .flat_map(|r| random_row(t, n, 31 * r as u64 + n_blocks as u64))
-                    .collect();
-                let row_bytes = t.row_bytes(n).unwrap();
-                let xs: Vec<Q16Act> = (0..21)
-                    .map(|r| {
-                        let x: Vec<f32> = activations(n + 32 * r)[32 * r..]
-                            .iter()
-                            .map(|v| v * (1.0 + r as f32 / 5.0) + 0.02 * r as f32)
-                            .collect();
-                        Q16Act::quantize(&x).unwrap()
-                    })
-                    .collect();
-                // Chunks of 8 and 5 rows, then one row alone; wide: 16 and 5, then one.
-                let narrow = [&xs[..8], &xs[8..13], &xs[3..4]];
-                let wide = [&xs[..16], &xs[16..], &xs[3..4]];
-                let mut shapes = vec![(LANES, narrow)];
-                if k.wide() {
-                    shapes.push((WIDE_LANES, wide));
-                }
-                for (width, chunks) in shapes {
-                    let make = |c: &&[Q16Act]| match width {
-                        LANES => Q16Lanes::new(c).unwrap(),
-                        _ => Q16Lanes::wide(c).unwrap(),
-                    };
-                    let lanes: Vec<Q16Lanes> = chunks.iter().map(make).collect();
-                    let mut out = vec![f32::NAN; n_rows * width * lanes.len()];
-                    k.dot_lanes(&rows, n_rows, &lanes, &mut scratch, &mut out);
-                    for r in 0..n_rows {
-                        let row = &rows[r * row_bytes..(r + 1) * row_bytes];
-                        for (c, chunk) in chunks.iter().enumerate() {
-                            for lane in 0..width {
-                                let got = out[(r * lanes.len() + c) * width + lane];
-                                let want = chunk.get(lane).map_or(0.0, |x| k.dot(row, x));
-                                assert_eq!(
-                                    got.to_bits(),
-                                    want.to_bits(),
-                                    "{t} at {}, {n} values, weight row {r}, chunk {c} of \
+    for (t, level, k) in kernels() {
+        let mut scratch = LaneScratch::default();
+        for n_blocks in [1, 3, 11] {
+            let n = n_blocks * t.block_elems();
+            let n_rows = 7;
+            let rows: Vec<u8> = (0..n_rows)
+                .flat_map(|r| random_row(t, n, 31 * r as u64 + n_blocks as u64))
+                .collect();
+            let row_bytes = t.row_bytes(n).unwrap();
+            let xs: Vec<Q16Act> = (0..21)
+                .map(|r| {
+                    let x: Vec<f32> = activations(n + 32 * r)[32 * r..]
+                        .iter()
+                        .map(|v| v * (1.0 + r as f32 / 5.0) + 0.02 * r as f32)
+                        .collect();
+                    Q16Act::quantize(&x).unwrap()
+                })
+                .collect();
+            // Chunks of 8 and 5 rows, then one row alone; wide: 16 and 5, then one.
+            let narrow = [&xs[..8], &xs[8..13], &xs[3..4]];
+            let wide = [&xs[..16], &xs[16..], &xs[3..4]];
+            let mut shapes = vec![(LANES, narrow)];
+            if k.wide() {
+                shapes.push((WIDE_LANES, wide));
+            }
+            for (width, chunks) in shapes {
+                let make = |c: &&[Q16Act]| match width {
+                    LANES => Q16Lanes::new(c).unwrap(),
+                    _ => Q16Lanes::wide(c).unwrap(),
+                };
+                let lanes: Vec<Q16Lanes> = chunks.iter().map(make).collect();
+                let mut out = vec![f32::NAN; n_rows * width * lanes.len()];
+                k.dot_lanes(&rows, n_rows, &lanes, &mut scratch, &mut out);
+                for r in 0..n_rows {
+                    let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+                    for (c, chunk) in chunks.iter().enumerate() {
+                        for lane in 0..width {
+                            let got = out[(r * lanes.len() + c) * width + lane];
+                            let want = chunk.get(lane).map_or(0.0, |x| k.dot(row, x));
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{t} at {}, {n} values, weight row {r}, chunk {c} of \
                                      width {width}, lane {lane}: {got} in lanes, {want} alone",
-                                    level.name()
-                                );
-                            }
+                                level.name()
+                            );
                         }
                     }
                 }
