@@ -18,6 +18,20 @@ use std::time::{Duration, Instant};
 /// ops of a decode step, far shorter than the time between requests.
 const SPIN: Duration = Duration::from_micros(500);
 
+/// How long a waiting thread spins before it also yields its core at each check: longer than
+/// a decode step's usual wait for the other threads, so a quiet machine never yields; beside
+/// a competing process the thread it waits for may be waiting for a core, and spinning there
+/// only takes that core from it.
+const YIELD_AFTER: Duration = Duration::from_micros(50);
+
+/// One step of a wait that started at `start`: spin, then yield once past `YIELD_AFTER`.
+fn wait_a_little(start: Instant) {
+    std::hint::spin_loop();
+    if start.elapsed() > YIELD_AFTER {
+        std::thread::yield_now();
+    }
+}
+
 type Task<'a> = dyn Fn(usize) + Sync + 'a;
 
 /// A published job. `f` is only dereferenced while `run` is blocked on the job (invariant).
@@ -83,6 +97,9 @@ impl Shared {
             while self.gen.load(SeqCst) == seen {
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
+                if spins.is_multiple_of(64) && start.elapsed() > YIELD_AFTER {
+                    std::thread::yield_now();
+                }
                 if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                     let mut st = self.lock();
                     while st.gen == seen {
@@ -202,12 +219,13 @@ impl Pool {
             job
         };
         s.work(job);
+        let start = Instant::now();
         while s.finished.load(SeqCst) < n {
-            std::hint::spin_loop();
+            wait_a_little(start);
         }
         s.lock().job = None;
         while s.inside.load(SeqCst) > 0 {
-            std::hint::spin_loop();
+            wait_a_little(start);
         }
         if s.panicked.load(SeqCst) {
             panic!("a CPU backend task panicked");
