@@ -3,7 +3,9 @@
 //! token with small sequential gaps between them; a pool whose idle workers sleep pays a wake-up
 //! (and the kernel's scheduler) every time, which cost about a fifth of SmolLM2's decode with
 //! rayon. So idle workers spin for a short while first and only then sleep, as llama.cpp's
-//! threadpool does; between requests they sleep and use no CPU.
+//! threadpool does; between requests they sleep and use no CPU. A wait longer than a decode
+//! step's usual gap yields the core at each check, so that beside a competing process the
+//! thread being waited for gets it.
 //!
 //! **Invariant:** `run` does not return while any worker may still touch `f`: it waits for every
 //! task to finish and for every worker to leave the job. A task that panics is counted as
