@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 const SPIN: Duration = Duration::from_micros(500);
 
 /// How long a waiting thread spins before it also yields its core at each check: longer than
-/// a decode step's usual wait for the other threads, so a quiet machine never yields; beside
-/// a competing process the thread it waits for may be waiting for a core, and spinning there
-/// only takes that core from it.
+/// a decode step's usual wait for the other threads, so those short waits never yield (on a
+/// quiet machine a yield returns at once anyway); beside a competing process the thread it
+/// waits for may be waiting for a core, and spinning there only takes that core from it.
 const YIELD_AFTER: Duration = Duration::from_micros(50);
 
 /// One step of a wait that started at `start`: spin, then yield once past `YIELD_AFTER`.
