@@ -12,7 +12,7 @@
 //! same bits, alone or in any batch, on any thread count.
 
 use super::pool::{Pool, SyncPtr};
-use super::simd::exp_sum_at;
+use super::simd::{exp_sum_at, prefetch};
 use super::{parallel, CpuTensor, KvValue};
 use crate::backend::ops::attention::softcapped;
 use crate::backend::{AttnParams, BatchRows};
@@ -47,25 +47,15 @@ impl Stats {
     };
 }
 
-/// Asks the cache for the rows of `len` elements starting at each of `at`: a hint that never
-/// faults, whatever the addresses.
+/// Asks the caches for the rows of `len` elements starting at each of `at`.
 #[inline(always)]
 fn prefetch_rows<E>(data: &[E], at: &[usize], len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let bytes = len * std::mem::size_of::<E>();
-        for &a in at {
-            let row = data.as_ptr().wrapping_add(a) as *const i8;
-            for line in (0..bytes).step_by(64) {
-                // SAFETY: a prefetch reads nothing the program sees and cannot fault; SSE is
-                // part of every x86-64.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(line)) };
-            }
-        }
+    for &a in at {
+        prefetch(
+            data.as_ptr().wrapping_add(a).cast(),
+            len * std::mem::size_of::<E>(),
+        );
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (data, at, len);
 }
 
 /// One layer's attention inputs as the CPU sees them.

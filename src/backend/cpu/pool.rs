@@ -99,10 +99,14 @@ impl Shared {
             while self.gen.load(SeqCst) == seen {
                 std::hint::spin_loop();
                 spins = spins.wrapping_add(1);
-                if spins.is_multiple_of(64) && start.elapsed() > YIELD_AFTER {
+                if !spins.is_multiple_of(64) {
+                    continue;
+                }
+                let waited = start.elapsed();
+                if waited > YIELD_AFTER {
                     std::thread::yield_now();
                 }
-                if spins.is_multiple_of(64) && start.elapsed() > SPIN {
+                if waited > SPIN {
                     let mut st = self.lock();
                     while st.gen == seen {
                         st.sleepers += 1;

@@ -1,9 +1,27 @@
 //! Vector kernels of the CPU backend: the f32 dot product, the dot and `axpy` over f16
-//! cache rows and softmax's exponentials, each with a SIMD path chosen at run time (AVX2+FMA
+//! cache rows and softmax's exponentials (and the prefetch hint the streaming kernels share), each with a SIMD path chosen at run time (AVX2+FMA
 //! (+F16C), and AVX-512 for the exponentials) and a scalar path that is the reference for it.
 
 use crate::quant::Level;
 use half::f16;
+
+/// Asks the caches for the `bytes` bytes from `p`, one hint per 64-byte line. A hint reads
+/// nothing the program sees and never faults, whatever the address, so callers may ask for
+/// bytes past the end of their data.
+#[inline(always)]
+pub fn prefetch(p: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: `_mm_prefetch` is a hint (see above); SSE is part of every x86-64.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                p.wrapping_add(line) as *const i8,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
 
 /// Plain dot product in index order: the reference the SIMD path is tested against.
 pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {

@@ -12,6 +12,7 @@
 
 use std::arch::x86_64::*;
 
+use super::super::simd::prefetch;
 use super::unpack::Unpack16;
 use super::Q16Act;
 use crate::quant::hsum256;
@@ -112,16 +113,12 @@ unsafe fn load_x(xq: *const i16) -> [__m256i; 2] {
 /// streaming roofline (1 KiB: 12.7, 4 KiB: 12.7; `hearth bench memory`).
 const PREFETCH_BYTES: usize = 2048;
 
-/// Prefetches the bytes `PREFETCH_BYTES` past super-block `sb` of `row`, one cache line per
-/// 64 bytes of a super-block. A prefetch past the end of the weights is harmless: it never
-/// faults.
+/// Prefetches a super-block's worth of bytes `PREFETCH_BYTES` past super-block `sb` of `row`
+/// (past the end of the weights is harmless: a hint never faults).
 #[inline(always)]
-unsafe fn prefetch_ahead<U: Unpack16>(row: *const u8, sb: usize) {
+fn prefetch_ahead<U: Unpack16>(row: *const u8, sb: usize) {
     let sb_bytes = SB * U::BLOCK_BYTES / U::GROUPS;
-    let ahead = row.wrapping_add(sb * sb_bytes + PREFETCH_BYTES);
-    for line in (0..sb_bytes).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
-    }
+    prefetch(row.wrapping_add(sb * sb_bytes + PREFETCH_BYTES), sb_bytes);
 }
 
 /// Groups per super-block.
