@@ -3,7 +3,8 @@
 //! backend that forwards every call to `CpuBackend`, counting what each op allocates while it
 //! runs (the pool's workers run only inside an op, so every thread's allocations count).
 //! Decode steps of the nano model run after warm-up; the ops that compute (embed, norm,
-//! matmul, RoPE, cache write, attention, element-wise ops) must allocate nothing per token.
+//! matmul and the fused ops before it, RoPE, cache write, attention, element-wise ops) must
+//! allocate nothing per token.
 //! Calls whose API returns a new value (`tensor`, `read`, `argmax`, `rows`) are counted too
 //! and printed: they are the model's and runtime's part, not asserted here.
 
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use hearth::backend::cpu::{CpuBackend, CpuCache, CpuTensor, CpuWeight};
 use hearth::backend::ops::TensorOp;
-use hearth::backend::{AttnParams, Backend, BatchRows, KvType, RopeParams, WeightSource};
+use hearth::backend::{AttnParams, Backend, BatchRows, KvType, Prologue, RopeParams, WeightSource};
 use hearth::gguf::GgufFile;
 use hearth::model::{Arch, Model};
 use hearth::options::GenerateOptions;
@@ -164,6 +165,37 @@ impl Backend for Counted {
         p: &RopeParams,
     ) -> Result<()> {
         self.count("rope", || self.inner.rope(x, inv_freq, rows, p))
+    }
+    fn matmul_from(
+        &self,
+        pro: Prologue<'_, Self>,
+        into: &mut CpuTensor,
+        ws: &[&CpuWeight],
+        outs: &mut [&mut CpuTensor],
+        n_single: usize,
+    ) -> Result<()> {
+        let pro: Prologue<'_, CpuBackend> = match pro {
+            Prologue::Norm { x, w, eps } => Prologue::Norm { x, w, eps },
+            Prologue::AddNorm { x, h, w, eps } => Prologue::AddNorm { x, h, w, eps },
+            Prologue::Gated { gate, up, act } => Prologue::Gated { gate, up, act },
+        };
+        self.count("matmul_from", || {
+            self.inner.matmul_from(pro, into, ws, outs, n_single)
+        })
+    }
+    fn rope_write(
+        &self,
+        qkv: (&mut CpuTensor, &mut CpuTensor, &CpuTensor),
+        inv_freq: &CpuTensor,
+        rows: &BatchRows,
+        p: &RopeParams,
+        caches: (&mut CpuCache, &mut CpuCache),
+        kv_rows: &BatchRows,
+    ) -> Result<()> {
+        self.count("rope_write", || {
+            self.inner
+                .rope_write(qkv, inv_freq, rows, p, caches, kv_rows)
+        })
     }
     fn attention(
         &self,

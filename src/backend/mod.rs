@@ -23,7 +23,7 @@ pub use batch_rows::{BatchRows, SeqRows};
 pub use mask::Mask;
 pub use ops::TensorOp;
 
-use ops::elementwise::Elementwise;
+use ops::elementwise::{Activation, Elementwise};
 use ops::matmul_dx::MatmulDx;
 use ops::matmul_tt::MatmulTt;
 use ops::reduce::{Axis, Sum};
@@ -194,6 +194,29 @@ pub struct AttnParams {
     pub softcap: Option<f32>,
 }
 
+/// The op that makes a matmul's input (`Backend::matmul_from`).
+pub enum Prologue<'a, B: Backend + ?Sized> {
+    /// `rms_norm(x) · w`.
+    Norm {
+        x: &'a B::Tensor,
+        w: &'a B::Weight,
+        eps: f32,
+    },
+    /// `x += h` (the residual stream), then `rms_norm(x) · w`.
+    AddNorm {
+        x: &'a mut B::Tensor,
+        h: &'a B::Tensor,
+        w: &'a B::Weight,
+        eps: f32,
+    },
+    /// `act(gate) · up` (`silu_mul`, `gelu_mul`).
+    Gated {
+        gate: &'a B::Tensor,
+        up: &'a B::Tensor,
+        act: Activation,
+    },
+}
+
 pub trait Backend: Send + Sync {
     /// Activations and caches on the device: an f32 `[n_rows, n_cols]` matrix.
     type Tensor;
@@ -306,6 +329,30 @@ pub trait Backend: Send + Sync {
         outs: &mut [&mut Self::Tensor],
         n_single: usize,
     ) -> Result<()>;
+    /// `into = pro`, then `matmul_rows(into, ws, outs, n_single)`: the op that makes a
+    /// matmul's input and the matmul, which a backend may fuse (the CPU makes each row and
+    /// quantizes it in one pass). `into` holds the input afterwards either way (LoRA reads it).
+    fn matmul_from(
+        &self,
+        pro: Prologue<'_, Self>,
+        into: &mut Self::Tensor,
+        ws: &[&Self::Weight],
+        outs: &mut [&mut Self::Tensor],
+        n_single: usize,
+    ) -> Result<()> {
+        match pro {
+            Prologue::Norm { x, w, eps } => self.rms_norm(x, w, eps, into)?,
+            Prologue::AddNorm { x, h, w, eps } => {
+                self.add_assign(x, h)?;
+                self.rms_norm(x, w, eps, into)?;
+            }
+            Prologue::Gated { gate, up, act } => match act {
+                Activation::Silu => self.silu_mul(gate, up, into)?,
+                Activation::GeluTanh => self.gelu_mul(gate, up, into)?,
+            },
+        }
+        self.matmul_rows(into, ws, outs, n_single)
+    }
     /// `Wᵀ` as a weight this backend's `matmul` reads at full speed, for training: the input
     /// gradient `dy · W` is then the forward product `dy · (Wᵀ)ᵀ`. `None` where `matmul_dx`
     /// over `W` itself is the better path (float weights, a backend without a fast form).
@@ -321,6 +368,24 @@ pub trait Backend: Send + Sync {
         rows: &Self::Rows,
         p: &RopeParams,
     ) -> Result<()>;
+    /// `rope` of `q` and `k` at the positions of `rows`, then `cache_write` of `k` and `v`
+    /// into the rows `kv_rows` names: one pass where a backend fuses them (the CPU computes a
+    /// row's angles once for every head of both).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_write(
+        &self,
+        (q, k, v): (&mut Self::Tensor, &mut Self::Tensor, &Self::Tensor),
+        inv_freq: &Self::Tensor,
+        rows: &Self::Rows,
+        p: &RopeParams,
+        (k_cache, v_cache): (&mut Self::Cache, &mut Self::Cache),
+        kv_rows: &Self::Rows,
+    ) -> Result<()> {
+        self.rope(q, inv_freq, rows, p)?;
+        self.rope(k, inv_freq, rows, p)?;
+        self.cache_write(k, k_cache, kv_rows)?;
+        self.cache_write(v, v_cache, kv_rows)
+    }
     /// `out[n, n_heads*head_dim]` from `q[n, n_heads*head_dim]` and the paged caches
     /// `[n_rows, n_kv_heads*head_dim]`: query row `t` attends to positions `..= rows.pos[t]`
     /// of its sequence, whose cache rows its block table names (all already written). Scores

@@ -4,7 +4,7 @@
 //! (`attn_norm`, `ffn_out`) so a debug dump diffs against it.
 
 use crate::backend::ops::add_bias::AddBias;
-use crate::backend::{AttnParams, Backend, Mask, RopeParams, WeightSource};
+use crate::backend::{AttnParams, Backend, Mask, Prologue, RopeParams, WeightSource};
 use crate::gguf::GgufFile;
 use crate::runtime::KvCache;
 use crate::{Error, Result};
@@ -14,11 +14,9 @@ use super::adapter::{
 };
 use super::config::ModelConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    Silu,
-    GeluTanh,
-}
+mod attach;
+
+pub use crate::backend::ops::elementwise::Activation;
 
 /// What one layer has beyond the common pre-norm block.
 #[derive(Debug, Clone)]
@@ -329,95 +327,6 @@ impl<B: Backend> Model<B> {
         &self.part
     }
 
-    /// Adds `pair`'s LoRA delta to its projection (`y += scale · (x · Aᵀ) · Bᵀ`, `A`
-    /// row-major `[rank, in]`, `B` `[out, rank]`); several adapters stack.
-    pub fn add_lora(
-        &mut self,
-        backend: &B,
-        pair: &LoraPair,
-        rank: usize,
-        scale: f32,
-    ) -> Result<()> {
-        let delta = LoraDelta::new(backend, &self.config, pair, rank, scale)?;
-        self.layer_mut(pair.layer)?.lora.push(delta);
-        Ok(())
-    }
-
-    /// Adds a bottleneck adapter at `site` of layer `layer` (`h += up(silu(down(h)))`,
-    /// `down` row-major `[bottleneck, n_embd]`, `up` `[n_embd, bottleneck]`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_bottleneck(
-        &mut self,
-        backend: &B,
-        layer: usize,
-        site: Site,
-        bottleneck: usize,
-        down: &[f32],
-        up: &[f32],
-    ) -> Result<()> {
-        let delta = BottleneckDelta::new(backend, &self.config, layer, site, bottleneck, down, up)?;
-        self.layer_mut(layer)?.bottleneck.push(delta);
-        Ok(())
-    }
-
-    /// Sets a prefix adapter: per layer of the model, `n_virtual` key rows and value rows
-    /// (`[n_virtual, kv_dim]`, keys as the cache holds them, not rotated). Sequences then
-    /// start with `virtual_tokens()`.
-    pub fn set_prefix(
-        &mut self,
-        backend: &B,
-        n_virtual: usize,
-        keys: &[Vec<f32>],
-        values: &[Vec<f32>],
-    ) -> Result<()> {
-        let c = &self.config;
-        let kv_dim = c.n_kv_heads * c.head_dim;
-        let ok = |v: &[Vec<f32>]| {
-            v.len() == c.n_layers && v.iter().all(|r| r.len() == n_virtual * kv_dim)
-        };
-        if self.n_virtual != 0 || n_virtual == 0 || !ok(keys) || !ok(values) {
-            return Err(Error::Train(format!(
-                "a prefix adapter needs {} layers of [{n_virtual}, {kv_dim}] keys and values, \
-                 and one prefix at most (an adapter made for another model?)",
-                c.n_layers
-            )));
-        }
-        for il in self.part.layers.clone() {
-            let t = |v: &[f32]| -> Result<B::Tensor> {
-                let mut t = backend.tensor(n_virtual, kv_dim)?;
-                backend.write(&mut t, v)?;
-                Ok(t)
-            };
-            let kv = VirtualKv {
-                keys: t(&keys[il])?,
-                values: t(&values[il])?,
-            };
-            self.layer_mut(il)?.prefix = Some(kv);
-        }
-        self.n_virtual = n_virtual;
-        Ok(())
-    }
-
-    /// The ids a sequence starts with when the model has a prefix adapter: `n_vocab + j` for
-    /// virtual token `j` (none without one). They take the first positions of the context;
-    /// the forward pass puts the prefix's keys and values in their cache rows.
-    pub fn virtual_tokens(&self) -> Vec<u32> {
-        let n_vocab = self.config.n_vocab as u32;
-        (0..self.n_virtual as u32).map(|j| n_vocab + j).collect()
-    }
-
-    fn layer_mut(&mut self, layer: usize) -> Result<&mut Layer<B>> {
-        let first = self.part.layers.start;
-        layer
-            .checked_sub(first)
-            .and_then(|i| self.layers.get_mut(i))
-            .ok_or_else(|| {
-                Error::Train(format!(
-                    "adapter for layer {layer}, which this model (part) does not have"
-                ))
-            })
-    }
-
     /// This part's layers (training runs them on its tape).
     pub(crate) fn layers(&self) -> &[Layer<B>] {
         &self.layers
@@ -600,6 +509,8 @@ impl<B: Backend> Model<B> {
             n_rot: c.n_rot,
             layout: c.rope_layout,
         };
+        // The last sub-block's output, not yet added to `x`: in `out_normed` (true) or `out`.
+        let mut pending = None;
         for (il, l) in self.layers.iter().enumerate() {
             let lora = LayerLora {
                 backend,
@@ -608,10 +519,13 @@ impl<B: Backend> Model<B> {
                 sets,
                 n_single,
             };
-            // Attention.
-            backend.rms_norm(x, &l.attn_norm, c.rms_eps, &mut cur)?;
-            backend.matmul_rows(
-                &cur,
+            // Attention; the last sub-block's residual add is made with this norm.
+            let h = pending
+                .take()
+                .map(|normed| if normed { &out_normed } else { &out });
+            backend.matmul_from(
+                norm_of(x, h, &l.attn_norm, c.rms_eps),
+                &mut cur,
                 &[&l.attn_q, &l.attn_k, &l.attn_v],
                 &mut [&mut q, &mut k, &mut v],
                 n_single,
@@ -639,18 +553,29 @@ impl<B: Backend> Model<B> {
             } else {
                 &self.inv_freq
             };
-            backend.rope(&mut q, freqs, rows, &rope)?;
-            backend.rope(&mut k, freqs, rows, &rope)?;
-            if let Some(p) = l.prefix.as_ref().filter(|_| !virt.is_empty()) {
-                for r in virt {
-                    backend.copy_rows(&p.keys, r.j, &mut k, r.row, r.len)?;
-                    backend.copy_rows(&p.values, r.j, &mut v, r.row, r.len)?;
-                }
-            }
             // A layer whose window keeps only a ring of blocks has its own cache rows.
             let (k_cache, v_cache, kv_rows) = cache.layer_mut(il, rows, ring_rows)?;
-            backend.cache_write(&k, k_cache, kv_rows)?;
-            backend.cache_write(&v, v_cache, kv_rows)?;
+            match l.prefix.as_ref().filter(|_| !virt.is_empty()) {
+                None => backend.rope_write(
+                    (&mut q, &mut k, &v),
+                    freqs,
+                    rows,
+                    &rope,
+                    (&mut *k_cache, &mut *v_cache),
+                    kv_rows,
+                )?,
+                // Virtual tokens' keys and values are the prefix's, replaced after RoPE.
+                Some(p) => {
+                    backend.rope(&mut q, freqs, rows, &rope)?;
+                    backend.rope(&mut k, freqs, rows, &rope)?;
+                    for r in virt {
+                        backend.copy_rows(&p.keys, r.j, &mut k, r.row, r.len)?;
+                        backend.copy_rows(&p.values, r.j, &mut v, r.row, r.len)?;
+                    }
+                    backend.cache_write(&k, k_cache, kv_rows)?;
+                    backend.cache_write(&v, v_cache, kv_rows)?;
+                }
+            }
             let attn = AttnParams {
                 n_heads: c.n_heads,
                 n_kv_heads: c.n_kv_heads,
@@ -662,39 +587,41 @@ impl<B: Backend> Model<B> {
             backend.attention(&q, k_cache, v_cache, kv_rows, &attn, &mut kqv)?;
             backend.matmul_rows(&kqv, &[&l.attn_output], &mut [&mut out], n_single)?;
             lora.apply(Target::O, &kqv, &mut out)?;
-            self.residual(
-                backend,
-                x,
-                &mut out,
-                l.post_attention_norm.as_ref(),
-                &mut out_normed,
-                (l, Site::Attn, n_single),
-            )?;
+            let post_norm = l.post_attention_norm.as_ref();
+            let site = (l, Site::Attn, n_single);
+            let normed = self.residual(backend, &mut out, post_norm, &mut out_normed, site)?;
 
             // Feed-forward.
-            backend.rms_norm(x, &l.ffn_norm, c.rms_eps, &mut cur)?;
-            backend.matmul_rows(
-                &cur,
+            let h = if normed { &out_normed } else { &out };
+            backend.matmul_from(
+                norm_of(x, Some(h), &l.ffn_norm, c.rms_eps),
+                &mut cur,
                 &[&l.ffn_gate, &l.ffn_up],
                 &mut [&mut gate, &mut up],
                 n_single,
             )?;
             lora.apply(Target::Gate, &cur, &mut gate)?;
             lora.apply(Target::Up, &cur, &mut up)?;
-            match l.spec.activation {
-                Activation::Silu => backend.silu_mul(&gate, &up, &mut act)?,
-                Activation::GeluTanh => backend.gelu_mul(&gate, &up, &mut act)?,
-            }
-            backend.matmul_rows(&act, &[&l.ffn_down], &mut [&mut out], n_single)?;
-            lora.apply(Target::Down, &act, &mut out)?;
-            self.residual(
-                backend,
-                x,
-                &mut out,
-                l.post_ffw_norm.as_ref(),
-                &mut out_normed,
-                (l, Site::Ffn, n_single),
+            let (gate, up, act_fn) = (&gate, &up, l.spec.activation);
+            backend.matmul_from(
+                Prologue::Gated {
+                    gate,
+                    up,
+                    act: act_fn,
+                },
+                &mut act,
+                &[&l.ffn_down],
+                &mut [&mut out],
+                n_single,
             )?;
+            lora.apply(Target::Down, &act, &mut out)?;
+            let post_norm = l.post_ffw_norm.as_ref();
+            let site = (l, Site::Ffn, n_single);
+            let normed = self.residual(backend, &mut out, post_norm, &mut out_normed, site)?;
+            pending = Some(normed);
+        }
+        if let Some(normed) = pending {
+            backend.add_assign(x, if normed { &out_normed } else { &out })?;
         }
         Ok(())
     }
@@ -741,17 +668,17 @@ impl<B: Backend> Model<B> {
         Ok(normed)
     }
 
-    /// `x += h` with `h = norm(out)` or `out`, after the bottleneck adapters of the site
-    /// (`h += up(silu(down(h)))`, none without adapters).
+    /// The branch `h` a sub-block adds to the residual stream: `norm(out)`, in `scratch`
+    /// (true), or `out` itself (false), after the bottleneck adapters of the site
+    /// (`h += up(silu(down(h)))`, none without adapters). The caller adds it.
     fn residual(
         &self,
         backend: &B,
-        x: &mut B::Tensor,
         out: &mut B::Tensor,
         post_norm: Option<&B::Weight>,
         scratch: &mut B::Tensor,
         (l, site, n_single): (&Layer<B>, Site, usize),
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let h = match post_norm {
             Some(w) => {
                 backend.rms_norm(out, w, self.config.rms_eps, scratch)?;
@@ -762,7 +689,21 @@ impl<B: Backend> Model<B> {
         for d in l.bottleneck.iter().filter(|d| d.site == site) {
             d.apply(backend, h, n_single)?;
         }
-        backend.add_assign(x, h)
+        Ok(post_norm.is_some())
+    }
+}
+
+/// The input norm of a sub-block, made after adding `h` (the last sub-block's output) to the
+/// residual stream `x` when there is one.
+fn norm_of<'a, B: Backend>(
+    x: &'a mut B::Tensor,
+    h: Option<&'a B::Tensor>,
+    w: &'a B::Weight,
+    eps: f32,
+) -> Prologue<'a, B> {
+    match h {
+        Some(h) => Prologue::AddNorm { x, h, w, eps },
+        None => Prologue::Norm { x, w, eps },
     }
 }
 

@@ -8,9 +8,10 @@
 //! dequantized weights.
 
 use super::pool::{with_scratch, SyncPtr};
+use super::prologue::RowSource;
 use super::q16::{self, LaneScratch, Q16Act, Q16Lanes, LANES, WIDE_LANES};
 use super::{simd, Activations, CpuBackend, CpuTensor, CpuWeight};
-use crate::backend::{ops, Backend};
+use crate::backend::{ops, Backend, Prologue};
 use crate::quant::Q8Act;
 use crate::Result;
 
@@ -49,37 +50,36 @@ pub(super) struct MatmulScratch {
 }
 
 impl CpuBackend {
-    /// Every row of `x` in 16 bits into `xq16[..n_rows]` (grown as needed); false when a row
-    /// is not whole blocks. Over the pool in chunks of eight rows for a prompt: on one thread
-    /// this was a few percent of Gemma 3's prefill, with the other threads waiting. A decode
-    /// step's few rows stay on this thread and allocate nothing.
-    fn quantize_q16(&self, x: &CpuTensor, xq16: &mut Vec<Q16Act>) -> bool {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Mutex;
-        let (n_tok, k) = (x.n_rows, x.n_cols);
-        if xq16.len() < n_tok {
-            xq16.resize_with(n_tok, Q16Act::default);
+    /// The shape rules of `matmul_rows` for an input of shape `x`.
+    fn check_matmul(
+        &self,
+        x: (usize, usize),
+        ws: &[&CpuWeight],
+        outs: &[&mut CpuTensor],
+        n_single: usize,
+    ) -> Result<()> {
+        ops::matmul::rows_shape(ws.len(), outs.len(), n_single, x.0)?;
+        for (w, out) in ws.iter().zip(outs.iter()) {
+            ops::matmul::shape(x, &w.name, (w.n_rows, w.n_cols), self.shape(out))?;
         }
-        let rows = &mut xq16[..n_tok];
-        let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
-        if n_tok <= LANES || !super::parallel(n_tok * k * 4) {
-            return rows
-                .iter_mut()
-                .enumerate()
-                .all(|(t, q)| q.quantize_from(x_row(t)));
-        }
-        let parts: Vec<Mutex<&mut [Q16Act]>> = rows.chunks_mut(LANES).map(Mutex::new).collect();
-        let whole = AtomicBool::new(true);
-        self.pool.run(parts.len(), &|c| {
-            let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
-            let ok = (c * LANES..)
-                .zip(part.iter_mut())
-                .all(|(t, q)| q.quantize_from(x_row(t)));
-            if !ok {
-                whole.store(false, Ordering::Relaxed);
-            }
-        });
-        whole.into_inner()
+        Ok(())
+    }
+
+    /// Whether an input of `n_tok` rows is multiplied by `ws` in 16 bits.
+    fn wants_q16(&self, ws: &[&CpuWeight], n_tok: usize) -> bool {
+        n_tok > 0
+            && self.activations == Activations::Q16
+            && ws
+                .iter()
+                .any(|w| q16::kernel(w.qtype, self.level).is_some())
+    }
+
+    /// The backend's matmul buffers; a second caller running at the same time (two runtimes
+    /// on one backend) takes fresh ones rather than waiting.
+    fn with_matmul_scratch<T>(&self, f: impl FnOnce(&mut MatmulScratch) -> T) -> T {
+        let mut shared = self.scratch.try_lock().ok();
+        let mut own = MatmulScratch::default();
+        f(shared.as_deref_mut().unwrap_or(&mut own))
     }
 
     /// `Backend::matmul_rows` on the CPU.
@@ -90,20 +90,85 @@ impl CpuBackend {
         outs: &mut [&mut CpuTensor],
         n_single: usize,
     ) -> Result<()> {
-        ops::matmul::rows_shape(ws.len(), outs.len(), n_single, x.n_rows)?;
-        for (w, out) in ws.iter().zip(outs.iter()) {
-            ops::matmul::shape(
-                self.shape(x),
-                &w.name,
-                (w.n_rows, w.n_cols),
-                self.shape(out),
-            )?;
-        }
-        // The backend's buffers; a second caller running at the same time (two runtimes on
-        // one backend) takes fresh ones rather than waiting.
-        let mut shared = self.scratch.try_lock().ok();
-        let mut own = MatmulScratch::default();
-        let scratch = shared.as_deref_mut().unwrap_or(&mut own);
+        self.check_matmul(self.shape(x), ws, outs, n_single)?;
+        self.with_matmul_scratch(|scratch| {
+            // 16 bits: every row, decode and prompt (a prompt row then computes exactly what
+            // the same row computes as a decode row).
+            let int16 = self.wants_q16(ws, x.n_rows)
+                && self.make_rows(
+                    &RowSource::Rows(&x.data),
+                    (x.n_rows, x.n_cols),
+                    None,
+                    Some(&mut scratch.xq16),
+                );
+            self.matmul_made(x, ws, outs, n_single, scratch, int16)
+        })
+    }
+
+    /// `Backend::matmul_from` on the CPU: each row of the input made by `pro` into `into`
+    /// and quantized in the same pass.
+    pub(super) fn matmul_from_cpu(
+        &self,
+        pro: Prologue<'_, CpuBackend>,
+        into: &mut CpuTensor,
+        ws: &[&CpuWeight],
+        outs: &mut [&mut CpuTensor],
+        n_single: usize,
+    ) -> Result<()> {
+        let shape = self.shape(into);
+        self.check_matmul(shape, ws, outs, n_single)?;
+        let norm_w;
+        let src = match pro {
+            Prologue::Norm { x, w, eps } => {
+                ops::rms_norm::shape(self.shape(x), w.n_rows * w.n_cols, shape)?;
+                norm_w = w.as_f32();
+                RowSource::Norm {
+                    x: &x.data,
+                    w: &norm_w,
+                    eps,
+                }
+            }
+            Prologue::AddNorm { x, h, w, eps } => {
+                ops::same("add_assign", self.shape(h), self.shape(x))?;
+                ops::rms_norm::shape(self.shape(x), w.n_rows * w.n_cols, shape)?;
+                norm_w = w.as_f32();
+                let x = SyncPtr(x.data.as_mut_ptr());
+                RowSource::AddNorm {
+                    x,
+                    h: &h.data,
+                    w: &norm_w,
+                    eps,
+                }
+            }
+            Prologue::Gated { gate, up, act } => {
+                ops::same("gated", self.shape(gate), shape)?;
+                ops::same("gated", self.shape(up), shape)?;
+                RowSource::Gated {
+                    gate: &gate.data,
+                    up: &up.data,
+                    act,
+                }
+            }
+        };
+        self.with_matmul_scratch(|scratch| {
+            let xq16 = self.wants_q16(ws, shape.0).then_some(&mut scratch.xq16);
+            let int16 = xq16.is_some();
+            let whole = self.make_rows(&src, shape, Some(&mut into.data), xq16);
+            self.matmul_made(into, ws, outs, n_single, scratch, int16 && whole)
+        })
+    }
+
+    /// The matmul of an input whose rows are ready: in 16 bits in `scratch.xq16` when
+    /// `int16`.
+    fn matmul_made(
+        &self,
+        x: &CpuTensor,
+        ws: &[&CpuWeight],
+        outs: &mut [&mut CpuTensor],
+        n_single: usize,
+        scratch: &mut MatmulScratch,
+        int16: bool,
+    ) -> Result<()> {
         let (n_tok, k) = (x.n_rows, x.n_cols);
         let x_row = |t: usize| &x.data[t * k..(t + 1) * k];
         // Inputs quantized once here, shared by every task; empty when not used.
@@ -118,14 +183,6 @@ impl CpuBackend {
             false => Vec::new(),
         };
         let int8 = !xq.is_empty() && xq.len() == n_single;
-        // 16 bits: every row, decode and prompt (a prompt row then computes exactly what the
-        // same row computes as a decode row).
-        let int16_wanted = n_tok > 0
-            && act == Activations::Q16
-            && ws
-                .iter()
-                .any(|w| q16::kernel(w.qtype, self.level).is_some());
-        let int16 = int16_wanted && self.quantize_q16(x, &mut scratch.xq16);
         let xq16: &[Q16Act] = match int16 {
             true => &scratch.xq16[..n_tok],
             false => &[],

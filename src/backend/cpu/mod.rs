@@ -13,7 +13,9 @@ mod heads;
 mod kv_blocks;
 mod matmul;
 pub mod pool;
+pub mod prologue;
 pub mod q16;
+mod rope;
 pub mod simd;
 
 pub use activations::Activations;
@@ -23,7 +25,7 @@ pub use cache::{CacheData, CpuCache, KvValue};
 use pool::Pool;
 
 use super::ops::{self, check, TensorOp};
-use super::{AttnParams, Backend, BatchRows, KvType, RopeParams, WeightSource};
+use super::{AttnParams, Backend, BatchRows, KvType, Prologue, RopeParams, WeightSource};
 use crate::gguf::TensorBytes;
 use crate::quant::QuantType;
 use crate::{Error, Result};
@@ -386,7 +388,7 @@ impl Backend for CpuBackend {
         let w = weight.as_f32();
         self.pool
             .for_each_chunk(parallel(x.data.len()), &mut out.data, g, &|i, o| {
-                ops::rms_norm::reference(&x.data[i * g..(i + 1) * g], &w, eps, o)
+                prologue::norm_row(&x.data[i * g..(i + 1) * g], &w, eps, o)
             });
         Ok(())
     }
@@ -403,6 +405,17 @@ impl Backend for CpuBackend {
         self.matmul_rows_cpu(x, ws, outs, n_single)
     }
 
+    fn matmul_from(
+        &self,
+        pro: Prologue<'_, Self>,
+        into: &mut CpuTensor,
+        ws: &[&CpuWeight],
+        outs: &mut [&mut CpuTensor],
+        n_single: usize,
+    ) -> Result<()> {
+        self.matmul_from_cpu(pro, into, ws, outs, n_single)
+    }
+
     fn rope(
         &self,
         x: &mut CpuTensor,
@@ -410,15 +423,19 @@ impl Backend for CpuBackend {
         rows: &BatchRows,
         p: &RopeParams,
     ) -> Result<()> {
-        ops::rope::shape(self.shape(x), inv_freq.data.len(), rows, p)?;
-        let par = parallel(x.data.len());
-        self.pool
-            .for_each_chunk(par, &mut x.data, x.n_cols, &|t, row| {
-                for head in row.chunks_exact_mut(p.head_dim) {
-                    ops::rope::reference_head(head, &inv_freq.data, rows.pos[t] as usize, p);
-                }
-            });
-        Ok(())
+        self.rope_cpu(x, inv_freq, rows, p)
+    }
+
+    fn rope_write(
+        &self,
+        qkv: (&mut CpuTensor, &mut CpuTensor, &CpuTensor),
+        inv_freq: &CpuTensor,
+        rows: &BatchRows,
+        p: &RopeParams,
+        caches: (&mut CpuCache, &mut CpuCache),
+        kv_rows: &BatchRows,
+    ) -> Result<()> {
+        self.rope_write_cpu(qkv, inv_freq, rows, p, caches, kv_rows)
     }
 
     fn attention(

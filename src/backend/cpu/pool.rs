@@ -26,11 +26,34 @@ const SPIN: Duration = Duration::from_micros(500);
 /// waits for may be waiting for a core, and spinning there only takes that core from it.
 const YIELD_AFTER: Duration = Duration::from_micros(50);
 
-/// One step of a wait that started at `start`: spin, then yield once past `YIELD_AFTER`.
-fn wait_a_little(start: Instant) {
-    std::hint::spin_loop();
-    if start.elapsed() > YIELD_AFTER {
-        std::thread::yield_now();
+/// A thread's spinning wait. The clock is read once every 64 spins (read at every one it was
+/// a few percent of a decode step); once the wait passes `YIELD_AFTER`, each of those checks
+/// also yields the core.
+struct Spin {
+    start: Option<Instant>,
+    spins: u32,
+}
+
+impl Spin {
+    fn new() -> Self {
+        Spin {
+            start: None,
+            spins: 0,
+        }
+    }
+
+    /// One step of the wait; at each check, the time waited since the first.
+    fn step(&mut self) -> Option<Duration> {
+        std::hint::spin_loop();
+        self.spins = self.spins.wrapping_add(1);
+        if !self.spins.is_multiple_of(64) {
+            return None;
+        }
+        let waited = self.start.get_or_insert_with(Instant::now).elapsed();
+        if waited > YIELD_AFTER {
+            std::thread::yield_now();
+        }
+        Some(waited)
     }
 }
 
@@ -94,19 +117,9 @@ impl Shared {
     fn worker(&self) {
         let mut seen = 0u64;
         loop {
-            let start = Instant::now();
-            let mut spins = 0u32;
+            let mut spin = Spin::new();
             while self.gen.load(SeqCst) == seen {
-                std::hint::spin_loop();
-                spins = spins.wrapping_add(1);
-                if !spins.is_multiple_of(64) {
-                    continue;
-                }
-                let waited = start.elapsed();
-                if waited > YIELD_AFTER {
-                    std::thread::yield_now();
-                }
-                if waited > SPIN {
+                if spin.step().is_some_and(|waited| waited > SPIN) {
                     let mut st = self.lock();
                     while st.gen == seen {
                         st.sleepers += 1;
@@ -225,13 +238,13 @@ impl Pool {
             job
         };
         s.work(job);
-        let start = Instant::now();
+        let mut spin = Spin::new();
         while s.finished.load(SeqCst) < n {
-            wait_a_little(start);
+            spin.step();
         }
         s.lock().job = None;
         while s.inside.load(SeqCst) > 0 {
-            wait_a_little(start);
+            spin.step();
         }
         if s.panicked.load(SeqCst) {
             panic!("a CPU backend task panicked");

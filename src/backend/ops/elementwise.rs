@@ -5,6 +5,7 @@
 
 use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
 use super::{same, u32_of, Access, Kernel, Shape, TensorOp};
+use crate::backend::cpu::prologue::gated_row_at;
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::gpu::params::OpParams;
 use crate::backend::Backend;
@@ -48,6 +49,23 @@ pub fn gelu_tanh(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
     x / (1.0 + (-2.0 * u).exp())
+}
+
+/// The gate of a gated feed-forward block: `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    GeluTanh,
+}
+
+impl Activation {
+    /// The scalar function (the reference the CPU's vector paths are tested against).
+    pub fn scalar(self) -> fn(f32) -> f32 {
+        match self {
+            Activation::Silu => silu,
+            Activation::GeluTanh => gelu_tanh,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,19 +112,17 @@ impl TensorOp for Elementwise {
         out: &mut CpuTensor,
     ) -> Result<()> {
         // Over the pool, a row at a time: a prompt's FFN activation is millions of `exp`s.
-        let gated = |f: fn(f32) -> f32, out: &mut CpuTensor| {
+        let gated = |act: Activation, out: &mut CpuTensor| {
             let (gate, up) = (&ins[0].data, &ins[1].data);
             let n_cols = out.n_cols.max(1);
             cpu.for_each_row(16 * out.data.len(), &mut out.data, n_cols, &|i, o| {
-                let at = i * n_cols;
-                for ((o, &g), &u) in o.iter_mut().zip(&gate[at..]).zip(&up[at..]) {
-                    *o = f(g) * u;
-                }
+                let at = i * n_cols..(i + 1) * n_cols;
+                gated_row_at(cpu.level(), act, &gate[at.clone()], &up[at], o);
             });
         };
         match *self {
-            Elementwise::SiluMul => gated(silu, out),
-            Elementwise::GeluMul => gated(gelu_tanh, out),
+            Elementwise::SiluMul => gated(Activation::Silu, out),
+            Elementwise::GeluMul => gated(Activation::GeluTanh, out),
             Elementwise::AddAssign => {
                 for (o, &x) in out.data.iter_mut().zip(&ins[0].data) {
                     *o += x;

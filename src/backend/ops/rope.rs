@@ -43,19 +43,27 @@ pub fn shape(x: Shape, n_freq: usize, rows: &BatchRows, p: &RopeParams) -> Resul
 
 /// The reference: rotates one head (`head_dim` values) at position `pos`.
 pub fn reference_head(x: &mut [f32], inv_freq: &[f32], pos: usize, p: &RopeParams) {
-    let half = p.n_rot / 2;
-    for (i, &f) in inv_freq.iter().enumerate().take(half) {
-        // Angles in f32 as the reference (`transformers`) computes them.
-        let theta = pos as f32 * f;
-        let (sin, cos) = theta.sin_cos();
-        let (a, b) = match p.layout {
-            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-            RopeLayout::Neox => (i, i + half),
-        };
-        let (x0, x1) = (x[a], x[b]);
-        x[a] = x0 * cos - x1 * sin;
-        x[b] = x0 * sin + x1 * cos;
+    for (i, &f) in inv_freq.iter().enumerate().take(p.n_rot / 2) {
+        rotate_pair(x, i, angle(pos, f), p);
     }
+}
+
+/// `(sin, cos)` of the angle of frequency `f` at position `pos`, in f32 as the reference
+/// (`transformers`) computes it.
+pub fn angle(pos: usize, f: f32) -> (f32, f32) {
+    (pos as f32 * f).sin_cos()
+}
+
+/// Rotates pair `i` of one head by the angle whose `(sin, cos)` is given.
+#[inline]
+pub fn rotate_pair(x: &mut [f32], i: usize, (sin, cos): (f32, f32), p: &RopeParams) {
+    let (a, b) = match p.layout {
+        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+        RopeLayout::Neox => (i, i + p.n_rot / 2),
+    };
+    let (x0, x1) = (x[a], x[b]);
+    x[a] = x0 * cos - x1 * sin;
+    x[b] = x0 * sin + x1 * cos;
 }
 
 #[derive(Debug, Clone, PartialEq)]
