@@ -195,16 +195,16 @@ fn a_run_of_rows_equals_each_row_alone() {
 }
 
 /// The lane kernel (eight activation rows per vector, or sixteen where the level has 512-bit
-/// vectors; four weight rows at a time) gives each (weight row, activation row) bit for bit
-/// what `dot` gives it alone, whatever the chunk's other rows: for 1 to 16 rows per chunk,
-/// weight rows past a multiple of four, and super-block tails.
+/// vectors; eight, then four, then one weight row at a time) gives each (weight row,
+/// activation row) bit for bit what `dot` gives it alone, whatever the chunk's other rows: for
+/// 1 to 16 rows per chunk, 13 weight rows (8 + 4 + 1), and super-block tails.
 #[test]
 fn lanes_equal_each_row_alone() {
     for (t, level, k) in kernels() {
         let mut scratch = LaneScratch::default();
         for n_blocks in [1, 3, 11] {
             let n = n_blocks * t.block_elems();
-            let n_rows = 7;
+            let n_rows = 13;
             let rows: Vec<u8> = (0..n_rows)
                 .flat_map(|r| random_row(t, n, 31 * r as u64 + n_blocks as u64))
                 .collect();
