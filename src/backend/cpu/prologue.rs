@@ -182,11 +182,14 @@ impl CpuBackend {
             }
             &mut q[..n]
         });
+        // Every row is made even after one fails to quantize (a fold, not `all`): the matmul
+        // then reads `into` in f32.
         if n <= LANES || !super::parallel(n * k * 4) {
-            return (0..n).all(|t| {
+            return (0..n).fold(true, |whole, t| {
                 let q = xq16.as_deref_mut().map(|q| &mut q[t]);
                 // SAFETY: this thread alone, one row at a time; shapes checked by the caller.
-                unsafe { self.make_row(src, t, k, into, q) }
+                let made = unsafe { self.make_row(src, t, k, into, q) };
+                made && whole
             });
         }
         let parts: Vec<Mutex<Option<&mut [Q16Act]>>> = match xq16 {
@@ -197,11 +200,12 @@ impl CpuBackend {
         self.pool.run(parts.len(), &|c| {
             let mut part = parts[c].lock().unwrap_or_else(|e| e.into_inner());
             let rows = c * LANES..(c * LANES + LANES).min(n);
-            let ok = rows.enumerate().all(|(i, t)| {
+            let ok = rows.enumerate().fold(true, |whole, (i, t)| {
                 let q = part.as_deref_mut().map(|q| &mut q[i]);
                 // SAFETY: task `c` alone makes rows `c * LANES..`; shapes checked by the
                 // caller.
-                unsafe { self.make_row(src, t, k, into, q) }
+                let made = unsafe { self.make_row(src, t, k, into, q) };
+                made && whole
             });
             if !ok {
                 whole.store(false, Ordering::Relaxed);
