@@ -1,7 +1,7 @@
 //! RoPE on the CPU: a row's angles computed once for all its heads (the reference computes
-//! them per head), and `rope_write`, which rotates a row of Q and of K and stores its K and V
-//! in the cache in one pass. The same angles and rotation as `ops::rope`, so the bits are the
-//! reference's.
+//! them per head), and `rope_write`, which rotates Q and K together (one pass over the rows,
+//! one pool hand-off for a prompt) and then stores K and V in the cache. The same angles and
+//! rotation as `ops::rope`, so the bits are the reference's.
 
 use super::pool::SyncPtr;
 use super::{parallel, CpuBackend, CpuCache, CpuTensor};
