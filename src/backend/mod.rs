@@ -217,6 +217,30 @@ pub enum Prologue<'a, B: Backend + ?Sized> {
     },
 }
 
+/// `Backend::matmul_from` as the ops one by one: the trait's default, and what a backend that
+/// fuses them is tested against.
+pub fn matmul_from_ops<B: Backend + ?Sized>(
+    b: &B,
+    pro: Prologue<'_, B>,
+    into: &mut B::Tensor,
+    ws: &[&B::Weight],
+    outs: &mut [&mut B::Tensor],
+    n_single: usize,
+) -> Result<()> {
+    match pro {
+        Prologue::Norm { x, w, eps } => b.rms_norm(x, w, eps, into)?,
+        Prologue::AddNorm { x, h, w, eps } => {
+            b.add_assign(x, h)?;
+            b.rms_norm(x, w, eps, into)?;
+        }
+        Prologue::Gated { gate, up, act } => match act {
+            Activation::Silu => b.silu_mul(gate, up, into)?,
+            Activation::GeluTanh => b.gelu_mul(gate, up, into)?,
+        },
+    }
+    b.matmul_rows(into, ws, outs, n_single)
+}
+
 pub trait Backend: Send + Sync {
     /// Activations and caches on the device: an f32 `[n_rows, n_cols]` matrix.
     type Tensor;
@@ -340,18 +364,7 @@ pub trait Backend: Send + Sync {
         outs: &mut [&mut Self::Tensor],
         n_single: usize,
     ) -> Result<()> {
-        match pro {
-            Prologue::Norm { x, w, eps } => self.rms_norm(x, w, eps, into)?,
-            Prologue::AddNorm { x, h, w, eps } => {
-                self.add_assign(x, h)?;
-                self.rms_norm(x, w, eps, into)?;
-            }
-            Prologue::Gated { gate, up, act } => match act {
-                Activation::Silu => self.silu_mul(gate, up, into)?,
-                Activation::GeluTanh => self.gelu_mul(gate, up, into)?,
-            },
-        }
-        self.matmul_rows(into, ws, outs, n_single)
+        matmul_from_ops(self, pro, into, ws, outs, n_single)
     }
     /// `Wᵀ` as a weight this backend's `matmul` reads at full speed, for training: the input
     /// gradient `dy · W` is then the forward product `dy · (Wᵀ)ᵀ`. `None` where `matmul_dx`

@@ -423,7 +423,7 @@ impl Backend for CpuBackend {
         rows: &BatchRows,
         p: &RopeParams,
     ) -> Result<()> {
-        self.rope_cpu(x, inv_freq, rows, p)
+        self.rope_rows(&mut [x], inv_freq, rows, p)
     }
 
     fn rope_write(

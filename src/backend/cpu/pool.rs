@@ -26,9 +26,9 @@ const SPIN: Duration = Duration::from_micros(500);
 /// waits for may be waiting for a core, and spinning there only takes that core from it.
 const YIELD_AFTER: Duration = Duration::from_micros(50);
 
-/// A thread's spinning wait. The clock is read once every 64 spins (read at every one it was
-/// a few percent of a decode step); once the wait passes `YIELD_AFTER`, each of those checks
-/// also yields the core.
+/// A thread's spinning wait. The clock is read once every 64 spins (read at every spin, the
+/// clock calls were 2% of a decode step's samples, spent inside the waits); once the wait
+/// passes `YIELD_AFTER`, each of those checks also yields the core.
 struct Spin {
     start: Option<Instant>,
     spins: u32,

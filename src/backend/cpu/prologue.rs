@@ -222,7 +222,7 @@ mod tests {
     use crate::backend::cpu::{Activations, CpuTensor, CpuWeight};
     use crate::backend::ops::case::Rng;
     use crate::backend::ops::rms_norm;
-    use crate::backend::{Backend, Prologue, WeightSource};
+    use crate::backend::{matmul_from_ops, Backend, Prologue, WeightSource};
     use crate::quant::QuantType;
 
     /// Against the reference's one running sum: the sums of squares differ only in their
@@ -354,7 +354,8 @@ mod tests {
                             cpu.matmul_from(pro, &mut into, &ws, &mut [o0, o1], n_single)
                                 .unwrap();
                         } else {
-                            unfused(&cpu, pro, &mut into, &ws, &mut [o0, o1], n_single);
+                            let pair = &mut [o0, o1];
+                            matmul_from_ops(&cpu, pro, &mut into, &ws, pair, n_single).unwrap();
                         }
                         (x.data, into.data, outs.map(|o| o.data))
                     };
@@ -365,28 +366,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// What the trait's default `matmul_from` runs (the CPU overrides it): the ops one by one.
-    fn unfused(
-        cpu: &CpuBackend,
-        pro: Prologue<'_, CpuBackend>,
-        into: &mut CpuTensor,
-        ws: &[&CpuWeight],
-        outs: &mut [&mut CpuTensor],
-        n_single: usize,
-    ) {
-        match pro {
-            Prologue::Norm { x, w, eps } => cpu.rms_norm(x, w, eps, into).unwrap(),
-            Prologue::AddNorm { x, h, w, eps } => {
-                cpu.add_assign(x, h).unwrap();
-                cpu.rms_norm(x, w, eps, into).unwrap();
-            }
-            Prologue::Gated { gate, up, act } => match act {
-                Activation::Silu => cpu.silu_mul(gate, up, into).unwrap(),
-                Activation::GeluTanh => cpu.gelu_mul(gate, up, into).unwrap(),
-            },
-        }
-        cpu.matmul_rows(into, ws, outs, n_single).unwrap();
     }
 }

@@ -36,8 +36,8 @@ fn rotate_row(xs: &mut [&mut [f32]], inv_freq: &[f32], pos: usize, p: &RopeParam
 
 impl CpuBackend {
     /// `rope` of every tensor of `xs` (the same rows and positions), a prompt's rows over the
-    /// pool in one hand-off.
-    fn rope_rows(
+    /// pool in one hand-off: `Backend::rope` on the CPU, and `rope_write`'s rotation.
+    pub(super) fn rope_rows(
         &self,
         xs: &mut [&mut CpuTensor],
         inv_freq: &CpuTensor,
@@ -77,17 +77,6 @@ impl CpuBackend {
             false => (0..n.div_ceil(ROWS_PER_TASK)).for_each(task),
         }
         Ok(())
-    }
-
-    /// `Backend::rope` on the CPU.
-    pub(super) fn rope_cpu(
-        &self,
-        x: &mut CpuTensor,
-        inv_freq: &CpuTensor,
-        rows: &BatchRows,
-        p: &RopeParams,
-    ) -> Result<()> {
-        self.rope_rows(&mut [x], inv_freq, rows, p)
     }
 
     /// `Backend::rope_write` on the CPU.

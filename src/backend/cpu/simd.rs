@@ -1,6 +1,8 @@
 //! Vector kernels of the CPU backend: the f32 dot product, the dot and `axpy` over f16
-//! cache rows and softmax's exponentials (and the prefetch hint the streaming kernels share), each with a SIMD path chosen at run time (AVX2+FMA
-//! (+F16C), and AVX-512 for the exponentials) and a scalar path that is the reference for it.
+//! cache rows and the vector `exp` (softmax's, and the gated activations' in `prologue.rs`),
+//! each with a SIMD path chosen at run time (AVX2+FMA (+F16C), and AVX-512 for the
+//! exponentials) and a scalar path that is the reference for it; and the prefetch hint the
+//! streaming kernels share.
 
 use crate::quant::Level;
 use half::f16;
