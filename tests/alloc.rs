@@ -225,8 +225,12 @@ impl Backend for Counted {
 /// Calls whose API hands back a new value; every other op must allocate nothing.
 const RETURNS_NEW: [&str; 4] = ["tensor", "read", "argmax", "rows"];
 
-#[test]
-fn cpu_decode_ops_allocate_nothing_per_token_after_warm_up() {
+/// Decode steps of `n_seqs` sequences side by side after warm-up: every op but those of
+/// `RETURNS_NEW` allocates nothing.
+fn check_decode_allocates_nothing(n_seqs: usize) {
+    // One at a time: the allocator's count is the whole process's.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/nano/nano-llama.gguf");
     let f = GgufFile::open(&path).unwrap();
@@ -239,33 +243,53 @@ fn cpu_decode_ops_allocate_nothing_per_token_after_warm_up() {
     let model = Model::load(&backend, &f, spec).unwrap();
     let tok = Arc::new(Tokenizer::from_gguf(&f).unwrap());
     let backend = Arc::new(backend);
-    let mut rt = Runtime::new(backend.clone(), Arc::new(model), 256, KvType::F16).unwrap();
+    let n_ctx = 256 * n_seqs;
+    let mut rt = Runtime::new(backend.clone(), Arc::new(model), n_ctx, KvType::F16).unwrap();
     let mut opts = GenerateOptions::default();
     opts.set("temperature", "0").unwrap();
     opts.num_predict = Some(64);
-    let mut seq = Sequence::new(tok, vec![1, 5, 9, 14, 3], &opts, 256).unwrap();
-    // Warm-up: the prompt and a few decode steps grow every buffer to its decode size.
+    let mut seqs: Vec<Sequence> = (0..n_seqs as u32)
+        .map(|i| Sequence::new(tok.clone(), vec![1, 5 + i, 9, 14, 3], &opts, 256).unwrap())
+        .collect();
+    let mut step = |rt: &mut Runtime<Counted>| {
+        let mut batch: Vec<&mut Sequence> = seqs.iter_mut().collect();
+        assert!(
+            batch.iter().all(|s| s.done().is_none()),
+            "a sequence ended early"
+        );
+        rt.step(&mut batch).unwrap();
+    };
+    // Warm-up: the prompts and a few decode steps grow every buffer to its decode size.
     for _ in 0..4 {
-        rt.step(&mut [&mut seq]).unwrap();
+        step(&mut rt);
     }
     backend.take();
     let n_steps = 32;
     for _ in 0..n_steps {
-        assert!(
-            seq.done().is_none(),
-            "the sequence ended before the measured steps"
-        );
-        rt.step(&mut [&mut seq]).unwrap();
+        step(&mut rt);
     }
     let counts = backend.take();
-    eprintln!("allocations over {n_steps} decode steps, by op: {counts:?}");
-    let (api, ops): (Vec<_>, Vec<_>) = counts.iter().partition(|(op, _)| RETURNS_NEW.contains(op));
+    eprintln!("allocations over {n_steps} decode steps of {n_seqs} sequences, by op: {counts:?}");
+    let (_api, ops): (Vec<_>, Vec<_>) = counts.iter().partition(|(op, _)| RETURNS_NEW.contains(op));
     for (op, n) in &ops {
-        assert_eq!(**n, 0, "{op} allocated {n} times in {n_steps} decode steps");
+        assert_eq!(
+            **n, 0,
+            "{op} allocated {n} times in {n_steps} decode steps of {n_seqs} sequences"
+        );
     }
     assert!(
         ops.iter().any(|(op, _)| **op == "matmul") && ops.iter().any(|(op, _)| **op == "attention"),
         "the decode steps ran the ops this test is about: {counts:?}"
     );
-    let _ = api;
+}
+
+#[test]
+fn cpu_decode_ops_allocate_nothing_per_token_after_warm_up() {
+    check_decode_allocates_nothing(1);
+}
+
+/// Eight sequences decode through the lane kernel (a server's batched step).
+#[test]
+fn cpu_batched_decode_ops_allocate_nothing_per_step_after_warm_up() {
+    check_decode_allocates_nothing(8);
 }

@@ -297,11 +297,15 @@ fn tensor_in_part(name: &str, part: &ModelPart, has_output: bool) -> bool {
 /// out_normed), 3 of q_dim (q, kqv, tmp_q), 3 of kv_dim (k, v, tmp_k), 3 of n_ff (gate, up,
 /// act), in f32; plus the logits of one row where the head is.
 fn scratch(c: &ModelConfig, q_dim: u64, kv_dim: u64, head: bool) -> Option<u64> {
+    // In f32 values per token: the activations, then (the last entry) the widest matmul
+    // input twice in 16 bits, which the CPU backend keeps between calls (its rows, and the
+    // same rows in chunks for the lane kernel).
     let per_token = [
         (4, c.n_embd as u64),
         (3, q_dim),
         (3, kv_dim),
         (3, c.n_ff as u64),
+        (1, c.n_ff.max(c.n_embd) as u64),
     ]
     .iter()
     .try_fold(0u64, |acc, &(n, w)| acc.checked_add(w.checked_mul(n)?))?;

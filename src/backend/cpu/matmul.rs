@@ -7,6 +7,8 @@
 //! decode rows take per-row dot products (8-bit or f32) and prompt rows f32 tiles of
 //! dequantized weights.
 
+use std::cell::RefCell;
+
 use super::pool::{with_scratch, SyncPtr};
 use super::prologue::RowSource;
 use super::q16::{self, LaneScratch, Q16Act, Q16Lanes, LANES, WIDE_LANES};
@@ -40,11 +42,19 @@ const LANES_WEIGHT_ROWS: usize = 16;
 /// beside its work, few enough that a run stays in L1 for a second chunk of input rows.
 const RUN_ROWS: usize = 32;
 
+thread_local! {
+    /// Each thread's unpacked weight rows and lane results: a task's buffers, kept by the
+    /// thread that runs it (the pool's threads live as long as the backend).
+    static LANE_SCRATCH: RefCell<(LaneScratch, Vec<f32>)> = RefCell::default();
+}
+
 /// What a matmul keeps between calls, so that a decode step allocates nothing once its
 /// buffers have grown: the input rows in 16 bits, the task list, the output pointers.
 #[derive(Default)]
 pub(super) struct MatmulScratch {
     xq16: Vec<Q16Act>,
+    /// `xq16` in chunks for the lane kernel.
+    lanes: Vec<Q16Lanes>,
     tasks: Vec<(usize, usize, usize)>,
     out_ptrs: Vec<SyncPtr>,
 }
@@ -196,18 +206,22 @@ impl CpuBackend {
                 .filter_map(|w| q16::kernel(w.qtype, self.level))
                 .all(|k| k.wide());
         let width = if wide { WIDE_LANES } else { LANES };
-        let chunk = |c: &[Q16Act]| match wide {
-            true => Q16Lanes::wide(c),
-            false => Q16Lanes::new(c),
-        };
-        let lanes: Vec<Q16Lanes> = match int16 {
-            true => xq16
-                .chunks(width)
-                .take_while(|c| c.len() >= LANES_MIN_ROWS)
-                .filter_map(chunk)
-                .collect(),
-            false => Vec::new(),
-        };
+        // Refilled in place: a batched decode step allocates nothing once they have grown.
+        let lanes = &mut scratch.lanes;
+        let mut n_chunks = 0;
+        for c in xq16
+            .chunks(width)
+            .take_while(|c| int16 && c.len() >= LANES_MIN_ROWS)
+        {
+            if lanes.len() == n_chunks {
+                lanes.push(Q16Lanes::default());
+            }
+            if !lanes[n_chunks].refill(c, wide) {
+                break;
+            }
+            n_chunks += 1;
+        }
+        let lanes = &lanes[..n_chunks];
         let n_lane_tok = lanes.iter().map(|c| c.n_rows()).sum::<usize>();
         let out_ptrs = &mut scratch.out_ptrs;
         out_ptrs.clear();
@@ -231,21 +245,22 @@ impl CpuBackend {
                 |t: usize, r: usize, v: f32| unsafe { *out_ptr.get().add(t * n_out + r) = v };
             if let Some(k16) = q16::kernel(w.qtype, self.level).filter(|_| int16) {
                 if !lanes.is_empty() {
-                    let mut scratch = LaneScratch::default();
                     let stride = lanes.len() * width;
-                    let mut vals = vec![0f32; LANES_WEIGHT_ROWS * stride];
-                    for rb in (r0..r_end).step_by(LANES_WEIGHT_ROWS) {
-                        let nr = LANES_WEIGHT_ROWS.min(r_end - rb);
-                        let bytes = &w.bytes[rb * w.row_bytes..(rb + nr) * w.row_bytes];
-                        let vals = &mut vals[..nr * stride];
-                        k16.dot_lanes(bytes, nr, &lanes, &mut scratch, vals);
-                        // Token-major, so each token's `nr` outputs are one run of memory.
-                        for t in 0..n_lane_tok {
-                            for i in 0..nr {
-                                store(t, rb + i, vals[i * stride + t]);
+                    LANE_SCRATCH.with_borrow_mut(|(scratch, vals)| {
+                        vals.resize(vals.len().max(LANES_WEIGHT_ROWS * stride), 0.0);
+                        for rb in (r0..r_end).step_by(LANES_WEIGHT_ROWS) {
+                            let nr = LANES_WEIGHT_ROWS.min(r_end - rb);
+                            let bytes = &w.bytes[rb * w.row_bytes..(rb + nr) * w.row_bytes];
+                            let vals = &mut vals[..nr * stride];
+                            k16.dot_lanes(bytes, nr, lanes, scratch, vals);
+                            // Token-major, so each token's `nr` outputs are one run of memory.
+                            for t in 0..n_lane_tok {
+                                for i in 0..nr {
+                                    store(t, rb + i, vals[i * stride + t]);
+                                }
                             }
                         }
-                    }
+                    });
                 }
                 // The rest (a decode step's rows) in runs of rows, each run against every
                 // chunk of up to eight input rows while it is in cache.

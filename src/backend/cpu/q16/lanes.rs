@@ -52,30 +52,42 @@ impl Q16Lanes {
     }
 
     fn with_width(xs: &[Q16Act], width: usize) -> Option<Self> {
-        let n = xs.first()?.len();
-        if xs.len() > width || xs.iter().any(|x| x.len() != n) {
-            return None;
-        }
+        let mut out = Q16Lanes::default();
+        out.refill(xs, width == WIDE_LANES).then_some(out)
+    }
+
+    /// `xs` side by side in eight lanes (sixteen when `wide`) in this chunk's own buffers, as
+    /// `new` and `wide` make it, with no allocation once they have grown (a batched decode
+    /// step refills the same chunks); false, and the chunk left empty, unless there are 1 to
+    /// that many rows, all of one length.
+    pub fn refill(&mut self, xs: &[Q16Act], wide: bool) -> bool {
+        let width = if wide { WIDE_LANES } else { LANES };
+        let n = xs.first().map_or(0, |x| x.len());
+        let fits = !xs.is_empty() && xs.len() <= width && xs.iter().all(|x| x.len() == n);
+        let n = if fits { n } else { 0 };
         let n_groups = n / 32;
-        let mut out = Q16Lanes {
-            n_rows: xs.len(),
-            n_values: n,
-            width,
-            qs: vec![0; n * width],
-            d: vec![0.0; n_groups * width],
-            sum: vec![0.0; n_groups * width],
-        };
+        (self.n_rows, self.n_values, self.width) = (if fits { xs.len() } else { 0 }, n, width);
+        // Cleared, then zero-filled: lanes past the rows must read as zeros.
+        for (v, len) in [(&mut self.d, n_groups), (&mut self.sum, n_groups)] {
+            v.clear();
+            v.resize(len * width, 0.0);
+        }
+        self.qs.clear();
+        self.qs.resize(n * width, 0);
+        if !fits {
+            return false;
+        }
         for (t, x) in xs.iter().enumerate() {
             for (pair, v) in x.qs.chunks_exact(2).enumerate() {
                 let at = (pair * width + t) * 2;
-                out.qs[at..at + 2].copy_from_slice(v);
+                self.qs[at..at + 2].copy_from_slice(v);
             }
             for g in 0..n_groups {
-                out.d[g * width + t] = x.d[g];
-                out.sum[g * width + t] = x.sum[g];
+                self.d[g * width + t] = x.d[g];
+                self.sum[g * width + t] = x.sum[g];
             }
         }
-        Some(out)
+        true
     }
 
     pub fn n_rows(&self) -> usize {

@@ -197,7 +197,8 @@ fn a_run_of_rows_equals_each_row_alone() {
 /// The lane kernel (eight activation rows per vector, or sixteen where the level has 512-bit
 /// vectors; eight, then four, then one weight row at a time) gives each (weight row,
 /// activation row) bit for bit what `dot` gives it alone, whatever the chunk's other rows: for
-/// 1 to 16 rows per chunk, 13 weight rows (8 + 4 + 1), and super-block tails.
+/// 1 to 16 rows per chunk, 13 weight rows (8 + 4 + 1), and super-block tails; chunks refilled
+/// over others give the same.
 #[test]
 fn lanes_equal_each_row_alone() {
     for (t, level, k) in kernels() {
@@ -226,11 +227,20 @@ fn lanes_equal_each_row_alone() {
                 shapes.push((WIDE_LANES, wide));
             }
             for (width, chunks) in shapes {
-                let make = |c: &&[Q16Act]| match width {
-                    LANES => Q16Lanes::new(c).unwrap(),
-                    _ => Q16Lanes::wide(c).unwrap(),
+                // The first chunk made fresh; the others refilled over a chunk of every lane
+                // (stale rows must read as zeros, as a batched decode step reuses them).
+                let make = |(i, c): (usize, &&[Q16Act])| match (i, width) {
+                    (0, LANES) => Q16Lanes::new(c).unwrap(),
+                    (0, _) => Q16Lanes::wide(c).unwrap(),
+                    _ => {
+                        let wide = width == WIDE_LANES;
+                        let mut l = Q16Lanes::default();
+                        assert!(l.refill(&xs[xs.len() - width..], wide));
+                        assert!(l.refill(c, wide));
+                        l
+                    }
                 };
-                let lanes: Vec<Q16Lanes> = chunks.iter().map(make).collect();
+                let lanes: Vec<Q16Lanes> = chunks.iter().enumerate().map(make).collect();
                 let mut out = vec![f32::NAN; n_rows * width * lanes.len()];
                 k.dot_lanes(&rows, n_rows, &lanes, &mut scratch, &mut out);
                 for r in 0..n_rows {
