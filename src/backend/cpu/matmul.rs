@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use super::pool::{with_scratch, SyncPtr};
 use super::prologue::RowSource;
-use super::q16::{self, LaneScratch, Q16Act, Q16Lanes, LANES, WIDE_LANES};
+use super::q16::{self, LaneMode, LaneScratch, Q16Act, Q16Lanes, LANES, WIDE_LANES};
 use super::{simd, Activations, CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::{ops, Backend, Prologue};
 use crate::quant::Q8Act;
@@ -197,15 +197,19 @@ impl CpuBackend {
             true => &scratch.xq16[..n_tok],
             false => &[],
         };
-        // Chunks of eight rows side by side for the lane kernel (sixteen for a prompt where the
-        // kernels have 512-bit vectors); rows past the last chunk of at least four go row by
-        // row.
-        let wide = n_tok >= WIDE_LANES
-            && ws
-                .iter()
-                .filter_map(|w| q16::kernel(w.qtype, self.level))
-                .all(|k| k.wide());
-        let width = if wide { WIDE_LANES } else { LANES };
+        // Chunks of eight rows side by side for the lane kernel; where every kernel has 512-bit
+        // vectors, sixteen for a prompt, and eight against two weight rows per vector for a
+        // smaller batch. Rows past the last chunk of at least four go row by row.
+        let all_wide = ws
+            .iter()
+            .filter_map(|w| q16::kernel(w.qtype, self.level))
+            .all(|k| k.wide());
+        let mode = match (all_wide, n_tok >= WIDE_LANES) {
+            (true, true) => LaneMode::Wide,
+            (true, false) => LaneMode::Paired,
+            (false, _) => LaneMode::Narrow,
+        };
+        let width = mode.rows();
         // Refilled in place: a batched decode step allocates nothing once they have grown.
         let lanes = &mut scratch.lanes;
         let mut n_chunks = 0;
@@ -216,7 +220,7 @@ impl CpuBackend {
             if lanes.len() == n_chunks {
                 lanes.push(Q16Lanes::default());
             }
-            if !lanes[n_chunks].refill(c, wide) {
+            if !lanes[n_chunks].refill(c, mode) {
                 break;
             }
             n_chunks += 1;

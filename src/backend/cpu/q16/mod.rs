@@ -14,7 +14,7 @@ mod lanes;
 #[cfg(target_arch = "x86_64")]
 mod unpack;
 
-pub use lanes::{LaneScratch, Q16Lanes, LANES, WIDE_LANES};
+pub use lanes::{LaneMode, LaneScratch, Q16Lanes, LANES, WIDE_LANES};
 
 pub use crate::quant::Level;
 use crate::quant::QuantType;
@@ -142,7 +142,7 @@ pub fn kernel(qtype: QuantType, level: Level) -> Option<Q16Dot> {
 #[derive(Clone, Copy)]
 pub struct Q16Dot {
     qtype: QuantType,
-    /// Takes wide chunks (`Q16Lanes::wide`) too.
+    /// Takes wide and paired chunks (`LaneMode::Wide`, `LaneMode::Paired`) too.
     wide: bool,
     #[cfg(target_arch = "x86_64")]
     f: kernel::Q16Kernel,
@@ -151,7 +151,8 @@ pub struct Q16Dot {
 }
 
 impl Q16Dot {
-    /// Whether `dot_lanes` takes chunks of sixteen rows (`Q16Lanes::wide`): 512-bit vectors.
+    /// Whether `dot_lanes` takes wide and paired chunks (`LaneMode::Wide`,
+    /// `LaneMode::Paired`): 512-bit vectors.
     pub fn wide(&self) -> bool {
         self.wide
     }
@@ -219,8 +220,8 @@ impl Q16Dot {
     /// row alone. `scratch` holds the unpacked weights between calls.
     ///
     /// # Panics
-    /// If the chunks differ in length or width, a chunk is wide and this kernel is not
-    /// (`wide`), `rows` is not `n_rows` rows of it, or `out` is not `n_rows · width ·
+    /// If the chunks differ in length or mode, a chunk is wide or paired and this kernel is
+    /// not (`wide`), `rows` is not `n_rows` rows of it, or `out` is not `n_rows · width ·
     /// xs.len()` values: a broken caller invariant.
     pub fn dot_lanes(
         &self,
@@ -231,9 +232,10 @@ impl Q16Dot {
         out: &mut [f32],
     ) {
         let n = xs.first().map_or(0, |x| x.len());
-        let width = xs.first().map_or(LANES, |x| x.width());
-        assert!(n > 0 && n_rows > 0 && xs.iter().all(|x| x.len() == n && x.width() == width));
-        assert!(width == LANES || (width == WIDE_LANES && self.wide));
+        let mode = xs.first().map_or(LaneMode::Narrow, |x| x.mode());
+        let width = mode.rows();
+        assert!(n > 0 && n_rows > 0 && xs.iter().all(|x| x.len() == n && x.mode() == mode));
+        assert!(mode == LaneMode::Narrow || self.wide);
         assert_eq!(
             self.qtype.row_bytes(n).and_then(|b| b.checked_mul(n_rows)),
             Some(rows.len())
@@ -242,8 +244,8 @@ impl Q16Dot {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `kernel` handed this entry out only for a level this CPU runs; the rows hold
         // whole blocks of `n` values (checked above) and every chunk holds `n` values of its
-        // lanes with a scale and sum per group (by construction in `Q16Lanes::with_width`),
-        // all chunks of one width, wide only for the VNNI entry (checked above).
+        // lanes with a scale and sum per group (by construction in `Q16Lanes::refill`), all
+        // chunks of one mode, wide or paired only for the VNNI entry (checked above).
         unsafe {
             (self.lanes)(rows, n_rows, xs, scratch, out)
         }

@@ -194,8 +194,9 @@ fn a_run_of_rows_equals_each_row_alone() {
     }
 }
 
-/// The lane kernel (eight activation rows per vector, or sixteen where the level has 512-bit
-/// vectors; eight, then four, then one weight row at a time) gives each (weight row,
+/// The lane kernel (eight activation rows per vector, or, where the level has 512-bit
+/// vectors, sixteen, or eight against two weight rows; eight, then four, then one weight row
+/// at a time) gives each (weight row,
 /// activation row) bit for bit what `dot` gives it alone, whatever the chunk's other rows: for
 /// 1 to 16 rows per chunk, 13 weight rows (8 + 4 + 1), and super-block tails; chunks refilled
 /// over others give the same.
@@ -222,21 +223,21 @@ fn lanes_equal_each_row_alone() {
             // Chunks of 8 and 5 rows, then one row alone; wide: 16 and 5, then one.
             let narrow = [&xs[..8], &xs[8..13], &xs[3..4]];
             let wide = [&xs[..16], &xs[16..], &xs[3..4]];
-            let mut shapes = vec![(LANES, narrow)];
+            let mut shapes = vec![(LaneMode::Narrow, narrow)];
             if k.wide() {
-                shapes.push((WIDE_LANES, wide));
+                shapes.push((LaneMode::Wide, wide));
+                shapes.push((LaneMode::Paired, narrow));
             }
-            for (width, chunks) in shapes {
+            for (mode, chunks) in shapes {
+                let width = mode.rows();
                 // The first chunk made fresh; the others refilled over a chunk of every lane
                 // (stale rows must read as zeros, as a batched decode step reuses them).
-                let make = |(i, c): (usize, &&[Q16Act])| match (i, width) {
-                    (0, LANES) => Q16Lanes::new(c).unwrap(),
-                    (0, _) => Q16Lanes::wide(c).unwrap(),
+                let make = |(i, c): (usize, &&[Q16Act])| match i {
+                    0 => Q16Lanes::with_mode(c, mode).unwrap(),
                     _ => {
-                        let wide = width == WIDE_LANES;
                         let mut l = Q16Lanes::default();
-                        assert!(l.refill(&xs[xs.len() - width..], wide));
-                        assert!(l.refill(c, wide));
+                        assert!(l.refill(&xs[xs.len() - width..], mode));
+                        assert!(l.refill(c, mode));
                         l
                     }
                 };
@@ -252,8 +253,8 @@ fn lanes_equal_each_row_alone() {
                             assert_eq!(
                                 got.to_bits(),
                                 want.to_bits(),
-                                "{t} at {}, {n} values, weight row {r}, chunk {c} of \
-                                     width {width}, lane {lane}: {got} in lanes, {want} alone",
+                                "{t} at {}, {n} values, weight row {r}, chunk {c} \
+                                     {mode:?}, lane {lane}: {got} in lanes, {want} alone",
                                 level.name()
                             );
                         }
