@@ -72,6 +72,11 @@ fn websocket_interleaves_requests_matches_ndjson_and_cancels() {
     let mut long = json!({"id": "long", "type": "generate", "model": "nano", "prompt": "Count:",
                           "options": {"temperature": 0, "num_ctx": 4096, "num_predict": 4000}});
     send(&mut ws, long.clone());
+    // The others only once it streams: sent at once, the three reach the scheduler in any
+    // order, and one admitted before the long one runs alone while the long one waits for
+    // room for its context.
+    let mut got: Vec<Value> = vec![recv(&mut ws)];
+    assert_eq!(got[0]["id"], "long", "{}", got[0]);
     let with_id = |body: &Value, id: &str, kind: &str| {
         let mut b = body.clone();
         b["id"] = json!(id);
@@ -80,7 +85,6 @@ fn websocket_interleaves_requests_matches_ndjson_and_cancels() {
     };
     send(&mut ws, with_id(&short, "short", "generate"));
     send(&mut ws, with_id(&chat, "chat", "chat"));
-    let mut got: Vec<Value> = Vec::new();
     let mut ended = 0;
     while ended < 2 {
         let m = recv(&mut ws);

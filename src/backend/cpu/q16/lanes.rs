@@ -1,7 +1,8 @@
 //! The 16-bit kernel for batches (prompt rows, and the decode rows of many sequences): up to
-//! eight activation rows side by side, one per lane of a 256-bit vector (sixteen in 512 bits
-//! with AVX-512, for prompts), so that one `vpdpwssd` multiplies a broadcast pair of weights
-//! by the same pair of every row, and no sum ever needs reducing across lanes. Weight rows are
+//! eight activation rows side by side, one per lane of a 256-bit vector (with AVX-512:
+//! sixteen in 512 bits for prompts, or eight, each in two lanes, against two weight rows at
+//! once: `LaneMode`), so that one `vpdpwssd` multiplies a broadcast pair of weights by the
+//! same pair of every row, and no sum ever needs reducing across lanes. Weight rows are
 //! unpacked to i16 once per block of rows and reused for every chunk of activation rows; eight
 //! weight rows share each activation load (four: 12–19% slower on the 8B-shaped prefill). One
 //! kernel, generic over the vector (`Width`).
