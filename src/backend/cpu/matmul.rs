@@ -49,7 +49,8 @@ thread_local! {
 }
 
 /// What a matmul keeps between calls, so that a decode step allocates nothing once its
-/// buffers have grown: the input rows in 16 bits, the task list, the output pointers.
+/// buffers have grown: the input rows in 16 bits and in lane chunks, the task list, the
+/// output pointers.
 #[derive(Default)]
 pub(super) struct MatmulScratch {
     xq16: Vec<Q16Act>,
