@@ -7,7 +7,7 @@
 //! decode rows take per-row dot products (8-bit or f32) and prompt rows f32 tiles of
 //! dequantized weights.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use super::pool::{with_scratch, SyncPtr};
 use super::prologue::RowSource;
@@ -42,12 +42,6 @@ const LANES_WEIGHT_ROWS: usize = 16;
 /// beside its work, few enough that a run stays in L1 for a second chunk of input rows.
 const RUN_ROWS: usize = 32;
 
-thread_local! {
-    /// Each thread's unpacked weight rows and lane results: a task's buffers, kept by the
-    /// thread that runs it (the pool's threads live as long as the backend).
-    static LANE_SCRATCH: RefCell<(LaneScratch, Vec<f32>)> = RefCell::default();
-}
-
 /// What a matmul keeps between calls, so that a decode step allocates nothing once its
 /// buffers have grown: the input rows in 16 bits and in lane chunks, the task list, the
 /// output pointers.
@@ -56,6 +50,11 @@ pub(super) struct MatmulScratch {
     xq16: Vec<Q16Act>,
     /// `xq16` in chunks for the lane kernel.
     lanes: Vec<Q16Lanes>,
+    /// Each task's unpacked weight rows and lane results, by task index: a task's index names
+    /// the same rows of the same weight at every step, so the buffers stop growing after one
+    /// step whichever thread runs which task (kept per thread, they grew whenever a thread
+    /// first drew a wider weight).
+    lane_bufs: Vec<Mutex<(LaneScratch, Vec<f32>)>>,
     tasks: Vec<(usize, usize, usize)>,
     out_ptrs: Vec<SyncPtr>,
 }
@@ -240,6 +239,10 @@ impl CpuBackend {
             (0..w.n_rows).step_by(step).map(move |r| (i, r, step))
         }));
         let tasks = &*tasks;
+        if scratch.lane_bufs.len() < tasks.len() {
+            scratch.lane_bufs.resize_with(tasks.len(), Default::default);
+        }
+        let lane_bufs = &scratch.lane_bufs;
         self.pool.run(tasks.len(), &|task| {
             let (i, r0, step) = tasks[task];
             let (w, out_ptr) = (ws[i], out_ptrs[i]);
@@ -251,21 +254,22 @@ impl CpuBackend {
             if let Some(k16) = q16::kernel(w.qtype, self.level).filter(|_| int16) {
                 if !lanes.is_empty() {
                     let stride = lanes.len() * width;
-                    LANE_SCRATCH.with_borrow_mut(|(scratch, vals)| {
-                        vals.resize(vals.len().max(LANES_WEIGHT_ROWS * stride), 0.0);
-                        for rb in (r0..r_end).step_by(LANES_WEIGHT_ROWS) {
-                            let nr = LANES_WEIGHT_ROWS.min(r_end - rb);
-                            let bytes = &w.bytes[rb * w.row_bytes..(rb + nr) * w.row_bytes];
-                            let vals = &mut vals[..nr * stride];
-                            k16.dot_lanes(bytes, nr, lanes, scratch, vals);
-                            // Token-major, so each token's `nr` outputs are one run of memory.
-                            for t in 0..n_lane_tok {
-                                for i in 0..nr {
-                                    store(t, rb + i, vals[i * stride + t]);
-                                }
+                    // This task's alone: the lock is never contended.
+                    let mut bufs = lane_bufs[task].lock().unwrap_or_else(|e| e.into_inner());
+                    let (scratch, vals) = &mut *bufs;
+                    vals.resize(vals.len().max(LANES_WEIGHT_ROWS * stride), 0.0);
+                    for rb in (r0..r_end).step_by(LANES_WEIGHT_ROWS) {
+                        let nr = LANES_WEIGHT_ROWS.min(r_end - rb);
+                        let bytes = &w.bytes[rb * w.row_bytes..(rb + nr) * w.row_bytes];
+                        let vals = &mut vals[..nr * stride];
+                        k16.dot_lanes(bytes, nr, lanes, scratch, vals);
+                        // Token-major, so each token's `nr` outputs are one run of memory.
+                        for t in 0..n_lane_tok {
+                            for i in 0..nr {
+                                store(t, rb + i, vals[i * stride + t]);
                             }
                         }
-                    });
+                    }
                 }
                 // The rest (a decode step's rows) in runs of rows, each run against every
                 // chunk of up to eight input rows while it is in cache.
