@@ -23,7 +23,7 @@ use super::Q16Act;
 
 /// Lanes of a chunk: activation rows multiplied together.
 pub const LANES: usize = 8;
-/// Lanes of a wide chunk (`Q16Lanes::wide`): a 512-bit vector's.
+/// Lanes of a wide chunk (`LaneMode::Wide`): a 512-bit vector's.
 pub const WIDE_LANES: usize = 16;
 
 /// How a chunk's activation rows sit in a vector, and how many weight rows one multiply-add
@@ -74,18 +74,6 @@ pub struct Q16Lanes {
 }
 
 impl Q16Lanes {
-    /// `xs` side by side in eight lanes; `None` unless there are 1 to 8 rows, all of one
-    /// length.
-    pub fn new(xs: &[Q16Act]) -> Option<Self> {
-        Self::with_mode(xs, LaneMode::Narrow)
-    }
-
-    /// `xs` side by side in sixteen lanes, for the 512-bit kernel (`Q16Dot::wide`); `None`
-    /// unless there are 1 to 16 rows, all of one length.
-    pub fn wide(xs: &[Q16Act]) -> Option<Self> {
-        Self::with_mode(xs, LaneMode::Wide)
-    }
-
     /// `xs` side by side in `mode`; `None` unless there are 1 to `mode.rows()` rows, all of one
     /// length.
     pub fn with_mode(xs: &[Q16Act], mode: LaneMode) -> Option<Self> {
@@ -104,24 +92,24 @@ impl Q16Lanes {
         let n = if fits { n } else { 0 };
         let n_groups = n / 32;
         (self.n_rows, self.n_values, self.mode) = (if fits { xs.len() } else { 0 }, n, mode);
-        // Cleared, then zero-filled: lanes past the rows must read as zeros.
-        for (v, len) in [(&mut self.d, n_groups), (&mut self.sum, n_groups)] {
-            v.clear();
-            v.resize(len * width, 0.0);
-        }
-        self.qs.clear();
+        // Every position is written once below, so only the lengths change here.
         self.qs.resize(n * width, 0);
+        self.d.resize(n_groups * width, 0.0);
+        self.sum.resize(n_groups * width, 0.0);
         if !fits {
             return false;
         }
-        for (lane, x) in (0..width).zip(xs.iter().flat_map(|x| std::iter::repeat_n(x, dup))) {
-            for (pair, v) in x.qs.chunks_exact(2).enumerate() {
+        for lane in 0..width {
+            // Lanes past the rows read as zeros.
+            let x = xs.get(lane / dup);
+            for pair in 0..n / 2 {
                 let at = (pair * width + lane) * 2;
-                self.qs[at..at + 2].copy_from_slice(v);
+                let v = x.map_or([0; 2], |x| [x.qs[2 * pair], x.qs[2 * pair + 1]]);
+                self.qs[at..at + 2].copy_from_slice(&v);
             }
             for g in 0..n_groups {
-                self.d[g * width + lane] = x.d[g];
-                self.sum[g * width + lane] = x.sum[g];
+                self.d[g * width + lane] = x.map_or(0.0, |x| x.d[g]);
+                self.sum[g * width + lane] = x.map_or(0.0, |x| x.sum[g]);
             }
         }
         true
