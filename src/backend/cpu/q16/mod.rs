@@ -11,6 +11,7 @@
 #[cfg(target_arch = "x86_64")]
 mod kernel;
 mod lanes;
+mod quantize;
 #[cfg(target_arch = "x86_64")]
 mod unpack;
 
@@ -52,26 +53,9 @@ impl Q16Act {
         }
         let n_blocks = x.len() / Q16_BLOCK;
         out.qs.resize(x.len(), 0);
-        for (xs, qs) in x
-            .chunks_exact(Q16_BLOCK)
-            .zip(out.qs.chunks_exact_mut(Q16_BLOCK))
-        {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 32767.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut s = 0i32;
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                // Adding and removing 1.5·2^23 rounds to nearest (even) in plain f32
-                // arithmetic, which vectorizes (`round` is a library call on baseline x86-64).
-                // The clamp keeps |q| ≤ 32767, which the kernels' i32 bounds assume.
-                const MAGIC: f32 = 12582912.0;
-                let r = ((v * id + MAGIC) - MAGIC).clamp(-32767.0, 32767.0);
-                *q = r as i16;
-                s += *q as i32;
-            }
-            out.d.push(d);
-            out.sum.push(d * s as f32);
-        }
+        out.d.resize(n_blocks, 0.0);
+        out.sum.resize(n_blocks, 0.0);
+        quantize::blocks_at(Level::active(), x, &mut out.qs, &mut out.d, &mut out.sum);
         // Zero blocks past the end, to whole super-blocks of eight: the kernels load eight
         // scales at a time.
         out.d.resize(n_blocks.next_multiple_of(8), 0.0);
