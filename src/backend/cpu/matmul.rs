@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use super::pool::{with_scratch, SyncPtr};
 use super::prologue::RowSource;
 use super::q16::{self, LaneMode, LaneScratch, Q16Act, Q16Lanes, LANES, WIDE_LANES};
+use super::transpose::transpose_at;
 use super::{simd, Activations, CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::{ops, Backend, Prologue};
 use crate::quant::Q8Act;
@@ -264,10 +265,12 @@ impl CpuBackend {
                         let vals = &mut vals[..nr * stride];
                         k16.dot_lanes(bytes, nr, lanes, scratch, vals);
                         // Token-major, so each token's `nr` outputs are one run of memory.
-                        for t in 0..n_lane_tok {
-                            for i in 0..nr {
-                                store(t, rb + i, vals[i * stride + t]);
-                            }
+                        // SAFETY: columns rb..rb + nr of the first `n_lane_tok` rows: this
+                        // task's alone, in bounds as `store`'s.
+                        unsafe {
+                            let dst = out_ptr.get().add(rb);
+                            let shape = (nr, n_lane_tok);
+                            transpose_at(self.level, vals, stride, shape, dst, n_out);
                         }
                     }
                 }

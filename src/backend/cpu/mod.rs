@@ -17,6 +17,7 @@ pub mod prologue;
 pub mod q16;
 mod rope;
 pub mod simd;
+mod transpose;
 
 pub use activations::Activations;
 
