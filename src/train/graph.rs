@@ -160,10 +160,11 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         };
         let a = tape.param(2 * i, &params[2 * i])?;
         let bm = tape.param(2 * i + 1, &params[2 * i + 1])?;
+        // Scaled at rank width, and `B`'s product added in `y`'s buffer: no copies at the
+        // projection's width.
         let h = tape.linear(xd, a)?;
-        let h = tape.linear(h, bm)?;
         let h = tape.scale(h, lora.config.scale())?;
-        tape.add(y, h)
+        tape.add_linear(y, h, bm)
     }
 
     /// One block, as `Model::forward_layers` runs it.
@@ -218,7 +219,7 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
             out = tape.rms_norm(out, w, eps)?;
         }
         let out = self.bottleneck(tape, out, il, Site::Attn, method, params)?;
-        let x = tape.add(x, out)?;
+        let x = tape.add_into(x, out)?;
         let cur = tape.rms_norm(x, &l.ffn_norm, eps)?;
         let gate = proj(tape, cur, &l.ffn_gate, Target::Gate)?;
         let up = proj(tape, cur, &l.ffn_up, Target::Up)?;
@@ -231,7 +232,7 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
             out = tape.rms_norm(out, w, eps)?;
         }
         let out = self.bottleneck(tape, out, il, Site::Ffn, method, params)?;
-        tape.add(x, out)
+        tape.add_into(x, out)
     }
 
     /// Causal attention within each of the packed examples `segments` (their rows sliced
@@ -340,7 +341,7 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         let ones = tape.input(self.b.param(n, bn.bottleneck, &ones)?, false);
         let a = tape.silu_mul(z, ones)?;
         let u = tape.linear(a, up)?;
-        tape.add(h, u)
+        tape.add_into(h, u)
     }
 
     fn clone_tensor(&self, t: &B::Tensor) -> Result<B::Tensor> {
@@ -436,7 +437,8 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
             let mut tape = Tape::packed(b, pos, segments)?;
             let xv = tape.input(x, keep && il > 0);
             let out = self.layer(&mut tape, il, xv, method, params, mask_seed, segments)?;
-            x = self.clone_tensor(tape.value(out)?)?;
+            // Nothing reads a layer's output back (a sum's backward needs no value).
+            x = tape.take(out)?;
             match input {
                 _ if !want_grads => {}
                 None => {

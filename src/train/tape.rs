@@ -30,10 +30,12 @@ enum Node<'a, B: TrainBackend> {
         w: &'a B::Weight,
         wt: Option<&'a B::Weight>,
     },
-    /// `x · wᵀ`, both differentiable (an adapter's dense matrices).
+    /// `x · wᵀ`, both differentiable (an adapter's dense matrices), added to `base`'s value
+    /// if there is one.
     Linear {
         x: Var,
         w: Var,
+        base: Option<Var>,
     },
     RmsNorm {
         x: Var,
@@ -218,7 +220,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         for e in self.entries.iter().filter(|e| e.needs_grad) {
             let needs = |v: Var| self.entries[v.0].needs_grad;
             let read: &[Var] = match e.node {
-                Node::Linear { x, w } => match (needs(x), needs(w)) {
+                Node::Linear { x, w, .. } => match (needs(x), needs(w)) {
                     (true, true) => &[x, w],
                     (true, false) => &[w],
                     (false, true) => &[x],
@@ -291,16 +293,27 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
     pub fn linear(&mut self, x: Var, w: Var) -> Result<Var> {
         let (n, _) = self.shape(x)?;
         let (n_out, _) = self.shape(w)?;
-        let mut y = self.b.tensor(n, n_out)?;
+        let y = self.b.tensor(n, n_out)?;
+        self.linear_onto(y, None, x, w)
+    }
+
+    /// `base + x · wᵀ`, computed in `base`'s buffer: `base`'s value is consumed (no later op
+    /// may read it; no backward does). A LoRA projection's sum, without a copy of it.
+    pub fn add_linear(&mut self, base: Var, x: Var, w: Var) -> Result<Var> {
+        let y = self.take(base)?;
+        self.linear_onto(y, Some(base), x, w)
+    }
+
+    fn linear_onto(&mut self, mut y: B::Tensor, base: Option<Var>, x: Var, w: Var) -> Result<Var> {
         let op = MatmulTt {
             trans_a: false,
             trans_b: true,
-            accumulate: false,
+            accumulate: base.is_some(),
         };
         self.b
             .matmul_tt(self.value(x)?, self.value(w)?, op, &mut y)?;
-        let g = self.needs(x) || self.needs(w);
-        Ok(self.push(Node::Linear { x, w }, y, g))
+        let g = self.needs(x) || self.needs(w) || base.is_some_and(|v| self.needs(v));
+        Ok(self.push(Node::Linear { x, w, base }, y, g))
     }
 
     pub fn rms_norm(&mut self, x: Var, w: &'a B::Weight, eps: f32) -> Result<Var> {
@@ -310,7 +323,8 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         Ok(self.push(Node::RmsNorm { x, w, eps }, y, g))
     }
 
-    /// RoPE at the tape's positions; `neg_freq` holds `-inv_freq` (the backward rotation).
+    /// RoPE at the tape's positions, in `x`'s buffer: `x`'s value is consumed (no later op
+    /// may read it; no backward does). `neg_freq` holds `-inv_freq` (the backward rotation).
     pub fn rope(
         &mut self,
         x: Var,
@@ -318,7 +332,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         neg_freq: &'a B::Tensor,
         p: RopeParams,
     ) -> Result<Var> {
-        let mut y = self.clone_tensor(self.value(x)?)?;
+        let mut y = self.take(x)?;
         self.b.rope(&mut y, inv_freq, &self.rows, &p)?;
         let g = self.needs(x);
         Ok(self.push(Node::Rope { x, neg_freq, p }, y, g))
@@ -362,9 +376,11 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         Ok(self.push(Node::GeluMul { gate, up }, y, g))
     }
 
-    pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
-        let mut y = self.clone_tensor(self.value(a)?)?;
-        self.b.add_assign(&mut y, self.value(b)?)?;
+    /// `a + b` in `b`'s buffer: `b`'s value is consumed (no later op may read it; no backward
+    /// does).
+    pub fn add_into(&mut self, a: Var, b: Var) -> Result<Var> {
+        let mut y = self.take(b)?;
+        self.b.add_assign(&mut y, self.value(a)?)?;
         let g = self.needs(a) || self.needs(b);
         Ok(self.push(Node::Add { a, b }, y, g))
     }
@@ -461,7 +477,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
             }
             match (dy, &self.entries[i].node) {
                 (_, Node::CrossEntropy { .. }) => self.loss_backward(i, &mut grads)?,
-                (Some(dy), _) => self.node_backward(i, &dy, &mut grads)?,
+                (Some(dy), _) => self.node_backward(i, dy, &mut grads)?,
                 // Nothing downstream of this value reached the root.
                 (None, _) => {}
             }
@@ -505,7 +521,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
     fn node_backward(
         &self,
         i: usize,
-        dy: &B::Tensor,
+        dy: B::Tensor,
         grads: &mut [Option<B::Tensor>],
     ) -> Result<()> {
         let b = self.b;
@@ -515,14 +531,14 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                 if self.needs(x) {
                     let mut dx = self.zeros_like(x)?;
                     match wt {
-                        Some(wt) => b.matmul_rows(dy, &[wt], &mut [&mut dx], 0)?,
-                        None => b.matmul_dx(dy, w, false, &mut dx)?,
+                        Some(wt) => b.matmul_rows(&dy, &[wt], &mut [&mut dx], 0)?,
+                        None => b.matmul_dx(&dy, w, false, &mut dx)?,
                     }
                     self.accumulate(grads, x, dx)?;
                 }
                 Ok(())
             }
-            Node::Linear { x, w } => {
+            Node::Linear { x, w, base } => {
                 if self.needs(x) {
                     let mut dx = self.zeros_like(x)?;
                     let op = MatmulTt {
@@ -530,7 +546,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                         trans_b: false,
                         accumulate: false,
                     };
-                    b.matmul_tt(dy, self.value(w)?, op, &mut dx)?;
+                    b.matmul_tt(&dy, self.value(w)?, op, &mut dx)?;
                     self.accumulate(grads, x, dx)?;
                 }
                 if self.needs(w) {
@@ -540,10 +556,13 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                         trans_b: false,
                         accumulate: false,
                     };
-                    b.matmul_tt(dy, self.value(x)?, op, &mut dw)?;
+                    b.matmul_tt(&dy, self.value(x)?, op, &mut dw)?;
                     self.accumulate(grads, w, dw)?;
                 }
-                Ok(())
+                match base {
+                    Some(base) if self.needs(base) => self.accumulate(grads, base, dy),
+                    _ => Ok(()),
+                }
             }
             Node::RmsNorm { x, w, eps } => {
                 let mut dx = self.zeros_like(x)?;
@@ -551,16 +570,16 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                     eps,
                     accumulate: false,
                 };
-                b.apply(&op, Some(w), &[self.value(x)?, dy], &mut dx)?;
+                b.apply(&op, Some(w), &[self.value(x)?, &dy], &mut dx)?;
                 self.accumulate(grads, x, dx)
             }
             Node::Rope { x, neg_freq, p } => {
-                let mut dx = self.clone_tensor(dy)?;
+                let mut dx = dy;
                 b.rope(&mut dx, neg_freq, &self.rows, &p)?;
                 self.accumulate(grads, x, dx)
             }
             Node::Attention { q, k, v, p } => {
-                let ins = [self.value(q)?, self.value(k)?, self.value(v)?, dy];
+                let ins = [self.value(q)?, self.value(k)?, self.value(v)?, &dy];
                 for (var, wrt) in [(q, Wrt::Q), (k, Wrt::K), (v, Wrt::V)] {
                     if !self.needs(var) {
                         continue;
@@ -582,7 +601,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
             }
             Node::SiluMul { gate, up } | Node::GeluMul { gate, up } => {
                 let silu = matches!(self.entries[i].node, Node::SiluMul { .. });
-                let ins = [self.value(gate)?, self.value(up)?, dy];
+                let ins = [self.value(gate)?, self.value(up)?, &dy];
                 for (var, wrt_up) in [(gate, false), (up, true)] {
                     if !self.needs(var) {
                         continue;
@@ -598,17 +617,17 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                 }
                 Ok(())
             }
-            Node::Add { a, b: c } => {
-                for var in [a, c] {
-                    if self.needs(var) {
-                        let d = self.clone_tensor(dy)?;
-                        self.accumulate(grads, var, d)?;
-                    }
+            Node::Add { a, b: c } => match (self.needs(a), self.needs(c)) {
+                (true, true) => {
+                    self.accumulate(grads, a, self.clone_tensor(&dy)?)?;
+                    self.accumulate(grads, c, dy)
                 }
-                Ok(())
-            }
+                (true, false) => self.accumulate(grads, a, dy),
+                (false, true) => self.accumulate(grads, c, dy),
+                (false, false) => Ok(()),
+            },
             Node::Scale { x, s } => {
-                let mut dx = self.clone_tensor(dy)?;
+                let mut dx = dy;
                 b.scale(&mut dx, s)?;
                 self.accumulate(grads, x, dx)
             }
@@ -618,7 +637,7 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                     if self.needs(var) {
                         let (r, _) = self.shape(var)?;
                         let mut d = self.zeros_like(var)?;
-                        b.copy_rows(dy, start, &mut d, 0, r)?;
+                        b.copy_rows(&dy, start, &mut d, 0, r)?;
                         self.accumulate(grads, var, d)?;
                     }
                 }
@@ -626,12 +645,12 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
             }
             Node::Slice { x, start } => {
                 let mut dx = self.zeros_like(x)?;
-                b.copy_rows(dy, 0, &mut dx, start, b.shape(dy).0)?;
+                b.copy_rows(&dy, 0, &mut dx, start, b.shape(&dy).0)?;
                 self.accumulate(grads, x, dx)
             }
             Node::Mul { x, m } => {
                 let mut dx = self.zeros_like(x)?;
-                b.apply(&Elementwise::Mul, None, &[dy, self.value(m)?], &mut dx)?;
+                b.apply(&Elementwise::Mul, None, &[&dy, self.value(m)?], &mut dx)?;
                 self.accumulate(grads, x, dx)
             }
             Node::CrossEntropy { .. } => unreachable!("seeded by loss_backward"),
