@@ -7,6 +7,7 @@
 //! decode rows take per-row dot products (8-bit or f32) and prompt rows f32 tiles of
 //! dequantized weights.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::pool::{with_scratch, SyncPtr};
@@ -211,20 +212,31 @@ impl CpuBackend {
             (false, _) => LaneMode::Narrow,
         };
         let width = mode.rows();
-        // Refilled in place: a batched decode step allocates nothing once they have grown.
+        // Refilled in place (a batched decode step allocates nothing once they have grown),
+        // a prompt's chunks over the pool.
+        let chunks = xq16.chunks(width).take_while(|c| c.len() >= LANES_MIN_ROWS);
+        let mut n_chunks = chunks.clone().count();
         let lanes = &mut scratch.lanes;
-        let mut n_chunks = 0;
-        for c in xq16
-            .chunks(width)
-            .take_while(|c| int16 && c.len() >= LANES_MIN_ROWS)
-        {
-            if lanes.len() == n_chunks {
-                lanes.push(Q16Lanes::default());
+        if lanes.len() < n_chunks {
+            lanes.resize_with(n_chunks, Q16Lanes::default);
+        }
+        let whole = AtomicBool::new(true);
+        let base = SyncPtr(lanes.as_mut_ptr());
+        let refill = |c: usize| {
+            let rows = &xq16[c * width..((c + 1) * width).min(n_tok)];
+            // SAFETY: chunk `c` is this call's alone, and `c < n_chunks ≤ lanes.len()`.
+            let chunk = unsafe { &mut *base.get().add(c) };
+            if !chunk.refill(rows, mode) {
+                whole.store(false, Ordering::Relaxed);
             }
-            if !lanes[n_chunks].refill(c, mode) {
-                break;
-            }
-            n_chunks += 1;
+        };
+        match n_chunks > 1 && super::parallel(xq16.len() * k) {
+            true => self.pool.run(n_chunks, &refill),
+            false => (0..n_chunks).for_each(refill),
+        }
+        // Rows of one length always fit; were one refused, every row goes row by row.
+        if !whole.into_inner() {
+            n_chunks = 0;
         }
         let lanes = &lanes[..n_chunks];
         let n_lane_tok = lanes.iter().map(|c| c.n_rows()).sum::<usize>();

@@ -253,16 +253,22 @@ impl Pool {
 }
 
 /// A raw pointer that tasks writing disjoint parts of one buffer may share.
-#[derive(Clone, Copy)]
-pub struct SyncPtr(pub *mut f32);
+pub struct SyncPtr<T = f32>(pub *mut T);
+// By hand: a derive would ask `T: Copy`, and only the pointer is copied.
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
 // SAFETY: every task writes a disjoint set of indices (stated at each use).
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
 
-impl SyncPtr {
+impl<T> SyncPtr<T> {
     /// Taking `self` makes closures capture the whole wrapper (which is `Sync`), not the raw
     /// pointer field.
-    pub fn get(self) -> *mut f32 {
+    pub fn get(self) -> *mut T {
         self.0
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Debug;
 
 use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
 use super::{check, same, u32_of, Op, Shape, TensorOp};
+use crate::backend::cpu::{CpuBackend, CpuTensor};
 use crate::backend::gpu::params::OpParams;
 use crate::backend::Backend;
 use crate::Result;
@@ -16,6 +17,29 @@ pub trait GatedBwd: TensorOp + Debug + Clone + PartialEq + Sized {
     fn new(wrt_up: bool, accumulate: bool) -> Self;
     fn wrt_up(&self) -> bool;
     fn accumulate(&self) -> bool;
+}
+
+/// `out (+)= f(gate, up, dout)` element by element, over the pool by rows (a training step's
+/// FFN has hundreds of thousands of values per layer, each an `exp`): the CPU code of both ops.
+pub fn cpu_rows(
+    cpu: &CpuBackend,
+    ins: &[&CpuTensor],
+    out: &mut CpuTensor,
+    accumulate: bool,
+    f: &(dyn Fn(f32, f32, f32) -> f32 + Sync),
+) {
+    let (gate, up, dout) = (&ins[0].data, &ins[1].data, &ins[2].data);
+    // Rows of at least a few thousand values: tasks worth a hand-off.
+    let row = out.n_cols.max(1) * out.n_rows.clamp(1, 16);
+    let row = row.min(out.data.len()).max(1);
+    cpu.for_each_row(32 * out.data.len(), &mut out.data, row, &|r, o| {
+        let at = r * row..r * row + o.len();
+        let ins = gate[at.clone()].iter().zip(&up[at.clone()]).zip(&dout[at]);
+        for (o, ((&g, &u), &d)) in o.iter_mut().zip(ins) {
+            let v = f(g, u, d);
+            *o = if accumulate { *o + v } else { v };
+        }
+    });
 }
 
 /// The shape rule: three inputs, each the output's shape.

@@ -44,19 +44,16 @@ impl TensorOp for GeluMulBwd {
 
     fn cpu(
         &self,
-        _cpu: &CpuBackend,
+        cpu: &CpuBackend,
         _w: Option<&CpuWeight>,
         ins: &[&CpuTensor],
         out: &mut CpuTensor,
     ) -> Result<()> {
-        let (gate, up, dout) = (&ins[0].data, &ins[1].data, &ins[2].data);
-        for (i, o) in out.data.iter_mut().enumerate() {
-            let v = match self.wrt_up {
-                true => dout[i] * gelu_tanh(gate[i]),
-                false => dout[i] * up[i] * gelu_tanh_grad(gate[i]),
-            };
-            *o = if self.accumulate { *o + v } else { v };
-        }
+        let wrt_up = self.wrt_up;
+        gated_bwd::cpu_rows(cpu, ins, out, self.accumulate, &|g, u, d| match wrt_up {
+            true => d * gelu_tanh(g),
+            false => d * u * gelu_tanh_grad(g),
+        });
         Ok(())
     }
 

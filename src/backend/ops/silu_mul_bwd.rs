@@ -43,21 +43,19 @@ impl TensorOp for SiluMulBwd {
 
     fn cpu(
         &self,
-        _cpu: &CpuBackend,
+        cpu: &CpuBackend,
         _w: Option<&CpuWeight>,
         ins: &[&CpuTensor],
         out: &mut CpuTensor,
     ) -> Result<()> {
-        let (gate, up, dout) = (&ins[0].data, &ins[1].data, &ins[2].data);
-        for (i, o) in out.data.iter_mut().enumerate() {
-            let g = gate[i];
+        let wrt_up = self.wrt_up;
+        gated_bwd::cpu_rows(cpu, ins, out, self.accumulate, &|g, u, d| {
             let s = 1.0 / (1.0 + (-g).exp());
-            let v = match self.wrt_up {
-                true => dout[i] * g * s,
-                false => dout[i] * up[i] * s * (1.0 + g * (1.0 - s)),
-            };
-            *o = if self.accumulate { *o + v } else { v };
-        }
+            match wrt_up {
+                true => d * g * s,
+                false => d * u * s * (1.0 + g * (1.0 - s)),
+            }
+        });
         Ok(())
     }
 
