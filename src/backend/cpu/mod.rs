@@ -16,6 +16,7 @@ pub mod pool;
 pub mod prologue;
 pub mod q16;
 mod rope;
+pub mod silu_bwd;
 pub mod simd;
 mod transpose;
 

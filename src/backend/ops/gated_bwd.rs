@@ -19,27 +19,36 @@ pub trait GatedBwd: TensorOp + Debug + Clone + PartialEq + Sized {
     fn accumulate(&self) -> bool;
 }
 
-/// `out (+)= f(gate, up, dout)` element by element, over the pool by rows (a training step's
-/// FFN has hundreds of thousands of values per layer, each an `exp`): the CPU code of both ops.
+/// `out (+)=` the gradient, by runs of rows over the pool (a training step's FFN has hundreds
+/// of thousands of values per layer, each an `exp`): `f(gate, up, dout, out)` on each run.
+/// The CPU code of both ops.
 pub fn cpu_rows(
     cpu: &CpuBackend,
     ins: &[&CpuTensor],
     out: &mut CpuTensor,
-    accumulate: bool,
-    f: &(dyn Fn(f32, f32, f32) -> f32 + Sync),
+    f: &(dyn Fn(&[f32], &[f32], &[f32], &mut [f32]) + Sync),
 ) {
     let (gate, up, dout) = (&ins[0].data, &ins[1].data, &ins[2].data);
-    // Rows of at least a few thousand values: tasks worth a hand-off.
-    let row = out.n_cols.max(1) * out.n_rows.clamp(1, 16);
-    let row = row.min(out.data.len()).max(1);
-    cpu.for_each_row(32 * out.data.len(), &mut out.data, row, &|r, o| {
-        let at = r * row..r * row + o.len();
-        let ins = gate[at.clone()].iter().zip(&up[at.clone()]).zip(&dout[at]);
-        for (o, ((&g, &u), &d)) in o.iter_mut().zip(ins) {
-            let v = f(g, u, d);
-            *o = if accumulate { *o + v } else { v };
-        }
+    // Runs of up to sixteen rows: tasks worth a hand-off.
+    let run = (out.n_cols * out.n_rows.min(16)).clamp(1, out.data.len().max(1));
+    cpu.for_each_row(32 * out.data.len(), &mut out.data, run, &|r, o| {
+        let at = r * run..r * run + o.len();
+        f(&gate[at.clone()], &up[at.clone()], &dout[at], o);
     });
+}
+
+/// `out (+)= f(gate, up, dout)` value by value: a run of `cpu_rows` in plain code.
+pub fn scalar_run(
+    (gate, up, dout): (&[f32], &[f32], &[f32]),
+    out: &mut [f32],
+    accumulate: bool,
+    f: impl Fn(f32, f32, f32) -> f32,
+) {
+    let ins = gate.iter().zip(up).zip(dout);
+    for (o, ((&g, &u), &d)) in out.iter_mut().zip(ins) {
+        let v = f(g, u, d);
+        *o = if accumulate { *o + v } else { v };
+    }
 }
 
 /// The shape rule: three inputs, each the output's shape.

@@ -49,10 +49,12 @@ impl TensorOp for GeluMulBwd {
         ins: &[&CpuTensor],
         out: &mut CpuTensor,
     ) -> Result<()> {
-        let wrt_up = self.wrt_up;
-        gated_bwd::cpu_rows(cpu, ins, out, self.accumulate, &|g, u, d| match wrt_up {
-            true => d * gelu_tanh(g),
-            false => d * u * gelu_tanh_grad(g),
+        let (wrt_up, acc) = (self.wrt_up, self.accumulate);
+        gated_bwd::cpu_rows(cpu, ins, out, &|g, u, d, o| {
+            gated_bwd::scalar_run((g, u, d), o, acc, |g, u, d| match wrt_up {
+                true => d * gelu_tanh(g),
+                false => d * u * gelu_tanh_grad(g),
+            })
         });
         Ok(())
     }

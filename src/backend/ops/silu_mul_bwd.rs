@@ -5,6 +5,7 @@
 use super::case::KernelCase;
 use super::gated_bwd::{self, GatedBwd, GatedBwdCase};
 use super::{Access, Kernel, Shape, TensorOp};
+use crate::backend::cpu::silu_bwd::silu_mul_bwd_at;
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::gpu::params::OpParams;
 use crate::Result;
@@ -48,13 +49,9 @@ impl TensorOp for SiluMulBwd {
         ins: &[&CpuTensor],
         out: &mut CpuTensor,
     ) -> Result<()> {
-        let wrt_up = self.wrt_up;
-        gated_bwd::cpu_rows(cpu, ins, out, self.accumulate, &|g, u, d| {
-            let s = 1.0 / (1.0 + (-g).exp());
-            match wrt_up {
-                true => d * g * s,
-                false => d * u * s * (1.0 + g * (1.0 - s)),
-            }
+        let (wrt_up, acc) = (self.wrt_up, self.accumulate);
+        gated_bwd::cpu_rows(cpu, ins, out, &|g, u, d, o| {
+            silu_mul_bwd_at(cpu.level(), wrt_up, acc, (g, u, d), o)
         });
         Ok(())
     }
