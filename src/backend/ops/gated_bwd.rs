@@ -19,15 +19,13 @@ pub trait GatedBwd: TensorOp + Debug + Clone + PartialEq + Sized {
     fn accumulate(&self) -> bool;
 }
 
+/// A run's gradient: `f(gate, up, dout, out)`.
+pub type RunFn<'a> = dyn Fn(&[f32], &[f32], &[f32], &mut [f32]) + Sync + 'a;
+
 /// `out (+)=` the gradient, by runs of rows over the pool (a training step's FFN has hundreds
 /// of thousands of values per layer, each an `exp`): `f(gate, up, dout, out)` on each run.
 /// The CPU code of both ops.
-pub fn cpu_rows(
-    cpu: &CpuBackend,
-    ins: &[&CpuTensor],
-    out: &mut CpuTensor,
-    f: &(dyn Fn(&[f32], &[f32], &[f32], &mut [f32]) + Sync),
-) {
+pub fn cpu_rows(cpu: &CpuBackend, ins: &[&CpuTensor], out: &mut CpuTensor, f: &RunFn<'_>) {
     let (gate, up, dout) = (&ins[0].data, &ins[1].data, &ins[2].data);
     // Runs of up to sixteen rows: tasks worth a hand-off.
     let run = (out.n_cols * out.n_rows.min(16)).clamp(1, out.data.len().max(1));
