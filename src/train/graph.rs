@@ -113,25 +113,47 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         self.activation_budget = bytes;
     }
 
-    /// `x · Wᵀ`, plus the adapter of `(layer, target)` if there is one. `mask_seed` picks the
-    /// dropout mask (the same seed gives the same mask, so a recomputed layer matches).
+    /// `x · Wᵀ` for each `(W, target)` of `targets` (one backend call: the input is prepared
+    /// once), each plus the adapter of `(layer, target)` if there is one. `mask_seed` picks
+    /// the dropout masks (the same seed gives the same mask, so a recomputed layer matches).
     #[allow(clippy::too_many_arguments)]
-    fn proj<'t>(
+    fn projs<'t, const N: usize>(
         &'t self,
         tape: &mut Tape<'t, B>,
         x: Var,
-        w: &'t B::Weight,
+        targets: [(&'t B::Weight, Target); N],
+        layer: usize,
+        method: &Method,
+        params: &[B::Tensor],
+        mask_seed: Option<u64>,
+    ) -> Result<[Var; N]> {
+        let transposed = |t: Target| {
+            self.transposed
+                .get(layer)
+                .and_then(|ts| ts[t as usize].as_ref())
+        };
+        let ws = targets.map(|(w, t)| (w, transposed(t)));
+        let ys = tape.matmuls(x, &ws)?;
+        let mut out = [x; N];
+        for ((o, y), (_, t)) in out.iter_mut().zip(ys).zip(targets) {
+            *o = self.adapt(tape, x, y, layer, t, method, params, mask_seed)?;
+        }
+        Ok(out)
+    }
+
+    /// `y` (`x · Wᵀ`) plus the LoRA adapter of `(layer, target)` if there is one.
+    #[allow(clippy::too_many_arguments)]
+    fn adapt<'t>(
+        &'t self,
+        tape: &mut Tape<'t, B>,
+        x: Var,
+        y: Var,
         layer: usize,
         target: Target,
         method: &Method,
         params: &[B::Tensor],
         mask_seed: Option<u64>,
     ) -> Result<Var> {
-        let wt = self
-            .transposed
-            .get(layer)
-            .and_then(|ts| ts[target as usize].as_ref());
-        let y = tape.matmul(x, w, wt)?;
         let Some((lora, i)) = method
             .lora()
             .and_then(|l| Some((l, l.find(layer, target)?)))
@@ -182,13 +204,13 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
         let c = &self.model.config;
         let l: &'t Layer<B> = &self.model.layers()[il];
         let eps = c.rms_eps;
-        let proj = |tape: &mut Tape<'t, B>, x, w, t| {
-            self.proj(tape, x, w, il, t, method, params, mask_seed)
-        };
         let cur = tape.rms_norm(x, &l.attn_norm, eps)?;
-        let mut q = proj(tape, cur, &l.attn_q, Target::Q)?;
-        let mut k = proj(tape, cur, &l.attn_k, Target::K)?;
-        let v = proj(tape, cur, &l.attn_v, Target::V)?;
+        let qkv = [
+            (&l.attn_q, Target::Q),
+            (&l.attn_k, Target::K),
+            (&l.attn_v, Target::V),
+        ];
+        let [mut q, mut k, v] = self.projs(tape, cur, qkv, il, method, params, mask_seed)?;
         if let (Some(qn), Some(kn)) = (&l.attn_q_norm, &l.attn_k_norm) {
             q = tape.rms_norm(q, qn, eps)?;
             k = tape.rms_norm(k, kn, eps)?;
@@ -214,20 +236,22 @@ impl<'m, B: TrainBackend> TrainGraph<'m, B> {
             softcap: None,
         };
         let kqv = self.attend(tape, [q, k, v], attn, il, method, params, segments)?;
-        let mut out = proj(tape, kqv, &l.attn_output, Target::O)?;
+        let o = [(&l.attn_output, Target::O)];
+        let [mut out] = self.projs(tape, kqv, o, il, method, params, mask_seed)?;
         if let Some(w) = &l.post_attention_norm {
             out = tape.rms_norm(out, w, eps)?;
         }
         let out = self.bottleneck(tape, out, il, Site::Attn, method, params)?;
         let x = tape.add_into(x, out)?;
         let cur = tape.rms_norm(x, &l.ffn_norm, eps)?;
-        let gate = proj(tape, cur, &l.ffn_gate, Target::Gate)?;
-        let up = proj(tape, cur, &l.ffn_up, Target::Up)?;
+        let gu = [(&l.ffn_gate, Target::Gate), (&l.ffn_up, Target::Up)];
+        let [gate, up] = self.projs(tape, cur, gu, il, method, params, mask_seed)?;
         let act = match l.spec.activation {
             Activation::Silu => tape.silu_mul(gate, up)?,
             Activation::GeluTanh => tape.gelu_mul(gate, up)?,
         };
-        let mut out = proj(tape, act, &l.ffn_down, Target::Down)?;
+        let d = [(&l.ffn_down, Target::Down)];
+        let [mut out] = self.projs(tape, act, d, il, method, params, mask_seed)?;
         if let Some(w) = &l.post_ffw_norm {
             out = tape.rms_norm(out, w, eps)?;
         }

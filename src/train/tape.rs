@@ -289,6 +289,30 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         Ok(self.push(Node::Matmul { x, w, wt }, y, g))
     }
 
+    /// `x · Wᵀ` for each frozen `(W, Wᵀ)` of `ws`, as `matmul` gives each, in one backend call
+    /// (the input prepared once: Q/K/V and gate/up read the same rows).
+    pub fn matmuls(
+        &mut self,
+        x: Var,
+        ws: &[(&'a B::Weight, Option<&'a B::Weight>)],
+    ) -> Result<Vec<Var>> {
+        let xs = self.value(x)?;
+        let n = self.b.shape(xs).0;
+        let mut ys = ws
+            .iter()
+            .map(|(w, _)| self.b.tensor(n, self.b.weight_shape(w).0))
+            .collect::<Result<Vec<_>>>()?;
+        let weights: Vec<&B::Weight> = ws.iter().map(|(w, _)| *w).collect();
+        let mut outs: Vec<&mut B::Tensor> = ys.iter_mut().collect();
+        self.b.matmul_rows(xs, &weights, &mut outs, 0)?;
+        let g = self.needs(x);
+        Ok(ws
+            .iter()
+            .zip(ys)
+            .map(|(&(w, wt), y)| self.push(Node::Matmul { x, w, wt }, y, g))
+            .collect())
+    }
+
     /// `x · wᵀ` with `w` on the tape (`[out, in]`).
     pub fn linear(&mut self, x: Var, w: Var) -> Result<Var> {
         let (n, _) = self.shape(x)?;
