@@ -14,6 +14,8 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+#[cfg(target_arch = "x86_64")]
+use std::mem::MaybeUninit;
 
 #[cfg(target_arch = "x86_64")]
 use super::kernel::{dpwssd512, unpack_superblock, Avx2, Mac, Vnni, SB};
@@ -171,15 +173,21 @@ unsafe fn unpack_rows<U: Unpack16>(rows: &[u8], n_rows: usize, n: usize, s: &mut
     s.cw.resize(n_pairs * n_sb * SB * 2, 0.0);
     let row_bytes = rows.len() / n_rows;
     let row = |r: usize| rows.as_ptr().add(r * row_bytes);
+    // Zeroed once per call, not per super-block (that was a `memset` call each time: 2% of a
+    // training step): `unpack_superblock` writes every group read below.
+    let mut a = [[_mm256_setzero_si256(); 2]; SB];
+    let mut b = [[_mm256_setzero_si256(); 2]; SB];
     for rp in 0..n_pairs {
         for sb in 0..n_sb {
             let n_in = SB.min(n_groups - sb * SB);
-            let mut a = [[_mm256_setzero_si256(); 2]; SB];
-            let mut b = [[_mm256_setzero_si256(); 2]; SB];
             let (dwa, cwa) = unpack_superblock::<U>(row(2 * rp), sb, n_in, &mut a);
             let (dwb, cwb) = match 2 * rp + 1 < n_rows {
                 true => unpack_superblock::<U>(row(2 * rp + 1), sb, n_in, &mut b),
-                false => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+                // A last row without a partner pairs with zeros.
+                false => {
+                    b = [[_mm256_setzero_si256(); 2]; SB];
+                    (_mm256_setzero_ps(), _mm256_setzero_ps())
+                }
             };
             let wq = s.wq.as_mut_ptr().add(rp * 2 * n + sb * SB * 64);
             for g in 0..n_in {
@@ -405,9 +413,12 @@ unsafe fn rows_by_lanes<W: Width, const RT: usize>(
         sc[u] = (r / 2) * n_sb * SB * 2 + r % 2;
     }
     // Eight float accumulators per weight vector: the lanes of `kernel.rs`'s accumulator
-    // (group index modulo eight), each now a vector over the activation rows.
-    let mut acc = [[W::zero_f(); SB]; RT];
-    let mut acc_off = [[W::zero_f(); SB]; RT];
+    // (group index modulo eight), each now a vector over the activation rows. Too many for
+    // the registers, so they live on the stack, where zeroing them was a `memset` per call
+    // (2% of a training step): each starts at its first group instead, from zero, and one no
+    // group reaches reads as zero at the end.
+    let mut acc = [[MaybeUninit::<W::F>::uninit(); SB]; RT];
+    let mut acc_off = [[MaybeUninit::<W::F>::uninit(); SB]; RT];
     for g in 0..n_groups {
         // The halves `kernel::lane_sums` converts apart: values 0..8 and 16..24 (pairs 0..4
         // and 8..12), then 8..16 and 24..32.
@@ -427,21 +438,29 @@ unsafe fn rows_by_lanes<W: Width, const RT: usize>(
         let xd = W::load_f(x.d.as_ptr().add(g * W::N));
         let xsum = W::load_f(x.sum.as_ptr().add(g * W::N));
         let lane = g % SB;
+        // SAFETY: lane `g % SB` was written at group `g - SB` (the first lap starts from zero).
+        let prev = |a: &MaybeUninit<W::F>| if g < SB { W::zero_f() } else { a.assume_init() };
         for u in 0..RT {
             let at = sc[u] + g * 2;
             let dw = W::scale(s.dw.as_ptr().add(at));
             let cw = W::scale(s.cw.as_ptr().add(at));
             let sums = W::add(W::cvt(lo[u]), W::cvt(hi[u]));
-            acc[u][lane] = W::fmadd(sums, W::mul(dw, xd), acc[u][lane]);
-            acc_off[u][lane] = W::fmadd(cw, xsum, acc_off[u][lane]);
+            let a = W::fmadd(sums, W::mul(dw, xd), prev(&acc[u][lane]));
+            let o = W::fmadd(cw, xsum, prev(&acc_off[u][lane]));
+            (acc[u][lane], acc_off[u][lane]) = (MaybeUninit::new(a), MaybeUninit::new(o));
         }
     }
     for u in 0..RT {
         // A loop, not `array::from_fn`: its closure would not inherit the target features
         // (see unpack.rs).
         let mut v = [W::zero_f(); SB];
-        for (g, vg) in v.iter_mut().enumerate() {
-            *vg = W::add(acc[u][g], acc_off[u][g]);
+        for (g, vg) in v.iter_mut().enumerate().take(n_groups) {
+            // SAFETY: written at group `g` (`g < n_groups`).
+            *vg = W::add(acc[u][g].assume_init(), acc_off[u][g].assume_init());
+        }
+        // A lane no group reached: 0 + 0, as the zeroed accumulators gave.
+        for vg in v.iter_mut().skip(n_groups) {
+            *vg = W::add(W::zero_f(), W::zero_f());
         }
         // `hsum256`'s order, lane by lane: ((v4 + v0) + (v6 + v2)) + ((v5 + v1) + (v7 + v3)).
         let even = W::add(W::add(v[4], v[0]), W::add(v[6], v[2]));
