@@ -1,7 +1,8 @@
-//! Blocks of f32 transposed into place: the lane kernel leaves its results weight-row-major
-//! (one vector per weight row across the tokens), the matmul's output is token-major. Element by
-//! element that scatter was 8% of a prompt's time; sixteen-by-sixteen in registers it is a few
-//! shuffles per vector.
+//! Blocks of 32-bit words transposed into place, sixteen by sixteen in AVX-512 registers (a
+//! few shuffles per vector; element by element each was several percent of a prompt's time):
+//! the lane kernel's results, weight-row-major (one vector per weight row across the tokens),
+//! into the token-major output; and the activation rows' i16 pairs into the lane kernel's
+//! layout (`Q16Lanes::refill`).
 
 use crate::quant::Level;
 
@@ -25,39 +26,68 @@ pub unsafe fn transpose_at(
         return;
     }
     assert!(src.len() >= (rows - 1) * src_stride + cols && cols <= src_stride);
+    // Sixteen rows at a time, their pointers on the stack (the matmul calls this per block
+    // of weight rows; decode allocates nothing).
+    for i0 in (0..rows).step_by(16) {
+        let n = 16.min(rows - i0);
+        let mut ptrs = [std::ptr::null::<u32>(); 16];
+        for (i, p) in ptrs.iter_mut().enumerate().take(n) {
+            *p = src[(i0 + i) * src_stride..].as_ptr().cast();
+        }
+        // SAFETY: each row holds `cols` values (the assert); the writes are the caller's.
+        unsafe { transpose_rows_at(level, &ptrs[..n], cols, dst.add(i0).cast(), dst_stride) }
+    }
+}
+
+/// `dst[t · dst_stride + i] = rows[i][t]` for each row `i` and `t < cols`, 32-bit words
+/// moved as they are (f32 values, or pairs of i16). Neither side needs alignment.
+///
+/// # Safety
+/// Each of `rows` is valid for reads of `cols` words; `dst` is valid for writes at every
+/// offset above, and no other thread writes them meanwhile.
+pub unsafe fn transpose_rows_at(
+    level: Level,
+    rows: &[*const u32],
+    cols: usize,
+    dst: *mut u32,
+    dst_stride: usize,
+) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if rows == 16 && level >= Level::Avx512Vnni && Level::Avx512Vnni.is_available() {
-        // SAFETY: the features are present (checked above); the reads are in bounds (the
-        // assert), the writes the caller's.
-        done = unsafe { blocks16_avx512(src, src_stride, cols, dst, dst_stride) };
+    if let Ok(r16) = <&[*const u32; 16]>::try_from(rows) {
+        if level >= Level::Avx512Vnni && Level::Avx512Vnni.is_available() {
+            // SAFETY: the features are present (checked above); the reads and writes are the
+            // caller's.
+            done = unsafe { blocks16_avx512(r16, cols, dst, dst_stride) };
+        }
     }
     let _ = level;
-    for i in 0..rows {
+    for (i, &row) in rows.iter().enumerate() {
         for t in done..cols {
             // SAFETY: the caller's.
-            unsafe { *dst.add(t * dst_stride + i) = src[i * src_stride + t] };
+            unsafe {
+                dst.add(t * dst_stride + i)
+                    .write_unaligned(row.add(t).read_unaligned())
+            };
         }
     }
 }
 
-/// Whole blocks of 16 columns of 16 rows; returns the columns done.
+/// Whole blocks of 16 columns of the 16 rows; returns the columns done.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
 unsafe fn blocks16_avx512(
-    src: &[f32],
-    src_stride: usize,
+    rows: &[*const u32; 16],
     cols: usize,
-    dst: *mut f32,
+    dst: *mut u32,
     dst_stride: usize,
 ) -> usize {
     use std::arch::x86_64::*;
     let whole = cols / 16 * 16;
     for t0 in (0..whole).step_by(16) {
-        // SAFETY: rows 0..16, columns t0..t0 + 16 ≤ cols: in bounds (the caller's assert).
-        let r: [__m512; 16] = std::array::from_fn(|i| unsafe {
-            _mm512_loadu_ps(src.as_ptr().add(i * src_stride + t0))
-        });
+        // SAFETY: columns t0..t0 + 16 ≤ cols of each row: the caller's.
+        let r: [__m512; 16] =
+            std::array::from_fn(|i| unsafe { _mm512_loadu_ps(rows[i].add(t0).cast()) });
         // Pairs of rows interleaved, then pairs of pairs, then 128-bit quarters twice: row i,
         // column j ends in vector j at lane i.
         let a: [__m512; 16] = std::array::from_fn(|k| {
@@ -94,7 +124,7 @@ unsafe fn blocks16_avx512(
         });
         for (j, v) in out.iter().enumerate() {
             // SAFETY: the caller's.
-            unsafe { _mm512_storeu_ps(dst.add((t0 + j) * dst_stride), *v) };
+            unsafe { _mm512_storeu_ps(dst.add((t0 + j) * dst_stride).cast(), *v) };
         }
     }
     whole
@@ -105,11 +135,13 @@ mod tests {
     use super::*;
     use crate::backend::cpu::simd::levels_by;
 
-    /// Every level against the plain loop, on 16 rows (the vector blocks, with a ragged edge)
-    /// and on fewer (the plain loop alone), into a wider destination.
+    /// Every level against the plain loop, on 16 rows (the vector blocks, with a ragged edge),
+    /// on fewer (the plain loop alone) and on more (sixteen at a time), into a wider
+    /// destination.
     #[test]
     fn every_level_transposes() {
-        for (level, (rows, cols)) in levels_by([(16, 53), (16, 16), (16, 5), (7, 40), (1, 1)]) {
+        let shapes = [(16, 53), (16, 16), (16, 5), (7, 40), (1, 1), (37, 21)];
+        for (level, (rows, cols)) in levels_by(shapes) {
             let stride = cols + 3;
             let src: Vec<f32> = (0..rows * stride).map(|v| v as f32).collect();
             let dst_stride = rows + 2;

@@ -21,7 +21,8 @@ use std::mem::MaybeUninit;
 use super::kernel::{dpwssd512, unpack_superblock, Avx2, Mac, Vnni, SB};
 #[cfg(target_arch = "x86_64")]
 use super::unpack::Unpack16;
-use super::Q16Act;
+use super::{Level, Q16Act};
+use crate::backend::cpu::transpose::transpose_rows_at;
 
 /// Lanes of a chunk: activation rows multiplied together.
 pub const LANES: usize = 8;
@@ -100,6 +101,26 @@ impl Q16Lanes {
         self.sum.resize(n_groups * width, 0.0);
         if !fits {
             return false;
+        }
+        if xs.len() * dup == width {
+            // Every lane a row: the i16 pairs are 32-bit words, transposed sixteen by sixteen.
+            // On the stack: a batched decode step refills without allocating.
+            let mut rows = [std::ptr::null::<u32>(); WIDE_LANES];
+            for (lane, r) in rows.iter_mut().enumerate().take(width) {
+                *r = xs[lane / dup].qs.as_ptr().cast();
+            }
+            // SAFETY: each row has `n` i16 (`n / 2` words, `fits`); `qs` holds `n · width`.
+            unsafe {
+                let dst = self.qs.as_mut_ptr().cast();
+                transpose_rows_at(Level::active(), &rows[..width], n / 2, dst, width)
+            };
+            for g in 0..n_groups {
+                for lane in 0..width {
+                    self.d[g * width + lane] = xs[lane / dup].d[g];
+                    self.sum[g * width + lane] = xs[lane / dup].sum[g];
+                }
+            }
+            return true;
         }
         for lane in 0..width {
             // Lanes past the rows read as zeros.
