@@ -214,8 +214,8 @@ impl CpuBackend {
         let width = mode.rows();
         // Refilled in place (a batched decode step allocates nothing once they have grown),
         // a prompt's chunks over the pool.
-        let chunks = xq16.chunks(width).take_while(|c| c.len() >= LANES_MIN_ROWS);
-        let mut n_chunks = chunks.clone().count();
+        let full = |c: &&[Q16Act]| c.len() >= LANES_MIN_ROWS;
+        let mut n_chunks = xq16.chunks(width).take_while(full).count();
         let lanes = &mut scratch.lanes;
         if lanes.len() < n_chunks {
             lanes.resize_with(n_chunks, Q16Lanes::default);
