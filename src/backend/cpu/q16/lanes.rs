@@ -102,6 +102,14 @@ impl Q16Lanes {
         if !fits {
             return false;
         }
+        // Lanes past the rows read as zeros.
+        let row = |lane: usize| xs.get(lane / dup);
+        for g in 0..n_groups {
+            for lane in 0..width {
+                self.d[g * width + lane] = row(lane).map_or(0.0, |x| x.d[g]);
+                self.sum[g * width + lane] = row(lane).map_or(0.0, |x| x.sum[g]);
+            }
+        }
         if xs.len() * dup == width {
             // Every lane a row: the i16 pairs are 32-bit words, transposed sixteen by sixteen.
             // On the stack: a batched decode step refills without allocating.
@@ -114,25 +122,14 @@ impl Q16Lanes {
                 let dst = self.qs.as_mut_ptr().cast();
                 transpose_rows_at(Level::active(), &rows[..width], n / 2, dst, width)
             };
-            for g in 0..n_groups {
-                for lane in 0..width {
-                    self.d[g * width + lane] = xs[lane / dup].d[g];
-                    self.sum[g * width + lane] = xs[lane / dup].sum[g];
-                }
-            }
             return true;
         }
         for lane in 0..width {
-            // Lanes past the rows read as zeros.
-            let x = xs.get(lane / dup);
+            let x = row(lane);
             for pair in 0..n / 2 {
                 let at = (pair * width + lane) * 2;
                 let v = x.map_or([0; 2], |x| [x.qs[2 * pair], x.qs[2 * pair + 1]]);
                 self.qs[at..at + 2].copy_from_slice(&v);
-            }
-            for g in 0..n_groups {
-                self.d[g * width + lane] = x.map_or(0.0, |x| x.d[g]);
-                self.sum[g * width + lane] = x.map_or(0.0, |x| x.sum[g]);
             }
         }
         true
