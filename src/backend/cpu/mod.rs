@@ -8,6 +8,7 @@ mod activations;
 mod attention;
 pub(crate) mod attention_bwd;
 mod cache;
+pub mod dots;
 pub mod gemm;
 mod heads;
 mod kv_blocks;
