@@ -177,9 +177,11 @@ unsafe fn superblock_rows<U: Unpack16, M: Mac, const R: usize>(
         }
         // Scales and sums are padded with zeros to whole super-blocks (`Q16Act::quantize`).
         let xd = _mm256_loadu_ps(x.d.as_ptr().add(SB * sb));
-        let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(SB * sb));
         acc[r] = _mm256_fmadd_ps(lane_sums(&p), _mm256_mul_ps(dw, xd), acc[r]);
-        acc_off[r] = _mm256_fmadd_ps(cw, xsum, acc_off[r]);
+        if U::OFFSET {
+            let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(SB * sb));
+            acc_off[r] = _mm256_fmadd_ps(cw, xsum, acc_off[r]);
+        }
     }
 }
 

@@ -440,13 +440,14 @@ unsafe fn pair<W: Width, const RT: usize, const K: usize>(
 #[cfg(target_arch = "x86_64")]
 /// `RT` weight vectors (each `W::WROWS` unpacked weight rows from row `r0`, at most `n_rows`
 /// rows in all) against the lanes of `x`: row `r0 + i`'s results at `out[i · stride..]`.
+/// `offset`: the format has group offsets (`Unpack16::OFFSET`).
 #[inline(always)]
 unsafe fn rows_by_lanes<W: Width, const RT: usize>(
     s: &LaneScratch,
     (r0, n_rows): (usize, usize),
     x: &Q16Lanes,
-    out: *mut f32,
-    stride: usize,
+    (out, stride): (*mut f32, usize),
+    offset: bool,
 ) {
     let n = x.n_values;
     let n_groups = n / 32;
@@ -487,18 +488,21 @@ unsafe fn rows_by_lanes<W: Width, const RT: usize>(
         pairs!(lo: 8 9 10 11);
         pairs!(hi: 12 13 14 15);
         let xd = W::load_f(x.d.as_ptr().add(g * W::N));
-        let xsum = W::load_f(x.sum.as_ptr().add(g * W::N));
         let lane = g % SB;
         // SAFETY: lane `g % SB` was written at group `g - SB` (the first lap starts from zero).
         let prev = |a: &MaybeUninit<W::F>| if g < SB { W::zero_f() } else { a.assume_init() };
         for u in 0..RT {
             let at = sc[u] + g * 2;
             let dw = W::scale(s.dw.as_ptr().add(at));
-            let cw = W::scale(s.cw.as_ptr().add(at));
             let sums = W::add(W::cvt(lo[u]), W::cvt(hi[u]));
             let a = W::fmadd(sums, W::mul(dw, xd), prev(&acc[u][lane]));
-            let o = W::fmadd(cw, xsum, prev(&acc_off[u][lane]));
-            (acc[u][lane], acc_off[u][lane]) = (MaybeUninit::new(a), MaybeUninit::new(o));
+            acc[u][lane] = MaybeUninit::new(a);
+            if offset {
+                let cw = W::scale(s.cw.as_ptr().add(at));
+                let xsum = W::load_f(x.sum.as_ptr().add(g * W::N));
+                let o = W::fmadd(cw, xsum, prev(&acc_off[u][lane]));
+                acc_off[u][lane] = MaybeUninit::new(o);
+            }
         }
     }
     for u in 0..RT {
@@ -506,8 +510,14 @@ unsafe fn rows_by_lanes<W: Width, const RT: usize>(
         // (see unpack.rs).
         let mut v = [W::zero_f(); SB];
         for (g, vg) in v.iter_mut().enumerate().take(n_groups) {
-            // SAFETY: written at group `g` (`g < n_groups`).
-            *vg = W::add(acc[u][g].assume_init(), acc_off[u][g].assume_init());
+            // SAFETY: written at group `g` (`g < n_groups`), the offsets only when `offset`
+            // (else zero, as `kernel.rs`'s untouched accumulator).
+            let off = if offset {
+                acc_off[u][g].assume_init()
+            } else {
+                W::zero_f()
+            };
+            *vg = W::add(acc[u][g].assume_init(), off);
         }
         // A lane no group reached: 0 + 0, as the zeroed accumulators gave.
         for vg in v.iter_mut().skip(n_groups) {
@@ -545,26 +555,27 @@ unsafe fn lanes<U: Unpack16, W: Width>(
     // Eight weight rows per pass share each activation load (four: 12–19% slower on the
     // 8B-shaped prefill), then four, then the rest a vector at a time.
     let (eight, four) = (8 / W::WROWS, 4 / W::WROWS);
+    let off = U::OFFSET;
     let out = out.as_mut_ptr();
     for (c, x) in xs.iter().enumerate() {
         let mut r = 0;
         let at = |r: usize| out.add(r * stride + c * width);
         while n_rows - r >= 8 {
             match eight {
-                8 => rows_by_lanes::<W, 8>(s, (r, n_rows), x, at(r), stride),
-                _ => rows_by_lanes::<W, 4>(s, (r, n_rows), x, at(r), stride),
+                8 => rows_by_lanes::<W, 8>(s, (r, n_rows), x, (at(r), stride), off),
+                _ => rows_by_lanes::<W, 4>(s, (r, n_rows), x, (at(r), stride), off),
             }
             r += 8;
         }
         while n_rows - r >= 4 {
             match four {
-                4 => rows_by_lanes::<W, 4>(s, (r, n_rows), x, at(r), stride),
-                _ => rows_by_lanes::<W, 2>(s, (r, n_rows), x, at(r), stride),
+                4 => rows_by_lanes::<W, 4>(s, (r, n_rows), x, (at(r), stride), off),
+                _ => rows_by_lanes::<W, 2>(s, (r, n_rows), x, (at(r), stride), off),
             }
             r += 4;
         }
         while r < n_rows {
-            rows_by_lanes::<W, 1>(s, (r, n_rows), x, at(r), stride);
+            rows_by_lanes::<W, 1>(s, (r, n_rows), x, (at(r), stride), off);
             r += W::WROWS;
         }
     }

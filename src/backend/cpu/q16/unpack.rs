@@ -20,6 +20,9 @@ pub(super) trait Unpack16 {
     const BLOCK_BYTES: usize;
     /// Groups of 32 values per block: 1 (Q8_0, Q4_0, …) or 8 (the 256-value K-quants).
     const GROUPS: usize;
+    /// Whether a group has a float offset (a `min`): the symmetric formats' is always zero,
+    /// and the kernels skip its sum (the results are the same bits: it adds +0).
+    const OFFSET: bool = true;
     /// The 32 integers of group `g`: values 0..16 of the group, then 16..32.
     ///
     /// Bound the kernels rely on: `|u| ≤ 4096`, so 16 products with 16-bit activations
@@ -110,6 +113,7 @@ pub(super) struct Q8_0;
 impl Unpack16 for Q8_0 {
     const BLOCK_BYTES: usize = 34;
     const GROUPS: usize = 1;
+    const OFFSET: bool = false;
     #[inline(always)]
     unsafe fn group(b: *const u8, _g: usize) -> [__m256i; 2] {
         [widen_i8(b.add(2)), widen_i8(b.add(18))]
@@ -132,6 +136,7 @@ pub(super) struct Q4_0;
 impl Unpack16 for Q4_0 {
     const BLOCK_BYTES: usize = 18;
     const GROUPS: usize = 1;
+    const OFFSET: bool = false;
     #[inline(always)]
     unsafe fn group(b: *const u8, _g: usize) -> [__m256i; 2] {
         centred(nibbles(b.add(2)), 8)
@@ -160,6 +165,7 @@ pub(super) struct Q5_0;
 impl Unpack16 for Q5_0 {
     const BLOCK_BYTES: usize = 22;
     const GROUPS: usize = 1;
+    const OFFSET: bool = false;
     #[inline(always)]
     unsafe fn group(b: *const u8, _g: usize) -> [__m256i; 2] {
         centred(q5_values(b.add(2), b.add(6)), 16)
@@ -275,6 +281,7 @@ pub(super) struct Q6K;
 impl Unpack16 for Q6K {
     const BLOCK_BYTES: usize = 210;
     const GROUPS: usize = 8;
+    const OFFSET: bool = false;
     /// Group `g` = (half `g / 4`, quarter `k = g % 4`): low nibbles of `ql[32 (k % 2)..]` for
     /// k < 2, high nibbles for k ≥ 2, plus bits `2k, 2k+1` of `qh`, minus 32; each 16 values
     /// then times their own i8 scale (ggml-quants.c `dequantize_row_q6_K`). `|u| ≤ 32 · 128`.
