@@ -524,6 +524,26 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         }
     }
 
+    /// `op(gradient, accumulate)` into `v`'s gradient: added to the one already there (the
+    /// op sums into its output), else written into a fresh one. No buffer and no separate sum
+    /// per contribution.
+    fn grad_into(
+        &self,
+        grads: &mut [Option<B::Tensor>],
+        v: Var,
+        op: impl FnOnce(&mut B::Tensor, bool) -> Result<()>,
+    ) -> Result<()> {
+        match &mut grads[v.0] {
+            Some(g) => op(g, true),
+            slot => {
+                let mut g = self.zeros_like(v)?;
+                op(&mut g, false)?;
+                *slot = Some(g);
+                Ok(())
+            }
+        }
+    }
+
     fn loss_backward(&self, i: usize, grads: &mut [Option<B::Tensor>]) -> Result<()> {
         let Node::CrossEntropy {
             logits,
@@ -552,36 +572,30 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
         match self.entries[i].node {
             Node::Leaf => Ok(()),
             Node::Matmul { x, w, wt } => {
-                if self.needs(x) {
-                    let mut dx = self.zeros_like(x)?;
-                    match wt {
-                        Some(wt) => b.matmul_rows(&dy, &[wt], &mut [&mut dx], 0)?,
-                        None => b.matmul_dx(&dy, w, false, &mut dx)?,
+                match wt {
+                    _ if !self.needs(x) => Ok(()),
+                    // The integer kernels write their output: a sum needs its own buffer.
+                    Some(wt) => {
+                        let mut dx = self.zeros_like(x)?;
+                        b.matmul_rows(&dy, &[wt], &mut [&mut dx], 0)?;
+                        self.accumulate(grads, x, dx)
                     }
-                    self.accumulate(grads, x, dx)?;
+                    None => self.grad_into(grads, x, |dx, acc| b.matmul_dx(&dy, w, acc, dx)),
                 }
-                Ok(())
             }
             Node::Linear { x, w, base } => {
-                if self.needs(x) {
-                    let mut dx = self.zeros_like(x)?;
-                    let op = MatmulTt {
-                        trans_a: false,
-                        trans_b: false,
-                        accumulate: false,
-                    };
-                    b.matmul_tt(&dy, self.value(w)?, op, &mut dx)?;
-                    self.accumulate(grads, x, dx)?;
-                }
-                if self.needs(w) {
-                    let mut dw = self.zeros_like(w)?;
-                    let op = MatmulTt {
-                        trans_a: true,
-                        trans_b: false,
-                        accumulate: false,
-                    };
-                    b.matmul_tt(&dy, self.value(x)?, op, &mut dw)?;
-                    self.accumulate(grads, w, dw)?;
+                for (var, other, trans_a) in [(x, w, false), (w, x, true)] {
+                    if self.needs(var) {
+                        let other = self.value(other)?;
+                        self.grad_into(grads, var, |d, accumulate| {
+                            let op = MatmulTt {
+                                trans_a,
+                                trans_b: false,
+                                accumulate,
+                            };
+                            b.matmul_tt(&dy, other, op, d)
+                        })?;
+                    }
                 }
                 match base {
                     Some(base) if self.needs(base) => self.accumulate(grads, base, dy),
@@ -589,13 +603,10 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                 }
             }
             Node::RmsNorm { x, w, eps } => {
-                let mut dx = self.zeros_like(x)?;
-                let op = RmsNormBwd {
-                    eps,
-                    accumulate: false,
-                };
-                b.apply(&op, Some(w), &[self.value(x)?, &dy], &mut dx)?;
-                self.accumulate(grads, x, dx)
+                let ins = [self.value(x)?, &dy];
+                self.grad_into(grads, x, |dx, accumulate| {
+                    b.apply(&RmsNormBwd { eps, accumulate }, Some(w), &ins, dx)
+                })
             }
             Node::Rope { x, neg_freq, p } => {
                 let mut dx = dy;
@@ -608,18 +619,18 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                     if !self.needs(var) {
                         continue;
                     }
-                    let mut d = self.zeros_like(var)?;
-                    let op = AttentionBwd {
-                        n_heads: p.n_heads,
-                        n_kv_heads: p.n_kv_heads,
-                        head_dim: p.head_dim,
-                        scale: p.scale,
-                        mask: p.mask,
-                        wrt,
-                        accumulate: false,
-                    };
-                    b.apply(&op, None, &ins, &mut d)?;
-                    self.accumulate(grads, var, d)?;
+                    self.grad_into(grads, var, |d, accumulate| {
+                        let op = AttentionBwd {
+                            n_heads: p.n_heads,
+                            n_kv_heads: p.n_kv_heads,
+                            head_dim: p.head_dim,
+                            scale: p.scale,
+                            mask: p.mask,
+                            wrt,
+                            accumulate,
+                        };
+                        b.apply(&op, None, &ins, d)
+                    })?;
                 }
                 Ok(())
             }
@@ -630,14 +641,10 @@ impl<'a, B: TrainBackend> Tape<'a, B> {
                     if !self.needs(var) {
                         continue;
                     }
-                    let mut d = self.zeros_like(var)?;
-                    let accumulate = false;
-                    if silu {
-                        b.apply(&SiluMulBwd { wrt_up, accumulate }, None, &ins, &mut d)?;
-                    } else {
-                        b.apply(&GeluMulBwd { wrt_up, accumulate }, None, &ins, &mut d)?;
-                    }
-                    self.accumulate(grads, var, d)?;
+                    self.grad_into(grads, var, |d, accumulate| match silu {
+                        true => b.apply(&SiluMulBwd { wrt_up, accumulate }, None, &ins, d),
+                        false => b.apply(&GeluMulBwd { wrt_up, accumulate }, None, &ins, d),
+                    })?;
                 }
                 Ok(())
             }
