@@ -2,10 +2,10 @@
 //! needs all three forms of a product of activations and trainable f32 parameters: the
 //! forward `x · Aᵀ` of an adapter, its input gradient `dy · A`, its weight gradient `dyᵀ · x`.
 
-use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
-use super::{check, u32_of, Access, Kernel, Shape, TensorOp};
 use std::borrow::Cow;
 
+use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
+use super::{check, u32_of, Access, Kernel, Shape, TensorOp};
 use crate::backend::cpu::dots::dots_at;
 use crate::backend::cpu::gemm::{gemm_at, Rows, Strided};
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
