@@ -225,13 +225,8 @@ unsafe fn tile<V: Vector, const PR: usize, const QR: usize>(p: Raw, r: usize, j:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::gemm::tests::values;
     use crate::backend::cpu::simd::levels_by;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 25.0)
-            .collect()
-    }
 
     /// Odd sizes around every tile and vector edge, into a wider `C`, plain and accumulating.
     #[test]

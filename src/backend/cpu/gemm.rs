@@ -259,11 +259,12 @@ mod avx2 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::backend::cpu::simd::levels_by;
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
+    /// `n` values in [-2, 2], a fixed pattern per seed (also `dots.rs`'s tests' operands).
+    pub(in crate::backend::cpu) fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
             .map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 25.0)
             .collect()

@@ -19,7 +19,7 @@ pub mod q16;
 mod rope;
 pub mod silu_bwd;
 pub mod simd;
-mod transpose;
+pub(crate) mod transpose;
 
 pub use activations::Activations;
 

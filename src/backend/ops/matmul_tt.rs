@@ -8,9 +8,11 @@ use super::case::{run_applied, CaseInputs, KernelCase, OpCase, Parts, Rng};
 use super::{check, u32_of, Access, Kernel, Shape, TensorOp};
 use crate::backend::cpu::dots::dots_at;
 use crate::backend::cpu::gemm::{gemm_at, Rows, Strided};
+use crate::backend::cpu::transpose::transpose_at;
 use crate::backend::cpu::{CpuBackend, CpuTensor, CpuWeight};
 use crate::backend::gpu::params::OpParams;
 use crate::backend::Backend;
+use crate::quant::Level;
 use crate::Result;
 
 pub const MATMUL_TT: Kernel = Kernel {
@@ -43,13 +45,10 @@ pub struct MatmulTt {
 const NARROW: usize = 16;
 
 /// `data` (`rows` rows of `cols`) transposed: `[cols, rows]`.
-fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+fn transposed(level: Level, data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; rows * cols];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = data[r * cols + c];
-        }
-    }
+    // SAFETY: `t` holds `cols` rows of `rows` values, this call's own.
+    unsafe { transpose_at(level, data, cols, (rows, cols), t.as_mut_ptr(), rows) };
     t
 }
 
@@ -66,7 +65,7 @@ impl MatmulTt {
     ) {
         let q = match self.trans_b {
             true => Cow::Borrowed(&b.data),
-            false => Cow::Owned(transposed(&b.data, k, m)),
+            false => Cow::Owned(transposed(cpu.level(), &b.data, k, m)),
         };
         let block = n.div_ceil(4 * cpu.n_threads()).max(1);
         let level = cpu.level();
@@ -174,7 +173,7 @@ impl TensorOp for MatmulTt {
         // A' read in place through its strides; B' as `[k, m]` rows (a copy when transposed).
         let (a_rs, a_cs) = if self.trans_a { (1, n) } else { (k, 1) };
         let b_rows = match self.trans_b {
-            true => Cow::Owned(transposed(&b.data, m, k)),
+            true => Cow::Owned(transposed(cpu.level(), &b.data, m, k)),
             false => Cow::Borrowed(&b.data),
         };
         // Blocks of output rows over the pool: every output is one chain of multiply-adds
