@@ -116,7 +116,7 @@ const PREFETCH_BYTES: usize = 2048;
 /// Prefetches a super-block's worth of bytes `PREFETCH_BYTES` past super-block `sb` of `row`
 /// (past the end of the weights is harmless: a hint never faults).
 #[inline(always)]
-fn prefetch_ahead<U: Unpack16>(row: *const u8, sb: usize) {
+pub(super) fn prefetch_ahead<U: Unpack16>(row: *const u8, sb: usize) {
     let sb_bytes = SB * U::BLOCK_BYTES / U::GROUPS;
     prefetch(row.wrapping_add(sb * sb_bytes + PREFETCH_BYTES), sb_bytes);
 }
