@@ -28,8 +28,8 @@ pub(super) trait Unpack16 {
     /// Bound the kernels rely on: `|u| ≤ 4096`, so 16 products with 16-bit activations
     /// (`|x̂| ≤ 32767`) still sum in an i32.
     unsafe fn group(b: *const u8, g: usize) -> [__m256i; 2];
-    /// Scale and offset of group 0 (formats with one group).
-    unsafe fn scale1(_b: *const u8) -> (f32, f32) {
+    /// The f16 bits of group 0's scale and offset (formats with one group; 0 is +0.0).
+    unsafe fn scale1(_b: *const u8) -> (u16, u16) {
         unreachable!("only one-group formats are asked for one scale")
     }
     /// Scales and offsets of the eight groups (formats with eight groups).
@@ -57,6 +57,11 @@ unsafe fn widen_u8_f32(p: *const u8) -> __m256 {
 #[inline(always)]
 unsafe fn f16(b: *const u8, at: usize) -> f32 {
     f16_at_f16c(std::slice::from_raw_parts(b, at + 2), at)
+}
+
+#[inline(always)]
+unsafe fn f16_bits(b: *const u8, at: usize) -> u16 {
+    (b.add(at) as *const u16).read_unaligned()
 }
 
 /// 16 nibble bytes as 32 values: low nibbles are values 0..16, high ones 16..32 (the layout of
@@ -119,8 +124,8 @@ impl Unpack16 for Q8_0 {
         [widen_i8(b.add(2)), widen_i8(b.add(18))]
     }
     #[inline(always)]
-    unsafe fn scale1(b: *const u8) -> (f32, f32) {
-        (f16(b, 0), 0.0)
+    unsafe fn scale1(b: *const u8) -> (u16, u16) {
+        (f16_bits(b, 0), 0)
     }
 }
 
@@ -142,8 +147,8 @@ impl Unpack16 for Q4_0 {
         centred(nibbles(b.add(2)), 8)
     }
     #[inline(always)]
-    unsafe fn scale1(b: *const u8) -> (f32, f32) {
-        (f16(b, 0), 0.0)
+    unsafe fn scale1(b: *const u8) -> (u16, u16) {
+        (f16_bits(b, 0), 0)
     }
 }
 
@@ -156,8 +161,8 @@ impl Unpack16 for Q4_1 {
         nibbles(b.add(4))
     }
     #[inline(always)]
-    unsafe fn scale1(b: *const u8) -> (f32, f32) {
-        (f16(b, 0), f16(b, 2))
+    unsafe fn scale1(b: *const u8) -> (u16, u16) {
+        (f16_bits(b, 0), f16_bits(b, 2))
     }
 }
 
@@ -171,8 +176,8 @@ impl Unpack16 for Q5_0 {
         centred(q5_values(b.add(2), b.add(6)), 16)
     }
     #[inline(always)]
-    unsafe fn scale1(b: *const u8) -> (f32, f32) {
-        (f16(b, 0), 0.0)
+    unsafe fn scale1(b: *const u8) -> (u16, u16) {
+        (f16_bits(b, 0), 0)
     }
 }
 
@@ -185,8 +190,8 @@ impl Unpack16 for Q5_1 {
         q5_values(b.add(4), b.add(8))
     }
     #[inline(always)]
-    unsafe fn scale1(b: *const u8) -> (f32, f32) {
-        (f16(b, 0), f16(b, 2))
+    unsafe fn scale1(b: *const u8) -> (u16, u16) {
+        (f16_bits(b, 0), f16_bits(b, 2))
     }
 }
 
