@@ -80,9 +80,8 @@ fn sum_scalar(x: &[u64]) -> u64 {
     x.iter().fold(0, |a, &v| a.wrapping_add(v))
 }
 
-/// Sixteen independent partial sums let the compiler keep several loads in flight; inlined
-/// into each `target_feature` wrapper below, it is compiled once per vector width.
-#[inline(always)]
+/// Sixteen independent partial sums, so several loads stay in flight: the path without
+/// vector loads.
 fn sum_lanes(x: &[u64]) -> u64 {
     let mut acc = [0u64; 16];
     let mut chunks = x.chunks_exact(16);
@@ -95,16 +94,56 @@ fn sum_lanes(x: &[u64]) -> u64 {
         .fold(sum_scalar(chunks.remainder()), |a, &v| a.wrapping_add(v))
 }
 
+// The vector sums load whole vectors by hand: left to the compiler, `sum_lanes` came out as
+// 64-bit gathers (each accumulator one lane of eight vectors), which on an AMD EPYC measured
+// 2.4 GB/s, the gathers' speed, not the memory's.
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sum_avx512(x: &[u64]) -> u64 {
-    sum_lanes(x)
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let mut chunks = x.chunks_exact(32);
+    for c in &mut chunks {
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: words 8i..8i + 8 of a 32-word chunk.
+            *a = _mm512_add_epi64(*a, unsafe {
+                _mm512_loadu_si512(c.as_ptr().add(8 * i).cast())
+            });
+        }
+    }
+    let v = _mm512_add_epi64(
+        _mm512_add_epi64(acc[0], acc[1]),
+        _mm512_add_epi64(acc[2], acc[3]),
+    );
+    let lanes: [u64; 8] = std::mem::transmute(v);
+    lanes
+        .iter()
+        .fold(sum_scalar(chunks.remainder()), |a, &v| a.wrapping_add(v))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn sum_avx2(x: &[u64]) -> u64 {
-    sum_lanes(x)
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (i, a) in acc.iter_mut().enumerate() {
+            // SAFETY: words 4i..4i + 4 of a 16-word chunk.
+            *a = _mm256_add_epi64(*a, unsafe {
+                _mm256_loadu_si256(c.as_ptr().add(4 * i).cast())
+            });
+        }
+    }
+    let v = _mm256_add_epi64(
+        _mm256_add_epi64(acc[0], acc[1]),
+        _mm256_add_epi64(acc[2], acc[3]),
+    );
+    let lanes: [u64; 4] = std::mem::transmute(v);
+    lanes
+        .iter()
+        .fold(sum_scalar(chunks.remainder()), |a, &v| a.wrapping_add(v))
 }
 
 #[cfg(test)]
@@ -118,6 +157,12 @@ mod tests {
             .collect();
         let (sum, _) = summer();
         assert_eq!(sum(&x), sum_scalar(&x));
+        assert_eq!(sum_lanes(&x), sum_scalar(&x));
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked on the line above.
+            assert_eq!(unsafe { sum_avx2(&x) }, sum_scalar(&x));
+        }
     }
 
     #[test]
