@@ -94,11 +94,10 @@ fn sum_lanes(x: &[u64]) -> u64 {
         .fold(sum_scalar(chunks.remainder()), |a, &v| a.wrapping_add(v))
 }
 
-// The vector sums load whole vectors by hand: left to the compiler, `sum_lanes` came out as
-// 64-bit gathers (each accumulator one lane of eight vectors), which on an AMD EPYC measured
-// 2.4 GB/s, the gathers' speed, not the memory's.
-
-/// One vector sum per width, the same loop: four accumulators of `$words` 64-bit words.
+/// One vector sum per width, the same loop: four accumulators of `$words` 64-bit words,
+/// loaded whole by hand. Left to the compiler, `sum_lanes` came out as 64-bit gathers (each
+/// accumulator one lane of eight vectors), which on an AMD EPYC measured 2.4 GB/s, the
+/// gathers' speed, not the memory's.
 macro_rules! vector_sum {
     ($name:ident, $feature:literal, $vec:ty, $words:literal, $zero:ident, $load:ident, $add:ident) => {
         #[cfg(target_arch = "x86_64")]

@@ -152,7 +152,9 @@ pub(super) unsafe fn unpack_superblock<U: Unpack16>(
                     w[$g] = U::group(bg, 0);
                     let (d, c) = U::scale1(bg);
                     dw = _mm_insert_epi16::<$g>(dw, d as i32);
-                    cw = _mm_insert_epi16::<$g>(cw, c as i32);
+                    if U::OFFSET {
+                        cw = _mm_insert_epi16::<$g>(cw, c as i32);
+                    }
                 }
             )*};
         }
